@@ -1,0 +1,213 @@
+//! Configuration: the only module that reads environment variables and files.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML configuration file (`--config`),
+//! environment variables (`RENRAKU_*`), command-line flags. `clap` merges the last two;
+//! [`Config::resolve`] lays them over the file and the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Ten mebibytes: big enough for a transaction Bundle of a few hundred resources.
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./renraku-data";
+
+/// The settings of a running gateway, fully resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`.
+    pub database_url: String,
+    /// The externally visible origin, e.g. `https://renraku.example.jp`; base URLs are
+    /// `{public_base_url}/{tenant}/fhir`.
+    pub public_base_url: String,
+    pub body_limit_bytes: usize,
+    pub tenants: Vec<TenantConfig>,
+    /// Demo mode seeds demo data on start-up.
+    pub demo: bool,
+}
+
+/// One municipality served by the gateway.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct TenantConfig {
+    /// URL segment, e.g. `ina` in `/ina/fhir`.
+    pub slug: String,
+    /// 全国地方公共団体コード, six digits including the check digit, e.g. `202096`.
+    pub code: String,
+    /// The municipality's name, e.g. `伊那市`.
+    pub name: String,
+}
+
+/// What the configuration file may contain. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub public_base_url: Option<String>,
+    pub body_limit_bytes: Option<usize>,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// Values given on the command line or in the environment (clap fills these).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub public_base_url: Option<String>,
+    pub body_limit_bytes: Option<usize>,
+    pub config_file: Option<PathBuf>,
+    pub demo: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("configuration file {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("listen address '{0}' is not a socket address such as 127.0.0.1:8080")]
+    Listen(String),
+    #[error("tenant '{slug}': {problem}")]
+    Tenant { slug: String, problem: String },
+    #[error("no tenants are configured: add [[tenants]] to the configuration file, or start with --demo")]
+    NoTenants,
+}
+
+impl Config {
+    /// Lays command-line and environment overrides over the configuration file and defaults.
+    pub fn resolve(overrides: Overrides) -> Result<Config, ConfigError> {
+        let file = match &overrides.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_text = overrides.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let data_dir = overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = overrides
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| default_sqlite_url(&data_dir));
+        let public_base_url = overrides
+            .public_base_url
+            .or(file.public_base_url)
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let mut tenants = file.tenants;
+        if tenants.is_empty() && overrides.demo {
+            tenants = demo_tenants();
+        }
+        if tenants.is_empty() {
+            return Err(ConfigError::NoTenants);
+        }
+        validate_tenants(&tenants)?;
+        Ok(Config {
+            listen,
+            data_dir,
+            database_url,
+            public_base_url,
+            body_limit_bytes: overrides
+                .body_limit_bytes
+                .or(file.body_limit_bytes)
+                .unwrap_or(DEFAULT_BODY_LIMIT_BYTES),
+            tenants,
+            demo: overrides.demo,
+        })
+    }
+
+    /// The FHIR base URL of a tenant as clients see it.
+    pub fn base_url(&self, tenant_slug: &str) -> String {
+        format!("{}/{}/fhir", self.public_base_url, tenant_slug)
+    }
+}
+
+/// The SQLite file in the data directory, created on first run.
+pub fn default_sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("renraku.sqlite").display())
+}
+
+/// The three Nagano municipalities of the demo: 伊那市, 南箕輪村 and 箕輪町.
+pub fn demo_tenants() -> Vec<TenantConfig> {
+    vec![
+        TenantConfig { slug: "ina".into(), code: "202096".into(), name: "伊那市".into() },
+        TenantConfig { slug: "minamiminowa".into(), code: "203858".into(), name: "南箕輪村".into() },
+        TenantConfig { slug: "minowa".into(), code: "203831".into(), name: "箕輪町".into() },
+    ]
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+}
+
+fn validate_tenants(tenants: &[TenantConfig]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for tenant in tenants {
+        let problem = |problem: &str| ConfigError::Tenant { slug: tenant.slug.clone(), problem: problem.to_owned() };
+        let slug_ok = !tenant.slug.is_empty()
+            && tenant.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !slug_ok {
+            return Err(problem("the slug must be lower-case ASCII letters, digits and '-'"));
+        }
+        if !seen.insert(tenant.slug.as_str()) {
+            return Err(problem("the slug is configured twice"));
+        }
+        if !is_valid_local_government_code(&tenant.code) {
+            return Err(problem("the code must be a six-digit 全国地方公共団体コード with a correct check digit"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the six-digit local government code: five digits and a modulus-11 check digit.
+pub fn is_valid_local_government_code(code: &str) -> bool {
+    let digits: Vec<u32> = code.chars().filter_map(|c| c.to_digit(10)).collect();
+    if code.len() != 6 || digits.len() != 6 {
+        return false;
+    }
+    let weighted: u32 = digits.iter().take(5).zip([6, 5, 4, 3, 2]).map(|(d, w)| d * w).sum();
+    // The check digit is the last digit of 11 minus the weighted sum modulo 11.
+    let check = (11 - weighted % 11) % 10;
+    digits.get(5) == Some(&check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_codes_carry_correct_check_digits() {
+        for tenant in demo_tenants() {
+            assert!(is_valid_local_government_code(&tenant.code), "{}", tenant.code);
+        }
+        assert!(!is_valid_local_government_code("202097"));
+        assert!(!is_valid_local_government_code("20209"));
+    }
+
+    #[test]
+    fn overrides_win_over_file_and_defaults() {
+        let config = Config::resolve(Overrides {
+            listen: Some("127.0.0.1:9999".into()),
+            demo: true,
+            ..Overrides::default()
+        })
+        .expect("demo configuration resolves");
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.public_base_url, "http://127.0.0.1:9999");
+        assert_eq!(config.tenants.len(), 3);
+        assert!(config.database_url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn no_tenants_is_a_clear_error() {
+        let error = Config::resolve(Overrides::default()).expect_err("no tenants");
+        assert!(matches!(error, ConfigError::NoTenants));
+    }
+}

@@ -1,0 +1,142 @@
+//! The domain error and its one mapping to an HTTP status and a FHIR OperationOutcome.
+//!
+//! Every failure anywhere in the gateway becomes an [`Error`]; the HTTP layer turns it into
+//! a response with [`Error::status`] and [`Error::to_outcome`]. The mapping is an exhaustive
+//! `match` with no catch-all arm, so a new variant forces its author to choose a status.
+//! Internal failures never show their detail to the client: the detail is logged together
+//! with the request id, and the client sees only that id.
+
+use axum::http::StatusCode;
+
+use crate::fhir::outcome::{Issue, IssueCode, OperationOutcome};
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is malformed (syntax, parameters, headers).
+    #[error("invalid request: {}", .0.diagnostics)]
+    BadRequest(Issue),
+    /// The content parsed but breaks the rules of FHIR or of a profile.
+    #[error("unprocessable content ({} issues)", .0.len())]
+    Unprocessable(Vec<Issue>),
+    /// No such resource (or the caller may not know that it exists).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The resource existed and was deleted.
+    #[error("gone: {0}")]
+    Gone(String),
+    /// The request conflicts with the current state (e.g. an id already used elsewhere).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// `If-Match`, or a conditional interaction matching more than one resource.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body's media type is not one this server reads.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The client accepts no format this server writes.
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
+    /// The body is larger than the configured limit.
+    #[error("payload too large")]
+    PayloadTooLarge { limit_bytes: usize },
+    /// An interaction the server does not implement for this target.
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// Something broke inside the server. The message is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A 400 with a message and, where one applies, the element or parameter it concerns.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::BadRequest(Issue::error(IssueCode::Invalid, message))
+    }
+
+    /// A 400 naming the element or parameter at fault.
+    pub fn bad_request_at(message: impl Into<String>, expression: impl Into<String>) -> Self {
+        Error::BadRequest(Issue::error(IssueCode::Invalid, message).at(expression))
+    }
+
+    /// A 422 with a single issue.
+    pub fn unprocessable(issue: Issue) -> Self {
+        Error::Unprocessable(vec![issue])
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Error::Internal(detail.to_string())
+    }
+
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Gone(_) => StatusCode::GONE,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OperationOutcome the client sees. `request_id` is quoted in internal errors so
+    /// that an operator can find the logged detail.
+    pub fn to_outcome(&self, request_id: &str) -> OperationOutcome {
+        let issues = match self {
+            Error::BadRequest(issue) => vec![issue.clone()],
+            Error::Unprocessable(issues) => issues.clone(),
+            Error::NotFound(what) => vec![Issue::error(IssueCode::NotFound, format!("{what} is not known"))],
+            Error::Gone(what) => vec![Issue::error(IssueCode::Deleted, format!("{what} has been deleted"))],
+            Error::Conflict(message) => vec![Issue::error(IssueCode::Conflict, message.clone())],
+            Error::PreconditionFailed(message) => vec![Issue::error(IssueCode::Conflict, message.clone())],
+            Error::MethodNotAllowed => vec![Issue::error(
+                IssueCode::NotSupported,
+                "this HTTP method is not allowed on this path",
+            )],
+            Error::UnsupportedMediaType(media_type) => vec![Issue::error(
+                IssueCode::NotSupported,
+                format!(
+                    "the media type '{media_type}' is not supported; send application/fhir+json or application/fhir+xml"
+                ),
+            )],
+            Error::NotAcceptable(accept) => vec![Issue::error(
+                IssueCode::NotSupported,
+                format!("none of the accepted formats '{accept}' can be produced; use application/fhir+json or application/fhir+xml"),
+            )],
+            Error::PayloadTooLarge { limit_bytes } => vec![Issue::error(
+                IssueCode::TooLong,
+                format!("the request body is larger than the limit of {limit_bytes} bytes"),
+            )],
+            Error::NotSupported(message) => vec![Issue::error(IssueCode::NotSupported, message.clone())],
+            Error::Internal(_) => vec![Issue::fatal(
+                IssueCode::Exception,
+                format!("an internal error occurred; quote request id {request_id} to the operator"),
+            )],
+        };
+        OperationOutcome::new(issues).with_request_id(request_id)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::Internal(format!("database: {error}"))
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(error: serde_json::Error) -> Self {
+        Error::Internal(format!("json: {error}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,9 @@
+//! FHIR knowledge with no HTTP and no SQL in it: wire formats, validation, profiles,
+//! references, partial representations and OperationOutcome.
+
+pub mod elements;
+pub mod format;
+pub mod outcome;
+pub mod profiles;
+pub mod references;
+pub mod validate;

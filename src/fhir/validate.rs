@@ -1,0 +1,326 @@
+//! Validation of every resource before it is written.
+//!
+//! Layers, each reporting issues with the FHIRPath-style element path:
+//! 1. The official FHIR R4 JSON schema (`profiles/base/fhir.schema.json`), compiled per
+//!    resource type with the `jsonschema` crate: unknown elements, JSON types, primitive
+//!    formats (id, date, dateTime, instant, code, uri, decimal…), codes of required bindings.
+//! 2. Required primitive elements (`profiles/base/required-primitives.json`, derived from the
+//!    R4 StructureDefinitions): the schema cannot require them because a primitive may be
+//!    present only as its `_element` extension form.
+//! 3. fhirbolt's typed R4 model in strict mode, which decides what is a valid resource.
+//! 4. The profiles in `meta.profile` that the server knows (see [`crate::fhir::profiles`]).
+//!
+//! Contained resources, Bundle entries and Parameters resources are validated as resources
+//! of their own type, with their path prefixed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use crate::fhir::outcome::{Issue, IssueCode};
+use crate::fhir::profiles::Profiles;
+
+const SCHEMA_JSON: &str = include_str!("../../profiles/base/fhir.schema.json");
+const REQUIRED_PRIMITIVES_JSON: &str = include_str!("../../profiles/base/required-primitives.json");
+
+/// A resource that passed validation. Only [`Validator::validate`] makes one, so code that
+/// takes a `Validated` cannot be handed unchecked content.
+#[derive(Debug, Clone)]
+pub struct Validated(Value);
+
+impl Validated {
+    pub fn into_inner(self) -> Value {
+        self.0
+    }
+
+    pub fn as_value(&self) -> &Value {
+        &self.0
+    }
+}
+
+/// Compiled validation state, shared by all requests.
+pub struct Validator {
+    /// The R4 schema with embedded resources relaxed to "an object with a resourceType";
+    /// embedded resources are validated separately against their own type.
+    schema: Value,
+    required_primitives: HashMap<String, Vec<String>>,
+    resource_types: BTreeSet<String>,
+    compiled: RwLock<HashMap<String, Arc<jsonschema::Validator>>>,
+    profiles: Profiles,
+}
+
+impl Validator {
+    /// Loads the embedded schema and the profiles directory's compiled profiles.
+    pub fn load() -> Result<Validator, String> {
+        let mut schema: Value = serde_json::from_str(SCHEMA_JSON).map_err(|e| format!("R4 schema: {e}"))?;
+        let profiles = Profiles::load(&schema)?;
+        let required_primitives: HashMap<String, Vec<String>> =
+            serde_json::from_str(REQUIRED_PRIMITIVES_JSON).map_err(|e| format!("required primitives: {e}"))?;
+        let resource_types: BTreeSet<String> = schema
+            .pointer("/discriminator/mapping")
+            .and_then(Value::as_object)
+            .map(|mapping| mapping.keys().cloned().collect())
+            .ok_or("R4 schema has no discriminator mapping")?;
+        if let Some(definitions) = schema.get_mut("definitions").and_then(Value::as_object_mut) {
+            definitions.insert(
+                "ResourceList".to_owned(),
+                serde_json::json!({ "type": "object", "required": ["resourceType"] }),
+            );
+        }
+        if let Some(root) = schema.as_object_mut() {
+            root.remove("oneOf");
+            root.remove("discriminator");
+        }
+        Ok(Validator { schema, required_primitives, resource_types, compiled: RwLock::new(HashMap::new()), profiles })
+    }
+
+    /// Whether `name` is an R4 resource type.
+    pub fn is_resource_type(&self, name: &str) -> bool {
+        self.resource_types.contains(name)
+    }
+
+    /// Whether the base definition of `resource_type` has a top-level element `name`.
+    pub fn has_element(&self, resource_type: &str, name: &str) -> bool {
+        self.schema.pointer(&format!("/definitions/{resource_type}/properties/{name}")).is_some()
+    }
+
+    pub fn resource_types(&self) -> impl Iterator<Item = &str> {
+        self.resource_types.iter().map(String::as_str)
+    }
+
+    /// Checks `resource` completely; on failure every issue found is returned.
+    pub fn validate(&self, resource: Value) -> Result<Validated, Vec<Issue>> {
+        let mut issues = Vec::new();
+        self.check_resource(&resource, "", &mut issues);
+        if issues.is_empty() {
+            self.check_profiles(&resource, &mut issues);
+        }
+        if issues.is_empty() {
+            if let Err(error) = fhirbolt::json::from_json_value::<fhirbolt::model::r4::Resource>(resource.clone(), None) {
+                let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
+                issues.push(
+                    Issue::error(IssueCode::Structure, format!("not a valid R4 resource: {error}")).at(resource_type),
+                );
+            }
+        }
+        if issues.is_empty() {
+            Ok(Validated(resource))
+        } else {
+            Err(issues)
+        }
+    }
+
+    /// Validates one (possibly embedded) resource; `prefix` is the path of the resource
+    /// itself, e.g. `Bundle.entry[0].resource.` (empty at the top level).
+    fn check_resource(&self, resource: &Value, prefix: &str, issues: &mut Vec<Issue>) {
+        let Some(object) = resource.as_object() else {
+            issues.push(Issue::error(IssueCode::Structure, "a resource must be a JSON object").at(prefix_name(prefix)));
+            return;
+        };
+        let Some(resource_type) = object.get("resourceType").and_then(Value::as_str) else {
+            issues.push(
+                Issue::error(IssueCode::Required, "the resource has no resourceType")
+                    .at(format!("{prefix}resourceType")),
+            );
+            return;
+        };
+        if !self.is_resource_type(resource_type) {
+            issues.push(
+                Issue::error(IssueCode::NotSupported, format!("'{resource_type}' is not an R4 resource type"))
+                    .at(format!("{prefix}resourceType")),
+            );
+            return;
+        }
+        let validator = match self.compiled_for(resource_type) {
+            Ok(validator) => validator,
+            Err(message) => {
+                issues.push(Issue::error(IssueCode::Exception, message));
+                return;
+            }
+        };
+        let root_path = if prefix.is_empty() { resource_type.to_owned() } else { prefix_name(prefix) };
+        let mut found: Vec<Issue> = validator.iter_errors(resource).map(|error| schema_issue(&root_path, &error)).collect();
+        // A value of the wrong JSON type also fails its format pattern; report it once.
+        let wrong_type: Vec<Vec<String>> = found
+            .iter()
+            .filter(|issue| issue.code == IssueCode::Structure && issue.diagnostics.starts_with("wrong JSON type"))
+            .map(|issue| issue.expression.clone())
+            .collect();
+        found.retain(|issue| !(issue.code == IssueCode::Value && wrong_type.contains(&issue.expression)));
+        issues.extend(found);
+        self.walk(resource_type, resource, &root_path, issues);
+    }
+
+    /// Walks the instance alongside the schema's definitions: required primitives, and
+    /// embedded resources validated as resources.
+    fn walk(&self, definition: &str, value: &Value, path: &str, issues: &mut Vec<Issue>) {
+        let Some(object) = value.as_object() else { return };
+        if let Some(required) = self.required_primitives.get(definition) {
+            for name in required {
+                if !object.contains_key(name) && !object.contains_key(&format!("_{name}")) {
+                    issues.push(
+                        Issue::error(IssueCode::Required, format!("the required element '{name}' is missing"))
+                            .at(format!("{path}.{name}")),
+                    );
+                }
+            }
+        }
+        let properties = self.schema.pointer(&format!("/definitions/{definition}/properties"));
+        for (key, child) in object {
+            let Some(property) = properties.and_then(|p| p.get(key)) else { continue };
+            let reference = property
+                .get("$ref")
+                .or_else(|| property.pointer("/items/$ref"))
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/definitions/"));
+            let Some(child_definition) = reference else { continue };
+            let children: Vec<(String, &Value)> = match child {
+                Value::Array(items) => {
+                    items.iter().enumerate().map(|(index, item)| (format!("{path}.{key}[{index}]"), item)).collect()
+                }
+                single => vec![(format!("{path}.{key}"), single)],
+            };
+            for (child_path, item) in children {
+                if child_definition == "ResourceList" {
+                    self.check_resource(item, &format!("{child_path}."), issues);
+                } else if !is_primitive_definition(child_definition) {
+                    self.walk(child_definition, item, &child_path, issues);
+                }
+            }
+        }
+    }
+
+    fn check_profiles(&self, resource: &Value, issues: &mut Vec<Issue>) {
+        let Some(profiles) = resource.pointer("/meta/profile").and_then(Value::as_array) else { return };
+        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        for (index, profile) in profiles.iter().enumerate() {
+            let Some(url) = profile.as_str() else { continue };
+            match self.profiles.get(url) {
+                Some(compiled) => compiled.check(resource_type, resource, issues),
+                None => issues.push(
+                    Issue::error(
+                        IssueCode::NotSupported,
+                        format!("the profile '{url}' is not known to this server; see the CapabilityStatement for supported profiles"),
+                    )
+                    .at(format!("{resource_type}.meta.profile[{index}]")),
+                ),
+            }
+        }
+    }
+
+    fn compiled_for(&self, resource_type: &str) -> Result<Arc<jsonschema::Validator>, String> {
+        if let Ok(compiled) = self.compiled.read() {
+            if let Some(validator) = compiled.get(resource_type) {
+                return Ok(validator.clone());
+            }
+        }
+        let mut schema = self.schema.clone();
+        if let Some(root) = schema.as_object_mut() {
+            root.insert("$ref".to_owned(), Value::String(format!("#/definitions/{resource_type}")));
+        }
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft6)
+            .build(&schema)
+            .map_err(|e| format!("cannot compile the R4 schema for {resource_type}: {e}"))?;
+        let validator = Arc::new(validator);
+        if let Ok(mut compiled) = self.compiled.write() {
+            compiled.insert(resource_type.to_owned(), validator.clone());
+        }
+        Ok(validator)
+    }
+
+    /// The profile registry (for the CapabilityStatement).
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+}
+
+fn is_primitive_definition(name: &str) -> bool {
+    name.chars().next().is_some_and(char::is_lowercase)
+}
+
+fn prefix_name(prefix: &str) -> String {
+    let trimmed = prefix.trim_end_matches('.');
+    if trimmed.is_empty() {
+        "Resource".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Turns a JSON pointer such as `/name/0/given` into `Patient.name[0].given`.
+pub fn pointer_to_path(root: &str, pointer: &str) -> String {
+    let mut path = root.to_owned();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            path.push('.');
+            path.push_str(&segment);
+        }
+    }
+    path
+}
+
+/// One schema error as an issue at the element it concerns.
+pub(crate) fn schema_issue(root_path: &str, error: &jsonschema::ValidationError<'_>) -> Issue {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let path = pointer_to_path(root_path, error.instance_path().as_str());
+    match error.kind() {
+        Kind::AdditionalProperties { unexpected } => {
+            let mut issue = Issue::error(
+                IssueCode::Structure,
+                format!("unknown element{} {}", if unexpected.len() > 1 { "s" } else { "" }, quote_list(unexpected)),
+            );
+            for name in unexpected {
+                issue = issue.at(format!("{path}.{name}"));
+            }
+            issue
+        }
+        Kind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            Issue::error(IssueCode::Required, format!("the required element '{name}' is missing"))
+                .at(format!("{path}.{name}"))
+        }
+        Kind::Enum { options } => Issue::error(
+            IssueCode::Value,
+            format!("{} is not one of the codes allowed here: {}", error.instance(), options),
+        )
+        .at(path),
+        Kind::Pattern { .. } => {
+            Issue::error(IssueCode::Value, format!("{} is not a valid value for this element's type", error.instance()))
+                .at(path)
+        }
+        Kind::Type { .. } => Issue::error(IssueCode::Structure, format!("wrong JSON type: {error}")).at(path),
+        // Profiles express "required primitive" as anyOf(required name, required _name).
+        Kind::AnyOf { context } => {
+            let missing = context.first().and_then(|errors| errors.first()).and_then(|first| match first.kind() {
+                Kind::Required { property } => property.as_str().map(str::to_owned),
+                _ => None,
+            });
+            match missing {
+                Some(name) => Issue::error(IssueCode::Required, format!("the required element '{name}' is missing"))
+                    .at(format!("{path}.{name}")),
+                None => Issue::error(IssueCode::Invalid, error.to_string()).at(path),
+            }
+        }
+        _ => Issue::error(IssueCode::Invalid, error.to_string()).at(path),
+    }
+}
+
+fn quote_list(names: &[String]) -> String {
+    names.iter().map(|name| format!("'{name}'")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pointer_to_path;
+
+    #[test]
+    fn pointers_become_fhir_paths() {
+        assert_eq!(pointer_to_path("Patient", "/name/0/given/1"), "Patient.name[0].given[1]");
+        assert_eq!(pointer_to_path("Patient", ""), "Patient");
+    }
+}

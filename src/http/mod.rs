@@ -1,0 +1,263 @@
+//! The HTTP layer: axum routes and thin handlers (extract, call the service, reply).
+//!
+//! Architecture invariant: no FHIR rule and no SQL lives here. Handlers translate between
+//! HTTP (paths, headers, media types) and the service's calls; every error leaves as an
+//! OperationOutcome, including unknown routes (404), wrong methods (405), oversize bodies
+//! (413) and panics (500), each with an `X-Request-Id`.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::fhir::format::Format;
+use crate::service::history::Level;
+use crate::service::Fhir;
+
+pub mod request;
+pub mod response;
+
+use request::{FhirRequest, RawBody, RequestId};
+use response::{ErrorReply, Reply};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub fhir: Arc<Fhir>,
+    pub config: Arc<Config>,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.body_limit_bytes;
+    let fhir = Router::new()
+        .route("/{tenant}/fhir", post(bundle).fallback(method_not_allowed))
+        .route("/{tenant}/fhir/metadata", get(metadata).fallback(method_not_allowed))
+        .route("/{tenant}/fhir/_history", get(history_system).fallback(method_not_allowed))
+        .route(
+            "/{tenant}/fhir/{resource_type}",
+            get(search).post(create).put(conditional_update).delete(conditional_delete).fallback(method_not_allowed),
+        )
+        .route("/{tenant}/fhir/{resource_type}/_search", post(search_post).fallback(method_not_allowed))
+        .route("/{tenant}/fhir/{resource_type}/_history", get(history_type).fallback(method_not_allowed))
+        .route(
+            "/{tenant}/fhir/{resource_type}/{id}",
+            get(read).put(update).patch(patch).delete(delete).fallback(method_not_allowed),
+        )
+        .route("/{tenant}/fhir/{resource_type}/{id}/_history", get(history_instance).fallback(method_not_allowed))
+        .route("/{tenant}/fhir/{resource_type}/{id}/_history/{version}", get(vread).fallback(method_not_allowed));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(fhir)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(request_id))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+/// Gives every request an id, visible to handlers and echoed as `X-Request-Id`.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    ErrorReply { error: Error::Internal(format!("panic: {detail}")), format: Format::Json, request_id }.into_response()
+}
+
+fn request_id_of(request: &Request) -> String {
+    request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default()
+}
+
+async fn not_found(request: Request) -> ErrorReply {
+    let path = request.uri().path().to_owned();
+    ErrorReply { error: Error::NotFound(format!("the path '{path}'")), format: Format::Json, request_id: request_id_of(&request) }
+}
+
+async fn method_not_allowed(request: Request) -> ErrorReply {
+    ErrorReply { error: Error::MethodNotAllowed, format: Format::Json, request_id: request_id_of(&request) }
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.fhir.store.ping().await {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        ErrorReply { error: Error::internal("database unreachable"), format: Format::Json, request_id: String::new() }
+            .into_response()
+    }
+}
+
+async fn metadata(request: FhirRequest, State(state): State<AppState>) -> Reply {
+    Ok(request.reply(StatusCode::OK, state.fhir.capability_statement(&request.context)))
+}
+
+async fn read(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type, id)): Path<(String, String, String)>) -> Reply {
+    let stored = state.fhir.read(&request.context, &resource_type, &id).await.map_err(|e| request.fail(e))?;
+    let unchanged_etag = request.if_none_match == Some(stored.version_id);
+    let unchanged_since = request.if_modified_since.is_some_and(|since| {
+        chrono::DateTime::parse_from_rfc3339(&stored.last_updated)
+            .map(|updated| updated.timestamp() <= since.timestamp())
+            .unwrap_or(false)
+    });
+    if unchanged_etag || (request.if_none_match.is_none() && unchanged_since) {
+        let mut reply = request.resource_reply(StatusCode::NOT_MODIFIED, stored, false)?;
+        reply.body = None;
+        return Ok(reply);
+    }
+    request.resource_reply(StatusCode::OK, stored, false)
+}
+
+async fn vread(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type, id, version)): Path<(String, String, String, String)>,
+) -> Reply {
+    let stored = state.fhir.vread(&request.context, &resource_type, &id, &version).await.map_err(|e| request.fail(e))?;
+    request.resource_reply(StatusCode::OK, stored, false)
+}
+
+async fn create(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type)): Path<(String, String)>, body: RawBody) -> Reply {
+    let resource = body.resource().map_err(|e| request.fail(e))?;
+    let written = state
+        .fhir
+        .create(&request.context, &resource_type, resource, request.if_none_exist.as_deref())
+        .await
+        .map_err(|e| request.fail(e))?;
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    request.resource_reply(status, written.stored, true)
+}
+
+async fn update(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type, id)): Path<(String, String, String)>,
+    body: RawBody,
+) -> Reply {
+    let resource = body.resource().map_err(|e| request.fail(e))?;
+    let written = state
+        .fhir
+        .update(&request.context, &resource_type, &id, resource, request.if_match)
+        .await
+        .map_err(|e| request.fail(e))?;
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    request.resource_reply(status, written.stored, true)
+}
+
+async fn conditional_update(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type)): Path<(String, String)>,
+    body: RawBody,
+) -> Reply {
+    let resource = body.resource().map_err(|e| request.fail(e))?;
+    let written = state
+        .fhir
+        .conditional_update(&request.context, &resource_type, &request.raw_query, resource, request.if_match)
+        .await
+        .map_err(|e| request.fail(e))?;
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    request.resource_reply(status, written.stored, true)
+}
+
+async fn patch(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type, id)): Path<(String, String, String)>,
+    body: RawBody,
+) -> Reply {
+    let document = body.json_patch().map_err(|e| request.fail(e))?;
+    let written = state
+        .fhir
+        .patch(&request.context, &resource_type, &id, document, request.if_match)
+        .await
+        .map_err(|e| request.fail(e))?;
+    request.resource_reply(StatusCode::OK, written.stored, true)
+}
+
+async fn delete(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type, id)): Path<(String, String, String)>) -> Reply {
+    state.fhir.delete(&request.context, &resource_type, &id, request.if_match).await.map_err(|e| request.fail(e))?;
+    Ok(no_content(&request))
+}
+
+async fn conditional_delete(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type)): Path<(String, String)>) -> Reply {
+    state
+        .fhir
+        .conditional_delete(&request.context, &resource_type, &request.raw_query)
+        .await
+        .map_err(|e| request.fail(e))?;
+    Ok(no_content(&request))
+}
+
+fn no_content(request: &FhirRequest) -> response::FhirReply {
+    let mut reply = request.reply(StatusCode::NO_CONTENT, serde_json::Value::Null);
+    reply.body = None;
+    reply
+}
+
+async fn search(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type)): Path<(String, String)>) -> Reply {
+    let bundle = state.fhir.search(&request.context, &resource_type, &request.query).await.map_err(|e| request.fail(e))?;
+    Ok(request.reply(StatusCode::OK, bundle))
+}
+
+async fn search_post(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type)): Path<(String, String)>,
+    body: RawBody,
+) -> Reply {
+    let mut pairs = request.query.clone();
+    pairs.extend(body.form().map_err(|e| request.fail(e))?);
+    let bundle = state.fhir.search(&request.context, &resource_type, &pairs).await.map_err(|e| request.fail(e))?;
+    Ok(request.reply(StatusCode::OK, bundle))
+}
+
+async fn history_system(request: FhirRequest, State(state): State<AppState>) -> Reply {
+    let bundle = state.fhir.history(&request.context, Level::System, &request.query).await.map_err(|e| request.fail(e))?;
+    Ok(request.reply(StatusCode::OK, bundle))
+}
+
+async fn history_type(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type)): Path<(String, String)>) -> Reply {
+    let bundle = state
+        .fhir
+        .history(&request.context, Level::Type(&resource_type), &request.query)
+        .await
+        .map_err(|e| request.fail(e))?;
+    Ok(request.reply(StatusCode::OK, bundle))
+}
+
+async fn history_instance(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type, id)): Path<(String, String, String)>,
+) -> Reply {
+    let bundle = state
+        .fhir
+        .history(&request.context, Level::Instance(&resource_type, &id), &request.query)
+        .await
+        .map_err(|e| request.fail(e))?;
+    Ok(request.reply(StatusCode::OK, bundle))
+}
+
+async fn bundle(request: FhirRequest, State(state): State<AppState>, body: RawBody) -> Reply {
+    let resource = body.resource().map_err(|e| request.fail(e))?;
+    let response = state.fhir.process_bundle(&request.context, resource).await.map_err(|e| request.fail(e))?;
+    Ok(request.reply(StatusCode::OK, response))
+}

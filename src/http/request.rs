@@ -1,0 +1,226 @@
+//! What the HTTP layer reads from a request before calling the service: the tenant, the
+//! negotiated format, FHIR headers (`If-Match`, `Prefer`, …), the query, and the body.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::fhir::format::{self, Format};
+use crate::http::response::ErrorReply;
+use crate::http::AppState;
+use crate::policy::Principal;
+use crate::service::bundle::parse_etag;
+use crate::service::{parse_query_string, Context};
+
+/// The request id assigned by the request-id middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// `Prefer: return=…`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+/// Everything about a FHIR request except its body.
+#[derive(Debug, Clone)]
+pub struct FhirRequest {
+    pub context: Context,
+    pub format: Format,
+    pub pretty: bool,
+    pub query: Vec<(String, String)>,
+    pub raw_query: String,
+    pub prefer_return: Return,
+    pub if_match: Option<i64>,
+    pub if_none_match: Option<i64>,
+    pub if_modified_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub if_none_exist: Option<String>,
+    pub headers: HeaderMap,
+}
+
+impl FromRequestParts<AppState> for FhirRequest {
+    type Rejection = ErrorReply;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        let raw_query = parts.uri.query().unwrap_or_default().to_owned();
+        let query = parse_query_string(&raw_query);
+        let format_param = query.iter().find(|(name, _)| name == "_format").map(|(_, value)| value.clone());
+        let fail = |error: Error| ErrorReply { error, format: Format::Json, request_id: request_id.clone() };
+        let format = negotiate(format_param.as_deref(), parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
+            .map_err(fail)?;
+        let fail = |error: Error| ErrorReply { error, format, request_id: request_id.clone() };
+        let tenant = parts.uri.path().trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
+        if !state.config.tenants.iter().any(|t| t.slug == tenant) {
+            return Err(fail(Error::NotFound(format!("the FHIR base '/{tenant}/fhir'"))));
+        }
+        let pretty = query.iter().any(|(name, value)| name == "_pretty" && value == "true");
+        let prefer = header_text(&parts.headers, "prefer");
+        let prefer_return = match prefer.as_deref().and_then(|p| preference(p, "return")) {
+            Some("minimal") => Return::Minimal,
+            Some("OperationOutcome") => Return::OperationOutcome,
+            _ => Return::Representation,
+        };
+        let lenient = prefer.as_deref().and_then(|p| preference(p, "handling")) == Some("lenient");
+        let if_match = match header_text(&parts.headers, "if-match") {
+            Some(text) => Some(parse_etag(&text).ok_or_else(|| fail(Error::bad_request("If-Match must be an ETag such as W/\"3\"")))?),
+            None => None,
+        };
+        let if_none_match = header_text(&parts.headers, "if-none-match").and_then(|text| parse_etag(&text));
+        let if_modified_since = header_text(&parts.headers, "if-modified-since")
+            .and_then(|text| chrono::DateTime::parse_from_rfc2822(&text).ok())
+            .map(|date| date.with_timezone(&chrono::Utc));
+        let context = Context {
+            base_url: state.config.base_url(&tenant),
+            tenant,
+            principal: Principal::Anonymous,
+            request_id,
+            lenient,
+        };
+        Ok(FhirRequest {
+            context,
+            format,
+            pretty,
+            query,
+            raw_query,
+            prefer_return,
+            if_match,
+            if_none_match,
+            if_modified_since,
+            if_none_exist: header_text(&parts.headers, "if-none-exist"),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl FhirRequest {
+    pub fn fail(&self, error: Error) -> ErrorReply {
+        ErrorReply { error, format: self.format, request_id: self.context.request_id.clone() }
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
+}
+
+/// The value of `key` in a `Prefer` header such as `return=minimal, handling=lenient`.
+fn preference<'a>(prefer: &'a str, key: &str) -> Option<&'a str> {
+    prefer
+        .split([',', ';'])
+        .filter_map(|part| part.trim().split_once('='))
+        .find(|(name, _)| name.trim() == key)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+}
+
+/// Chooses the response format: `_format` wins, then `Accept`; JSON when either says
+/// nothing FHIR-specific (browsers send `text/html,…,*/*`).
+pub fn negotiate(format_param: Option<&str>, accept: Option<&str>) -> Result<Format, Error> {
+    if let Some(param) = format_param {
+        return Format::from_mime(param).ok_or_else(|| Error::NotAcceptable(param.to_owned()));
+    }
+    let Some(accept) = accept else { return Ok(Format::Json) };
+    let mut any = false;
+    for item in accept.split(',') {
+        let media = item.split(';').next().unwrap_or_default().trim();
+        if let Some(format) = Format::from_mime(media) {
+            return Ok(format);
+        }
+        if media == "*/*" || media == "application/*" || media == "text/html" || media.is_empty() {
+            any = true;
+        }
+    }
+    if any {
+        Ok(Format::Json)
+    } else {
+        Err(Error::NotAcceptable(accept.to_owned()))
+    }
+}
+
+/// Raw body bytes within the configured limit, with its content type.
+pub struct RawBody {
+    pub content_type: Option<String>,
+    pub bytes: Bytes,
+}
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = ErrorReply;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge { limit_bytes: state.config.body_limit_bytes }
+            } else {
+                Error::bad_request(format!("the request body could not be read: {rejection}"))
+            };
+            ErrorReply { error, format: Format::Json, request_id }
+        })?;
+        Ok(RawBody { content_type, bytes })
+    }
+}
+
+impl RawBody {
+    /// Parses the body as a FHIR resource in the format its `Content-Type` names.
+    pub fn resource(&self) -> Result<Value, Error> {
+        let format = match self.content_type.as_deref() {
+            None => Format::Json,
+            Some(content_type) => {
+                Format::from_mime(content_type).ok_or_else(|| Error::UnsupportedMediaType(content_type.to_owned()))?
+            }
+        };
+        if self.bytes.is_empty() {
+            return Err(Error::bad_request("the request has no body"));
+        }
+        format::parse(&self.bytes, format)
+    }
+
+    /// Parses the body as a JSON Patch document.
+    pub fn json_patch(&self) -> Result<Value, Error> {
+        let essence = self.content_type.as_deref().unwrap_or_default().split(';').next().unwrap_or_default().trim();
+        if essence != "application/json-patch+json" {
+            return Err(Error::UnsupportedMediaType(format!(
+                "{essence} (PATCH accepts application/json-patch+json; FHIRPath Patch is not supported)"
+            )));
+        }
+        serde_json::from_slice(&self.bytes)
+            .map_err(|error| Error::bad_request(format!("the body is not valid JSON: {error}")))
+    }
+
+    /// Parses an `application/x-www-form-urlencoded` body (for `_search`).
+    pub fn form(&self) -> Result<Vec<(String, String)>, Error> {
+        let essence = self.content_type.as_deref().unwrap_or_default().split(';').next().unwrap_or_default().trim();
+        if !self.bytes.is_empty() && essence != "application/x-www-form-urlencoded" {
+            return Err(Error::UnsupportedMediaType(essence.to_owned()));
+        }
+        let text = std::str::from_utf8(&self.bytes).map_err(|_| Error::bad_request("the form body is not UTF-8"))?;
+        Ok(parse_query_string(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(None, None).ok(), Some(Format::Json));
+        assert_eq!(negotiate(Some("xml"), Some("application/fhir+json")).ok(), Some(Format::Xml));
+        assert_eq!(negotiate(None, Some("application/fhir+xml;q=0.9")).ok(), Some(Format::Xml));
+        assert_eq!(negotiate(None, Some("text/html,application/xhtml+xml,*/*;q=0.8")).ok(), Some(Format::Json));
+        assert!(negotiate(None, Some("image/png")).is_err());
+        assert!(negotiate(Some("yaml"), None).is_err());
+    }
+
+    #[test]
+    fn preferences() {
+        assert_eq!(preference("return=minimal", "return"), Some("minimal"));
+        assert_eq!(preference("handling=lenient, return=OperationOutcome", "return"), Some("OperationOutcome"));
+        assert_eq!(preference("handling=lenient", "return"), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! Renraku: a FHIR R4 gateway for municipal home-care support platforms.
+//!
+//! Crate map, outermost first:
+//! - [`http`]: axum routes and thin handlers; HTTP in, OperationOutcome out.
+//! - [`service`]: the FHIR interactions, with no HTTP in them.
+//! - [`policy`]: the access decision point; hands out the grants the store requires.
+//! - [`fhir`]: formats, validation, profiles, references; no HTTP, no SQL.
+//! - [`store`]: one SQL definition for SQLite and PostgreSQL.
+//! - [`config`]: the only reader of environment variables and files.
+//!
+//! [`app`] builds the whole HTTP application from a [`Config`], so tests drive the full
+//! stack in-process.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod fhir;
+pub mod http;
+pub mod policy;
+pub mod service;
+pub mod store;
+
+pub use config::Config;
+
+/// Everything a running gateway holds.
+pub struct Gateway {
+    pub state: http::AppState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("validation tables: {0}")]
+    Validation(String),
+    #[error("data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error("demo data: {0}")]
+    Demo(String),
+}
+
+impl Gateway {
+    /// Connects to the database (running migrations), loads the validation tables and, in
+    /// demo mode, seeds the demo data.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        if config.database_url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
+        }
+        let store = store::Store::connect(&config.database_url).await?;
+        let validator = Arc::new(fhir::validate::Validator::load().map_err(StartError::Validation)?);
+        let config = Arc::new(config);
+        let fhir = Arc::new(service::Fhir::new(store, validator, Arc::new(clock::SystemClock), config.clone()));
+        if config.demo {
+            demo::seed(&fhir).await.map_err(|e| StartError::Demo(e.to_string()))?;
+        }
+        Ok(Gateway { state: http::AppState { fhir, config } })
+    }
+
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+}
+
+/// The HTTP application over the given state.
+pub fn app(state: http::AppState) -> Router {
+    http::router(state)
+}

@@ -1,0 +1,86 @@
+//! The `renraku` command: parse the command line, resolve the configuration, serve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use renraku::config::{Config, Overrides};
+use renraku::Gateway;
+
+#[derive(Parser)]
+#[command(name = "renraku", version, about = "FHIR R4 gateway for municipal home-care support platforms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Seed demo municipalities and data (伊那市, 南箕輪村, 箕輪町).
+        #[arg(long, env = "RENRAKU_DEMO")]
+        demo: bool,
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, env = "RENRAKU_LISTEN")]
+        listen: Option<String>,
+        /// Directory for the embedded SQLite database [default: ./renraku-data].
+        #[arg(long, env = "RENRAKU_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// sqlite://… or postgres://… [default: SQLite in the data directory].
+        #[arg(long, env = "RENRAKU_DATABASE_URL")]
+        database_url: Option<String>,
+        /// TOML configuration file.
+        #[arg(long, env = "RENRAKU_CONFIG")]
+        config: Option<PathBuf>,
+        /// Externally visible origin, e.g. https://renraku.example.jp [default: http://LISTEN].
+        #[arg(long, env = "RENRAKU_PUBLIC_BASE_URL")]
+        public_base_url: Option<String>,
+        /// Largest accepted request body in bytes [default: 10485760].
+        #[arg(long, env = "RENRAKU_BODY_LIMIT_BYTES")]
+        body_limit_bytes: Option<usize>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RENRAKU_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { demo, listen, data_dir, database_url, config, public_base_url, body_limit_bytes } => {
+            let overrides =
+                Overrides { listen, data_dir, database_url, public_base_url, body_limit_bytes, config_file: config, demo };
+            match serve(overrides).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("renraku: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(overrides: Overrides) -> Result<(), String> {
+    let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
+    let listen = config.listen;
+    let bases: Vec<(String, String)> =
+        config.tenants.iter().map(|t| (format!("{} ({})", t.name, t.slug), config.base_url(&t.slug))).collect();
+    let demo = config.demo;
+    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!("Renraku is listening on http://{listen}{}", if demo { " (demo mode)" } else { "" });
+    for (name, base) in bases {
+        println!("  FHIR base for {name}: {base}");
+    }
+    axum::serve(listener, gateway.router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,457 @@
+//! Batch and transaction Bundles (`POST [base]`).
+//!
+//! A transaction is atomic: all entries run in one database transaction, in the order the
+//! specification requires (DELETE, POST, PUT/PATCH, then GET), with `urn:uuid:` full URLs
+//! resolved to the ids the server assigns and references to them rewritten, before any
+//! resource is validated. The first failing entry rolls everything back and its error names
+//! the entry (`Bundle.entry[n]…`). A batch runs each entry on its own; failures become that
+//! entry's response.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::fhir::outcome::Issue;
+use crate::fhir::references;
+use crate::policy::{self, Interaction};
+use crate::service::{parse_query_string, Context, Fhir, Stored, Written};
+use crate::store;
+
+/// The HTTP method of an entry's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    fn parse(text: &str) -> Option<Method> {
+        match text {
+            "GET" => Some(Method::Get),
+            "HEAD" => Some(Method::Head),
+            "POST" => Some(Method::Post),
+            "PUT" => Some(Method::Put),
+            "PATCH" => Some(Method::Patch),
+            "DELETE" => Some(Method::Delete),
+            _ => None,
+        }
+    }
+
+    /// Processing order within a transaction.
+    fn rank(self) -> u8 {
+        match self {
+            Method::Delete => 0,
+            Method::Post => 1,
+            Method::Put | Method::Patch => 2,
+            Method::Get | Method::Head => 3,
+        }
+    }
+}
+
+/// An entry's request, parsed.
+#[derive(Debug, Clone)]
+struct EntryRequest {
+    index: usize,
+    method: Method,
+    resource_type: String,
+    id: Option<String>,
+    version: Option<String>,
+    /// The query of a conditional or search URL.
+    query: Option<String>,
+    full_url: Option<String>,
+    resource: Option<Value>,
+    if_none_exist: Option<String>,
+    if_match: Option<i64>,
+}
+
+impl EntryRequest {
+    fn path(&self) -> String {
+        format!("Bundle.entry[{}]", self.index)
+    }
+}
+
+impl Fhir {
+    /// `POST [base]` with a Bundle of type `batch` or `transaction`.
+    pub async fn process_bundle(&self, context: &Context, body: Value) -> Result<Value> {
+        match body.get("resourceType").and_then(Value::as_str) {
+            Some("Bundle") => {}
+            _ => return Err(Error::bad_request_at("only a Bundle may be posted to the base URL", "resourceType")),
+        }
+        let kind = body.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let entries = body.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut requests = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.into_iter().enumerate() {
+            requests.push(self.parse_entry(context, index, entry)?);
+        }
+        match kind.as_str() {
+            "transaction" => self.transaction(context, requests).await,
+            "batch" => Ok(self.batch(context, requests).await),
+            other => Err(Error::bad_request_at(
+                format!("a Bundle posted to the base must be a batch or transaction, not '{other}'"),
+                "Bundle.type",
+            )),
+        }
+    }
+
+    fn parse_entry(&self, context: &Context, index: usize, entry: Value) -> Result<EntryRequest> {
+        let at = |field: &str| format!("Bundle.entry[{index}].{field}");
+        let request = entry.get("request").ok_or_else(|| Error::bad_request_at("the entry has no request", at("request")))?;
+        let method = request
+            .get("method")
+            .and_then(Value::as_str)
+            .and_then(Method::parse)
+            .ok_or_else(|| Error::bad_request_at("request.method must be GET, HEAD, POST, PUT, PATCH or DELETE", at("request.method")))?;
+        let url = request
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::bad_request_at("the entry has no request.url", at("request.url")))?;
+        let relative = url.strip_prefix(context.base_url.as_str()).unwrap_or(url).trim_start_matches('/');
+        let (path, query) = match relative.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_owned())),
+            None => (relative, None),
+        };
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (resource_type, id, version) = match segments.as_slice() {
+            [resource_type] => ((*resource_type).to_owned(), None, None),
+            [resource_type, id] => ((*resource_type).to_owned(), Some((*id).to_owned()), None),
+            [resource_type, id, "_history", version] => {
+                ((*resource_type).to_owned(), Some((*id).to_owned()), Some((*version).to_owned()))
+            }
+            _ => return Err(Error::bad_request_at(format!("'{url}' is not a URL this server can process in a Bundle"), at("request.url"))),
+        };
+        if !self.validator.is_resource_type(&resource_type) {
+            return Err(Error::bad_request_at(format!("'{resource_type}' is not a resource type"), at("request.url")));
+        }
+        let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+            Some(etag) => Some(parse_etag(etag).ok_or_else(|| Error::bad_request_at("ifMatch must be an ETag such as W/\"3\"", at("request.ifMatch")))?),
+            None => None,
+        };
+        let resource = entry.get("resource").cloned();
+        if matches!(method, Method::Post | Method::Put | Method::Patch) && resource.is_none() {
+            return Err(Error::bad_request_at("this entry needs a resource", at("resource")));
+        }
+        Ok(EntryRequest {
+            index,
+            method,
+            resource_type,
+            id,
+            version,
+            query,
+            full_url: entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+            resource,
+            if_none_exist: request.get("ifNoneExist").and_then(Value::as_str).map(str::to_owned),
+            if_match,
+        })
+    }
+
+    async fn transaction(&self, context: &Context, mut requests: Vec<EntryRequest>) -> Result<Value> {
+        let count = requests.len();
+        let mut order: Vec<usize> = (0..count).collect();
+        order.sort_by_key(|&i| (requests[i].method.rank(), i));
+        let mut transaction = self.store.begin().await?;
+        // Resolve the ids of created resources first, so references can be rewritten.
+        let mut replacements: HashMap<String, String> = HashMap::new();
+        let mut matched_existing: HashMap<usize, Stored> = HashMap::new();
+        let mut assigned: HashMap<usize, String> = HashMap::new();
+        for &i in &order {
+            let request = &requests[i];
+            let grant_interaction = match request.method {
+                Method::Post => Interaction::Create,
+                Method::Put => Interaction::Update,
+                _ => continue,
+            };
+            let grant = policy::decide(&context.principal, &context.tenant, grant_interaction, Some(&request.resource_type))?;
+            let target_id = match (request.method, &request.if_none_exist, &request.query) {
+                (Method::Post, Some(condition), _) => {
+                    store::lock(&mut transaction, &format!("conditional:{}:{}", grant.home_tenant(), request.resource_type)).await?;
+                    match self.match_one(&mut transaction, context, &grant, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
+                        Some(existing) => {
+                            let id = existing.id.clone();
+                            matched_existing.insert(i, super::stored_from_current(Some(existing), &request.resource_type, &id)?);
+                            id
+                        }
+                        None => uuid::Uuid::new_v4().to_string(),
+                    }
+                }
+                (Method::Post, None, _) => uuid::Uuid::new_v4().to_string(),
+                (Method::Put, _, Some(condition)) => {
+                    store::lock(&mut transaction, &format!("conditional:{}:{}", grant.home_tenant(), request.resource_type)).await?;
+                    match self.match_one(&mut transaction, context, &grant, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
+                        Some(existing) => existing.id,
+                        None => request
+                            .resource
+                            .as_ref()
+                            .and_then(|r| r.get("id"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                    }
+                }
+                (Method::Put, _, None) => match &request.id {
+                    Some(id) => id.clone(),
+                    None => return Err(Error::bad_request_at("a PUT entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
+                },
+                _ => continue,
+            };
+            if let Some(full_url) = &request.full_url {
+                replacements.insert(full_url.clone(), format!("{}/{}", request.resource_type, target_id));
+            }
+            assigned.insert(i, target_id);
+        }
+        for request in &mut requests {
+            if let Some(resource) = request.resource.as_mut() {
+                references::rewrite(resource, &replacements);
+            }
+        }
+        let mut responses: Vec<Option<Value>> = vec![None; count];
+        let mut written: Vec<(usize, Stored)> = Vec::new();
+        let mut deferred_reads = Vec::new();
+        for &i in &order {
+            let request = &requests[i];
+            let response = match request.method {
+                Method::Delete => {
+                    let grant = policy::decide(&context.principal, &context.tenant, Interaction::Delete, Some(&request.resource_type))?;
+                    let id = match (&request.id, &request.query) {
+                        (Some(id), _) => Some(id.clone()),
+                        (None, Some(condition)) => {
+                            store::lock(&mut transaction, &format!("conditional:{}:{}", grant.home_tenant(), request.resource_type)).await?;
+                            self.match_one(&mut transaction, context, &grant, &request.resource_type, condition)
+                                .await
+                                .map_err(|e| in_entry(e, request))?
+                                .map(|row| row.id)
+                        }
+                        (None, None) => return Err(Error::bad_request_at("a DELETE entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
+                    };
+                    if let Some(id) = id {
+                        self.delete_in(&mut transaction, &grant, &request.resource_type, &id, request.if_match)
+                            .await
+                            .map_err(|e| in_entry(e, request))?;
+                    }
+                    json!({ "response": { "status": "204 No Content" } })
+                }
+                Method::Post => {
+                    if let Some(existing) = matched_existing.remove(&i) {
+                        entry_response(&existing, "200 OK")
+                    } else {
+                        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Create, Some(&request.resource_type))?;
+                        let resource = request.resource.clone().unwrap_or(Value::Null);
+                        super::check_body_type(&resource, &request.resource_type).map_err(|e| in_entry(e, request))?;
+                        let validated = self.validator.validate(resource).map_err(|issues| in_entry(Error::Unprocessable(issues), request))?;
+                        let id = assigned.get(&i).cloned().unwrap_or_default();
+                        let stored = self
+                            .write_version(&mut transaction, &grant, &request.resource_type, &id, validated, None, "POST")
+                            .await
+                            .map_err(|e| in_entry(e, request))?;
+                        let response = entry_response(&stored, "201 Created");
+                        written.push((i, stored));
+                        response
+                    }
+                }
+                Method::Put => {
+                    let grant = policy::decide(&context.principal, &context.tenant, Interaction::Update, Some(&request.resource_type))?;
+                    let id = assigned.get(&i).cloned().unwrap_or_default();
+                    let mut resource = request.resource.clone().unwrap_or(Value::Null);
+                    if request.query.is_some() && resource.get("id").is_none() {
+                        if let Some(object) = resource.as_object_mut() {
+                            object.insert("id".into(), json!(id));
+                        }
+                    }
+                    super::check_body_type(&resource, &request.resource_type).map_err(|e| in_entry(e, request))?;
+                    super::check_body_id(&resource, &request.resource_type, &id).map_err(|e| in_entry(e, request))?;
+                    let validated = self.validator.validate(resource).map_err(|issues| in_entry(Error::Unprocessable(issues), request))?;
+                    let Written { stored, created } = self
+                        .update_in(&mut transaction, &grant, &request.resource_type, &id, validated, request.if_match, "PUT")
+                        .await
+                        .map_err(|e| in_entry(e, request))?;
+                    let response = entry_response(&stored, if created { "201 Created" } else { "200 OK" });
+                    written.push((i, stored));
+                    response
+                }
+                Method::Patch => {
+                    let grant = policy::decide(&context.principal, &context.tenant, Interaction::Patch, Some(&request.resource_type))?;
+                    let id = request.id.clone().ok_or_else(|| Error::bad_request_at("a PATCH entry needs Type/id", format!("{}.request.url", request.path())))?;
+                    let patch = patch_document(request)?;
+                    let Written { stored, .. } = self
+                        .patch_in(&mut transaction, &grant, &request.resource_type, &id, patch, request.if_match)
+                        .await
+                        .map_err(|e| in_entry(e, request))?;
+                    let response = entry_response(&stored, "200 OK");
+                    written.push((i, stored));
+                    response
+                }
+                Method::Get | Method::Head => {
+                    deferred_reads.push(i);
+                    continue;
+                }
+            };
+            responses[i] = Some(response);
+        }
+        for (i, stored) in &written {
+            let prefix = format!("Bundle.entry[{i}].resource.");
+            self.check_references(&mut transaction, context, &policy_grant_for_references(context, stored)?, std::slice::from_ref(stored), "")
+                .await
+                .map_err(|error| prefix_error(error, &prefix))?;
+        }
+        transaction.commit().await?;
+        for i in deferred_reads {
+            let response = match self.read_entry(context, &requests[i]).await {
+                Ok(value) => value,
+                Err(error) => error_entry(&error, &context.request_id),
+            };
+            responses[i] = Some(response);
+        }
+        let entries: Vec<Value> = responses.into_iter().map(|r| r.unwrap_or_else(|| json!({}))).collect();
+        Ok(json!({ "resourceType": "Bundle", "type": "transaction-response", "entry": entries }))
+    }
+
+    async fn batch(&self, context: &Context, requests: Vec<EntryRequest>) -> Value {
+        let mut entries = Vec::with_capacity(requests.len());
+        for request in &requests {
+            let result = match request.method {
+                Method::Get | Method::Head => self.read_entry(context, request).await,
+                Method::Post => {
+                    let resource = request.resource.clone().unwrap_or(Value::Null);
+                    self.create(context, &request.resource_type, resource, request.if_none_exist.as_deref())
+                        .await
+                        .map(|w| entry_response(&w.stored, if w.created { "201 Created" } else { "200 OK" }))
+                }
+                Method::Put => {
+                    let resource = request.resource.clone().unwrap_or(Value::Null);
+                    let written = match (&request.id, &request.query) {
+                        (Some(id), _) => self.update(context, &request.resource_type, id, resource, request.if_match).await,
+                        (None, Some(query)) => self.conditional_update(context, &request.resource_type, query, resource, request.if_match).await,
+                        (None, None) => Err(Error::bad_request_at("a PUT entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
+                    };
+                    written.map(|w| entry_response(&w.stored, if w.created { "201 Created" } else { "200 OK" }))
+                }
+                Method::Patch => match (&request.id, patch_document(request)) {
+                    (Some(id), Ok(patch)) => self
+                        .patch(context, &request.resource_type, id, patch, request.if_match)
+                        .await
+                        .map(|w| entry_response(&w.stored, "200 OK")),
+                    (None, _) => Err(Error::bad_request_at("a PATCH entry needs Type/id", format!("{}.request.url", request.path()))),
+                    (_, Err(error)) => Err(error),
+                },
+                Method::Delete => {
+                    let deleted = match (&request.id, &request.query) {
+                        (Some(id), _) => self.delete(context, &request.resource_type, id, request.if_match).await,
+                        (None, Some(query)) => self.conditional_delete(context, &request.resource_type, query).await,
+                        (None, None) => Err(Error::bad_request_at("a DELETE entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
+                    };
+                    deleted.map(|()| json!({ "response": { "status": "204 No Content" } }))
+                }
+            };
+            entries.push(match result {
+                Ok(entry) => entry,
+                Err(error) => error_entry(&in_entry(error, request), &context.request_id),
+            });
+        }
+        json!({ "resourceType": "Bundle", "type": "batch-response", "entry": entries })
+    }
+
+    /// A GET entry: read, vread, or search.
+    async fn read_entry(&self, context: &Context, request: &EntryRequest) -> Result<Value> {
+        match (&request.id, &request.version) {
+            (Some(id), Some(version)) => {
+                let stored = self.vread(context, &request.resource_type, id, version).await?;
+                Ok(entry_response(&stored, "200 OK"))
+            }
+            (Some(id), None) => {
+                let stored = self.read(context, &request.resource_type, id).await?;
+                Ok(entry_response(&stored, "200 OK"))
+            }
+            (None, _) => {
+                let pairs = parse_query_string(request.query.as_deref().unwrap_or_default());
+                let bundle = self.search(context, &request.resource_type, &pairs).await?;
+                Ok(json!({ "resource": bundle, "response": { "status": "200 OK" } }))
+            }
+        }
+    }
+}
+
+/// The grant under which references of a written resource are checked: what the writer may read.
+fn policy_grant_for_references(context: &Context, stored: &Stored) -> Result<crate::policy::Grant> {
+    policy::decide(&context.principal, &context.tenant, Interaction::Read, Some(&stored.resource_type))
+}
+
+/// The JSON Patch of a PATCH entry: a Binary whose data is the base64 patch document.
+fn patch_document(request: &EntryRequest) -> Result<Value> {
+    let at = format!("{}.resource", request.path());
+    let resource = request.resource.as_ref().ok_or_else(|| Error::bad_request_at("a PATCH entry needs a resource", at.clone()))?;
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
+        return Err(Error::bad_request_at(
+            "a PATCH entry carries its JSON Patch as a Binary (contentType application/json-patch+json)",
+            at,
+        ));
+    }
+    let data = resource.get("data").and_then(Value::as_str).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| Error::bad_request_at("Binary.data is not base64", format!("{at}.data")))?;
+    serde_json::from_slice(&bytes).map_err(|error| Error::bad_request_at(format!("the patch is not JSON: {error}"), format!("{at}.data")))
+}
+
+fn entry_response(stored: &Stored, status: &str) -> Value {
+    json!({
+        "resource": stored.resource,
+        "response": {
+            "status": status,
+            "location": format!("{}/{}/_history/{}", stored.resource_type, stored.id, stored.version_id),
+            "etag": format!("W/\"{}\"", stored.version_id),
+            "lastModified": stored.last_updated,
+        }
+    })
+}
+
+fn error_entry(error: &Error, request_id: &str) -> Value {
+    let status = error.status();
+    json!({
+        "response": {
+            "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or_default()),
+            "outcome": error.to_outcome(request_id).to_json(),
+        }
+    })
+}
+
+/// Locates an entry's error: issue expressions get the entry's resource path.
+fn in_entry(error: Error, request: &EntryRequest) -> Error {
+    let prefix = format!("{}.resource.", request.path());
+    match error {
+        Error::Unprocessable(_) | Error::BadRequest(_) => prefix_error(error, &prefix),
+        Error::NotFound(what) => Error::NotFound(format!("{what} (in {})", request.path())),
+        Error::PreconditionFailed(message) => Error::PreconditionFailed(format!("{}: {message}", request.path())),
+        Error::Conflict(message) => Error::Conflict(format!("{}: {message}", request.path())),
+        other => other,
+    }
+}
+
+/// `Patient.name[0]` in entry 2 becomes `Bundle.entry[2].resource.name[0]`.
+fn prefix_error(error: Error, prefix: &str) -> Error {
+    let relocate = |issue: Issue| {
+        let mut issue = issue;
+        for expression in &mut issue.expression {
+            if expression.starts_with("Bundle.entry[") {
+                continue;
+            }
+            let rest = expression.split_once('.').map(|(_, rest)| rest.to_owned()).unwrap_or_default();
+            *expression = format!("{prefix}{rest}").trim_end_matches('.').to_owned();
+        }
+        issue
+    };
+    match error {
+        Error::Unprocessable(issues) => Error::Unprocessable(issues.into_iter().map(relocate).collect()),
+        Error::BadRequest(issue) => Error::BadRequest(relocate(issue)),
+        other => other,
+    }
+}
+
+/// Reads `W/"3"`, `"3"` or `3`.
+pub fn parse_etag(text: &str) -> Option<i64> {
+    text.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+}

@@ -1,0 +1,85 @@
+//! The CapabilityStatement: what this server actually does, generated from the same
+//! tables that drive it (resource types from the validator, profiles from `profiles/`).
+
+use serde_json::{json, Value};
+
+use crate::service::{Context, Fhir};
+
+/// Search parameters every resource type supports today.
+const COMMON_SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
+    ("_id", "token", "http://hl7.org/fhir/SearchParameter/Resource-id"),
+    ("_lastUpdated", "date", "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"),
+];
+
+impl Fhir {
+    /// `GET [base]/metadata`
+    pub fn capability_statement(&self, context: &Context) -> Value {
+        let tenant = self.config.tenants.iter().find(|t| t.slug == context.tenant);
+        let mut resources = Vec::new();
+        for resource_type in self.validator.resource_types() {
+            let mut search_params: Vec<Value> = COMMON_SEARCH_PARAMETERS
+                .iter()
+                .map(|(name, kind, definition)| json!({ "name": name, "type": kind, "definition": definition }))
+                .collect();
+            if self.validator.has_element(resource_type, "identifier") {
+                search_params.push(json!({
+                    "name": "identifier",
+                    "type": "token",
+                    "definition": format!("http://hl7.org/fhir/SearchParameter/{resource_type}-identifier"),
+                }));
+            }
+            let supported_profiles: Vec<&str> = self
+                .validator
+                .profiles()
+                .supported()
+                .filter(|(profile_type, _)| *profile_type == resource_type)
+                .map(|(_, url)| url)
+                .collect();
+            let mut resource = json!({
+                "type": resource_type,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{resource_type}"),
+                "interaction": [
+                    { "code": "read" }, { "code": "vread" }, { "code": "update" }, { "code": "patch" },
+                    { "code": "delete" }, { "code": "history-instance" }, { "code": "history-type" },
+                    { "code": "create" }, { "code": "search-type" }
+                ],
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "full-support",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "referencePolicy": ["literal", "local", "enforced"],
+                "searchParam": search_params,
+            });
+            if !supported_profiles.is_empty() {
+                resource["supportedProfile"] = json!(supported_profiles);
+            }
+            resources.push(resource);
+        }
+        let name = tenant.map(|t| t.name.as_str()).unwrap_or_default();
+        json!({
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": crate::service::search::format_instant(self.clock.now()),
+            "publisher": "Renraku",
+            "kind": "instance",
+            "software": { "name": "Renraku", "version": env!("CARGO_PKG_VERSION") },
+            "implementation": {
+                "description": format!("Renraku FHIR gateway for {name} ({})", context.tenant),
+                "url": context.base_url,
+            },
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
+            "patchFormat": ["application/json-patch+json"],
+            "rest": [{
+                "mode": "server",
+                "resource": resources,
+                "interaction": [
+                    { "code": "transaction" }, { "code": "batch" }, { "code": "history-system" }
+                ],
+            }],
+        })
+    }
+}

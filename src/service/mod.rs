@@ -1,0 +1,581 @@
+//! FHIR interactions with no HTTP in them: read, vread, create, update, patch, delete (plain
+//! and conditional), history, search, batch and transaction.
+//!
+//! Architecture invariants:
+//! - Every interaction asks [`crate::policy::decide`] first and passes the grant down to the
+//!   store; nothing here queries resource rows without one.
+//! - Every write validates its resource before it is stored, and commits the resource row,
+//!   the version row and the index rows in one database transaction.
+//! - Versions are never overwritten: an update or delete adds a version.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fhir::outcome::{Issue, IssueCode};
+use crate::fhir::references::{self, Target};
+use crate::fhir::validate::{Validated, Validator};
+use crate::policy::{self, Grant, Interaction, Principal};
+use crate::store::{self, CurrentRow, NewVersion, Store};
+
+pub mod bundle;
+pub mod capability;
+pub mod history;
+pub mod search;
+
+/// Who is asking, where, and under which request id.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub tenant: String,
+    pub principal: Principal,
+    /// This tenant's FHIR base URL as clients see it.
+    pub base_url: String,
+    pub request_id: String,
+    /// `Prefer: handling=lenient`.
+    pub lenient: bool,
+}
+
+/// A resource version as returned to clients, with what the HTTP layer needs for headers.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: String,
+    pub resource: Value,
+}
+
+/// The result of a write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub stored: Stored,
+    /// True when a new resource came into being (201), false for an update or a
+    /// conditional create that found its match (200).
+    pub created: bool,
+}
+
+/// The gateway's FHIR engine: storage, validation and the clock.
+pub struct Fhir {
+    pub store: Store,
+    pub validator: Arc<Validator>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<Config>,
+}
+
+impl Fhir {
+    pub fn new(store: Store, validator: Arc<Validator>, clock: Arc<dyn Clock>, config: Arc<Config>) -> Fhir {
+        Fhir { store, validator, clock, config }
+    }
+
+    fn check_type(&self, resource_type: &str) -> Result<()> {
+        if self.validator.is_resource_type(resource_type) {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("the resource type '{resource_type}'")))
+        }
+    }
+
+    fn now(&self) -> String {
+        search::format_instant(self.clock.now())
+    }
+
+    /// `GET [base]/[type]/[id]`
+    pub async fn read(&self, context: &Context, resource_type: &str, id: &str) -> Result<Stored> {
+        self.check_type(resource_type)?;
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Read, Some(resource_type))?;
+        let mut connection = self.store.connection().await?;
+        let row = store::current(&mut connection, &grant, resource_type, id).await?;
+        stored_from_current(row, resource_type, id)
+    }
+
+    /// `GET [base]/[type]/[id]/_history/[vid]`
+    pub async fn vread(&self, context: &Context, resource_type: &str, id: &str, version: &str) -> Result<Stored> {
+        self.check_type(resource_type)?;
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Vread, Some(resource_type))?;
+        let not_found = || Error::NotFound(format!("{resource_type}/{id}/_history/{version}"));
+        let version_id: i64 = version.parse().map_err(|_| not_found())?;
+        let mut connection = self.store.connection().await?;
+        let row = store::version(&mut connection, &grant, resource_type, id, version_id).await?.ok_or_else(not_found)?;
+        match row.content {
+            None => Err(Error::Gone(format!("{resource_type}/{id}/_history/{version}"))),
+            Some(content) => Ok(Stored {
+                resource_type: row.resource_type,
+                id: row.id,
+                version_id: row.version_id,
+                last_updated: row.last_updated,
+                resource: serde_json::from_str(&content)?,
+            }),
+        }
+    }
+
+    /// `POST [base]/[type]`, with `If-None-Exist` when `condition` is given.
+    pub async fn create(
+        &self,
+        context: &Context,
+        resource_type: &str,
+        body: Value,
+        condition: Option<&str>,
+    ) -> Result<Written> {
+        self.check_type(resource_type)?;
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Create, Some(resource_type))?;
+        check_body_type(&body, resource_type)?;
+        let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
+        let mut transaction = self.store.begin().await?;
+        if let Some(condition) = condition {
+            store::lock(&mut transaction, &format!("conditional:{}:{resource_type}", grant.home_tenant())).await?;
+            if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
+                transaction.commit().await?;
+                return Ok(Written { stored: stored_from_current(Some(existing), resource_type, "")?, created: false });
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let stored = self.write_version(&mut transaction, &grant, resource_type, &id, validated, None, "POST").await?;
+        self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&stored), "").await?;
+        transaction.commit().await?;
+        Ok(Written { stored, created: true })
+    }
+
+    /// `PUT [base]/[type]/[id]`: update, or create with the client's id.
+    pub async fn update(
+        &self,
+        context: &Context,
+        resource_type: &str,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
+        self.check_type(resource_type)?;
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Update, Some(resource_type))?;
+        check_body_type(&body, resource_type)?;
+        check_body_id(&body, resource_type, id)?;
+        let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
+        let mut transaction = self.store.begin().await?;
+        let written = self.update_in(&mut transaction, &grant, resource_type, id, validated, if_match, "PUT").await?;
+        self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
+        transaction.commit().await?;
+        Ok(written)
+    }
+
+    /// `PUT [base]/[type]?criteria`
+    pub async fn conditional_update(
+        &self,
+        context: &Context,
+        resource_type: &str,
+        condition: &str,
+        body: Value,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
+        self.check_type(resource_type)?;
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Update, Some(resource_type))?;
+        check_body_type(&body, resource_type)?;
+        let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
+        let mut transaction = self.store.begin().await?;
+        store::lock(&mut transaction, &format!("conditional:{}:{resource_type}", grant.home_tenant())).await?;
+        let existing = self.match_one(&mut transaction, context, &grant, resource_type, condition).await?;
+        let body_id = validated.as_value().get("id").and_then(Value::as_str).map(str::to_owned);
+        let written = match existing {
+            Some(existing) => {
+                if body_id.as_deref().is_some_and(|body_id| body_id != existing.id) {
+                    return Err(Error::bad_request_at(
+                        "the resource id does not match the resource found by the condition",
+                        format!("{resource_type}.id"),
+                    ));
+                }
+                self.update_in(&mut transaction, &grant, resource_type, &existing.id, validated, if_match, "PUT").await?
+            }
+            None => {
+                let id = body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                self.update_in(&mut transaction, &grant, resource_type, &id, validated, if_match, "PUT").await?
+            }
+        };
+        self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
+        transaction.commit().await?;
+        Ok(written)
+    }
+
+    /// `PATCH [base]/[type]/[id]` with a JSON Patch document.
+    pub async fn patch(
+        &self,
+        context: &Context,
+        resource_type: &str,
+        id: &str,
+        patch: Value,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
+        self.check_type(resource_type)?;
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Patch, Some(resource_type))?;
+        let mut transaction = self.store.begin().await?;
+        let written = self.patch_in(&mut transaction, &grant, resource_type, id, patch, if_match).await?;
+        self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
+        transaction.commit().await?;
+        Ok(written)
+    }
+
+    /// `DELETE [base]/[type]/[id]`. Deleting what does not exist (or is already deleted)
+    /// succeeds without a new version, so a delete reveals nothing about existence.
+    pub async fn delete(&self, context: &Context, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<()> {
+        self.check_type(resource_type)?;
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
+        let mut transaction = self.store.begin().await?;
+        self.delete_in(&mut transaction, &grant, resource_type, id, if_match).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// `DELETE [base]/[type]?criteria`: deletes the single match; more than one is a 412.
+    pub async fn conditional_delete(&self, context: &Context, resource_type: &str, condition: &str) -> Result<()> {
+        self.check_type(resource_type)?;
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
+        let mut transaction = self.store.begin().await?;
+        store::lock(&mut transaction, &format!("conditional:{}:{resource_type}", grant.home_tenant())).await?;
+        if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
+            self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// The single current resource matching a conditional interaction's criteria; more
+    /// than one match is a 412.
+    async fn match_one(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        context: &Context,
+        grant: &Grant,
+        resource_type: &str,
+        condition: &str,
+    ) -> Result<Option<CurrentRow>> {
+        let pairs = parse_query_string(condition.trim_start_matches('?'));
+        if pairs.is_empty() {
+            return Err(Error::bad_request("a conditional interaction needs search criteria"));
+        }
+        let parsed = search::parse(&pairs, context.lenient)?;
+        if parsed.criteria.is_empty() {
+            return Err(Error::bad_request("the condition has no search criteria this server supports"));
+        }
+        let mut matches = store::query::search(connection, grant, &parsed.query(resource_type, 2)).await?;
+        match matches.len() {
+            0 => Ok(None),
+            1 => Ok(matches.pop()),
+            _ => Err(Error::PreconditionFailed(format!(
+                "the condition '{condition}' matches more than one {resource_type}"
+            ))),
+        }
+    }
+
+    /// Update or create-with-id inside an open transaction. Without `If-Match`, a
+    /// concurrent writer's version is re-read and built upon (no lost version); with it, a
+    /// mismatch is a 412.
+    pub(crate) async fn update_in(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        grant: &Grant,
+        resource_type: &str,
+        id: &str,
+        validated: Validated,
+        if_match: Option<i64>,
+        method: &str,
+    ) -> Result<Written> {
+        check_id_syntax(id, resource_type)?;
+        loop {
+            let current = store::current(connection, grant, resource_type, id).await?;
+            match current {
+                None => {
+                    if if_match.is_some() {
+                        return Err(Error::PreconditionFailed(format!("{resource_type}/{id} does not exist")));
+                    }
+                    if store::id_taken(connection, resource_type, id).await? {
+                        return Err(Error::Conflict(format!(
+                            "the id '{id}' cannot be used for a new {resource_type}; choose another"
+                        )));
+                    }
+                    let stored =
+                        self.write_version(connection, grant, resource_type, id, validated, None, method).await?;
+                    return Ok(Written { stored, created: true });
+                }
+                Some(current) => {
+                    if let Some(expected) = if_match {
+                        if expected != current.version_id {
+                            return Err(Error::PreconditionFailed(format!(
+                                "{resource_type}/{id} is at version {}, not {expected}",
+                                current.version_id
+                            )));
+                        }
+                    }
+                    let attempt = self
+                        .write_version(connection, grant, resource_type, id, validated.clone(), Some(&current), method)
+                        .await;
+                    match attempt {
+                        Ok(stored) => return Ok(Written { stored, created: current.deleted }),
+                        Err(Error::PreconditionFailed(_)) if if_match.is_none() => continue,
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn patch_in(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        grant: &Grant,
+        resource_type: &str,
+        id: &str,
+        patch: Value,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
+        let operations: json_patch::Patch = serde_json::from_value(patch)
+            .map_err(|error| Error::bad_request(format!("the body is not a JSON Patch document: {error}")))?;
+        let current = store::current(connection, grant, resource_type, id).await?;
+        let current = match current {
+            Some(current) if !current.deleted => current,
+            Some(_) => return Err(Error::Gone(format!("{resource_type}/{id}"))),
+            None => return Err(Error::NotFound(format!("{resource_type}/{id}"))),
+        };
+        if let Some(expected) = if_match {
+            if expected != current.version_id {
+                return Err(Error::PreconditionFailed(format!(
+                    "{resource_type}/{id} is at version {}, not {expected}",
+                    current.version_id
+                )));
+            }
+        }
+        let mut resource: Value = serde_json::from_str(current.content.as_deref().unwrap_or("{}"))?;
+        json_patch::patch(&mut resource, &operations).map_err(|error| {
+            Error::unprocessable(Issue::error(IssueCode::Processing, format!("the patch cannot be applied: {error}")))
+        })?;
+        check_body_type(&resource, resource_type)?;
+        check_body_id(&resource, resource_type, id)?;
+        let validated = self.validator.validate(resource).map_err(Error::Unprocessable)?;
+        let stored = self.write_version(connection, grant, resource_type, id, validated, Some(&current), "PATCH").await?;
+        Ok(Written { stored, created: false })
+    }
+
+    pub(crate) async fn delete_in(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        grant: &Grant,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<()> {
+        loop {
+            let Some(current) = store::current(connection, grant, resource_type, id).await? else { return Ok(()) };
+            if let Some(expected) = if_match {
+                if expected != current.version_id {
+                    return Err(Error::PreconditionFailed(format!(
+                        "{resource_type}/{id} is at version {}, not {expected}",
+                        current.version_id
+                    )));
+                }
+            }
+            if current.deleted {
+                return Ok(());
+            }
+            let last_updated = self.now();
+            let new = NewVersion {
+                resource_type,
+                id,
+                tenant: &current.tenant,
+                version_id: current.version_id + 1,
+                last_updated: &last_updated,
+                method: "DELETE",
+                content: None,
+            };
+            if store::replace(connection, grant, &new, current.version_id).await? {
+                store::replace_tokens(connection, resource_type, id, &current.tenant, &[]).await?;
+                return Ok(());
+            }
+            if if_match.is_some() {
+                return Err(Error::PreconditionFailed(format!("{resource_type}/{id} was changed concurrently")));
+            }
+        }
+    }
+
+    /// Stamps id and meta, stores the version and its index rows. `current` is the row this
+    /// version replaces (None for a new resource); a lost compare-and-set is a 412.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_version(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        grant: &Grant,
+        resource_type: &str,
+        id: &str,
+        validated: Validated,
+        current: Option<&CurrentRow>,
+        method: &str,
+    ) -> Result<Stored> {
+        let version_id = current.map_or(1, |current| current.version_id + 1);
+        let last_updated = self.now();
+        let mut resource = validated.into_inner();
+        stamp(&mut resource, id, version_id, &last_updated);
+        let content = serde_json::to_string(&resource)?;
+        let tenant = current.map_or(grant.home_tenant(), |current| current.tenant.as_str()).to_owned();
+        let new = NewVersion {
+            resource_type,
+            id,
+            tenant: &tenant,
+            version_id,
+            last_updated: &last_updated,
+            method,
+            content: Some(&content),
+        };
+        match current {
+            None => store::insert(connection, grant, &new).await?,
+            Some(current) => {
+                if !store::replace(connection, grant, &new, current.version_id).await? {
+                    return Err(Error::PreconditionFailed(format!("{resource_type}/{id} was changed concurrently")));
+                }
+            }
+        }
+        store::replace_tokens(connection, resource_type, id, &tenant, &search::extract_tokens(&resource)).await?;
+        Ok(Stored { resource_type: resource_type.to_owned(), id: id.to_owned(), version_id, last_updated, resource })
+    }
+
+    /// Every local reference in the written resources must point at a resource that exists
+    /// (and that the caller may see). Runs inside the write's transaction, after all of a
+    /// transaction Bundle's entries are written, so entries may refer to each other.
+    pub(crate) async fn check_references(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        context: &Context,
+        grant: &Grant,
+        written: &[Stored],
+        path_prefix: &str,
+    ) -> Result<()> {
+        let mut issues = Vec::new();
+        for stored in written {
+            let contained_ids: Vec<&str> = stored
+                .resource
+                .get("contained")
+                .and_then(Value::as_array)
+                .map(|items| items.iter().filter_map(|c| c.get("id").and_then(Value::as_str)).collect())
+                .unwrap_or_default();
+            let root = format!("{path_prefix}{}", stored.resource_type);
+            for found in references::collect(&stored.resource, &root) {
+                match references::classify(&found.reference, &context.base_url, |t| self.validator.is_resource_type(t)) {
+                    Target::External => {}
+                    Target::Contained(contained) => {
+                        if !contained.is_empty() && !contained_ids.contains(&contained.as_str()) {
+                            issues.push(
+                                Issue::error(
+                                    IssueCode::NotFound,
+                                    format!("the reference '{}' names no contained resource", found.reference),
+                                )
+                                .at(found.path),
+                            );
+                        }
+                    }
+                    Target::Local { resource_type, id, version_id } => {
+                        let exists = match version_id {
+                            None => store::current(connection, grant, &resource_type, &id)
+                                .await?
+                                .is_some_and(|row| !row.deleted),
+                            Some(version) => match version.parse::<i64>() {
+                                Ok(version) => store::version(connection, grant, &resource_type, &id, version)
+                                    .await?
+                                    .is_some_and(|row| row.content.is_some()),
+                                Err(_) => false,
+                            },
+                        };
+                        if !exists {
+                            issues.push(
+                                Issue::error(
+                                    IssueCode::NotFound,
+                                    format!("the reference '{}' points at no existing resource", found.reference),
+                                )
+                                .at(found.path),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Unprocessable(issues))
+        }
+    }
+}
+
+/// Sets the server-owned parts: `id`, `meta.versionId`, `meta.lastUpdated`.
+fn stamp(resource: &mut Value, id: &str, version_id: i64, last_updated: &str) {
+    let Some(object) = resource.as_object_mut() else { return };
+    // Keep `resourceType` first and `id` second, as FHIR JSON conventionally shows them.
+    let mut resource_type = None;
+    let mut rest = Vec::new();
+    for (key, value) in std::mem::take(object) {
+        match key.as_str() {
+            "resourceType" => resource_type = Some(value),
+            "id" => {}
+            _ => rest.push((key, value)),
+        }
+    }
+    if let Some(resource_type) = resource_type {
+        object.insert("resourceType".into(), resource_type);
+    }
+    object.insert("id".into(), json!(id));
+    object.extend(rest);
+    let meta = object.entry("meta").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert("versionId".into(), json!(version_id.to_string()));
+        meta.insert("lastUpdated".into(), json!(last_updated));
+    }
+}
+
+fn stored_from_current(row: Option<CurrentRow>, resource_type: &str, id: &str) -> Result<Stored> {
+    let row = row.ok_or_else(|| Error::NotFound(format!("{resource_type}/{id}")))?;
+    match row.content {
+        None => Err(Error::Gone(format!("{}/{}", row.resource_type, row.id))),
+        Some(content) => Ok(Stored {
+            resource: serde_json::from_str(&content)?,
+            resource_type: row.resource_type,
+            id: row.id,
+            version_id: row.version_id,
+            last_updated: row.last_updated,
+        }),
+    }
+}
+
+fn check_body_type(body: &Value, resource_type: &str) -> Result<()> {
+    match body.get("resourceType").and_then(Value::as_str) {
+        Some(found) if found == resource_type => Ok(()),
+        Some(found) => Err(Error::bad_request_at(
+            format!("the body is a {found}, but the URL is for {resource_type}"),
+            format!("{found}.resourceType"),
+        )),
+        None => Err(Error::bad_request_at("the body has no resourceType", "resourceType")),
+    }
+}
+
+fn check_body_id(body: &Value, resource_type: &str, id: &str) -> Result<()> {
+    match body.get("id") {
+        Some(Value::String(found)) if found == id => Ok(()),
+        Some(Value::String(found)) => Err(Error::bad_request_at(
+            format!("the body's id '{found}' does not match the id '{id}' in the URL"),
+            format!("{resource_type}.id"),
+        )),
+        _ => Err(Error::bad_request_at("an update must carry the resource's id in the body", format!("{resource_type}.id"))),
+    }
+}
+
+fn check_id_syntax(id: &str, resource_type: &str) -> Result<()> {
+    let valid = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::bad_request_at(format!("'{id}' is not a valid FHIR id"), format!("{resource_type}.id")))
+    }
+}
+
+/// Splits `a=1&b=2` into decoded pairs (`+` is a space, as in forms).
+pub fn parse_query_string(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}

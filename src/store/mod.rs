@@ -1,0 +1,418 @@
+//! Persistence: one SQL definition of every query, run on SQLite or PostgreSQL.
+//!
+//! Architecture invariant: this module knows SQL and rows, and nothing of HTTP, FHIR
+//! semantics or access policy. Every query here is written once with `$n` placeholders
+//! and portable SQL, and executed through sqlx's `Any` driver; only the migrations (DDL)
+//! differ per backend. Row-level functions take a connection, so the service layer
+//! composes them inside one database transaction (a write, its version row and its index
+//! rows commit together or not at all).
+//!
+//! Functions that read or write resource rows take a [`crate::policy::Grant`]: the access
+//! decision is made before the store is reached, and the grant's tenant scope is applied
+//! inside the SQL so that counts and pages never include rows the caller may not see.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Row};
+
+use crate::error::{Error, Result};
+use crate::policy::Grant;
+
+pub mod query;
+
+pub use query::{Criterion, SearchQuery};
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The connection pool and the knowledge of which backend it talks to.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A database transaction. Dropping it without [`Transaction::commit`] rolls back.
+pub type Transaction = sqlx::Transaction<'static, sqlx::Any>;
+
+/// The current row of a resource.
+#[derive(Debug, Clone)]
+pub struct CurrentRow {
+    pub resource_type: String,
+    pub id: String,
+    pub tenant: String,
+    pub version_id: i64,
+    pub last_updated: String,
+    pub deleted: bool,
+    /// The resource JSON; `None` for a deleted resource.
+    pub content: Option<String>,
+}
+
+/// One row of the version history.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    pub seq: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub tenant: String,
+    pub last_updated: String,
+    pub method: String,
+    pub content: Option<String>,
+}
+
+/// A version about to be written.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub resource_type: &'a str,
+    pub id: &'a str,
+    pub tenant: &'a str,
+    pub version_id: i64,
+    pub last_updated: &'a str,
+    /// `POST`, `PUT`, `PATCH` or `DELETE`: the interaction that made the version.
+    pub method: &'a str,
+    pub content: Option<&'a str>,
+}
+
+/// One token index entry of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub param: String,
+    pub system: String,
+    pub code: String,
+}
+
+/// Which part of the history to list.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub resource_type: Option<String>,
+    pub id: Option<String>,
+    /// Only versions with `last_updated >= since`.
+    pub since: Option<String>,
+    /// Keyset cursor: only versions with `seq < before_seq` (newest first).
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+impl Store {
+    /// Connects, applies SQLite's durability settings, and runs the embedded migrations.
+    pub async fn connect(database_url: &str) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else if database_url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(sqlx::Error::Configuration(
+                format!("unsupported database URL '{database_url}': use sqlite://… or postgres://…").into(),
+            ));
+        };
+        let options = AnyConnectOptions::from_str(database_url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 8,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |connection, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers proceed during a write; FULL makes every commit
+                        // durable before it is acknowledged; the busy timeout makes a second
+                        // writer wait for the first instead of failing.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = FULL",
+                            "PRAGMA busy_timeout = 10000",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *connection).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&mut *connection).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&mut *connection).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: the write lock is
+    /// taken (waiting up to the busy timeout) before anything is read, so a transaction
+    /// never finds its snapshot stale when it comes to write.
+    pub async fn begin(&self) -> Result<Transaction> {
+        let statement = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        Ok(self.pool.begin_with(statement).await?)
+    }
+
+    /// A pooled connection for reads that need no transaction.
+    pub async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// Whether the database answers (for `/healthz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Serialises writers that share `name` until the surrounding transaction ends. Call it
+/// first in a transaction: on PostgreSQL it takes a row lock, on SQLite it takes the
+/// database write lock before anything has been read.
+pub async fn lock(connection: &mut AnyConnection, name: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO write_locks (name, counter) VALUES ($1, 1) \
+         ON CONFLICT (name) DO UPDATE SET counter = write_locks.counter + 1",
+    )
+    .bind(name)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// The current row of `resource_type/id`, if the grant's scope includes it.
+pub async fn current(
+    connection: &mut AnyConnection,
+    grant: &Grant,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<CurrentRow>> {
+    let row = sqlx::query(
+        "SELECT resource_type, id, tenant, version_id, last_updated, deleted, content \
+         FROM resources WHERE resource_type = $1 AND id = $2",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .fetch_optional(connection)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let current = current_from_row(&row)?;
+    Ok(grant.may_see_tenant(&current.tenant).then_some(current))
+}
+
+/// Whether any resource (in any tenant, deleted or not) holds this type and id. Used only to
+/// refuse a client-chosen id that is taken; it reveals nothing but "taken".
+pub async fn id_taken(connection: &mut AnyConnection, resource_type: &str, id: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 FROM resources WHERE resource_type = $1 AND id = $2")
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(connection)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// One historical version.
+pub async fn version(
+    connection: &mut AnyConnection,
+    grant: &Grant,
+    resource_type: &str,
+    id: &str,
+    version_id: i64,
+) -> Result<Option<VersionRow>> {
+    let row = sqlx::query(
+        "SELECT seq, resource_type, id, version_id, tenant, last_updated, method, content \
+         FROM resource_versions WHERE resource_type = $1 AND id = $2 AND version_id = $3",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .bind(version_id)
+    .fetch_optional(connection)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let version = version_from_row(&row)?;
+    Ok(grant.may_see_tenant(&version.tenant).then_some(version))
+}
+
+/// Inserts the first version of a new resource. A unique violation (the id was taken by a
+/// concurrent writer) becomes a conflict.
+pub async fn insert(connection: &mut AnyConnection, _grant: &Grant, new: &NewVersion<'_>) -> Result<()> {
+    let result = sqlx::query(
+        "INSERT INTO resources (resource_type, id, tenant, version_id, last_updated, deleted, content) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(new.resource_type)
+    .bind(new.id)
+    .bind(new.tenant)
+    .bind(new.version_id)
+    .bind(new.last_updated)
+    .bind(i64::from(new.content.is_none()))
+    .bind(new.content)
+    .execute(&mut *connection)
+    .await;
+    match result {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            return Err(Error::Conflict(format!("{}/{} already exists", new.resource_type, new.id)))
+        }
+        Err(error) => return Err(error.into()),
+    }
+    insert_version(connection, new).await
+}
+
+/// Replaces the current row if it is still at `expected_version`; returns false when
+/// another writer got there first (the caller answers 412 or retries).
+pub async fn replace(
+    connection: &mut AnyConnection,
+    _grant: &Grant,
+    new: &NewVersion<'_>,
+    expected_version: i64,
+) -> Result<bool> {
+    let result = sqlx::query(
+        "UPDATE resources SET version_id = $1, last_updated = $2, deleted = $3, content = $4 \
+         WHERE resource_type = $5 AND id = $6 AND version_id = $7",
+    )
+    .bind(new.version_id)
+    .bind(new.last_updated)
+    .bind(i64::from(new.content.is_none()))
+    .bind(new.content)
+    .bind(new.resource_type)
+    .bind(new.id)
+    .bind(expected_version)
+    .execute(&mut *connection)
+    .await?;
+    if result.rows_affected() != 1 {
+        return Ok(false);
+    }
+    insert_version(connection, new).await?;
+    Ok(true)
+}
+
+async fn insert_version(connection: &mut AnyConnection, new: &NewVersion<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO resource_versions (resource_type, id, version_id, tenant, last_updated, method, content) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(new.resource_type)
+    .bind(new.id)
+    .bind(new.version_id)
+    .bind(new.tenant)
+    .bind(new.last_updated)
+    .bind(new.method)
+    .bind(new.content)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Replaces the token index rows of one resource (empty for a deleted resource).
+pub async fn replace_tokens(
+    connection: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+    tenant: &str,
+    tokens: &[TokenEntry],
+) -> Result<()> {
+    sqlx::query("DELETE FROM search_token WHERE resource_type = $1 AND id = $2")
+        .bind(resource_type)
+        .bind(id)
+        .execute(&mut *connection)
+        .await?;
+    for token in tokens {
+        sqlx::query(
+            "INSERT INTO search_token (resource_type, id, tenant, param, system, code) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .bind(tenant)
+        .bind(&token.param)
+        .bind(&token.system)
+        .bind(&token.code)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Versions newest first, within the grant's tenants.
+pub async fn history(connection: &mut AnyConnection, grant: &Grant, filter: &HistoryFilter) -> Result<Vec<VersionRow>> {
+    let mut sql = query::Sql::new(
+        "SELECT seq, resource_type, id, version_id, tenant, last_updated, method, content FROM resource_versions WHERE ",
+    );
+    sql.tenant_scope("tenant", grant);
+    if let Some(resource_type) = &filter.resource_type {
+        sql.push(" AND resource_type = ").bind(resource_type.clone());
+    }
+    if let Some(id) = &filter.id {
+        sql.push(" AND id = ").bind(id.clone());
+    }
+    if let Some(since) = &filter.since {
+        sql.push(" AND last_updated >= ").bind(since.clone());
+    }
+    if let Some(before) = filter.before_seq {
+        sql.push(" AND seq < ").bind_i64(before);
+    }
+    sql.push(" ORDER BY seq DESC LIMIT ").bind_i64(filter.limit);
+    let rows = sql.fetch_all(connection).await?;
+    rows.iter().map(version_from_row).collect()
+}
+
+/// Counts history versions matching the filter (ignoring the cursor and limit).
+pub async fn history_count(connection: &mut AnyConnection, grant: &Grant, filter: &HistoryFilter) -> Result<i64> {
+    let mut sql = query::Sql::new("SELECT COUNT(*) AS n FROM resource_versions WHERE ");
+    sql.tenant_scope("tenant", grant);
+    if let Some(resource_type) = &filter.resource_type {
+        sql.push(" AND resource_type = ").bind(resource_type.clone());
+    }
+    if let Some(id) = &filter.id {
+        sql.push(" AND id = ").bind(id.clone());
+    }
+    if let Some(since) = &filter.since {
+        sql.push(" AND last_updated >= ").bind(since.clone());
+    }
+    let rows = sql.fetch_all(connection).await?;
+    let count = rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0);
+    Ok(count)
+}
+
+pub(crate) fn current_from_row(row: &sqlx::any::AnyRow) -> Result<CurrentRow> {
+    Ok(CurrentRow {
+        resource_type: row.try_get("resource_type")?,
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        version_id: row.try_get("version_id")?,
+        last_updated: row.try_get("last_updated")?,
+        deleted: row.try_get::<i64, _>("deleted")? != 0,
+        content: row.try_get("content")?,
+    })
+}
+
+fn version_from_row(row: &sqlx::any::AnyRow) -> Result<VersionRow> {
+    Ok(VersionRow {
+        seq: row.try_get("seq")?,
+        resource_type: row.try_get("resource_type")?,
+        id: row.try_get("id")?,
+        version_id: row.try_get("version_id")?,
+        tenant: row.try_get("tenant")?,
+        last_updated: row.try_get("last_updated")?,
+        method: row.try_get("method")?,
+        content: row.try_get("content")?,
+    })
+}

@@ -1,0 +1,86 @@
+//! Concurrent writers: exactly one conditional create wins; If-Match loses no update.
+
+use axum::http::Method;
+use serde_json::json;
+
+use crate::both_backends;
+use crate::support::{Backend, Server};
+
+const WRITERS: usize = 8;
+
+async fn concurrent_conditional_creates_make_one_resource(backend: Backend) {
+    let server = Server::start(backend).await.shared();
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:renraku:test", "value": "race" }] });
+            let reply = server
+                .send(Method::POST, "/ina/fhir/Patient", &[("if-none-exist", "identifier=urn:renraku:test|race")], &body)
+                .await;
+            (reply.status.as_u16(), reply.json()["id"].as_str().unwrap_or_default().to_owned())
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task"));
+    }
+    let created = results.iter().filter(|(status, _)| *status == 201).count();
+    let found = results.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!((created, found), (1, WRITERS - 1), "{results:?}");
+    let ids: std::collections::HashSet<&String> = results.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 1, "everyone got the same resource");
+    let search = server.get("/ina/fhir/Patient?identifier=urn:renraku:test|race").await;
+    assert_eq!(search.json()["total"], 1);
+}
+
+async fn concurrent_if_match_updates_have_one_winner(backend: Backend) {
+    let server = Server::start(backend).await.shared();
+    let id = server.create("ina", &json!({ "resourceType": "Patient", "gender": "male" })).await;
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let server = server.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "resourceType": "Patient", "id": id, "name": [{ "family": format!("writer{writer}") }] });
+            server.send(Method::PUT, &format!("/ina/fhir/Patient/{id}"), &[("if-match", "W/\"1\"")], &body).await.status.as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.expect("task"));
+    }
+    statuses.sort();
+    let mut expected = vec![200];
+    expected.extend(std::iter::repeat(412).take(WRITERS - 1));
+    assert_eq!(statuses, expected);
+    let history = server.get(&format!("/ina/fhir/Patient/{id}/_history")).await;
+    assert_eq!(history.json()["total"], 2);
+}
+
+async fn concurrent_plain_updates_lose_no_version(backend: Backend) {
+    let server = Server::start(backend).await.shared();
+    let id = server.create("ina", &json!({ "resourceType": "Patient", "gender": "male" })).await;
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let server = server.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({ "resourceType": "Patient", "id": id, "name": [{ "family": format!("writer{writer}") }] });
+            server.put(&format!("/ina/fhir/Patient/{id}"), &body).await.status.as_u16()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), 200);
+    }
+    let current = server.get(&format!("/ina/fhir/Patient/{id}")).await.json();
+    assert_eq!(current["meta"]["versionId"], (WRITERS + 1).to_string());
+    let history = server.get(&format!("/ina/fhir/Patient/{id}/_history?_count=100")).await;
+    assert_eq!(history.json()["total"], WRITERS + 1);
+}
+
+both_backends!(
+    concurrent_conditional_creates_make_one_resource,
+    concurrent_if_match_updates_have_one_winner,
+    concurrent_plain_updates_lose_no_version,
+);

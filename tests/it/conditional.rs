@@ -1,0 +1,56 @@
+//! Conditional create, update and delete.
+
+use axum::http::Method;
+use serde_json::json;
+
+use crate::both_backends;
+use crate::support::{Backend, Server};
+
+fn patient_with_number(number: &str) -> serde_json::Value {
+    json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:renraku:test", "value": number }] })
+}
+
+async fn conditional_create(backend: Backend) {
+    let server = Server::start(backend).await;
+    let condition = [("if-none-exist", "identifier=urn:renraku:test|001")];
+    let first = server.send(Method::POST, "/ina/fhir/Patient", &condition, &patient_with_number("001")).await;
+    first.expect(201);
+    let second = server.send(Method::POST, "/ina/fhir/Patient", &condition, &patient_with_number("001")).await;
+    second.expect(200);
+    assert_eq!(first.json()["id"], second.json()["id"]);
+    server.create("ina", &patient_with_number("002")).await;
+    server.create("ina", &patient_with_number("002")).await;
+    let ambiguous = [("if-none-exist", "identifier=002")];
+    server.send(Method::POST, "/ina/fhir/Patient", &ambiguous, &patient_with_number("002")).await.expect(412);
+    // The same number in another municipality is another person.
+    server.send(Method::POST, "/minowa/fhir/Patient", &condition, &patient_with_number("001")).await.expect(201);
+}
+
+async fn conditional_update(backend: Backend) {
+    let server = Server::start(backend).await;
+    let created = server.put("/ina/fhir/Patient?identifier=urn:renraku:test|010", &patient_with_number("010")).await;
+    created.expect(201);
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    let mut body = patient_with_number("010");
+    body["gender"] = json!("female");
+    let updated = server.put("/ina/fhir/Patient?identifier=urn:renraku:test|010", &body).await;
+    updated.expect(200);
+    assert_eq!(updated.json()["id"], id.as_str());
+    assert_eq!(updated.json()["meta"]["versionId"], "2");
+    body["id"] = json!("some-other-id");
+    server.put("/ina/fhir/Patient?identifier=urn:renraku:test|010", &body).await.expect(400);
+}
+
+async fn conditional_delete(backend: Backend) {
+    let server = Server::start(backend).await;
+    let id = server.create("ina", &patient_with_number("020")).await;
+    server.create("ina", &patient_with_number("021")).await;
+    server.create("ina", &patient_with_number("021")).await;
+    server.delete("/ina/fhir/Patient?identifier=urn:renraku:test|021").await.expect(412);
+    server.delete("/ina/fhir/Patient?identifier=urn:renraku:test|020").await.expect(204);
+    server.get(&format!("/ina/fhir/Patient/{id}")).await.expect(410);
+    server.delete("/ina/fhir/Patient?identifier=urn:renraku:test|999").await.expect(204);
+    server.delete("/ina/fhir/Patient").await.expect(400);
+}
+
+both_backends!(conditional_create, conditional_update, conditional_delete);

@@ -1,0 +1,116 @@
+//! ETags, conditional reads, Prefer, _summary, _elements, the CapabilityStatement.
+
+use axum::http::Method;
+use serde_json::json;
+
+use crate::both_backends;
+use crate::support::{Backend, Server};
+
+async fn if_match_guards_updates(backend: Backend) {
+    let server = Server::start(backend).await;
+    let id = server.create("ina", &json!({ "resourceType": "Patient", "gender": "male" })).await;
+    let path = format!("/ina/fhir/Patient/{id}");
+    let body = json!({ "resourceType": "Patient", "id": id, "gender": "female" });
+    server.send(Method::PUT, &path, &[("if-match", "W/\"2\"")], &body).await.expect(412);
+    server.send(Method::PUT, &path, &[("if-match", "W/\"1\"")], &body).await.expect(200);
+    server.send(Method::PUT, &path, &[("if-match", "W/\"1\"")], &body).await.expect(412);
+    server.request(Method::DELETE, &path, &[("if-match", "W/\"1\"")], None).await.expect(412);
+    server.request(Method::DELETE, &path, &[("if-match", "W/\"2\"")], None).await.expect(204);
+}
+
+async fn conditional_reads(backend: Backend) {
+    let server = Server::start(backend).await;
+    let id = server.create("ina", &json!({ "resourceType": "Patient", "gender": "male" })).await;
+    let path = format!("/ina/fhir/Patient/{id}");
+    let read = server.get(&path).await;
+    let last_modified = read.header("last-modified").expect("last-modified");
+    let not_modified = server.get_with(&path, &[("if-none-match", "W/\"1\"")]).await;
+    not_modified.expect(304);
+    assert!(not_modified.body.is_empty());
+    server.get_with(&path, &[("if-none-match", "W/\"0\"")]).await.expect(200);
+    server.get_with(&path, &[("if-modified-since", &last_modified)]).await.expect(304);
+    server.get_with(&path, &[("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")]).await.expect(200);
+}
+
+async fn prefer_return(backend: Backend) {
+    let server = Server::start(backend).await;
+    let body = json!({ "resourceType": "Patient", "gender": "male" });
+    let minimal = server.send(Method::POST, "/ina/fhir/Patient", &[("prefer", "return=minimal")], &body).await;
+    minimal.expect(201);
+    assert!(minimal.body.is_empty());
+    assert!(minimal.header("location").is_some());
+    let outcome = server.send(Method::POST, "/ina/fhir/Patient", &[("prefer", "return=OperationOutcome")], &body).await;
+    outcome.expect(201);
+    assert_eq!(outcome.json()["resourceType"], "OperationOutcome");
+    let representation = server.send(Method::POST, "/ina/fhir/Patient", &[("prefer", "return=representation")], &body).await;
+    assert_eq!(representation.json()["resourceType"], "Patient");
+}
+
+async fn summary_and_elements(backend: Backend) {
+    let server = Server::start(backend).await;
+    let id = server
+        .create(
+            "ina",
+            &json!({
+                "resourceType": "Patient",
+                "text": { "status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">山田</div>" },
+                "gender": "male",
+                "maritalStatus": { "text": "既婚" },
+                "name": [{ "family": "山田" }]
+            }),
+        )
+        .await;
+    let path = format!("/ina/fhir/Patient/{id}");
+    let subsetted = |value: &serde_json::Value| {
+        value["meta"]["tag"].as_array().is_some_and(|tags| tags.iter().any(|t| t["code"] == "SUBSETTED"))
+    };
+    // (query, present, absent)
+    let cases = [
+        ("_summary=true", vec!["gender", "name", "id", "meta"], vec!["maritalStatus", "text"]),
+        ("_summary=text", vec!["text", "id"], vec!["gender", "name"]),
+        ("_summary=data", vec!["gender", "maritalStatus", "name"], vec!["text"]),
+        ("_elements=gender", vec!["gender", "id", "meta"], vec!["name", "maritalStatus", "text"]),
+    ];
+    for (query, present, absent) in cases {
+        let reply = server.get(&format!("{path}?{query}")).await;
+        reply.expect(200);
+        let resource = reply.json();
+        for name in present {
+            assert!(resource.get(name).is_some(), "{query}: {name} should be present in {resource}");
+        }
+        for name in absent {
+            assert!(resource.get(name).is_none(), "{query}: {name} should be absent in {resource}");
+        }
+        assert!(subsetted(&resource), "{query}: marked SUBSETTED");
+    }
+    let full = server.get(&path).await.json();
+    assert!(!subsetted(&full));
+    let count = server.get("/ina/fhir/Patient?_summary=count").await;
+    assert_eq!(count.json()["total"], 1);
+    assert!(count.json().get("entry").is_none());
+}
+
+async fn capability_statement_tells_the_truth(backend: Backend) {
+    let server = Server::start(backend).await;
+    let reply = server.get("/minowa/fhir/metadata").await;
+    reply.expect(200);
+    let statement = reply.json();
+    assert_eq!(statement["resourceType"], "CapabilityStatement");
+    assert_eq!(statement["fhirVersion"], "4.0.1");
+    assert_eq!(statement["implementation"]["url"], "http://renraku.test/minowa/fhir");
+    let resources = statement["rest"][0]["resource"].as_array().expect("resources");
+    let patient = resources.iter().find(|r| r["type"] == "Patient").expect("Patient listed");
+    assert_eq!(patient["conditionalDelete"], "single");
+    let params: Vec<&str> = patient["searchParam"].as_array().expect("params").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(params, ["_id", "_lastUpdated", "identifier"]);
+    assert!(patient["supportedProfile"].as_array().is_some_and(|p| !p.is_empty()));
+    assert!(resources.len() > 140, "every R4 resource type is served");
+    // Each advertised search parameter works; an unadvertised one is refused.
+    server.get("/minowa/fhir/Patient?_id=a&_lastUpdated=gt2020&identifier=x").await.expect(200);
+    server.get("/minowa/fhir/Patient?name=x").await.expect(400);
+    let xml = server.get("/minowa/fhir/metadata?_format=xml").await;
+    xml.expect(200);
+    assert!(xml.text().contains("<CapabilityStatement"));
+}
+
+both_backends!(if_match_guards_updates, conditional_reads, prefer_return, summary_and_elements, capability_statement_tells_the_truth);

@@ -1,0 +1,14 @@
+//! The one integration-test binary: every module drives a real gateway through HTTP, on
+//! SQLite and on PostgreSQL (see `support::both_backends!`).
+
+mod support;
+
+mod bundles;
+mod concurrency;
+mod conditional;
+mod crud;
+mod errors;
+mod history;
+mod http_semantics;
+mod search_basic;
+mod validation;

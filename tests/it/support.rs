@@ -1,0 +1,212 @@
+//! Test support: a real gateway per test on SQLite (temporary file) or PostgreSQL (a
+//! fresh database), driven in-process through its axum router.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use renraku::config::{Config, TenantConfig};
+use renraku::Gateway;
+use serde_json::Value;
+use sqlx::Connection;
+use tower::ServiceExt;
+
+/// The database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the PostgreSQL suite's server is; override with `RENRAKU_TEST_POSTGRES_URL`.
+pub fn postgres_admin_url() -> String {
+    std::env::var("RENRAKU_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Generates one test per backend for each named `async fn(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+pub const BASE: &str = "http://renraku.test";
+
+/// A running gateway and what must be cleaned up after it.
+pub struct Server {
+    pub router: Router,
+    _directory: tempfile::TempDir,
+    database: Option<String>,
+}
+
+/// A response, read completely.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text());
+        self
+    }
+
+    /// The expressions of every issue of an OperationOutcome body.
+    pub fn issue_expressions(&self) -> Vec<String> {
+        let outcome = self.json();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+        outcome["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|issue| issue["expression"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+pub fn test_tenants() -> Vec<TenantConfig> {
+    renraku::config::demo_tenants()
+}
+
+impl Server {
+    pub async fn start(backend: Backend) -> Server {
+        Server::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a gateway whose configuration `adjust` may change.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Server {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let (database_url, database) = match backend {
+            Backend::Sqlite => (renraku::config::default_sqlite_url(directory.path()), None),
+            Backend::Postgres => {
+                let name = format!("renraku_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+                    .await
+                    .expect("PostgreSQL is reachable (see .ci/run)");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+                let admin_url = postgres_admin_url();
+                let base = admin_url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(admin_url);
+                (format!("{base}/{name}"), Some(name))
+            }
+        };
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: directory.path().to_owned(),
+            database_url,
+            public_base_url: BASE.to_owned(),
+            body_limit_bytes: renraku::config::DEFAULT_BODY_LIMIT_BYTES,
+            tenants: test_tenants(),
+            demo: false,
+        };
+        adjust(&mut config);
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        Server { router: gateway.router(), _directory: directory, database }
+    }
+
+    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
+        let mut builder = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(body.map(Body::from).unwrap_or_else(Body::empty)).expect("request");
+        let response = self.router.clone().oneshot(request).await.expect("router answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.expect("body").to_bytes().to_vec();
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, &[], None).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request(Method::GET, path, headers, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(Method::POST, path, &[], body).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(Method::PUT, path, &[], body).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.request(Method::DELETE, path, &[], None).await
+    }
+
+    /// Sends FHIR JSON with extra headers.
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+        let mut all = vec![("content-type", "application/fhir+json")];
+        all.extend_from_slice(headers);
+        self.request(method, path, &all, Some(serde_json::to_vec(body).expect("json"))).await
+    }
+
+    /// Creates a resource and returns its id.
+    pub async fn create(&self, tenant: &str, body: &Value) -> String {
+        let resource_type = body["resourceType"].as_str().expect("resourceType");
+        let reply = self.post(&format!("/{tenant}/fhir/{resource_type}"), body).await;
+        reply.expect(201);
+        reply.json()["id"].as_str().expect("id").to_owned()
+    }
+
+    pub fn shared(self) -> Arc<Server> {
+        Arc::new(self)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Some(name) = self.database.take() else { return };
+        // Dropping the database needs async I/O; a short-lived runtime on its own thread
+        // does it without disturbing the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async move {
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}

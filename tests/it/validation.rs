@@ -1,0 +1,85 @@
+//! Validation on every write: one table of bodies and the element paths they must name.
+
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::support::{Backend, Server};
+
+/// (body posted to its type's endpoint, expected status, expected issue expressions)
+fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
+    vec![
+        (json!({ "resourceType": "Patient", "gender": "robot" }), 422, vec!["Patient.gender"]),
+        (json!({ "resourceType": "Patient", "active": "yes" }), 422, vec!["Patient.active"]),
+        (json!({ "resourceType": "Patient", "birthDate": "2020-13-01" }), 422, vec!["Patient.birthDate"]),
+        (json!({ "resourceType": "Patient", "birthDate": "01/02/2020" }), 422, vec!["Patient.birthDate"]),
+        (json!({ "resourceType": "Patient", "deceasedDateTime": "2020-01-01T25:00:00Z" }), 422, vec!["Patient.deceasedDateTime"]),
+        (json!({ "resourceType": "Patient", "nickname": "x" }), 422, vec!["Patient.nickname"]),
+        (json!({ "resourceType": "Patient", "name": [{ "family": "a", "middle": "b" }] }), 422, vec!["Patient.name[0].middle"]),
+        (json!({ "resourceType": "Patient", "telecom": [{ "system": "pager-ish", "value": "1" }] }), 422, vec!["Patient.telecom[0].system"]),
+        (json!({ "resourceType": "Patient", "multipleBirthInteger": "2" }), 422, vec!["Patient.multipleBirthInteger"]),
+        (json!({ "resourceType": "Patient", "link": [{ "type": "seealso" }] }), 422, vec!["Patient.link[0].other"]),
+        (json!({ "resourceType": "Observation", "code": { "text": "体温" } }), 422, vec!["Observation.status"]),
+        (json!({ "resourceType": "Observation", "status": "final" }), 422, vec!["Observation.code"]),
+        (json!({ "resourceType": "Observation", "status": "final", "code": { "text": "体温" }, "valueQuantity": { "value": "36.5" } }), 422, vec!["Observation.valueQuantity.value"]),
+        (json!({ "resourceType": "Observation", "status": "final", "code": { "text": "t" }, "issued": "2026-11-25" }), 422, vec!["Observation.issued"]),
+        (json!({ "resourceType": "Observation", "status": "final", "code": { "coding": [{ "system": "not a uri", "code": " leading-space" }] } }), 422, vec!["Observation.code.coding[0].code", "Observation.code.coding[0].system"]),
+        (json!({ "resourceType": "Patient", "contained": [{ "resourceType": "Practitioner", "id": "p1", "gender": "x" }] }), 422, vec!["Patient.contained[0].gender"]),
+        (json!({ "resourceType": "Patient", "managingOrganization": { "reference": "Organization/does-not-exist" } }), 422, vec!["Patient.managingOrganization.reference"]),
+        (json!({ "resourceType": "Patient", "generalPractitioner": [{ "reference": "#missing" }] }), 422, vec!["Patient.generalPractitioner[0].reference"]),
+        (json!({ "resourceType": "Patient", "meta": { "profile": ["http://example.org/unknown-profile"] } }), 422, vec!["Patient.meta.profile[0]"]),
+        (
+            json!({ "resourceType": "Patient", "meta": { "profile": ["https://renraku.example.jp/fhir/StructureDefinition/renraku-patient"] }, "active": true, "identifier": [{ "value": "1" }], "name": [{ "given": ["太郎"] }] }),
+            422,
+            vec!["Patient.name[0].family"],
+        ),
+        (
+            json!({ "resourceType": "Patient", "meta": { "profile": ["https://renraku.example.jp/fhir/StructureDefinition/renraku-patient"] }, "name": [{ "family": "山田" }] }),
+            422,
+            vec!["Patient.identifier", "Patient.active"],
+        ),
+        // Valid resources pass, including the `_element` form of a required primitive.
+        (json!({ "resourceType": "Patient", "gender": "other", "birthDate": "1940", "name": [{ "family": "中村" }] }), 201, vec![]),
+        (json!({ "resourceType": "Observation", "_status": { "extension": [{ "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown" }] }, "code": { "text": "t" } }), 201, vec![]),
+        (
+            json!({ "resourceType": "Patient", "meta": { "profile": ["https://renraku.example.jp/fhir/StructureDefinition/renraku-patient"] }, "active": true, "identifier": [{ "value": "1" }], "name": [{ "family": "山田" }] }),
+            201,
+            vec![],
+        ),
+        (json!({ "resourceType": "Patient", "contained": [{ "resourceType": "Practitioner", "id": "p1" }], "generalPractitioner": [{ "reference": "#p1" }] }), 201, vec![]),
+    ]
+}
+
+async fn every_rule_names_its_element(backend: Backend) {
+    let server = Server::start(backend).await;
+    for (body, status, expected) in cases() {
+        let resource_type = body["resourceType"].as_str().unwrap_or_default().to_owned();
+        let reply = server.post(&format!("/ina/fhir/{resource_type}"), &body).await;
+        assert_eq!(reply.status.as_u16(), status, "{body}\n→ {}", reply.text());
+        if status >= 400 {
+            let mut found = reply.issue_expressions();
+            found.sort();
+            let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+            expected.sort();
+            assert_eq!(found, expected, "{body}\n→ {}", reply.text());
+        }
+    }
+}
+
+async fn resource_type_and_id_must_match_the_url(backend: Backend) {
+    let server = Server::start(backend).await;
+    let observation = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "t" } });
+    let wrong_type = server.post("/ina/fhir/Patient", &observation).await;
+    wrong_type.expect(400);
+    assert_eq!(wrong_type.issue_expressions(), ["Observation.resourceType"]);
+    let mut patient = json!({ "resourceType": "Patient", "id": "a" });
+    let wrong_id = server.put("/ina/fhir/Patient/b", &patient).await;
+    wrong_id.expect(400);
+    assert_eq!(wrong_id.issue_expressions(), ["Patient.id"]);
+    patient.as_object_mut().map(|o| o.remove("id"));
+    server.put("/ina/fhir/Patient/b", &patient).await.expect(400);
+    server.post("/ina/fhir/NotAType", &patient).await.expect(404);
+    // A rejected write stores nothing.
+    assert_eq!(server.get("/ina/fhir/Patient").await.json()["total"], 0);
+}
+
+both_backends!(every_rule_names_its_element, resource_type_and_id_must_match_the_url);
