@@ -38,6 +38,20 @@ impl Format {
     }
 }
 
+/// Converts FHIR JSON into fhirbolt's typed R4 model. fhirbolt can panic on some inputs
+/// (for example an empty array); the panic is contained here and becomes an error.
+pub fn to_model(
+    value: Value,
+    mode: fhirbolt::serde::DeserializationMode,
+) -> Result<fhirbolt::model::r4::Resource, String> {
+    let config = fhirbolt::serde::DeserializationConfig { mode };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        fhirbolt::json::from_json_value::<fhirbolt::model::r4::Resource>(value, Some(config))
+    }))
+    .map_err(|_| "the resource cannot be represented in the R4 model".to_owned())?
+    .map_err(|error| error.to_string())
+}
+
 /// Parses a request body in `format` into FHIR JSON. Syntax errors are 400s.
 pub fn parse(bytes: &[u8], format: Format) -> Result<Value, Error> {
     match format {
@@ -48,13 +62,15 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Value, Error> {
             ))
         }),
         Format::Xml => {
-            let resource: fhirbolt::model::r4::Resource =
-                fhirbolt::xml::from_slice(bytes, None).map_err(|error| {
-                    Error::BadRequest(Issue::error(
-                        IssueCode::Structure,
-                        format!("the body is not a valid FHIR R4 XML resource: {error}"),
-                    ))
-                })?;
+            let parsed = std::panic::catch_unwind(|| fhirbolt::xml::from_slice::<fhirbolt::model::r4::Resource>(bytes, None))
+                .map_err(|_| "the XML cannot be represented in the R4 model".to_owned())
+                .and_then(|result| result.map_err(|error| error.to_string()));
+            let resource = parsed.map_err(|error| {
+                Error::BadRequest(Issue::error(
+                    IssueCode::Structure,
+                    format!("the body is not a valid FHIR R4 XML resource: {error}"),
+                ))
+            })?;
             fhirbolt::json::to_json_value(resource, None)
                 .map_err(|error| Error::internal(format!("XML to JSON conversion: {error}")))
         }
@@ -67,8 +83,7 @@ pub fn render(value: &Value, format: Format, pretty: bool) -> Result<Vec<u8>, Er
         Format::Json if pretty => Ok(serde_json::to_vec_pretty(value)?),
         Format::Json => Ok(serde_json::to_vec(value)?),
         Format::Xml => {
-            let config = fhirbolt::serde::DeserializationConfig { mode: fhirbolt::serde::DeserializationMode::Lax };
-            let resource: fhirbolt::model::r4::Resource = fhirbolt::json::from_json_value(value.clone(), Some(config))
+            let resource = to_model(value.clone(), fhirbolt::serde::DeserializationMode::Lax)
                 .map_err(|error| Error::internal(format!("JSON to XML conversion: {error}")))?;
             fhirbolt::xml::to_vec(&resource, None).map_err(|error| Error::internal(format!("XML output: {error}")))
         }

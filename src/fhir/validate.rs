@@ -97,11 +97,12 @@ impl Validator {
             self.check_profiles(&resource, &mut issues);
         }
         if issues.is_empty() {
-            if let Err(error) = fhirbolt::json::from_json_value::<fhirbolt::model::r4::Resource>(resource.clone(), None) {
-                let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
-                issues.push(
+            let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
+            match crate::fhir::format::to_model(resource.clone(), fhirbolt::serde::DeserializationMode::Strict) {
+                Ok(_) => {}
+                Err(error) => issues.push(
                     Issue::error(IssueCode::Structure, format!("not a valid R4 resource: {error}")).at(resource_type),
-                );
+                ),
             }
         }
         if issues.is_empty() {
@@ -149,6 +150,7 @@ impl Validator {
             .collect();
         found.retain(|issue| !(issue.code == IssueCode::Value && wrong_type.contains(&issue.expression)));
         issues.extend(found);
+        check_not_empty(resource, &root_path, issues);
         self.walk(resource_type, resource, &root_path, issues);
     }
 
@@ -233,6 +235,39 @@ impl Validator {
     /// The profile registry (for the CapabilityStatement).
     pub fn profiles(&self) -> &Profiles {
         &self.profiles
+    }
+}
+
+/// FHIR forbids empty arrays and empty objects: an element is present only with a value or
+/// children. Embedded resources are checked when they are validated themselves.
+fn check_not_empty(value: &Value, path: &str, issues: &mut Vec<Issue>) {
+    match value {
+        Value::Array(items) if items.is_empty() => issues.push(
+            Issue::error(IssueCode::Structure, "an array must not be empty; leave the element out instead").at(path),
+        ),
+        Value::Object(object) if object.is_empty() => issues.push(
+            Issue::error(IssueCode::Structure, "an element must have a value or children; leave it out instead").at(path),
+        ),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                check_not_empty(item, &format!("{path}[{index}]"), issues);
+            }
+        }
+        Value::Object(object) => {
+            for (key, child) in object {
+                if child.get("resourceType").is_some() {
+                    continue;
+                }
+                let child_path = format!("{path}.{key}");
+                if let Value::Array(items) = child {
+                    if items.iter().any(|item| item.get("resourceType").is_some()) {
+                        continue;
+                    }
+                }
+                check_not_empty(child, &child_path, issues);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -307,7 +307,7 @@ impl Fhir {
             responses[i] = Some(response);
         }
         let entries: Vec<Value> = responses.into_iter().map(|r| r.unwrap_or_else(|| json!({}))).collect();
-        Ok(json!({ "resourceType": "Bundle", "type": "transaction-response", "entry": entries }))
+        Ok(response_bundle("transaction-response", entries))
     }
 
     async fn batch(&self, context: &Context, requests: Vec<EntryRequest>) -> Value {
@@ -352,7 +352,7 @@ impl Fhir {
                 Err(error) => error_entry(&in_entry(error, request), &context.request_id),
             });
         }
-        json!({ "resourceType": "Bundle", "type": "batch-response", "entry": entries })
+        response_bundle("batch-response", entries)
     }
 
     /// A GET entry: read, vread, or search.
@@ -395,6 +395,15 @@ fn patch_document(request: &EntryRequest) -> Result<Value> {
         .decode(data)
         .map_err(|_| Error::bad_request_at("Binary.data is not base64", format!("{at}.data")))?;
     serde_json::from_slice(&bytes).map_err(|error| Error::bad_request_at(format!("the patch is not JSON: {error}"), format!("{at}.data")))
+}
+
+/// A response Bundle; FHIR forbids empty arrays, so no entries means no `entry`.
+fn response_bundle(kind: &str, entries: Vec<Value>) -> Value {
+    let mut bundle = json!({ "resourceType": "Bundle", "type": kind });
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
 }
 
 fn entry_response(stored: &Stored, status: &str) -> Value {

@@ -88,13 +88,12 @@ impl Fhir {
             }
         }
         let entries: Vec<Value> = rows.iter().map(|row| history_entry(&context.base_url, row)).collect::<Result<_>>()?;
-        Ok(json!({
-            "resourceType": "Bundle",
-            "type": "history",
-            "total": total,
-            "link": links,
-            "entry": entries,
-        }))
+        let mut bundle = json!({ "resourceType": "Bundle", "type": "history", "total": total, "link": links });
+        // FHIR forbids empty arrays: an empty page has no `entry` at all.
+        if !entries.is_empty() {
+            bundle["entry"] = json!(entries);
+        }
+        Ok(bundle)
     }
 }
 

@@ -335,7 +335,10 @@ impl crate::service::Fhir {
             }));
         }
         bundle["link"] = json!(links);
-        bundle["entry"] = json!(entries);
+        // FHIR forbids empty arrays: an empty page has no `entry` at all.
+        if !entries.is_empty() {
+            bundle["entry"] = json!(entries);
+        }
         Ok(bundle)
     }
 }

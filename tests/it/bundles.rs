@@ -136,6 +136,9 @@ async fn malformed_bundles_are_refused(backend: Backend) {
         (json!({ "resourceType": "Bundle", "type": "transaction", "entry": [{ "request": { "method": "POST", "url": "Patient" } }] }), "Bundle.entry[0].resource"),
         (json!({ "resourceType": "Bundle", "type": "batch", "entry": [{ "request": { "method": "GET", "url": "Nonsense/1" } }] }), "Bundle.entry[0].request.url"),
     ];
+    let empty = server.post("/ina/fhir", &json!({ "resourceType": "Bundle", "type": "batch" })).await;
+    empty.expect(200);
+    assert!(empty.json().get("entry").is_none(), "no empty arrays in responses");
     for (bundle, expression) in cases {
         let reply = server.post("/ina/fhir", &bundle).await;
         reply.expect(400);

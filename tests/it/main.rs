@@ -6,6 +6,7 @@ mod support;
 mod bundles;
 mod concurrency;
 mod conditional;
+mod conformance;
 mod crud;
 mod errors;
 mod history;

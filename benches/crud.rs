@@ -1,0 +1,165 @@
+//! Create and read throughput and latency, in-process through the full HTTP stack (axum
+//! router, validation, storage), on SQLite or PostgreSQL.
+//!
+//! ```sh
+//! cargo bench --bench crud                                   # SQLite in a temporary directory
+//! BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/renraku_bench cargo bench --bench crud
+//! ```
+//! Environment: `BENCH_PRELOAD` (Patients loaded before measuring, default 10000),
+//! `BENCH_OPERATIONS` (measured requests per phase, default 4000), `BENCH_CONCURRENCY`
+//! (requests in flight, default 8). Results are recorded in `benches/README.md`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use axum::Router;
+use http_body_util::BodyExt;
+use renraku::config::{demo_tenants, Config};
+use renraku::Gateway;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn patient(n: usize) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "urn:renraku:bench", "value": format!("{n:08}") }],
+        "active": true,
+        "name": [
+            { "use": "official", "family": "山田", "given": [format!("太郎{n}")] },
+            { "use": "official", "family": "ヤマダ", "given": ["タロウ"] }
+        ],
+        "gender": if n % 2 == 0 { "male" } else { "female" },
+        "birthDate": format!("19{:02}-0{}-1{}", 30 + n % 60, 1 + n % 9, n % 10),
+        "address": [{ "city": "伊那市", "state": "長野県", "country": "JP" }]
+    }))
+    .unwrap_or_default()
+}
+
+async fn send(router: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/fhir+json")
+        .body(body.map(Body::from).unwrap_or_else(Body::empty))
+        .unwrap_or_default();
+    match router.clone().oneshot(request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+            (status, bytes)
+        }
+        Err(_) => (0, Vec::new()),
+    }
+}
+
+struct Phase {
+    name: &'static str,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    failures: usize,
+}
+
+impl Phase {
+    fn report(&mut self) {
+        self.latencies.sort();
+        let percentile = |p: f64| {
+            let index = ((self.latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
+            self.latencies.get(index).copied().unwrap_or_default()
+        };
+        println!(
+            "{:<8} {:>6} requests  {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  failures {}",
+            self.name,
+            self.latencies.len(),
+            self.latencies.len() as f64 / self.elapsed.as_secs_f64(),
+            percentile(0.50).as_secs_f64() * 1000.0,
+            percentile(0.99).as_secs_f64() * 1000.0,
+            self.failures
+        );
+    }
+}
+
+/// Runs `operations` requests, `concurrency` at a time, timing each.
+async fn phase(
+    name: &'static str,
+    router: &Router,
+    operations: usize,
+    concurrency: usize,
+    make: impl Fn(usize) -> (&'static str, String, Option<Vec<u8>>),
+    expect: u16,
+) -> Phase {
+    let semaphore = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(operations);
+    for n in 0..operations {
+        let permit = semaphore.clone().acquire_owned().await;
+        let router = router.clone();
+        let (method, uri, body) = make(n);
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let start = Instant::now();
+            let (status, _) = send(&router, method, &uri, body).await;
+            (start.elapsed(), status == expect)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(operations);
+    let mut failures = 0;
+    for task in tasks {
+        if let Ok((latency, ok)) = task.await {
+            latencies.push(latency);
+            failures += usize::from(!ok);
+        }
+    }
+    Phase { name, latencies, elapsed: started.elapsed(), failures }
+}
+
+#[tokio::main]
+async fn main() {
+    let preload = setting("BENCH_PRELOAD", 10_000);
+    let operations = setting("BENCH_OPERATIONS", 4_000);
+    let concurrency = setting("BENCH_CONCURRENCY", 8);
+    let directory = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+    let database_url = std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| renraku::config::default_sqlite_url(directory.path()));
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        data_dir: directory.path().to_owned(),
+        database_url: database_url.clone(),
+        public_base_url: "http://bench".into(),
+        body_limit_bytes: renraku::config::DEFAULT_BODY_LIMIT_BYTES,
+        tenants: demo_tenants(),
+        demo: false,
+    };
+    let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
+    let router = gateway.router();
+    let backend = database_url.split(':').next().unwrap_or_default().to_owned();
+    println!("backend {backend}; preload {preload} Patients; {operations} requests per phase; concurrency {concurrency}");
+
+    let load = phase("preload", &router, preload, concurrency, |n| ("POST", "/ina/fhir/Patient".into(), Some(patient(n))), 201).await;
+    println!("preloaded in {:.1} s", load.elapsed.as_secs_f64());
+    let (_, body) = send(&router, "GET", &format!("/ina/fhir/Patient?_count={}&_elements=id", preload.min(1000)), None).await;
+    let bundle: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let ids: Arc<Vec<String>> = Arc::new(
+        bundle["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned)).collect(),
+    );
+    let mut create =
+        phase("create", &router, operations, concurrency, |n| ("POST", "/ina/fhir/Patient".into(), Some(patient(preload + n))), 201).await;
+    create.report();
+    let read_ids = ids.clone();
+    let mut read = phase(
+        "read",
+        &router,
+        operations,
+        concurrency,
+        move |n| ("GET", format!("/ina/fhir/Patient/{}", read_ids[(n * 7919) % read_ids.len().max(1)]), None),
+        200,
+    )
+    .await;
+    read.report();
+}

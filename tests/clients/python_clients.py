@@ -1,0 +1,71 @@
+"""Standard Python FHIR clients against a running Renraku (manual interoperability check).
+
+    pip install fhirclient "fhir.resources==6.5.0" requests     # 6.5 is the R4 line
+    python3 tests/clients/python_clients.py http://127.0.0.1:8080/ina/fhir
+
+fhirclient (SMART Health IT, R4 models) creates, reads, updates, searches and pages;
+fhir.resources (pydantic R4 models) parses every response body the session produced.
+Exits non-zero on the first failure.
+"""
+import sys
+import uuid
+
+import requests
+from fhirclient import client
+from fhirclient.models import humanname, identifier, patient
+
+base = sys.argv[1].rstrip("/")
+seen = []  # (resourceType, json) of responses, parsed with fhir.resources afterwards
+
+
+def record(response):
+    response.raise_for_status()
+    body = response.json()
+    seen.append(body)
+    return body
+
+
+smart = client.FHIRClient(settings={"app_id": "renraku-check", "api_base": base + "/"})
+statement = record(requests.get(base + "/metadata"))
+assert statement["fhirVersion"] == "4.0.1"
+
+system = "urn:renraku:client-check:" + uuid.uuid4().hex
+created_ids = []
+for n in range(5):
+    person = patient.Patient()
+    name = humanname.HumanName()
+    name.family = "山田"
+    name.given = [f"太郎{n}"]
+    person.name = [name]
+    ident = identifier.Identifier()
+    ident.system = system
+    ident.value = str(n)
+    person.identifier = [ident]
+    person.gender = "male"
+    result = person.create(smart.server)
+    created_ids.append(result["id"])
+
+read = patient.Patient.read(created_ids[0], smart.server)
+assert read.name[0].family == "山田", read.as_json()
+read.gender = "female"
+read.update(smart.server)
+again = patient.Patient.read(created_ids[0], smart.server)
+assert again.gender == "female" and again.meta.versionId == "2", again.as_json()
+
+search = patient.Patient.where(struct={"identifier": f"{system}|", "_count": "2"})
+found = list(search.perform_resources_iter(smart.server))
+assert sorted(p.id for p in found) == sorted(created_ids), (len(found), created_ids)
+
+bundle = record(requests.get(f"{base}/Patient", params={"identifier": f"{system}|", "_count": 2}))
+record(requests.get(f"{base}/Patient/{created_ids[0]}"))
+record(requests.get(f"{base}/Patient/{created_ids[0]}/_history"))
+outcome = requests.post(f"{base}/Patient", json={"resourceType": "Patient", "gender": "robot"},
+                        headers={"Content-Type": "application/fhir+json"})
+assert outcome.status_code == 422
+seen.append(outcome.json())
+
+from fhir.resources import construct_fhir_element  # noqa: E402  (fhir.resources 6.5 = R4)
+
+for body in seen:
+    construct_fhir_element(body["resourceType"], body)
+print(f"python clients: fhirclient create/read/update/search/page OK; fhir.resources parsed {len(seen)} responses")
