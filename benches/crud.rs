@@ -135,6 +135,7 @@ async fn main() {
         body_limit_bytes: renraku::config::DEFAULT_BODY_LIMIT_BYTES,
         tenants: demo_tenants(),
         demo: false,
+        extra_search_parameters: Vec::new(),
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();

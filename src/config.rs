@@ -28,6 +28,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// Demo mode seeds demo data on start-up.
     pub demo: bool,
+    /// Custom SearchParameter resources (read from `search_parameters_dir`).
+    pub extra_search_parameters: Vec<serde_json::Value>,
 }
 
 /// One municipality served by the gateway.
@@ -50,6 +52,7 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     pub public_base_url: Option<String>,
     pub body_limit_bytes: Option<usize>,
+    pub search_parameters_dir: Option<PathBuf>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
 }
@@ -62,6 +65,7 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub public_base_url: Option<String>,
     pub body_limit_bytes: Option<usize>,
+    pub search_parameters_dir: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
     pub demo: bool,
 }
@@ -76,6 +80,8 @@ pub enum ConfigError {
     Listen(String),
     #[error("tenant '{slug}': {problem}")]
     Tenant { slug: String, problem: String },
+    #[error("search parameter file {path}: {problem}")]
+    SearchParameter { path: PathBuf, problem: String },
     #[error("no tenants are configured: add [[tenants]] to the configuration file, or start with --demo")]
     NoTenants,
 }
@@ -108,6 +114,10 @@ impl Config {
             return Err(ConfigError::NoTenants);
         }
         validate_tenants(&tenants)?;
+        let extra_search_parameters = match overrides.search_parameters_dir.or(file.search_parameters_dir) {
+            Some(directory) => read_search_parameters(&directory)?,
+            None => Vec::new(),
+        };
         Ok(Config {
             listen,
             data_dir,
@@ -119,6 +129,7 @@ impl Config {
                 .unwrap_or(DEFAULT_BODY_LIMIT_BYTES),
             tenants,
             demo: overrides.demo,
+            extra_search_parameters,
         })
     }
 
@@ -145,6 +156,29 @@ pub fn demo_tenants() -> Vec<TenantConfig> {
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+}
+
+/// Every SearchParameter in the `*.json` files of `directory` (a file may hold one
+/// SearchParameter or a Bundle of them).
+fn read_search_parameters(directory: &Path) -> Result<Vec<serde_json::Value>, ConfigError> {
+    let problem = |path: &Path, problem: String| ConfigError::SearchParameter { path: path.to_owned(), problem };
+    let entries = std::fs::read_dir(directory).map_err(|e| problem(directory, e.to_string()))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    paths.retain(|p| p.extension().is_some_and(|ext| ext == "json"));
+    paths.sort();
+    let mut found = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|e| problem(&path, e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| problem(&path, e.to_string()))?;
+        match value["resourceType"].as_str() {
+            Some("SearchParameter") => found.push(value),
+            Some("Bundle") => found.extend(
+                value["entry"].as_array().into_iter().flatten().map(|e| e["resource"].clone()).filter(|r| r["resourceType"] == "SearchParameter"),
+            ),
+            _ => return Err(problem(&path, "not a SearchParameter or a Bundle of them".into())),
+        }
+    }
+    Ok(found)
 }
 
 fn validate_tenants(tenants: &[TenantConfig]) -> Result<(), ConfigError> {

@@ -54,8 +54,15 @@ impl Gateway {
         }
         let store = store::Store::connect(&config.database_url).await?;
         let validator = Arc::new(fhir::validate::Validator::load().map_err(StartError::Validation)?);
+        let registry = fhir::search_params::Registry::load(&config.extra_search_parameters).map_err(StartError::Validation)?;
+        for skipped in &registry.skipped {
+            tracing::debug!(%skipped, "search parameter not compiled");
+        }
         let config = Arc::new(config);
-        let fhir = Arc::new(service::Fhir::new(store, validator, Arc::new(clock::SystemClock), config.clone()));
+        let fhir = Arc::new(service::Fhir::new(store, validator, Arc::new(registry), Arc::new(clock::SystemClock), config.clone()));
+        if let Some(count) = fhir.reindex_if_changed().await.map_err(|e| StartError::Validation(format!("reindex: {e}")))? {
+            tracing::info!(count, "search index rebuilt for changed search parameters");
+        }
         if config.demo {
             demo::seed(&fhir).await.map_err(|e| StartError::Demo(e.to_string()))?;
         }

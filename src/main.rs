@@ -17,29 +17,53 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve {
-        /// Seed demo municipalities and data (伊那市, 南箕輪村, 箕輪町).
-        #[arg(long, env = "RENRAKU_DEMO")]
-        demo: bool,
-        /// Address to listen on [default: 127.0.0.1:8080].
-        #[arg(long, env = "RENRAKU_LISTEN")]
-        listen: Option<String>,
-        /// Directory for the embedded SQLite database [default: ./renraku-data].
-        #[arg(long, env = "RENRAKU_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// sqlite://… or postgres://… [default: SQLite in the data directory].
-        #[arg(long, env = "RENRAKU_DATABASE_URL")]
-        database_url: Option<String>,
-        /// TOML configuration file.
-        #[arg(long, env = "RENRAKU_CONFIG")]
-        config: Option<PathBuf>,
-        /// Externally visible origin, e.g. https://renraku.example.jp [default: http://LISTEN].
-        #[arg(long, env = "RENRAKU_PUBLIC_BASE_URL")]
-        public_base_url: Option<String>,
-        /// Largest accepted request body in bytes [default: 10485760].
-        #[arg(long, env = "RENRAKU_BODY_LIMIT_BYTES")]
-        body_limit_bytes: Option<usize>,
-    },
+    Serve(Settings),
+    /// Rebuild the search index of every resource (after adding a custom SearchParameter).
+    /// Give it the same settings as `serve`.
+    Reindex(Settings),
+}
+
+#[derive(clap::Args)]
+struct Settings {
+    /// Seed demo municipalities and data (伊那市, 南箕輪村, 箕輪町).
+    #[arg(long, env = "RENRAKU_DEMO")]
+    demo: bool,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "RENRAKU_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the embedded SQLite database [default: ./renraku-data].
+    #[arg(long, env = "RENRAKU_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… [default: SQLite in the data directory].
+    #[arg(long, env = "RENRAKU_DATABASE_URL")]
+    database_url: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "RENRAKU_CONFIG")]
+    config: Option<PathBuf>,
+    /// Externally visible origin, e.g. https://renraku.example.jp [default: http://LISTEN].
+    #[arg(long, env = "RENRAKU_PUBLIC_BASE_URL")]
+    public_base_url: Option<String>,
+    /// Largest accepted request body in bytes [default: 10485760].
+    #[arg(long, env = "RENRAKU_BODY_LIMIT_BYTES")]
+    body_limit_bytes: Option<usize>,
+    /// Directory of custom SearchParameter JSON files.
+    #[arg(long, env = "RENRAKU_SEARCH_PARAMETERS_DIR")]
+    search_parameters_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            public_base_url: self.public_base_url,
+            body_limit_bytes: self.body_limit_bytes,
+            search_parameters_dir: self.search_parameters_dir,
+            config_file: self.config,
+            demo: self.demo,
+        }
+    }
 }
 
 #[tokio::main]
@@ -50,19 +74,25 @@ async fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { demo, listen, data_dir, database_url, config, public_base_url, body_limit_bytes } => {
-            let overrides =
-                Overrides { listen, data_dir, database_url, public_base_url, body_limit_bytes, config_file: config, demo };
-            match serve(overrides).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(message) => {
-                    eprintln!("renraku: {message}");
-                    ExitCode::FAILURE
-                }
-            }
+    let result = match cli.command {
+        Command::Serve(settings) => serve(settings.overrides()).await,
+        Command::Reindex(settings) => reindex(settings.overrides()).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("renraku: {message}");
+            ExitCode::FAILURE
         }
     }
+}
+
+async fn reindex(overrides: Overrides) -> Result<(), String> {
+    let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
+    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+    let count = gateway.state.fhir.reindex().await.map_err(|e| e.to_string())?;
+    println!("reindexed {count} resources");
+    Ok(())
 }
 
 async fn serve(overrides: Overrides) -> Result<(), String> {

@@ -6,4 +6,6 @@ pub mod format;
 pub mod outcome;
 pub mod profiles;
 pub mod references;
+pub mod search_params;
+pub mod text;
 pub mod validate;

@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
             get(read).put(update).patch(patch).delete(delete).fallback(method_not_allowed),
         )
         .route("/{tenant}/fhir/{resource_type}/{id}/_history", get(history_instance).fallback(method_not_allowed))
+        .route("/{tenant}/fhir/{resource_type}/{id}/{compartment_type}", get(compartment).fallback(method_not_allowed))
         .route("/{tenant}/fhir/{resource_type}/{id}/_history/{version}", get(vread).fallback(method_not_allowed));
     Router::new()
         .route("/healthz", get(healthz))
@@ -226,6 +227,23 @@ async fn search_post(
     let mut pairs = request.query.clone();
     pairs.extend(body.form().map_err(|e| request.fail(e))?);
     let bundle = state.fhir.search(&request.context, &resource_type, &pairs).await.map_err(|e| request.fail(e))?;
+    Ok(request.reply(StatusCode::OK, bundle))
+}
+
+/// `GET [base]/Patient/[id]/[type]`: search within a Patient's compartment.
+async fn compartment(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type, id, compartment_type)): Path<(String, String, String, String)>,
+) -> Reply {
+    if resource_type != "Patient" {
+        return Err(request.fail(Error::NotFound(format!("the compartment {resource_type}/{id}/{compartment_type}"))));
+    }
+    let bundle = state
+        .fhir
+        .compartment_search(&request.context, &id, &compartment_type, &request.query)
+        .await
+        .map_err(|e| request.fail(e))?;
     Ok(request.reply(StatusCode::OK, bundle))
 }
 

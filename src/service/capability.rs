@@ -21,12 +21,8 @@ impl Fhir {
                 .iter()
                 .map(|(name, kind, definition)| json!({ "name": name, "type": kind, "definition": definition }))
                 .collect();
-            if self.validator.has_element(resource_type, "identifier") {
-                search_params.push(json!({
-                    "name": "identifier",
-                    "type": "token",
-                    "definition": format!("http://hl7.org/fhir/SearchParameter/{resource_type}-identifier"),
-                }));
+            for param in self.search_params.for_type(resource_type) {
+                search_params.push(json!({ "name": param.code, "type": param.kind.as_str(), "definition": param.url }));
             }
             let supported_profiles: Vec<&str> = self
                 .validator
@@ -52,6 +48,8 @@ impl Fhir {
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "local", "enforced"],
                 "searchParam": search_params,
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
             });
             if !supported_profiles.is_empty() {
                 resource["supportedProfile"] = json!(supported_profiles);

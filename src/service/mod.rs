@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fhir::outcome::{Issue, IssueCode};
 use crate::fhir::references::{self, Target};
+use crate::fhir::search_params::Registry;
 use crate::fhir::validate::{Validated, Validator};
 use crate::policy::{self, Grant, Interaction, Principal};
 use crate::store::{self, CurrentRow, NewVersion, Store};
@@ -24,6 +25,7 @@ use crate::store::{self, CurrentRow, NewVersion, Store};
 pub mod bundle;
 pub mod capability;
 pub mod history;
+pub mod reindex;
 pub mod search;
 
 /// Who is asking, where, and under which request id.
@@ -61,13 +63,20 @@ pub struct Written {
 pub struct Fhir {
     pub store: Store,
     pub validator: Arc<Validator>,
+    pub search_params: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
 }
 
 impl Fhir {
-    pub fn new(store: Store, validator: Arc<Validator>, clock: Arc<dyn Clock>, config: Arc<Config>) -> Fhir {
-        Fhir { store, validator, clock, config }
+    pub fn new(
+        store: Store,
+        validator: Arc<Validator>,
+        search_params: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+    ) -> Fhir {
+        Fhir { store, validator, search_params, clock, config }
     }
 
     fn check_type(&self, resource_type: &str) -> Result<()> {
@@ -252,11 +261,11 @@ impl Fhir {
         if pairs.is_empty() {
             return Err(Error::bad_request("a conditional interaction needs search criteria"));
         }
-        let parsed = search::parse(&pairs, context.lenient)?;
+        let parsed = search::parse(&self.search_params, resource_type, &pairs, context.lenient, &context.base_url)?;
         if parsed.criteria.is_empty() {
             return Err(Error::bad_request("the condition has no search criteria this server supports"));
         }
-        let mut matches = store::query::search(connection, grant, &parsed.query(resource_type, 2)).await?;
+        let mut matches = store::query::search(connection, grant, &parsed.query(resource_type, 2)).await?.rows;
         match matches.len() {
             0 => Ok(None),
             1 => Ok(matches.pop()),
@@ -386,7 +395,7 @@ impl Fhir {
                 content: None,
             };
             if store::replace(connection, grant, &new, current.version_id).await? {
-                store::replace_tokens(connection, resource_type, id, &current.tenant, &[]).await?;
+                store::replace_index(connection, resource_type, id, &current.tenant, &[]).await?;
                 return Ok(());
             }
             if if_match.is_some() {
@@ -431,7 +440,7 @@ impl Fhir {
                 }
             }
         }
-        store::replace_tokens(connection, resource_type, id, &tenant, &search::extract_tokens(&resource)).await?;
+        store::replace_index(connection, resource_type, id, &tenant, &self.search_params.extract(&resource)).await?;
         Ok(Stored { resource_type: resource_type.to_owned(), id: id.to_owned(), version_id, last_updated, resource })
     }
 

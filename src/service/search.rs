@@ -1,17 +1,26 @@
-//! Search parameters as this server understands them (for now `_id`, `_lastUpdated` and the
-//! `identifier` token), parsed into the store's [`SearchQuery`], and the token index
-//! extracted from resources on write.
+//! Search: URL parameters parsed (against the search parameter registry) into the store's
+//! query model, run, and shaped into a `searchset` Bundle with includes and paging links.
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::fhir::elements::Summary;
-use crate::store::{Criterion, SearchQuery, TokenEntry};
+use crate::fhir::elements::{apply_elements, apply_summary, Summary};
+use crate::fhir::search_params::{ParamType, Registry};
+use crate::fhir::text::normalize;
+use crate::policy::{self, Grant, Interaction};
+use crate::service::history::link;
+use crate::service::{Context, Fhir};
+use crate::store::query;
+use crate::store::{Criterion, Cursor, CurrentRow, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, SearchQuery, SortKey};
 
 /// Default and maximum page sizes.
 pub const DEFAULT_COUNT: i64 = 20;
 pub const MAX_COUNT: i64 = 1000;
+/// How many rounds `:iterate` includes follow.
+const MAX_INCLUDE_ROUNDS: usize = 3;
 
 /// Result-shaping parameters that apply to any search.
 #[derive(Debug, Clone, Default)]
@@ -19,17 +28,29 @@ pub struct ResultParameters {
     pub count: Option<i64>,
     pub summary: Option<Summary>,
     pub elements: Option<Vec<String>>,
-    pub cursor: Option<String>,
+    pub cursor: Option<Cursor>,
     /// `_total=none` suppresses the count query.
     pub total_none: bool,
 }
 
-/// A parsed search: the store query, the result parameters, and the parameters actually
-/// applied (for the `self` link).
-#[derive(Debug, Clone)]
+/// `_include` / `_revinclude`: `source:param[:target]`, `param` None for `*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Include {
+    pub source_type: String,
+    pub param: Option<String>,
+    pub target_type: Option<String>,
+    pub iterate: bool,
+}
+
+/// A parsed search.
+#[derive(Debug, Clone, Default)]
 pub struct ParsedSearch {
     pub criteria: Vec<Criterion>,
+    pub sort: Vec<(SortKey, bool)>,
+    pub includes: Vec<Include>,
+    pub revincludes: Vec<Include>,
     pub results: ResultParameters,
+    /// The parameters applied, in order, for the `self` link.
     pub applied: Vec<(String, String)>,
 }
 
@@ -38,98 +59,415 @@ impl ParsedSearch {
         SearchQuery {
             resource_type: resource_type.to_owned(),
             criteria: self.criteria.clone(),
-            after_id: self.results.cursor.clone(),
+            sort: self.sort.clone(),
+            cursor: self.results.cursor.clone(),
             limit,
         }
     }
 }
 
-/// Parses URL query pairs. Unknown parameters are a 400 unless `lenient`, in which case
-/// they are dropped (and left out of `applied`).
-pub fn parse(pairs: &[(String, String)], lenient: bool) -> Result<ParsedSearch> {
-    let mut criteria = Vec::new();
-    let mut results = ResultParameters::default();
-    let mut applied = Vec::new();
+/// Parses URL query pairs for a search on `resource_type`. An unknown parameter, modifier
+/// or malformed value is a 400 naming it, unless `lenient`, in which case it is dropped
+/// (and left out of `applied`).
+pub fn parse(
+    registry: &Registry,
+    resource_type: &str,
+    pairs: &[(String, String)],
+    lenient: bool,
+    base_url: &str,
+) -> Result<ParsedSearch> {
+    let mut parsed = ParsedSearch::default();
     for (name, value) in pairs {
-        let outcome = parse_one(name, value, &mut criteria, &mut results);
-        match outcome {
-            Ok(()) => applied.push((name.clone(), value.clone())),
+        match parse_one(registry, resource_type, name, value, base_url, &mut parsed) {
+            Ok(()) => parsed.applied.push((name.clone(), value.clone())),
             Err(error) if lenient => {
                 tracing::debug!(parameter = %name, %error, "ignored under Prefer: handling=lenient");
             }
             Err(error) => return Err(error),
         }
     }
-    Ok(ParsedSearch { criteria, results, applied })
+    Ok(parsed)
 }
 
-fn parse_one(name: &str, value: &str, criteria: &mut Vec<Criterion>, results: &mut ResultParameters) -> Result<()> {
-    let (base, modifier) = match name.split_once(':') {
-        Some((base, modifier)) => (base, Some(modifier)),
-        None => (name, None),
-    };
-    if let Some(modifier) = modifier {
-        return Err(Error::bad_request_at(format!("the modifier ':{modifier}' is not supported on '{base}'"), name));
-    }
-    match base {
-        "_id" => criteria.push(Criterion::Id(split_or(value, name)?)),
-        "_lastUpdated" => {
-            let mut ranges = Vec::new();
-            for alternative in split_or(value, name)? {
-                ranges.extend(date_ranges(&alternative, name)?);
-            }
-            criteria.push(Criterion::LastUpdated(ranges));
-        }
-        "identifier" => {
-            let alternatives = split_or(value, name)?.iter().map(|token| parse_token(token)).collect();
-            criteria.push(Criterion::Token { param: "identifier".into(), alternatives });
-        }
+fn parse_one(
+    registry: &Registry,
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    base_url: &str,
+    parsed: &mut ParsedSearch,
+) -> Result<()> {
+    match name {
         "_count" => {
             let count: i64 = value
                 .parse()
                 .ok()
                 .filter(|count| *count >= 0)
                 .ok_or_else(|| Error::bad_request_at(format!("_count must be a non-negative integer, not '{value}'"), name))?;
-            results.count = Some(count.min(MAX_COUNT));
+            parsed.results.count = Some(count.min(MAX_COUNT));
         }
-        "_summary" => results.summary = Some(Summary::parse(value)?),
+        "_summary" => parsed.results.summary = Some(Summary::parse(value)?),
         "_elements" => {
-            results.elements = Some(value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+            parsed.results.elements =
+                Some(value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
         }
         "_total" => match value {
-            "none" => results.total_none = true,
-            "estimate" | "accurate" => results.total_none = false,
-            other => return Err(Error::bad_request_at(format!("_total must be none, estimate or accurate, not '{other}'"), name)),
+            "none" => parsed.results.total_none = true,
+            "estimate" | "accurate" => parsed.results.total_none = false,
+            other => {
+                return Err(Error::bad_request_at(format!("_total must be none, estimate or accurate, not '{other}'"), name))
+            }
         },
-        "_page" => results.cursor = Some(decode_cursor(value).ok_or_else(|| Error::bad_request_at("the paging cursor is not valid", name))?),
+        "_page" => {
+            parsed.results.cursor =
+                Some(decode_cursor(value).ok_or_else(|| Error::bad_request_at("the paging cursor is not valid", name))?)
+        }
+        "_sort" => {
+            for key in value.split(',').filter(|k| !k.is_empty()) {
+                let (descending, code) = match key.strip_prefix('-') {
+                    Some(code) => (true, code),
+                    None => (false, key),
+                };
+                let sort_key = match code {
+                    "_id" => SortKey::Id,
+                    "_lastUpdated" => SortKey::LastUpdated,
+                    other => {
+                        let param = registry.get(resource_type, other).ok_or_else(|| {
+                            Error::bad_request_at(format!("cannot sort by unknown parameter '{other}'"), name)
+                        })?;
+                        SortKey::Index { table: table_for(param.kind), param: other.to_owned() }
+                    }
+                };
+                parsed.sort.push((sort_key, descending));
+            }
+        }
+        "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
+            let include = parse_include(registry, value, name.ends_with(":iterate"), name)?;
+            if name.starts_with("_revinclude") {
+                parsed.revincludes.push(include);
+            } else {
+                if !include.iterate && include.source_type != resource_type {
+                    return Err(Error::bad_request_at(
+                        format!("_include must start with the searched type {resource_type} (or use :iterate)"),
+                        name,
+                    ));
+                }
+                parsed.includes.push(include);
+            }
+        }
         // Format parameters are handled by the HTTP layer.
         "_format" | "_pretty" => {}
-        other => {
-            return Err(Error::bad_request_at(
-                format!("the search parameter '{other}' is not supported for this resource type"),
-                other,
-            ))
-        }
+        _ => parsed.criteria.push(parse_criterion(registry, resource_type, name, value, base_url)?),
     }
     Ok(())
 }
 
-fn split_or(value: &str, name: &str) -> Result<Vec<String>> {
-    let parts: Vec<String> = value.split(',').map(|part| part.replace("\\,", ",")).collect();
-    if parts.iter().any(String::is_empty) {
-        return Err(Error::bad_request_at(format!("the parameter '{name}' has an empty value"), name));
+fn parse_include(registry: &Registry, value: &str, iterate: bool, name: &str) -> Result<Include> {
+    let parts: Vec<&str> = value.split(':').collect();
+    let invalid = || Error::bad_request_at(format!("'{value}' is not Type:parameter[:targetType]"), name);
+    let (source_type, param, target_type) = match parts.as_slice() {
+        ["*"] => ("*".to_owned(), None, None),
+        [source, "*"] => ((*source).to_owned(), None, None),
+        [source, param] => ((*source).to_owned(), Some((*param).to_owned()), None),
+        [source, param, target] => ((*source).to_owned(), Some((*param).to_owned()), Some((*target).to_owned())),
+        _ => return Err(invalid()),
+    };
+    if let Some(param) = &param {
+        match registry.get(&source_type, param) {
+            Some(definition) if definition.kind == ParamType::Reference => {}
+            _ => return Err(Error::bad_request_at(format!("{source_type} has no reference parameter '{param}'"), name)),
+        }
     }
-    Ok(parts)
+    Ok(Include { source_type, param, target_type, iterate })
 }
 
-fn parse_token(token: &str) -> (Option<String>, Option<String>) {
+/// One search parameter (with modifier, chain or `_has`) as a criterion.
+fn parse_criterion(registry: &Registry, resource_type: &str, name: &str, value: &str, base_url: &str) -> Result<Criterion> {
+    if let Some(rest) = name.strip_prefix("_has:") {
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source_type), Some(param), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Error::bad_request_at("_has needs _has:Type:reference-parameter:parameter", name));
+        };
+        match registry.get(source_type, param) {
+            Some(definition) if definition.kind == ParamType::Reference => {}
+            _ => return Err(Error::bad_request_at(format!("{source_type} has no reference parameter '{param}'"), name)),
+        }
+        let criterion = parse_criterion(registry, source_type, inner, value, base_url)?;
+        return Ok(Criterion::Has { source_type: source_type.to_owned(), param: param.to_owned(), criteria: vec![criterion] });
+    }
+    if let Some((head, rest)) = split_chain(name) {
+        let (code, modifier) = head.split_once(':').map_or((head, None), |(c, m)| (c, Some(m)));
+        let definition = registry
+            .get(resource_type, code)
+            .filter(|d| d.kind == ParamType::Reference)
+            .ok_or_else(|| Error::bad_request_at(format!("'{code}' is not a reference parameter of {resource_type}"), name))?;
+        let rest_code = rest.split(['.', ':']).next().unwrap_or(rest);
+        let target_type = match modifier {
+            Some(target) => target.to_owned(),
+            None => {
+                let candidates: Vec<&String> =
+                    definition.targets.iter().filter(|t| registry.get(t, rest_code).is_some() || rest_code.starts_with('_')).collect();
+                match candidates.as_slice() {
+                    [only] => (*only).clone(),
+                    [] => return Err(Error::bad_request_at(format!("no target of '{code}' has a parameter '{rest_code}'"), name)),
+                    _ => {
+                        return Err(Error::bad_request_at(
+                            format!("'{code}' may point at several types; name one, e.g. {code}:{}.{rest}", candidates[0]),
+                            name,
+                        ))
+                    }
+                }
+            }
+        };
+        let inner = parse_criterion(registry, &target_type, rest, value, base_url)?;
+        return Ok(Criterion::Chain { param: code.to_owned(), target_type: Some(target_type), criteria: vec![inner] });
+    }
+    let (code, modifier) = name.split_once(':').map_or((name, None), |(c, m)| (c, Some(m)));
+    let values = split_values(value, name)?;
+    match code {
+        "_id" => {
+            reject_modifier(modifier, name)?;
+            return Ok(Criterion::Id(values));
+        }
+        "_lastUpdated" => {
+            reject_modifier(modifier, name)?;
+            let mut ranges = Vec::new();
+            for alternative in &values {
+                ranges.extend(last_updated_ranges(alternative, name)?);
+            }
+            return Ok(Criterion::LastUpdated(ranges));
+        }
+        _ => {}
+    }
+    let definition = registry.get(resource_type, code).ok_or_else(|| {
+        Error::bad_request_at(format!("the search parameter '{code}' is not supported for {resource_type}"), name)
+    })?;
+    let table = table_for(definition.kind);
+    if modifier == Some("missing") {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            _ => return Err(Error::bad_request_at(":missing takes true or false", name)),
+        };
+        return Ok(Criterion::Missing { table, param: code.to_owned(), missing });
+    }
+    let mut matches = Vec::with_capacity(values.len());
+    let mut negate = false;
+    let mut param = code.to_owned();
+    for text in &values {
+        let found = match (definition.kind, modifier) {
+            (ParamType::String, None) => {
+                let normalized = normalize(text);
+                Match::StringRange { high: format!("{normalized}\u{10FFFF}"), low: normalized }
+            }
+            (ParamType::String, Some("exact")) => Match::StringExact(text.clone()),
+            (ParamType::String, Some("contains")) => Match::StringContains(normalize(text)),
+            (ParamType::Token, None) => token_match(text),
+            (ParamType::Token, Some("not")) => {
+                negate = true;
+                token_match(text)
+            }
+            (ParamType::Token, Some("text")) => Match::TokenText(normalize(text)),
+            (ParamType::Token, Some("of-type")) => {
+                let parts: Vec<&str> = text.splitn(3, '|').collect();
+                let [system, type_code, identifier] = parts.as_slice() else {
+                    return Err(Error::bad_request_at(":of-type takes system|code|value", name));
+                };
+                param = format!("{code}:of-type");
+                Match::Token { system: Some((*system).to_owned()), code: Some(format!("{type_code}|{identifier}")) }
+            }
+            (ParamType::Reference, None) => reference_match(text, None, definition.targets.as_slice(), base_url),
+            (ParamType::Reference, Some("identifier")) => {
+                let (system, value) = split_token(text);
+                Match::ReferenceIdentifier { system, value: value.unwrap_or_default() }
+            }
+            (ParamType::Reference, Some(target)) if target.chars().next().is_some_and(char::is_uppercase) => {
+                if !definition.targets.iter().any(|t| t == target) {
+                    return Err(Error::bad_request_at(format!("'{code}' cannot point at {target}"), name));
+                }
+                reference_match(text, Some(target), definition.targets.as_slice(), base_url)
+            }
+            (ParamType::Date, None) => date_match(text, name)?,
+            (ParamType::Number, None) => number_match(text, None, None, name)?,
+            (ParamType::Quantity, None) => {
+                let mut parts = text.splitn(3, '|');
+                let number = parts.next().unwrap_or_default();
+                let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+                let unit = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+                number_match(number, system, unit, name)?
+            }
+            (ParamType::Uri, None) => Match::UriEquals(text.clone()),
+            (ParamType::Uri, Some("below")) => Match::UriBelow(text.clone()),
+            (ParamType::Uri, Some("above")) => {
+                let mut prefixes = Vec::new();
+                let mut current = text.trim_end_matches('/').to_owned();
+                while let Some((parent, _)) = current.rsplit_once('/') {
+                    prefixes.push(current.clone());
+                    if parent.ends_with(':') || parent.ends_with("/") {
+                        break;
+                    }
+                    current = parent.to_owned();
+                }
+                Match::UriAbove(prefixes)
+            }
+            (kind, Some(other)) => {
+                return Err(Error::bad_request_at(
+                    format!("the modifier ':{other}' is not supported on the {} parameter '{code}'", kind.as_str()),
+                    name,
+                ))
+            }
+        };
+        matches.push(found);
+    }
+    Ok(Criterion::Index { table, param, matches, negate })
+}
+
+/// `subject.name` or `subject:Patient.name` → (`subject:Patient`, `name`); `None` when the
+/// name has no chain. Dots inside values are not part of names, so any dot chains.
+fn split_chain(name: &str) -> Option<(&str, &str)> {
+    name.split_once('.')
+}
+
+fn reject_modifier(modifier: Option<&str>, name: &str) -> Result<()> {
+    match modifier {
+        None => Ok(()),
+        Some(modifier) => Err(Error::bad_request_at(format!("the modifier ':{modifier}' is not supported here"), name)),
+    }
+}
+
+fn table_for(kind: ParamType) -> IndexTable {
+    match kind {
+        ParamType::String => IndexTable::String,
+        ParamType::Token => IndexTable::Token,
+        ParamType::Reference => IndexTable::Reference,
+        ParamType::Date => IndexTable::Date,
+        ParamType::Number | ParamType::Quantity => IndexTable::Number,
+        ParamType::Uri => IndexTable::Uri,
+    }
+}
+
+fn split_values(value: &str, name: &str) -> Result<Vec<String>> {
+    let mut values = Vec::new();
+    let mut current = String::new();
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|n| matches!(n, ',' | '|' | '$' | '\\')) => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            ',' => values.push(std::mem::take(&mut current)),
+            other => current.push(other),
+        }
+    }
+    values.push(current);
+    if values.iter().any(String::is_empty) {
+        return Err(Error::bad_request_at(format!("the parameter '{name}' has an empty value"), name));
+    }
+    Ok(values)
+}
+
+fn split_token(token: &str) -> (Option<String>, Option<String>) {
     match token.split_once('|') {
         None => (None, Some(token.to_owned())),
-        Some((system, code)) => (
-            Some(system.to_owned()),
-            if code.is_empty() { None } else { Some(code.to_owned()) },
-        ),
+        Some((system, code)) => (Some(system.to_owned()), if code.is_empty() { None } else { Some(code.to_owned()) }),
     }
+}
+
+fn token_match(token: &str) -> Match {
+    let (system, code) = split_token(token);
+    Match::Token { system, code }
+}
+
+fn reference_match(text: &str, target: Option<&str>, targets: &[String], base_url: &str) -> Match {
+    let relative = text.strip_prefix(base_url).map(|rest| rest.trim_start_matches('/')).unwrap_or(text);
+    if relative.contains("://") || relative.starts_with("urn:") {
+        return Match::ReferenceUrl(text.to_owned());
+    }
+    let relative = relative.split("/_history/").next().unwrap_or(relative);
+    match relative.split_once('/') {
+        Some((resource_type, id)) => Match::Reference { target_type: Some(resource_type.to_owned()), target_id: id.to_owned() },
+        None => {
+            let target_type = target.map(str::to_owned).or_else(|| (targets.len() == 1).then(|| targets[0].clone()));
+            Match::Reference { target_type, target_id: relative.to_owned() }
+        }
+    }
+}
+
+fn split_prefix(value: &str) -> (&str, &str) {
+    let prefixes = ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"];
+    match value.get(..2) {
+        Some(prefix) if prefixes.contains(&prefix) && value.len() > 2 => (prefix, &value[2..]),
+        _ => ("eq", value),
+    }
+}
+
+fn date_match(value: &str, name: &str) -> Result<Match> {
+    let (prefix, date) = split_prefix(value);
+    let (low, high) = precision_range(date)
+        .ok_or_else(|| Error::bad_request_at(format!("'{date}' is not a valid date, dateTime or instant"), name))?;
+    let prefix = match prefix {
+        "eq" => DatePrefix::Eq,
+        "ne" => DatePrefix::Ne,
+        "gt" => DatePrefix::Gt,
+        "lt" => DatePrefix::Lt,
+        "ge" => DatePrefix::Ge,
+        "le" => DatePrefix::Le,
+        "sa" => DatePrefix::Sa,
+        "eb" => DatePrefix::Eb,
+        _ => {
+            let margin = approximate_margin(low);
+            return Ok(Match::Date { prefix: DatePrefix::Ap, low: format_instant(low - margin), high: format_instant(high + margin) });
+        }
+    };
+    Ok(Match::Date { prefix, low: format_instant(low), high: format_instant(high) })
+}
+
+/// "Approximately": a tenth of the distance from now, at least a day.
+fn approximate_margin(instant: DateTime<Utc>) -> Duration {
+    ((Utc::now() - instant).abs() / 10).max(Duration::days(1))
+}
+
+fn number_match(value: &str, system: Option<String>, code: Option<String>, name: &str) -> Result<Match> {
+    let (prefix, number) = split_prefix(value);
+    let parsed: f64 = number.parse().map_err(|_| Error::bad_request_at(format!("'{number}' is not a number"), name))?;
+    // The precision of the search value: 100 means [99.5, 100.5), 100.0 means [99.95, 100.05).
+    let decimals = number.split_once('.').map_or(0, |(_, fraction)| fraction.len()) as i32;
+    let half = 0.5 * 10f64.powi(-decimals);
+    let (prefix, low, high) = match prefix {
+        "eq" => (NumberPrefix::Within, parsed - half, parsed + half),
+        "ne" => (NumberPrefix::Outside, parsed - half, parsed + half),
+        "gt" | "sa" => (NumberPrefix::Gt, parsed, parsed),
+        "lt" | "eb" => (NumberPrefix::Lt, parsed, parsed),
+        "ge" => (NumberPrefix::Ge, parsed, parsed),
+        "le" => (NumberPrefix::Le, parsed, parsed),
+        _ => {
+            let margin = (parsed.abs() * 0.1).max(half);
+            (NumberPrefix::Within, parsed - margin, parsed + margin)
+        }
+    };
+    Ok(Match::Number { prefix, low, high, system, code })
+}
+
+/// `_lastUpdated` ranges over the stored instants (an instant column, not an index table).
+fn last_updated_ranges(value: &str, name: &str) -> Result<Vec<(Option<String>, Option<String>)>> {
+    let (prefix, date) = split_prefix(value);
+    let (low, high) = precision_range(date)
+        .ok_or_else(|| Error::bad_request_at(format!("'{date}' is not a valid date, dateTime or instant"), name))?;
+    let (low_text, high_text) = (format_instant(low), format_instant(high));
+    Ok(match prefix {
+        "eq" => vec![(Some(low_text), Some(high_text))],
+        "ne" => vec![(None, Some(low_text)), (Some(high_text), None)],
+        "gt" | "sa" => vec![(Some(high_text), None)],
+        "lt" | "eb" => vec![(None, Some(low_text))],
+        "ge" => vec![(Some(low_text), None)],
+        "le" => vec![(None, Some(high_text))],
+        _ => {
+            let margin = approximate_margin(low);
+            vec![(Some(format_instant(low - margin)), Some(format_instant(high + margin)))]
+        }
+    })
 }
 
 /// The stored timestamp form: fixed-width UTC with microseconds, so text order is time order.
@@ -137,38 +475,9 @@ pub fn format_instant(instant: DateTime<Utc>) -> String {
     instant.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// A date search value with prefix, as half-open ranges over stored instants.
-fn date_ranges(value: &str, name: &str) -> Result<Vec<(Option<String>, Option<String>)>> {
-    let (prefix, date) = if value.len() > 2 && value.as_bytes()[..2].iter().all(u8::is_ascii_lowercase) {
-        value.split_at(2)
-    } else {
-        ("eq", value)
-    };
-    let (low, high) = precision_range(date)
-        .ok_or_else(|| Error::bad_request_at(format!("'{date}' is not a valid date, dateTime or instant"), name))?;
-    let (low_text, high_text) = (format_instant(low), format_instant(high));
-    let ranges = match prefix {
-        "eq" => vec![(Some(low_text), Some(high_text))],
-        "ne" => vec![(None, Some(low_text)), (Some(high_text), None)],
-        "gt" | "sa" => vec![(Some(high_text), None)],
-        "lt" | "eb" => vec![(None, Some(low_text))],
-        "ge" => vec![(Some(low_text), None)],
-        "le" => vec![(None, Some(high_text))],
-        "ap" => {
-            // "Approximately": the value's range widened by a tenth of its distance from now,
-            // and by at least a day.
-            let margin = ((Utc::now() - low).abs() / 10).max(Duration::days(1));
-            vec![(Some(format_instant(low - margin)), Some(format_instant(high + margin)))]
-        }
-        other => return Err(Error::bad_request_at(format!("'{other}' is not a search prefix"), name)),
-    };
-    Ok(ranges)
-}
-
 /// The interval `[low, high)` that a date/dateTime/instant of any precision covers.
 pub fn precision_range(text: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    let bytes = text.as_bytes();
-    match bytes.len() {
+    match text.len() {
         4 => {
             let year: i32 = text.parse().ok()?;
             let low = Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).single()?;
@@ -192,13 +501,10 @@ pub fn precision_range(text: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
         _ => {
             if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
                 let instant = instant.with_timezone(&Utc);
-                let has_fraction = text.contains('.');
-                let width = if has_fraction { Duration::microseconds(1) } else { Duration::seconds(1) };
+                let width = if text.contains('.') { Duration::microseconds(1) } else { Duration::seconds(1) };
                 return Some((instant, instant + width));
             }
-            // Minute precision with zone, e.g. 2026-11-25T10:00+09:00, or no zone (UTC).
-            let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M").ok();
-            if let Some(naive) = naive {
+            if let Ok(naive) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M") {
                 let low = Utc.from_utc_datetime(&naive);
                 return Some((low, low + Duration::minutes(1)));
             }
@@ -209,35 +515,190 @@ pub fn precision_range(text: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     }
 }
 
-/// The token index rows of a resource: its `identifier`s.
-pub fn extract_tokens(resource: &Value) -> Vec<TokenEntry> {
-    let identifiers = match resource.get("identifier") {
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(single @ Value::Object(_)) => vec![single],
-        _ => Vec::new(),
-    };
-    identifiers
-        .into_iter()
-        .filter_map(|identifier| {
-            let code = identifier.get("value")?.as_str()?;
-            let system = identifier.get("system").and_then(Value::as_str).unwrap_or_default();
-            Some(TokenEntry { param: "identifier".into(), system: system.to_owned(), code: code.to_owned() })
-        })
-        .collect()
+/// Opaque paging cursor: hex of the cursor's JSON.
+pub fn encode_cursor(cursor: &Cursor) -> String {
+    serde_json::to_vec(cursor).unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Opaque paging cursor: the hex of the last id on the page.
-pub fn encode_cursor(last: &str) -> String {
-    last.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn decode_cursor(text: &str) -> Option<String> {
+pub fn decode_cursor(text: &str) -> Option<Cursor> {
     if text.len() % 2 != 0 {
         return None;
     }
     let bytes: Option<Vec<u8>> =
         (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
-    String::from_utf8(bytes?).ok()
+    serde_json::from_slice(&bytes?).ok()
+}
+
+impl Fhir {
+    /// `GET [base]/[type]?…` and `POST [base]/[type]/_search`: a `searchset` Bundle.
+    pub async fn search(&self, context: &Context, resource_type: &str, pairs: &[(String, String)]) -> Result<Value> {
+        if !self.validator.is_resource_type(resource_type) {
+            return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
+        }
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, Some(resource_type))?;
+        let parsed = parse(&self.search_params, resource_type, pairs, context.lenient, &context.base_url)?;
+        self.run_search(context, &grant, resource_type, parsed, resource_type).await
+    }
+
+    /// `GET [base]/Patient/[id]/[type]`: a search within the Patient's compartment.
+    pub async fn compartment_search(
+        &self,
+        context: &Context,
+        patient_id: &str,
+        resource_type: &str,
+        pairs: &[(String, String)],
+    ) -> Result<Value> {
+        if !self.validator.is_resource_type(resource_type) {
+            return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
+        }
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, Some(resource_type))?;
+        let mut connection = self.store.connection().await?;
+        if crate::store::current(&mut connection, &grant, "Patient", patient_id).await?.is_none_or(|row| row.deleted) {
+            return Err(Error::NotFound(format!("Patient/{patient_id}")));
+        }
+        drop(connection);
+        let params = self.search_params.patient_compartment(resource_type).to_vec();
+        let mut parsed = parse(&self.search_params, resource_type, pairs, context.lenient, &context.base_url)?;
+        if resource_type == "Patient" {
+            parsed.criteria.push(Criterion::Id(vec![patient_id.to_owned()]));
+        } else if params.is_empty() {
+            return Err(Error::NotFound(format!("{resource_type} in the Patient compartment")));
+        } else {
+            parsed.criteria.push(Criterion::Compartment {
+                params,
+                target_type: "Patient".into(),
+                target_id: patient_id.to_owned(),
+            });
+        }
+        self.run_search(context, &grant, resource_type, parsed, &format!("Patient/{patient_id}/{resource_type}")).await
+    }
+
+    async fn run_search(
+        &self,
+        context: &Context,
+        grant: &Grant,
+        resource_type: &str,
+        parsed: ParsedSearch,
+        path: &str,
+    ) -> Result<Value> {
+        let page_size = parsed.results.count.unwrap_or(DEFAULT_COUNT);
+        let summary = parsed.results.summary;
+        let mut connection = self.store.connection().await?;
+        let total = if parsed.results.total_none && summary != Some(Summary::Count) {
+            None
+        } else {
+            Some(query::count(&mut connection, grant, &parsed.query(resource_type, 0)).await?)
+        };
+        let self_pairs: Vec<(String, String)> = parsed.applied.iter().filter(|(name, _)| name != "_page").cloned().collect();
+        let mut links = vec![json!({ "relation": "self", "url": link(&context.base_url, path, &parsed.applied) })];
+        let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset" });
+        if let Some(total) = total {
+            bundle["total"] = json!(total);
+        }
+        if summary == Some(Summary::Count) || page_size == 0 {
+            bundle["link"] = json!(links);
+            return Ok(bundle);
+        }
+        let page = query::search(&mut connection, grant, &parsed.query(resource_type, page_size)).await?;
+        links.push(json!({ "relation": "first", "url": link(&context.base_url, path, &self_pairs) }));
+        let backwards = parsed.results.cursor.as_ref().is_some_and(|c| c.backwards);
+        let has_cursor = parsed.results.cursor.is_some();
+        let (has_next, has_previous) = if backwards { (true, page.more) } else { (page.more, has_cursor) };
+        let mut page_link = |relation: &str, keys: &Option<Vec<KeyValue>>, backwards: bool| {
+            if let Some(keys) = keys {
+                let mut pairs = self_pairs.clone();
+                pairs.push(("_page".into(), encode_cursor(&Cursor { backwards, keys: keys.clone() })));
+                links.push(json!({ "relation": relation, "url": link(&context.base_url, path, &pairs) }));
+            }
+        };
+        if has_previous {
+            page_link("previous", &page.first_keys, true);
+        }
+        if has_next {
+            page_link("next", &page.last_keys, false);
+        }
+        let matches = page.rows;
+        let included = self.includes(&mut connection, grant, resource_type, &matches, &parsed).await?;
+        let mut entries = Vec::with_capacity(matches.len() + included.len());
+        for (rows, mode) in [(matches, "match"), (included, "include")] {
+            for row in rows {
+                let Some(content) = row.content else { continue };
+                let mut resource: Value = serde_json::from_str(&content)?;
+                if let Some(summary) = summary {
+                    apply_summary(&mut resource, summary);
+                }
+                if let Some(elements) = &parsed.results.elements {
+                    apply_elements(&mut resource, elements);
+                }
+                entries.push(json!({
+                    "fullUrl": format!("{}/{}/{}", context.base_url, row.resource_type, row.id),
+                    "resource": resource,
+                    "search": { "mode": mode },
+                }));
+            }
+        }
+        bundle["link"] = json!(links);
+        // FHIR forbids empty arrays: an empty page has no `entry` at all.
+        if !entries.is_empty() {
+            bundle["entry"] = json!(entries);
+        }
+        Ok(bundle)
+    }
+
+    /// `_include` and `_revinclude` (with `:iterate`) for a page of matches; every
+    /// included resource is read under the same grant as the matches.
+    async fn includes(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        grant: &Grant,
+        resource_type: &str,
+        matches: &[CurrentRow],
+        parsed: &ParsedSearch,
+    ) -> Result<Vec<CurrentRow>> {
+        if parsed.includes.is_empty() && parsed.revincludes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seen: HashSet<(String, String)> = matches.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+        let mut included = Vec::new();
+        let mut frontier: Vec<CurrentRow> = matches.to_vec();
+        for round in 0..MAX_INCLUDE_ROUNDS {
+            let mut found = Vec::new();
+            let types: HashSet<String> = frontier.iter().map(|r| r.resource_type.clone()).collect();
+            for source_type in &types {
+                let ids: Vec<String> = frontier.iter().filter(|r| &r.resource_type == source_type).map(|r| r.id.clone()).collect();
+                for include in parsed.includes.iter().filter(|i| (round == 0 && source_type == resource_type) || i.iterate) {
+                    if include.source_type != "*" && &include.source_type != source_type {
+                        continue;
+                    }
+                    found.extend(
+                        query::referenced(connection, grant, source_type, &ids, include.param.as_deref(), include.target_type.as_deref())
+                            .await?,
+                    );
+                }
+                for include in parsed.revincludes.iter().filter(|i| round == 0 || i.iterate) {
+                    if let Some(target) = &include.target_type {
+                        if target != source_type {
+                            continue;
+                        }
+                    }
+                    found.extend(
+                        query::referring(connection, grant, &include.source_type, include.param.as_deref(), source_type, &ids).await?,
+                    );
+                }
+            }
+            let fresh: Vec<CurrentRow> =
+                found.into_iter().filter(|row| seen.insert((row.resource_type.clone(), row.id.clone()))).collect();
+            if fresh.is_empty() {
+                break;
+            }
+            included.extend(fresh.iter().cloned());
+            frontier = fresh;
+            if !parsed.includes.iter().chain(parsed.revincludes.iter()).any(|i| i.iterate) {
+                break;
+            }
+        }
+        Ok(included)
+    }
 }
 
 #[cfg(test)]
@@ -263,82 +724,14 @@ mod tests {
 
     #[test]
     fn cursor_round_trips() {
-        assert_eq!(decode_cursor(&encode_cursor("abc-1")).as_deref(), Some("abc-1"));
+        let cursor = Cursor { backwards: true, keys: vec![KeyValue::Text("a".into()), KeyValue::Number(1.5)] };
+        assert_eq!(decode_cursor(&encode_cursor(&cursor)), Some(cursor));
         assert_eq!(decode_cursor("zz"), None);
     }
-}
 
-impl crate::service::Fhir {
-    /// `GET [base]/[type]?…` and `POST [base]/[type]/_search`: a `searchset` Bundle.
-    pub async fn search(
-        &self,
-        context: &crate::service::Context,
-        resource_type: &str,
-        pairs: &[(String, String)],
-    ) -> Result<Value> {
-        use serde_json::json;
-
-        use crate::fhir::elements::{apply_elements, apply_summary};
-        use crate::policy::{self, Interaction};
-        use crate::service::history::link;
-        use crate::store::query;
-
-        if !self.validator.is_resource_type(resource_type) {
-            return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
-        }
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, Some(resource_type))?;
-        let parsed = parse(pairs, context.lenient)?;
-        let page_size = parsed.results.count.unwrap_or(DEFAULT_COUNT);
-        let mut connection = self.store.connection().await?;
-        let summary = parsed.results.summary;
-        let total = if parsed.results.total_none && summary != Some(Summary::Count) {
-            None
-        } else {
-            Some(query::count(&mut connection, &grant, &parsed.query(resource_type, 0)).await?)
-        };
-        let self_pairs: Vec<(String, String)> =
-            parsed.applied.iter().filter(|(name, _)| name != "_page").cloned().collect();
-        let mut links = vec![json!({ "relation": "self", "url": link(&context.base_url, resource_type, &parsed.applied) })];
-        let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset" });
-        if let Some(total) = total {
-            bundle["total"] = json!(total);
-        }
-        if summary == Some(Summary::Count) || page_size == 0 {
-            bundle["link"] = json!(links);
-            return Ok(bundle);
-        }
-        let mut rows = query::search(&mut connection, &grant, &parsed.query(resource_type, page_size + 1)).await?;
-        let has_next = rows.len() as i64 > page_size;
-        rows.truncate(page_size as usize);
-        links.push(json!({ "relation": "first", "url": link(&context.base_url, resource_type, &self_pairs) }));
-        if has_next {
-            if let Some(last) = rows.last() {
-                let mut next = self_pairs.clone();
-                next.push(("_page".into(), encode_cursor(&last.id)));
-                links.push(json!({ "relation": "next", "url": link(&context.base_url, resource_type, &next) }));
-            }
-        }
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in rows {
-            let Some(content) = row.content else { continue };
-            let mut resource: Value = serde_json::from_str(&content)?;
-            if let Some(summary) = summary {
-                apply_summary(&mut resource, summary);
-            }
-            if let Some(elements) = &parsed.results.elements {
-                apply_elements(&mut resource, elements);
-            }
-            entries.push(json!({
-                "fullUrl": format!("{}/{}/{}", context.base_url, row.resource_type, row.id),
-                "resource": resource,
-                "search": { "mode": "match" },
-            }));
-        }
-        bundle["link"] = json!(links);
-        // FHIR forbids empty arrays: an empty page has no `entry` at all.
-        if !entries.is_empty() {
-            bundle["entry"] = json!(entries);
-        }
-        Ok(bundle)
+    #[test]
+    fn escaped_commas_stay_in_values() {
+        assert_eq!(split_values(r"a\,b,c", "x").ok(), Some(vec!["a,b".to_owned(), "c".to_owned()]));
+        assert!(split_values("a,,b", "x").is_err());
     }
 }

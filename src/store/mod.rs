@@ -22,7 +22,7 @@ use crate::policy::Grant;
 
 pub mod query;
 
-pub use query::{Criterion, SearchQuery};
+pub use query::{Criterion, Cursor, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, Page, SearchQuery, SortKey};
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,12 +80,15 @@ pub struct NewVersion<'a> {
     pub content: Option<&'a str>,
 }
 
-/// One token index entry of a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenEntry {
-    pub param: String,
-    pub system: String,
-    pub code: String,
+/// One index row of a resource, for one of the index tables (see `migrations/`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexEntry {
+    String { param: String, normalized: String, exact: String },
+    Token { param: String, system: String, code: String, text: String },
+    Reference { param: String, target_type: String, target_id: String, url: String, identifier_system: String, identifier_value: String },
+    Date { param: String, low: String, high: String },
+    Number { param: String, value: f64, system: String, code: String },
+    Uri { param: String, uri: String },
 }
 
 /// Which part of the history to list.
@@ -322,33 +325,121 @@ async fn insert_version(connection: &mut AnyConnection, new: &NewVersion<'_>) ->
     Ok(())
 }
 
-/// Replaces the token index rows of one resource (empty for a deleted resource).
-pub async fn replace_tokens(
+/// Replaces the index rows of one resource (none for a deleted resource).
+pub async fn replace_index(
     connection: &mut AnyConnection,
     resource_type: &str,
     id: &str,
     tenant: &str,
-    tokens: &[TokenEntry],
+    entries: &[IndexEntry],
 ) -> Result<()> {
-    sqlx::query("DELETE FROM search_token WHERE resource_type = $1 AND id = $2")
-        .bind(resource_type)
-        .bind(id)
-        .execute(&mut *connection)
-        .await?;
-    for token in tokens {
-        sqlx::query(
-            "INSERT INTO search_token (resource_type, id, tenant, param, system, code) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .bind(tenant)
-        .bind(&token.param)
-        .bind(&token.system)
-        .bind(&token.code)
-        .execute(&mut *connection)
-        .await?;
+    for table in ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND id = $2"))
+            .bind(resource_type)
+            .bind(id)
+            .execute(&mut *connection)
+            .await?;
+    }
+    for entry in entries {
+        let query = match entry {
+            IndexEntry::String { param, normalized, exact } => sqlx::query(
+                "INSERT INTO search_string (resource_type, id, tenant, param, normalized, exact) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(resource_type)
+            .bind(id)
+            .bind(tenant)
+            .bind(param.as_str())
+            .bind(normalized.as_str())
+            .bind(exact.as_str()),
+            IndexEntry::Token { param, system, code, text } => sqlx::query(
+                "INSERT INTO search_token (resource_type, id, tenant, param, system, code, text) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(resource_type)
+            .bind(id)
+            .bind(tenant)
+            .bind(param.as_str())
+            .bind(system.as_str())
+            .bind(code.as_str())
+            .bind(text.as_str()),
+            IndexEntry::Reference { param, target_type, target_id, url, identifier_system, identifier_value } => sqlx::query(
+                "INSERT INTO search_reference (resource_type, id, tenant, param, target_type, target_id, url, identifier_system, identifier_value) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(resource_type)
+            .bind(id)
+            .bind(tenant)
+            .bind(param.as_str())
+            .bind(target_type.as_str())
+            .bind(target_id.as_str())
+            .bind(url.as_str())
+            .bind(identifier_system.as_str())
+            .bind(identifier_value.as_str()),
+            IndexEntry::Date { param, low, high } => {
+                sqlx::query("INSERT INTO search_date (resource_type, id, tenant, param, low, high) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(resource_type)
+                    .bind(id)
+                    .bind(tenant)
+                    .bind(param.as_str())
+                    .bind(low.as_str())
+                    .bind(high.as_str())
+            }
+            IndexEntry::Number { param, value, system, code } => sqlx::query(
+                "INSERT INTO search_number (resource_type, id, tenant, param, value, system, code) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(resource_type)
+            .bind(id)
+            .bind(tenant)
+            .bind(param.as_str())
+            .bind(*value)
+            .bind(system.as_str())
+            .bind(code.as_str()),
+            IndexEntry::Uri { param, uri } => {
+                sqlx::query("INSERT INTO search_uri (resource_type, id, tenant, param, uri) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(resource_type)
+                    .bind(id)
+                    .bind(tenant)
+                    .bind(param.as_str())
+                    .bind(uri.as_str())
+            }
+        };
+        query.execute(&mut *connection).await?;
     }
     Ok(())
+}
+
+/// A server setting (e.g. the search parameter fingerprint of the index).
+pub async fn setting(connection: &mut AnyConnection, name: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(connection).await?;
+    Ok(row.map(|row| row.try_get::<String, _>("value")).transpose()?)
+}
+
+pub async fn set_setting(connection: &mut AnyConnection, name: &str, value: &str) -> Result<()> {
+    sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2")
+        .bind(name)
+        .bind(value)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// A batch of current, live resources after `(resource_type, id)`, for re-indexing.
+/// Maintenance only: it bypasses the access policy, which is why it is named loudly.
+pub async fn all_current_unchecked_for_maintenance(
+    connection: &mut AnyConnection,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> Result<Vec<CurrentRow>> {
+    let (after_type, after_id) = after.unwrap_or(("", ""));
+    let rows = sqlx::query(
+        "SELECT resource_type, id, tenant, version_id, last_updated, deleted, content FROM resources \
+         WHERE deleted = 0 AND (resource_type > $1 OR (resource_type = $1 AND id > $2)) ORDER BY resource_type, id LIMIT $3",
+    )
+    .bind(after_type)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(current_from_row).collect()
 }
 
 /// Versions newest first, within the grant's tenants.

@@ -1,28 +1,36 @@
 //! Dynamic SQL with numbered placeholders that both SQLite and PostgreSQL accept, and the
 //! search query model that the store turns into one such statement.
+//!
+//! Every criterion becomes an `EXISTS` over an index table correlated with the resource row,
+//! so filtering (and the tenant scope of the grant) happens inside the database: counts and
+//! pages are exact. Chains and `_has` nest the same construction, applying the grant's
+//! scope to the resources they pass through as well.
 
 use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Row};
 
 use crate::error::Result;
 use crate::policy::Grant;
 
 use super::{current_from_row, CurrentRow};
 
+#[derive(Debug, Clone)]
 enum Argument {
     Text(String),
     Integer(i64),
+    Real(f64),
 }
 
 /// A statement under construction: text with `$1, $2, …` and the values to bind.
 pub(crate) struct Sql {
     text: String,
     arguments: Vec<Argument>,
+    aliases: usize,
 }
 
 impl Sql {
     pub(crate) fn new(start: &str) -> Self {
-        Sql { text: start.to_owned(), arguments: Vec::new() }
+        Sql { text: start.to_owned(), arguments: Vec::new(), aliases: 0 }
     }
 
     pub(crate) fn push(&mut self, text: &str) -> &mut Self {
@@ -30,8 +38,8 @@ impl Sql {
         self
     }
 
-    pub(crate) fn bind(&mut self, value: String) -> &mut Self {
-        self.arguments.push(Argument::Text(value));
+    pub(crate) fn bind(&mut self, value: impl Into<String>) -> &mut Self {
+        self.arguments.push(Argument::Text(value.into()));
         self.text.push_str(&format!("${}", self.arguments.len()));
         self
     }
@@ -40,6 +48,24 @@ impl Sql {
         self.arguments.push(Argument::Integer(value));
         self.text.push_str(&format!("${}", self.arguments.len()));
         self
+    }
+
+    fn bind_f64(&mut self, value: f64) -> &mut Self {
+        self.arguments.push(Argument::Real(value));
+        self.text.push_str(&format!("${}", self.arguments.len()));
+        self
+    }
+
+    fn bind_key(&mut self, value: &KeyValue) -> &mut Self {
+        match value {
+            KeyValue::Text(text) => self.bind(text.clone()),
+            KeyValue::Number(number) => self.bind_f64(*number),
+        }
+    }
+
+    fn alias(&mut self, stem: &str) -> String {
+        self.aliases += 1;
+        format!("{stem}{}", self.aliases)
     }
 
     /// Restricts `column` to the tenants the grant covers. This is the tenant predicate of
@@ -65,23 +91,161 @@ impl Sql {
             query = match argument {
                 Argument::Text(value) => query.bind(value.as_str()),
                 Argument::Integer(value) => query.bind(*value),
+                Argument::Real(value) => query.bind(*value),
             };
         }
         Ok(query.fetch_all(connection).await?)
     }
 }
 
-/// One condition of a search; all criteria of a query must hold (AND), the alternatives
-/// inside one criterion are ORed.
+/// The index tables, one per search parameter type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexTable {
+    String,
+    Token,
+    Reference,
+    Date,
+    Number,
+    Uri,
+}
+
+impl IndexTable {
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexTable::String => "search_string",
+            IndexTable::Token => "search_token",
+            IndexTable::Reference => "search_reference",
+            IndexTable::Date => "search_date",
+            IndexTable::Number => "search_number",
+            IndexTable::Uri => "search_uri",
+        }
+    }
+
+    /// The column a sort on this table orders by, and whether it is numeric.
+    fn sort_column(self) -> (&'static str, bool) {
+        match self {
+            IndexTable::String => ("normalized", false),
+            IndexTable::Token => ("code", false),
+            IndexTable::Reference => ("target_id", false),
+            IndexTable::Date => ("low", false),
+            IndexTable::Number => ("value", true),
+            IndexTable::Uri => ("uri", false),
+        }
+    }
+}
+
+/// How a date search value relates to the indexed range `[low, high)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatePrefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// How a number search value relates to the indexed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumberPrefix {
+    /// Within `[low, high)` (the precision of the search value).
+    Within,
+    Outside,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+}
+
+/// One alternative of a criterion (alternatives are ORed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Match {
+    /// Normalized value starts with the text: `normalized >= low AND normalized < high`.
+    StringRange { low: String, high: String },
+    StringExact(String),
+    StringContains(String),
+    Token { system: Option<String>, code: Option<String> },
+    TokenText(String),
+    Reference { target_type: Option<String>, target_id: String },
+    ReferenceUrl(String),
+    ReferenceIdentifier { system: Option<String>, value: String },
+    Date { prefix: DatePrefix, low: String, high: String },
+    Number { prefix: NumberPrefix, low: f64, high: f64, system: Option<String>, code: Option<String> },
+    UriEquals(String),
+    UriBelow(String),
+    UriAbove(Vec<String>),
+}
+
+/// One condition of a search; all criteria must hold (AND).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Criterion {
     /// `_id=a,b`
     Id(Vec<String>),
-    /// `_lastUpdated`: half-open intervals `[low, high)` over the stored fixed-width UTC
-    /// timestamps, ORed; `None` is unbounded.
+    /// `_lastUpdated`: half-open intervals `[low, high)` over stored timestamps, ORed.
     LastUpdated(Vec<(Option<String>, Option<String>)>),
-    /// A token parameter: `(system, code)` alternatives; `None` matches any.
-    Token { param: String, alternatives: Vec<(Option<String>, Option<String>)> },
+    /// Some index row of `param` matches one of `matches`; with `negate`, none does.
+    Index { table: IndexTable, param: String, matches: Vec<Match>, negate: bool },
+    /// `:missing=true` (no index row for `param`) or `false` (at least one).
+    Missing { table: IndexTable, param: String, missing: bool },
+    /// A reference through `param` (to `target_type`, if given) whose target satisfies
+    /// every criterion of `criteria`.
+    Chain { param: String, target_type: Option<String>, criteria: Vec<Criterion> },
+    /// Some `source_type` resource refers to this one through `param` and satisfies `criteria`.
+    Has { source_type: String, param: String, criteria: Vec<Criterion> },
+    /// In the compartment of `target_type/target_id` through any of `params`.
+    Compartment { params: Vec<String>, target_type: String, target_id: String },
+}
+
+/// One `_sort` key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortKey {
+    Id,
+    LastUpdated,
+    Index { table: IndexTable, param: String },
+}
+
+/// A value of a sort key, kept in a paging cursor. Serialised as a tagged string (`n…` or
+/// `t…`): with serde_json's arbitrary-precision numbers (which fhirbolt enables), untagged
+/// enums cannot read numbers back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum KeyValue {
+    Number(f64),
+    Text(String),
+}
+
+impl From<KeyValue> for String {
+    fn from(value: KeyValue) -> String {
+        match value {
+            KeyValue::Number(number) => format!("n{number}"),
+            KeyValue::Text(text) => format!("t{text}"),
+        }
+    }
+}
+
+impl TryFrom<String> for KeyValue {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<KeyValue, String> {
+        match text.split_at_checked(1) {
+            Some(("n", number)) => number.parse().map(KeyValue::Number).map_err(|_| "bad number".to_owned()),
+            Some(("t", rest)) => Ok(KeyValue::Text(rest.to_owned())),
+            _ => Err("bad key".to_owned()),
+        }
+    }
+}
+
+/// A keyset cursor: the sort key values (and id) of the row before (or after) the page.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// `true` for a `previous` page (rows before the key).
+    #[serde(rename = "b", default)]
+    pub backwards: bool,
+    #[serde(rename = "k")]
+    pub keys: Vec<KeyValue>,
 }
 
 /// A search over the current versions of one resource type.
@@ -89,88 +253,451 @@ pub enum Criterion {
 pub struct SearchQuery {
     pub resource_type: String,
     pub criteria: Vec<Criterion>,
-    /// Keyset cursor: only ids greater than this one.
-    pub after_id: Option<String>,
+    /// `(key, descending)`; the id is always the final tie-breaker (ascending).
+    pub sort: Vec<(SortKey, bool)>,
+    pub cursor: Option<Cursor>,
     pub limit: i64,
 }
 
-impl SearchQuery {
-    fn push_conditions(&self, sql: &mut Sql, grant: &Grant) {
-        sql.tenant_scope("r.tenant", grant);
-        sql.push(" AND r.resource_type = ").bind(self.resource_type.clone());
-        sql.push(" AND r.deleted = 0");
-        for criterion in &self.criteria {
-            sql.push(" AND (");
-            match criterion {
-                Criterion::Id(ids) => {
-                    for (index, id) in ids.iter().enumerate() {
-                        if index > 0 {
-                            sql.push(" OR ");
-                        }
-                        sql.push("r.id = ").bind(id.clone());
-                    }
+/// A page of results, with the sort key values of its first and last rows.
+pub struct Page {
+    pub rows: Vec<CurrentRow>,
+    pub first_keys: Option<Vec<KeyValue>>,
+    pub last_keys: Option<Vec<KeyValue>>,
+    /// Whether more rows lie beyond the page in the direction of travel.
+    pub more: bool,
+}
+
+fn push_criteria(sql: &mut Sql, alias: &str, criteria: &[Criterion], grant: &Grant) {
+    for criterion in criteria {
+        sql.push(" AND (");
+        push_criterion(sql, alias, criterion, grant);
+        sql.push(")");
+    }
+}
+
+fn push_criterion(sql: &mut Sql, alias: &str, criterion: &Criterion, grant: &Grant) {
+    match criterion {
+        Criterion::Id(ids) => {
+            sql.push(&format!("{alias}.id IN ("));
+            for (index, id) in ids.iter().enumerate() {
+                if index > 0 {
+                    sql.push(", ");
                 }
-                Criterion::LastUpdated(ranges) => {
-                    for (index, (low, high)) in ranges.iter().enumerate() {
-                        if index > 0 {
-                            sql.push(" OR ");
-                        }
-                        sql.push("(1 = 1");
-                        if let Some(low) = low {
-                            sql.push(" AND r.last_updated >= ").bind(low.clone());
-                        }
-                        if let Some(high) = high {
-                            sql.push(" AND r.last_updated < ").bind(high.clone());
-                        }
-                        sql.push(")");
-                    }
+                sql.bind(id.clone());
+            }
+            sql.push(")");
+        }
+        Criterion::LastUpdated(ranges) => {
+            push_or(sql, ranges, |sql, (low, high)| {
+                sql.push("(1 = 1");
+                if let Some(low) = low {
+                    sql.push(&format!(" AND {alias}.last_updated >= ")).bind(low.clone());
                 }
-                Criterion::Token { param, alternatives } => {
-                    sql.push(
-                        "EXISTS (SELECT 1 FROM search_token t WHERE t.resource_type = r.resource_type AND t.id = r.id AND t.param = ",
-                    )
-                    .bind(param.clone())
-                    .push(" AND (");
-                    for (index, (system, code)) in alternatives.iter().enumerate() {
-                        if index > 0 {
-                            sql.push(" OR ");
-                        }
-                        sql.push("(1 = 1");
-                        if let Some(system) = system {
-                            sql.push(" AND t.system = ").bind(system.clone());
-                        }
-                        if let Some(code) = code {
-                            sql.push(" AND t.code = ").bind(code.clone());
-                        }
-                        sql.push(")");
-                    }
-                    sql.push("))");
+                if let Some(high) = high {
+                    sql.push(&format!(" AND {alias}.last_updated < ")).bind(high.clone());
                 }
+                sql.push(")");
+            });
+        }
+        Criterion::Index { table, param, matches, negate } => {
+            let x = sql.alias("x");
+            if *negate {
+                sql.push("NOT ");
+            }
+            sql.push(&format!(
+                "EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id AND {x}.param = ",
+                table.name()
+            ))
+            .bind(param.clone())
+            .push(" AND (");
+            push_or(sql, matches, |sql, m| push_match(sql, &x, m));
+            sql.push("))");
+        }
+        Criterion::Missing { table, param, missing } => {
+            let x = sql.alias("x");
+            if *missing {
+                sql.push("NOT ");
+            }
+            sql.push(&format!(
+                "EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id AND {x}.param = ",
+                table.name()
+            ))
+            .bind(param.clone())
+            .push(")");
+        }
+        Criterion::Chain { param, target_type, criteria } => {
+            let (c, t) = (sql.alias("c"), sql.alias("t"));
+            sql.push(&format!(
+                "EXISTS (SELECT 1 FROM search_reference {c} JOIN resources {t} ON {t}.resource_type = {c}.target_type AND {t}.id = {c}.target_id \
+                 WHERE {c}.resource_type = {alias}.resource_type AND {c}.id = {alias}.id AND {c}.param = "
+            ))
+            .bind(param.clone());
+            if let Some(target_type) = target_type {
+                sql.push(&format!(" AND {c}.target_type = ")).bind(target_type.clone());
+            }
+            sql.push(&format!(" AND {t}.deleted = 0 AND "));
+            sql.tenant_scope(&format!("{t}.tenant"), grant);
+            push_criteria(sql, &t, criteria, grant);
+            sql.push(")");
+        }
+        Criterion::Has { source_type, param, criteria } => {
+            let (h, s) = (sql.alias("h"), sql.alias("s"));
+            sql.push(&format!(
+                "EXISTS (SELECT 1 FROM search_reference {h} JOIN resources {s} ON {s}.resource_type = {h}.resource_type AND {s}.id = {h}.id \
+                 WHERE {h}.target_type = {alias}.resource_type AND {h}.target_id = {alias}.id AND {h}.param = "
+            ))
+            .bind(param.clone())
+            .push(&format!(" AND {h}.resource_type = "))
+            .bind(source_type.clone())
+            .push(&format!(" AND {s}.deleted = 0 AND "));
+            sql.tenant_scope(&format!("{s}.tenant"), grant);
+            push_criteria(sql, &s, criteria, grant);
+            sql.push(")");
+        }
+        Criterion::Compartment { params, target_type, target_id } => {
+            let x = sql.alias("x");
+            sql.push(&format!(
+                "EXISTS (SELECT 1 FROM search_reference {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id AND {x}.target_type = "
+            ))
+            .bind(target_type.clone())
+            .push(&format!(" AND {x}.target_id = "))
+            .bind(target_id.clone())
+            .push(&format!(" AND {x}.param IN ("));
+            for (index, param) in params.iter().enumerate() {
+                if index > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(param.clone());
+            }
+            sql.push("))");
+        }
+    }
+}
+
+fn push_or<T>(sql: &mut Sql, items: &[T], mut each: impl FnMut(&mut Sql, &T)) {
+    if items.is_empty() {
+        sql.push("1 = 0");
+        return;
+    }
+    for (index, item) in items.iter().enumerate() {
+        if index > 0 {
+            sql.push(" OR ");
+        }
+        each(sql, item);
+    }
+}
+
+fn push_match(sql: &mut Sql, x: &str, m: &Match) {
+    match m {
+        Match::StringRange { low, high } => {
+            sql.push(&format!("({x}.normalized >= ")).bind(low.clone()).push(&format!(" AND {x}.normalized < ")).bind(high.clone()).push(")");
+        }
+        Match::StringExact(text) => {
+            sql.push(&format!("{x}.exact = ")).bind(text.clone());
+        }
+        Match::StringContains(text) => {
+            sql.push(&format!("{x}.normalized LIKE ")).bind(format!("%{}%", escape_like(text))).push(" ESCAPE '\\'");
+        }
+        Match::Token { system, code } => {
+            sql.push("(1 = 1");
+            if let Some(system) = system {
+                sql.push(&format!(" AND {x}.system = ")).bind(system.clone());
+            }
+            if let Some(code) = code {
+                sql.push(&format!(" AND {x}.code = ")).bind(code.clone());
+            }
+            sql.push(")");
+        }
+        Match::TokenText(text) => {
+            sql.push(&format!("{x}.text LIKE ")).bind(format!("%{}%", escape_like(text))).push(" ESCAPE '\\'");
+        }
+        Match::Reference { target_type, target_id } => {
+            sql.push(&format!("({x}.target_id = ")).bind(target_id.clone());
+            if let Some(target_type) = target_type {
+                sql.push(&format!(" AND {x}.target_type = ")).bind(target_type.clone());
+            }
+            sql.push(")");
+        }
+        Match::ReferenceUrl(url) => {
+            sql.push(&format!("{x}.url = ")).bind(url.clone());
+        }
+        Match::ReferenceIdentifier { system, value } => {
+            sql.push(&format!("({x}.identifier_value = ")).bind(value.clone());
+            if let Some(system) = system {
+                sql.push(&format!(" AND {x}.identifier_system = ")).bind(system.clone());
+            }
+            sql.push(")");
+        }
+        Match::Date { prefix, low, high } => {
+            let (lo, hi) = (format!("{x}.low"), format!("{x}.high"));
+            match prefix {
+                DatePrefix::Eq => {
+                    sql.push(&format!("({lo} >= ")).bind(low.clone()).push(&format!(" AND {hi} <= ")).bind(high.clone()).push(")");
+                }
+                DatePrefix::Ne => {
+                    sql.push(&format!("NOT ({lo} >= ")).bind(low.clone()).push(&format!(" AND {hi} <= ")).bind(high.clone()).push(")");
+                }
+                DatePrefix::Gt => {
+                    sql.push(&format!("{hi} > ")).bind(high.clone());
+                }
+                DatePrefix::Lt => {
+                    sql.push(&format!("{lo} < ")).bind(low.clone());
+                }
+                DatePrefix::Ge => {
+                    sql.push(&format!("({hi} > ")).bind(high.clone()).push(&format!(" OR ({lo} >= ")).bind(low.clone());
+                    sql.push(&format!(" AND {hi} <= ")).bind(high.clone()).push("))");
+                }
+                DatePrefix::Le => {
+                    sql.push(&format!("({lo} < ")).bind(low.clone()).push(&format!(" OR ({lo} >= ")).bind(low.clone());
+                    sql.push(&format!(" AND {hi} <= ")).bind(high.clone()).push("))");
+                }
+                DatePrefix::Sa => {
+                    sql.push(&format!("{lo} >= ")).bind(high.clone());
+                }
+                DatePrefix::Eb => {
+                    sql.push(&format!("{hi} <= ")).bind(low.clone());
+                }
+                DatePrefix::Ap => {
+                    sql.push(&format!("({lo} < ")).bind(high.clone()).push(&format!(" AND {hi} > ")).bind(low.clone()).push(")");
+                }
+            }
+        }
+        Match::Number { prefix, low, high, system, code } => {
+            let v = format!("{x}.value");
+            sql.push("(");
+            match prefix {
+                NumberPrefix::Within => {
+                    sql.push(&format!("{v} >= ")).bind_f64(*low).push(&format!(" AND {v} < ")).bind_f64(*high);
+                }
+                NumberPrefix::Outside => {
+                    sql.push(&format!("({v} < ")).bind_f64(*low).push(&format!(" OR {v} >= ")).bind_f64(*high).push(")");
+                }
+                NumberPrefix::Gt => {
+                    sql.push(&format!("{v} > ")).bind_f64(*low);
+                }
+                NumberPrefix::Lt => {
+                    sql.push(&format!("{v} < ")).bind_f64(*low);
+                }
+                NumberPrefix::Ge => {
+                    sql.push(&format!("{v} >= ")).bind_f64(*low);
+                }
+                NumberPrefix::Le => {
+                    sql.push(&format!("{v} <= ")).bind_f64(*low);
+                }
+            }
+            if let Some(system) = system {
+                sql.push(&format!(" AND {x}.system = ")).bind(system.clone());
+            }
+            if let Some(code) = code {
+                sql.push(&format!(" AND {x}.code = ")).bind(code.clone());
+            }
+            sql.push(")");
+        }
+        Match::UriEquals(uri) => {
+            sql.push(&format!("{x}.uri = ")).bind(uri.clone());
+        }
+        Match::UriBelow(prefix) => {
+            sql.push(&format!("({x}.uri = ")).bind(prefix.clone()).push(&format!(" OR {x}.uri LIKE ")).bind(format!("{}/%", escape_like(prefix.trim_end_matches('/')))).push(" ESCAPE '\\')");
+        }
+        Match::UriAbove(prefixes) => {
+            sql.push(&format!("{x}.uri IN ("));
+            for (index, prefix) in prefixes.iter().enumerate() {
+                if index > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(prefix.clone());
             }
             sql.push(")");
         }
     }
 }
 
-/// The matching current resources, ordered by id, one page after the cursor.
-pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<Vec<CurrentRow>> {
-    let mut sql = Sql::new(
-        "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE ",
-    );
-    query.push_conditions(&mut sql, grant);
-    if let Some(after) = &query.after_id {
-        sql.push(" AND r.id > ").bind(after.clone());
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+/// The SQL expression of a sort key on the resource row `r`.
+fn sort_expression(sql: &mut Sql, key: &SortKey) {
+    match key {
+        SortKey::Id => {
+            sql.push("r.id");
+        }
+        SortKey::LastUpdated => {
+            sql.push("r.last_updated");
+        }
+        SortKey::Index { table, param } => {
+            let (column, numeric) = table.sort_column();
+            let x = sql.alias("o");
+            sql.push(&format!(
+                "COALESCE((SELECT MIN({x}.{column}) FROM {} {x} WHERE {x}.resource_type = r.resource_type AND {x}.id = r.id AND {x}.param = ",
+                table.name()
+            ))
+            .bind(param.clone())
+            .push(if numeric { "), -1.0e300)" } else { "), '')" });
+        }
     }
-    sql.push(" ORDER BY r.id LIMIT ").bind_i64(query.limit);
+}
+
+impl SearchQuery {
+    fn keys(&self) -> Vec<(SortKey, bool)> {
+        let mut keys = self.sort.clone();
+        keys.push((SortKey::Id, false));
+        keys
+    }
+
+    fn base(&self, sql: &mut Sql, grant: &Grant) {
+        sql.tenant_scope("r.tenant", grant);
+        sql.push(" AND r.resource_type = ").bind(self.resource_type.clone());
+        sql.push(" AND r.deleted = 0");
+        push_criteria(sql, "r", &self.criteria, grant);
+    }
+}
+
+/// One page of matching current resources, in sort order, after (or before) the cursor.
+pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<Page> {
+    let keys = query.keys();
+    let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
+    let mut sql = Sql::new("SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content");
+    for (index, (key, _)) in keys.iter().enumerate() {
+        sql.push(", ");
+        sort_expression(&mut sql, key);
+        sql.push(&format!(" AS k{index}"));
+    }
+    sql.push(" FROM resources r WHERE ");
+    query.base(&mut sql, grant);
+    if let Some(cursor) = &query.cursor {
+        if cursor.keys.len() == keys.len() {
+            // (k0 > v0) OR (k0 = v0 AND k1 > v1) OR …, with the comparison flipped for
+            // descending keys and for a backwards page.
+            sql.push(" AND (");
+            for position in 0..keys.len() {
+                if position > 0 {
+                    sql.push(" OR ");
+                }
+                sql.push("(");
+                for (index, (key, descending)) in keys.iter().enumerate().take(position + 1) {
+                    if index > 0 {
+                        sql.push(" AND ");
+                    }
+                    sort_expression(&mut sql, key);
+                    let after = *descending == backwards;
+                    let operator = if index < position { " = " } else if after { " > " } else { " < " };
+                    sql.push(operator).bind_key(&cursor.keys[index]);
+                }
+                sql.push(")");
+            }
+            sql.push(")");
+        }
+    }
+    sql.push(" ORDER BY ");
+    for (index, (_, descending)) in keys.iter().enumerate() {
+        if index > 0 {
+            sql.push(", ");
+        }
+        let ascending = *descending == backwards;
+        sql.push(&format!("k{index}{}", if ascending { " ASC" } else { " DESC" }));
+    }
+    sql.push(" LIMIT ").bind_i64(query.limit + 1);
     let rows = sql.fetch_all(connection).await?;
-    rows.iter().map(current_from_row).collect()
+    let more = rows.len() as i64 > query.limit;
+    let mut pairs: Vec<(CurrentRow, Vec<KeyValue>)> = Vec::with_capacity(rows.len());
+    for row in rows.iter().take(query.limit.max(0) as usize) {
+        let mut values = Vec::with_capacity(keys.len());
+        for (index, (key, _)) in keys.iter().enumerate() {
+            let column = format!("k{index}");
+            let numeric = matches!(key, SortKey::Index { table, .. } if table.sort_column().1);
+            values.push(if numeric {
+                KeyValue::Number(row.try_get::<f64, _>(column.as_str())?)
+            } else {
+                KeyValue::Text(row.try_get::<String, _>(column.as_str())?)
+            });
+        }
+        pairs.push((current_from_row(row)?, values));
+    }
+    if backwards {
+        pairs.reverse();
+    }
+    let first_keys = pairs.first().map(|(_, keys)| keys.clone());
+    let last_keys = pairs.last().map(|(_, keys)| keys.clone());
+    Ok(Page { rows: pairs.into_iter().map(|(row, _)| row).collect(), first_keys, last_keys, more })
 }
 
 /// How many current resources match (cursor and limit ignored).
 pub async fn count(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<i64> {
-    use sqlx::Row;
     let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
-    query.push_conditions(&mut sql, grant);
+    query.base(&mut sql, grant);
     let rows = sql.fetch_all(connection).await?;
     Ok(rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0))
+}
+
+/// Resources that the `source_type` resources `source_ids` refer to through `param`
+/// (to `target_type` if given), within the grant: `_include`.
+pub async fn referenced(
+    connection: &mut AnyConnection,
+    grant: &Grant,
+    source_type: &str,
+    source_ids: &[String],
+    param: Option<&str>,
+    target_type: Option<&str>,
+) -> Result<Vec<CurrentRow>> {
+    if source_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::new(
+        "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE r.deleted = 0 AND ",
+    );
+    sql.tenant_scope("r.tenant", grant);
+    sql.push(" AND EXISTS (SELECT 1 FROM search_reference x WHERE x.target_type = r.resource_type AND x.target_id = r.id AND x.resource_type = ")
+        .bind(source_type.to_owned());
+    if let Some(param) = param {
+        sql.push(" AND x.param = ").bind(param.to_owned());
+    }
+    if let Some(target_type) = target_type {
+        sql.push(" AND x.target_type = ").bind(target_type.to_owned());
+    }
+    push_in(&mut sql, "x.id", source_ids);
+    sql.push(") ORDER BY r.resource_type, r.id");
+    let rows = sql.fetch_all(connection).await?;
+    rows.iter().map(current_from_row).collect()
+}
+
+/// `source_type` resources that refer through `param` to the `target_type` resources
+/// `target_ids`, within the grant: `_revinclude`.
+pub async fn referring(
+    connection: &mut AnyConnection,
+    grant: &Grant,
+    source_type: &str,
+    param: Option<&str>,
+    target_type: &str,
+    target_ids: &[String],
+) -> Result<Vec<CurrentRow>> {
+    if target_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::new(
+        "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE r.deleted = 0 AND ",
+    );
+    sql.tenant_scope("r.tenant", grant);
+    sql.push(" AND r.resource_type = ").bind(source_type.to_owned());
+    sql.push(" AND EXISTS (SELECT 1 FROM search_reference x WHERE x.resource_type = r.resource_type AND x.id = r.id AND x.target_type = ")
+        .bind(target_type.to_owned());
+    if let Some(param) = param {
+        sql.push(" AND x.param = ").bind(param.to_owned());
+    }
+    push_in(&mut sql, "x.target_id", target_ids);
+    sql.push(") ORDER BY r.id");
+    let rows = sql.fetch_all(connection).await?;
+    rows.iter().map(current_from_row).collect()
+}
+
+fn push_in(sql: &mut Sql, column: &str, values: &[String]) {
+    sql.push(&format!(" AND {column} IN ("));
+    for (index, value) in values.iter().enumerate() {
+        if index > 0 {
+            sql.push(", ");
+        }
+        sql.bind(value.clone());
+    }
+    sql.push(")");
 }

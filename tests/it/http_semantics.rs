@@ -102,12 +102,16 @@ async fn capability_statement_tells_the_truth(backend: Backend) {
     let patient = resources.iter().find(|r| r["type"] == "Patient").expect("Patient listed");
     assert_eq!(patient["conditionalDelete"], "single");
     let params: Vec<&str> = patient["searchParam"].as_array().expect("params").iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(params, ["_id", "_lastUpdated", "identifier"]);
+    for expected in ["_id", "_lastUpdated", "_tag", "identifier", "name", "family", "birthdate", "organization", "email"] {
+        assert!(params.contains(&expected), "{expected} in {params:?}");
+    }
+    assert!(!params.contains(&"deceased"), "a parameter whose expression is not compiled is not advertised");
     assert!(patient["supportedProfile"].as_array().is_some_and(|p| !p.is_empty()));
     assert!(resources.len() > 140, "every R4 resource type is served");
     // Each advertised search parameter works; an unadvertised one is refused.
-    server.get("/minowa/fhir/Patient?_id=a&_lastUpdated=gt2020&identifier=x").await.expect(200);
-    server.get("/minowa/fhir/Patient?name=x").await.expect(400);
+    let query: Vec<String> = params.iter().filter(|p| !p.starts_with('_')).map(|p| format!("{p}:missing=false")).collect();
+    server.get(&format!("/minowa/fhir/Patient?_id=a&_lastUpdated=gt2020&{}", query.join("&"))).await.expect(200);
+    server.get("/minowa/fhir/Patient?deceased=true").await.expect(400);
     let xml = server.get("/minowa/fhir/metadata?_format=xml").await;
     xml.expect(200);
     assert!(xml.text().contains("<CapabilityStatement"));

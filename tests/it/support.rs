@@ -133,6 +133,7 @@ impl Server {
             body_limit_bytes: renraku::config::DEFAULT_BODY_LIMIT_BYTES,
             tenants: test_tenants(),
             demo: false,
+            extra_search_parameters: Vec::new(),
         };
         adjust(&mut config);
         let gateway = Gateway::start(config).await.expect("gateway starts");

@@ -1,0 +1,55 @@
+//! Rebuilding the search index: after the search parameters change (a custom
+//! SearchParameter added), every live resource is re-extracted. Runs at start-up when the
+//! parameters' fingerprint differs from the one the index was built with, and on demand
+//! with `renraku reindex`.
+
+use crate::error::Result;
+use crate::service::Fhir;
+use crate::store;
+
+const FINGERPRINT_SETTING: &str = "search_parameters_fingerprint";
+const BATCH: i64 = 500;
+
+impl Fhir {
+    /// Re-extracts the index rows of every live resource; returns how many were indexed.
+    pub async fn reindex(&self) -> Result<u64> {
+        let mut indexed = 0u64;
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let mut transaction = self.store.begin().await?;
+            let rows = store::all_current_unchecked_for_maintenance(
+                &mut transaction,
+                after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())),
+                BATCH,
+            )
+            .await?;
+            let Some(last) = rows.last() else {
+                transaction.commit().await?;
+                break;
+            };
+            after = Some((last.resource_type.clone(), last.id.clone()));
+            for row in &rows {
+                let Some(content) = &row.content else { continue };
+                let resource: serde_json::Value = serde_json::from_str(content)?;
+                let entries = self.search_params.extract(&resource);
+                store::replace_index(&mut transaction, &row.resource_type, &row.id, &row.tenant, &entries).await?;
+                indexed += 1;
+            }
+            transaction.commit().await?;
+        }
+        let mut connection = self.store.connection().await?;
+        store::set_setting(&mut connection, FINGERPRINT_SETTING, &self.search_params.fingerprint()).await?;
+        Ok(indexed)
+    }
+
+    /// Reindexes when the search parameters differ from those the index was built with.
+    pub async fn reindex_if_changed(&self) -> Result<Option<u64>> {
+        let mut connection = self.store.connection().await?;
+        let stored = store::setting(&mut connection, FINGERPRINT_SETTING).await?;
+        drop(connection);
+        if stored.as_deref() == Some(self.search_params.fingerprint().as_str()) {
+            return Ok(None);
+        }
+        self.reindex().await.map(Some)
+    }
+}
