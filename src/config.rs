@@ -160,7 +160,7 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// Every SearchParameter in the `*.json` files of `directory` (a file may hold one
 /// SearchParameter or a Bundle of them).
-fn read_search_parameters(directory: &Path) -> Result<Vec<serde_json::Value>, ConfigError> {
+pub fn read_search_parameters(directory: &Path) -> Result<Vec<serde_json::Value>, ConfigError> {
     let problem = |path: &Path, problem: String| ConfigError::SearchParameter { path: path.to_owned(), problem };
     let entries = std::fs::read_dir(directory).map_err(|e| problem(directory, e.to_string()))?;
     let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();

@@ -11,5 +11,6 @@ mod crud;
 mod errors;
 mod history;
 mod http_semantics;
+mod search;
 mod search_basic;
 mod validation;

@@ -53,7 +53,8 @@ pub const BASE: &str = "http://renraku.test";
 /// A running gateway and what must be cleaned up after it.
 pub struct Server {
     pub router: Router,
-    _directory: tempfile::TempDir,
+    config: Config,
+    directory: Option<tempfile::TempDir>,
     database: Option<String>,
 }
 
@@ -136,8 +137,17 @@ impl Server {
             extra_search_parameters: Vec::new(),
         };
         adjust(&mut config);
-        let gateway = Gateway::start(config).await.expect("gateway starts");
-        Server { router: gateway.router(), _directory: directory, database }
+        let gateway = Gateway::start(config.clone()).await.expect("gateway starts");
+        Server { router: gateway.router(), config, directory: Some(directory), database }
+    }
+
+    /// Stops this gateway and starts another on the same database with a changed
+    /// configuration (as an operator restarting the server would).
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Config)) -> Server {
+        let mut config = self.config.clone();
+        adjust(&mut config);
+        let gateway = Gateway::start(config.clone()).await.expect("gateway restarts");
+        Server { router: gateway.router(), config, directory: self.directory.take(), database: self.database.take() }
     }
 
     pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
