@@ -21,6 +21,24 @@ enum Command {
     /// Rebuild the search index of every resource (after adding a custom SearchParameter).
     /// Give it the same settings as `serve`.
     Reindex(Settings),
+    /// Generate synthetic data (Japanese names, identifiers, bulletin-board messages) for
+    /// benchmarks, into one municipality.
+    Generate {
+        #[command(flatten)]
+        settings: Settings,
+        /// The municipality (tenant slug) that receives the data.
+        #[arg(long, default_value = "ina")]
+        tenant: String,
+        /// How many Patients (and one Practitioner per 50 Patients).
+        #[arg(long, default_value_t = 100_000)]
+        patients: usize,
+        /// How many Communications, spread over the Patients.
+        #[arg(long, default_value_t = 2_000_000)]
+        communications: usize,
+        /// Seed of the deterministic generator (also prefixes the ids).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -77,6 +95,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(settings) => serve(settings.overrides()).await,
         Command::Reindex(settings) => reindex(settings.overrides()).await,
+        Command::Generate { settings, tenant, patients, communications, seed } => {
+            generate(settings.overrides(), &tenant, renraku::service::generate::Volume { patients, communications, seed }).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,6 +106,22 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn generate(overrides: Overrides, tenant: &str, volume: renraku::service::generate::Volume) -> Result<(), String> {
+    let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
+    if !config.tenants.iter().any(|t| t.slug == tenant) {
+        return Err(format!("no tenant '{tenant}' is configured"));
+    }
+    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let (patients, practitioners, communications) =
+        gateway.state.fhir.generate(tenant, volume).await.map_err(|e| e.to_string())?;
+    println!(
+        "generated {patients} Patients, {practitioners} Practitioners and {communications} Communications in {tenant} in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn reindex(overrides: Overrides) -> Result<(), String> {

@@ -37,7 +37,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes;
     let fhir = Router::new()
-        .route("/{tenant}/fhir", post(bundle).fallback(method_not_allowed))
+        .route("/{tenant}/fhir", get(system_search).post(bundle).fallback(method_not_allowed))
         .route("/{tenant}/fhir/metadata", get(metadata).fallback(method_not_allowed))
         .route("/{tenant}/fhir/_history", get(history_system).fallback(method_not_allowed))
         .route(
@@ -239,11 +239,17 @@ async fn compartment(
     if resource_type != "Patient" {
         return Err(request.fail(Error::NotFound(format!("the compartment {resource_type}/{id}/{compartment_type}"))));
     }
-    let bundle = state
-        .fhir
-        .compartment_search(&request.context, &id, &compartment_type, &request.query)
-        .await
-        .map_err(|e| request.fail(e))?;
+    let result = if compartment_type == "$everything" {
+        state.fhir.everything(&request.context, &id, &request.query).await
+    } else {
+        state.fhir.compartment_search(&request.context, &id, &compartment_type, &request.query).await
+    };
+    Ok(request.reply(StatusCode::OK, result.map_err(|e| request.fail(e))?))
+}
+
+/// `GET [base]?_type=…`: search across resource types.
+async fn system_search(request: FhirRequest, State(state): State<AppState>) -> Reply {
+    let bundle = state.fhir.system_search(&request.context, &request.query).await.map_err(|e| request.fail(e))?;
     Ok(request.reply(StatusCode::OK, bundle))
 }
 

@@ -122,7 +122,7 @@ fn history_entry(base_url: &str, row: &VersionRow) -> Result<Value> {
 
 /// A link URL: `base/path?name=value&…` with values percent-encoded.
 pub fn link(base_url: &str, path: &str, pairs: &[(String, String)]) -> String {
-    let mut url = format!("{base_url}/{path}");
+    let mut url = if path.is_empty() { base_url.to_owned() } else { format!("{base_url}/{path}") };
     if !pairs.is_empty() {
         let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
         url.push('?');

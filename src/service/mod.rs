@@ -24,6 +24,7 @@ use crate::store::{self, CurrentRow, NewVersion, Store};
 
 pub mod bundle;
 pub mod capability;
+pub mod generate;
 pub mod history;
 pub mod reindex;
 pub mod search;

@@ -56,8 +56,12 @@ pub struct ParsedSearch {
 
 impl ParsedSearch {
     pub fn query(&self, resource_type: &str, limit: i64) -> SearchQuery {
+        self.query_types(vec![resource_type.to_owned()], limit)
+    }
+
+    pub fn query_types(&self, resource_types: Vec<String>, limit: i64) -> SearchQuery {
         SearchQuery {
-            resource_type: resource_type.to_owned(),
+            resource_types,
             criteria: self.criteria.clone(),
             sort: self.sort.clone(),
             cursor: self.results.cursor.clone(),
@@ -573,6 +577,77 @@ impl Fhir {
         self.run_search(context, &grant, resource_type, parsed, &format!("Patient/{patient_id}/{resource_type}")).await
     }
 
+    /// `GET [base]?_type=A,B&…`: a search across resource types (all types without
+    /// `_type`). With more than one type only the common parameters apply.
+    pub async fn system_search(&self, context: &Context, pairs: &[(String, String)]) -> Result<Value> {
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, None)?;
+        let (types, rest) = self.split_types(pairs)?;
+        let lookup_type = match types.as_slice() {
+            [only] => only.clone(),
+            _ => "Resource".to_owned(),
+        };
+        let parsed = parse(&self.search_params, &lookup_type, &rest, context.lenient, &context.base_url)?;
+        let mut parsed = parsed;
+        if let Some(applied) = pairs.iter().find(|(name, _)| name == "_type") {
+            parsed.applied.insert(0, applied.clone());
+        }
+        self.run_search_types(context, &grant, types, &lookup_type, parsed, "").await
+    }
+
+    /// `GET [base]/Patient/[id]/$everything`: the Patient and everything in its compartment
+    /// (`_type`, `_since`, `_count` and paging apply).
+    pub async fn everything(&self, context: &Context, patient_id: &str, pairs: &[(String, String)]) -> Result<Value> {
+        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, Some("Patient"))?;
+        let mut connection = self.store.connection().await?;
+        if crate::store::current(&mut connection, &grant, "Patient", patient_id).await?.is_none_or(|row| row.deleted) {
+            return Err(Error::NotFound(format!("Patient/{patient_id}")));
+        }
+        drop(connection);
+        let (requested, mut rest) = self.split_types(pairs)?;
+        let mut params_by_type: Vec<(String, Vec<String>)> = self
+            .search_params
+            .compartment_types()
+            .filter(|t| pairs.iter().all(|(n, _)| n != "_type") || requested.iter().any(|r| r == t))
+            .map(|t| (t.to_owned(), self.search_params.patient_compartment(t).to_vec()))
+            .collect();
+        params_by_type.retain(|(t, _)| t != "Patient");
+        let mut types: Vec<String> = params_by_type.iter().map(|(t, _)| t.clone()).collect();
+        if pairs.iter().all(|(n, _)| n != "_type") || requested.iter().any(|r| r == "Patient") {
+            types.push("Patient".into());
+        }
+        for (name, value) in rest.iter_mut() {
+            if name == "_since" {
+                *name = "_lastUpdated".into();
+                *value = format!("ge{value}");
+            }
+        }
+        let mut parsed = parse(&self.search_params, "Resource", &rest, context.lenient, &context.base_url)?;
+        parsed.criteria.push(Criterion::Everything { patient_id: patient_id.to_owned(), params_by_type });
+        self.run_search_types(context, &grant, types, "Patient", parsed, &format!("Patient/{patient_id}/$everything")).await
+    }
+
+    /// Splits `_type` off the parameters; no `_type` means every resource type.
+    fn split_types(&self, pairs: &[(String, String)]) -> Result<(Vec<String>, Vec<(String, String)>)> {
+        let mut types = Vec::new();
+        let mut rest = Vec::new();
+        for (name, value) in pairs {
+            if name == "_type" {
+                for resource_type in value.split(',') {
+                    if !self.validator.is_resource_type(resource_type) {
+                        return Err(Error::bad_request_at(format!("'{resource_type}' is not a resource type"), "_type"));
+                    }
+                    types.push(resource_type.to_owned());
+                }
+            } else {
+                rest.push((name.clone(), value.clone()));
+            }
+        }
+        if types.is_empty() {
+            types = self.validator.resource_types().map(str::to_owned).collect();
+        }
+        Ok((types, rest))
+    }
+
     async fn run_search(
         &self,
         context: &Context,
@@ -581,13 +656,27 @@ impl Fhir {
         parsed: ParsedSearch,
         path: &str,
     ) -> Result<Value> {
+        self.run_search_types(context, grant, vec![resource_type.to_owned()], resource_type, parsed, path).await
+    }
+
+    /// Runs a parsed search over `types`; `include_type` is the type `_include` starts from.
+    async fn run_search_types(
+        &self,
+        context: &Context,
+        grant: &Grant,
+        types: Vec<String>,
+        include_type: &str,
+        parsed: ParsedSearch,
+        path: &str,
+    ) -> Result<Value> {
+        let resource_type = include_type;
         let page_size = parsed.results.count.unwrap_or(DEFAULT_COUNT);
         let summary = parsed.results.summary;
         let mut connection = self.store.connection().await?;
         let total = if parsed.results.total_none && summary != Some(Summary::Count) {
             None
         } else {
-            Some(query::count(&mut connection, grant, &parsed.query(resource_type, 0)).await?)
+            Some(query::count(&mut connection, grant, &parsed.query_types(types.clone(), 0)).await?)
         };
         let self_pairs: Vec<(String, String)> = parsed.applied.iter().filter(|(name, _)| name != "_page").cloned().collect();
         let mut links = vec![json!({ "relation": "self", "url": link(&context.base_url, path, &parsed.applied) })];
@@ -599,7 +688,7 @@ impl Fhir {
             bundle["link"] = json!(links);
             return Ok(bundle);
         }
-        let page = query::search(&mut connection, grant, &parsed.query(resource_type, page_size)).await?;
+        let page = query::search(&mut connection, grant, &parsed.query_types(types, page_size)).await?;
         links.push(json!({ "relation": "first", "url": link(&context.base_url, path, &self_pairs) }));
         let backwards = parsed.results.cursor.as_ref().is_some_and(|c| c.backwards);
         let has_cursor = parsed.results.cursor.is_some();

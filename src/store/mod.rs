@@ -22,7 +22,7 @@ use crate::policy::Grant;
 
 pub mod query;
 
-pub use query::{Criterion, Cursor, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, Page, SearchQuery, SortKey};
+pub use query::{BulkValue, Criterion, Cursor, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, Page, SearchQuery, SortKey};
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -540,4 +540,103 @@ fn version_from_row(row: &sqlx::any::AnyRow) -> Result<VersionRow> {
         method: row.try_get("method")?,
         content: row.try_get("content")?,
     })
+}
+
+/// A new resource for [`bulk_insert_new`]: its JSON (already stamped) and index rows.
+#[derive(Debug, Clone)]
+pub struct BulkRow {
+    pub resource_type: String,
+    pub id: String,
+    pub content: String,
+    pub index: Vec<IndexEntry>,
+}
+
+/// Writes many new resources (version 1) with their version and index rows, using
+/// multi-row INSERTs. For data generation and imports; the caller validates.
+pub async fn bulk_insert_new(connection: &mut AnyConnection, tenant: &str, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
+    use query::BulkValue as V;
+    let resources: Vec<Vec<V>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                V::Text(r.resource_type.clone()),
+                V::Text(r.id.clone()),
+                V::Text(tenant.to_owned()),
+                V::Integer(1),
+                V::Text(last_updated.to_owned()),
+                V::Integer(0),
+                V::Text(r.content.clone()),
+            ]
+        })
+        .collect();
+    query::insert_many(connection, "resources (resource_type, id, tenant, version_id, last_updated, deleted, content)", &resources).await?;
+    let versions: Vec<Vec<V>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                V::Text(r.resource_type.clone()),
+                V::Text(r.id.clone()),
+                V::Integer(1),
+                V::Text(tenant.to_owned()),
+                V::Text(last_updated.to_owned()),
+                V::Text("POST".into()),
+                V::Text(r.content.clone()),
+            ]
+        })
+        .collect();
+    query::insert_many(connection, "resource_versions (resource_type, id, version_id, tenant, last_updated, method, content)", &versions)
+        .await?;
+    let (mut strings, mut tokens, mut references, mut dates, mut numbers, mut uris) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let owner = || vec![V::Text(row.resource_type.clone()), V::Text(row.id.clone()), V::Text(tenant.to_owned())];
+        for entry in &row.index {
+            let mut values = owner();
+            match entry {
+                IndexEntry::String { param, normalized, exact } => {
+                    values.extend([V::Text(param.clone()), V::Text(normalized.clone()), V::Text(exact.clone())]);
+                    strings.push(values);
+                }
+                IndexEntry::Token { param, system, code, text } => {
+                    values.extend([V::Text(param.clone()), V::Text(system.clone()), V::Text(code.clone()), V::Text(text.clone())]);
+                    tokens.push(values);
+                }
+                IndexEntry::Reference { param, target_type, target_id, url, identifier_system, identifier_value } => {
+                    values.extend([
+                        V::Text(param.clone()),
+                        V::Text(target_type.clone()),
+                        V::Text(target_id.clone()),
+                        V::Text(url.clone()),
+                        V::Text(identifier_system.clone()),
+                        V::Text(identifier_value.clone()),
+                    ]);
+                    references.push(values);
+                }
+                IndexEntry::Date { param, low, high } => {
+                    values.extend([V::Text(param.clone()), V::Text(low.clone()), V::Text(high.clone())]);
+                    dates.push(values);
+                }
+                IndexEntry::Number { param, value, system, code } => {
+                    values.extend([V::Text(param.clone()), V::Real(*value), V::Text(system.clone()), V::Text(code.clone())]);
+                    numbers.push(values);
+                }
+                IndexEntry::Uri { param, uri } => {
+                    values.extend([V::Text(param.clone()), V::Text(uri.clone())]);
+                    uris.push(values);
+                }
+            }
+        }
+    }
+    query::insert_many(connection, "search_string (resource_type, id, tenant, param, normalized, exact)", &strings).await?;
+    query::insert_many(connection, "search_token (resource_type, id, tenant, param, system, code, text)", &tokens).await?;
+    query::insert_many(
+        connection,
+        "search_reference (resource_type, id, tenant, param, target_type, target_id, url, identifier_system, identifier_value)",
+        &references,
+    )
+    .await?;
+    query::insert_many(connection, "search_date (resource_type, id, tenant, param, low, high)", &dates).await?;
+    query::insert_many(connection, "search_number (resource_type, id, tenant, param, value, system, code)", &numbers).await?;
+    query::insert_many(connection, "search_uri (resource_type, id, tenant, param, uri)", &uris).await?;
+    Ok(())
 }

@@ -85,7 +85,7 @@ impl Sql {
         self.push(")")
     }
 
-    pub(crate) async fn fetch_all(&self, connection: &mut AnyConnection) -> Result<Vec<AnyRow>> {
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
         let mut query = sqlx::query(&self.text);
         for argument in &self.arguments {
             query = match argument {
@@ -94,7 +94,21 @@ impl Sql {
                 Argument::Real(value) => query.bind(*value),
             };
         }
-        Ok(query.fetch_all(connection).await?)
+        query
+    }
+
+    pub(crate) async fn execute(&self, connection: &mut AnyConnection) -> Result<()> {
+        self.query().execute(connection).await?;
+        Ok(())
+    }
+
+    /// The statement text (for EXPLAIN in benchmarks).
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub(crate) async fn fetch_all(&self, connection: &mut AnyConnection) -> Result<Vec<AnyRow>> {
+        Ok(self.query().fetch_all(connection).await?)
     }
 }
 
@@ -197,6 +211,9 @@ pub enum Criterion {
     Has { source_type: String, param: String, criteria: Vec<Criterion> },
     /// In the compartment of `target_type/target_id` through any of `params`.
     Compartment { params: Vec<String>, target_type: String, target_id: String },
+    /// The Patient itself, or a resource in its compartment through the parameters given
+    /// for its type (`Patient/[id]/$everything`).
+    Everything { patient_id: String, params_by_type: Vec<(String, Vec<String>)> },
 }
 
 /// One `_sort` key.
@@ -251,7 +268,9 @@ pub struct Cursor {
 /// A search over the current versions of one resource type.
 #[derive(Debug, Clone)]
 pub struct SearchQuery {
-    pub resource_type: String,
+    /// One type for a type-level search; several (or every type) for system search and
+    /// `$everything`.
+    pub resource_types: Vec<String>,
     pub criteria: Vec<Criterion>,
     /// `(key, descending)`; the id is always the final tie-breaker (ascending).
     pub sort: Vec<(SortKey, bool)>,
@@ -268,15 +287,19 @@ pub struct Page {
     pub more: bool,
 }
 
-fn push_criteria(sql: &mut Sql, alias: &str, criteria: &[Criterion], grant: &Grant) {
+/// Appends `AND (criterion)` for each criterion on the resource row `alias`, whose type is
+/// `resource_type` when known (one type), which lets index criteria be written as
+/// `alias.id IN (SELECT id FROM index WHERE resource_type = … )`: both databases then drive
+/// the query from the index instead of testing every resource row.
+fn push_criteria(sql: &mut Sql, alias: &str, resource_type: Option<&str>, criteria: &[Criterion], grant: &Grant) {
     for criterion in criteria {
         sql.push(" AND (");
-        push_criterion(sql, alias, criterion, grant);
+        push_criterion(sql, alias, resource_type, criterion, grant);
         sql.push(")");
     }
 }
 
-fn push_criterion(sql: &mut Sql, alias: &str, criterion: &Criterion, grant: &Grant) {
+fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, criterion: &Criterion, grant: &Grant) {
     match criterion {
         Criterion::Id(ids) => {
             sql.push(&format!("{alias}.id IN ("));
@@ -302,68 +325,105 @@ fn push_criterion(sql: &mut Sql, alias: &str, criterion: &Criterion, grant: &Gra
         }
         Criterion::Index { table, param, matches, negate } => {
             let x = sql.alias("x");
-            if *negate {
-                sql.push("NOT ");
+            let negation = if *negate { "NOT " } else { "" };
+            match resource_type {
+                Some(resource_type) => {
+                    sql.push(&format!("{alias}.id {negation}IN (SELECT {x}.id FROM {} {x} WHERE ", table.name()));
+                    sql.tenant_scope(&format!("{x}.tenant"), grant);
+                    sql.push(&format!(" AND {x}.resource_type = ")).bind(resource_type.to_owned());
+                }
+                None => {
+                    sql.push(&format!(
+                        "{negation}EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id",
+                        table.name()
+                    ));
+                }
             }
-            sql.push(&format!(
-                "EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id AND {x}.param = ",
-                table.name()
-            ))
-            .bind(param.clone())
-            .push(" AND (");
+            sql.push(&format!(" AND {x}.param = ")).bind(param.clone()).push(" AND (");
             push_or(sql, matches, |sql, m| push_match(sql, &x, m));
             sql.push("))");
         }
         Criterion::Missing { table, param, missing } => {
             let x = sql.alias("x");
-            if *missing {
-                sql.push("NOT ");
+            let negation = if *missing { "NOT " } else { "" };
+            match resource_type {
+                Some(resource_type) => {
+                    sql.push(&format!("{alias}.id {negation}IN (SELECT {x}.id FROM {} {x} WHERE ", table.name()));
+                    sql.tenant_scope(&format!("{x}.tenant"), grant);
+                    sql.push(&format!(" AND {x}.resource_type = ")).bind(resource_type.to_owned());
+                }
+                None => {
+                    sql.push(&format!(
+                        "{negation}EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id",
+                        table.name()
+                    ));
+                }
             }
-            sql.push(&format!(
-                "EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id AND {x}.param = ",
-                table.name()
-            ))
-            .bind(param.clone())
-            .push(")");
+            sql.push(&format!(" AND {x}.param = ")).bind(param.clone()).push(")");
         }
         Criterion::Chain { param, target_type, criteria } => {
             let (c, t) = (sql.alias("c"), sql.alias("t"));
-            sql.push(&format!(
-                "EXISTS (SELECT 1 FROM search_reference {c} JOIN resources {t} ON {t}.resource_type = {c}.target_type AND {t}.id = {c}.target_id \
-                 WHERE {c}.resource_type = {alias}.resource_type AND {c}.id = {alias}.id AND {c}.param = "
-            ))
-            .bind(param.clone());
+            let join = format!(
+                "FROM search_reference {c} JOIN resources {t} ON {t}.resource_type = {c}.target_type AND {t}.id = {c}.target_id WHERE "
+            );
+            match resource_type {
+                Some(resource_type) => {
+                    sql.push(&format!("{alias}.id IN (SELECT {c}.id {join}{c}.resource_type = ")).bind(resource_type.to_owned());
+                }
+                None => {
+                    sql.push(&format!("EXISTS (SELECT 1 {join}{c}.resource_type = {alias}.resource_type AND {c}.id = {alias}.id"));
+                }
+            }
+            sql.push(&format!(" AND {c}.param = ")).bind(param.clone());
             if let Some(target_type) = target_type {
                 sql.push(&format!(" AND {c}.target_type = ")).bind(target_type.clone());
             }
             sql.push(&format!(" AND {t}.deleted = 0 AND "));
             sql.tenant_scope(&format!("{t}.tenant"), grant);
-            push_criteria(sql, &t, criteria, grant);
+            push_criteria(sql, &t, target_type.as_deref(), criteria, grant);
             sql.push(")");
         }
         Criterion::Has { source_type, param, criteria } => {
-            let (h, s) = (sql.alias("h"), sql.alias("s"));
-            sql.push(&format!(
-                "EXISTS (SELECT 1 FROM search_reference {h} JOIN resources {s} ON {s}.resource_type = {h}.resource_type AND {s}.id = {h}.id \
-                 WHERE {h}.target_type = {alias}.resource_type AND {h}.target_id = {alias}.id AND {h}.param = "
-            ))
-            .bind(param.clone())
-            .push(&format!(" AND {h}.resource_type = "))
-            .bind(source_type.clone())
-            .push(&format!(" AND {s}.deleted = 0 AND "));
-            sql.tenant_scope(&format!("{s}.tenant"), grant);
-            push_criteria(sql, &s, criteria, grant);
+            let (h, src) = (sql.alias("h"), sql.alias("s"));
+            let join = format!(
+                "FROM search_reference {h} JOIN resources {src} ON {src}.resource_type = {h}.resource_type AND {src}.id = {h}.id WHERE "
+            );
+            match resource_type {
+                Some(resource_type) => {
+                    sql.push(&format!("{alias}.id IN (SELECT {h}.target_id {join}{h}.target_type = ")).bind(resource_type.to_owned());
+                }
+                None => {
+                    sql.push(&format!("EXISTS (SELECT 1 {join}{h}.target_type = {alias}.resource_type AND {h}.target_id = {alias}.id"));
+                }
+            }
+            sql.push(&format!(" AND {h}.param = "))
+                .bind(param.clone())
+                .push(&format!(" AND {h}.resource_type = "))
+                .bind(source_type.clone())
+                .push(&format!(" AND {src}.deleted = 0 AND "));
+            sql.tenant_scope(&format!("{src}.tenant"), grant);
+            push_criteria(sql, &src, Some(source_type.as_str()), criteria, grant);
             sql.push(")");
         }
+        Criterion::Everything { patient_id, params_by_type } => push_everything(sql, alias, patient_id, params_by_type),
         Criterion::Compartment { params, target_type, target_id } => {
             let x = sql.alias("x");
-            sql.push(&format!(
-                "EXISTS (SELECT 1 FROM search_reference {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id AND {x}.target_type = "
-            ))
-            .bind(target_type.clone())
-            .push(&format!(" AND {x}.target_id = "))
-            .bind(target_id.clone())
-            .push(&format!(" AND {x}.param IN ("));
+            match resource_type {
+                Some(resource_type) => {
+                    sql.push(&format!("{alias}.id IN (SELECT {x}.id FROM search_reference {x} WHERE {x}.resource_type = "))
+                        .bind(resource_type.to_owned());
+                }
+                None => {
+                    sql.push(&format!(
+                        "EXISTS (SELECT 1 FROM search_reference {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id"
+                    ));
+                }
+            }
+            sql.push(&format!(" AND {x}.target_type = "))
+                .bind(target_type.clone())
+                .push(&format!(" AND {x}.target_id = "))
+                .bind(target_id.clone())
+                .push(&format!(" AND {x}.param IN ("));
             for (index, param) in params.iter().enumerate() {
                 if index > 0 {
                     sql.push(", ");
@@ -373,6 +433,28 @@ fn push_criterion(sql: &mut Sql, alias: &str, criterion: &Criterion, grant: &Gra
             sql.push("))");
         }
     }
+}
+
+fn push_everything(sql: &mut Sql, alias: &str, patient_id: &str, params_by_type: &[(String, Vec<String>)]) {
+    let x = sql.alias("x");
+    sql.push(&format!("({alias}.resource_type = 'Patient' AND {alias}.id = ")).bind(patient_id.to_owned());
+    sql.push(&format!(
+        ") OR EXISTS (SELECT 1 FROM search_reference {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id \
+         AND {x}.target_type = 'Patient' AND {x}.target_id = "
+    ))
+    .bind(patient_id.to_owned())
+    .push(" AND (");
+    push_or(sql, params_by_type, |sql, (resource_type, params)| {
+        sql.push(&format!("({x}.resource_type = ")).bind(resource_type.clone()).push(&format!(" AND {x}.param IN ("));
+        for (index, param) in params.iter().enumerate() {
+            if index > 0 {
+                sql.push(", ");
+            }
+            sql.bind(param.clone());
+        }
+        sql.push("))");
+    });
+    sql.push("))");
 }
 
 fn push_or<T>(sql: &mut Sql, items: &[T], mut each: impl FnMut(&mut Sql, &T)) {
@@ -548,14 +630,24 @@ impl SearchQuery {
 
     fn base(&self, sql: &mut Sql, grant: &Grant) {
         sql.tenant_scope("r.tenant", grant);
-        sql.push(" AND r.resource_type = ").bind(self.resource_type.clone());
-        sql.push(" AND r.deleted = 0");
-        push_criteria(sql, "r", &self.criteria, grant);
+        sql.push(" AND r.resource_type IN (");
+        for (index, resource_type) in self.resource_types.iter().enumerate() {
+            if index > 0 {
+                sql.push(", ");
+            }
+            sql.bind(resource_type.clone());
+        }
+        sql.push(") AND r.deleted = 0");
+        let single = match self.resource_types.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        };
+        push_criteria(sql, "r", single, &self.criteria, grant);
     }
 }
 
-/// One page of matching current resources, in sort order, after (or before) the cursor.
-pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<Page> {
+/// The SQL of one page of a search (shared by [`search`] and [`explain`]).
+fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
     let keys = query.keys();
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
     let mut sql = Sql::new("SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content");
@@ -599,6 +691,30 @@ pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &Searc
         sql.push(&format!("k{index}{}", if ascending { " ASC" } else { " DESC" }));
     }
     sql.push(" LIMIT ").bind_i64(query.limit + 1);
+    sql
+}
+
+/// The database's query plan for a search page, as text lines (for benchmark notes).
+pub async fn explain(connection: &mut AnyConnection, backend: super::Backend, grant: &Grant, query: &SearchQuery) -> Result<Vec<String>> {
+    let sql = search_sql(grant, query);
+    let prefix = match backend {
+        super::Backend::Sqlite => "EXPLAIN QUERY PLAN ",
+        super::Backend::Postgres => "EXPLAIN ",
+    };
+    let explained = Sql { text: format!("{prefix}{}", sql.text()), arguments: sql.arguments.clone(), aliases: 0 };
+    let rows = explained.fetch_all(connection).await?;
+    let column = match backend {
+        super::Backend::Sqlite => "detail",
+        super::Backend::Postgres => "QUERY PLAN",
+    };
+    rows.iter().map(|row| Ok(row.try_get::<String, _>(column)?)).collect()
+}
+
+/// One page of matching current resources, in sort order, after (or before) the cursor.
+pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<Page> {
+    let keys = query.keys();
+    let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
+    let sql = search_sql(grant, query);
     let rows = sql.fetch_all(connection).await?;
     let more = rows.len() as i64 > query.limit;
     let mut pairs: Vec<(CurrentRow, Vec<KeyValue>)> = Vec::with_capacity(rows.len());
@@ -648,7 +764,7 @@ pub async fn referenced(
         "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE r.deleted = 0 AND ",
     );
     sql.tenant_scope("r.tenant", grant);
-    sql.push(" AND EXISTS (SELECT 1 FROM search_reference x WHERE x.target_type = r.resource_type AND x.target_id = r.id AND x.resource_type = ")
+    sql.push(" AND (r.resource_type, r.id) IN (SELECT x.target_type, x.target_id FROM search_reference x WHERE x.resource_type = ")
         .bind(source_type.to_owned());
     if let Some(param) = param {
         sql.push(" AND x.param = ").bind(param.to_owned());
@@ -680,7 +796,9 @@ pub async fn referring(
     );
     sql.tenant_scope("r.tenant", grant);
     sql.push(" AND r.resource_type = ").bind(source_type.to_owned());
-    sql.push(" AND EXISTS (SELECT 1 FROM search_reference x WHERE x.resource_type = r.resource_type AND x.id = r.id AND x.target_type = ")
+    sql.push(" AND r.id IN (SELECT x.id FROM search_reference x WHERE x.resource_type = ")
+        .bind(source_type.to_owned())
+        .push(" AND x.target_type = ")
         .bind(target_type.to_owned());
     if let Some(param) = param {
         sql.push(" AND x.param = ").bind(param.to_owned());
@@ -700,4 +818,38 @@ fn push_in(sql: &mut Sql, column: &str, values: &[String]) {
         sql.bind(value.clone());
     }
     sql.push(")");
+}
+
+/// A value for [`insert_many`].
+#[derive(Debug, Clone)]
+pub enum BulkValue {
+    Text(String),
+    Integer(i64),
+    Real(f64),
+}
+
+/// `INSERT INTO {target} VALUES (…), (…), …` in chunks that stay below both databases'
+/// limits on bound parameters.
+pub(crate) async fn insert_many(connection: &mut AnyConnection, target: &str, rows: &[Vec<BulkValue>]) -> Result<()> {
+    let Some(width) = rows.first().map(Vec::len) else { return Ok(()) };
+    let per_statement = (30_000 / width.max(1)).max(1);
+    for chunk in rows.chunks(per_statement) {
+        let mut sql = Sql::new(&format!("INSERT INTO {target} VALUES "));
+        for (row_index, row) in chunk.iter().enumerate() {
+            sql.push(if row_index == 0 { "(" } else { ", (" });
+            for (index, value) in row.iter().enumerate() {
+                if index > 0 {
+                    sql.push(", ");
+                }
+                match value {
+                    BulkValue::Text(text) => sql.bind(text.clone()),
+                    BulkValue::Integer(number) => sql.bind_i64(*number),
+                    BulkValue::Real(number) => sql.bind_f64(*number),
+                };
+            }
+            sql.push(")");
+        }
+        sql.execute(connection).await?;
+    }
+    Ok(())
 }

@@ -250,6 +250,23 @@ async fn sorting_includes_and_compartments(backend: Backend) {
     let observations = server.get(&substitute("/ina/fhir/Patient/{yamada}/Observation", &ids)).await.json();
     assert_eq!(keys(&observations, "match"), ["obs1"]);
     server.get("/ina/fhir/Patient/nobody/Observation").await.expect(404);
+    // $everything: the Patient and its compartment, nothing of other people.
+    let everything = server.get(&substitute("/ina/fhir/Patient/{yamada}/$everything?_count=100", &ids)).await.json();
+    let mut all = keys(&everything, "match");
+    all.sort();
+    assert_eq!(all, ["c1", "c2", "obs1", "team", "yamada"]);
+    let only = server.get(&substitute("/ina/fhir/Patient/{yamada}/$everything?_type=Observation", &ids)).await.json();
+    assert_eq!(keys(&only, "match"), ["obs1"]);
+    // System search across types.
+    let system = server.get(&substitute("/ina/fhir?_type=Patient,Practitioner&_id={doc},{jose},{c1}", &ids)).await.json();
+    let mut found = keys(&system, "match");
+    found.sort();
+    assert_eq!(found, ["doc", "jose"]);
+    let tagged = server.get("/ina/fhir?_tag=urn:renraku:tag|demo").await.json();
+    assert_eq!(keys(&tagged, "match"), ["yamada"]);
+    let one_type = server.get("/ina/fhir?_type=Practitioner&gender=female").await.json();
+    assert_eq!(keys(&one_type, "match"), ["nurse"]);
+    server.get("/ina/fhir?_type=Nonsense").await.expect(400);
     // Malformed or unknown parameters are 400s naming the parameter.
     for (query, parameter) in [
         ("Patient?nonsense=1", "nonsense"),
@@ -328,4 +345,38 @@ async fn custom_search_parameter_after_reindex(backend: Backend) {
     assert_eq!(found.json()["total"], 1, "existing data was reindexed");
 }
 
-both_backends!(query_table, sorting_includes_and_compartments, paging_with_sort_survives_concurrent_writes, custom_search_parameter_after_reindex);
+
+async fn generated_data_is_valid_and_searchable(backend: Backend) {
+    let server = Server::start(backend).await;
+    let fhir = server.fhir();
+    let (patients, practitioners, communications) = fhir
+        .generate("minowa", renraku::service::generate::Volume { patients: 120, communications: 600, seed: 7 })
+        .await
+        .expect("generate");
+    assert_eq!((patients, practitioners, communications), (120, 2, 600));
+    let count = |path: &'static str| {
+        let server = &server;
+        async move { server.get(path).await.json()["total"].as_u64().unwrap_or(0) }
+    };
+    assert_eq!(count("/minowa/fhir/Patient?_summary=count").await, 120);
+    assert_eq!(count("/minowa/fhir/Communication?_summary=count").await, 600);
+    assert_eq!(count("/ina/fhir/Communication?_summary=count").await, 0, "only the target municipality");
+    let timeline = server.get("/minowa/fhir/Communication?subject=Patient/gen7-p3&_sort=-sent&_include=Communication:sender").await.json();
+    let sent: Vec<&str> = timeline["entry"].as_array().into_iter().flatten()
+        .filter(|e| e["search"]["mode"] == "match").filter_map(|e| e["resource"]["sent"].as_str()).collect();
+    let mut sorted = sent.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(sent, sorted, "newest first");
+    let by_kana = count("/minowa/fhir/Patient?name=や").await;
+    let by_kanji = count("/minowa/fhir/Patient?name=山").await;
+    assert!(by_kana > 0 && by_kanji > 0, "kana {by_kana}, kanji {by_kanji}");
+    assert_eq!(count("/minowa/fhir/Patient?identifier=00000042").await, 1);
+}
+
+both_backends!(
+    query_table,
+    sorting_includes_and_compartments,
+    paging_with_sort_survives_concurrent_writes,
+    custom_search_parameter_after_reindex,
+    generated_data_is_valid_and_searchable,
+);

@@ -53,6 +53,7 @@ pub const BASE: &str = "http://renraku.test";
 /// A running gateway and what must be cleaned up after it.
 pub struct Server {
     pub router: Router,
+    fhir: Arc<renraku::service::Fhir>,
     config: Config,
     directory: Option<tempfile::TempDir>,
     database: Option<String>,
@@ -138,7 +139,7 @@ impl Server {
         };
         adjust(&mut config);
         let gateway = Gateway::start(config.clone()).await.expect("gateway starts");
-        Server { router: gateway.router(), config, directory: Some(directory), database }
+        Server { router: gateway.router(), fhir: gateway.state.fhir.clone(), config, directory: Some(directory), database }
     }
 
     /// Stops this gateway and starts another on the same database with a changed
@@ -147,7 +148,13 @@ impl Server {
         let mut config = self.config.clone();
         adjust(&mut config);
         let gateway = Gateway::start(config.clone()).await.expect("gateway restarts");
-        Server { router: gateway.router(), config, directory: self.directory.take(), database: self.database.take() }
+        Server {
+            router: gateway.router(),
+            fhir: gateway.state.fhir.clone(),
+            config,
+            directory: self.directory.take(),
+            database: self.database.take(),
+        }
     }
 
     pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
@@ -196,6 +203,11 @@ impl Server {
         let reply = self.post(&format!("/{tenant}/fhir/{resource_type}"), body).await;
         reply.expect(201);
         reply.json()["id"].as_str().expect("id").to_owned()
+    }
+
+    /// The FHIR engine behind the router, for tests of project commands (e.g. generate).
+    pub fn fhir(&self) -> Arc<renraku::service::Fhir> {
+        self.fhir.clone()
     }
 
     pub fn shared(self) -> Arc<Server> {
