@@ -17,7 +17,6 @@ use crate::fhir::outcome::Issue;
 use crate::fhir::references;
 use crate::policy::{self, Interaction};
 use crate::service::{parse_query_string, Context, Fhir, Stored, Written};
-use crate::store;
 
 /// The HTTP method of an entry's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +168,7 @@ impl Fhir {
             let grant = policy::decide(&context.principal, &context.tenant, grant_interaction, Some(&request.resource_type))?;
             let target_id = match (request.method, &request.if_none_exist, &request.query) {
                 (Method::Post, Some(condition), _) => {
-                    store::lock(&mut transaction, &format!("conditional:{}:{}", grant.home_tenant(), request.resource_type)).await?;
+                    super::lock_conditional(&mut transaction, &grant, &request.resource_type).await?;
                     match self.match_one(&mut transaction, context, &grant, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
                         Some(existing) => {
                             let id = existing.id.clone();
@@ -181,7 +180,7 @@ impl Fhir {
                 }
                 (Method::Post, None, _) => uuid::Uuid::new_v4().to_string(),
                 (Method::Put, _, Some(condition)) => {
-                    store::lock(&mut transaction, &format!("conditional:{}:{}", grant.home_tenant(), request.resource_type)).await?;
+                    super::lock_conditional(&mut transaction, &grant, &request.resource_type).await?;
                     match self.match_one(&mut transaction, context, &grant, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
                         Some(existing) => existing.id,
                         None => request
@@ -220,7 +219,7 @@ impl Fhir {
                     let id = match (&request.id, &request.query) {
                         (Some(id), _) => Some(id.clone()),
                         (None, Some(condition)) => {
-                            store::lock(&mut transaction, &format!("conditional:{}:{}", grant.home_tenant(), request.resource_type)).await?;
+                            super::lock_conditional(&mut transaction, &grant, &request.resource_type).await?;
                             self.match_one(&mut transaction, context, &grant, &request.resource_type, condition)
                                 .await
                                 .map_err(|e| in_entry(e, request))?

@@ -135,7 +135,7 @@ impl Fhir {
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
         if let Some(condition) = condition {
-            store::lock(&mut transaction, &format!("conditional:{}:{resource_type}", grant.home_tenant())).await?;
+            lock_conditional(&mut transaction, &grant, resource_type).await?;
             if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
                 transaction.commit().await?;
                 return Ok(Written { stored: stored_from_current(Some(existing), resource_type, "")?, created: false });
@@ -183,7 +183,7 @@ impl Fhir {
         check_body_type(&body, resource_type)?;
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
-        store::lock(&mut transaction, &format!("conditional:{}:{resource_type}", grant.home_tenant())).await?;
+        lock_conditional(&mut transaction, &grant, resource_type).await?;
         let existing = self.match_one(&mut transaction, context, &grant, resource_type, condition).await?;
         let body_id = validated.as_value().get("id").and_then(Value::as_str).map(str::to_owned);
         let written = match existing {
@@ -240,7 +240,7 @@ impl Fhir {
         self.check_type(resource_type)?;
         let grant = policy::decide(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
         let mut transaction = self.store.begin().await?;
-        store::lock(&mut transaction, &format!("conditional:{}:{resource_type}", grant.home_tenant())).await?;
+        lock_conditional(&mut transaction, &grant, resource_type).await?;
         if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
             self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await?;
         }
@@ -510,6 +510,12 @@ impl Fhir {
             Err(Error::Unprocessable(issues))
         }
     }
+}
+
+/// Serialises conditional interactions on one municipality's resources of one type, so
+/// that two conditional creates cannot both find nothing and both create.
+pub(crate) async fn lock_conditional(connection: &mut sqlx::AnyConnection, grant: &Grant, resource_type: &str) -> Result<()> {
+    store::lock(connection, &format!("conditional:{}:{resource_type}", grant.home_tenant())).await
 }
 
 /// Sets the server-owned parts: `id`, `meta.versionId`, `meta.lastUpdated`.

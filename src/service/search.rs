@@ -150,7 +150,7 @@ fn parse_one(
             if name.starts_with("_revinclude") {
                 parsed.revincludes.push(include);
             } else {
-                if !include.iterate && include.source_type != resource_type {
+                if !include.iterate && include.source_type != resource_type && include.source_type != "*" {
                     return Err(Error::bad_request_at(
                         format!("_include must start with the searched type {resource_type} (or use :iterate)"),
                         name,

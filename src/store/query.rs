@@ -324,42 +324,14 @@ fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, crite
             });
         }
         Criterion::Index { table, param, matches, negate } => {
-            let x = sql.alias("x");
-            let negation = if *negate { "NOT " } else { "" };
-            match resource_type {
-                Some(resource_type) => {
-                    sql.push(&format!("{alias}.id {negation}IN (SELECT {x}.id FROM {} {x} WHERE ", table.name()));
-                    sql.tenant_scope(&format!("{x}.tenant"), grant);
-                    sql.push(&format!(" AND {x}.resource_type = ")).bind(resource_type.to_owned());
-                }
-                None => {
-                    sql.push(&format!(
-                        "{negation}EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id",
-                        table.name()
-                    ));
-                }
-            }
-            sql.push(&format!(" AND {x}.param = ")).bind(param.clone()).push(" AND (");
+            let x = push_index_subquery(sql, alias, resource_type, *table, *negate, param, grant);
+            sql.push(" AND (");
             push_or(sql, matches, |sql, m| push_match(sql, &x, m));
             sql.push("))");
         }
         Criterion::Missing { table, param, missing } => {
-            let x = sql.alias("x");
-            let negation = if *missing { "NOT " } else { "" };
-            match resource_type {
-                Some(resource_type) => {
-                    sql.push(&format!("{alias}.id {negation}IN (SELECT {x}.id FROM {} {x} WHERE ", table.name()));
-                    sql.tenant_scope(&format!("{x}.tenant"), grant);
-                    sql.push(&format!(" AND {x}.resource_type = ")).bind(resource_type.to_owned());
-                }
-                None => {
-                    sql.push(&format!(
-                        "{negation}EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id",
-                        table.name()
-                    ));
-                }
-            }
-            sql.push(&format!(" AND {x}.param = ")).bind(param.clone()).push(")");
+            push_index_subquery(sql, alias, resource_type, *table, *missing, param, grant);
+            sql.push(")");
         }
         Criterion::Chain { param, target_type, criteria } => {
             let (c, t) = (sql.alias("c"), sql.alias("t"));
@@ -433,6 +405,37 @@ fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, crite
             sql.push("))");
         }
     }
+}
+
+/// Opens `alias.id [NOT] IN (SELECT x.id FROM table x WHERE … AND x.param = ?` (or the
+/// correlated `[NOT] EXISTS` form when the alias's type is not known) and returns the
+/// index alias; the caller adds conditions and closes the parenthesis.
+fn push_index_subquery(
+    sql: &mut Sql,
+    alias: &str,
+    resource_type: Option<&str>,
+    table: IndexTable,
+    negate: bool,
+    param: &str,
+    grant: &Grant,
+) -> String {
+    let x = sql.alias("x");
+    let negation = if negate { "NOT " } else { "" };
+    match resource_type {
+        Some(resource_type) => {
+            sql.push(&format!("{alias}.id {negation}IN (SELECT {x}.id FROM {} {x} WHERE ", table.name()));
+            sql.tenant_scope(&format!("{x}.tenant"), grant);
+            sql.push(&format!(" AND {x}.resource_type = ")).bind(resource_type.to_owned());
+        }
+        None => {
+            sql.push(&format!(
+                "{negation}EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id",
+                table.name()
+            ));
+        }
+    }
+    sql.push(&format!(" AND {x}.param = ")).bind(param.to_owned());
+    x
 }
 
 fn push_everything(sql: &mut Sql, alias: &str, patient_id: &str, params_by_type: &[(String, Vec<String>)]) {
@@ -828,11 +831,12 @@ pub enum BulkValue {
     Real(f64),
 }
 
-/// `INSERT INTO {target} VALUES (…), (…), …` in chunks that stay below both databases'
-/// limits on bound parameters.
+/// `INSERT INTO {target} VALUES (…), (…), …` in chunks of about a thousand parameters:
+/// far fewer round trips than one row per statement, and small enough that SQLite's
+/// parameter-name lookup (linear in the number of parameters) stays cheap.
 pub(crate) async fn insert_many(connection: &mut AnyConnection, target: &str, rows: &[Vec<BulkValue>]) -> Result<()> {
     let Some(width) = rows.first().map(Vec::len) else { return Ok(()) };
-    let per_statement = (30_000 / width.max(1)).max(1);
+    let per_statement = (1_000 / width.max(1)).max(1);
     for chunk in rows.chunks(per_statement) {
         let mut sql = Sql::new(&format!("INSERT INTO {target} VALUES "));
         for (row_index, row) in chunk.iter().enumerate() {

@@ -61,6 +61,8 @@ fn world() -> Vec<(&'static str, Value)> {
                           "code": { "coding": [{ "system": "http://loinc.org", "code": "8310-5" }] },
                           "subject": { "reference": "Patient/{yamaguchi}" }, "effectiveDateTime": "2026-11-22T08:00:00Z",
                           "valueQuantity": { "value": 38.2, "system": "http://unitsofmeasure.org", "code": "Cel" } })),
+        ("sub", json!({ "resourceType": "Subscription", "status": "active", "reason": "掲示板の通知", "criteria": "Communication?category=board",
+                         "channel": { "type": "rest-hook", "endpoint": "https://hooks.example.jp/renraku/board" } })),
         ("team", json!({ "resourceType": "CareTeam", "status": "active", "subject": { "reference": "Patient/{yamada}" },
                           "participant": [{ "member": { "reference": "Practitioner/{doc}" } }, { "member": { "reference": "Practitioner/{nurse}" } }] })),
     ]
@@ -163,6 +165,12 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
         ("Patient?_has:Observation:subject:value-quantity=gt38", vec!["yamaguchi"]),
         ("Patient?_has:Communication:subject:category=board", vec!["yamada"]),
         ("Practitioner?_has:CareTeam:participant:status=active", vec!["doc", "nurse"]),
+        // uri
+        ("Subscription?url=https://hooks.example.jp/renraku/board", vec!["sub"]),
+        ("Subscription?url=https://hooks.example.jp/renraku", vec![]),
+        ("Subscription?url:below=https://hooks.example.jp/renraku", vec!["sub"]),
+        ("Subscription?url:above=https://hooks.example.jp/renraku/board/extra", vec!["sub"]),
+        ("Subscription?url:below=https://hooks.example.jp/other", vec![]),
         // common parameters
         ("Patient?_id={jose}", vec!["jose"]),
         ("Patient?_lastUpdated=gt2000", vec!["yamada", "yamaguchi", "jose"]),
@@ -244,6 +252,10 @@ async fn sorting_includes_and_compartments(backend: Backend) {
     let mut iterated = keys(&iterate, "include");
     iterated.sort();
     assert_eq!(iterated, ["org", "yamada"]);
+    let everything_referenced = server.get(&substitute("/ina/fhir/Communication?_id={c1}&_include=*", &ids)).await.json();
+    let mut star = keys(&everything_referenced, "include");
+    star.sort();
+    assert_eq!(star, ["doc", "yamada"]);
     // Compartment search.
     let compartment = server.get(&substitute("/ina/fhir/Patient/{yamada}/Communication?_sort=sent", &ids)).await.json();
     assert_eq!(keys(&compartment, "match"), ["c1", "c2"]);
