@@ -53,6 +53,21 @@ impl Gateway {
                 .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
         }
         let store = store::Store::connect(&config.database_url).await?;
+        if store.backend() == store::Backend::Sqlite {
+            // PostgreSQL's autovacuum keeps statistics current; SQLite needs asking.
+            store.optimize().await.map_err(|e| StartError::Validation(format!("optimize: {e}")))?;
+            let periodic = store.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(std::time::Duration::from_secs(30 * 60));
+                interval.tick().await;
+                loop {
+                    interval.tick().await;
+                    if let Err(error) = periodic.optimize().await {
+                        tracing::warn!(%error, "refreshing SQLite statistics failed");
+                    }
+                }
+            });
+        }
         let validator = Arc::new(fhir::validate::Validator::load().map_err(StartError::Validation)?);
         let registry = fhir::search_params::Registry::load(&config.extra_search_parameters).map_err(StartError::Validation)?;
         for skipped in &registry.skipped {

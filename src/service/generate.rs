@@ -114,6 +114,7 @@ impl Fhir {
             self.flush_if_full(tenant, &mut batch).await?;
         }
         self.flush(tenant, &mut batch).await?;
+        self.store.optimize().await?;
         Ok((volume.patients, practitioners, volume.communications))
     }
 

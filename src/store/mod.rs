@@ -187,6 +187,24 @@ impl Store {
         Ok(())
     }
 
+    /// Refreshes the planner's statistics. SQLite has none until told to gather them, and
+    /// without them it may scan a type's rows instead of driving a query from the index of
+    /// its most selective parameter; `analysis_limit` keeps this quick on large databases.
+    /// Called at start-up, periodically, and after bulk loads.
+    pub async fn optimize(&self) -> Result<()> {
+        let mut connection = self.pool.acquire().await?;
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::query("PRAGMA analysis_limit = 1000").execute(&mut *connection).await?;
+                sqlx::query("ANALYZE").execute(&mut *connection).await?;
+            }
+            Backend::Postgres => {
+                sqlx::query("ANALYZE").execute(&mut *connection).await?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

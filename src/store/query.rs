@@ -653,7 +653,9 @@ impl SearchQuery {
 fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
     let keys = query.keys();
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
-    let mut sql = Sql::new("SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content");
+    // Only the keys are selected and sorted; the page's content is read afterwards by
+    // primary key, so sorting many matches never carries their JSON along.
+    let mut sql = Sql::new("SELECT r.resource_type, r.id");
     for (index, (key, _)) in keys.iter().enumerate() {
         sql.push(", ");
         sort_expression(&mut sql, key);
@@ -720,7 +722,7 @@ pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &Searc
     let sql = search_sql(grant, query);
     let rows = sql.fetch_all(connection).await?;
     let more = rows.len() as i64 > query.limit;
-    let mut pairs: Vec<(CurrentRow, Vec<KeyValue>)> = Vec::with_capacity(rows.len());
+    let mut found: Vec<((String, String), Vec<KeyValue>)> = Vec::with_capacity(rows.len());
     for row in rows.iter().take(query.limit.max(0) as usize) {
         let mut values = Vec::with_capacity(keys.len());
         for (index, (key, _)) in keys.iter().enumerate() {
@@ -732,14 +734,38 @@ pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &Searc
                 KeyValue::Text(row.try_get::<String, _>(column.as_str())?)
             });
         }
-        pairs.push((current_from_row(row)?, values));
+        found.push(((row.try_get("resource_type")?, row.try_get("id")?), values));
     }
     if backwards {
-        pairs.reverse();
+        found.reverse();
     }
-    let first_keys = pairs.first().map(|(_, keys)| keys.clone());
-    let last_keys = pairs.last().map(|(_, keys)| keys.clone());
-    Ok(Page { rows: pairs.into_iter().map(|(row, _)| row).collect(), first_keys, last_keys, more })
+    let first_keys = found.first().map(|(_, keys)| keys.clone());
+    let last_keys = found.last().map(|(_, keys)| keys.clone());
+    let wanted: Vec<(String, String)> = found.into_iter().map(|(key, _)| key).collect();
+    let rows = current_many(connection, grant, &wanted).await?;
+    Ok(Page { rows, first_keys, last_keys, more })
+}
+
+/// The current rows of `(type, id)` pairs, in the order given, within the grant.
+async fn current_many(connection: &mut AnyConnection, grant: &Grant, wanted: &[(String, String)]) -> Result<Vec<CurrentRow>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::new(
+        "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE ",
+    );
+    sql.tenant_scope("r.tenant", grant);
+    sql.push(" AND (");
+    push_or(&mut sql, wanted, |sql, (resource_type, id)| {
+        sql.push("(r.resource_type = ").bind(resource_type.clone()).push(" AND r.id = ").bind(id.clone()).push(")");
+    });
+    sql.push(")");
+    let mut by_key: std::collections::HashMap<(String, String), CurrentRow> = std::collections::HashMap::new();
+    for row in sql.fetch_all(connection).await? {
+        let current = current_from_row(&row)?;
+        by_key.insert((current.resource_type.clone(), current.id.clone()), current);
+    }
+    Ok(wanted.iter().filter_map(|key| by_key.remove(key)).collect())
 }
 
 /// How many current resources match (cursor and limit ignored).
