@@ -10,6 +10,7 @@
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::policy::{self, Interaction, Principal};
 use crate::service::search::format_instant;
 use crate::service::Fhir;
 use crate::store::{self, BulkRow};
@@ -146,8 +147,9 @@ impl Fhir {
                 index,
             });
         }
+        let grant = policy::decide(&Principal::Anonymous, tenant, Interaction::Create, None)?;
         let mut transaction = self.store.begin().await?;
-        store::bulk_insert_new(&mut transaction, tenant, &last_updated, &rows).await?;
+        store::bulk_insert_new(&mut transaction, &grant, &last_updated, &rows).await?;
         transaction.commit().await
     }
 }

@@ -569,9 +569,10 @@ pub struct BulkRow {
     pub index: Vec<IndexEntry>,
 }
 
-/// Writes many new resources (version 1) with their version and index rows, using
-/// multi-row INSERTs. For data generation and imports; the caller validates.
-pub async fn bulk_insert_new(connection: &mut AnyConnection, tenant: &str, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
+/// Writes many new resources (version 1) into the grant's home tenant with their version and
+/// index rows, using multi-row INSERTs. For data generation and imports; the caller validates.
+pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &Grant, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
+    let tenant = grant.home_tenant();
     use query::BulkValue as V;
     let resources: Vec<Vec<V>> = rows
         .iter()
