@@ -35,7 +35,7 @@ fn patient(n: usize) -> Vec<u8> {
             { "use": "official", "family": "山田", "given": [format!("太郎{n}")] },
             { "use": "official", "family": "ヤマダ", "given": ["タロウ"] }
         ],
-        "gender": if n % 2 == 0 { "male" } else { "female" },
+        "gender": if n.is_multiple_of(2) { "male" } else { "female" },
         "birthDate": format!("19{:02}-0{}-1{}", 30 + n % 60, 1 + n % 9, n % 10),
         "address": [{ "city": "伊那市", "state": "長野県", "country": "JP" }]
     }))

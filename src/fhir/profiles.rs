@@ -7,8 +7,9 @@
 //! - `max` = "0" → the element must be absent;
 //! - `fixed[x]` → the value must equal it; `pattern[x]` → the value must contain it (for a
 //!   CodeableConcept pattern: some `coding` carries the pattern's system and code).
-//! Slicing, invariants (FHIRPath) and terminology bindings to value sets are not compiled;
-//! a profile that needs them is reported at start-up by [`Profiles::load`].
+//!
+//! Slicing (elements with a `sliceName`), choice elements (`[x]`), invariants (FHIRPath)
+//! and value-set bindings are not compiled: those constraints are skipped, not enforced.
 
 use std::collections::BTreeMap;
 

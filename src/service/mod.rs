@@ -279,6 +279,7 @@ impl Fhir {
     /// Update or create-with-id inside an open transaction. Without `If-Match`, a
     /// concurrent writer's version is re-read and built upon (no lost version); with it, a
     /// mismatch is a 412.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn update_in(
         &self,
         connection: &mut sqlx::AnyConnection,

@@ -16,6 +16,9 @@ use crate::service::{Context, Fhir};
 use crate::store::query;
 use crate::store::{Criterion, Cursor, CurrentRow, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, SearchQuery, SortKey};
 
+/// URL query parameters as decoded name/value pairs.
+type Pairs = Vec<(String, String)>;
+
 /// Default and maximum page sizes.
 pub const DEFAULT_COUNT: i64 = 20;
 pub const MAX_COUNT: i64 = 1000;
@@ -525,7 +528,7 @@ pub fn encode_cursor(cursor: &Cursor) -> String {
 }
 
 pub fn decode_cursor(text: &str) -> Option<Cursor> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> =
@@ -627,7 +630,7 @@ impl Fhir {
     }
 
     /// Splits `_type` off the parameters; no `_type` means every resource type.
-    fn split_types(&self, pairs: &[(String, String)]) -> Result<(Vec<String>, Vec<(String, String)>)> {
+    fn split_types(&self, pairs: &[(String, String)]) -> Result<(Vec<String>, Pairs)> {
         let mut types = Vec::new();
         let mut rest = Vec::new();
         for (name, value) in pairs {

@@ -52,7 +52,7 @@ async fn concurrent_if_match_updates_have_one_winner(backend: Backend) {
     }
     statuses.sort();
     let mut expected = vec![200];
-    expected.extend(std::iter::repeat(412).take(WRITERS - 1));
+    expected.extend(std::iter::repeat_n(412, WRITERS - 1));
     assert_eq!(statuses, expected);
     let history = server.get(&format!("/ina/fhir/Patient/{id}/_history")).await;
     assert_eq!(history.json()["total"], 2);
