@@ -603,19 +603,19 @@ fn escape_like(text: &str) -> String {
 }
 
 /// The SQL expression of a sort key on the resource row `r`.
-fn sort_expression(sql: &mut Sql, key: &SortKey) {
+fn sort_expression(sql: &mut Sql, alias: &str, key: &SortKey) {
     match key {
         SortKey::Id => {
-            sql.push("r.id");
+            sql.push(&format!("{alias}.id"));
         }
         SortKey::LastUpdated => {
-            sql.push("r.last_updated");
+            sql.push(&format!("{alias}.last_updated"));
         }
         SortKey::Index { table, param } => {
             let (column, numeric) = table.sort_column();
             let x = sql.alias("o");
             sql.push(&format!(
-                "COALESCE((SELECT MIN({x}.{column}) FROM {} {x} WHERE {x}.resource_type = r.resource_type AND {x}.id = r.id AND {x}.param = ",
+                "COALESCE((SELECT MIN({x}.{column}) FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id AND {x}.param = ",
                 table.name()
             ))
             .bind(param.clone())
@@ -625,6 +625,56 @@ fn sort_expression(sql: &mut Sql, key: &SortKey) {
 }
 
 impl SearchQuery {
+    /// The index criterion a statement can range over instead of the resource table: the
+    /// first positive index criterion of a one-type search that neither filters nor sorts on
+    /// `_lastUpdated` (a resource-table column). This relies on an invariant of the store:
+    /// index rows exist only for current, live resources and carry their tenant, so the
+    /// match set never needs the (large) resource rows; only the page is read from them.
+    fn driving_criterion(&self) -> Option<(usize, IndexTable, &str, &[Match])> {
+        if self.resource_types.len() != 1
+            || self.sort.iter().any(|(key, _)| *key == SortKey::LastUpdated)
+            || self.criteria.iter().any(|c| matches!(c, Criterion::LastUpdated(_)))
+        {
+            return None;
+        }
+        self.criteria.iter().enumerate().find_map(|(position, criterion)| match criterion {
+            Criterion::Index { table, param, matches, negate: false } => Some((position, *table, param.as_str(), matches.as_slice())),
+            _ => None,
+        })
+    }
+
+    /// Writes `FROM … WHERE …` (every criterion and the grant's scope) over the row alias
+    /// returned by [`SearchQuery::alias`].
+    fn push_source(&self, sql: &mut Sql, grant: &Grant) {
+        match (self.driving_criterion(), self.resource_types.first()) {
+            (Some((position, table, param, matches)), Some(resource_type)) => {
+                sql.push(&format!(" FROM {} d WHERE ", table.name()));
+                sql.tenant_scope("d.tenant", grant);
+                sql.push(" AND d.resource_type = ").bind(resource_type.clone());
+                sql.push(" AND d.param = ").bind(param.to_owned()).push(" AND (");
+                push_or(sql, matches, |sql, m| push_match(sql, "d", m));
+                sql.push(")");
+                let rest: Vec<Criterion> =
+                    self.criteria.iter().enumerate().filter(|(i, _)| *i != position).map(|(_, c)| c.clone()).collect();
+                push_criteria(sql, "d", Some(resource_type.as_str()), &rest, grant);
+            }
+            _ => {
+                sql.push(" FROM resources r WHERE ");
+                self.base(sql, grant);
+            }
+        }
+    }
+
+    /// The alias of the row a search statement ranges over: an index row (`d`) or a
+    /// resource row (`r`).
+    fn alias(&self) -> &'static str {
+        if self.driving_criterion().is_some() {
+            "d"
+        } else {
+            "r"
+        }
+    }
+
     fn keys(&self) -> Vec<(SortKey, bool)> {
         let mut keys = self.sort.clone();
         keys.push((SortKey::Id, false));
@@ -655,14 +705,16 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
     // Only the keys are selected and sorted; the page's content is read afterwards by
     // primary key, so sorting many matches never carries their JSON along.
-    let mut sql = Sql::new("SELECT r.resource_type, r.id");
+    let alias = query.alias();
+    // An index row source may hold several matching rows per resource: DISTINCT.
+    let distinct = if alias == "r" { "" } else { "DISTINCT " };
+    let mut sql = Sql::new(&format!("SELECT {distinct}{alias}.resource_type AS resource_type, {alias}.id AS id"));
     for (index, (key, _)) in keys.iter().enumerate() {
         sql.push(", ");
-        sort_expression(&mut sql, key);
+        sort_expression(&mut sql, alias, key);
         sql.push(&format!(" AS k{index}"));
     }
-    sql.push(" FROM resources r WHERE ");
-    query.base(&mut sql, grant);
+    query.push_source(&mut sql, grant);
     if let Some(cursor) = &query.cursor {
         if cursor.keys.len() == keys.len() {
             // (k0 > v0) OR (k0 = v0 AND k1 > v1) OR …, with the comparison flipped for
@@ -677,7 +729,7 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
                     if index > 0 {
                         sql.push(" AND ");
                     }
-                    sort_expression(&mut sql, key);
+                    sort_expression(&mut sql, alias, key);
                     let after = *descending == backwards;
                     let operator = if index < position { " = " } else if after { " > " } else { " < " };
                     sql.push(operator).bind_key(&cursor.keys[index]);
@@ -770,8 +822,9 @@ async fn current_many(connection: &mut AnyConnection, grant: &Grant, wanted: &[(
 
 /// How many current resources match (cursor and limit ignored).
 pub async fn count(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<i64> {
-    let mut sql = Sql::new("SELECT COUNT(*) AS n FROM resources r WHERE ");
-    query.base(&mut sql, grant);
+    let counted = if query.alias() == "r" { "COUNT(*)" } else { "COUNT(DISTINCT d.id)" };
+    let mut sql = Sql::new(&format!("SELECT {counted} AS n"));
+    query.push_source(&mut sql, grant);
     let rows = sql.fetch_all(connection).await?;
     Ok(rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0))
 }
