@@ -626,7 +626,7 @@ fn sort_expression(sql: &mut Sql, alias: &str, key: &SortKey) {
 
 impl SearchQuery {
     /// The index criterion a statement can range over instead of the resource table: the
-    /// first positive index criterion of a one-type search that neither filters nor sorts on
+    /// first positive string criterion of a one-type search that neither filters nor sorts on
     /// `_lastUpdated` (a resource-table column). This relies on an invariant of the store:
     /// index rows exist only for current, live resources and carry their tenant, so the
     /// match set never needs the (large) resource rows; only the page is read from them.
@@ -637,8 +637,15 @@ impl SearchQuery {
         {
             return None;
         }
+        // Only string criteria: their index covers the id, so the range is read from the
+        // index alone. Other index tables are better used through `id IN (…)`, which lets the
+        // planner drive from the resource's primary key (measured: an identifier lookup went
+        // from 0.3 ms to 120 ms on SQLite when driven from the token table, because the planner
+        // walked the table in id order to satisfy ORDER BY … LIMIT).
         self.criteria.iter().enumerate().find_map(|(position, criterion)| match criterion {
-            Criterion::Index { table, param, matches, negate: false } => Some((position, *table, param.as_str(), matches.as_slice())),
+            Criterion::Index { table: IndexTable::String, param, matches, negate: false } => {
+                Some((position, IndexTable::String, param.as_str(), matches.as_slice()))
+            }
             _ => None,
         })
     }
