@@ -199,7 +199,9 @@ impl Store {
                 sqlx::query("ANALYZE").execute(&mut *connection).await?;
             }
             Backend::Postgres => {
-                sqlx::query("ANALYZE").execute(&mut *connection).await?;
+                // After a bulk load, VACUUM also marks pages all-visible, which index-only
+                // scans (the covering string index) need.
+                sqlx::query("VACUUM ANALYZE").execute(&mut *connection).await?;
             }
         }
         Ok(())
