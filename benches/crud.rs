@@ -42,11 +42,16 @@ fn patient(n: usize) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The access token every request carries (the test suite's unrestricted principal: the
+/// figures measure the FHIR engine, not the policy's fact lookups).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 async fn send(router: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
     let request = Request::builder()
         .method(method)
         .uri(uri)
         .header("content-type", "application/fhir+json")
+        .header("authorization", format!("Bearer {}", TOKEN.get().map(String::as_str).unwrap_or_default()))
         .body(body.map(Body::from).unwrap_or_else(Body::empty))
         .unwrap_or_default();
     match router.clone().oneshot(request).await {
@@ -139,6 +144,7 @@ async fn main() {
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();
+    let _ = TOKEN.set(unrestricted_token(&gateway.state.fhir).await);
     let backend = database_url.split(':').next().unwrap_or_default().to_owned();
     println!("backend {backend}; preload {preload} Patients; {operations} requests per phase; concurrency {concurrency}");
 
@@ -163,4 +169,17 @@ async fn main() {
     )
     .await;
     read.report();
+}
+
+async fn unrestricted_token(fhir: &renraku::service::Fhir) -> String {
+    let grant = renraku::auth::tokens::TokenGrant {
+        tenant: "ina".into(),
+        actor: renraku::policy::Actor::TestUnrestricted,
+        scopes: renraku::auth::scopes::Scopes::parse("user/*.cruds").unwrap_or_default(),
+        patient: None,
+        client_id: "bench".into(),
+        lifetime: chrono::Duration::hours(12),
+    };
+    let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
+    renraku::auth::tokens::issue(&mut connection, fhir.clock.now(), &grant).await.unwrap_or_else(|e| panic!("{e}")).access_token
 }

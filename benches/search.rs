@@ -51,10 +51,13 @@ async fn main() {
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();
     let fhir = gateway.state.fhir.clone();
+    let token = unrestricted_token(&fhir).await;
     let get = |uri: String| {
         let router = router.clone();
+        let authorization = format!("Bearer {token}");
         async move {
-            let request = Request::builder().uri(uri).body(Body::empty()).unwrap_or_default();
+            let request =
+                Request::builder().uri(uri).header("authorization", authorization).body(Body::empty()).unwrap_or_default();
             let started = Instant::now();
             let response = router.oneshot(request).await.unwrap_or_else(|e| panic!("{e}"));
             let status = response.status();
@@ -90,7 +93,10 @@ async fn main() {
         println!("{name:<24} median {:>7.2} ms  p99 {:>7.2} ms", percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     }
     // The plan of the timeline query, to show it is driven by the person's references.
-    let grant = policy::decide(&Principal::Anonymous, "ina", Interaction::Search, Some("Communication"))
+    let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
+    let environment = policy::Environment { registry: &fhir.search_params, tenants: &fhir.config.tenants, now: fhir.clock.now() };
+    let grant = policy::decide(&mut connection, &environment, &Principal::Operator, "ina", Interaction::Search, Some("Communication"))
+        .await
         .unwrap_or_else(|e| panic!("{e}"));
     let pairs = vec![
         ("subject".to_owned(), "Patient/gen1-p42".to_owned()),
@@ -99,7 +105,6 @@ async fn main() {
     ];
     let parsed = renraku::service::search::parse(&fhir.search_params, "Communication", &pairs, false, "http://bench/ina/fhir")
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
     let plan = renraku::store::query::explain(&mut connection, fhir.store.backend(), &grant, &parsed.query("Communication", 20))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -107,4 +112,17 @@ async fn main() {
     for line in plan {
         println!("  {line}");
     }
+}
+
+async fn unrestricted_token(fhir: &renraku::service::Fhir) -> String {
+    let grant = renraku::auth::tokens::TokenGrant {
+        tenant: "ina".into(),
+        actor: renraku::policy::Actor::TestUnrestricted,
+        scopes: renraku::auth::scopes::Scopes::parse("user/*.cruds").unwrap_or_default(),
+        patient: None,
+        client_id: "bench".into(),
+        lifetime: chrono::Duration::hours(12),
+    };
+    let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
+    renraku::auth::tokens::issue(&mut connection, fhir.clock.now(), &grant).await.unwrap_or_else(|e| panic!("{e}")).access_token
 }

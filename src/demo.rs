@@ -63,7 +63,7 @@ pub async fn seed(fhir: &Fhir) -> Result<()> {
         let id = resource["id"].as_str().unwrap_or_default().to_owned();
         let context = Context {
             tenant: tenant.to_owned(),
-            principal: Principal::Anonymous,
+            principal: Principal::Operator,
             base_url: fhir.config.base_url(tenant),
             request_id: "demo-seed".to_owned(),
             lenient: false,

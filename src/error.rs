@@ -19,6 +19,14 @@ pub enum Error {
     /// The content parsed but breaks the rules of FHIR or of a profile.
     #[error("unprocessable content ({} issues)", .0.len())]
     Unprocessable(Vec<Issue>),
+    /// No valid credentials: no token, or one that is expired, revoked, malformed or meant
+    /// for another tenant. Answered with `WWW-Authenticate: Bearer`.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The credentials are valid but their scopes do not cover the request. Used only where
+    /// the answer reveals nothing about stored data (a resource type, never one resource).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// No such resource (or the caller may not know that it exists).
     #[error("not found: {0}")]
     NotFound(String),
@@ -76,6 +84,8 @@ impl Error {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Gone(_) => StatusCode::GONE,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -95,6 +105,8 @@ impl Error {
         let issues = match self {
             Error::BadRequest(issue) => vec![issue.clone()],
             Error::Unprocessable(issues) => issues.clone(),
+            Error::Unauthorized(message) => vec![Issue::error(IssueCode::Login, message.clone())],
+            Error::Forbidden(message) => vec![Issue::error(IssueCode::Forbidden, message.clone())],
             Error::NotFound(what) => vec![Issue::error(IssueCode::NotFound, format!("{what} is not known"))],
             Error::Gone(what) => vec![Issue::error(IssueCode::Deleted, format!("{what} has been deleted"))],
             Error::Conflict(message) => vec![Issue::error(IssueCode::Conflict, message.clone())],

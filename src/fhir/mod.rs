@@ -1,6 +1,7 @@
 //! FHIR knowledge with no HTTP and no SQL in it: wire formats, validation, profiles,
 //! references, partial representations and OperationOutcome.
 
+pub mod dates;
 pub mod elements;
 pub mod format;
 pub mod outcome;

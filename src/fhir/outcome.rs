@@ -39,6 +39,9 @@ pub enum IssueCode {
     Conflict,
     Exception,
     Informational,
+    Login,
+    Forbidden,
+    BusinessRule,
 }
 
 impl IssueCode {
@@ -53,6 +56,9 @@ impl IssueCode {
             IssueCode::NotSupported => "not-supported",
             IssueCode::Duplicate => "duplicate",
             IssueCode::NotFound => "not-found",
+            IssueCode::Login => "login",
+            IssueCode::Forbidden => "forbidden",
+            IssueCode::BusinessRule => "business-rule",
             IssueCode::Deleted => "deleted",
             IssueCode::TooLong => "too-long",
             IssueCode::Conflict => "conflict",

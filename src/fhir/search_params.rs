@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::fhir::text::normalize;
 pub use crate::store::IndexEntry;
-use crate::service::search::{format_instant, precision_range};
+use crate::fhir::dates::{format_instant, precision_range};
 
 const SEARCH_PARAMETERS_JSON: &str = include_str!("../../conformance/search-parameters.json");
 const PATIENT_COMPARTMENT_JSON: &str = include_str!("../../conformance/compartmentdefinition-patient.json");

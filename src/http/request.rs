@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use serde_json::Value;
 
+use crate::auth::tokens;
 use crate::error::Error;
 use crate::fhir::format::{self, Format};
 use crate::http::response::ErrorReply;
@@ -75,10 +76,23 @@ impl FromRequestParts<AppState> for FhirRequest {
         let if_modified_since = header_text(&parts.headers, "if-modified-since")
             .and_then(|text| chrono::DateTime::parse_from_rfc2822(&text).ok())
             .map(|date| date.with_timezone(&chrono::Utc));
+        let principal = match header_text(&parts.headers, "authorization") {
+            None => Principal::Anonymous,
+            Some(value) => {
+                let token = value
+                    .split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim())
+                    .filter(|token| !token.is_empty())
+                    .ok_or_else(|| fail(Error::Unauthorized("the Authorization header must be 'Bearer <token>'".into())))?;
+                let mut connection = state.fhir.store.connection().await.map_err(fail)?;
+                tokens::verify(&mut connection, state.fhir.clock.now(), &tenant, token).await.map_err(fail)?
+            }
+        };
         let context = Context {
             base_url: state.config.base_url(&tenant),
             tenant,
-            principal: Principal::Anonymous,
+            principal,
             request_id,
             lenient,
         };

@@ -27,6 +27,9 @@ impl IntoResponse for ErrorReply {
         }
         let outcome = self.error.to_outcome(&self.request_id).to_json();
         let mut response = body_response(self.error.status(), &outcome, self.format, false);
+        if let Error::Unauthorized(_) = self.error {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Error::MethodNotAllowed = self.error {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"));
         }

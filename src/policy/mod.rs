@@ -4,24 +4,74 @@
 //! A `Grant` can only be constructed here (its fields are private and it has no public
 //! constructor), and every store function that reads or writes resource rows takes one,
 //! so the compiler — not review — guarantees that no path reaches data without a decision.
-//! The grant carries the scope the decision allows (for now: which tenants' rows are
-//! visible), and the store applies that scope inside its SQL, so totals and pages never
-//! contain rows the caller may not see.
+//!
+//! A grant is a list of [`Clause`]s for one permission (create, read, update, delete,
+//! search): "these resource types in these municipalities", "these resources", "these
+//! persons' compartments". The store turns the clauses into one SQL predicate inside every
+//! query, so totals and pages never contain rows the caller may not see, and a write is
+//! checked against the same clauses in [`Grant::permits_write`]. The rule that produces the
+//! clauses is in [`rules`] and written out as a table in ARCHITECTURE.md.
+//!
+//! The facts the rule needs (support teams, consents, wide-area agreements, who registered
+//! whom) are read from the database at every decision; nothing caches them, so a withdrawn
+//! consent, an ended agreement or a member leaving a team takes effect at the next request.
 //!
 //! Every decision, allow or deny, is reported through [`record_decision`], the single path
-//! the audit trail will persist.
-//!
-//! Current rule (until the tenancy/consent and SMART issues land): a request addressed to a
-//! tenant's base URL may act on that tenant's resources and on nothing else. There is no
-//! authentication yet, so `Principal::Anonymous` is the only principal.
+//! the audit trail persists.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+
+use crate::auth::scopes::{ScopeContext, Scopes};
+use crate::config::TenantConfig;
 use crate::error::{Error, Result};
+use crate::fhir::search_params::Registry;
 
-/// Who is asking. Tokens (SMART) will add system clients, practitioners and administrators.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// No credentials were presented.
-    Anonymous,
+pub mod facts;
+pub mod rules;
+
+pub use rules::Kind;
+
+/// What a caller may do to a resource: the SMART v2 permissions, in their canonical order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Permission {
+    Create,
+    Read,
+    Update,
+    Delete,
+    Search,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 5] =
+        [Permission::Create, Permission::Read, Permission::Update, Permission::Delete, Permission::Search];
+
+    pub fn letter(self) -> char {
+        match self {
+            Permission::Create => 'c',
+            Permission::Read => 'r',
+            Permission::Update => 'u',
+            Permission::Delete => 'd',
+            Permission::Search => 's',
+        }
+    }
+
+    /// The permission named by an agreement's interaction code (FHIR `restful-interaction`
+    /// codes, or the SMART letters' words).
+    pub fn from_interaction_code(code: &str) -> Option<Permission> {
+        match code {
+            "create" => Some(Permission::Create),
+            "read" | "vread" | "history-instance" => Some(Permission::Read),
+            "update" | "patch" => Some(Permission::Update),
+            "delete" => Some(Permission::Delete),
+            "search" | "search-type" | "history-type" => Some(Permission::Search),
+            _ => None,
+        }
+    }
 }
 
 /// What the caller wants to do (FHIR RESTful interactions).
@@ -54,6 +104,129 @@ impl Interaction {
             Interaction::Delete => "delete",
         }
     }
+
+    /// The permission this interaction needs.
+    pub fn permission(self) -> Permission {
+        match self {
+            Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => Permission::Read,
+            Interaction::HistoryType | Interaction::HistorySystem | Interaction::Search => Permission::Search,
+            Interaction::Create => Permission::Create,
+            Interaction::Update | Interaction::Patch => Permission::Update,
+            Interaction::Delete => Permission::Delete,
+        }
+    }
+}
+
+/// Who a token speaks for. Stored (as JSON) with each access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Actor {
+    /// A professional signed in through an app, acting in one PractitionerRole of one
+    /// Organization of their municipality.
+    Practitioner { tenant: String, practitioner: String, role: String, organization: String },
+    /// A backend-services client (an EHR, a vendor's system) acting for one Organization.
+    System { tenant: String, client: String, organization: String },
+    /// A municipality's administrator: directory, support-team membership, agreements they
+    /// are party to; no clinical content.
+    MunicipalAdmin { tenant: String, user: String },
+    /// The operator of the whole server: tenants, agreements, directories; no clinical content.
+    ServerAdmin { user: String },
+    /// Sees and writes everything in the municipality of the base it calls. Exists only in builds with the `test-support` feature,
+    /// which only the test suite enables; a token naming it fails to parse elsewhere.
+    #[cfg(feature = "test-support")]
+    TestUnrestricted,
+}
+
+impl Actor {
+    /// The municipality the actor belongs to (None for the server administrator).
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Actor::Practitioner { tenant, .. } | Actor::System { tenant, .. } | Actor::MunicipalAdmin { tenant, .. } => {
+                Some(tenant)
+            }
+            Actor::ServerAdmin { .. } => None,
+            #[cfg(feature = "test-support")]
+            Actor::TestUnrestricted => None,
+        }
+    }
+
+    /// The Organization a practitioner or system client acts for.
+    pub fn organization(&self) -> Option<&str> {
+        match self {
+            Actor::Practitioner { organization, .. } | Actor::System { organization, .. } => Some(organization),
+            _ => None,
+        }
+    }
+
+    /// The scope contexts whose scopes this actor's tokens may use for the user's or
+    /// client's own reach (`patient/` scopes are handled separately).
+    fn scope_contexts(&self) -> &'static [ScopeContext] {
+        match self {
+            Actor::System { .. } => &[ScopeContext::System],
+            _ => &[ScopeContext::User],
+        }
+    }
+}
+
+/// A verified token's holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub actor: Actor,
+    pub scopes: Scopes,
+    /// The patient context of a launch (`patient/` scopes are confined to it).
+    pub patient: Option<String>,
+    pub client_id: String,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// No credentials were presented.
+    Anonymous,
+    /// A valid access token was presented.
+    Authenticated(Box<Authenticated>),
+    /// The gateway process itself, acting for its operator in one municipality: demo
+    /// seeding and the command-line tools (`renraku generate`). Never derived from a request.
+    Operator,
+}
+
+/// A set of resource types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeSet {
+    Only(Vec<String>),
+    AllExcept(Vec<String>),
+}
+
+impl TypeSet {
+    pub fn contains(&self, resource_type: &str) -> bool {
+        match self {
+            TypeSet::Only(types) => types.iter().any(|t| t == resource_type),
+            TypeSet::AllExcept(types) => !types.iter().any(|t| t == resource_type),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, TypeSet::Only(types) if types.is_empty())
+    }
+}
+
+/// One part of what a grant allows; a row is visible when any clause covers it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Clause {
+    /// Resources of these types owned by these municipalities.
+    Tenants { types: TypeSet, tenants: Vec<String> },
+    /// These resources of one type (e.g. the agreements a municipality is party to).
+    Ids { resource_type: String, ids: Vec<String> },
+    /// The compartments of these persons, for these types: the Patient resources themselves
+    /// and the resources linked to them through their compartment parameters.
+    Patients {
+        /// Patient ids.
+        patients: Vec<String>,
+        /// Compartment types other than Patient, each with its compartment parameters.
+        params_by_type: Vec<(String, Vec<String>)>,
+        /// Whether the Patient resources themselves are included.
+        include_patient: bool,
+    },
 }
 
 /// Permission to perform one interaction, with the scope within which it may be performed.
@@ -61,10 +234,20 @@ impl Interaction {
 #[derive(Debug, Clone)]
 pub struct Grant {
     interaction: Interaction,
-    /// The tenant that owns what this request creates.
+    /// The municipality that owns what this request creates, unless the resource belongs
+    /// to a person of another municipality (see [`Grant::owner_for_new`]).
     home_tenant: String,
-    /// The tenants whose resources the request may see.
-    visible_tenants: Vec<String>,
+    clauses: Vec<Clause>,
+    /// Clauses for reading, used to check that the references a write makes point at
+    /// resources the caller may see.
+    read_clauses: Vec<Clause>,
+    /// Municipalities whose rows may be visible at all (a pre-filter that lets queries use
+    /// the tenant-leading indexes).
+    tenants: Vec<String>,
+    /// The Organization whose actors may register (create) new persons under this grant.
+    registrar: Option<String>,
+    /// Active agreements, for checks that span municipalities (support-team participants).
+    agreements: Arc<Vec<facts::Agreement>>,
 }
 
 impl Grant {
@@ -72,32 +255,166 @@ impl Grant {
         self.interaction
     }
 
-    /// The tenant new resources written under this grant belong to.
+    /// The tenant new resources written under this grant belong to by default.
     pub fn home_tenant(&self) -> &str {
         &self.home_tenant
     }
 
-    pub fn visible_tenants(&self) -> &[String] {
-        &self.visible_tenants
+    pub fn clauses(&self) -> &[Clause] {
+        &self.clauses
     }
 
-    pub fn may_see_tenant(&self, tenant: &str) -> bool {
-        self.visible_tenants.iter().any(|visible| visible == tenant)
+    /// Municipalities whose rows may be visible at all.
+    pub fn tenants(&self) -> &[String] {
+        &self.tenants
+    }
+
+    /// The same decision, for reading: what references written under this grant may
+    /// point at. Narrower or equal to what a read decision would give, never wider.
+    pub fn for_reading(&self) -> Grant {
+        Grant { clauses: self.read_clauses.clone(), interaction: Interaction::Read, ..self.clone() }
+    }
+
+    /// Whether a resource with this content may be written: `patients` are the persons
+    /// whose compartments it is in (for a Patient, its own id), `owner` the municipality
+    /// that owns (or will own) it, `managing_organization` a Patient's registrar.
+    pub fn permits_write(
+        &self,
+        kind: Kind,
+        resource_type: &str,
+        id: &str,
+        owner: &str,
+        patients: &[String],
+        managing_organization: Option<&str>,
+    ) -> bool {
+        if self.interaction == Interaction::Create
+            && resource_type == "Patient"
+            && self.registrar.is_some()
+            && managing_organization.is_some_and(|m| Some(m) == self.registrar.as_deref())
+            && owner == self.home_tenant
+        {
+            return true;
+        }
+        let _ = kind;
+        self.clauses.iter().any(|clause| match clause {
+            Clause::Tenants { types, tenants } => types.contains(resource_type) && tenants.iter().any(|t| t == owner),
+            Clause::Ids { resource_type: allowed, ids } => allowed == resource_type && ids.iter().any(|i| i == id),
+            Clause::Patients { patients: allowed, params_by_type, include_patient } => {
+                if resource_type == "Patient" {
+                    *include_patient && allowed.iter().any(|p| p == id)
+                } else {
+                    params_by_type.iter().any(|(t, _)| t == resource_type)
+                        && !patients.is_empty()
+                        && patients.iter().all(|p| allowed.contains(p))
+                }
+            }
+        })
+    }
+
+    /// Whether an active wide-area agreement joins the two municipalities (for adding a
+    /// support-team participant of another municipality).
+    pub fn agreement_joins(&self, tenant_a: &str, tenant_b: &str) -> bool {
+        tenant_a == tenant_b || self.agreements.iter().any(|a| a.joins(tenant_a, tenant_b))
     }
 }
 
+/// What a decision needs besides the request: the search-parameter registry (compartment
+/// definitions), the configured municipalities and the current time.
+pub struct Environment<'a> {
+    pub registry: &'a Registry,
+    pub tenants: &'a [TenantConfig],
+    pub now: DateTime<Utc>,
+}
+
 /// Decides whether `principal` may perform `interaction` on `resource_type` (None for
-/// system-level interactions) at `tenant`'s base URL.
-pub fn decide(principal: &Principal, tenant: &str, interaction: Interaction, resource_type: Option<&str>) -> Result<Grant> {
-    let decision = match principal {
-        Principal::Anonymous => Ok(Grant {
-            interaction,
-            home_tenant: tenant.to_owned(),
-            visible_tenants: vec![tenant.to_owned()],
-        }),
-    };
+/// system-level interactions) at `tenant`'s base URL, and within what.
+pub async fn decide(
+    connection: &mut AnyConnection,
+    environment: &Environment<'_>,
+    principal: &Principal,
+    tenant: &str,
+    interaction: Interaction,
+    resource_type: Option<&str>,
+) -> Result<Grant> {
+    let decision = decide_inner(connection, environment, principal, tenant, interaction, resource_type).await;
     record_decision(principal, tenant, interaction, resource_type, &decision);
     decision
+}
+
+async fn decide_inner(
+    connection: &mut AnyConnection,
+    environment: &Environment<'_>,
+    principal: &Principal,
+    tenant: &str,
+    interaction: Interaction,
+    resource_type: Option<&str>,
+) -> Result<Grant> {
+    // Everything in the request's municipality, and nothing outside it.
+    let unrestricted = || {
+        let everything = vec![Clause::Tenants { types: TypeSet::AllExcept(Vec::new()), tenants: vec![tenant.to_owned()] }];
+        Grant {
+            interaction,
+            home_tenant: tenant.to_owned(),
+            clauses: everything.clone(),
+            read_clauses: everything,
+            tenants: vec![tenant.to_owned()],
+            registrar: None,
+            agreements: Arc::new(Vec::new()),
+        }
+    };
+    let authenticated = match principal {
+        Principal::Anonymous => {
+            return Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into()))
+        }
+        Principal::Operator => return Ok(unrestricted()),
+        Principal::Authenticated(authenticated) => authenticated,
+    };
+    #[cfg(feature = "test-support")]
+    if authenticated.actor == Actor::TestUnrestricted {
+        return Ok(unrestricted());
+    }
+    if authenticated.actor.tenant().is_some_and(|home| home != tenant) {
+        return Err(Error::Unauthorized(format!("the access token is not valid at the base of '{tenant}'")));
+    }
+    let permission = interaction.permission();
+    if let Some(resource_type) = resource_type {
+        if !rules::scopes_reach(authenticated, resource_type, permission) {
+            return Err(Error::Forbidden(format!(
+                "the access token's scopes do not allow '{}' on {resource_type}",
+                permission.letter()
+            )));
+        }
+    }
+    let world = facts::load(connection, environment, &authenticated.actor).await?;
+    let clauses = rules::clauses(environment, authenticated, tenant, &world, permission);
+    let read_clauses = rules::clauses(environment, authenticated, tenant, &world, Permission::Read);
+    let mut tenants = BTreeSet::new();
+    for clause in clauses.iter().chain(&read_clauses) {
+        match clause {
+            Clause::Tenants { tenants: listed, .. } => tenants.extend(listed.iter().cloned()),
+            Clause::Ids { .. } => tenants.extend(world.agreement_tenants.iter().cloned()),
+            Clause::Patients { patients, .. } => {
+                tenants.extend(patients.iter().filter_map(|p| world.patient_tenant(p).map(str::to_owned)))
+            }
+        }
+    }
+    let registrar = match &authenticated.actor {
+        Actor::Practitioner { organization, .. } | Actor::System { organization, .. }
+            if rules::scopes_reach(authenticated, "Patient", Permission::Create) =>
+        {
+            Some(format!("Organization/{organization}"))
+        }
+        _ => None,
+    };
+    Ok(Grant {
+        interaction,
+        home_tenant: tenant.to_owned(),
+        clauses,
+        read_clauses,
+        tenants: tenants.into_iter().collect(),
+        registrar,
+        agreements: Arc::new(world.agreements.clone()),
+    })
 }
 
 /// The one path through which allow and deny decisions are reported.
@@ -108,14 +425,29 @@ fn record_decision(
     resource_type: Option<&str>,
     decision: &Result<Grant, Error>,
 ) {
-    let allowed = decision.is_ok();
-    tracing::debug!(
-        target: "renraku::policy",
-        ?principal,
-        tenant,
-        interaction = interaction.as_str(),
-        resource_type = resource_type.unwrap_or("-"),
-        allowed,
-        "access decision"
-    );
+    let actor = match principal {
+        Principal::Anonymous => "anonymous".to_owned(),
+        Principal::Operator => "operator".to_owned(),
+        Principal::Authenticated(authenticated) => serde_json::to_string(&authenticated.actor).unwrap_or_default(),
+    };
+    match decision {
+        Ok(grant) => tracing::debug!(
+            target: "renraku::policy",
+            actor,
+            tenant,
+            interaction = interaction.as_str(),
+            resource_type = resource_type.unwrap_or("-"),
+            clauses = grant.clauses.len(),
+            "access allowed"
+        ),
+        Err(error) => tracing::info!(
+            target: "renraku::policy",
+            actor,
+            tenant,
+            interaction = interaction.as_str(),
+            resource_type = resource_type.unwrap_or("-"),
+            reason = %error,
+            "access denied"
+        ),
+    }
 }

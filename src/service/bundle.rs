@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::error::{Error, Result};
 use crate::fhir::outcome::Issue;
 use crate::fhir::references;
-use crate::policy::{self, Interaction};
+use crate::policy::Interaction;
 use crate::service::{parse_query_string, Context, Fhir, Stored, Written};
 
 /// The HTTP method of an entry's request.
@@ -165,7 +165,7 @@ impl Fhir {
                 Method::Put => Interaction::Update,
                 _ => continue,
             };
-            let grant = policy::decide(&context.principal, &context.tenant, grant_interaction, Some(&request.resource_type))?;
+            let grant = self.decide(&mut transaction, context, grant_interaction, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
             let target_id = match (request.method, &request.if_none_exist, &request.query) {
                 (Method::Post, Some(condition), _) => {
                     super::lock_conditional(&mut transaction, &grant, &request.resource_type).await?;
@@ -215,7 +215,7 @@ impl Fhir {
             let request = &requests[i];
             let response = match request.method {
                 Method::Delete => {
-                    let grant = policy::decide(&context.principal, &context.tenant, Interaction::Delete, Some(&request.resource_type))?;
+                    let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
                     let id = match (&request.id, &request.query) {
                         (Some(id), _) => Some(id.clone()),
                         (None, Some(condition)) => {
@@ -238,7 +238,7 @@ impl Fhir {
                     if let Some(existing) = matched_existing.remove(&i) {
                         entry_response(&existing, "200 OK")
                     } else {
-                        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Create, Some(&request.resource_type))?;
+                        let grant = self.decide(&mut transaction, context, Interaction::Create, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
                         let resource = request.resource.clone().unwrap_or(Value::Null);
                         super::check_body_type(&resource, &request.resource_type).map_err(|e| in_entry(e, request))?;
                         let validated = self.validator.validate(resource).map_err(|issues| in_entry(Error::Unprocessable(issues), request))?;
@@ -253,7 +253,7 @@ impl Fhir {
                     }
                 }
                 Method::Put => {
-                    let grant = policy::decide(&context.principal, &context.tenant, Interaction::Update, Some(&request.resource_type))?;
+                    let grant = self.decide(&mut transaction, context, Interaction::Update, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
                     let id = assigned.get(&i).cloned().unwrap_or_default();
                     let mut resource = request.resource.clone().unwrap_or(Value::Null);
                     if request.query.is_some() && resource.get("id").is_none() {
@@ -273,7 +273,7 @@ impl Fhir {
                     response
                 }
                 Method::Patch => {
-                    let grant = policy::decide(&context.principal, &context.tenant, Interaction::Patch, Some(&request.resource_type))?;
+                    let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
                     let id = request.id.clone().ok_or_else(|| Error::bad_request_at("a PATCH entry needs Type/id", format!("{}.request.url", request.path())))?;
                     let patch = patch_document(request)?;
                     let Written { stored, .. } = self
@@ -293,7 +293,8 @@ impl Fhir {
         }
         for (i, stored) in &written {
             let prefix = format!("Bundle.entry[{i}].resource.");
-            self.check_references(&mut transaction, context, &policy_grant_for_references(context, stored)?, std::slice::from_ref(stored), "")
+            let grant = self.decide(&mut transaction, context, Interaction::Read, Some(&stored.resource_type)).await?;
+            self.check_references(&mut transaction, context, &grant, std::slice::from_ref(stored), "")
                 .await
                 .map_err(|error| prefix_error(error, &prefix))?;
         }
@@ -372,11 +373,6 @@ impl Fhir {
             }
         }
     }
-}
-
-/// The grant under which references of a written resource are checked: what the writer may read.
-fn policy_grant_for_references(context: &Context, stored: &Stored) -> Result<crate::policy::Grant> {
-    policy::decide(&context.principal, &context.tenant, Interaction::Read, Some(&stored.resource_type))
 }
 
 /// The JSON Patch of a PATCH entry: a Binary whose data is the base64 patch document.

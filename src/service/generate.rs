@@ -10,7 +10,7 @@
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::policy::{self, Interaction, Principal};
+use crate::policy::{Interaction, Principal};
 use crate::service::search::format_instant;
 use crate::service::Fhir;
 use crate::store::{self, BulkRow};
@@ -147,7 +147,14 @@ impl Fhir {
                 index,
             });
         }
-        let grant = policy::decide(&Principal::Anonymous, tenant, Interaction::Create, None)?;
+        let context = super::Context {
+            tenant: tenant.to_owned(),
+            principal: Principal::Operator,
+            base_url: self.config.base_url(tenant),
+            request_id: "generate".to_owned(),
+            lenient: false,
+        };
+        let grant = self.decide_now(&context, Interaction::Create, None).await?;
         let mut transaction = self.store.begin().await?;
         store::bulk_insert_new(&mut transaction, &grant, &last_updated, &rows).await?;
         transaction.commit().await

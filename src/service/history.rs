@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::policy::{self, Interaction};
+use crate::policy::Interaction;
 use crate::service::search::{format_instant, precision_range, DEFAULT_COUNT, MAX_COUNT};
 use crate::service::{Context, Fhir};
 use crate::store::{self, HistoryFilter, VersionRow};
@@ -29,7 +29,7 @@ impl Fhir {
                 return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
             }
         }
-        let grant = policy::decide(&context.principal, &context.tenant, interaction, resource_type)?;
+        let grant = self.decide_now(context, interaction, resource_type).await?;
         let mut filter = HistoryFilter {
             resource_type: resource_type.map(str::to_owned),
             id: id.map(str::to_owned),

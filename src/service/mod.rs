@@ -22,6 +22,10 @@ use crate::fhir::validate::{Validated, Validator};
 use crate::policy::{self, Grant, Interaction, Principal};
 use crate::store::{self, CurrentRow, NewVersion, Store};
 
+/// The `meta.tag` system recording which municipality owns a resource; the code is the
+/// municipality's 全国地方公共団体コード. Set by the server on every write; clients cannot set it.
+pub const MUNICIPALITY_TAG_SYSTEM: &str = "https://renraku.example.jp/fhir/CodeSystem/owning-municipality";
+
 pub mod bundle;
 pub mod capability;
 pub mod generate;
@@ -92,11 +96,37 @@ impl Fhir {
         search::format_instant(self.clock.now())
     }
 
+    /// Asks the decision point, reading its facts through `connection` (inside a
+    /// transaction, the facts include the transaction's own earlier writes).
+    pub(crate) async fn decide(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        context: &Context,
+        interaction: Interaction,
+        resource_type: Option<&str>,
+    ) -> Result<Grant> {
+        let environment =
+            policy::Environment { registry: &self.search_params, tenants: &self.config.tenants, now: self.clock.now() };
+        policy::decide(connection, &environment, &context.principal, &context.tenant, interaction, resource_type).await
+    }
+
+    /// [`Fhir::decide`] on a connection of its own.
+    pub(crate) async fn decide_now(&self, context: &Context, interaction: Interaction, resource_type: Option<&str>) -> Result<Grant> {
+        let mut connection = self.store.connection().await?;
+        self.decide(&mut connection, context, interaction, resource_type).await
+    }
+
+    fn kind(&self, resource_type: &str) -> policy::Kind {
+        let environment =
+            policy::Environment { registry: &self.search_params, tenants: &self.config.tenants, now: self.clock.now() };
+        policy::rules::kind(&environment, resource_type)
+    }
+
     /// `GET [base]/[type]/[id]`
     pub async fn read(&self, context: &Context, resource_type: &str, id: &str) -> Result<Stored> {
         self.check_type(resource_type)?;
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Read, Some(resource_type))?;
         let mut connection = self.store.connection().await?;
+        let grant = self.decide(&mut connection, context, Interaction::Read, Some(resource_type)).await?;
         let row = store::current(&mut connection, &grant, resource_type, id).await?;
         stored_from_current(row, resource_type, id)
     }
@@ -104,10 +134,10 @@ impl Fhir {
     /// `GET [base]/[type]/[id]/_history/[vid]`
     pub async fn vread(&self, context: &Context, resource_type: &str, id: &str, version: &str) -> Result<Stored> {
         self.check_type(resource_type)?;
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Vread, Some(resource_type))?;
+        let mut connection = self.store.connection().await?;
+        let grant = self.decide(&mut connection, context, Interaction::Vread, Some(resource_type)).await?;
         let not_found = || Error::NotFound(format!("{resource_type}/{id}/_history/{version}"));
         let version_id: i64 = version.parse().map_err(|_| not_found())?;
-        let mut connection = self.store.connection().await?;
         let row = store::version(&mut connection, &grant, resource_type, id, version_id).await?.ok_or_else(not_found)?;
         match row.content {
             None => Err(Error::Gone(format!("{resource_type}/{id}/_history/{version}"))),
@@ -130,7 +160,7 @@ impl Fhir {
         condition: Option<&str>,
     ) -> Result<Written> {
         self.check_type(resource_type)?;
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Create, Some(resource_type))?;
+        let grant = self.decide_now(context, Interaction::Create, Some(resource_type)).await?;
         check_body_type(&body, resource_type)?;
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
@@ -158,7 +188,7 @@ impl Fhir {
         if_match: Option<i64>,
     ) -> Result<Written> {
         self.check_type(resource_type)?;
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Update, Some(resource_type))?;
+        let grant = self.decide_now(context, Interaction::Update, Some(resource_type)).await?;
         check_body_type(&body, resource_type)?;
         check_body_id(&body, resource_type, id)?;
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
@@ -179,7 +209,7 @@ impl Fhir {
         if_match: Option<i64>,
     ) -> Result<Written> {
         self.check_type(resource_type)?;
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Update, Some(resource_type))?;
+        let grant = self.decide_now(context, Interaction::Update, Some(resource_type)).await?;
         check_body_type(&body, resource_type)?;
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
@@ -216,7 +246,7 @@ impl Fhir {
         if_match: Option<i64>,
     ) -> Result<Written> {
         self.check_type(resource_type)?;
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Patch, Some(resource_type))?;
+        let grant = self.decide_now(context, Interaction::Patch, Some(resource_type)).await?;
         let mut transaction = self.store.begin().await?;
         let written = self.patch_in(&mut transaction, &grant, resource_type, id, patch, if_match).await?;
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
@@ -228,7 +258,7 @@ impl Fhir {
     /// succeeds without a new version, so a delete reveals nothing about existence.
     pub async fn delete(&self, context: &Context, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<()> {
         self.check_type(resource_type)?;
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
+        let grant = self.decide_now(context, Interaction::Delete, Some(resource_type)).await?;
         let mut transaction = self.store.begin().await?;
         self.delete_in(&mut transaction, &grant, resource_type, id, if_match).await?;
         transaction.commit().await?;
@@ -238,7 +268,7 @@ impl Fhir {
     /// `DELETE [base]/[type]?criteria`: deletes the single match; more than one is a 412.
     pub async fn conditional_delete(&self, context: &Context, resource_type: &str, condition: &str) -> Result<()> {
         self.check_type(resource_type)?;
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
+        let grant = self.decide_now(context, Interaction::Delete, Some(resource_type)).await?;
         let mut transaction = self.store.begin().await?;
         lock_conditional(&mut transaction, &grant, resource_type).await?;
         if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
@@ -422,9 +452,25 @@ impl Fhir {
         let version_id = current.map_or(1, |current| current.version_id + 1);
         let last_updated = self.now();
         let mut resource = validated.into_inner();
+        let index = self.search_params.extract(&resource);
+        let patients = self.compartment_patients(resource_type, id, &index);
+        let tenant = match current {
+            Some(current) => current.tenant.clone(),
+            None => self.owner_for_new(connection, grant, resource_type, &patients).await?,
+        };
+        let managing_organization = (resource_type == "Patient")
+            .then(|| resource.pointer("/managingOrganization/reference").and_then(Value::as_str))
+            .flatten()
+            .and_then(policy::facts::local_reference);
+        if !grant.permits_write(self.kind(resource_type), resource_type, id, &tenant, &patients, managing_organization.as_deref()) {
+            return Err(Error::Forbidden(format!("the access policy does not allow this {resource_type} to be written")));
+        }
+        if resource_type == "CareTeam" {
+            self.check_team_participants(connection, grant, &tenant, &resource).await?;
+        }
         stamp(&mut resource, id, version_id, &last_updated);
+        self.tag_owner(&mut resource, &tenant);
         let content = serde_json::to_string(&resource)?;
-        let tenant = current.map_or(grant.home_tenant(), |current| current.tenant.as_str()).to_owned();
         let new = NewVersion {
             resource_type,
             id,
@@ -442,8 +488,99 @@ impl Fhir {
                 }
             }
         }
-        store::replace_index(connection, resource_type, id, &tenant, &self.search_params.extract(&resource)).await?;
+        store::replace_index(connection, resource_type, id, &tenant, &index).await?;
         Ok(Stored { resource_type: resource_type.to_owned(), id: id.to_owned(), version_id, last_updated, resource })
+    }
+
+    /// The persons whose compartments a resource is in: a Patient's own id, else the Patients
+    /// its compartment parameters refer to.
+    fn compartment_patients(&self, resource_type: &str, id: &str, index: &[store::IndexEntry]) -> Vec<String> {
+        if resource_type == "Patient" {
+            return vec![id.to_owned()];
+        }
+        let params = self.search_params.patient_compartment(resource_type);
+        let mut patients: Vec<String> = index
+            .iter()
+            .filter_map(|entry| match entry {
+                store::IndexEntry::Reference { param, target_type, target_id, .. }
+                    if target_type == "Patient" && params.contains(param) =>
+                {
+                    Some(target_id.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        patients.sort();
+        patients.dedup();
+        patients
+    }
+
+    /// The municipality that owns a new resource: a person's data belongs to the person's
+    /// municipality (one board per person, whichever municipality the writer works in);
+    /// anything else to the municipality whose base received it.
+    async fn owner_for_new(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        grant: &Grant,
+        resource_type: &str,
+        patients: &[String],
+    ) -> Result<String> {
+        if resource_type != "Patient" {
+            if let Some(patient) = patients.first() {
+                if let Some(tenant) = store::facts::tenant_of(connection, "Patient", patient).await? {
+                    return Ok(tenant);
+                }
+            }
+        }
+        Ok(grant.home_tenant().to_owned())
+    }
+
+    /// Records the owning municipality in `meta.tag` (system [`MUNICIPALITY_TAG_SYSTEM`],
+    /// code = 全国地方公共団体コード), replacing whatever a client put under that system.
+    fn tag_owner(&self, resource: &mut Value, tenant: &str) {
+        let Some(config) = self.config.tenants.iter().find(|t| t.slug == tenant) else { return };
+        let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else { return };
+        let mut tags: Vec<Value> = meta
+            .get("tag")
+            .and_then(Value::as_array)
+            .map(|tags| tags.iter().filter(|t| t.get("system").and_then(Value::as_str) != Some(MUNICIPALITY_TAG_SYSTEM)).cloned().collect())
+            .unwrap_or_default();
+        tags.push(json!({ "system": MUNICIPALITY_TAG_SYSTEM, "code": config.code, "display": config.name }));
+        meta.insert("tag".into(), Value::Array(tags));
+    }
+
+    /// A support team may include a participant of another municipality only while a
+    /// wide-area agreement joins the two.
+    async fn check_team_participants(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        grant: &Grant,
+        owner: &str,
+        team: &Value,
+    ) -> Result<()> {
+        let mut issues = Vec::new();
+        let participants = team.get("participant").and_then(Value::as_array).cloned().unwrap_or_default();
+        for (index, participant) in participants.iter().enumerate() {
+            let Some(reference) = participant.pointer("/member/reference").and_then(Value::as_str) else { continue };
+            let Some(local) = policy::facts::local_reference(reference) else { continue };
+            let Some((member_type, member_id)) = local.split_once('/') else { continue };
+            if let Some(member_tenant) = store::facts::tenant_of(connection, member_type, member_id).await? {
+                if !grant.agreement_joins(owner, &member_tenant) {
+                    issues.push(
+                        Issue::error(
+                            IssueCode::BusinessRule,
+                            "this participant belongs to another municipality, and no wide-area agreement in force joins the two",
+                        )
+                        .at(format!("CareTeam.participant[{index}].member")),
+                    );
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Unprocessable(issues))
+        }
     }
 
     /// Every local reference in the written resources must point at a resource that exists
@@ -457,6 +594,7 @@ impl Fhir {
         written: &[Stored],
         path_prefix: &str,
     ) -> Result<()> {
+        let grant = &grant.for_reading();
         let mut issues = Vec::new();
         for stored in written {
             let contained_ids: Vec<&str> = stored

@@ -3,14 +3,14 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::fhir::elements::{apply_elements, apply_summary, Summary};
 use crate::fhir::search_params::{ParamType, Registry};
 use crate::fhir::text::normalize;
-use crate::policy::{self, Grant, Interaction};
+use crate::policy::{Grant, Interaction};
 use crate::service::history::link;
 use crate::service::{Context, Fhir};
 use crate::store::query;
@@ -477,50 +477,8 @@ fn last_updated_ranges(value: &str, name: &str) -> Result<Vec<(Option<String>, O
     })
 }
 
-/// The stored timestamp form: fixed-width UTC with microseconds, so text order is time order.
-pub fn format_instant(instant: DateTime<Utc>) -> String {
-    instant.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
 
-/// The interval `[low, high)` that a date/dateTime/instant of any precision covers.
-pub fn precision_range(text: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-    match text.len() {
-        4 => {
-            let year: i32 = text.parse().ok()?;
-            let low = Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).single()?;
-            let high = Utc.with_ymd_and_hms(year + 1, 1, 1, 0, 0, 0).single()?;
-            Some((low, high))
-        }
-        7 => {
-            let date = NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d").ok()?;
-            let next = if date.month() == 12 {
-                NaiveDate::from_ymd_opt(date.year() + 1, 1, 1)?
-            } else {
-                NaiveDate::from_ymd_opt(date.year(), date.month() + 1, 1)?
-            };
-            Some((Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0)?), Utc.from_utc_datetime(&next.and_hms_opt(0, 0, 0)?)))
-        }
-        10 => {
-            let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
-            let low = Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0)?);
-            Some((low, low + Duration::days(1)))
-        }
-        _ => {
-            if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
-                let instant = instant.with_timezone(&Utc);
-                let width = if text.contains('.') { Duration::microseconds(1) } else { Duration::seconds(1) };
-                return Some((instant, instant + width));
-            }
-            if let Ok(naive) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M") {
-                let low = Utc.from_utc_datetime(&naive);
-                return Some((low, low + Duration::minutes(1)));
-            }
-            let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").ok()?;
-            let low = Utc.from_utc_datetime(&naive);
-            Some((low, low + Duration::seconds(1)))
-        }
-    }
-}
+pub use crate::fhir::dates::{format_instant, precision_range};
 
 /// Opaque paging cursor: hex of the cursor's JSON.
 pub fn encode_cursor(cursor: &Cursor) -> String {
@@ -542,7 +500,7 @@ impl Fhir {
         if !self.validator.is_resource_type(resource_type) {
             return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
         }
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, Some(resource_type))?;
+        let grant = self.decide_now(context, Interaction::Search, Some(resource_type)).await?;
         let parsed = parse(&self.search_params, resource_type, pairs, context.lenient, &context.base_url)?;
         self.run_search(context, &grant, resource_type, parsed, resource_type).await
     }
@@ -558,8 +516,8 @@ impl Fhir {
         if !self.validator.is_resource_type(resource_type) {
             return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
         }
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, Some(resource_type))?;
         let mut connection = self.store.connection().await?;
+        let grant = self.decide(&mut connection, context, Interaction::Search, Some(resource_type)).await?;
         if crate::store::current(&mut connection, &grant, "Patient", patient_id).await?.is_none_or(|row| row.deleted) {
             return Err(Error::NotFound(format!("Patient/{patient_id}")));
         }
@@ -583,7 +541,7 @@ impl Fhir {
     /// `GET [base]?_type=A,B&…`: a search across resource types (all types without
     /// `_type`). With more than one type only the common parameters apply.
     pub async fn system_search(&self, context: &Context, pairs: &[(String, String)]) -> Result<Value> {
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, None)?;
+        let grant = self.decide_now(context, Interaction::Search, None).await?;
         let (types, rest) = self.split_types(pairs)?;
         let lookup_type = match types.as_slice() {
             [only] => only.clone(),
@@ -600,8 +558,8 @@ impl Fhir {
     /// `GET [base]/Patient/[id]/$everything`: the Patient and everything in its compartment
     /// (`_type`, `_since`, `_count` and paging apply).
     pub async fn everything(&self, context: &Context, patient_id: &str, pairs: &[(String, String)]) -> Result<Value> {
-        let grant = policy::decide(&context.principal, &context.tenant, Interaction::Search, Some("Patient"))?;
         let mut connection = self.store.connection().await?;
+        let grant = self.decide(&mut connection, context, Interaction::Search, Some("Patient")).await?;
         if crate::store::current(&mut connection, &grant, "Patient", patient_id).await?.is_none_or(|row| row.deleted) {
             return Err(Error::NotFound(format!("Patient/{patient_id}")));
         }

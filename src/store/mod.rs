@@ -20,6 +20,7 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use crate::error::{Error, Result};
 use crate::policy::Grant;
 
+pub(crate) mod facts;
 pub mod query;
 
 pub use query::{BulkValue, Criterion, Cursor, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, Page, SearchQuery, SortKey};
@@ -262,17 +263,14 @@ pub async fn current(
     resource_type: &str,
     id: &str,
 ) -> Result<Option<CurrentRow>> {
-    let row = sqlx::query(
-        "SELECT resource_type, id, tenant, version_id, last_updated, deleted, content \
-         FROM resources WHERE resource_type = $1 AND id = $2",
-    )
-    .bind(resource_type)
-    .bind(id)
-    .fetch_optional(connection)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let current = current_from_row(&row)?;
-    Ok(grant.may_see_tenant(&current.tenant).then_some(current))
+    let mut sql = query::Sql::new(
+        "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content \
+         FROM resources r WHERE r.resource_type = ",
+    );
+    sql.bind(resource_type.to_owned()).push(" AND r.id = ").bind(id.to_owned()).push(" AND ");
+    sql.access_scope("r", grant, Some(&[resource_type.to_owned()]));
+    let rows = sql.fetch_all(connection).await?;
+    rows.first().map(current_from_row).transpose()
 }
 
 /// Whether any resource (in any tenant, deleted or not) holds this type and id. Used only to
@@ -286,7 +284,8 @@ pub async fn id_taken(connection: &mut AnyConnection, resource_type: &str, id: &
     Ok(row.is_some())
 }
 
-/// One historical version.
+/// One historical version, if the grant's scope includes the resource (judged on its
+/// current state: who may read a resource may read its history).
 pub async fn version(
     connection: &mut AnyConnection,
     grant: &Grant,
@@ -294,18 +293,15 @@ pub async fn version(
     id: &str,
     version_id: i64,
 ) -> Result<Option<VersionRow>> {
-    let row = sqlx::query(
-        "SELECT seq, resource_type, id, version_id, tenant, last_updated, method, content \
-         FROM resource_versions WHERE resource_type = $1 AND id = $2 AND version_id = $3",
-    )
-    .bind(resource_type)
-    .bind(id)
-    .bind(version_id)
-    .fetch_optional(connection)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let version = version_from_row(&row)?;
-    Ok(grant.may_see_tenant(&version.tenant).then_some(version))
+    let mut sql = query::Sql::new(
+        "SELECT v.seq, v.resource_type, v.id, v.version_id, v.tenant, v.last_updated, v.method, v.content \
+         FROM resource_versions v WHERE v.resource_type = ",
+    );
+    sql.bind(resource_type.to_owned()).push(" AND v.id = ").bind(id.to_owned());
+    sql.push(" AND v.version_id = ").bind_i64(version_id).push(" AND ");
+    sql.access_scope("v", grant, Some(&[resource_type.to_owned()]));
+    let rows = sql.fetch_all(connection).await?;
+    rows.first().map(version_from_row).transpose()
 }
 
 /// Inserts the first version of a new resource. A unique violation (the id was taken by a
@@ -499,39 +495,39 @@ pub async fn all_current_unchecked_for_maintenance(
 /// Versions newest first, within the grant's tenants.
 pub async fn history(connection: &mut AnyConnection, grant: &Grant, filter: &HistoryFilter) -> Result<Vec<VersionRow>> {
     let mut sql = query::Sql::new(
-        "SELECT seq, resource_type, id, version_id, tenant, last_updated, method, content FROM resource_versions WHERE ",
+        "SELECT v.seq, v.resource_type, v.id, v.version_id, v.tenant, v.last_updated, v.method, v.content \
+         FROM resource_versions v WHERE ",
     );
-    sql.tenant_scope("tenant", grant);
-    if let Some(resource_type) = &filter.resource_type {
-        sql.push(" AND resource_type = ").bind(resource_type.clone());
-    }
-    if let Some(id) = &filter.id {
-        sql.push(" AND id = ").bind(id.clone());
-    }
-    if let Some(since) = &filter.since {
-        sql.push(" AND last_updated >= ").bind(since.clone());
-    }
+    history_where(&mut sql, grant, filter);
     if let Some(before) = filter.before_seq {
-        sql.push(" AND seq < ").bind_i64(before);
+        sql.push(" AND v.seq < ").bind_i64(before);
     }
-    sql.push(" ORDER BY seq DESC LIMIT ").bind_i64(filter.limit);
+    sql.push(" ORDER BY v.seq DESC LIMIT ").bind_i64(filter.limit);
     let rows = sql.fetch_all(connection).await?;
     rows.iter().map(version_from_row).collect()
 }
 
-/// Counts history versions matching the filter (ignoring the cursor and limit).
-pub async fn history_count(connection: &mut AnyConnection, grant: &Grant, filter: &HistoryFilter) -> Result<i64> {
-    let mut sql = query::Sql::new("SELECT COUNT(*) AS n FROM resource_versions WHERE ");
-    sql.tenant_scope("tenant", grant);
+/// The filter and the grant's scope of a history listing, over the version row `v`.
+fn history_where(sql: &mut query::Sql, grant: &Grant, filter: &HistoryFilter) {
+    sql.tenant_scope("v.tenant", grant);
+    sql.push(" AND ");
+    let types = filter.resource_type.clone().map(|t| vec![t]);
+    sql.access_scope("v", grant, types.as_deref());
     if let Some(resource_type) = &filter.resource_type {
-        sql.push(" AND resource_type = ").bind(resource_type.clone());
+        sql.push(" AND v.resource_type = ").bind(resource_type.clone());
     }
     if let Some(id) = &filter.id {
-        sql.push(" AND id = ").bind(id.clone());
+        sql.push(" AND v.id = ").bind(id.clone());
     }
     if let Some(since) = &filter.since {
-        sql.push(" AND last_updated >= ").bind(since.clone());
+        sql.push(" AND v.last_updated >= ").bind(since.clone());
     }
+}
+
+/// Counts history versions matching the filter (ignoring the cursor and limit).
+pub async fn history_count(connection: &mut AnyConnection, grant: &Grant, filter: &HistoryFilter) -> Result<i64> {
+    let mut sql = query::Sql::new("SELECT COUNT(*) AS n FROM resource_versions v WHERE ");
+    history_where(&mut sql, grant, filter);
     let rows = sql.fetch_all(connection).await?;
     let count = rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0);
     Ok(count)

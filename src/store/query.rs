@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::error::Result;
-use crate::policy::Grant;
+use crate::policy::{Clause, Grant, TypeSet};
 
 use super::{current_from_row, CurrentRow};
 
@@ -68,19 +68,112 @@ impl Sql {
         format!("{stem}{}", self.aliases)
     }
 
-    /// Restricts `column` to the tenants the grant covers. This is the tenant predicate of
-    /// every listing query; it is written here once, not by hand in each query.
+    /// Restricts `column` to the municipalities whose rows the grant may cover at all. A
+    /// pre-filter only (it lets queries use the tenant-leading indexes); the exact rule is
+    /// [`Sql::access_scope`].
     pub(crate) fn tenant_scope(&mut self, column: &str, grant: &Grant) -> &mut Self {
-        let tenants = grant.visible_tenants();
+        let tenants = grant.tenants();
         if tenants.is_empty() {
             return self.push("1 = 0");
         }
         self.push(column).push(" IN (");
-        for (index, tenant) in tenants.iter().enumerate() {
+        self.bind_list(tenants)
+    }
+
+    /// `$a, $b, …)` — binds each value and closes the parenthesis.
+    fn bind_list(&mut self, values: &[String]) -> &mut Self {
+        for (index, value) in values.iter().enumerate() {
             if index > 0 {
                 self.push(", ");
             }
-            self.bind(tenant.clone());
+            self.bind(value.clone());
+        }
+        self.push(")")
+    }
+
+    /// The grant's exact predicate over the row `alias`, which has `resource_type`, `id` and
+    /// `tenant` columns (a resource row, an index row or a version row): true when any of the
+    /// grant's clauses covers the row. `types`, when the query knows its types, leaves out
+    /// the clauses that cannot match. This is the one place where the access rule becomes SQL.
+    pub(crate) fn access_scope(&mut self, alias: &str, grant: &Grant, types: Option<&[String]>) -> &mut Self {
+        let relevant = |resource_type: &str| types.is_none_or(|types| types.iter().any(|t| t == resource_type));
+        let mut parts = 0;
+        self.push("(");
+        for clause in grant.clauses() {
+            let mut open = |sql: &mut Sql| {
+                if parts > 0 {
+                    sql.push(" OR ");
+                }
+                parts += 1;
+            };
+            match clause {
+                Clause::Tenants { types: allowed, tenants } => {
+                    if let Some(types) = types {
+                        if !types.iter().any(|t| allowed.contains(t)) {
+                            continue;
+                        }
+                    }
+                    open(self);
+                    self.push(&format!("({alias}.tenant IN ("));
+                    self.bind_list(tenants);
+                    match allowed {
+                        TypeSet::Only(only) => {
+                            self.push(&format!(" AND {alias}.resource_type IN ("));
+                            self.bind_list(only);
+                        }
+                        TypeSet::AllExcept(except) if !except.is_empty() => {
+                            self.push(&format!(" AND {alias}.resource_type NOT IN ("));
+                            self.bind_list(except);
+                        }
+                        TypeSet::AllExcept(_) => {}
+                    }
+                    self.push(")");
+                }
+                Clause::Ids { resource_type, ids } => {
+                    if !relevant(resource_type) {
+                        continue;
+                    }
+                    open(self);
+                    self.push(&format!("({alias}.resource_type = ")).bind(resource_type.clone());
+                    self.push(&format!(" AND {alias}.id IN ("));
+                    self.bind_list(ids);
+                    self.push(")");
+                }
+                Clause::Patients { patients, params_by_type, include_patient } => {
+                    if *include_patient && relevant("Patient") {
+                        open(self);
+                        self.push(&format!("({alias}.resource_type = 'Patient' AND {alias}.id IN ("));
+                        self.bind_list(patients);
+                        self.push(")");
+                    }
+                    let linked: Vec<&(String, Vec<String>)> =
+                        params_by_type.iter().filter(|(t, params)| relevant(t) && !params.is_empty()).collect();
+                    if linked.is_empty() {
+                        continue;
+                    }
+                    open(self);
+                    let z = self.alias("z");
+                    self.push(&format!(
+                        "EXISTS (SELECT 1 FROM search_reference {z} WHERE {z}.resource_type = {alias}.resource_type \
+                         AND {z}.id = {alias}.id AND {z}.target_type = 'Patient' AND {z}.target_id IN ("
+                    ));
+                    self.bind_list(patients);
+                    self.push(" AND (");
+                    for (index, (resource_type, params)) in linked.iter().enumerate() {
+                        if index > 0 {
+                            self.push(" OR ");
+                        }
+                        self.push(&format!("({z}.resource_type = ")).bind(resource_type.clone());
+                        self.push(&format!(" AND {z}.param IN ("));
+                        self.bind_list(params);
+                        self.push(")");
+                    }
+                    self.push("))");
+                }
+            }
+        }
+        if parts == 0 {
+            self.push("1 = 0");
         }
         self.push(")")
     }
@@ -352,6 +445,9 @@ fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, crite
             }
             sql.push(&format!(" AND {t}.deleted = 0 AND "));
             sql.tenant_scope(&format!("{t}.tenant"), grant);
+            sql.push(" AND ");
+            let target_types = target_type.clone().map(|t| vec![t]);
+            sql.access_scope(&t, grant, target_types.as_deref());
             push_criteria(sql, &t, target_type.as_deref(), criteria, grant);
             sql.push(")");
         }
@@ -374,6 +470,8 @@ fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, crite
                 .bind(source_type.clone())
                 .push(&format!(" AND {src}.deleted = 0 AND "));
             sql.tenant_scope(&format!("{src}.tenant"), grant);
+            sql.push(" AND ");
+            sql.access_scope(&src, grant, Some(std::slice::from_ref(source_type)));
             push_criteria(sql, &src, Some(source_type.as_str()), criteria, grant);
             sql.push(")");
         }
@@ -657,6 +755,8 @@ impl SearchQuery {
             (Some((position, table, param, matches)), Some(resource_type)) => {
                 sql.push(&format!(" FROM {} d WHERE ", table.name()));
                 sql.tenant_scope("d.tenant", grant);
+                sql.push(" AND ");
+                sql.access_scope("d", grant, Some(std::slice::from_ref(resource_type)));
                 sql.push(" AND d.resource_type = ").bind(resource_type.clone());
                 sql.push(" AND d.param = ").bind(param.to_owned()).push(" AND (");
                 push_or(sql, matches, |sql, m| push_match(sql, "d", m));
@@ -690,6 +790,8 @@ impl SearchQuery {
 
     fn base(&self, sql: &mut Sql, grant: &Grant) {
         sql.tenant_scope("r.tenant", grant);
+        sql.push(" AND ");
+        sql.access_scope("r", grant, Some(&self.resource_types));
         sql.push(" AND r.resource_type IN (");
         for (index, resource_type) in self.resource_types.iter().enumerate() {
             if index > 0 {
@@ -814,6 +916,11 @@ async fn current_many(connection: &mut AnyConnection, grant: &Grant, wanted: &[(
         "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE ",
     );
     sql.tenant_scope("r.tenant", grant);
+    sql.push(" AND ");
+    let mut types: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
+    types.sort();
+    types.dedup();
+    sql.access_scope("r", grant, Some(&types));
     sql.push(" AND (");
     push_or(&mut sql, wanted, |sql, (resource_type, id)| {
         sql.push("(r.resource_type = ").bind(resource_type.clone()).push(" AND r.id = ").bind(id.clone()).push(")");
@@ -853,6 +960,9 @@ pub async fn referenced(
         "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE r.deleted = 0 AND ",
     );
     sql.tenant_scope("r.tenant", grant);
+    sql.push(" AND ");
+    let target_types = target_type.map(|t| vec![t.to_owned()]);
+    sql.access_scope("r", grant, target_types.as_deref());
     sql.push(" AND (r.resource_type, r.id) IN (SELECT x.target_type, x.target_id FROM search_reference x WHERE x.resource_type = ")
         .bind(source_type.to_owned());
     if let Some(param) = param {
@@ -884,6 +994,8 @@ pub async fn referring(
         "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE r.deleted = 0 AND ",
     );
     sql.tenant_scope("r.tenant", grant);
+    sql.push(" AND ");
+    sql.access_scope("r", grant, Some(&[source_type.to_owned()]));
     sql.push(" AND r.resource_type = ").bind(source_type.to_owned());
     sql.push(" AND r.id IN (SELECT x.id FROM search_reference x WHERE x.resource_type = ")
         .bind(source_type.to_owned())

@@ -7,7 +7,10 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
+use renraku::auth::scopes::Scopes;
+use renraku::auth::tokens::{self, TokenGrant};
 use renraku::config::{Config, TenantConfig};
+use renraku::policy::Actor;
 use renraku::Gateway;
 use serde_json::Value;
 use sqlx::Connection;
@@ -53,6 +56,9 @@ pub const BASE: &str = "http://renraku.test";
 /// A running gateway and what must be cleaned up after it.
 pub struct Server {
     pub router: Router,
+    /// Per tenant, a token of the test suite's unrestricted principal (everything in that
+    /// tenant), sent with every request that brings no Authorization header of its own.
+    tokens: std::collections::HashMap<String, String>,
     fhir: Arc<renraku::service::Fhir>,
     config: Config,
     directory: Option<tempfile::TempDir>,
@@ -139,7 +145,9 @@ impl Server {
         };
         adjust(&mut config);
         let gateway = Gateway::start(config.clone()).await.expect("gateway starts");
-        Server { router: gateway.router(), fhir: gateway.state.fhir.clone(), config, directory: Some(directory), database }
+        let fhir = gateway.state.fhir.clone();
+        let tokens = unrestricted_tokens(&fhir, &config).await;
+        Server { router: gateway.router(), tokens, fhir, config, directory: Some(directory), database }
     }
 
     /// Stops this gateway and starts another on the same database with a changed
@@ -148,8 +156,10 @@ impl Server {
         let mut config = self.config.clone();
         adjust(&mut config);
         let gateway = Gateway::start(config.clone()).await.expect("gateway restarts");
+        let tokens = unrestricted_tokens(&gateway.state.fhir, &config).await;
         Server {
             router: gateway.router(),
+            tokens,
             fhir: gateway.state.fhir.clone(),
             config,
             directory: self.directory.take(),
@@ -157,10 +167,26 @@ impl Server {
         }
     }
 
+    /// Sends a request. Without an `authorization` header of its own it carries the
+    /// unrestricted test token of the path's tenant; an `authorization` header with the
+    /// value `none` sends no credentials at all.
     pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
         let mut builder = Request::builder().method(method).uri(path);
+        let mut authorized = false;
         for (name, value) in headers {
+            if name.eq_ignore_ascii_case("authorization") {
+                authorized = true;
+                if *value == "none" {
+                    continue;
+                }
+            }
             builder = builder.header(*name, *value);
+        }
+        if !authorized {
+            let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+            if let Some(token) = self.tokens.get(tenant) {
+                builder = builder.header("authorization", format!("Bearer {token}"));
+            }
         }
         let request = builder.body(body.map(Body::from).unwrap_or_else(Body::empty)).expect("request");
         let response = self.router.clone().oneshot(request).await.expect("router answers");
@@ -210,9 +236,36 @@ impl Server {
         self.fhir.clone()
     }
 
+    /// Issues an access token at `tenant`'s base for `actor` with `scopes` (space-separated).
+    pub async fn token(&self, tenant: &str, actor: Actor, scopes: &str, patient: Option<&str>) -> String {
+        issue_token(&self.fhir, tenant, actor, scopes, patient).await
+    }
+
     pub fn shared(self) -> Arc<Server> {
         Arc::new(self)
     }
+}
+
+async fn issue_token(fhir: &renraku::service::Fhir, tenant: &str, actor: Actor, scopes: &str, patient: Option<&str>) -> String {
+    let grant = TokenGrant {
+        tenant: tenant.to_owned(),
+        actor,
+        scopes: Scopes::parse(scopes).expect("scopes parse"),
+        patient: patient.map(str::to_owned),
+        client_id: "test-suite".to_owned(),
+        lifetime: chrono::Duration::hours(1),
+    };
+    let mut connection = fhir.store.connection().await.expect("connection");
+    tokens::issue(&mut connection, fhir.clock.now(), &grant).await.expect("token issued").access_token
+}
+
+async fn unrestricted_tokens(fhir: &renraku::service::Fhir, config: &Config) -> std::collections::HashMap<String, String> {
+    let mut tokens = std::collections::HashMap::new();
+    for tenant in &config.tenants {
+        let token = issue_token(fhir, &tenant.slug, Actor::TestUnrestricted, "user/*.cruds system/*.cruds", None).await;
+        tokens.insert(tenant.slug.clone(), token);
+    }
+    tokens
 }
 
 impl Drop for Server {

@@ -1,0 +1,329 @@
+//! The facts an access decision rests on, read fresh from the database at every decision:
+//! wide-area agreements (Contract), support teams (CareTeam), sharing consents (Consent) and
+//! who registered each person (Patient.managingOrganization).
+//!
+//! The reads here are the store's deliberate grant-less paths (`store::facts`): the
+//! decision point must see the facts before it can hand out a grant. They return only what
+//! the rule needs and never leave this module except as a [`World`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::AnyConnection;
+
+use super::{Actor, Environment, Permission};
+use crate::error::Result;
+use crate::store::facts as store_facts;
+
+/// The identifier system of a municipality's 全国地方公共団体コード in agreements.
+pub const MUNICIPALITY_CODE_SYSTEM: &str = "https://renraku.example.jp/fhir/sid/municipality-code";
+/// The extension on an agreement (Contract) that says what may cross between its parties.
+pub const AGREEMENT_SCOPE_URL: &str = "https://renraku.example.jp/fhir/StructureDefinition/agreement-scope";
+/// The profile every wide-area agreement carries.
+pub const AGREEMENT_PROFILE_URL: &str = "https://renraku.example.jp/fhir/StructureDefinition/renraku-wide-area-agreement";
+
+/// A wide-area agreement (広域連携協定) as the rule sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreement {
+    pub id: String,
+    /// The municipality whose base holds the resource.
+    pub owner: String,
+    /// Whether it is in force now (status `executed`, period covering now).
+    pub active: bool,
+    /// The participating municipalities' slugs.
+    pub parties: Vec<String>,
+    /// What may cross: (resource type, `None` for every type of a person's data; permission).
+    pub allows: Vec<(Option<String>, Permission)>,
+}
+
+impl Agreement {
+    /// Whether this agreement is in force and joins both municipalities.
+    pub fn joins(&self, tenant_a: &str, tenant_b: &str) -> bool {
+        self.active && self.parties.iter().any(|p| p == tenant_a) && self.parties.iter().any(|p| p == tenant_b)
+    }
+
+    /// Whether `resource_type` may cross with `permission` under this agreement.
+    pub fn allows(&self, resource_type: &str, permission: Permission) -> bool {
+        self.allows.iter().any(|(t, p)| *p == permission && t.as_deref().is_none_or(|t| t == resource_type))
+    }
+}
+
+/// What the rule knows about one person the actor may be connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonFacts {
+    /// The person's municipality (the tenant owning the Patient).
+    pub tenant: String,
+    /// The actor's organization registered the person (Patient.managingOrganization).
+    pub registered_by_actor: bool,
+    /// The actor (their PractitionerRole or Organization) is an active participant of an
+    /// active CareTeam whose subject is the person.
+    pub on_team: bool,
+    /// The person has an active sharing Consent.
+    pub consent: bool,
+}
+
+/// Everything the rule needs for one actor.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub agreements: Vec<Agreement>,
+    /// Municipalities that hold agreement resources.
+    pub agreement_tenants: Vec<String>,
+    /// Persons connected to the actor, by Patient id.
+    pub patients: BTreeMap<String, PersonFacts>,
+}
+
+impl World {
+    pub fn patient_tenant(&self, id: &str) -> Option<&str> {
+        self.patients.get(id).map(|p| p.tenant.as_str())
+    }
+
+    /// Municipalities that share an agreement in force with `tenant` (not `tenant` itself).
+    pub fn partners(&self, tenant: &str) -> Vec<String> {
+        let mut partners: Vec<String> = self
+            .agreements
+            .iter()
+            .filter(|a| a.active && a.parties.iter().any(|p| p == tenant))
+            .flat_map(|a| a.parties.iter().cloned())
+            .filter(|p| p != tenant)
+            .collect();
+        partners.sort();
+        partners.dedup();
+        partners
+    }
+}
+
+/// Reads the facts for `actor`.
+pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>, actor: &Actor) -> Result<World> {
+    let mut world = World::default();
+    for (id, owner, content) in store_facts::live_of_type(connection, "Contract").await? {
+        if let Some(agreement) = agreement_from(&id, &owner, &content, environment) {
+            world.agreement_tenants.push(owner);
+            world.agreements.push(agreement);
+        }
+    }
+    world.agreement_tenants.sort();
+    world.agreement_tenants.dedup();
+    let (members, organization) = match actor {
+        Actor::Practitioner { role, organization, .. } => (
+            vec![("PractitionerRole".to_owned(), role.clone()), ("Organization".to_owned(), organization.clone())],
+            organization,
+        ),
+        Actor::System { organization, .. } => (vec![("Organization".to_owned(), organization.clone())], organization),
+        _ => return Ok(world),
+    };
+    let member_references: Vec<String> = members.iter().map(|(t, id)| format!("{t}/{id}")).collect();
+    let mut on_team: Vec<String> = Vec::new();
+    for (_, _, content) in store_facts::referring(connection, "CareTeam", "participant", &members).await? {
+        if let Some(patient) = team_subject_with_member(&content, &member_references, environment.now) {
+            on_team.push(patient);
+        }
+    }
+    let registered: Vec<String> = store_facts::referring(
+        connection,
+        "Patient",
+        "organization",
+        &[("Organization".to_owned(), organization.clone())],
+    )
+    .await?
+    .into_iter()
+    .map(|(id, _, _)| id)
+    .collect();
+    let mut candidates: Vec<String> = on_team.iter().chain(&registered).cloned().collect();
+    candidates.sort();
+    candidates.dedup();
+    if candidates.is_empty() {
+        return Ok(world);
+    }
+    let targets: Vec<(String, String)> = candidates.iter().map(|id| ("Patient".to_owned(), id.clone())).collect();
+    let mut consented: Vec<String> = Vec::new();
+    for (_, _, content) in store_facts::referring(connection, "Consent", "patient", &targets).await? {
+        if let Some(patient) = active_consent_patient(&content, environment.now) {
+            consented.push(patient);
+        }
+    }
+    let registrar = format!("Organization/{organization}");
+    for (id, tenant, content) in store_facts::live_by_ids(connection, "Patient", &candidates).await? {
+        let managing = serde_json::from_str::<Value>(&content).ok().and_then(|p| reference_of(&p, "managingOrganization"));
+        world.patients.insert(
+            id.clone(),
+            PersonFacts {
+                tenant,
+                registered_by_actor: managing.as_deref() == Some(registrar.as_str()),
+                on_team: on_team.contains(&id),
+                consent: consented.contains(&id),
+            },
+        );
+    }
+    Ok(world)
+}
+
+/// Reads an agreement from a Contract carrying the agreement profile; other Contracts are
+/// not agreements and allow nothing.
+pub fn agreement_from(id: &str, owner: &str, content: &str, environment: &Environment<'_>) -> Option<Agreement> {
+    let contract: Value = serde_json::from_str(content).ok()?;
+    let profiles = contract.pointer("/meta/profile").and_then(Value::as_array)?;
+    if !profiles.iter().any(|p| p.as_str() == Some(AGREEMENT_PROFILE_URL)) {
+        return None;
+    }
+    let executed = contract.get("status").and_then(Value::as_str) == Some("executed");
+    let active = executed && period_covers(contract.get("applies"), environment.now);
+    let parties: Vec<String> = contract
+        .get("authority")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|authority| {
+            let identifier = authority.get("identifier")?;
+            if identifier.get("system").and_then(Value::as_str) != Some(MUNICIPALITY_CODE_SYSTEM) {
+                return None;
+            }
+            let code = identifier.get("value").and_then(Value::as_str)?;
+            environment.tenants.iter().find(|t| t.code == code).map(|t| t.slug.clone())
+        })
+        .collect();
+    let mut allows = Vec::new();
+    for scope in extensions(&contract, AGREEMENT_SCOPE_URL) {
+        let resource_type = extensions(scope, "resourceType").next().and_then(|e| e.get("valueCode")).and_then(Value::as_str);
+        let resource_type = match resource_type {
+            Some("*") => None,
+            Some(name) => Some(name.to_owned()),
+            None => continue,
+        };
+        for interaction in extensions(scope, "interaction") {
+            if let Some(permission) =
+                interaction.get("valueCode").and_then(Value::as_str).and_then(Permission::from_interaction_code)
+            {
+                allows.push((resource_type.clone(), permission));
+            }
+        }
+    }
+    Some(Agreement { id: id.to_owned(), owner: owner.to_owned(), active, parties, allows })
+}
+
+fn extensions<'a>(element: &'a Value, url: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    element
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(move |e| e.get("url").and_then(Value::as_str) == Some(url))
+}
+
+/// The Patient id of an active CareTeam's subject when one of `members` is an active
+/// participant.
+pub fn team_subject_with_member(content: &str, members: &[String], now: DateTime<Utc>) -> Option<String> {
+    let team: Value = serde_json::from_str(content).ok()?;
+    if team.get("status").and_then(Value::as_str) != Some("active") || !period_covers(team.get("period"), now) {
+        return None;
+    }
+    let participates = team.get("participant").and_then(Value::as_array).into_iter().flatten().any(|participant| {
+        let member = participant.get("member").and_then(|m| m.get("reference")).and_then(Value::as_str).and_then(local_reference);
+        member.is_some_and(|m| members.contains(&m)) && period_covers(participant.get("period"), now)
+    });
+    if !participates {
+        return None;
+    }
+    patient_id(&reference_of(&team, "subject")?)
+}
+
+/// The Patient id of an active sharing Consent (status active, not a denial, period
+/// covering now).
+pub fn active_consent_patient(content: &str, now: DateTime<Utc>) -> Option<String> {
+    let consent: Value = serde_json::from_str(content).ok()?;
+    if consent.get("status").and_then(Value::as_str) != Some("active") {
+        return None;
+    }
+    let provision = consent.get("provision");
+    if provision.and_then(|p| p.get("type")).and_then(Value::as_str) == Some("deny") {
+        return None;
+    }
+    if !period_covers(provision.and_then(|p| p.get("period")), now) {
+        return None;
+    }
+    patient_id(&reference_of(&consent, "patient")?)
+}
+
+/// `element.reference` of a top-level Reference element, as `Type/id`.
+fn reference_of(value: &Value, element: &str) -> Option<String> {
+    value.get(element).and_then(|r| r.get("reference")).and_then(Value::as_str).and_then(local_reference)
+}
+
+/// `Type/id` of a literal reference (relative or absolute, without `_history`).
+pub fn local_reference(reference: &str) -> Option<String> {
+    let path = reference.split("/_history/").next()?;
+    let mut segments = path.rsplit('/');
+    let id = segments.next()?;
+    let resource_type = segments.next()?;
+    (!id.is_empty() && resource_type.starts_with(|c: char| c.is_ascii_uppercase())).then(|| format!("{resource_type}/{id}"))
+}
+
+fn patient_id(reference: &str) -> Option<String> {
+    reference.strip_prefix("Patient/").map(str::to_owned)
+}
+
+/// Whether a Period (absent = always) covers `now`; dates of any precision count whole
+/// (an end of `2027-03-31` covers that whole day).
+pub fn period_covers(period: Option<&Value>, now: DateTime<Utc>) -> bool {
+    let Some(period) = period else { return true };
+    if let Some(start) = period.get("start").and_then(Value::as_str) {
+        match crate::fhir::dates::precision_range(start) {
+            Some((low, _)) if low <= now => {}
+            _ => return false,
+        }
+    }
+    if let Some(end) = period.get("end").and_then(Value::as_str) {
+        match crate::fhir::dates::precision_range(end) {
+            Some((_, high)) if now < high => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).single().unwrap_or_default()
+    }
+
+    #[test]
+    fn periods_count_whole_days() {
+        let check = |period: Value, expected: bool| assert_eq!(period_covers(Some(&period), now()), expected, "{period}");
+        check(serde_json::json!({}), true);
+        check(serde_json::json!({"start": "2026-11-25"}), true);
+        check(serde_json::json!({"end": "2026-11-25"}), true);
+        check(serde_json::json!({"end": "2026-11-24"}), false);
+        check(serde_json::json!({"start": "2026-11-26"}), false);
+        check(serde_json::json!({"start": "2026", "end": "2026-11"}), true);
+        check(serde_json::json!({"end": "2026-11-25T11:59:59Z"}), false);
+        check(serde_json::json!({"start": "garbage"}), false);
+    }
+
+    #[test]
+    fn references_are_read_relative_or_absolute() {
+        assert_eq!(local_reference("Patient/p1").as_deref(), Some("Patient/p1"));
+        assert_eq!(local_reference("http://x/ina/fhir/Patient/p1/_history/2").as_deref(), Some("Patient/p1"));
+        assert_eq!(local_reference("#contained"), None);
+        assert_eq!(local_reference("p1"), None);
+    }
+
+    #[test]
+    fn teams_count_only_active_participants_of_active_teams() {
+        let members = vec!["PractitionerRole/r1".to_owned()];
+        let team = |status: &str, participant_end: &str| {
+            serde_json::json!({
+                "resourceType": "CareTeam", "status": status, "subject": {"reference": "Patient/p1"},
+                "participant": [{"member": {"reference": "PractitionerRole/r1"}, "period": {"end": participant_end}}]
+            })
+            .to_string()
+        };
+        assert_eq!(team_subject_with_member(&team("active", "2027"), &members, now()).as_deref(), Some("p1"));
+        assert_eq!(team_subject_with_member(&team("inactive", "2027"), &members, now()), None);
+        assert_eq!(team_subject_with_member(&team("active", "2026-01"), &members, now()), None);
+        assert_eq!(team_subject_with_member(&team("active", "2027"), &["Organization/o".to_owned()], now()), None);
+    }
+}

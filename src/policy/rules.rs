@@ -1,0 +1,189 @@
+//! The access rule: which clauses an actor gets for one permission, given the facts.
+//! Written out as a table in ARCHITECTURE.md ("The access rule"); keep the two in step.
+
+use std::collections::BTreeMap;
+
+use super::facts::World;
+use super::{Actor, Authenticated, Clause, Environment, Permission, TypeSet};
+use crate::auth::scopes::ScopeContext;
+
+/// What kind of information a resource type holds, for the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Patient and every type in the Patient compartment (except AuditEvent): a person's data.
+    PatientData,
+    /// Facilities and professionals: Organization, Practitioner, PractitionerRole, Location,
+    /// HealthcareService, Endpoint.
+    Directory,
+    /// Contract: wide-area agreements.
+    Agreement,
+    /// AuditEvent: the audit trail.
+    Audit,
+    /// Everything else (terminology, Medication, Subscription, …).
+    Other,
+}
+
+pub const DIRECTORY_TYPES: [&str; 6] =
+    ["Organization", "Practitioner", "PractitionerRole", "Location", "HealthcareService", "Endpoint"];
+
+/// The types a registering organization may handle for the persons it registered, before a
+/// team or consent exists: enough to record the person, the consent and form the team.
+pub const REGISTRATION_TYPES: [&str; 3] = ["Patient", "Consent", "CareTeam"];
+
+pub fn kind(environment: &Environment<'_>, resource_type: &str) -> Kind {
+    match resource_type {
+        "Contract" => Kind::Agreement,
+        "AuditEvent" => Kind::Audit,
+        t if DIRECTORY_TYPES.contains(&t) => Kind::Directory,
+        "Patient" => Kind::PatientData,
+        t if !environment.registry.patient_compartment(t).is_empty() => Kind::PatientData,
+        _ => Kind::Other,
+    }
+}
+
+/// Every type of a person's data.
+fn patient_data_types(environment: &Environment<'_>) -> Vec<String> {
+    let mut types: Vec<String> = std::iter::once("Patient")
+        .chain(environment.registry.compartment_types())
+        .filter(|t| kind(environment, t) == Kind::PatientData)
+        .map(str::to_owned)
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
+/// Whether any of the token's scopes reaches `resource_type` with `permission` at all
+/// (checked before any data is looked at, so a refusal reveals nothing).
+pub fn scopes_reach(authenticated: &Authenticated, resource_type: &str, permission: Permission) -> bool {
+    #[cfg(feature = "test-support")]
+    if authenticated.actor == Actor::TestUnrestricted {
+        return true;
+    }
+    authenticated.actor.scope_contexts().iter().any(|c| authenticated.scopes.permits(*c, resource_type, permission))
+        || (authenticated.patient.is_some()
+            && authenticated.scopes.permits(ScopeContext::Patient, resource_type, permission))
+}
+
+/// The clauses `authenticated` gets for `permission` at `tenant`'s base.
+pub fn clauses(
+    environment: &Environment<'_>,
+    authenticated: &Authenticated,
+    tenant: &str,
+    world: &World,
+    permission: Permission,
+) -> Vec<Clause> {
+    let contexts = authenticated.actor.scope_contexts();
+    let scopes = &authenticated.scopes;
+    let scoped = |types: &[&str]| -> Vec<String> {
+        types
+            .iter()
+            .filter(|t| contexts.iter().any(|c| scopes.permits(*c, t, permission)))
+            .map(|t| (*t).to_owned())
+            .collect()
+    };
+    let reading = matches!(permission, Permission::Read | Permission::Search);
+    let mut home_and_partners = vec![tenant.to_owned()];
+    home_and_partners.extend(world.partners(tenant));
+    let all_tenants: Vec<String> = environment.tenants.iter().map(|t| t.slug.clone()).collect();
+    let mut clauses = Vec::new();
+    match &authenticated.actor {
+        Actor::Practitioner { .. } | Actor::System { .. } => {
+            if reading {
+                clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&DIRECTORY_TYPES)), tenants: home_and_partners });
+            }
+            let mut excluded = patient_data_types(environment);
+            excluded.extend(DIRECTORY_TYPES.iter().map(|t| (*t).to_owned()));
+            excluded.extend(["Contract".to_owned(), "AuditEvent".to_owned()]);
+            let other = if contexts.iter().any(|c| scopes.permits_all_types(*c, permission)) {
+                TypeSet::AllExcept(excluded)
+            } else {
+                let named: Vec<String> = contexts
+                    .iter()
+                    .flat_map(|c| scopes.named_types(*c, permission))
+                    .filter(|t| !excluded.contains(t))
+                    .collect();
+                TypeSet::Only(named)
+            };
+            clauses.push(Clause::Tenants { types: other, tenants: vec![tenant.to_owned()] });
+            clauses.extend(patient_clauses(environment, authenticated, tenant, world, permission));
+        }
+        Actor::MunicipalAdmin { .. } => {
+            clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&DIRECTORY_TYPES)), tenants: vec![tenant.to_owned()] });
+            if reading {
+                let partners = world.partners(tenant);
+                clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&DIRECTORY_TYPES)), tenants: partners });
+                let party_to: Vec<String> =
+                    world.agreements.iter().filter(|a| a.parties.iter().any(|p| p == tenant)).map(|a| a.id.clone()).collect();
+                if !scoped(&["Contract"]).is_empty() {
+                    clauses.push(Clause::Ids { resource_type: "Contract".into(), ids: party_to });
+                }
+                clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&["Patient"])), tenants: vec![tenant.to_owned()] });
+            }
+            clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&["CareTeam"])), tenants: vec![tenant.to_owned()] });
+        }
+        Actor::ServerAdmin { .. } => {
+            clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&DIRECTORY_TYPES)), tenants: all_tenants.clone() });
+            clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&["Contract"])), tenants: all_tenants });
+        }
+        #[cfg(feature = "test-support")]
+        Actor::TestUnrestricted => clauses.push(Clause::Tenants { types: TypeSet::AllExcept(Vec::new()), tenants: vec![tenant.to_owned()] }),
+    }
+    clauses.retain(|clause| match clause {
+        Clause::Tenants { types, tenants } => !types.is_empty() && !tenants.is_empty(),
+        Clause::Ids { ids, .. } => !ids.is_empty(),
+        Clause::Patients { patients, .. } => !patients.is_empty(),
+    });
+    clauses
+}
+
+/// The persons' compartments an actor with an organization may reach, grouped by the set of
+/// types allowed (so that one SQL clause covers every person with the same reach).
+fn patient_clauses(
+    environment: &Environment<'_>,
+    authenticated: &Authenticated,
+    tenant: &str,
+    world: &World,
+    permission: Permission,
+) -> Vec<Clause> {
+    let all_types = patient_data_types(environment);
+    let contexts = authenticated.actor.scope_contexts();
+    let scopes = &authenticated.scopes;
+    let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    for (patient, facts) in &world.patients {
+        let base: Vec<String> = if facts.on_team && (facts.consent || facts.registered_by_actor) {
+            all_types.clone()
+        } else if facts.registered_by_actor {
+            REGISTRATION_TYPES.iter().map(|t| (*t).to_owned()).collect()
+        } else {
+            continue;
+        };
+        let types: Vec<String> = base
+            .into_iter()
+            .filter(|t| {
+                facts.tenant == tenant
+                    || world.agreements.iter().any(|a| a.joins(tenant, &facts.tenant) && a.allows(t, permission))
+            })
+            .filter(|t| {
+                contexts.iter().any(|c| scopes.permits(*c, t, permission))
+                    || (authenticated.patient.as_deref() == Some(patient.as_str())
+                        && scopes.permits(ScopeContext::Patient, t, permission))
+            })
+            .collect();
+        if !types.is_empty() {
+            groups.entry(types).or_default().push(patient.clone());
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(types, patients)| Clause::Patients {
+            include_patient: types.iter().any(|t| t == "Patient"),
+            params_by_type: types
+                .iter()
+                .filter(|t| *t != "Patient")
+                .map(|t| (t.clone(), environment.registry.patient_compartment(t).to_vec()))
+                .collect(),
+            patients,
+        })
+        .collect()
+}

@@ -1,0 +1,83 @@
+//! Grant-less reads for the access decision point, and for nothing else.
+//!
+//! The policy must see support teams, consents, agreements and registrations before it can
+//! hand out a grant, so these reads cannot take one. They are `pub(crate)`, named here in
+//! one module, and called only from `policy::facts` and (for a new resource's owner) from
+//! `Fhir::owner_tenant_of`; ARCHITECTURE.md lists them among the deliberate bypasses.
+
+use sqlx::{AnyConnection, Row};
+
+use super::query::Sql;
+use crate::error::Result;
+
+/// `(id, tenant, content)` of every live resource of a type.
+pub(crate) async fn live_of_type(connection: &mut AnyConnection, resource_type: &str) -> Result<Vec<(String, String, String)>> {
+    let mut sql = Sql::new("SELECT id, tenant, content FROM resources WHERE deleted = 0 AND resource_type = ");
+    sql.bind(resource_type.to_owned());
+    rows(&sql, connection).await
+}
+
+/// `(id, tenant, content)` of live `source_type` resources whose `param` refers to one of
+/// `targets` (`(type, id)` pairs).
+pub(crate) async fn referring(
+    connection: &mut AnyConnection,
+    source_type: &str,
+    param: &str,
+    targets: &[(String, String)],
+) -> Result<Vec<(String, String, String)>> {
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::new("SELECT r.id, r.tenant, r.content FROM resources r WHERE r.deleted = 0 AND r.resource_type = ");
+    sql.bind(source_type.to_owned());
+    sql.push(" AND r.id IN (SELECT x.id FROM search_reference x WHERE x.resource_type = ").bind(source_type.to_owned());
+    sql.push(" AND x.param = ").bind(param.to_owned()).push(" AND (");
+    for (index, (target_type, target_id)) in targets.iter().enumerate() {
+        if index > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(x.target_type = ").bind(target_type.clone()).push(" AND x.target_id = ").bind(target_id.clone()).push(")");
+    }
+    sql.push("))");
+    rows(&sql, connection).await
+}
+
+/// `(id, tenant, content)` of the live resources of one type with these ids.
+pub(crate) async fn live_by_ids(
+    connection: &mut AnyConnection,
+    resource_type: &str,
+    ids: &[String],
+) -> Result<Vec<(String, String, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::new("SELECT id, tenant, content FROM resources WHERE deleted = 0 AND resource_type = ");
+    sql.bind(resource_type.to_owned()).push(" AND id IN (");
+    for (index, id) in ids.iter().enumerate() {
+        if index > 0 {
+            sql.push(", ");
+        }
+        sql.bind(id.clone());
+    }
+    sql.push(")");
+    rows(&sql, connection).await
+}
+
+/// The municipality owning a live resource, if there is one.
+pub(crate) async fn tenant_of(connection: &mut AnyConnection, resource_type: &str, id: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT tenant FROM resources WHERE deleted = 0 AND resource_type = $1 AND id = $2")
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(connection)
+        .await?;
+    Ok(row.map(|row| row.try_get("tenant")).transpose()?)
+}
+
+async fn rows(sql: &Sql, connection: &mut AnyConnection) -> Result<Vec<(String, String, String)>> {
+    let mut found = Vec::new();
+    for row in sql.fetch_all(connection).await? {
+        let content: Option<String> = row.try_get("content")?;
+        found.push((row.try_get("id")?, row.try_get("tenant")?, content.unwrap_or_default()));
+    }
+    Ok(found)
+}
