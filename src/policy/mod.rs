@@ -287,7 +287,8 @@ impl Grant {
         patients: &[String],
         managing_organization: Option<&str>,
     ) -> bool {
-        if self.interaction == Interaction::Create
+        // A registering organization records a new person (or keeps its own registration).
+        if matches!(self.interaction, Interaction::Create | Interaction::Update | Interaction::Patch)
             && resource_type == "Patient"
             && self.registrar.is_some()
             && managing_organization.is_some_and(|m| Some(m) == self.registrar.as_deref())

@@ -470,6 +470,8 @@ impl Fhir {
         }
         stamp(&mut resource, id, version_id, &last_updated);
         self.tag_owner(&mut resource, &tenant);
+        // Indexed again now that the owner's tag is in place (`_tag` finds it).
+        let index = self.search_params.extract(&resource);
         let content = serde_json::to_string(&resource)?;
         let new = NewVersion {
             resource_type,

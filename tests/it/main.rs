@@ -10,6 +10,7 @@ mod conformance;
 mod crud;
 mod errors;
 mod history;
+mod policy;
 mod http_semantics;
 mod search;
 mod search_basic;

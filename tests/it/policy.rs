@@ -1,0 +1,346 @@
+//! The access policy in the seed's setting: 伊那市 (ina) and 南箕輪村 (minamiminowa) with a
+//! wide-area agreement, 箕輪町 (minowa) joining later; a person of 南箕輪村 whose support team
+//! spans municipalities; consent withdrawn, agreement ended, a professional leaving the team.
+
+use axum::http::Method;
+use renraku::policy::Actor;
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::support::{Backend, Reply, Server};
+
+pub const CODE_SYSTEM: &str = "https://renraku.example.jp/fhir/sid/municipality-code";
+pub const AGREEMENT_PROFILE: &str = "https://renraku.example.jp/fhir/StructureDefinition/renraku-wide-area-agreement";
+pub const SCOPE_URL: &str = "https://renraku.example.jp/fhir/StructureDefinition/agreement-scope";
+pub const OWNER_TAG: &str = "https://renraku.example.jp/fhir/CodeSystem/owning-municipality";
+
+/// A caller: a bearer token at one tenant's base.
+#[derive(Clone)]
+pub struct Caller {
+    pub tenant: String,
+    pub token: String,
+}
+
+impl Caller {
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    pub async fn get(&self, server: &Server, path: &str) -> Reply {
+        server.get_with(&format!("/{}/fhir/{path}", self.tenant), &[("authorization", &self.auth())]).await
+    }
+
+    pub async fn put(&self, server: &Server, resource: &Value) -> Reply {
+        let path = format!(
+            "/{}/fhir/{}/{}",
+            self.tenant,
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        );
+        server.send(Method::PUT, &path, &[("authorization", &self.auth())], resource).await
+    }
+
+    pub async fn post(&self, server: &Server, resource: &Value) -> Reply {
+        let path = format!("/{}/fhir/{}", self.tenant, resource["resourceType"].as_str().unwrap_or_default());
+        server.send(Method::POST, &path, &[("authorization", &self.auth())], resource).await
+    }
+
+    pub async fn delete(&self, server: &Server, path: &str) -> Reply {
+        server.request(Method::DELETE, &format!("/{}/fhir/{path}", self.tenant), &[("authorization", &self.auth())], None).await
+    }
+
+    /// The ids of a search's matches (entries with search.mode = match), in order.
+    pub async fn search_ids(&self, server: &Server, query: &str) -> Vec<String> {
+        let reply = self.get(server, query).await;
+        reply.expect(200);
+        entry_ids(&reply.json(), "match")
+    }
+}
+
+pub fn entry_ids(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == mode)
+        .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or_default(), e["resource"]["id"].as_str().unwrap_or_default()))
+        .collect()
+}
+
+pub async fn practitioner(server: &Server, tenant: &str, name: &str, organization: &str, scopes: &str) -> Caller {
+    let actor = Actor::Practitioner {
+        tenant: tenant.into(),
+        practitioner: name.into(),
+        role: format!("role-{name}"),
+        organization: organization.into(),
+    };
+    Caller { tenant: tenant.into(), token: server.token(tenant, actor, scopes, None).await }
+}
+
+pub async fn municipal_admin(server: &Server, tenant: &str) -> Caller {
+    let actor = Actor::MunicipalAdmin { tenant: tenant.into(), user: format!("admin-{tenant}") };
+    Caller { tenant: tenant.into(), token: server.token(tenant, actor, "user/*.cruds", None).await }
+}
+
+pub async fn server_admin(server: &Server, at: &str) -> Caller {
+    let actor = Actor::ServerAdmin { user: "operator".into() };
+    Caller { tenant: at.into(), token: server.token(at, actor, "user/*.cruds", None).await }
+}
+
+pub fn organization(id: &str, name: &str) -> Value {
+    json!({ "resourceType": "Organization", "id": id, "active": true, "name": name })
+}
+
+/// A Practitioner and their PractitionerRole (`role-{id}`) in `organization`.
+pub fn practitioner_resources(id: &str, organization: &str, role_code: &str) -> Vec<Value> {
+    vec![
+        json!({ "resourceType": "Practitioner", "id": id, "name": [{ "family": id }] }),
+        json!({
+            "resourceType": "PractitionerRole", "id": format!("role-{id}"), "active": true,
+            "practitioner": { "reference": format!("Practitioner/{id}") },
+            "organization": { "reference": format!("Organization/{organization}") },
+            "code": [{ "coding": [{ "system": "https://renraku.example.jp/fhir/CodeSystem/care-role", "code": role_code }] }]
+        }),
+    ]
+}
+
+pub fn patient(id: &str, family: &str, registrar: &str) -> Value {
+    json!({
+        "resourceType": "Patient", "id": id, "active": true,
+        "name": [{ "family": family, "given": ["太郎"] }],
+        "managingOrganization": { "reference": format!("Organization/{registrar}") }
+    })
+}
+
+pub fn consent(id: &str, patient: &str, status: &str, registrar: &str) -> Value {
+    json!({
+        "resourceType": "Consent", "id": id, "status": status,
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+        "patient": { "reference": format!("Patient/{patient}") },
+        "dateTime": "2026-04-01",
+        "organization": [{ "reference": format!("Organization/{registrar}") }],
+        "provision": { "type": "permit", "period": { "start": "2026-04-01" } }
+    })
+}
+
+pub fn care_team(id: &str, patient: &str, members: &[&str]) -> Value {
+    json!({
+        "resourceType": "CareTeam", "id": id, "status": "active",
+        "subject": { "reference": format!("Patient/{patient}") },
+        "participant": members.iter().map(|m| json!({ "member": { "reference": m } })).collect::<Vec<_>>()
+    })
+}
+
+/// A wide-area agreement between municipalities (by 全国地方公共団体コード).
+pub fn agreement(id: &str, codes: &[&str], status: &str, interactions: &[&str]) -> Value {
+    json!({
+        "resourceType": "Contract", "id": id,
+        "meta": { "profile": [AGREEMENT_PROFILE] },
+        "extension": [{
+            "url": SCOPE_URL,
+            "extension": std::iter::once(json!({ "url": "resourceType", "valueCode": "*" }))
+                .chain(interactions.iter().map(|i| json!({ "url": "interaction", "valueCode": i })))
+                .collect::<Vec<_>>()
+        }],
+        "status": status,
+        "title": format!("広域連携協定 {id}"),
+        "applies": { "start": "2026-04-01" },
+        "authority": codes.iter().map(|c| json!({ "identifier": { "system": CODE_SYSTEM, "value": c }, "display": c })).collect::<Vec<_>>()
+    })
+}
+
+pub fn communication(patient: &str, text: &str) -> Value {
+    json!({
+        "resourceType": "Communication", "status": "completed",
+        "subject": { "reference": format!("Patient/{patient}") },
+        "sent": "2026-11-20T10:00:00+09:00",
+        "payload": [{ "contentString": text }]
+    })
+}
+
+const INA: &str = "202096";
+const MINAMIMINOWA: &str = "203858";
+const MINOWA: &str = "203831";
+const ALL_INTERACTIONS: [&str; 5] = ["read", "search-type", "create", "update", "delete"];
+
+async fn wide_area_support(backend: Backend) {
+    let server = Server::start(backend).await;
+    let operator = server_admin(&server, "minamiminowa").await;
+    let admin_mm = municipal_admin(&server, "minamiminowa").await;
+    let admin_ina = municipal_admin(&server, "ina").await;
+    let admin_minowa = municipal_admin(&server, "minowa").await;
+
+    // Directories, each written by its municipality's administrator.
+    admin_mm.put(&server, &organization("mm-care-office", "南箕輪村居宅介護支援事業所")).await.expect(201);
+    admin_ina.put(&server, &organization("ina-hospital", "伊那中央病院")).await.expect(201);
+    admin_minowa.put(&server, &organization("minowa-nursing", "箕輪町訪問看護ステーション")).await.expect(201);
+    for resource in practitioner_resources("cm-mm", "mm-care-office", "care-manager") {
+        admin_mm.put(&server, &resource).await.expect(201);
+    }
+    for resource in practitioner_resources("dr-ina", "ina-hospital", "doctor") {
+        admin_ina.put(&server, &resource).await.expect(201);
+    }
+    for resource in practitioner_resources("ns-minowa", "minowa-nursing", "nurse") {
+        admin_minowa.put(&server, &resource).await.expect(201);
+    }
+    // An administrator writes only their own municipality's directory.
+    admin_ina.put(&server, &organization("ina-forged", "x")).await.expect(201);
+    let wrong_base = Caller { tenant: "minowa".into(), token: admin_ina.token.clone() };
+    wrong_base.get(&server, "Organization/ina-hospital").await.expect(401);
+
+    let care_manager = practitioner(&server, "minamiminowa", "cm-mm", "mm-care-office", "user/*.cruds").await;
+    let doctor = practitioner(&server, "ina", "dr-ina", "ina-hospital", "user/*.cruds").await;
+    let nurse = practitioner(&server, "minowa", "ns-minowa", "minowa-nursing", "user/*.cruds").await;
+
+    // The care-management office registers the person and records the signed consent.
+    let registered = care_manager.put(&server, &patient("p-yamada", "山田", "mm-care-office")).await;
+    registered.expect(201);
+    let tags = registered.json()["meta"]["tag"].clone();
+    assert_eq!(tags, json!([{ "system": OWNER_TAG, "code": MINAMIMINOWA, "display": "南箕輪村" }]));
+    care_manager.put(&server, &patient("p-other", "佐藤", "mm-care-office")).await.expect(201);
+    care_manager.put(&server, &consent("consent-yamada", "p-yamada", "active", "mm-care-office")).await.expect(201);
+    // Nobody else may register a person for that office.
+    doctor.put(&server, &patient("p-forged", "偽", "mm-care-office")).await.expect(403);
+
+    // The team: the care manager and the doctor of 伊那市 — refused until an agreement joins the two.
+    let team = care_team("team-yamada", "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/role-dr-ina"]);
+    let refused = admin_mm.put(&server, &team).await;
+    refused.expect(422);
+    assert_eq!(refused.issue_expressions(), vec!["CareTeam.participant[1].member"]);
+    // Only the server administrator writes agreements.
+    admin_mm.put(&server, &agreement("agreement-ina", &[INA, MINAMIMINOWA], "executed", &ALL_INTERACTIONS)).await.expect(403);
+    operator.put(&server, &agreement("agreement-ina", &[INA, MINAMIMINOWA], "executed", &ALL_INTERACTIONS)).await.expect(201);
+    admin_mm.put(&server, &team).await.expect(201);
+    // Administrators see the agreements they are party to, and no others.
+    assert_eq!(admin_ina.search_ids(&server, "Contract").await, vec!["Contract/agreement-ina"]);
+    assert!(admin_minowa.search_ids(&server, "Contract").await.is_empty());
+
+    // The doctor of 伊那市, at 伊那市's base, reads and writes on the person's board.
+    doctor.get(&server, "Patient/p-yamada").await.expect(200);
+    let post = doctor.post(&server, &communication("p-yamada", "往診しました。血圧安定。")).await;
+    post.expect(201);
+    let board_post = post.json()["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(post.json()["meta"]["tag"][0]["code"], MINAMIMINOWA, "the board belongs to the person's municipality");
+    // Without a team, the registering office handles only the registration itself.
+    care_manager.post(&server, &communication("p-other", "別の方の記録")).await.expect(403);
+    admin_mm.put(&server, &care_team("team-other", "p-other", &["PractitionerRole/role-cm-mm"])).await.expect(201);
+    care_manager.post(&server, &communication("p-other", "別の方の記録")).await.expect(201);
+    // Search filters in the query: only the person the doctor supports, with an exact total.
+    let bundle = doctor.get(&server, "Patient?_total=accurate").await;
+    assert_eq!(entry_ids(&bundle.json(), "match"), vec!["Patient/p-yamada"]);
+    assert_eq!(bundle.json()["total"], 1);
+    assert_eq!(doctor.search_ids(&server, "Communication").await, vec![format!("Communication/{board_post}")]);
+    // No side doors: reads, chains, _has, includes, history and $everything of the other person.
+    doctor.get(&server, "Patient/p-other").await.expect(404);
+    let hidden = doctor.get(&server, "Patient/p-other/_history").await;
+    assert!(hidden.status == 404 || entry_ids(&hidden.json(), "match").is_empty());
+    doctor.get(&server, "Patient/p-other/$everything").await.expect(404);
+    assert!(doctor.search_ids(&server, "Communication?subject:Patient.name=佐藤").await.is_empty());
+    assert!(doctor.search_ids(&server, "Patient?_has:Communication:subject:status=completed&name=佐藤").await.is_empty());
+    let included = doctor.get(&server, "Communication?_include=Communication:subject").await;
+    assert_eq!(entry_ids(&included.json(), "include"), vec!["Patient/p-yamada"]);
+    let revincluded = doctor.get(&server, "Organization?_id=mm-care-office&_revinclude=Patient:organization").await;
+    assert_eq!(entry_ids(&revincluded.json(), "include"), vec!["Patient/p-yamada"]);
+    let history = doctor.get(&server, "Communication/_history").await;
+    assert_eq!(history.json()["total"], 1, "type history shows only what the doctor may read");
+    let everything = doctor.get(&server, "Patient/p-yamada/$everything").await;
+    everything.expect(200);
+    assert!(!everything.text().contains("p-other") && !everything.text().contains("別の方"));
+    // A hidden resource answers exactly like a missing one, and errors do not name it.
+    let missing = doctor.get(&server, "Patient/p-does-not-exist").await;
+    let hidden = doctor.get(&server, "Patient/p-other").await;
+    assert_eq!(missing.status, hidden.status);
+    let hidden_text = hidden.json()["issue"][0]["diagnostics"].as_str().unwrap_or_default().replace("p-other", "X");
+    let missing_text = missing.json()["issue"][0]["diagnostics"].as_str().unwrap_or_default().replace("p-does-not-exist", "X");
+    assert_eq!(hidden_text, missing_text);
+    doctor.post(&server, &communication("p-other", "書けない")).await.expect(403);
+    doctor.post(&server, &communication("p-does-not-exist", "書けない")).await.expect(403);
+    // Administrators manage teams and directories but read no clinical content.
+    admin_mm.get(&server, "Patient/p-yamada").await.expect(200);
+    admin_mm.get(&server, &format!("Communication/{board_post}")).await.expect(404);
+    assert!(admin_mm.search_ids(&server, "Communication").await.is_empty());
+
+    // 箕輪町's nurse: not on the team, no agreement — nothing.
+    nurse.get(&server, "Patient/p-yamada").await.expect(404);
+    let mut joined = team.clone();
+    joined["participant"].as_array_mut().map(|p| p.push(json!({ "member": { "reference": "PractitionerRole/role-ns-minowa" } })));
+    admin_mm.put(&server, &joined).await.expect(422);
+    // 箕輪町 joins: a second agreement (read and search only), then the nurse joins the team.
+    operator.put(&server, &agreement("agreement-minowa", &[MINOWA, MINAMIMINOWA], "executed", &["read", "search-type"])).await.expect(201);
+    admin_mm.put(&server, &joined).await.expect(200);
+    nurse.get(&server, "Patient/p-yamada").await.expect(200);
+    assert_eq!(nurse.search_ids(&server, "Communication").await.len(), 1);
+    nurse.post(&server, &communication("p-yamada", "訪問看護記録")).await.expect(403);
+    // A directory of a partner municipality is visible; one of a stranger is not.
+    nurse.get(&server, "Organization/mm-care-office").await.expect(200);
+    nurse.get(&server, "Organization/ina-hospital").await.expect(404);
+
+    // Consent withdrawn: the team loses access at once; the registering office keeps it.
+    care_manager.put(&server, &consent("consent-yamada", "p-yamada", "inactive", "mm-care-office")).await.expect(200);
+    doctor.get(&server, "Patient/p-yamada").await.expect(404);
+    nurse.get(&server, "Patient/p-yamada").await.expect(404);
+    care_manager.get(&server, "Patient/p-yamada").await.expect(200);
+    care_manager.put(&server, &consent("consent-yamada", "p-yamada", "active", "mm-care-office")).await.expect(200);
+    doctor.get(&server, "Patient/p-yamada").await.expect(200);
+
+    // The agreement ends: 伊那市's doctor loses access, 箕輪町's nurse keeps hers.
+    operator.put(&server, &agreement("agreement-ina", &[INA, MINAMIMINOWA], "terminated", &ALL_INTERACTIONS)).await.expect(200);
+    doctor.get(&server, "Patient/p-yamada").await.expect(404);
+    assert!(doctor.search_ids(&server, "Communication").await.is_empty());
+    nurse.get(&server, "Patient/p-yamada").await.expect(200);
+    operator.put(&server, &agreement("agreement-ina", &[INA, MINAMIMINOWA], "executed", &ALL_INTERACTIONS)).await.expect(200);
+    doctor.get(&server, "Patient/p-yamada").await.expect(200);
+
+    // The nurse leaves the team: access stops at once.
+    admin_mm.put(&server, &team).await.expect(200);
+    nurse.get(&server, "Patient/p-yamada").await.expect(404);
+    doctor.get(&server, "Patient/p-yamada").await.expect(200);
+}
+
+async fn credentials_and_scopes(backend: Backend) {
+    let server = Server::start(backend).await;
+    // No token, a malformed header, an unknown token: 401 with a Bearer challenge.
+    for authorization in ["none", "Basic abc", "Bearer not-a-token"] {
+        let reply = server.get_with("/ina/fhir/Patient", &[("authorization", authorization)]).await;
+        reply.expect(401);
+        assert_eq!(reply.header("www-authenticate").as_deref(), Some("Bearer"));
+        assert_eq!(reply.json()["resourceType"], "OperationOutcome");
+    }
+    // The capability statement needs no token.
+    server.get_with("/ina/fhir/metadata", &[("authorization", "none")]).await.expect(200);
+    // A token is valid only at its own municipality's base.
+    let doctor = practitioner(&server, "ina", "dr", "org", "user/Patient.rs").await;
+    let elsewhere = Caller { tenant: "minowa".into(), token: doctor.token.clone() };
+    elsewhere.get(&server, "Patient").await.expect(401);
+    // Scopes narrow the policy: a Patient-only token may not search Communications.
+    doctor.get(&server, "Patient").await.expect(200);
+    let refused = doctor.get(&server, "Communication").await;
+    refused.expect(403);
+    assert_eq!(refused.json()["issue"][0]["code"], "forbidden");
+    doctor.post(&server, &communication("p", "x")).await.expect(403);
+    // Revocation acts on the next request.
+    let mut connection = server.fhir().store.connection().await.expect("connection");
+    renraku::auth::tokens::revoke(&mut connection, &doctor.token).await.expect("revoke");
+    doctor.get(&server, "Patient").await.expect(401);
+}
+
+async fn ownership_cannot_be_forged(backend: Backend) {
+    let server = Server::start(backend).await;
+    let mut resource = organization("org-1", "伊那市の事業所");
+    resource["meta"] = json!({ "tag": [
+        { "system": OWNER_TAG, "code": MINOWA },
+        { "system": "http://example.org/other", "code": "kept" }
+    ] });
+    let created = server.put("/ina/fhir/Organization/org-1", &resource).await;
+    created.expect(201);
+    let tags = created.json()["meta"]["tag"].clone();
+    assert_eq!(tags, json!([
+        { "system": "http://example.org/other", "code": "kept" },
+        { "system": OWNER_TAG, "code": INA, "display": "伊那市" }
+    ]));
+    let found = server.get(&format!("/ina/fhir/Organization?_tag={OWNER_TAG}|{INA}")).await;
+    assert_eq!(entry_ids(&found.json(), "match"), vec!["Organization/org-1"]);
+}
+
+both_backends!(wide_area_support, credentials_and_scopes, ownership_cannot_be_forged);
