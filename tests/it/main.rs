@@ -11,6 +11,7 @@ mod crud;
 mod errors;
 mod history;
 mod policy;
+mod policy_model;
 mod http_semantics;
 mod search;
 mod search_basic;
