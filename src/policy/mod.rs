@@ -248,6 +248,8 @@ pub struct Grant {
     registrar: Option<String>,
     /// Active agreements, for checks that span municipalities (support-team participants).
     agreements: Arc<Vec<facts::Agreement>>,
+    /// The operator's (and the test suite's) grant: everything in one municipality.
+    unrestricted: bool,
 }
 
 impl Grant {
@@ -258,6 +260,12 @@ impl Grant {
     /// The tenant new resources written under this grant belong to by default.
     pub fn home_tenant(&self) -> &str {
         &self.home_tenant
+    }
+
+    /// Whether this is the operator's grant (everything in the request's municipality)
+    /// rather than one bound by the access rule.
+    pub fn is_unrestricted(&self) -> bool {
+        self.unrestricted
     }
 
     pub fn clauses(&self) -> &[Clause] {
@@ -361,6 +369,7 @@ async fn decide_inner(
             tenants: vec![tenant.to_owned()],
             registrar: None,
             agreements: Arc::new(Vec::new()),
+            unrestricted: true,
         }
     };
     let authenticated = match principal {
@@ -415,6 +424,7 @@ async fn decide_inner(
         tenants: tenants.into_iter().collect(),
         registrar,
         agreements: Arc::new(world.agreements.clone()),
+        unrestricted: false,
     })
 }
 

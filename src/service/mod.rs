@@ -329,6 +329,11 @@ impl Fhir {
                         return Err(Error::PreconditionFailed(format!("{resource_type}/{id} does not exist")));
                     }
                     if store::id_taken(connection, resource_type, id).await? {
+                        // Someone bound by the policy learns no more than from a read: the
+                        // resource is not known to them.
+                        if !grant.is_unrestricted() {
+                            return Err(Error::NotFound(format!("{resource_type}/{id}")));
+                        }
                         return Err(Error::Conflict(format!(
                             "the id '{id}' cannot be used for a new {resource_type}; choose another"
                         )));

@@ -12,6 +12,7 @@ mod errors;
 mod history;
 mod policy;
 mod policy_model;
+mod policy_table;
 mod http_semantics;
 mod search;
 mod search_basic;

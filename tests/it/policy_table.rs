@@ -1,0 +1,145 @@
+//! The rule table (ARCHITECTURE.md, "The access rule"), row by row: each actor kind against
+//! each kind of resource, for read, search, create, update and delete, in one municipality.
+//!
+//! A row's letters say what is allowed: `r` read answers 200 (else 404), `s` a search finds
+//! the resource (else finds nothing), `c` a create answers 201 (else 403), `u` an update
+//! answers 200 (else 404, as for a resource that does not exist), `d` a delete removes the
+//! resource (else it answers 204 and removes nothing).
+
+use renraku::policy::Actor;
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::policy::{agreement, care_team, consent, organization, patient, practitioner_resources, Caller};
+use crate::support::{Backend, Server};
+
+/// One resource of each kind, as it is stored before each row runs.
+fn resources() -> Vec<(&'static str, Value)> {
+    vec![
+        ("Organization", organization("org-a", "事業所A")),
+        ("Patient", patient("p1", "山田", "org-a")),
+        ("Observation", json!({
+            "resourceType": "Observation", "id": "o1", "status": "final", "code": { "text": "体温" },
+            "subject": { "reference": "Patient/p1" }, "valueQuantity": { "value": 36.5, "unit": "Cel" }
+        })),
+        ("CareTeam", care_team("team-p1", "p1", &["PractitionerRole/role-pro-a", "Organization/org-c"])),
+        ("Contract", agreement("agreement-1", &["202096", "203831"], "executed", &["read"])),
+        ("AuditEvent", json!({
+            "resourceType": "AuditEvent", "id": "audit-1",
+            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest" },
+            "recorded": "2026-11-25T00:00:00Z",
+            "agent": [{ "requestor": true, "who": { "display": "someone" } }],
+            "source": { "observer": { "display": "renraku" } }
+        })),
+        ("Medication", json!({ "resourceType": "Medication", "id": "med-1", "code": { "text": "アムロジピン" } })),
+    ]
+}
+
+/// A new resource of each kind, for the create column.
+fn new_resource(kind: &str) -> Value {
+    let mut resource = resources().into_iter().find(|(k, _)| *k == kind).map(|(_, r)| r).unwrap_or_default();
+    if let Some(object) = resource.as_object_mut() {
+        object.remove("id");
+    }
+    resource
+}
+
+async fn set_up(server: &Server) {
+    let directory = [organization("org-a", "事業所A"), organization("org-b", "事業所B"), organization("org-c", "訪問看護C")];
+    for resource in directory.iter().chain(&practitioner_resources("pro-a", "org-a", "care-manager")).chain(&practitioner_resources("pro-b", "org-b", "nurse")) {
+        let path = format!("/ina/fhir/{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default());
+        server.put(&path, resource).await;
+    }
+    restore_all(server).await;
+    server.put("/ina/fhir/Consent/consent-p1", &consent("consent-p1", "p1", "active", "org-a")).await.expect(201);
+}
+
+/// Puts every resource back as it was (after a row's delete).
+async fn restore_all(server: &Server) {
+    for (_, resource) in resources() {
+        let path = format!("/ina/fhir/{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default());
+        let reply = server.put(&path, &resource).await;
+        assert!(reply.status == 200 || reply.status == 201, "restore {path}: {}", reply.text());
+    }
+}
+
+async fn caller(server: &Server, actor: &str) -> Caller {
+    let actor = match actor {
+        "practitioner on the team, registrar" => Actor::Practitioner {
+            tenant: "ina".into(), practitioner: "pro-a".into(), role: "role-pro-a".into(), organization: "org-a".into(),
+        },
+        "practitioner not on the team" => Actor::Practitioner {
+            tenant: "ina".into(), practitioner: "pro-b".into(), role: "role-pro-b".into(), organization: "org-b".into(),
+        },
+        "system client of a team organization" => Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "org-c".into() },
+        "municipal administrator" => Actor::MunicipalAdmin { tenant: "ina".into(), user: "admin".into() },
+        "server administrator" => Actor::ServerAdmin { user: "operator".into() },
+        other => panic!("unknown actor {other}"),
+    };
+    let scopes = if matches!(actor, Actor::System { .. }) { "system/*.cruds" } else { "user/*.cruds" };
+    Caller { tenant: "ina".into(), token: server.token("ina", actor, scopes, None).await }
+}
+
+/// What `caller` can do to the resource of `kind`, as the row's letters.
+async fn observe(server: &Server, caller: &Caller, kind: &str) -> String {
+    let (_, stored) = resources().into_iter().find(|(k, _)| *k == kind).unwrap_or_else(|| panic!("kind {kind}"));
+    let id = stored["id"].as_str().unwrap_or_default().to_owned();
+    let mut letters = String::new();
+    let read = caller.get(server, &format!("{kind}/{id}")).await;
+    letters.push(match read.status.as_u16() {
+        200 => 'r',
+        404 => '-',
+        other => panic!("read {kind}: {other} {}", read.text()),
+    });
+    let found = caller.search_ids(server, &format!("{kind}?_id={id}")).await;
+    letters.push(if found.is_empty() { '-' } else { 's' });
+    let created = caller.post(server, &new_resource(kind)).await;
+    letters.push(match created.status.as_u16() {
+        201 => 'c',
+        403 => '-',
+        other => panic!("create {kind}: {other} {}", created.text()),
+    });
+    let updated = caller.put(server, &stored).await;
+    letters.push(match updated.status.as_u16() {
+        200 => 'u',
+        404 => '-',
+        other => panic!("update {kind}: {other} {}", updated.text()),
+    });
+    caller.delete(server, &format!("{kind}/{id}")).await.expect(204);
+    let after = server.get(&format!("/ina/fhir/{kind}/{id}")).await;
+    letters.push(match after.status.as_u16() {
+        410 => 'd',
+        200 => '-',
+        other => panic!("after delete {kind}: {other}"),
+    });
+    letters
+}
+
+async fn rule_table(backend: Backend) {
+    let server = Server::start(backend).await;
+    set_up(&server).await;
+    let kinds = ["Patient", "Observation", "CareTeam", "Organization", "Contract", "AuditEvent", "Medication"];
+    #[rustfmt::skip]
+    let table: [(&str, [&str; 7]); 5] = [
+        //                                        Patient  Observation CareTeam Organization Contract AuditEvent Medication
+        ("practitioner on the team, registrar",  ["rscud", "rscud",    "rscud", "rs---",     "-----", "-----",   "rscud"]),
+        ("practitioner not on the team",         ["-----", "-----",    "-----", "rs---",     "-----", "-----",   "rscud"]),
+        ("system client of a team organization", ["rs-ud", "rscud",    "rscud", "rs---",     "-----", "-----",   "rscud"]),
+        ("municipal administrator",              ["rs---", "-----",    "rscud", "rscud",     "rs---", "-----",   "-----"]),
+        ("server administrator",                 ["-----", "-----",    "-----", "rscud",     "rscud", "-----",   "-----"]),
+    ];
+    let mut mismatches = Vec::new();
+    for (actor, expected_row) in table {
+        let caller = caller(&server, actor).await;
+        for (kind, expected) in kinds.iter().zip(expected_row) {
+            let observed = observe(&server, &caller, kind).await;
+            if observed != expected {
+                mismatches.push(format!("{actor} × {kind}: expected {expected}, observed {observed}"));
+            }
+            restore_all(&server).await;
+        }
+    }
+    assert!(mismatches.is_empty(), "rule table mismatches:\n{}", mismatches.join("\n"));
+}
+
+both_backends!(rule_table);
