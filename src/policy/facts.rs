@@ -93,15 +93,19 @@ impl World {
     }
 }
 
+/// Every wide-area agreement (in force or not).
+pub async fn agreements(connection: &mut AnyConnection, environment: &Environment<'_>) -> Result<Vec<Agreement>> {
+    let mut agreements = Vec::new();
+    for (id, owner, content) in store_facts::live_of_type(connection, "Contract").await? {
+        agreements.extend(agreement_from(&id, &owner, &content, environment));
+    }
+    Ok(agreements)
+}
+
 /// Reads the facts for `actor`.
 pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>, actor: &Actor) -> Result<World> {
-    let mut world = World::default();
-    for (id, owner, content) in store_facts::live_of_type(connection, "Contract").await? {
-        if let Some(agreement) = agreement_from(&id, &owner, &content, environment) {
-            world.agreement_tenants.push(owner);
-            world.agreements.push(agreement);
-        }
-    }
+    let mut world = World { agreements: agreements(connection, environment).await?, ..World::default() };
+    world.agreement_tenants = world.agreements.iter().map(|a| a.owner.clone()).collect();
     world.agreement_tenants.sort();
     world.agreement_tenants.dedup();
     let (members, organization) = match actor {

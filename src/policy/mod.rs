@@ -358,17 +358,26 @@ async fn decide_inner(
     interaction: Interaction,
     resource_type: Option<&str>,
 ) -> Result<Grant> {
-    // Everything in the request's municipality, and nothing outside it.
-    let unrestricted = || {
+    // Everything in the request's municipality, and nothing outside it. Agreements are still
+    // read: a support team it writes may include another municipality's professionals only
+    // under one.
+    let unrestricted = |agreements: Vec<facts::Agreement>| {
         let everything = vec![Clause::Tenants { types: TypeSet::AllExcept(Vec::new()), tenants: vec![tenant.to_owned()] }];
+        // References may point into every municipality's directory (a team's members).
+        let all_tenants: Vec<String> = environment.tenants.iter().map(|t| t.slug.clone()).collect();
+        let mut read_clauses = everything.clone();
+        read_clauses.push(Clause::Tenants {
+            types: TypeSet::Only(rules::DIRECTORY_TYPES.iter().map(|t| (*t).to_owned()).collect()),
+            tenants: all_tenants.clone(),
+        });
         Grant {
             interaction,
             home_tenant: tenant.to_owned(),
-            clauses: everything.clone(),
-            read_clauses: everything,
-            tenants: vec![tenant.to_owned()],
+            clauses: everything,
+            read_clauses,
+            tenants: all_tenants,
             registrar: None,
-            agreements: Arc::new(Vec::new()),
+            agreements: Arc::new(agreements),
             unrestricted: true,
         }
     };
@@ -376,12 +385,12 @@ async fn decide_inner(
         Principal::Anonymous => {
             return Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into()))
         }
-        Principal::Operator => return Ok(unrestricted()),
+        Principal::Operator => return Ok(unrestricted(facts::agreements(connection, environment).await?)),
         Principal::Authenticated(authenticated) => authenticated,
     };
     #[cfg(feature = "test-support")]
     if authenticated.actor == Actor::TestUnrestricted {
-        return Ok(unrestricted());
+        return Ok(unrestricted(facts::agreements(connection, environment).await?));
     }
     if authenticated.actor.tenant().is_some_and(|home| home != tenant) {
         return Err(Error::Unauthorized(format!("the access token is not valid at the base of '{tenant}'")));
