@@ -185,17 +185,33 @@ fn validate_tenants(tenants: &[TenantConfig]) -> Result<(), ConfigError> {
     let mut seen = std::collections::HashSet::new();
     for tenant in tenants {
         let problem = |problem: &str| ConfigError::Tenant { slug: tenant.slug.clone(), problem: problem.to_owned() };
-        let slug_ok = !tenant.slug.is_empty()
-            && tenant.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !slug_ok {
-            return Err(problem("the slug must be lower-case ASCII letters, digits and '-'"));
-        }
+        check_tenant(tenant).map_err(|message| problem(&message))?;
         if !seen.insert(tenant.slug.as_str()) {
             return Err(problem("the slug is configured twice"));
         }
-        if !is_valid_local_government_code(&tenant.code) {
-            return Err(problem("the code must be a six-digit 全国地方公共団体コード with a correct check digit"));
-        }
+    }
+    Ok(())
+}
+
+/// Slugs that name the gateway's own paths, not municipalities.
+const RESERVED_SLUGS: [&str; 4] = ["admin", "auth", "healthz", "metadata"];
+
+/// The rules every municipality's settings follow (configured or added by an administrator).
+pub fn check_tenant(tenant: &TenantConfig) -> Result<(), String> {
+    let slug_ok = !tenant.slug.is_empty()
+        && tenant.slug.len() <= 40
+        && tenant.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !slug_ok {
+        return Err("the slug must be 1 to 40 lower-case ASCII letters, digits and '-'".into());
+    }
+    if RESERVED_SLUGS.contains(&tenant.slug.as_str()) {
+        return Err(format!("the slug '{}' is reserved", tenant.slug));
+    }
+    if !is_valid_local_government_code(&tenant.code) {
+        return Err("the code must be a six-digit 全国地方公共団体コード with a correct check digit".into());
+    }
+    if tenant.name.trim().is_empty() {
+        return Err("the name must not be empty".into());
     }
     Ok(())
 }

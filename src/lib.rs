@@ -76,6 +76,7 @@ impl Gateway {
         }
         let config = Arc::new(config);
         let fhir = Arc::new(service::Fhir::new(store, validator, Arc::new(registry), Arc::new(clock::SystemClock), config.clone()));
+        fhir.load_stored_tenants().await.map_err(|e| StartError::Validation(format!("tenants: {e}")))?;
         let reindexed = fhir.reindex_if_changed().await.map_err(|e| StartError::Validation(format!("reindex: {e}")))?;
         if let Some(count) = reindexed.filter(|count| *count > 0) {
             tracing::info!(count, "search index rebuilt for changed search parameters");

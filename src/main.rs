@@ -110,10 +110,10 @@ async fn main() -> ExitCode {
 
 async fn generate(overrides: Overrides, tenant: &str, volume: renraku::service::generate::Volume) -> Result<(), String> {
     let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
-    if !config.tenants.iter().any(|t| t.slug == tenant) {
+    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+    if gateway.state.fhir.tenant(tenant).is_none() {
         return Err(format!("no tenant '{tenant}' is configured"));
     }
-    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let (patients, practitioners, communications) =
         gateway.state.fhir.generate(tenant, volume).await.map_err(|e| e.to_string())?;
@@ -135,14 +135,25 @@ async fn reindex(overrides: Overrides) -> Result<(), String> {
 async fn serve(overrides: Overrides) -> Result<(), String> {
     let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
     let listen = config.listen;
-    let bases: Vec<(String, String)> =
-        config.tenants.iter().map(|t| (format!("{} ({})", t.name, t.slug), config.base_url(&t.slug))).collect();
     let demo = config.demo;
     let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+    let bases: Vec<(String, String)> = gateway
+        .state
+        .fhir
+        .tenants()
+        .iter()
+        .map(|t| (format!("{} ({})", t.name, t.slug), gateway.state.config.base_url(&t.slug)))
+        .collect();
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     println!("Renraku is listening on http://{listen}{}", if demo { " (demo mode)" } else { "" });
     for (name, base) in bases {
         println!("  FHIR base for {name}: {base}");
+    }
+    if demo {
+        println!("  Demo access tokens (demo mode only; see README):");
+        for (token, tenant, _, _, who) in renraku::demo::demo_tokens() {
+            println!("    {token:<26} at {tenant:<13} {who}");
+        }
     }
     axum::serve(listener, gateway.router())
         .with_graceful_shutdown(async {

@@ -73,11 +73,13 @@ pub async fn revoke(connection: &mut AnyConnection, token: &str) -> Result<()> {
     Ok(())
 }
 
-/// The principal a bearer token presented at `tenant`'s base stands for. Every failure is
-/// the same 401 to the client (the log says which), so probing learns nothing.
-pub async fn verify(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: &str, token: &str) -> Result<Principal> {
+/// The principal a bearer token presented at `tenant`'s base stands for (`None` for the
+/// gateway's own administrative endpoints, which check the principal themselves). Every
+/// failure is the same 401 to the client (the log says which), so probing learns nothing.
+pub async fn verify(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: Option<&str>, token: &str) -> Result<Principal> {
+    let tenant_label = tenant.unwrap_or("-");
     let invalid = |why: &str| {
-        tracing::info!(target: "renraku::auth", tenant, why, "access token refused");
+        tracing::info!(target: "renraku::auth", tenant = tenant_label, why, "access token refused");
         Error::Unauthorized("the access token is invalid, expired or revoked".into())
     };
     let row = sqlx::query(
@@ -97,7 +99,7 @@ pub async fn verify(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: 
     let audience: String = row.try_get("tenant")?;
     let actor: Actor = serde_json::from_str(&row.try_get::<String, _>("principal")?).map_err(|_| invalid("unknown principal kind"))?;
     // A server administrator's token is valid at every base; every other token only at its own.
-    if audience != tenant && !matches!(actor, Actor::ServerAdmin { .. }) {
+    if tenant.is_some_and(|tenant| tenant != audience) && !matches!(actor, Actor::ServerAdmin { .. }) {
         return Err(invalid("token for another tenant"));
     }
     let scopes = Scopes::parse(&row.try_get::<String, _>("scope")?).map_err(|_| invalid("stored scope unreadable"))?;

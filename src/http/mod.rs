@@ -20,6 +20,7 @@ use crate::fhir::format::Format;
 use crate::service::history::Level;
 use crate::service::Fhir;
 
+pub mod admin;
 pub mod request;
 pub mod response;
 
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{tenant}/fhir/{resource_type}/{id}/_history/{version}", get(vread).fallback(method_not_allowed));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/admin/tenants", get(admin::list_tenants).post(admin::add_tenant).fallback(method_not_allowed))
         .merge(fhir)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for FhirRequest {
             .map_err(fail)?;
         let fail = |error: Error| ErrorReply { error, format, request_id: request_id.clone() };
         let tenant = parts.uri.path().trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
-        if !state.config.tenants.iter().any(|t| t.slug == tenant) {
+        if state.fhir.tenant(&tenant).is_none() {
             return Err(fail(Error::NotFound(format!("the FHIR base '/{tenant}/fhir'"))));
         }
         let pretty = query.iter().any(|(name, value)| name == "_pretty" && value == "true");
@@ -76,19 +76,7 @@ impl FromRequestParts<AppState> for FhirRequest {
         let if_modified_since = header_text(&parts.headers, "if-modified-since")
             .and_then(|text| chrono::DateTime::parse_from_rfc2822(&text).ok())
             .map(|date| date.with_timezone(&chrono::Utc));
-        let principal = match header_text(&parts.headers, "authorization") {
-            None => Principal::Anonymous,
-            Some(value) => {
-                let token = value
-                    .split_once(' ')
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, token)| token.trim())
-                    .filter(|token| !token.is_empty())
-                    .ok_or_else(|| fail(Error::Unauthorized("the Authorization header must be 'Bearer <token>'".into())))?;
-                let mut connection = state.fhir.store.connection().await.map_err(fail)?;
-                tokens::verify(&mut connection, state.fhir.clock.now(), &tenant, token).await.map_err(fail)?
-            }
-        };
+        let principal = principal(state, &parts.headers, Some(&tenant)).await.map_err(fail)?;
         let context = Context {
             base_url: state.config.base_url(&tenant),
             tenant,
@@ -110,6 +98,20 @@ impl FromRequestParts<AppState> for FhirRequest {
             headers: parts.headers.clone(),
         })
     }
+}
+
+/// The principal of a request's `Authorization: Bearer` token (anonymous without one), for
+/// `tenant`'s base (`None`: the gateway's administrative endpoints).
+pub async fn principal(state: &AppState, headers: &HeaderMap, tenant: Option<&str>) -> Result<Principal, Error> {
+    let Some(value) = header_text(headers, "authorization") else { return Ok(Principal::Anonymous) };
+    let token = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| Error::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
+    let mut connection = state.fhir.store.connection().await?;
+    tokens::verify(&mut connection, state.fhir.clock.now(), tenant, token).await
 }
 
 impl FhirRequest {

@@ -437,6 +437,21 @@ async fn decide_inner(
     })
 }
 
+/// Administrative operations outside the FHIR API (managing municipalities) are for the
+/// server administrator alone.
+pub fn require_server_admin(principal: &Principal) -> Result<()> {
+    let decision = match principal {
+        Principal::Anonymous => Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into())),
+        Principal::Authenticated(authenticated) if matches!(authenticated.actor, Actor::ServerAdmin { .. }) => Ok(()),
+        Principal::Operator => Ok(()),
+        Principal::Authenticated(_) => Err(Error::Forbidden("only a server administrator may manage municipalities".into())),
+    };
+    if let Err(error) = &decision {
+        tracing::info!(target: "renraku::policy", reason = %error, "administrative access denied");
+    }
+    decision
+}
+
 /// The one path through which allow and deny decisions are reported.
 fn record_decision(
     principal: &Principal,

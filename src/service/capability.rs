@@ -14,7 +14,7 @@ const COMMON_SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
 impl Fhir {
     /// `GET [base]/metadata`
     pub fn capability_statement(&self, context: &Context) -> Value {
-        let tenant = self.config.tenants.iter().find(|t| t.slug == context.tenant);
+        let tenant = self.tenant(&context.tenant);
         let mut resources = Vec::new();
         for resource_type in self.validator.resource_types() {
             let mut search_params: Vec<Value> = COMMON_SEARCH_PARAMETERS
@@ -56,7 +56,7 @@ impl Fhir {
             }
             resources.push(resource);
         }
-        let name = tenant.map(|t| t.name.as_str()).unwrap_or_default();
+        let name = tenant.as_ref().map(|t| t.name.as_str()).unwrap_or_default();
         json!({
             "resourceType": "CapabilityStatement",
             "status": "active",

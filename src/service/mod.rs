@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, TenantConfig};
 use crate::error::{Error, Result};
 use crate::fhir::outcome::{Issue, IssueCode};
 use crate::fhir::references::{self, Target};
@@ -71,6 +71,8 @@ pub struct Fhir {
     pub search_params: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
+    /// The municipalities served: the configuration file's and those an administrator added.
+    tenants: std::sync::RwLock<Vec<TenantConfig>>,
 }
 
 impl Fhir {
@@ -81,7 +83,54 @@ impl Fhir {
         clock: Arc<dyn Clock>,
         config: Arc<Config>,
     ) -> Fhir {
-        Fhir { store, validator, search_params, clock, config }
+        let tenants = std::sync::RwLock::new(config.tenants.clone());
+        Fhir { store, validator, search_params, clock, config, tenants }
+    }
+
+    /// The municipalities served now.
+    pub fn tenants(&self) -> Vec<TenantConfig> {
+        self.tenants.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    pub fn tenant(&self, slug: &str) -> Option<TenantConfig> {
+        self.tenants.read().ok().and_then(|t| t.iter().find(|t| t.slug == slug).cloned())
+    }
+
+    /// Adds the municipalities stored by earlier `add_tenant` calls (at start-up).
+    pub async fn load_stored_tenants(&self) -> Result<()> {
+        let mut connection = self.store.connection().await?;
+        let stored = store::tenants::list(&mut connection).await?;
+        if let Ok(mut tenants) = self.tenants.write() {
+            for tenant in stored {
+                if !tenants.iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
+                    tenants.push(tenant);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /admin/tenants`: a server administrator adds a municipality; its base URL
+    /// answers at once.
+    pub async fn add_tenant(&self, principal: &Principal, tenant: TenantConfig) -> Result<TenantConfig> {
+        policy::require_server_admin(principal)?;
+        crate::config::check_tenant(&tenant).map_err(Error::bad_request)?;
+        if self.tenants().iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
+            return Err(Error::Conflict(format!("a municipality with the slug '{}' or the code '{}' exists", tenant.slug, tenant.code)));
+        }
+        let mut connection = self.store.connection().await?;
+        store::tenants::insert(&mut connection, &tenant, &self.now()).await?;
+        if let Ok(mut tenants) = self.tenants.write() {
+            tenants.push(tenant.clone());
+        }
+        tracing::info!(target: "renraku::admin", slug = %tenant.slug, code = %tenant.code, "municipality added");
+        Ok(tenant)
+    }
+
+    /// `GET /admin/tenants`
+    pub fn list_tenants(&self, principal: &Principal) -> Result<Vec<TenantConfig>> {
+        policy::require_server_admin(principal)?;
+        Ok(self.tenants())
     }
 
     fn check_type(&self, resource_type: &str) -> Result<()> {
@@ -105,8 +154,8 @@ impl Fhir {
         interaction: Interaction,
         resource_type: Option<&str>,
     ) -> Result<Grant> {
-        let environment =
-            policy::Environment { registry: &self.search_params, tenants: &self.config.tenants, now: self.clock.now() };
+        let tenants = self.tenants();
+        let environment = policy::Environment { registry: &self.search_params, tenants: &tenants, now: self.clock.now() };
         policy::decide(connection, &environment, &context.principal, &context.tenant, interaction, resource_type).await
     }
 
@@ -117,8 +166,7 @@ impl Fhir {
     }
 
     fn kind(&self, resource_type: &str) -> policy::Kind {
-        let environment =
-            policy::Environment { registry: &self.search_params, tenants: &self.config.tenants, now: self.clock.now() };
+        let environment = policy::Environment { registry: &self.search_params, tenants: &[], now: self.clock.now() };
         policy::rules::kind(&environment, resource_type)
     }
 
@@ -545,7 +593,7 @@ impl Fhir {
     /// Records the owning municipality in `meta.tag` (system [`MUNICIPALITY_TAG_SYSTEM`],
     /// code = 全国地方公共団体コード), replacing whatever a client put under that system.
     fn tag_owner(&self, resource: &mut Value, tenant: &str) {
-        let Some(config) = self.config.tenants.iter().find(|t| t.slug == tenant) else { return };
+        let Some(config) = self.tenant(tenant) else { return };
         let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else { return };
         let mut tags: Vec<Value> = meta
             .get("tag")

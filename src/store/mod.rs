@@ -22,6 +22,7 @@ use crate::policy::Grant;
 
 pub(crate) mod facts;
 pub mod query;
+pub mod tenants;
 
 pub use query::{BulkValue, Criterion, Cursor, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, Page, SearchQuery, SortKey};
 

@@ -263,7 +263,9 @@ async fn wide_area_support(backend: Backend) {
     // 箕輪町's nurse: not on the team, no agreement — nothing.
     nurse.get(&server, "Patient/p-yamada").await.expect(404);
     let mut joined = team.clone();
-    joined["participant"].as_array_mut().map(|p| p.push(json!({ "member": { "reference": "PractitionerRole/role-ns-minowa" } })));
+    if let Some(p) = joined["participant"].as_array_mut() {
+        p.push(json!({ "member": { "reference": "PractitionerRole/role-ns-minowa" } }));
+    }
     admin_mm.put(&server, &joined).await.expect(422);
     // 箕輪町 joins: a second agreement (read and search only), then the nurse joins the team.
     operator.put(&server, &agreement("agreement-minowa", &[MINOWA, MINAMIMINOWA], "executed", &["read", "search-type"])).await.expect(201);
@@ -372,15 +374,59 @@ async fn demo_walk_through(backend: Backend) {
     minowa_joins["id"] = json!("demo-agreement-minowa");
     minowa_joins["authority"][0] = json!({ "identifier": { "system": CODE_SYSTEM, "value": MINOWA }, "display": "箕輪町" });
     minowa_joins["title"] = json!("箕輪町・南箕輪村 広域連携協定（デモ）");
-    minowa_joins.as_object_mut().map(|m| m.remove("meta"));
-    minowa_joins["meta"] = json!({ "profile": [AGREEMENT_PROFILE] });
+        minowa_joins["meta"] = json!({ "profile": [AGREEMENT_PROFILE] });
     operator.put(&server, &minowa_joins).await.expect(201);
     let mut team = admin.get(&server, "CareTeam/demo-team-yamada").await.json();
-    team["participant"].as_array_mut().map(|p| p.push(json!({ "member": { "reference": "PractitionerRole/demo-role-ns-sato" } })));
+    if let Some(p) = team["participant"].as_array_mut() {
+        p.push(json!({ "member": { "reference": "PractitionerRole/demo-role-ns-sato" } }));
+    }
     admin.put(&server, &team).await.expect(200);
     nurse.get(&server, "Patient/demo-yamada-taro").await.expect(200);
     nurse.post(&server, &communication("demo-yamada-taro", "訪問看護で入浴介助を行いました。")).await.expect(201);
     assert_eq!(doctor.search_ids(&server, "Communication?subject=Patient/demo-yamada-taro").await.len(), 3);
 }
 
-both_backends!(wide_area_support, credentials_and_scopes, ownership_cannot_be_forged, demo_walk_through);
+
+/// A server administrator adds a municipality at run time; it is served at once and after
+/// a restart. Nobody else may.
+async fn administrator_adds_a_municipality(backend: Backend) {
+    let server = Server::start(backend).await;
+    let operator = server_admin(&server, "ina").await;
+    let admin = municipal_admin(&server, "ina").await;
+    let body = json!({ "slug": "tatsuno", "code": "203823", "name": "辰野町" });
+    let send = |token: Option<String>, body: Value| {
+        let server = &server;
+        async move {
+            let authorization = token.map(|t| format!("Bearer {t}")).unwrap_or_else(|| "none".into());
+            server.send(Method::POST, "/admin/tenants", &[("authorization", &authorization)], &body).await
+        }
+    };
+    send(None, body.clone()).await.expect(401);
+    send(Some(admin.token.clone()), body.clone()).await.expect(403);
+    let bad = send(Some(operator.token.clone()), json!({ "slug": "tatsuno", "code": "203824", "name": "辰野町" })).await;
+    bad.expect(400);
+    assert!(bad.json()["issue"][0]["diagnostics"].as_str().unwrap_or_default().contains("check digit"));
+    send(Some(operator.token.clone()), json!({ "slug": "admin", "code": "203823", "name": "x" })).await.expect(400);
+    let added = send(Some(operator.token.clone()), body.clone()).await;
+    added.expect(201);
+    assert_eq!(added.json()["fhirBase"], "http://renraku.test/tatsuno/fhir");
+    send(Some(operator.token.clone()), body.clone()).await.expect(409);
+    let listed = server
+        .request(Method::GET, "/admin/tenants", &[("authorization", &format!("Bearer {}", operator.token))], None)
+        .await;
+    let slugs: Vec<String> =
+        listed.json()["tenants"].as_array().into_iter().flatten().filter_map(|t| t["slug"].as_str().map(str::to_owned)).collect();
+    assert_eq!(slugs, vec!["ina", "minamiminowa", "minowa", "tatsuno"]);
+    let capability = server.get_with("/tatsuno/fhir/metadata", &[("authorization", "none")]).await;
+    capability.expect(200);
+    assert!(capability.text().contains("辰野町"));
+    let local = server.token("tatsuno", Actor::TestUnrestricted, "user/*.cruds", None).await;
+    let local = Caller { tenant: "tatsuno".into(), token: local };
+    let created = local.put(&server, &organization("tatsuno-office", "辰野町役場")).await;
+    created.expect(201);
+    assert_eq!(created.json()["meta"]["tag"][0]["code"], "203823");
+    let server = server.restart_with(|_| {}).await;
+    local.get(&server, "Organization/tatsuno-office").await.expect(200);
+}
+
+both_backends!(wide_area_support, credentials_and_scopes, ownership_cannot_be_forged, demo_walk_through, administrator_adds_a_municipality);

@@ -158,8 +158,8 @@ async fn build(server: &Server, world: &World) {
         let id = format!("agreement-{a}-{b}");
         operator.put(server, &agreement(&id, &[TENANTS[a].1, TENANTS[b].1], "executed", &["read"])).await.expect(201);
     }
-    for t in 0..3 {
-        let admin = municipal_admin(server, TENANTS[t].0).await;
+    for (t, (slug, _)) in TENANTS.iter().enumerate() {
+        let admin = municipal_admin(server, slug).await;
         for (organization_id, tenant) in &world.organizations {
             if *tenant == t {
                 admin.put(server, &organization(organization_id, organization_id)).await.expect(201);
@@ -185,7 +185,9 @@ async fn build(server: &Server, world: &World) {
             team["status"] = json!("inactive");
         }
         if members.is_empty() {
-            team.as_object_mut().map(|t| t.remove("participant"));
+            if let Some(team) = team.as_object_mut() {
+                team.remove("participant");
+            }
         }
         let admin = municipal_admin(server, tenant).await;
         admin.put(server, &team).await.expect(201);
