@@ -429,4 +429,49 @@ async fn administrator_adds_a_municipality(backend: Backend) {
     local.get(&server, "Organization/tatsuno-office").await.expect(200);
 }
 
-both_backends!(wide_area_support, credentials_and_scopes, ownership_cannot_be_forged, demo_walk_through, administrator_adds_a_municipality);
+both_backends!(wide_area_support, credentials_and_scopes, ownership_cannot_be_forged, demo_walk_through, administrator_adds_a_municipality, registration_in_one_transaction);
+
+/// A registering office records a new person, the consent, the team and a first note in
+/// one transaction: each entry is decided on the facts the earlier entries wrote.
+async fn registration_in_one_transaction(backend: Backend) {
+    let server = Server::start_with(backend, |config| config.demo = true).await;
+    let care_manager = Caller { tenant: "minamiminowa".into(), token: "demo-care-manager".into() };
+    let doctor = Caller { tenant: "ina".into(), token: "demo-doctor-ina".into() };
+    let person = "urn:uuid:5b0c2a52-0000-4000-8000-000000000001";
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "transaction", "entry": [
+            { "fullUrl": person, "request": { "method": "POST", "url": "Patient" },
+              "resource": { "resourceType": "Patient", "name": [{ "family": "伊藤", "given": ["和子"] }],
+                            "managingOrganization": { "reference": "Organization/demo-mm-care-office" } } },
+            { "request": { "method": "POST", "url": "Consent" },
+              "resource": consent_body(person) },
+            { "request": { "method": "POST", "url": "CareTeam" },
+              "resource": { "resourceType": "CareTeam", "status": "active", "subject": { "reference": person },
+                            "participant": [{ "member": { "reference": "PractitionerRole/demo-role-cm-suzuki" } },
+                                            { "member": { "reference": "PractitionerRole/demo-role-dr-tanaka" } }] } },
+            { "request": { "method": "POST", "url": "Communication" },
+              "resource": { "resourceType": "Communication", "status": "completed", "subject": { "reference": person },
+                            "payload": [{ "contentString": "初回訪問を行いました。" }] } }
+        ]
+    });
+    let reply = server
+        .send(Method::POST, "/minamiminowa/fhir", &[("authorization", "Bearer demo-care-manager")], &bundle)
+        .await;
+    reply.expect(200);
+    let patient = reply.json()["entry"][0]["response"]["location"].as_str().unwrap_or_default().split('/').nth(1).unwrap_or_default().to_owned();
+    care_manager.get(&server, &format!("Patient/{patient}")).await.expect(200);
+    doctor.get(&server, &format!("Patient/{patient}")).await.expect(200);
+    assert_eq!(doctor.search_ids(&server, &format!("Communication?subject=Patient/{patient}")).await.len(), 1);
+    // The same transaction by the doctor fails as a whole: 伊那市's hospital registers no one in 南箕輪村.
+    let refused = server.send(Method::POST, "/ina/fhir", &[("authorization", "Bearer demo-doctor-ina")], &bundle).await;
+    refused.expect(403);
+}
+
+fn consent_body(patient: &str) -> Value {
+    let mut body = consent("x", "x", "active", "demo-mm-care-office");
+    if let Some(object) = body.as_object_mut() {
+        object.remove("id");
+    }
+    body["patient"] = json!({ "reference": patient });
+    body
+}
