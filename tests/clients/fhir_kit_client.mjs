@@ -1,11 +1,13 @@
 // fhir-kit-client (npm) against a running Renraku (manual interoperability check).
 //
 //   npm install --prefix tests/clients
-//   node tests/clients/fhir_kit_client.mjs http://127.0.0.1:8080/ina/fhir
+//   node tests/clients/fhir_kit_client.mjs http://127.0.0.1:8080/ina/fhir [token] [organization]
 import { Client } from 'fhir-kit-client';
 
 const baseUrl = process.argv[2];
-const client = new Client({ baseUrl });
+const token = process.argv[3] || 'demo-doctor-ina';
+const organization = process.argv[4] || 'demo-ina-central-hospital';
+const client = new Client({ baseUrl, customHeaders: { Authorization: `Bearer ${token}` } });
 const fail = (message) => { console.error(message); process.exit(1); };
 
 const statement = await client.capabilityStatement();
@@ -13,7 +15,7 @@ if (statement.fhirVersion !== '4.0.1') fail('unexpected CapabilityStatement');
 const system = `urn:renraku:kit-check:${Date.now()}`;
 const ids = [];
 for (let n = 0; n < 5; n++) {
-  const created = await client.create({ resourceType: 'Patient', body: { resourceType: 'Patient', identifier: [{ system, value: `${n}` }], name: [{ family: '佐藤' }] } });
+  const created = await client.create({ resourceType: 'Patient', body: { resourceType: 'Patient', identifier: [{ system, value: `${n}` }], name: [{ family: '佐藤' }], managingOrganization: { reference: `Organization/${organization}` } } });
   ids.push(created.id);
 }
 const read = await client.read({ resourceType: 'Patient', id: ids[0] });

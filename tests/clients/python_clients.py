@@ -12,9 +12,15 @@ import uuid
 
 import requests
 from fhirclient import client
-from fhirclient.models import humanname, identifier, patient
+from fhirclient.models import fhirreference, humanname, identifier, patient
 
 base = sys.argv[1].rstrip("/")
+# An access token (the demo's doctor of 伊那市 by default) and the Organization it acts for,
+# which registers the Patients created here.
+token = sys.argv[2] if len(sys.argv) > 2 else "demo-doctor-ina"
+organization = sys.argv[3] if len(sys.argv) > 3 else "demo-ina-central-hospital"
+requests_session = requests.Session()
+requests_session.headers["Authorization"] = f"Bearer {token}"
 seen = []  # (resourceType, json) of responses, parsed with fhir.resources afterwards
 
 
@@ -26,7 +32,8 @@ def record(response):
 
 
 smart = client.FHIRClient(settings={"app_id": "renraku-check", "api_base": base + "/"})
-statement = record(requests.get(base + "/metadata"))
+smart.server.session.headers["Authorization"] = f"Bearer {token}"
+statement = record(requests_session.get(base + "/metadata"))
 assert statement["fhirVersion"] == "4.0.1"
 
 system = "urn:renraku:client-check:" + uuid.uuid4().hex
@@ -42,6 +49,9 @@ for n in range(5):
     ident.value = str(n)
     person.identifier = [ident]
     person.gender = "male"
+    registrar = fhirreference.FHIRReference()
+    registrar.reference = f"Organization/{organization}"
+    person.managingOrganization = registrar
     result = person.create(smart.server)
     created_ids.append(result["id"])
 
@@ -56,10 +66,10 @@ search = patient.Patient.where(struct={"identifier": f"{system}|", "_count": "2"
 found = list(search.perform_resources_iter(smart.server))
 assert sorted(p.id for p in found) == sorted(created_ids), (len(found), created_ids)
 
-bundle = record(requests.get(f"{base}/Patient", params={"identifier": f"{system}|", "_count": 2}))
-record(requests.get(f"{base}/Patient/{created_ids[0]}"))
-record(requests.get(f"{base}/Patient/{created_ids[0]}/_history"))
-outcome = requests.post(f"{base}/Patient", json={"resourceType": "Patient", "gender": "robot"},
+bundle = record(requests_session.get(f"{base}/Patient", params={"identifier": f"{system}|", "_count": 2}))
+record(requests_session.get(f"{base}/Patient/{created_ids[0]}"))
+record(requests_session.get(f"{base}/Patient/{created_ids[0]}/_history"))
+outcome = requests_session.post(f"{base}/Patient", json={"resourceType": "Patient", "gender": "robot"},
                         headers={"Content-Type": "application/fhir+json"})
 assert outcome.status_code == 422
 seen.append(outcome.json())

@@ -46,3 +46,28 @@ async fn responses_are_valid_r4(backend: Backend) {
 }
 
 both_backends!(responses_are_valid_r4);
+
+/// The conformance resources we publish (code systems, the agreement and patient profiles)
+/// are themselves valid R4 resources.
+#[test]
+fn published_conformance_resources_are_valid_r4() {
+    let validator = Validator::load().expect("validator");
+    let mut checked = 0;
+    for directory in ["conformance", "profiles/structure-definitions"] {
+        for entry in std::fs::read_dir(directory).expect("directory") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let resource: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+            if resource["resourceType"] == "Bundle" {
+                continue;
+            }
+            if let Err(issues) = validator.validate(resource) {
+                panic!("{} is not valid R4: {issues:?}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} files checked");
+}
