@@ -141,6 +141,7 @@ async fn main() {
         tenants: demo_tenants(),
         demo: false,
         extra_search_parameters: Vec::new(),
+        clients: Vec::new(),
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();

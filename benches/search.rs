@@ -29,6 +29,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted.get(index).copied().unwrap_or_default().as_secs_f64() * 1000.0
 }
 
+/// Makes the n-th query of a kind.
+type QueryMaker = Box<dyn Fn(usize) -> String>;
+
 #[tokio::main]
 async fn main() {
     let patients = setting("BENCH_PATIENTS", 100_000);
@@ -47,6 +50,7 @@ async fn main() {
         tenants: demo_tenants(),
         demo: false,
         extra_search_parameters: Vec::new(),
+        clients: Vec::new(),
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();
@@ -75,7 +79,7 @@ async fn main() {
     let backend = database_url.split(':').next().unwrap_or_default().to_owned();
     println!("backend {backend}; {patients} Patients; {communications} Communications; {queries} queries per kind");
     let kana = ["やまだ", "さとう", "すずき", "たかはし", "まるやま", "みやした"];
-    let kinds: Vec<(&str, Box<dyn Fn(usize) -> String>)> = vec![
+    let kinds: Vec<(&str, QueryMaker)> = vec![
         ("timeline", Box::new(move |n| format!("/ina/fhir/Communication?subject=Patient/gen1-p{}&_sort=-sent&_count=20&_include=Communication:sender", (n * 7919) % patients))),
         ("kana name", Box::new(move |n| format!("/ina/fhir/Patient?name={}&_count=20", kana[n % kana.len()]))),
         ("kana name, _total=none", Box::new(move |n| format!("/ina/fhir/Patient?name={}&_count=20&_total=none", kana[n % kana.len()]))),

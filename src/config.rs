@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::clients::ClientConfig;
+
 /// Ten mebibytes: big enough for a transaction Bundle of a few hundred resources.
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -26,6 +28,8 @@ pub struct Config {
     pub public_base_url: String,
     pub body_limit_bytes: usize,
     pub tenants: Vec<TenantConfig>,
+    /// OAuth clients registered in the configuration file (`[[clients]]`).
+    pub clients: Vec<ClientConfig>,
     /// Demo mode seeds demo data on start-up.
     pub demo: bool,
     /// Custom SearchParameter resources (read from `search_parameters_dir`).
@@ -55,6 +59,8 @@ pub struct FileConfig {
     pub search_parameters_dir: Option<PathBuf>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
 }
 
 /// Values given on the command line or in the environment (clap fills these).
@@ -72,6 +78,8 @@ pub struct Overrides {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("client {client_id}: {problem}")]
+    Client { client_id: String, problem: String },
     #[error("cannot read configuration file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("configuration file {path} is not valid: {source}")]
@@ -114,6 +122,12 @@ impl Config {
             return Err(ConfigError::NoTenants);
         }
         validate_tenants(&tenants)?;
+        for client in &file.clients {
+            client.check().map_err(|problem| ConfigError::Client { client_id: client.client_id.clone(), problem })?;
+            if !tenants.iter().any(|t| t.slug == client.tenant) {
+                return Err(ConfigError::Client { client_id: client.client_id.clone(), problem: format!("tenant: '{}' is not configured", client.tenant) });
+            }
+        }
         let extra_search_parameters = match overrides.search_parameters_dir.or(file.search_parameters_dir) {
             Some(directory) => read_search_parameters(&directory)?,
             None => Vec::new(),
@@ -128,6 +142,7 @@ impl Config {
                 .or(file.body_limit_bytes)
                 .unwrap_or(DEFAULT_BODY_LIMIT_BYTES),
             tenants,
+            clients: file.clients,
             demo: overrides.demo,
             extra_search_parameters,
         })

@@ -39,6 +39,22 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Print a signed client assertion (a JWT for SMART Backend Services' token request),
+    /// valid for four minutes: a convenience for trying the token endpoint by hand.
+    ClientAssertion {
+        /// The client id (iss and sub).
+        #[arg(long)]
+        client_id: String,
+        /// The token endpoint (aud), e.g. http://127.0.0.1:8080/ina/auth/token.
+        #[arg(long)]
+        audience: String,
+        /// PKCS#8 PEM private key: RSA for RS384, P-384 for ES384.
+        #[arg(long)]
+        key: PathBuf,
+        /// The key id registered in the client's JWK Set.
+        #[arg(long)]
+        kid: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -95,6 +111,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(settings) => serve(settings.overrides()).await,
         Command::Reindex(settings) => reindex(settings.overrides()).await,
+        Command::ClientAssertion { client_id, audience, key, kid } => client_assertion(&client_id, &audience, &key, &kid),
         Command::Generate { settings, tenant, patients, communications, seed } => {
             generate(settings.overrides(), &tenant, renraku::service::generate::Volume { patients, communications, seed }).await
         }
@@ -121,6 +138,25 @@ async fn generate(overrides: Overrides, tenant: &str, volume: renraku::service::
         "generated {patients} Patients, {practitioners} Practitioners and {communications} Communications in {tenant} in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn client_assertion(client_id: &str, audience: &str, key: &std::path::Path, kid: &str) -> Result<(), String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let (algorithm, key) = match EncodingKey::from_rsa_pem(&pem) {
+        Ok(key) => (Algorithm::RS384, key),
+        Err(_) => (Algorithm::ES384, EncodingKey::from_ec_pem(&pem).map_err(|e| format!("not an RSA or EC private key: {e}"))?),
+    };
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.to_owned());
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({
+        "iss": client_id, "sub": client_id, "aud": audience,
+        "exp": now + 240, "iat": now, "jti": uuid::Uuid::new_v4().to_string()
+    });
+    let assertion = jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())?;
+    println!("{assertion}");
     Ok(())
 }
 

@@ -110,3 +110,72 @@ pub async fn verify(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: 
         client_id: row.try_get("client_id")?,
     })))
 }
+
+/// Records that `client_id` used the assertion `jti` (expiring at `expires_at`, seconds
+/// since the epoch). False if it was used before: a replay.
+pub async fn record_assertion(
+    connection: &mut AnyConnection,
+    now: DateTime<Utc>,
+    client_id: &str,
+    jti: &str,
+    expires_at: i64,
+) -> Result<bool> {
+    // Assertions expire within minutes; forgetting them afterwards keeps the table small
+    // (an expired assertion is refused for its exp anyway).
+    sqlx::query("DELETE FROM client_assertions WHERE expires_at < $1")
+        .bind(now.timestamp() - 3600)
+        .execute(&mut *connection)
+        .await?;
+    let inserted = sqlx::query("INSERT INTO client_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3)")
+        .bind(client_id)
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&mut *connection)
+        .await;
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// What introspection reports about an active token.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub actor: Actor,
+    pub scope: String,
+    pub patient: Option<String>,
+    pub client_id: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The token's details if it is active (known, unexpired, unrevoked) and for `tenant`.
+pub async fn describe(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: &str, token: &str) -> Result<Option<TokenInfo>> {
+    let row = sqlx::query(
+        "SELECT tenant, principal, scope, patient, client_id, issued_at, expires_at, revoked FROM access_tokens WHERE digest = $1",
+    )
+    .bind(digest(token))
+    .fetch_optional(connection)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let expires_text: String = row.try_get("expires_at")?;
+    if row.try_get::<i64, _>("revoked")? != 0 || expires_text <= crate::fhir::dates::format_instant(now) {
+        return Ok(None);
+    }
+    if row.try_get::<String, _>("tenant")? != tenant {
+        return Ok(None);
+    }
+    let Ok(actor) = serde_json::from_str::<Actor>(&row.try_get::<String, _>("principal")?) else { return Ok(None) };
+    let parse = |text: String| {
+        chrono::DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(Error::internal)
+    };
+    Ok(Some(TokenInfo {
+        actor,
+        scope: row.try_get("scope")?,
+        patient: row.try_get("patient")?,
+        client_id: row.try_get("client_id")?,
+        issued_at: parse(row.try_get("issued_at")?)?,
+        expires_at: parse(expires_text)?,
+    }))
+}

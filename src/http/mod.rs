@@ -21,6 +21,7 @@ use crate::service::history::Level;
 use crate::service::Fhir;
 
 pub mod admin;
+pub mod oauth;
 pub mod request;
 pub mod response;
 
@@ -40,6 +41,10 @@ pub fn router(state: AppState) -> Router {
     let fhir = Router::new()
         .route("/{tenant}/fhir", get(system_search).post(bundle).fallback(method_not_allowed))
         .route("/{tenant}/fhir/metadata", get(metadata).fallback(method_not_allowed))
+        .route("/{tenant}/fhir/.well-known/smart-configuration", get(oauth::smart_configuration).fallback(method_not_allowed))
+        .route("/{tenant}/auth/token", post(oauth::token).fallback(method_not_allowed))
+        .route("/{tenant}/auth/introspect", post(oauth::introspect).fallback(method_not_allowed))
+        .route("/{tenant}/auth/revoke", post(oauth::revoke).fallback(method_not_allowed))
         .route("/{tenant}/fhir/_history", get(history_system).fallback(method_not_allowed))
         .route(
             "/{tenant}/fhir/{resource_type}",

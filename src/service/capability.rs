@@ -57,6 +57,7 @@ impl Fhir {
             resources.push(resource);
         }
         let name = tenant.as_ref().map(|t| t.name.as_str()).unwrap_or_default();
+        let endpoints = crate::auth::server::Endpoints::of(self, &context.tenant);
         json!({
             "resourceType": "CapabilityStatement",
             "status": "active",
@@ -73,6 +74,21 @@ impl Fhir {
             "patchFormat": ["application/json-patch+json"],
             "rest": [{
                 "mode": "server",
+                "security": {
+                    "extension": [{
+                        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                        "extension": [
+                            { "url": "token", "valueUri": endpoints.token },
+                            { "url": "introspect", "valueUri": endpoints.introspect },
+                            { "url": "revoke", "valueUri": endpoints.revoke }
+                        ]
+                    }],
+                    "service": [{ "coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR"
+                    }] }],
+                    "description": "SMART on FHIR: every request needs a bearer token issued by this municipality's authorization server (see .well-known/smart-configuration)."
+                },
                 "resource": resources,
                 "interaction": [
                     { "code": "transaction" }, { "code": "batch" }, { "code": "history-system" }

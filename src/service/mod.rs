@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::clock::Clock;
+use crate::auth::clients::ClientConfig;
 use crate::config::{Config, TenantConfig};
 use crate::error::{Error, Result};
 use crate::fhir::outcome::{Issue, IssueCode};
@@ -73,6 +74,8 @@ pub struct Fhir {
     pub config: Arc<Config>,
     /// The municipalities served: the configuration file's and those an administrator added.
     tenants: std::sync::RwLock<Vec<TenantConfig>>,
+    /// The OAuth clients registered: the configuration file's (and the demo's).
+    clients: std::sync::RwLock<Vec<ClientConfig>>,
 }
 
 impl Fhir {
@@ -84,7 +87,17 @@ impl Fhir {
         config: Arc<Config>,
     ) -> Fhir {
         let tenants = std::sync::RwLock::new(config.tenants.clone());
-        Fhir { store, validator, search_params, clock, config, tenants }
+        let mut registered = config.clients.clone();
+        if config.demo {
+            registered.extend(crate::auth::server::demo_clients());
+        }
+        let clients = std::sync::RwLock::new(registered);
+        Fhir { store, validator, search_params, clock, config, tenants, clients }
+    }
+
+    /// The client `client_id` registered at `tenant`.
+    pub fn client(&self, tenant: &str, client_id: &str) -> Option<ClientConfig> {
+        self.clients.read().ok()?.iter().find(|c| c.tenant == tenant && c.client_id == client_id).cloned()
     }
 
     /// The municipalities served now.

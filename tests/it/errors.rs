@@ -4,13 +4,16 @@
 use axum::http::Method;
 
 use crate::both_backends;
+
+/// Method, path, headers, body, expected status.
+type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>, Option<Vec<u8>>, u16);
 use crate::support::{Backend, Server};
 
 async fn every_error_is_an_operation_outcome(backend: Backend) {
     let server = Server::start_with(backend, |config| config.body_limit_bytes = 2048).await;
     let big = format!(r#"{{"resourceType":"Patient","name":[{{"family":"{}"}}]}}"#, "あ".repeat(2000));
     // (method, path, headers, body, status)
-    let cases: Vec<(Method, &str, Vec<(&str, &str)>, Option<Vec<u8>>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (Method::GET, "/no/such/route", vec![], None, 404),
         (Method::GET, "/ina/fhir/Patient/x/y/z", vec![], None, 404),
         (Method::GET, "/ina/fhir/Patient/unknown-id", vec![], None, 404),

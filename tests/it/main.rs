@@ -16,4 +16,5 @@ mod policy_table;
 mod http_semantics;
 mod search;
 mod search_basic;
+mod smart;
 mod validation;

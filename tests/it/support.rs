@@ -142,6 +142,7 @@ impl Server {
             tenants: test_tenants(),
             demo: false,
             extra_search_parameters: Vec::new(),
+        clients: Vec::new(),
         };
         adjust(&mut config);
         let gateway = Gateway::start(config.clone()).await.expect("gateway starts");

@@ -1,0 +1,96 @@
+//! The registry of OAuth clients, per municipality: backend-services (system) clients that
+//! authenticate with signed JWT assertions and act for an Organization, and app clients
+//! (public, or confidential with keys) that launch for a signed-in professional.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::scopes::Scopes;
+
+/// How a client authenticates and whom it acts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientKind {
+    /// SMART Backend Services: `client_credentials` with a JWT assertion; acts for its
+    /// Organization.
+    System,
+    /// An app that cannot keep a secret (authorization code with PKCE, no client
+    /// authentication).
+    Public,
+    /// An app that authenticates with a JWT assertion (`private_key_jwt`).
+    ConfidentialAsymmetric,
+}
+
+/// One registered client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub client_id: String,
+    /// The municipality whose base URL the client's tokens are for.
+    pub tenant: String,
+    pub kind: ClientKind,
+    #[serde(default)]
+    pub name: String,
+    /// For system clients: the Organization (id) the client acts for.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// Exact-match redirect URIs (app clients).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// The scopes the client may be granted, space-separated (requests are narrowed to these).
+    #[serde(default)]
+    pub scopes: String,
+    /// The client's public keys (a JWK Set), inline.
+    #[serde(default)]
+    pub jwks: Option<Value>,
+    /// Where the client publishes its JWK Set; also the only `jku` its assertions may name.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+}
+
+impl ClientConfig {
+    /// Checks a registration; the message names the field at fault.
+    pub fn check(&self) -> Result<(), String> {
+        let id_ok = !self.client_id.is_empty()
+            && self.client_id.len() <= 100
+            && self.client_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+        if !id_ok {
+            return Err("client_id: 1 to 100 unreserved URL characters".into());
+        }
+        Scopes::parse(&self.scopes).map_err(|e| format!("scopes: {e}"))?;
+        match self.kind {
+            ClientKind::System => {
+                if self.organization.as_deref().is_none_or(str::is_empty) {
+                    return Err("organization: a system client acts for an Organization".into());
+                }
+                if self.jwks.is_none() && self.jwks_url.is_none() {
+                    return Err("jwks: a system client needs its public keys (jwks or jwks_url)".into());
+                }
+            }
+            ClientKind::ConfidentialAsymmetric => {
+                if self.jwks.is_none() && self.jwks_url.is_none() {
+                    return Err("jwks: a confidential client needs its public keys (jwks or jwks_url)".into());
+                }
+                if self.redirect_uris.is_empty() {
+                    return Err("redirect_uris: an app client needs at least one".into());
+                }
+            }
+            ClientKind::Public => {
+                if self.redirect_uris.is_empty() {
+                    return Err("redirect_uris: an app client needs at least one".into());
+                }
+            }
+        }
+        if let Some(jwks) = &self.jwks {
+            if !jwks.get("keys").is_some_and(Value::is_array) {
+                return Err("jwks: must be a JWK Set ({\"keys\": [...]})".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The scopes the client may be granted.
+    pub fn allowed_scopes(&self) -> Scopes {
+        Scopes::parse(&self.scopes).unwrap_or_default()
+    }
+}

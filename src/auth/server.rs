@@ -1,0 +1,210 @@
+//! The SMART authorization server's endpoints, without HTTP: discovery
+//! (`.well-known/smart-configuration`), the token endpoint (`client_credentials` for
+//! SMART Backend Services), introspection (RFC 7662) and revocation (RFC 7009).
+//!
+//! Each municipality has its own endpoints under `/{tenant}/auth/`, and a token is valid only
+//! at the base it was issued for.
+
+use chrono::Duration;
+use serde_json::{json, Value};
+
+use super::assertion;
+use super::clients::{ClientConfig, ClientKind};
+use super::scopes::{ResourceScope, ScopeContext, Scopes};
+use super::tokens::{self, TokenGrant};
+use super::OAuthError;
+use crate::policy::{Actor, Permission, Principal};
+use crate::service::Fhir;
+
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Lifetime of backend-services access tokens.
+pub const SYSTEM_TOKEN_SECONDS: i64 = 300;
+
+/// The authorization server's URLs for one municipality.
+pub struct Endpoints {
+    pub issuer: String,
+    pub token: String,
+    pub authorize: String,
+    pub introspect: String,
+    pub revoke: String,
+    pub jwks: String,
+}
+
+impl Endpoints {
+    pub fn of(fhir: &Fhir, tenant: &str) -> Endpoints {
+        let issuer = format!("{}/{tenant}/auth", fhir.config.public_base_url);
+        Endpoints {
+            token: format!("{issuer}/token"),
+            authorize: format!("{issuer}/authorize"),
+            introspect: format!("{issuer}/introspect"),
+            revoke: format!("{issuer}/revoke"),
+            jwks: format!("{issuer}/jwks"),
+            issuer,
+        }
+    }
+}
+
+/// `GET /{tenant}/fhir/.well-known/smart-configuration`. The capabilities list only what
+/// this server does today.
+pub fn smart_configuration(fhir: &Fhir, tenant: &str) -> Value {
+    let endpoints = Endpoints::of(fhir, tenant);
+    json!({
+        "issuer": endpoints.issuer,
+        "jwks_uri": endpoints.jwks,
+        "token_endpoint": endpoints.token,
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "user/*.cruds", "user/*.rs"],
+        "response_types_supported": [],
+        "introspection_endpoint": endpoints.introspect,
+        "revocation_endpoint": endpoints.revoke,
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
+    })
+}
+
+/// `POST /{tenant}/auth/token` with a form body.
+pub async fn token(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Result<Value, OAuthError> {
+    let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    match field("grant_type") {
+        Some("client_credentials") => client_credentials(fhir, tenant, form).await,
+        Some(other) => Err(OAuthError::unsupported_grant_type(format!("the grant type '{other}' is not supported"))),
+        None => Err(OAuthError::invalid_request("grant_type is missing")),
+    }
+}
+
+async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Result<Value, OAuthError> {
+    let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    if field("client_assertion_type") != Some(JWT_BEARER) {
+        return Err(OAuthError::invalid_client(format!("client_assertion_type must be {JWT_BEARER}")));
+    }
+    let assertion = field("client_assertion").ok_or_else(|| OAuthError::invalid_client("client_assertion is missing"))?;
+    let client_id = assertion::unverified_issuer(assertion)
+        .ok_or_else(|| OAuthError::invalid_client("the client assertion is not a JWT with an iss claim"))?;
+    let client = fhir
+        .client(tenant, &client_id)
+        .ok_or_else(|| OAuthError::invalid_client("the client is not registered at this municipality"))?;
+    if field("client_id").is_some_and(|given| given != client.client_id) {
+        return Err(OAuthError::invalid_client("client_id does not match the assertion's issuer"));
+    }
+    if client.kind != ClientKind::System {
+        return Err(OAuthError::unauthorized_client("only backend-services (system) clients may use client_credentials"));
+    }
+    let endpoints = Endpoints::of(fhir, tenant);
+    let now = fhir.clock.now();
+    let verified = assertion::verify(assertion, &client, &endpoints.token, now.timestamp())?;
+    let mut connection = fhir.store.connection().await?;
+    if !tokens::record_assertion(&mut connection, now, &verified.client_id, &verified.jti, verified.expires_at).await? {
+        return Err(OAuthError::invalid_client("the client assertion's jti has been used before"));
+    }
+    let requested = Scopes::parse(field("scope").unwrap_or_default()).map_err(OAuthError::invalid_scope)?;
+    let granted = narrow(&requested, &client.allowed_scopes(), ScopeContext::System);
+    if granted.resources.is_empty() {
+        return Err(OAuthError::invalid_scope("none of the requested scopes is a system/ scope this client may be granted"));
+    }
+    let organization = client.organization.clone().unwrap_or_default();
+    let grant = TokenGrant {
+        tenant: tenant.to_owned(),
+        actor: Actor::System { tenant: tenant.to_owned(), client: client.client_id.clone(), organization },
+        scopes: granted.clone(),
+        patient: None,
+        client_id: client.client_id.clone(),
+        lifetime: Duration::seconds(SYSTEM_TOKEN_SECONDS),
+    };
+    let issued = tokens::issue(&mut connection, now, &grant).await?;
+    tracing::info!(target: "renraku::auth", tenant, client = %client.client_id, scope = %granted, "access token issued (client_credentials)");
+    Ok(json!({
+        "access_token": issued.access_token,
+        "token_type": "bearer",
+        "expires_in": SYSTEM_TOKEN_SECONDS,
+        "scope": granted.to_string(),
+    }))
+}
+
+/// The part of `requested` that `allowed` covers, in `context` only: each requested
+/// resource scope keeps the permissions some allowed scope of the same context (for its
+/// type or `*`) grants. Granular (query) scopes are kept only when allowed verbatim.
+pub fn narrow(requested: &Scopes, allowed: &Scopes, context: ScopeContext) -> Scopes {
+    let mut granted = Scopes::default();
+    for scope in requested.resources.iter().filter(|s| s.context == context) {
+        let permissions: Vec<Permission> = Permission::ALL
+            .into_iter()
+            .filter(|p| scope.permissions.contains(p))
+            .filter(|p| {
+                allowed.resources.iter().any(|a| {
+                    a.context == context
+                        && a.permissions.contains(p)
+                        && (a.resource_type.is_none() || a.resource_type == scope.resource_type)
+                        && (a.query.is_none() || a.query == scope.query)
+                })
+            })
+            .collect();
+        if !permissions.is_empty() {
+            granted.resources.push(ResourceScope { permissions, ..scope.clone() });
+        }
+    }
+    granted
+}
+
+/// `POST /{tenant}/auth/introspect` (RFC 7662), for a caller holding a valid token of this
+/// municipality. An unknown, expired, revoked or foreign token is `{"active": false}`.
+pub async fn introspect(fhir: &Fhir, tenant: &str, caller: &Principal, token: &str) -> Result<Value, OAuthError> {
+    if matches!(caller, Principal::Anonymous) {
+        return Err(OAuthError::invalid_client("introspection needs the caller's own bearer token"));
+    }
+    let mut connection = fhir.store.connection().await?;
+    let now = fhir.clock.now();
+    let Some(info) = tokens::describe(&mut connection, now, tenant, token).await? else {
+        return Ok(json!({ "active": false }));
+    };
+    let mut answer = json!({
+        "active": true,
+        "scope": info.scope,
+        "client_id": info.client_id,
+        "token_type": "Bearer",
+        "exp": info.expires_at.timestamp(),
+        "iat": info.issued_at.timestamp(),
+        "aud": format!("{}/{tenant}/fhir", fhir.config.public_base_url),
+        "iss": Endpoints::of(fhir, tenant).issuer,
+    });
+    if let Some(patient) = info.patient {
+        answer["patient"] = json!(patient);
+    }
+    match &info.actor {
+        Actor::Practitioner { practitioner, role, .. } => {
+            answer["sub"] = json!(practitioner);
+            answer["fhirUser"] = json!(format!("{}/{tenant}/fhir/PractitionerRole/{role}", fhir.config.public_base_url));
+        }
+        Actor::System { client, .. } => answer["sub"] = json!(client),
+        Actor::MunicipalAdmin { user, .. } | Actor::ServerAdmin { user } => answer["sub"] = json!(user),
+        #[cfg(feature = "test-support")]
+        Actor::TestUnrestricted => answer["sub"] = json!("test-suite"),
+    }
+    Ok(answer)
+}
+
+/// `POST /{tenant}/auth/revoke` (RFC 7009): whoever holds a token may revoke it; the answer
+/// is the same whether or not the token existed.
+pub async fn revoke(fhir: &Fhir, token: &str) -> Result<(), OAuthError> {
+    let mut connection = fhir.store.connection().await?;
+    tokens::revoke(&mut connection, token).await?;
+    Ok(())
+}
+
+/// The clients of the demo: 伊那中央病院's EHR (backend services; its private keys are in
+/// `demo/keys/`).
+pub fn demo_clients() -> Vec<ClientConfig> {
+    let jwks: Value = serde_json::from_str(include_str!("../../demo/keys/ehr-ina-jwks.json")).unwrap_or(Value::Null);
+    vec![ClientConfig {
+        client_id: "demo-ehr-ina".into(),
+        tenant: "ina".into(),
+        kind: ClientKind::System,
+        name: "伊那中央病院 電子カルテ（デモ）".into(),
+        organization: Some("demo-ina-central-hospital".into()),
+        redirect_uris: Vec::new(),
+        scopes: "system/*.cruds".into(),
+        jwks: Some(jwks),
+        jwks_url: None,
+    }]
+}
