@@ -274,4 +274,38 @@ mod tests {
     fn no_tenants_is_a_clear_error() {
         assert!(matches!(Config::resolve(Overrides::default()), Err(ConfigError::NoTenants)));
     }
+
+    fn with_file(text: &str) -> Result<Config, ConfigError> {
+        let directory = std::env::temp_dir().join(format!("renraku-config-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&directory).map_err(|source| ConfigError::Read { path: directory.clone(), source })?;
+        let path = directory.join("renraku.toml");
+        std::fs::write(&path, text).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let resolved = Config::resolve(Overrides { config_file: Some(path), ..Overrides::default() });
+        let _ = std::fs::remove_dir_all(&directory);
+        resolved
+    }
+
+    const TENANT: &str = "[[tenants]]\nslug = \"ina\"\ncode = \"202096\"\nname = \"伊那市\"\n";
+
+    #[test]
+    fn clients_are_read_and_checked() {
+        let client = r#"
+[[clients]]
+client_id = "central-hospital-ehr"
+tenant = "ina"
+kind = "system"
+organization = "ina-central-hospital"
+scopes = "system/*.rs system/Communication.c"
+jwks = { keys = [ { kty = "EC", crv = "P-384", kid = "ehr-2026", x = "AAAA", y = "BBBB" } ] }
+"#;
+        let resolved = with_file(&format!("{TENANT}{client}"));
+        let Ok(config) = resolved else { panic!("configuration resolves: {resolved:?}") };
+        assert_eq!(config.clients.len(), 1);
+        assert_eq!(config.clients[0].jwks.as_ref().and_then(|j| j["keys"][0]["kid"].as_str()), Some("ehr-2026"));
+        let without_keys = client.replace("jwks = { keys = [ { kty = \"EC\", crv = \"P-384\", kid = \"ehr-2026\", x = \"AAAA\", y = \"BBBB\" } ] }", "");
+        let refused = with_file(&format!("{TENANT}{without_keys}"));
+        assert!(matches!(&refused, Err(ConfigError::Client { problem, .. }) if problem.starts_with("jwks")), "{refused:?}");
+        let elsewhere = with_file(&format!("{TENANT}{}", client.replace("tenant = \"ina\"", "tenant = \"minowa\"")));
+        assert!(matches!(&elsewhere, Err(ConfigError::Client { problem, .. }) if problem.starts_with("tenant")), "{elsewhere:?}");
+    }
 }
