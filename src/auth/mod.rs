@@ -13,6 +13,8 @@
 
 pub mod assertion;
 pub mod clients;
+pub mod keys;
+pub mod launch;
 pub mod scopes;
 pub mod server;
 pub mod tokens;

@@ -51,16 +51,45 @@ pub fn smart_configuration(fhir: &Fhir, tenant: &str) -> Value {
     json!({
         "issuer": endpoints.issuer,
         "jwks_uri": endpoints.jwks,
+        "authorization_endpoint": endpoints.authorize,
         "token_endpoint": endpoints.token,
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "grant_types_supported": ["client_credentials"],
-        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "user/*.cruds", "user/*.rs"],
-        "response_types_supported": [],
+        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+        "scopes_supported": [
+            "openid", "fhirUser", "launch/patient", "offline_access", "online_access",
+            "patient/*.cruds", "patient/*.rs", "user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs"
+        ],
+        "response_types_supported": ["code"],
+        "id_token_signing_alg_values_supported": ["RS256"],
         "introspection_endpoint": endpoints.introspect,
         "revocation_endpoint": endpoints.revoke,
         "code_challenge_methods_supported": ["S256"],
-        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
+        "capabilities": [
+            "launch-standalone", "authorize-post", "client-public", "client-confidential-asymmetric",
+            "sso-openid-connect", "context-standalone-patient", "context-banner", "context-style",
+            "permission-offline", "permission-online", "permission-patient", "permission-user",
+            "permission-v1", "permission-v2"
+        ]
+    })
+}
+
+/// `GET /{tenant}/auth/.well-known/openid-configuration`: the OpenID Provider metadata of the
+/// municipality's authorization server (for the id_tokens it issues).
+pub fn openid_configuration(fhir: &Fhir, tenant: &str) -> Value {
+    let endpoints = Endpoints::of(fhir, tenant);
+    json!({
+        "issuer": endpoints.issuer,
+        "authorization_endpoint": endpoints.authorize,
+        "token_endpoint": endpoints.token,
+        "jwks_uri": endpoints.jwks,
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "fhirUser", "profile", "offline_access"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"]
     })
 }
 
@@ -69,6 +98,8 @@ pub async fn token(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Resu
     let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     match field("grant_type") {
         Some("client_credentials") => client_credentials(fhir, tenant, form).await,
+        Some("authorization_code") => super::launch::exchange_code(fhir, tenant, form).await,
+        Some("refresh_token") => super::launch::refresh(fhir, tenant, form).await,
         Some(other) => Err(OAuthError::unsupported_grant_type(format!("the grant type '{other}' is not supported"))),
         None => Err(OAuthError::invalid_request("grant_type is missing")),
     }
@@ -192,8 +223,11 @@ pub async fn revoke(fhir: &Fhir, token: &str) -> Result<(), OAuthError> {
     Ok(())
 }
 
+/// The redirect URI of the demo app client (any local app on port 9000 may use it).
+pub const DEMO_APP_REDIRECT: &str = "http://127.0.0.1:9000/callback";
+
 /// The clients of the demo: 伊那中央病院's EHR (backend services; its private keys are in
-/// `demo/keys/`).
+/// `demo/keys/`) and a public app client registered at every demo municipality.
 pub fn demo_clients() -> Vec<ClientConfig> {
     let jwks: Value = serde_json::from_str(include_str!("../../demo/keys/ehr-ina-jwks.json")).unwrap_or(Value::Null);
     vec![ClientConfig {
@@ -207,4 +241,17 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         jwks: Some(jwks),
         jwks_url: None,
     }]
+    .into_iter()
+    .chain(["ina", "minamiminowa", "minowa"].into_iter().map(|tenant| ClientConfig {
+        client_id: "demo-app".into(),
+        tenant: tenant.into(),
+        kind: ClientKind::Public,
+        name: "連絡帳アプリ（デモ）".into(),
+        organization: None,
+        redirect_uris: vec![DEMO_APP_REDIRECT.into(), "http://localhost:9000/callback".into()],
+        scopes: "openid fhirUser profile launch/patient offline_access online_access patient/*.cruds user/*.cruds".into(),
+        jwks: None,
+        jwks_url: None,
+    }))
+    .collect()
 }

@@ -22,6 +22,7 @@ use crate::service::Fhir;
 
 pub mod admin;
 pub mod oauth;
+pub mod pages;
 pub mod request;
 pub mod response;
 
@@ -45,6 +46,12 @@ pub fn router(state: AppState) -> Router {
         .route("/{tenant}/auth/token", post(oauth::token).fallback(method_not_allowed))
         .route("/{tenant}/auth/introspect", post(oauth::introspect).fallback(method_not_allowed))
         .route("/{tenant}/auth/revoke", post(oauth::revoke).fallback(method_not_allowed))
+        .route("/{tenant}/auth/authorize", get(pages::authorize).post(pages::authorize).fallback(method_not_allowed))
+        .route("/{tenant}/auth/login", post(pages::login).fallback(method_not_allowed))
+        .route("/{tenant}/auth/consent", post(pages::consent).fallback(method_not_allowed))
+        .route("/{tenant}/auth/jwks", get(pages::jwks).fallback(method_not_allowed))
+        .route("/{tenant}/auth/smart-style.json", get(pages::smart_style).fallback(method_not_allowed))
+        .route("/{tenant}/auth/.well-known/openid-configuration", get(pages::openid_configuration).fallback(method_not_allowed))
         .route("/{tenant}/fhir/_history", get(history_system).fallback(method_not_allowed))
         .route(
             "/{tenant}/fhir/{resource_type}",

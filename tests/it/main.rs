@@ -3,6 +3,7 @@
 
 mod support;
 
+mod app_launch;
 mod bundles;
 mod concurrency;
 mod conditional;

@@ -81,7 +81,7 @@ async fn discovery(backend: Backend) {
     assert_eq!(configuration["introspection_endpoint"], format!("{BASE}/ina/auth/introspect"));
     assert_eq!(configuration["revocation_endpoint"], format!("{BASE}/ina/auth/revoke"));
     assert_eq!(configuration["code_challenge_methods_supported"], json!(["S256"]));
-    assert_eq!(configuration["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(configuration["grant_types_supported"], json!(["authorization_code", "client_credentials", "refresh_token"]));
     assert!(configuration["capabilities"].as_array().is_some_and(|c| c.contains(&json!("client-confidential-asymmetric"))));
     server.get_with("/nowhere/fhir/.well-known/smart-configuration", &[("authorization", "none")]).await.expect(404);
     // The CapabilityStatement points at the same endpoints.

@@ -1,0 +1,491 @@
+//! SMART App Launch without HTTP: the authorization request (`/authorize`), sign-in, the
+//! consent step (where the user may grant fewer scopes and picks the patient), the
+//! authorization code, and its exchange for tokens (with PKCE), refresh tokens with
+//! rotation and reuse detection, and id_tokens.
+//!
+//! The pages between `/authorize` and the redirect carry a random request id; the request,
+//! and after sign-in the user, are stored server-side under it for ten minutes.
+
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::{AnyConnection, Row};
+
+use super::clients::{ClientConfig, ClientKind};
+use super::scopes::{ScopeContext, Scopes};
+use super::server::{narrow, Endpoints};
+use super::tokens::{self, TokenGrant};
+use super::{assertion, keys, OAuthError};
+use crate::error::{Error, Result};
+use crate::fhir::dates::format_instant;
+use crate::policy::{Actor, Principal};
+use crate::service::{Context, Fhir};
+
+/// Lifetime of app access tokens.
+pub const APP_TOKEN_SECONDS: i64 = 3600;
+/// Lifetime of an `offline_access` refresh token (`online_access` ones live as long as the
+/// sign-in would: eight hours).
+pub const OFFLINE_REFRESH_DAYS: i64 = 90;
+pub const ONLINE_REFRESH_HOURS: i64 = 8;
+const REQUEST_MINUTES: i64 = 10;
+const CODE_SECONDS: i64 = 60;
+
+/// What an app asked for at `/authorize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthorizeRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub nonce: Option<String>,
+}
+
+/// What an authorization code or refresh token stands for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GrantRecord {
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    scope: String,
+    actor: Actor,
+    patient: Option<String>,
+    nonce: Option<String>,
+    /// For refresh tokens: the sign-in's time, for online_access expiry.
+    #[serde(default)]
+    signed_in_at: Option<String>,
+}
+
+/// The answer to an authorization request: a page to show (with its request id), or a
+/// redirect back to the app (an error it must hear about).
+#[derive(Debug)]
+pub enum Begun {
+    SignIn { request_id: String, client_name: String },
+    Redirect(String),
+}
+
+fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> String {
+    let mut url = url::Url::parse(redirect_uri).map_or_else(|_| redirect_uri.to_owned(), |u| u.to_string());
+    let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    url.push(if redirect_uri.contains('?') { '&' } else { '?' });
+    url.push_str(&query);
+    url
+}
+
+fn digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// `GET|POST /{tenant}/auth/authorize`. Errors that cannot be sent back to the app (unknown
+/// client, unregistered redirect URI) are `Err`; the others are redirects carrying `error`.
+pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)]) -> Result<Begun> {
+    let field = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let client_id = field("client_id").ok_or_else(|| Error::bad_request_at("client_id is missing", "client_id"))?;
+    let client = fhir
+        .client(tenant, &client_id)
+        .filter(|c| c.kind != ClientKind::System)
+        .ok_or_else(|| Error::bad_request_at("no app with this client_id is registered here", "client_id"))?;
+    let redirect_uri = field("redirect_uri").ok_or_else(|| Error::bad_request_at("redirect_uri is missing", "redirect_uri"))?;
+    if !client.redirect_uris.contains(&redirect_uri) {
+        return Err(Error::bad_request_at("redirect_uri is not one the app registered (exact match)", "redirect_uri"));
+    }
+    let state = field("state");
+    let fail = |error: &str, description: &str| {
+        let mut params = vec![("error", error), ("error_description", description)];
+        if let Some(state) = state.as_deref() {
+            params.push(("state", state));
+        }
+        Ok(Begun::Redirect(redirect_with(&redirect_uri, &params)))
+    };
+    if field("response_type").as_deref() != Some("code") {
+        return fail("unsupported_response_type", "response_type must be code");
+    }
+    if field("aud").as_deref() != Some(fhir.config.base_url(tenant).as_str()) {
+        return fail("invalid_request", "aud must be this municipality's FHIR base URL");
+    }
+    let Some(code_challenge) = field("code_challenge") else {
+        return fail("invalid_request", "PKCE is required: code_challenge is missing");
+    };
+    if field("code_challenge_method").as_deref() != Some("S256") {
+        return fail("invalid_request", "PKCE code_challenge_method must be S256");
+    }
+    if field("launch").is_some() {
+        return fail("invalid_request", "EHR launch is not supported yet; use standalone launch");
+    }
+    let scope = field("scope").unwrap_or_default();
+    if Scopes::parse(&scope).is_err() {
+        return fail("invalid_scope", "the scope is malformed");
+    }
+    let request = AuthorizeRequest { client_id, redirect_uri, scope, state, code_challenge, nonce: field("nonce") };
+    let request_id = random();
+    let mut connection = fhir.store.connection().await?;
+    sqlx::query("INSERT INTO authorization_requests (id, tenant, request, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(&request_id)
+        .bind(tenant)
+        .bind(serde_json::to_string(&request)?)
+        .bind(format_instant(fhir.clock.now() + Duration::minutes(REQUEST_MINUTES)))
+        .execute(&mut *connection)
+        .await?;
+    Ok(Begun::SignIn { request_id, client_name: if client.name.is_empty() { client.client_id } else { client.name } })
+}
+
+/// A pending request and, once signed in, its user.
+pub struct Pending {
+    pub request: AuthorizeRequest,
+    pub actor: Option<Actor>,
+    pub client: ClientConfig,
+}
+
+/// The pending request `request_id` at `tenant`, if it has not expired.
+pub async fn pending(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<Pending> {
+    let mut connection = fhir.store.connection().await?;
+    let row = sqlx::query("SELECT request, actor, expires_at FROM authorization_requests WHERE id = $1 AND tenant = $2")
+        .bind(request_id)
+        .bind(tenant)
+        .fetch_optional(&mut *connection)
+        .await?;
+    let expired = || Error::bad_request("this sign-in has expired or is unknown; start again from the app");
+    let row = row.ok_or_else(expired)?;
+    if row.try_get::<String, _>("expires_at")? <= format_instant(fhir.clock.now()) {
+        return Err(expired());
+    }
+    let request: AuthorizeRequest = serde_json::from_str(&row.try_get::<String, _>("request")?)?;
+    let actor = row.try_get::<Option<String>, _>("actor")?.map(|a| serde_json::from_str(&a)).transpose()?;
+    let client = fhir.client(tenant, &request.client_id).ok_or_else(expired)?;
+    Ok(Pending { request, actor, client })
+}
+
+/// Records who signed in for the pending request.
+pub async fn signed_in(fhir: &Fhir, tenant: &str, request_id: &str, actor: &Actor) -> Result<()> {
+    let mut connection = fhir.store.connection().await?;
+    sqlx::query("UPDATE authorization_requests SET actor = $1 WHERE id = $2 AND tenant = $3")
+        .bind(serde_json::to_string(actor)?)
+        .bind(request_id)
+        .bind(tenant)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// The scopes the consent page offers: what the app asked for, narrowed to what it is
+/// registered for.
+pub fn offered_scopes(pending: &Pending) -> Scopes {
+    let requested = Scopes::parse(&pending.request.scope).unwrap_or_default();
+    let allowed = pending.client.allowed_scopes();
+    let mut offered = narrow(&requested, &allowed, ScopeContext::User);
+    offered.resources.extend(narrow(&requested, &allowed, ScopeContext::Patient).resources);
+    offered.other = requested.other.iter().filter(|o| allowed.has(o)).cloned().collect();
+    offered
+}
+
+/// The persons the signed-in user may pick for `launch/patient`: the Patients the access
+/// policy lets them read (at most 100).
+pub async fn patient_choices(fhir: &Fhir, tenant: &str, actor: &Actor) -> Result<Vec<(String, String)>> {
+    let principal = Principal::Authenticated(Box::new(crate::policy::Authenticated {
+        actor: actor.clone(),
+        scopes: Scopes::parse("user/Patient.rs").unwrap_or_default(),
+        patient: None,
+        client_id: "consent-page".into(),
+    }));
+    let context = Context {
+        tenant: tenant.to_owned(),
+        principal,
+        base_url: fhir.config.base_url(tenant),
+        request_id: "consent-page".into(),
+        lenient: false,
+    };
+    let bundle = fhir.search(&context, "Patient", &[("_count".into(), "100".into())]).await?;
+    Ok(bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let resource = &entry["resource"];
+            let id = resource["id"].as_str()?.to_owned();
+            let name = resource["name"][0]["text"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| resource["name"][0]["family"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| id.clone());
+            Some((id, name))
+        })
+        .collect())
+}
+
+/// The user approved `granted` (a subset of the offered scopes) and, for `launch/patient`,
+/// picked `patient`: the app gets a code. Anything not offered is dropped.
+pub async fn approve(fhir: &Fhir, tenant: &str, request_id: &str, granted: &[String], patient: Option<String>) -> Result<String> {
+    let pending = pending(fhir, tenant, request_id).await?;
+    let actor = pending.actor.clone().ok_or_else(|| Error::bad_request("sign in first"))?;
+    let offered = offered_scopes(&pending);
+    let chosen = Scopes::parse(&granted.join(" ")).map_err(Error::bad_request)?;
+    let mut scopes = narrow(&chosen, &offered, ScopeContext::User);
+    scopes.resources.extend(narrow(&chosen, &offered, ScopeContext::Patient).resources);
+    scopes.other = chosen.other.iter().filter(|o| offered.has(o)).cloned().collect();
+    let patient = if scopes.has("launch/patient") || scopes.has_context(ScopeContext::Patient) {
+        let choices = patient_choices(fhir, tenant, &actor).await?;
+        let picked = patient.filter(|p| choices.iter().any(|(id, _)| id == p));
+        Some(picked.ok_or_else(|| Error::bad_request_at("pick one of the listed persons", "patient"))?)
+    } else {
+        None
+    };
+    let record = GrantRecord {
+        client_id: pending.request.client_id.clone(),
+        redirect_uri: pending.request.redirect_uri.clone(),
+        code_challenge: pending.request.code_challenge.clone(),
+        scope: scopes.to_string(),
+        actor,
+        patient,
+        nonce: pending.request.nonce.clone(),
+        signed_in_at: Some(format_instant(fhir.clock.now())),
+    };
+    let code = random();
+    let mut connection = fhir.store.connection().await?;
+    sqlx::query("INSERT INTO authorization_codes (digest, tenant, grant_json, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(digest(&code))
+        .bind(tenant)
+        .bind(serde_json::to_string(&record)?)
+        .bind(format_instant(fhir.clock.now() + Duration::seconds(CODE_SECONDS)))
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("DELETE FROM authorization_requests WHERE id = $1").bind(request_id).execute(&mut *connection).await?;
+    let mut params = vec![("code", code.as_str())];
+    if let Some(state) = pending.request.state.as_deref() {
+        params.push(("state", state));
+    }
+    Ok(redirect_with(&pending.request.redirect_uri, &params))
+}
+
+/// The user declined: the app hears `access_denied`.
+pub async fn deny(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<String> {
+    let pending = pending(fhir, tenant, request_id).await?;
+    let mut params = vec![("error", "access_denied"), ("error_description", "the user declined")];
+    if let Some(state) = pending.request.state.as_deref() {
+        params.push(("state", state));
+    }
+    Ok(redirect_with(&pending.request.redirect_uri, &params))
+}
+
+/// Authenticates the app at the token endpoint: a public client names itself; a
+/// confidential one proves itself with an assertion.
+async fn authenticate_app(fhir: &Fhir, tenant: &str, form: &[(String, String)], now: DateTime<Utc>) -> Result<ClientConfig, OAuthError> {
+    let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let client_id = match field("client_assertion") {
+        Some(assertion) => assertion::unverified_issuer(assertion),
+        None => field("client_id").map(str::to_owned),
+    }
+    .ok_or_else(|| OAuthError::invalid_client("client_id is missing"))?;
+    let client = fhir
+        .client(tenant, &client_id)
+        .filter(|c| c.kind != ClientKind::System)
+        .ok_or_else(|| OAuthError::invalid_client("no app with this client_id is registered here"))?;
+    if client.kind == ClientKind::ConfidentialAsymmetric {
+        if field("client_assertion_type") != Some(super::server::JWT_BEARER) {
+            return Err(OAuthError::invalid_client("this app must authenticate with a client assertion"));
+        }
+        let verified = assertion::verify(field("client_assertion").unwrap_or_default(), &client, &Endpoints::of(fhir, tenant).token, now.timestamp())?;
+        let mut connection = fhir.store.connection().await?;
+        if !tokens::record_assertion(&mut connection, now, &verified.client_id, &verified.jti, verified.expires_at).await? {
+            return Err(OAuthError::invalid_client("the client assertion's jti has been used before"));
+        }
+    }
+    Ok(client)
+}
+
+/// `grant_type=authorization_code`
+pub async fn exchange_code(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Result<Value, OAuthError> {
+    let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let now = fhir.clock.now();
+    let client = authenticate_app(fhir, tenant, form, now).await?;
+    let code = field("code").ok_or_else(|| OAuthError::invalid_request("code is missing"))?;
+    let mut connection = fhir.store.connection().await?;
+    let row = sqlx::query("SELECT grant_json, expires_at FROM authorization_codes WHERE digest = $1 AND tenant = $2")
+        .bind(digest(code))
+        .bind(tenant)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(OAuthError::server_error)?;
+    let invalid = || OAuthError::invalid_grant("the authorization code is invalid, expired or already used");
+    let row = row.ok_or_else(invalid)?;
+    // Single use: only the request that flips `used` may proceed.
+    let claimed = sqlx::query("UPDATE authorization_codes SET used = 1 WHERE digest = $1 AND used = 0")
+        .bind(digest(code))
+        .execute(&mut *connection)
+        .await
+        .map_err(OAuthError::server_error)?;
+    if claimed.rows_affected() != 1 {
+        return Err(invalid());
+    }
+    if row.try_get::<String, _>("expires_at").map_err(OAuthError::server_error)? <= format_instant(now) {
+        return Err(invalid());
+    }
+    let record: GrantRecord =
+        serde_json::from_str(&row.try_get::<String, _>("grant_json").map_err(OAuthError::server_error)?).map_err(OAuthError::server_error)?;
+    if record.client_id != client.client_id {
+        return Err(OAuthError::invalid_grant("the authorization code was issued to another app"));
+    }
+    if field("redirect_uri") != Some(record.redirect_uri.as_str()) {
+        return Err(OAuthError::invalid_grant("redirect_uri does not match the authorization request"));
+    }
+    let verifier = field("code_verifier").ok_or_else(|| OAuthError::invalid_grant("code_verifier is missing (PKCE)"))?;
+    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    if !(43..=128).contains(&verifier.len()) || computed != record.code_challenge {
+        return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge (PKCE)"));
+    }
+    let family = random();
+    issue_app_tokens(fhir, tenant, &mut connection, now, record, &family).await
+}
+
+/// `grant_type=refresh_token`: rotates the refresh token; a rotated token presented again
+/// revokes its family (someone has a copy).
+pub async fn refresh(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Result<Value, OAuthError> {
+    let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let now = fhir.clock.now();
+    let client = authenticate_app(fhir, tenant, form, now).await?;
+    let presented = field("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))?;
+    let mut connection = fhir.store.connection().await?;
+    let row = sqlx::query("SELECT family, grant_json, expires_at, rotated, revoked FROM refresh_tokens WHERE digest = $1 AND tenant = $2")
+        .bind(digest(presented))
+        .bind(tenant)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(OAuthError::server_error)?;
+    let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
+    let row = row.ok_or_else(invalid)?;
+    let family: String = row.try_get("family").map_err(OAuthError::server_error)?;
+    let record: GrantRecord =
+        serde_json::from_str(&row.try_get::<String, _>("grant_json").map_err(OAuthError::server_error)?).map_err(OAuthError::server_error)?;
+    if record.client_id != client.client_id {
+        return Err(invalid());
+    }
+    if row.try_get::<i64, _>("revoked").map_err(OAuthError::server_error)? != 0 {
+        return Err(invalid());
+    }
+    let claimed = sqlx::query("UPDATE refresh_tokens SET rotated = 1 WHERE digest = $1 AND rotated = 0")
+        .bind(digest(presented))
+        .execute(&mut *connection)
+        .await
+        .map_err(OAuthError::server_error)?;
+    if claimed.rows_affected() != 1 {
+        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = $1")
+            .bind(&family)
+            .execute(&mut *connection)
+            .await
+            .map_err(OAuthError::server_error)?;
+        tracing::warn!(target: "renraku::auth", tenant, client = %client.client_id, "refresh token reused; its family is revoked");
+        return Err(invalid());
+    }
+    if let Some(expires_at) = row.try_get::<Option<String>, _>("expires_at").map_err(OAuthError::server_error)? {
+        if expires_at <= format_instant(now) {
+            return Err(invalid());
+        }
+    }
+    let mut record = record;
+    if let Some(scope) = field("scope") {
+        let asked = Scopes::parse(scope).map_err(OAuthError::invalid_scope)?;
+        let had = Scopes::parse(&record.scope).unwrap_or_default();
+        let mut narrowed = narrow(&asked, &had, ScopeContext::User);
+        narrowed.resources.extend(narrow(&asked, &had, ScopeContext::Patient).resources);
+        narrowed.other = asked.other.iter().filter(|o| had.has(o)).cloned().collect();
+        record.scope = narrowed.to_string();
+    }
+    issue_app_tokens(fhir, tenant, &mut connection, now, record, &family).await
+}
+
+async fn issue_app_tokens(
+    fhir: &Fhir,
+    tenant: &str,
+    connection: &mut AnyConnection,
+    now: DateTime<Utc>,
+    record: GrantRecord,
+    family: &str,
+) -> Result<Value, OAuthError> {
+    let scopes = Scopes::parse(&record.scope).unwrap_or_default();
+    let grant = TokenGrant {
+        tenant: tenant.to_owned(),
+        actor: record.actor.clone(),
+        scopes: scopes.clone(),
+        patient: record.patient.clone(),
+        client_id: record.client_id.clone(),
+        lifetime: Duration::seconds(APP_TOKEN_SECONDS),
+    };
+    let issued = tokens::issue(connection, now, &grant).await?;
+    let mut answer = json!({
+        "access_token": issued.access_token,
+        "token_type": "bearer",
+        "expires_in": APP_TOKEN_SECONDS,
+        "scope": scopes.to_string(),
+        "need_patient_banner": true,
+        "smart_style_url": format!("{}/smart-style.json", Endpoints::of(fhir, tenant).issuer),
+    });
+    if let Some(patient) = &record.patient {
+        answer["patient"] = json!(patient);
+    }
+    if scopes.has("openid") && (scopes.has("fhirUser") || scopes.has("profile")) {
+        answer["id_token"] = json!(id_token(fhir, tenant, connection, now, &record).await?);
+    }
+    let refresh_lifetime = if scopes.has("offline_access") {
+        Some(Duration::days(OFFLINE_REFRESH_DAYS))
+    } else if scopes.has("online_access") {
+        Some(Duration::hours(ONLINE_REFRESH_HOURS))
+    } else {
+        None
+    };
+    if let Some(lifetime) = refresh_lifetime {
+        let refresh_token = random();
+        sqlx::query("INSERT INTO refresh_tokens (digest, family, tenant, grant_json, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(digest(&refresh_token))
+            .bind(family)
+            .bind(tenant)
+            .bind(serde_json::to_string(&record).map_err(OAuthError::server_error)?)
+            .bind(format_instant(now + lifetime))
+            .execute(&mut *connection)
+            .await
+            .map_err(OAuthError::server_error)?;
+        answer["refresh_token"] = json!(refresh_token);
+    }
+    tracing::info!(target: "renraku::auth", tenant, client = %record.client_id, scope = %scopes, "access token issued (app)");
+    Ok(answer)
+}
+
+/// The user's FHIR resource: their PractitionerRole (which carries the organization).
+pub fn fhir_user(fhir: &Fhir, tenant: &str, actor: &Actor) -> Option<String> {
+    match actor {
+        Actor::Practitioner { role, .. } => Some(format!("{}/PractitionerRole/{role}", fhir.config.base_url(tenant))),
+        _ => None,
+    }
+}
+
+async fn id_token(fhir: &Fhir, tenant: &str, connection: &mut AnyConnection, now: DateTime<Utc>, record: &GrantRecord) -> Result<String, OAuthError> {
+    let key = keys::current(connection, now).await?;
+    let subject = match &record.actor {
+        Actor::Practitioner { practitioner, .. } => practitioner.clone(),
+        Actor::System { client, .. } => client.clone(),
+        Actor::MunicipalAdmin { user, .. } | Actor::ServerAdmin { user } => user.clone(),
+        #[cfg(feature = "test-support")]
+        Actor::TestUnrestricted => "test-suite".into(),
+    };
+    let mut claims = json!({
+        "iss": Endpoints::of(fhir, tenant).issuer,
+        "sub": subject,
+        "aud": record.client_id,
+        "iat": now.timestamp(),
+        "exp": (now + Duration::seconds(APP_TOKEN_SECONDS)).timestamp(),
+    });
+    if let Some(user) = fhir_user(fhir, tenant, &record.actor) {
+        claims["fhirUser"] = json!(user);
+    }
+    if let Some(nonce) = &record.nonce {
+        claims["nonce"] = json!(nonce);
+    }
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(key.private_pem.as_bytes()).map_err(OAuthError::server_error)?;
+    jsonwebtoken::encode(&header, &claims, &encoding).map_err(OAuthError::server_error)
+}
