@@ -45,6 +45,30 @@ pub struct TenantConfig {
     pub code: String,
     /// The municipality's name, e.g. `伊那市`.
     pub name: String,
+    /// The municipality's OpenID Provider, through which its professionals sign in to apps.
+    #[serde(default)]
+    pub login: Option<UpstreamLogin>,
+}
+
+/// A municipality's OpenID Provider (`[tenants.login]`). Renraku is its relying party.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamLogin {
+    /// The provider's issuer URL (its discovery document is read from there).
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// The `Practitioner.identifier.system` whose value is the provider's `sub` for that
+    /// professional: how a sign-in is mapped to a Practitioner of the directory.
+    pub subject_system: String,
+    /// Refuse sign-ins that did not use a second factor (by `amr` or `acr`).
+    #[serde(default)]
+    pub require_mfa: bool,
+    /// `acr` values that count as multi-factor, in addition to `amr` values such as `mfa`,
+    /// `otp`, `hwk`, `swk`, `sms`, `fpt`, `face`.
+    #[serde(default)]
+    pub mfa_acr_values: Vec<String>,
 }
 
 /// What the configuration file may contain. Every field is optional.
@@ -162,9 +186,9 @@ pub fn default_sqlite_url(data_dir: &Path) -> String {
 /// The three Nagano municipalities of the demo: 伊那市, 南箕輪村 and 箕輪町.
 pub fn demo_tenants() -> Vec<TenantConfig> {
     vec![
-        TenantConfig { slug: "ina".into(), code: "202096".into(), name: "伊那市".into() },
-        TenantConfig { slug: "minamiminowa".into(), code: "203858".into(), name: "南箕輪村".into() },
-        TenantConfig { slug: "minowa".into(), code: "203831".into(), name: "箕輪町".into() },
+        TenantConfig { slug: "ina".into(), code: "202096".into(), name: "伊那市".into(), login: None },
+        TenantConfig { slug: "minamiminowa".into(), code: "203858".into(), name: "南箕輪村".into(), login: None },
+        TenantConfig { slug: "minowa".into(), code: "203831".into(), name: "箕輪町".into(), login: None },
     ]
 }
 

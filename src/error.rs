@@ -54,6 +54,9 @@ pub enum Error {
     /// An interaction the server does not implement for this target.
     #[error("not supported: {0}")]
     NotSupported(String),
+    /// A service the gateway depends on (a municipality's identity provider) failed.
+    #[error("bad gateway: {0}")]
+    BadGateway(String),
     /// Something broke inside the server. The message is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -95,6 +98,7 @@ impl Error {
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -130,6 +134,7 @@ impl Error {
                 format!("the request body is larger than the limit of {limit_bytes} bytes"),
             )],
             Error::NotSupported(message) => vec![Issue::error(IssueCode::NotSupported, message.clone())],
+            Error::BadGateway(message) => vec![Issue::error(IssueCode::Transient, message.clone())],
             Error::Internal(_) => vec![Issue::fatal(
                 IssueCode::Exception,
                 format!("an internal error occurred; quote request id {request_id} to the operator"),

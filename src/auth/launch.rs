@@ -41,6 +41,9 @@ pub struct AuthorizeRequest {
     pub state: Option<String>,
     pub code_challenge: String,
     pub nonce: Option<String>,
+    /// While the user signs in at the municipality's OpenID Provider.
+    #[serde(default)]
+    pub upstream: Option<super::upstream::UpstreamState>,
 }
 
 /// What an authorization code or refresh token stands for.
@@ -62,7 +65,11 @@ struct GrantRecord {
 /// redirect back to the app (an error it must hear about).
 #[derive(Debug)]
 pub enum Begun {
+    /// Show the demo's built-in sign-in page.
     SignIn { request_id: String, client_name: String },
+    /// Send the browser to the municipality's OpenID Provider.
+    Upstream(String),
+    /// Send the browser back to the app (with an error).
     Redirect(String),
 }
 
@@ -122,8 +129,15 @@ pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)]) -> Re
     if Scopes::parse(&scope).is_err() {
         return fail("invalid_scope", "the scope is malformed");
     }
-    let request = AuthorizeRequest { client_id, redirect_uri, scope, state, code_challenge, nonce: field("nonce") };
+    let mut request = AuthorizeRequest { client_id, redirect_uri, scope, state, code_challenge, nonce: field("nonce"), upstream: None };
     let request_id = random();
+    let login = fhir.tenant(tenant).and_then(|t| t.login);
+    let mut provider_url = None;
+    if let Some(login) = &login {
+        let (url, upstream) = super::upstream::start(fhir, tenant, login, &request_id).await?;
+        request.upstream = Some(upstream);
+        provider_url = Some(url);
+    }
     let mut connection = fhir.store.connection().await?;
     sqlx::query("INSERT INTO authorization_requests (id, tenant, request, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(&request_id)
@@ -132,6 +146,9 @@ pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)]) -> Re
         .bind(format_instant(fhir.clock.now() + Duration::minutes(REQUEST_MINUTES)))
         .execute(&mut *connection)
         .await?;
+    if let Some(url) = provider_url {
+        return Ok(Begun::Upstream(url));
+    }
     Ok(Begun::SignIn { request_id, client_name: if client.name.is_empty() { client.client_id } else { client.name } })
 }
 
@@ -159,6 +176,16 @@ pub async fn pending(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<Pend
     let actor = row.try_get::<Option<String>, _>("actor")?.map(|a| serde_json::from_str(&a)).transpose()?;
     let client = fhir.client(tenant, &request.client_id).ok_or_else(expired)?;
     Ok(Pending { request, actor, client })
+}
+
+/// The callback from the municipality's OpenID Provider for the pending request `state`:
+/// the signed-in professional, or the refusal.
+pub async fn upstream_callback(fhir: &Fhir, tenant: &str, request_id: &str, code: &str) -> Result<()> {
+    let pending = pending(fhir, tenant, request_id).await?;
+    let login = fhir.tenant(tenant).and_then(|t| t.login).ok_or_else(|| Error::NotFound("the sign-in callback".into()))?;
+    let upstream = pending.request.upstream.clone().ok_or_else(|| Error::bad_request("this sign-in did not start at the identity provider"))?;
+    let actor = super::upstream::finish(fhir, tenant, &login, &upstream, code).await?;
+    signed_in(fhir, tenant, request_id, &actor).await
 }
 
 /// Records who signed in for the pending request.
@@ -262,10 +289,10 @@ pub async fn approve(fhir: &Fhir, tenant: &str, request_id: &str, granted: &[Str
     Ok(redirect_with(&pending.request.redirect_uri, &params))
 }
 
-/// The user declined: the app hears `access_denied`.
+/// The user declined (or the sign-in failed): the app hears `access_denied`.
 pub async fn deny(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<String> {
     let pending = pending(fhir, tenant, request_id).await?;
-    let mut params = vec![("error", "access_denied"), ("error_description", "the user declined")];
+    let mut params = vec![("error", "access_denied"), ("error_description", "the user declined or could not sign in")];
     if let Some(state) = pending.request.state.as_deref() {
         params.push(("state", state));
     }

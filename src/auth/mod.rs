@@ -18,6 +18,7 @@ pub mod launch;
 pub mod scopes;
 pub mod server;
 pub mod tokens;
+pub mod upstream;
 
 /// An OAuth 2.0 error response (RFC 6749 §5.2): the token, introspection and revocation
 /// endpoints answer in OAuth's format, not with OperationOutcomes.

@@ -42,6 +42,7 @@ pub enum IssueCode {
     Login,
     Forbidden,
     BusinessRule,
+    Transient,
 }
 
 impl IssueCode {
@@ -59,6 +60,7 @@ impl IssueCode {
             IssueCode::Login => "login",
             IssueCode::Forbidden => "forbidden",
             IssueCode::BusinessRule => "business-rule",
+            IssueCode::Transient => "transient",
             IssueCode::Deleted => "deleted",
             IssueCode::TooLong => "too-long",
             IssueCode::Conflict => "conflict",

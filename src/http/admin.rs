@@ -56,7 +56,7 @@ pub async fn add_tenant(
         let principal = principal(&state, &headers, None).await?;
         let new: NewTenant = serde_json::from_slice(&body)
             .map_err(|e| Error::bad_request(format!("the body must be {{\"slug\", \"code\", \"name\"}}: {e}")))?;
-        state.fhir.add_tenant(&principal, TenantConfig { slug: new.slug, code: new.code, name: new.name }).await
+        state.fhir.add_tenant(&principal, TenantConfig { slug: new.slug, code: new.code, name: new.name, login: None }).await
     }
     .await;
     match result {

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{tenant}/auth/revoke", post(oauth::revoke).fallback(method_not_allowed))
         .route("/{tenant}/auth/authorize", get(pages::authorize).post(pages::authorize).fallback(method_not_allowed))
         .route("/{tenant}/auth/login", post(pages::login).fallback(method_not_allowed))
+        .route("/{tenant}/auth/callback", get(pages::callback).fallback(method_not_allowed))
         .route("/{tenant}/auth/consent", post(pages::consent).fallback(method_not_allowed))
         .route("/{tenant}/auth/jwks", get(pages::jwks).fallback(method_not_allowed))
         .route("/{tenant}/auth/smart-style.json", get(pages::smart_style).fallback(method_not_allowed))

@@ -74,7 +74,7 @@ pub async fn authorize(
         parse_query_string(uri.query().unwrap_or_default())
     };
     match launch::begin(&state.fhir, &tenant, &params).await {
-        Ok(Begun::Redirect(location)) => see_other(&location),
+        Ok(Begun::Redirect(location)) | Ok(Begun::Upstream(location)) => see_other(&location),
         Ok(Begun::SignIn { request_id: pending, client_name }) => sign_in_page(&state, &tenant, &pending, &client_name),
         Err(error) => fail(&request_id, error),
     }
@@ -166,6 +166,31 @@ async fn consent_page(state: &AppState, tenant: &str, pending_id: &str) -> Resul
         escape(pending_id)
     );
     Ok(page("Renraku consent", &body))
+}
+
+/// `GET /{tenant}/auth/callback` — the municipality's OpenID Provider sends the user back.
+pub async fn callback(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    Path(tenant): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let result = async {
+        known(&state, &tenant)?;
+        let params = parse_query_string(uri.query().unwrap_or_default());
+        let field = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let pending_id = field("state").ok_or_else(|| Error::bad_request_at("state is missing", "state"))?;
+        match field("code") {
+            Some(code) => {
+                launch::upstream_callback(&state.fhir, &tenant, &pending_id, &code).await?;
+                consent_page(&state, &tenant, &pending_id).await
+            }
+            // The provider refused or the user cancelled: the app hears access_denied.
+            None => Ok(see_other(&launch::deny(&state.fhir, &tenant, &pending_id).await?)),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|error| fail(&request_id, error))
 }
 
 /// `POST /{tenant}/auth/consent`

@@ -2,8 +2,10 @@
 //!
 //! The policy must see support teams, consents, agreements and registrations before it can
 //! hand out a grant, so these reads cannot take one. They are `pub(crate)`, named here in
-//! one module, and called only from `policy::facts` and (for a new resource's owner) from
-//! `Fhir::owner_tenant_of`; ARCHITECTURE.md lists them among the deliberate bypasses.
+//! one module, and called only from `policy::facts`, from the write path (a new resource's
+//! owner, a team member's municipality) and from sign-in (`auth::upstream`: which
+//! Practitioner an identity provider's subject is); ARCHITECTURE.md lists them among the
+//! deliberate bypasses.
 
 use sqlx::{AnyConnection, Row};
 
@@ -61,6 +63,25 @@ pub(crate) async fn live_by_ids(
     }
     sql.push(")");
     rows(&sql, connection).await
+}
+
+/// The id of the live Practitioner of `tenant` whose `identifier` is `system|value`.
+pub(crate) async fn practitioner_by_identifier(
+    connection: &mut AnyConnection,
+    tenant: &str,
+    system: &str,
+    value: &str,
+) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT id FROM search_token WHERE tenant = $1 AND resource_type = 'Practitioner' AND param = 'identifier' \
+         AND system = $2 AND code = $3 ORDER BY id LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(system)
+    .bind(value)
+    .fetch_optional(connection)
+    .await?;
+    Ok(row.map(|row| row.try_get("id")).transpose()?)
 }
 
 /// The municipality owning a live resource, if there is one.

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 pub async fn list(connection: &mut AnyConnection) -> Result<Vec<TenantConfig>> {
     let rows = sqlx::query("SELECT slug, code, name FROM tenants ORDER BY slug").fetch_all(connection).await?;
     rows.iter()
-        .map(|row| Ok(TenantConfig { slug: row.try_get("slug")?, code: row.try_get("code")?, name: row.try_get("name")? }))
+        .map(|row| Ok(TenantConfig { slug: row.try_get("slug")?, code: row.try_get("code")?, name: row.try_get("name")?, login: None }))
         .collect()
 }
 
