@@ -44,6 +44,9 @@ pub struct AuthorizeRequest {
     /// While the user signs in at the municipality's OpenID Provider.
     #[serde(default)]
     pub upstream: Option<super::upstream::UpstreamState>,
+    /// EHR launch: the patient context bound by the `launch` value.
+    #[serde(default)]
+    pub launch_patient: Option<String>,
 }
 
 /// What an authorization code or refresh token stands for.
@@ -122,14 +125,19 @@ pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)]) -> Re
     if field("code_challenge_method").as_deref() != Some("S256") {
         return fail("invalid_request", "PKCE code_challenge_method must be S256");
     }
-    if field("launch").is_some() {
-        return fail("invalid_request", "EHR launch is not supported yet; use standalone launch");
-    }
+    let launch_patient = match field("launch") {
+        Some(launch) => match redeem_launch(fhir, tenant, &launch).await? {
+            Some(patient) => Some(patient),
+            None => return fail("invalid_request", "the launch value is unknown, used or expired"),
+        },
+        None => None,
+    };
     let scope = field("scope").unwrap_or_default();
     if Scopes::parse(&scope).is_err() {
         return fail("invalid_scope", "the scope is malformed");
     }
-    let mut request = AuthorizeRequest { client_id, redirect_uri, scope, state, code_challenge, nonce: field("nonce"), upstream: None };
+    let mut request =
+        AuthorizeRequest { client_id, redirect_uri, scope, state, code_challenge, nonce: field("nonce"), upstream: None, launch_patient };
     let request_id = random();
     let login = fhir.tenant(tenant).and_then(|t| t.login);
     let mut provider_url = None;
@@ -255,7 +263,14 @@ pub async fn approve(fhir: &Fhir, tenant: &str, request_id: &str, granted: &[Str
     let mut scopes = narrow(&chosen, &offered, ScopeContext::User);
     scopes.resources.extend(narrow(&chosen, &offered, ScopeContext::Patient).resources);
     scopes.other = chosen.other.iter().filter(|o| offered.has(o)).cloned().collect();
-    let patient = if scopes.has("launch/patient") || scopes.has_context(ScopeContext::Patient) {
+    let patient = if let Some(launched) = pending.request.launch_patient.clone().filter(|_| scopes.has("launch")) {
+        // EHR launch: the context the EHR bound, if the signed-in user may still see the person.
+        let choices = patient_choices(fhir, tenant, &actor).await?;
+        if !choices.iter().any(|(id, _)| *id == launched) {
+            return Err(Error::Forbidden("the launched person is not one the signed-in professional may access".into()));
+        }
+        Some(launched)
+    } else if scopes.has("launch/patient") || scopes.has_context(ScopeContext::Patient) {
         let choices = patient_choices(fhir, tenant, &actor).await?;
         let picked = patient.filter(|p| choices.iter().any(|(id, _)| id == p));
         Some(picked.ok_or_else(|| Error::bad_request_at("pick one of the listed persons", "patient"))?)
@@ -287,6 +302,45 @@ pub async fn approve(fhir: &Fhir, tenant: &str, request_id: &str, granted: &[Str
         params.push(("state", state));
     }
     Ok(redirect_with(&pending.request.redirect_uri, &params))
+}
+
+/// `POST /{tenant}/auth/launch`: an EHR (a professional's or a system client's token) binds a
+/// patient context to a new `launch` value, valid once for five minutes. The caller must be
+/// able to read the person (otherwise 404, as a read would answer).
+pub async fn mint_launch(fhir: &Fhir, context: &Context, patient: &str) -> Result<String> {
+    fhir.read(context, "Patient", patient).await?;
+    let launch = random();
+    let mut connection = fhir.store.connection().await?;
+    sqlx::query("INSERT INTO launch_contexts (digest, tenant, patient, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(digest(&launch))
+        .bind(&context.tenant)
+        .bind(patient)
+        .bind(format_instant(fhir.clock.now() + Duration::minutes(5)))
+        .execute(&mut *connection)
+        .await?;
+    Ok(launch)
+}
+
+/// The patient a `launch` value binds, if it is unused and unexpired (it is used up here).
+async fn redeem_launch(fhir: &Fhir, tenant: &str, launch: &str) -> Result<Option<String>> {
+    let mut connection = fhir.store.connection().await?;
+    let row = sqlx::query("SELECT patient, expires_at FROM launch_contexts WHERE digest = $1 AND tenant = $2")
+        .bind(digest(launch))
+        .bind(tenant)
+        .fetch_optional(&mut *connection)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    if row.try_get::<String, _>("expires_at")? <= format_instant(fhir.clock.now()) {
+        return Ok(None);
+    }
+    let claimed = sqlx::query("UPDATE launch_contexts SET used = 1 WHERE digest = $1 AND used = 0")
+        .bind(digest(launch))
+        .execute(&mut *connection)
+        .await?;
+    if claimed.rows_affected() != 1 {
+        return Ok(None);
+    }
+    Ok(Some(row.try_get("patient")?))
 }
 
 /// The user declined (or the sign-in failed): the app hears `access_denied`.

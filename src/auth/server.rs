@@ -57,7 +57,7 @@ pub fn smart_configuration(fhir: &Fhir, tenant: &str) -> Value {
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
         "scopes_supported": [
-            "openid", "fhirUser", "launch/patient", "offline_access", "online_access",
+            "openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access",
             "patient/*.cruds", "patient/*.rs", "user/*.cruds", "user/*.rs", "system/*.cruds", "system/*.rs"
         ],
         "response_types_supported": ["code"],
@@ -66,7 +66,7 @@ pub fn smart_configuration(fhir: &Fhir, tenant: &str) -> Value {
         "revocation_endpoint": endpoints.revoke,
         "code_challenge_methods_supported": ["S256"],
         "capabilities": [
-            "launch-standalone", "authorize-post", "client-public", "client-confidential-asymmetric",
+            "launch-ehr", "launch-standalone", "authorize-post", "context-ehr-patient", "client-public", "client-confidential-asymmetric",
             "sso-openid-connect", "context-standalone-patient", "context-banner", "context-style",
             "permission-offline", "permission-online", "permission-patient", "permission-user",
             "permission-v1", "permission-v2"
@@ -249,7 +249,7 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         name: "連絡帳アプリ（デモ）".into(),
         organization: None,
         redirect_uris: vec![DEMO_APP_REDIRECT.into(), "http://localhost:9000/callback".into()],
-        scopes: "openid fhirUser profile launch/patient offline_access online_access patient/*.cruds user/*.cruds".into(),
+        scopes: "openid fhirUser profile launch launch/patient offline_access online_access patient/*.cruds user/*.cruds".into(),
         jwks: None,
         jwks_url: None,
     }))

@@ -1,19 +1,61 @@
 //! The gateway's own administrative endpoints (outside every FHIR base): managing the
-//! municipalities served. JSON in and out; errors are OperationOutcomes like everywhere.
+//! municipalities served and their OAuth clients. JSON in and out; errors are
+//! OperationOutcomes like everywhere.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::request::{principal, RequestId};
 use super::response::ErrorReply;
 use super::AppState;
+use crate::auth::clients::ClientConfig;
 use crate::config::TenantConfig;
 use crate::error::Error;
 use crate::fhir::format::Format;
+use crate::policy::Principal;
+
+/// The caller of an administrative endpoint (the token's principal; the service decides
+/// whether it may), with the request id its errors carry.
+pub struct AdminCaller {
+    principal: Result<Principal, Error>,
+    request_id: RequestId,
+    query: Vec<(String, String)>,
+}
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or(RequestId(String::new()));
+        let principal = principal(state, &parts.headers, None).await;
+        let query = crate::service::parse_query_string(parts.uri.query().unwrap_or_default());
+        Ok(AdminCaller { principal, request_id, query })
+    }
+}
+
+impl AdminCaller {
+    /// Renders `result` (`status` and JSON on success, an OperationOutcome otherwise).
+    fn reply(&self, status: StatusCode, result: Result<Value, Error>) -> Response {
+        match result {
+            Ok(_) if status == StatusCode::NO_CONTENT => status.into_response(),
+            Ok(body) => (status, Json(body)).into_response(),
+            Err(error) => ErrorReply { error, format: Format::Json, request_id: self.request_id.0.clone() }.into_response(),
+        }
+    }
+
+    /// The principal, or the same error its verification gave (errors are not `Clone`).
+    fn principal(&self) -> Result<&Principal, Error> {
+        self.principal.as_ref().map_err(|error| match error {
+            Error::Unauthorized(message) => Error::Unauthorized(message.clone()),
+            other => Error::Internal(other.to_string()),
+        })
+    }
+}
 
 /// A municipality as `POST /admin/tenants` takes it.
 #[derive(Debug, Deserialize)]
@@ -24,43 +66,61 @@ pub struct NewTenant {
     pub name: String,
 }
 
-fn describe(state: &AppState, tenant: &TenantConfig) -> serde_json::Value {
+fn describe(state: &AppState, tenant: &TenantConfig) -> Value {
     json!({ "slug": tenant.slug, "code": tenant.code, "name": tenant.name, "fhirBase": state.config.base_url(&tenant.slug) })
 }
 
-fn fail(request_id: &RequestId, error: Error) -> Response {
-    ErrorReply { error, format: Format::Json, request_id: request_id.0.clone() }.into_response()
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("the body is not {what}: {e}")))
 }
 
 /// `GET /admin/tenants`
-pub async fn list_tenants(State(state): State<AppState>, request_id: axum::Extension<RequestId>, headers: HeaderMap) -> Response {
-    let result = async {
-        let principal = principal(&state, &headers, None).await?;
-        state.fhir.list_tenants(&principal)
-    }
-    .await;
-    match result {
-        Ok(tenants) => Json(json!({ "tenants": tenants.iter().map(|t| describe(&state, t)).collect::<Vec<_>>() })).into_response(),
-        Err(error) => fail(&request_id, error),
-    }
+pub async fn list_tenants(State(state): State<AppState>, caller: AdminCaller) -> Response {
+    let result = caller
+        .principal()
+        .and_then(|p| state.fhir.list_tenants(p))
+        .map(|tenants| json!({ "tenants": tenants.iter().map(|t| describe(&state, t)).collect::<Vec<_>>() }));
+    caller.reply(StatusCode::OK, result)
 }
 
 /// `POST /admin/tenants` with `{"slug": …, "code": …, "name": …}`
-pub async fn add_tenant(
-    State(state): State<AppState>,
-    request_id: axum::Extension<RequestId>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+pub async fn add_tenant(State(state): State<AppState>, caller: AdminCaller, body: axum::body::Bytes) -> Response {
     let result = async {
-        let principal = principal(&state, &headers, None).await?;
-        let new: NewTenant = serde_json::from_slice(&body)
-            .map_err(|e| Error::bad_request(format!("the body must be {{\"slug\", \"code\", \"name\"}}: {e}")))?;
-        state.fhir.add_tenant(&principal, TenantConfig { slug: new.slug, code: new.code, name: new.name, login: None }).await
-    }
-    .await;
-    match result {
-        Ok(tenant) => (StatusCode::CREATED, Json(describe(&state, &tenant))).into_response(),
-        Err(error) => fail(&request_id, error),
-    }
+        let new: NewTenant = parse(&body, "{\"slug\", \"code\", \"name\"}")?;
+        let tenant = TenantConfig { slug: new.slug, code: new.code, name: new.name, login: None };
+        state.fhir.add_tenant(caller.principal()?, tenant).await.map(|t| describe(&state, &t))
+    };
+    let result = result.await;
+    caller.reply(StatusCode::CREATED, result)
+}
+
+/// `GET /admin/clients?tenant=…`
+pub async fn list_clients(State(state): State<AppState>, caller: AdminCaller) -> Response {
+    let result = (|| {
+        let tenant = caller.query.iter().find(|(n, _)| n == "tenant").map(|(_, v)| v.clone());
+        let tenant = tenant.ok_or_else(|| Error::bad_request_at("tenant is missing", "tenant"))?;
+        state.fhir.list_clients(caller.principal()?, &tenant).map(|clients| json!({ "clients": clients }))
+    })();
+    caller.reply(StatusCode::OK, result)
+}
+
+/// `POST /admin/clients` with a client registration (the `[[clients]]` fields, as JSON)
+pub async fn register_client(State(state): State<AppState>, caller: AdminCaller, body: axum::body::Bytes) -> Response {
+    let result = async {
+        let client: ClientConfig = parse(&body, "a client registration")?;
+        state.fhir.register_client(caller.principal()?, client).await.map(|c| json!(c))
+    };
+    let result = result.await;
+    caller.reply(StatusCode::CREATED, result)
+}
+
+/// `DELETE /admin/clients/{tenant}/{client_id}`
+pub async fn remove_client(
+    State(state): State<AppState>,
+    Path((tenant, client_id)): Path<(String, String)>,
+    caller: AdminCaller,
+) -> Response {
+    let result = async { state.fhir.remove_client(caller.principal()?, &tenant, &client_id).await.map(|()| Value::Null) };
+    let result = result.await;
+    caller.reply(StatusCode::NO_CONTENT, result)
 }

@@ -146,7 +146,9 @@ async fn consent_page(state: &AppState, tenant: &str, pending_id: &str) -> Resul
         ));
     }
     let mut patients = String::new();
-    if offered.has("launch/patient") || offered.has_context(crate::auth::scopes::ScopeContext::Patient) {
+    if let Some(launched) = pending.request.launch_patient.as_deref().filter(|_| offered.has("launch")) {
+        patients.push_str(&format!("<p>電子カルテから起動 / Launched for: <strong>Patient/{}</strong></p>", escape(launched)));
+    } else if offered.has("launch/patient") || offered.has_context(crate::auth::scopes::ScopeContext::Patient) {
         patients.push_str("<h2>患者を選択 / Choose the person</h2>");
         for (id, name) in launch::patient_choices(&state.fhir, tenant, &actor).await? {
             patients.push_str(&format!(
@@ -215,6 +217,40 @@ pub async fn consent(
     }
     .await;
     result.unwrap_or_else(|error| fail(&request_id, error))
+}
+
+/// `POST /{tenant}/auth/launch` with `patient=<id>` (form): an EHR, holding a token of this
+/// municipality, mints a `launch` value for an app it is about to open.
+pub async fn mint_launch(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        known(&state, &tenant)?;
+        let principal = super::request::principal(&state, &headers, Some(&tenant)).await?;
+        let form = parse_query_string(&String::from_utf8_lossy(&body));
+        let patient = form
+            .iter()
+            .find(|(n, _)| n == "patient")
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| Error::bad_request_at("patient is missing", "patient"))?;
+        let context = crate::service::Context {
+            base_url: state.config.base_url(&tenant),
+            tenant: tenant.clone(),
+            principal,
+            request_id: request_id.0.clone(),
+            lenient: false,
+        };
+        launch::mint_launch(&state.fhir, &context, &patient).await
+    }
+    .await;
+    match result {
+        Ok(launch) => Json(serde_json::json!({ "launch": launch, "expires_in": 300 })).into_response(),
+        Err(error) => fail(&request_id, error),
+    }
 }
 
 /// `GET /{tenant}/auth/jwks`

@@ -452,6 +452,24 @@ pub fn require_server_admin(principal: &Principal) -> Result<()> {
     decision
 }
 
+/// Managing a municipality's OAuth clients: the server administrator anywhere, a municipal
+/// administrator in their own municipality.
+pub fn require_client_manager(principal: &Principal, tenant: &str) -> Result<()> {
+    let decision = match principal {
+        Principal::Anonymous => Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into())),
+        Principal::Operator => Ok(()),
+        Principal::Authenticated(authenticated) => match &authenticated.actor {
+            Actor::ServerAdmin { .. } => Ok(()),
+            Actor::MunicipalAdmin { tenant: home, .. } if home == tenant => Ok(()),
+            _ => Err(Error::Forbidden(format!("only an administrator of '{tenant}' may manage its clients"))),
+        },
+    };
+    if let Err(error) = &decision {
+        tracing::info!(target: "renraku::policy", reason = %error, "administrative access denied");
+    }
+    decision
+}
+
 /// The one path through which allow and deny decisions are reported.
 fn record_decision(
     principal: &Principal,

@@ -109,9 +109,18 @@ impl Fhir {
         self.tenants.read().ok().and_then(|t| t.iter().find(|t| t.slug == slug).cloned())
     }
 
-    /// Adds the municipalities stored by earlier `add_tenant` calls (at start-up).
+    /// Adds the municipalities and clients stored by earlier `add_tenant` and
+    /// `register_client` calls (at start-up).
     pub async fn load_stored_tenants(&self) -> Result<()> {
         let mut connection = self.store.connection().await?;
+        let clients = store::tenants::list_clients(&mut connection).await?;
+        if let Ok(mut registered) = self.clients.write() {
+            for client in clients {
+                if !registered.iter().any(|c| c.tenant == client.tenant && c.client_id == client.client_id) {
+                    registered.push(client);
+                }
+            }
+        }
         let stored = store::tenants::list(&mut connection).await?;
         if let Ok(mut tenants) = self.tenants.write() {
             for tenant in stored {
@@ -138,6 +147,46 @@ impl Fhir {
         }
         tracing::info!(target: "renraku::admin", slug = %tenant.slug, code = %tenant.code, "municipality added");
         Ok(tenant)
+    }
+
+    /// `POST /admin/clients`: registers an OAuth client at its municipality.
+    pub async fn register_client(&self, principal: &Principal, client: ClientConfig) -> Result<ClientConfig> {
+        policy::require_client_manager(principal, &client.tenant)?;
+        client.check().map_err(Error::bad_request)?;
+        if self.tenant(&client.tenant).is_none() {
+            return Err(Error::bad_request_at(format!("no municipality '{}' is served", client.tenant), "tenant"));
+        }
+        if self.client(&client.tenant, &client.client_id).is_some() {
+            return Err(Error::Conflict(format!("a client '{}' is already registered at '{}'", client.client_id, client.tenant)));
+        }
+        let mut connection = self.store.connection().await?;
+        store::tenants::insert_client(&mut connection, &client, &self.now()).await?;
+        if let Ok(mut registered) = self.clients.write() {
+            registered.push(client.clone());
+        }
+        tracing::info!(target: "renraku::admin", tenant = %client.tenant, client = %client.client_id, "client registered");
+        Ok(client)
+    }
+
+    /// `GET /admin/clients?tenant=…`: the clients the caller may manage.
+    pub fn list_clients(&self, principal: &Principal, tenant: &str) -> Result<Vec<ClientConfig>> {
+        policy::require_client_manager(principal, tenant)?;
+        Ok(self.clients.read().map(|c| c.iter().filter(|c| c.tenant == tenant).cloned().collect()).unwrap_or_default())
+    }
+
+    /// `DELETE /admin/clients/{tenant}/{client_id}`: removes a registration made through the
+    /// admin API (the configuration file's stay until the file changes). Tokens already
+    /// issued to the client stay valid until they expire or are revoked.
+    pub async fn remove_client(&self, principal: &Principal, tenant: &str, client_id: &str) -> Result<()> {
+        policy::require_client_manager(principal, tenant)?;
+        let mut connection = self.store.connection().await?;
+        if !store::tenants::delete_client(&mut connection, tenant, client_id).await? {
+            return Err(Error::NotFound(format!("the run-time registration of client '{client_id}' at '{tenant}'")));
+        }
+        if let Ok(mut registered) = self.clients.write() {
+            registered.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
+        }
+        Ok(())
     }
 
     /// `GET /admin/tenants`

@@ -1,4 +1,5 @@
-//! Municipalities added at run time (the configuration file's are not stored).
+//! Municipalities and OAuth clients added at run time (the configuration file's are not
+//! stored).
 
 use sqlx::{AnyConnection, Row};
 
@@ -21,11 +22,38 @@ pub async fn insert(connection: &mut AnyConnection, tenant: &TenantConfig, creat
         .bind(created_at)
         .execute(connection)
         .await;
+    conflict_if_taken(result, || format!("a municipality with the slug '{}' or the code '{}' exists", tenant.slug, tenant.code))
+}
+
+/// OAuth clients registered at run time.
+pub async fn list_clients(connection: &mut AnyConnection) -> Result<Vec<crate::auth::clients::ClientConfig>> {
+    let rows = sqlx::query("SELECT registration FROM clients ORDER BY tenant, client_id").fetch_all(connection).await?;
+    rows.iter().map(|row| Ok(serde_json::from_str(&row.try_get::<String, _>("registration")?)?)).collect()
+}
+
+/// Stores a client registration; a taken id at the municipality is a conflict.
+pub async fn insert_client(connection: &mut AnyConnection, client: &crate::auth::clients::ClientConfig, created_at: &str) -> Result<()> {
+    let result = sqlx::query("INSERT INTO clients (tenant, client_id, registration, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&client.tenant)
+        .bind(&client.client_id)
+        .bind(serde_json::to_string(client)?)
+        .bind(created_at)
+        .execute(connection)
+        .await;
+    conflict_if_taken(result, || format!("a client '{}' is already registered at '{}'", client.client_id, client.tenant))
+}
+
+/// Removes a run-time registration; false if there was none.
+pub async fn delete_client(connection: &mut AnyConnection, tenant: &str, client_id: &str) -> Result<bool> {
+    let result = sqlx::query("DELETE FROM clients WHERE tenant = $1 AND client_id = $2").bind(tenant).bind(client_id).execute(connection).await?;
+    Ok(result.rows_affected() > 0)
+}
+
+/// A unique violation becomes a 409 with `message`; other failures stay internal.
+fn conflict_if_taken<T>(result: Result<T, sqlx::Error>, message: impl FnOnce() -> String) -> Result<()> {
     match result {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-            Err(Error::Conflict(format!("a municipality with the slug '{}' or the code '{}' exists", tenant.slug, tenant.code)))
-        }
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Err(Error::Conflict(message())),
         Err(error) => Err(error.into()),
     }
 }

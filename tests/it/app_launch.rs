@@ -247,4 +247,45 @@ async fn signing_keys_rotate(backend: Backend) {
     assert_eq!(configuration["id_token_signing_alg_values_supported"], json!(["RS256"]));
 }
 
-both_backends!(standalone_launch, refresh_rotation, launch_refusals, signing_keys_rotate);
+async fn mint(server: &Server, token: &str, patient: &str) -> Reply {
+    let authorization = if token == "none" { "none".to_owned() } else { format!("Bearer {token}") };
+    server
+        .request(
+            Method::POST,
+            "/ina/auth/launch",
+            &[("content-type", "application/x-www-form-urlencoded"), ("authorization", &authorization)],
+            Some(query(&[("patient", patient)]).into_bytes()),
+        )
+        .await
+}
+
+/// EHR launch: the EHR (here the doctor's own session) mints a `launch` value bound to the
+/// person on screen; the app's token carries that patient without a picker.
+async fn ehr_launch(backend: Backend) {
+    let server = Server::start_with(backend, |config| config.demo = true).await;
+    mint(&server, "none", "demo-yamada-taro").await.expect(401);
+    // The hospital's EHR client acts for the hospital, which is not on his team: as for a read, 404.
+    mint(&server, "demo-ehr-ina", "demo-yamada-taro").await.expect(404);
+    let minted = mint(&server, "demo-doctor-ina", "demo-yamada-taro").await;
+    minted.expect(200);
+    let launch_value = minted.json()["launch"].as_str().unwrap_or_default().to_owned();
+    let pkce = pkce();
+    let scope = "launch openid fhirUser patient/*.rs";
+    let page = server.get_with(&authorize_url("ina", scope, &pkce.challenge, &[("launch", &launch_value)]), &[("authorization", "none")]).await;
+    page.expect(200);
+    let request = hidden_request(&page);
+    let consent = form(&server, "/ina/auth/login", &[("request", &request), ("user", "demo-doctor-ina")]).await;
+    consent.expect(200);
+    assert!(consent.text().contains("Patient/demo-yamada-taro") && !consent.text().contains("type=\"radio\""), "{}", consent.text());
+    let approved = form(&server, "/ina/auth/consent", &[("request", &request), ("decision", "allow"), ("scope", "launch"), ("scope", "patient/*.rs")]).await;
+    let code = param(&redirect_params(&approved), "code").unwrap_or_default();
+    let tokens = exchange(&server, "ina", &code, &pkce.verifier).await;
+    tokens.expect(200);
+    assert_eq!(tokens.json()["patient"], "demo-yamada-taro");
+    assert_eq!(tokens.json()["scope"], "patient/*.rs launch");
+    // A launch value works once.
+    let reused = server.get_with(&authorize_url("ina", scope, &pkce.challenge, &[("launch", &launch_value)]), &[("authorization", "none")]).await;
+    assert_eq!(param(&redirect_params(&reused), "error").as_deref(), Some("invalid_request"));
+}
+
+both_backends!(standalone_launch, refresh_rotation, launch_refusals, signing_keys_rotate, ehr_launch);

@@ -213,4 +213,64 @@ async fn introspection_and_revocation(backend: Backend) {
     server.get_with("/ina/fhir/Organization", &[("authorization", &format!("Bearer {token}"))]).await.expect(401);
 }
 
-both_backends!(discovery, backend_services, assertion_rules, introspection_and_revocation);
+async fn request_token(server: &Server, tenant: &str, assertion: String) -> Reply {
+    let form = [
+        ("grant_type", "client_credentials".to_owned()),
+        ("client_assertion_type", JWT_BEARER.to_owned()),
+        ("client_assertion", assertion),
+        ("scope", "system/*.rs".to_owned()),
+    ];
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    let headers = [("content-type", "application/x-www-form-urlencoded"), ("authorization", "none")];
+    server.request(Method::POST, &format!("/{tenant}/auth/token"), &headers, Some(body.into_bytes())).await
+}
+
+/// Municipal administrators register their municipality's clients at run time; the
+/// registration survives restarts and can be removed.
+async fn client_registration(backend: Backend) {
+    let server = demo_server(backend).await;
+    let registration = json!({
+        "client_id": "mm-care-system", "tenant": "minamiminowa", "kind": "system", "name": "居宅介護支援システム",
+        "organization": "demo-mm-care-office", "scopes": "system/*.rs",
+        "jwks": serde_json::from_str::<Value>(include_str!("../../demo/keys/ehr-ina-jwks.json")).expect("jwks")
+    });
+    let send = |token: &'static str, body: Value| {
+        let server = &server;
+        async move {
+            let authorization = if token == "none" { "none".to_owned() } else { format!("Bearer {token}") };
+            server.send(Method::POST, "/admin/clients", &[("authorization", &authorization)], &body).await
+        }
+    };
+    send("none", registration.clone()).await.expect(401);
+    send("demo-doctor-ina", registration.clone()).await.expect(403);
+    send("demo-admin-minamiminowa", json!({ "client_id": "x", "tenant": "ina", "kind": "public", "redirect_uris": ["https://a.example/cb"] })).await.expect(403);
+    let mut keyless = registration.clone();
+    keyless.as_object_mut().map(|r| r.remove("jwks"));
+    send("demo-admin-minamiminowa", keyless).await.expect(400);
+    send("demo-admin-minamiminowa", registration.clone()).await.expect(201);
+    send("demo-operator", registration.clone()).await.expect(409);
+    let listed = server
+        .request(Method::GET, "/admin/clients?tenant=minamiminowa", &[("authorization", "Bearer demo-admin-minamiminowa")], None)
+        .await;
+    assert!(listed.json()["clients"].as_array().is_some_and(|c| c.iter().any(|c| c["client_id"] == "mm-care-system")));
+    let token_url = "http://renraku.test/minamiminowa/auth/token";
+    let assertion_for = || es384(|c| {
+        c["iss"] = json!("mm-care-system");
+        c["sub"] = json!("mm-care-system");
+        c["aud"] = json!(token_url);
+    });
+    let issued = request_token(&server, "minamiminowa", assertion_for()).await;
+    issued.expect(200);
+    // The care office registered 山田 太郎: its system reads his registration.
+    let bearer = format!("Bearer {}", issued.json()["access_token"].as_str().unwrap_or_default());
+    server.get_with("/minamiminowa/fhir/Patient/demo-yamada-taro", &[("authorization", &bearer)]).await.expect(200);
+    let server = server.restart_with(|_| {}).await;
+    request_token(&server, "minamiminowa", assertion_for()).await.expect(200);
+    let removed = server
+        .request(Method::DELETE, "/admin/clients/minamiminowa/mm-care-system", &[("authorization", "Bearer demo-admin-minamiminowa")], None)
+        .await;
+    removed.expect(204);
+    expect_oauth_error(&request_token(&server, "minamiminowa", assertion_for()).await, 401, "invalid_client");
+}
+
+both_backends!(discovery, backend_services, assertion_rules, introspection_and_revocation, client_registration);
