@@ -47,9 +47,32 @@ pub fn unverified_issuer(assertion: &str) -> Option<String> {
     claims.get("iss").and_then(Value::as_str).map(str::to_owned)
 }
 
-/// Verifies `assertion` as `client`'s, for the token endpoint `token_url`, at `now`
-/// (seconds since the epoch).
-pub fn verify(assertion: &str, client: &ClientConfig, token_url: &str, now: i64) -> Result<Verified, OAuthError> {
+/// The client's registered JWK Set: inline, or fetched from its `jwks_url` (at every token
+/// request: a client rotating its keys is heard at once; redirects are not followed).
+pub async fn client_keys(client: &ClientConfig) -> Result<JwkSet, OAuthError> {
+    let unusable = |why: &str| OAuthError::invalid_client(format!("the client's registered keys {why}"));
+    if let Some(jwks) = &client.jwks {
+        return serde_json::from_value(jwks.clone()).map_err(|_| unusable("are not a readable JWK Set"));
+    }
+    let url = client.jwks_url.as_deref().ok_or_else(|| unusable("are missing"))?;
+    let http = reqwest::ClientBuilder::new()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(OAuthError::server_error)?;
+    let response = http.get(url).send().await.map_err(|e| {
+        tracing::info!(target: "renraku::auth", client = %client.client_id, error = %e, "fetching the client's JWK Set failed");
+        unusable("could not be fetched from its jwks_url")
+    })?;
+    if !response.status().is_success() {
+        return Err(unusable("could not be fetched from its jwks_url"));
+    }
+    response.json::<JwkSet>().await.map_err(|_| unusable("at its jwks_url are not a readable JWK Set"))
+}
+
+/// Verifies `assertion` as `client`'s (signed by one of `jwks`), for the token endpoint
+/// `token_url`, at `now` (seconds since the epoch).
+pub fn verify(assertion: &str, client: &ClientConfig, jwks: &JwkSet, token_url: &str, now: i64) -> Result<Verified, OAuthError> {
     let invalid = |why: &str| OAuthError::invalid_client(format!("the client assertion {why}"));
     let header = jsonwebtoken::decode_header(assertion).map_err(|_| invalid("is not a signed JWT"))?;
     if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
@@ -60,10 +83,6 @@ pub fn verify(assertion: &str, client: &ClientConfig, token_url: &str, now: i64)
             return Err(invalid("names a jku that is not the client's registered JWK Set URL"));
         }
     }
-    let jwks: JwkSet = match &client.jwks {
-        Some(jwks) => serde_json::from_value(jwks.clone()).map_err(|_| invalid("cannot be checked: the registered JWK Set is unreadable"))?,
-        None => return Err(invalid("cannot be checked: the client's keys are published by URL, which this server does not fetch yet")),
-    };
     let jwk = match &header.kid {
         Some(kid) => jwks.find(kid),
         None if jwks.keys.len() == 1 => jwks.keys.first(),

@@ -370,7 +370,9 @@ async fn authenticate_app(fhir: &Fhir, tenant: &str, form: &[(String, String)], 
         if field("client_assertion_type") != Some(super::server::JWT_BEARER) {
             return Err(OAuthError::invalid_client("this app must authenticate with a client assertion"));
         }
-        let verified = assertion::verify(field("client_assertion").unwrap_or_default(), &client, &Endpoints::of(fhir, tenant).token, now.timestamp())?;
+        let keys = assertion::client_keys(&client).await?;
+        let token_url = Endpoints::of(fhir, tenant).token;
+        let verified = assertion::verify(field("client_assertion").unwrap_or_default(), &client, &keys, &token_url, now.timestamp())?;
         let mut connection = fhir.store.connection().await?;
         if !tokens::record_assertion(&mut connection, now, &verified.client_id, &verified.jti, verified.expires_at).await? {
             return Err(OAuthError::invalid_client("the client assertion's jti has been used before"));

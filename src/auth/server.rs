@@ -124,7 +124,8 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
     }
     let endpoints = Endpoints::of(fhir, tenant);
     let now = fhir.clock.now();
-    let verified = assertion::verify(assertion, &client, &endpoints.token, now.timestamp())?;
+    let keys = assertion::client_keys(&client).await?;
+    let verified = assertion::verify(assertion, &client, &keys, &endpoints.token, now.timestamp())?;
     let mut connection = fhir.store.connection().await?;
     if !tokens::record_assertion(&mut connection, now, &verified.client_id, &verified.jti, verified.expires_at).await? {
         return Err(OAuthError::invalid_client("the client assertion's jti has been used before"));

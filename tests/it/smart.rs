@@ -273,4 +273,43 @@ async fn client_registration(backend: Backend) {
     expect_oauth_error(&request_token(&server, "minamiminowa", assertion_for()).await, 401, "invalid_client");
 }
 
-both_backends!(discovery, backend_services, assertion_rules, introspection_and_revocation, client_registration);
+/// A client whose keys are published at a URL: fetched at each token request.
+async fn keys_by_url(backend: Backend) {
+    let jwks: Value = serde_json::from_str(include_str!("../../demo/keys/ehr-ina-jwks.json")).expect("jwks");
+    let app = axum::Router::new().route("/jwks.json", axum::routing::get(move || async move { axum::Json(jwks) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+    let address = listener.local_addr().expect("address");
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let jwks_url = format!("http://{address}/jwks.json");
+    let registered_url = jwks_url.clone();
+    let server = Server::start_with(backend, move |config| {
+        config.demo = true;
+        config.clients.push(renraku::auth::clients::ClientConfig {
+            client_id: "url-keyed".into(),
+            tenant: "ina".into(),
+            kind: renraku::auth::clients::ClientKind::System,
+            name: String::new(),
+            organization: Some("demo-ina-central-hospital".into()),
+            redirect_uris: Vec::new(),
+            scopes: "system/*.rs".into(),
+            jwks: None,
+            jwks_url: Some(registered_url),
+        });
+    })
+    .await;
+    let signed = |jku: Option<&str>| {
+        let claims = json!({ "iss": "url-keyed", "sub": "url-keyed", "aud": TOKEN_URL, "exp": now() + 60, "jti": uuid::Uuid::new_v4().to_string() });
+        let mut header = Header::new(Algorithm::RS384);
+        header.kid = Some("ehr-ina-rs384".into());
+        header.jku = jku.map(str::to_owned);
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(RS384_KEY.as_bytes()).expect("key")).expect("signed")
+    };
+    client_credentials(&server, &signed(None), "system/*.rs").await.expect(200);
+    client_credentials(&server, &signed(Some(&jwks_url)), "system/*.rs").await.expect(200);
+    expect_oauth_error(&client_credentials(&server, &signed(Some("http://127.0.0.1:1/other.json")), "system/*.rs").await, 401, "invalid_client");
+    serving.abort();
+    let _ = serving.await;
+    expect_oauth_error(&client_credentials(&server, &signed(None), "system/*.rs").await, 401, "invalid_client");
+}
+
+both_backends!(discovery, backend_services, assertion_rules, introspection_and_revocation, client_registration, keys_by_url);
