@@ -98,7 +98,12 @@ async fn main() {
     }
     // The plan of the timeline query, to show it is driven by the person's references.
     let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
-    let environment = policy::Environment { registry: &fhir.search_params, tenants: &fhir.config.tenants, now: fhir.clock.now() };
+    let environment = policy::Environment {
+        registry: &fhir.search_params,
+        tenants: &fhir.config.tenants,
+        now: fhir.clock.now(),
+        compile_query: &|_, _| None,
+    };
     let grant = policy::decide(&mut connection, &environment, &Principal::Operator, "ina", Interaction::Search, Some("Communication"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));

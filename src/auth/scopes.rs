@@ -71,9 +71,22 @@ impl Scopes {
         Ok(scopes)
     }
 
-    /// Whether a scope of `context` allows `permission` on `resource_type`. Granular
-    /// (query-restricted) scopes allow nothing yet: ignoring their restriction would widen
-    /// them, so they are kept only to be reported back.
+    /// The queries of the granular (query-restricted) scopes of `context` that allow
+    /// `permission` on `resource_type` by name (a granular `*` scope grants nothing).
+    pub fn granular_queries(&self, context: ScopeContext, resource_type: &str, permission: Permission) -> Vec<String> {
+        self.resources
+            .iter()
+            .filter(|scope| {
+                scope.context == context
+                    && scope.resource_type.as_deref() == Some(resource_type)
+                    && scope.permissions.contains(&permission)
+            })
+            .filter_map(|scope| scope.query.clone())
+            .collect()
+    }
+
+    /// Whether a scope of `context` allows `permission` on `resource_type` without a query
+    /// restriction. (Granular scopes are applied as filters by the access policy.)
     pub fn permits(&self, context: ScopeContext, resource_type: &str, permission: Permission) -> bool {
         self.resources.iter().any(|scope| {
             scope.context == context
@@ -233,6 +246,7 @@ mod tests {
         assert!(scopes.permits(ScopeContext::Patient, "Patient", Permission::Read));
         assert!(!scopes.permits(ScopeContext::Patient, "Patient", Permission::Search));
         assert!(scopes.permits(ScopeContext::System, "Patient", Permission::Create));
-        assert!(!scopes.permits(ScopeContext::User, "Condition", Permission::Read), "granular scopes grant nothing yet");
+        assert!(!scopes.permits(ScopeContext::User, "Condition", Permission::Read), "a granular scope is no blanket permission");
+        assert_eq!(scopes.granular_queries(ScopeContext::User, "Condition", Permission::Read), vec!["category=x"]);
     }
 }

@@ -227,6 +227,9 @@ pub enum Clause {
         /// Whether the Patient resources themselves are included.
         include_patient: bool,
     },
+    /// What `base` covers of one type, and only the resources matching one of the searches
+    /// of the token's granular scopes (`patient/Observation.rs?category=…`).
+    Filtered { resource_type: String, any_of: Vec<Vec<crate::store::query::Criterion>>, base: Box<Clause> },
 }
 
 /// Permission to perform one interaction, with the scope within which it may be performed.
@@ -308,16 +311,15 @@ impl Grant {
         self.clauses.iter().any(|clause| match clause {
             Clause::Tenants { types, tenants } => types.contains(resource_type) && tenants.iter().any(|t| t == owner),
             Clause::Ids { resource_type: allowed, ids } => allowed == resource_type && ids.iter().any(|i| i == id),
-            Clause::Patients { patients: allowed, params_by_type, include_patient } => {
-                if resource_type == "Patient" {
-                    *include_patient && allowed.iter().any(|p| p == id)
-                } else {
-                    params_by_type.iter().any(|(t, _)| t == resource_type)
-                        && !patients.is_empty()
-                        && patients.iter().all(|p| allowed.contains(p))
-                }
-            }
+            Clause::Patients { .. } | Clause::Filtered { .. } => clause_permits(clause, resource_type, id, patients),
         })
+    }
+
+    /// Whether a granular scope filters what may be written of `resource_type`: the write
+    /// must then leave the resource matching the filter (the service checks it in the
+    /// write's transaction, before committing).
+    pub fn filters(&self, resource_type: &str) -> bool {
+        self.clauses.iter().any(|c| matches!(c, Clause::Filtered { resource_type: t, .. } if t == resource_type))
     }
 
     /// Whether an active wide-area agreement joins the two municipalities (for adding a
@@ -327,12 +329,40 @@ impl Grant {
     }
 }
 
+/// The person clauses (and a filtered clause's base) for a write; the filter itself is
+/// checked on the written row.
+fn clause_permits(clause: &Clause, resource_type: &str, id: &str, patients: &[String]) -> bool {
+    match clause {
+        Clause::Patients { patients: allowed, params_by_type, include_patient } => {
+            if resource_type == "Patient" {
+                *include_patient && allowed.iter().any(|p| p == id)
+            } else {
+                params_by_type.iter().any(|(t, _)| t == resource_type)
+                    && !patients.is_empty()
+                    && patients.iter().all(|p| allowed.contains(p))
+            }
+        }
+        Clause::Filtered { resource_type: filtered, base, .. } => {
+            filtered == resource_type
+                && match base.as_ref() {
+                    Clause::Tenants { types, .. } => types.contains(resource_type),
+                    Clause::Ids { ids, .. } => ids.iter().any(|i| i == id),
+                    other => clause_permits(other, resource_type, id, patients),
+                }
+        }
+        Clause::Tenants { .. } | Clause::Ids { .. } => false,
+    }
+}
+
 /// What a decision needs besides the request: the search-parameter registry (compartment
 /// definitions), the configured municipalities and the current time.
 pub struct Environment<'a> {
     pub registry: &'a Registry,
     pub tenants: &'a [TenantConfig],
     pub now: DateTime<Utc>,
+    /// Turns a granular scope's query (`category=…`) on a type into search criteria; `None`
+    /// when the query is not one the server can apply (the scope then grants nothing).
+    pub compile_query: &'a (dyn Fn(&str, &str) -> Option<Vec<crate::store::query::Criterion>> + Sync),
 }
 
 /// Decides whether `principal` may perform `interaction` on `resource_type` (None for
@@ -409,12 +439,17 @@ async fn decide_inner(
     let read_clauses = rules::clauses(environment, authenticated, tenant, &world, Permission::Read);
     let mut tenants = BTreeSet::new();
     for clause in clauses.iter().chain(&read_clauses) {
+        let mut clause = clause;
+        while let Clause::Filtered { base, .. } = clause {
+            clause = base;
+        }
         match clause {
             Clause::Tenants { tenants: listed, .. } => tenants.extend(listed.iter().cloned()),
             Clause::Ids { .. } => tenants.extend(world.agreement_tenants.iter().cloned()),
             Clause::Patients { patients, .. } => {
                 tenants.extend(patients.iter().filter_map(|p| world.patient_tenant(p).map(str::to_owned)))
             }
+            Clause::Filtered { .. } => {}
         }
     }
     let registrar = match &authenticated.actor {

@@ -60,9 +60,69 @@ pub fn scopes_reach(authenticated: &Authenticated, resource_type: &str, permissi
     if authenticated.actor == Actor::TestUnrestricted {
         return true;
     }
-    authenticated.actor.scope_contexts().iter().any(|c| authenticated.scopes.permits(*c, resource_type, permission))
-        || (authenticated.patient.is_some()
-            && authenticated.scopes.permits(ScopeContext::Patient, resource_type, permission))
+    applicable_contexts(authenticated).iter().any(|c| {
+        authenticated.scopes.permits(*c, resource_type, permission)
+            || !authenticated.scopes.granular_queries(*c, resource_type, permission).is_empty()
+    })
+}
+
+/// The scope contexts that count for this token: the actor's own, and `patient/` when the
+/// token has a patient context.
+fn applicable_contexts(authenticated: &Authenticated) -> Vec<ScopeContext> {
+    let mut contexts = authenticated.actor.scope_contexts().to_vec();
+    if authenticated.patient.is_some() {
+        contexts.push(ScopeContext::Patient);
+    }
+    contexts
+}
+
+/// Whether a blanket (query-free) scope reaches the type.
+fn blanket(authenticated: &Authenticated, resource_type: &str, permission: Permission) -> bool {
+    applicable_contexts(authenticated).iter().any(|c| authenticated.scopes.permits(*c, resource_type, permission))
+}
+
+/// Splits the types that only granular scopes reach out of `clauses` into `Filtered`
+/// clauses carrying the scopes' searches; a query the server cannot apply grants nothing.
+fn apply_granular(environment: &Environment<'_>, authenticated: &Authenticated, permission: Permission, clauses: Vec<Clause>) -> Vec<Clause> {
+    let filtered = |resource_type: &str, base: Clause| -> Option<Clause> {
+        let queries: Vec<String> = applicable_contexts(authenticated)
+            .iter()
+            .flat_map(|c| authenticated.scopes.granular_queries(*c, resource_type, permission))
+            .collect();
+        let any_of: Vec<_> = queries.iter().filter_map(|q| (environment.compile_query)(resource_type, q)).collect();
+        (!any_of.is_empty()).then(|| Clause::Filtered { resource_type: resource_type.to_owned(), any_of, base: Box::new(base) })
+    };
+    let mut result = Vec::new();
+    for clause in clauses {
+        match clause {
+            Clause::Tenants { types: TypeSet::Only(types), tenants } => {
+                let (full, partial): (Vec<String>, Vec<String>) = types.into_iter().partition(|t| blanket(authenticated, t, permission));
+                for t in partial {
+                    result.extend(filtered(&t, Clause::Tenants { types: TypeSet::Only(vec![t.clone()]), tenants: tenants.clone() }));
+                }
+                result.push(Clause::Tenants { types: TypeSet::Only(full), tenants });
+            }
+            Clause::Ids { resource_type, ids } if !blanket(authenticated, &resource_type, permission) => {
+                result.extend(filtered(&resource_type.clone(), Clause::Ids { resource_type, ids }));
+            }
+            Clause::Patients { patients, params_by_type, include_patient } => {
+                let (full, partial): (Vec<_>, Vec<_>) =
+                    params_by_type.into_iter().partition(|(t, _)| blanket(authenticated, t, permission));
+                for (t, params) in partial {
+                    let base = Clause::Patients { patients: patients.clone(), params_by_type: vec![(t.clone(), params)], include_patient: false };
+                    result.extend(filtered(&t, base));
+                }
+                let patient_full = blanket(authenticated, "Patient", permission);
+                if include_patient && !patient_full {
+                    let base = Clause::Patients { patients: patients.clone(), params_by_type: Vec::new(), include_patient: true };
+                    result.extend(filtered("Patient", base));
+                }
+                result.push(Clause::Patients { patients, params_by_type: full, include_patient: include_patient && patient_full });
+            }
+            other => result.push(other),
+        }
+    }
+    result
 }
 
 /// The clauses `authenticated` gets for `permission` at `tenant`'s base.
@@ -78,7 +138,7 @@ pub fn clauses(
     let scoped = |types: &[&str]| -> Vec<String> {
         types
             .iter()
-            .filter(|t| contexts.iter().any(|c| scopes.permits(*c, t, permission)))
+            .filter(|t| contexts.iter().any(|c| scopes.permits(*c, t, permission) || !scopes.granular_queries(*c, t, permission).is_empty()))
             .map(|t| (*t).to_owned())
             .collect()
     };
@@ -129,10 +189,14 @@ pub fn clauses(
         #[cfg(feature = "test-support")]
         Actor::TestUnrestricted => clauses.push(Clause::Tenants { types: TypeSet::AllExcept(Vec::new()), tenants: vec![tenant.to_owned()] }),
     }
+    let mut clauses = apply_granular(environment, authenticated, permission, clauses);
     clauses.retain(|clause| match clause {
         Clause::Tenants { types, tenants } => !types.is_empty() && !tenants.is_empty(),
         Clause::Ids { ids, .. } => !ids.is_empty(),
-        Clause::Patients { patients, .. } => !patients.is_empty(),
+        Clause::Patients { patients, params_by_type, include_patient } => {
+            !patients.is_empty() && (*include_patient || !params_by_type.is_empty())
+        }
+        Clause::Filtered { .. } => true,
     });
     clauses
 }
@@ -165,9 +229,9 @@ fn patient_clauses(
                     || world.agreements.iter().any(|a| a.joins(tenant, &facts.tenant) && a.allows(t, permission))
             })
             .filter(|t| {
-                contexts.iter().any(|c| scopes.permits(*c, t, permission))
-                    || (authenticated.patient.as_deref() == Some(patient.as_str())
-                        && scopes.permits(ScopeContext::Patient, t, permission))
+                let reaches = |c: ScopeContext| scopes.permits(c, t, permission) || !scopes.granular_queries(c, t, permission).is_empty();
+                contexts.iter().any(|c| reaches(*c))
+                    || (authenticated.patient.as_deref() == Some(patient.as_str()) && reaches(ScopeContext::Patient))
             })
             .collect();
         if !types.is_empty() {

@@ -217,7 +217,14 @@ impl Fhir {
         resource_type: Option<&str>,
     ) -> Result<Grant> {
         let tenants = self.tenants();
-        let environment = policy::Environment { registry: &self.search_params, tenants: &tenants, now: self.clock.now() };
+        let base_url = context.base_url.clone();
+        let compile = |resource_type: &str, query: &str| {
+            let pairs = parse_query_string(query);
+            let parsed = search::parse(&self.search_params, resource_type, &pairs, false, &base_url).ok()?;
+            (!parsed.criteria.is_empty()).then_some(parsed.criteria)
+        };
+        let environment =
+            policy::Environment { registry: &self.search_params, tenants: &tenants, now: self.clock.now(), compile_query: &compile };
         policy::decide(connection, &environment, &context.principal, &context.tenant, interaction, resource_type).await
     }
 
@@ -228,7 +235,8 @@ impl Fhir {
     }
 
     fn kind(&self, resource_type: &str) -> policy::Kind {
-        let environment = policy::Environment { registry: &self.search_params, tenants: &[], now: self.clock.now() };
+        let environment =
+            policy::Environment { registry: &self.search_params, tenants: &[], now: self.clock.now(), compile_query: &|_, _| None };
         policy::rules::kind(&environment, resource_type)
     }
 
@@ -606,6 +614,19 @@ impl Fhir {
             }
         }
         store::replace_index(connection, resource_type, id, &tenant, &index).await?;
+        if grant.filters(resource_type) {
+            // A granular scope: what was written must match its search, or nothing is kept.
+            let query = store::query::SearchQuery {
+                resource_types: vec![resource_type.to_owned()],
+                criteria: vec![store::query::Criterion::Id(vec![id.to_owned()])],
+                sort: Vec::new(),
+                cursor: None,
+                limit: 1,
+            };
+            if store::query::count(connection, grant, &query).await? == 0 {
+                return Err(Error::Forbidden(format!("the access token's scopes do not allow this {resource_type} to be written")));
+            }
+        }
         Ok(Stored { resource_type: resource_type.to_owned(), id: id.to_owned(), version_id, last_updated, resource })
     }
 

@@ -96,86 +96,115 @@ impl Sql {
     /// grant's clauses covers the row. `types`, when the query knows its types, leaves out
     /// the clauses that cannot match. This is the one place where the access rule becomes SQL.
     pub(crate) fn access_scope(&mut self, alias: &str, grant: &Grant, types: Option<&[String]>) -> &mut Self {
-        let relevant = |resource_type: &str| types.is_none_or(|types| types.iter().any(|t| t == resource_type));
         let mut parts = 0;
         self.push("(");
         for clause in grant.clauses() {
-            let mut open = |sql: &mut Sql| {
-                if parts > 0 {
-                    sql.push(" OR ");
-                }
-                parts += 1;
-            };
-            match clause {
-                Clause::Tenants { types: allowed, tenants } => {
-                    if let Some(types) = types {
-                        if !types.iter().any(|t| allowed.contains(t)) {
-                            continue;
-                        }
-                    }
-                    open(self);
-                    self.push(&format!("({alias}.tenant IN ("));
-                    self.bind_list(tenants);
-                    match allowed {
-                        TypeSet::Only(only) => {
-                            self.push(&format!(" AND {alias}.resource_type IN ("));
-                            self.bind_list(only);
-                        }
-                        TypeSet::AllExcept(except) if !except.is_empty() => {
-                            self.push(&format!(" AND {alias}.resource_type NOT IN ("));
-                            self.bind_list(except);
-                        }
-                        TypeSet::AllExcept(_) => {}
-                    }
-                    self.push(")");
-                }
-                Clause::Ids { resource_type, ids } => {
-                    if !relevant(resource_type) {
-                        continue;
-                    }
-                    open(self);
-                    self.push(&format!("({alias}.resource_type = ")).bind(resource_type.clone());
-                    self.push(&format!(" AND {alias}.id IN ("));
-                    self.bind_list(ids);
-                    self.push(")");
-                }
-                Clause::Patients { patients, params_by_type, include_patient } => {
-                    if *include_patient && relevant("Patient") {
-                        open(self);
-                        self.push(&format!("({alias}.resource_type = 'Patient' AND {alias}.id IN ("));
-                        self.bind_list(patients);
-                        self.push(")");
-                    }
-                    let linked: Vec<&(String, Vec<String>)> =
-                        params_by_type.iter().filter(|(t, params)| relevant(t) && !params.is_empty()).collect();
-                    if linked.is_empty() {
-                        continue;
-                    }
-                    open(self);
-                    let z = self.alias("z");
-                    self.push(&format!(
-                        "EXISTS (SELECT 1 FROM search_reference {z} WHERE {z}.resource_type = {alias}.resource_type \
-                         AND {z}.id = {alias}.id AND {z}.target_type = 'Patient' AND {z}.target_id IN ("
-                    ));
-                    self.bind_list(patients);
-                    self.push(" AND (");
-                    for (index, (resource_type, params)) in linked.iter().enumerate() {
-                        if index > 0 {
-                            self.push(" OR ");
-                        }
-                        self.push(&format!("({z}.resource_type = ")).bind(resource_type.clone());
-                        self.push(&format!(" AND {z}.param IN ("));
-                        self.bind_list(params);
-                        self.push(")");
-                    }
-                    self.push("))");
-                }
-            }
+            self.push_clause(alias, clause, types, grant, &mut parts);
         }
         if parts == 0 {
             self.push("1 = 0");
         }
         self.push(")")
+    }
+
+    /// Appends one clause's disjuncts (each preceded by ` OR ` after the first), counting
+    /// them in `parts`; clauses that cannot match the query's `types` add nothing.
+    fn push_clause(&mut self, alias: &str, clause: &Clause, types: Option<&[String]>, grant: &Grant, parts: &mut usize) {
+        let relevant = |resource_type: &str| types.is_none_or(|types| types.iter().any(|t| t == resource_type));
+        let open = |sql: &mut Sql, parts: &mut usize| {
+            if *parts > 0 {
+                sql.push(" OR ");
+            }
+            *parts += 1;
+        };
+        match clause {
+            Clause::Tenants { types: allowed, tenants } => {
+                if let Some(types) = types {
+                    if !types.iter().any(|t| allowed.contains(t)) {
+                        return;
+                    }
+                }
+                open(self, parts);
+                self.push(&format!("({alias}.tenant IN ("));
+                self.bind_list(tenants);
+                match allowed {
+                    TypeSet::Only(only) => {
+                        self.push(&format!(" AND {alias}.resource_type IN ("));
+                        self.bind_list(only);
+                    }
+                    TypeSet::AllExcept(except) if !except.is_empty() => {
+                        self.push(&format!(" AND {alias}.resource_type NOT IN ("));
+                        self.bind_list(except);
+                    }
+                    TypeSet::AllExcept(_) => {}
+                }
+                self.push(")");
+            }
+            Clause::Ids { resource_type, ids } => {
+                if !relevant(resource_type) {
+                    return;
+                }
+                open(self, parts);
+                self.push(&format!("({alias}.resource_type = ")).bind(resource_type.clone());
+                self.push(&format!(" AND {alias}.id IN ("));
+                self.bind_list(ids);
+                self.push(")");
+            }
+            Clause::Patients { patients, params_by_type, include_patient } => {
+                if *include_patient && relevant("Patient") {
+                    open(self, parts);
+                    self.push(&format!("({alias}.resource_type = 'Patient' AND {alias}.id IN ("));
+                    self.bind_list(patients);
+                    self.push(")");
+                }
+                let linked: Vec<&(String, Vec<String>)> =
+                    params_by_type.iter().filter(|(t, params)| relevant(t) && !params.is_empty()).collect();
+                if linked.is_empty() {
+                    return;
+                }
+                open(self, parts);
+                let z = self.alias("z");
+                self.push(&format!(
+                    "EXISTS (SELECT 1 FROM search_reference {z} WHERE {z}.resource_type = {alias}.resource_type \
+                     AND {z}.id = {alias}.id AND {z}.target_type = 'Patient' AND {z}.target_id IN ("
+                ));
+                self.bind_list(patients);
+                self.push(" AND (");
+                for (index, (resource_type, params)) in linked.iter().enumerate() {
+                    if index > 0 {
+                        self.push(" OR ");
+                    }
+                    self.push(&format!("({z}.resource_type = ")).bind(resource_type.clone());
+                    self.push(&format!(" AND {z}.param IN ("));
+                    self.bind_list(params);
+                    self.push(")");
+                }
+                self.push("))");
+            }
+            Clause::Filtered { resource_type, any_of, base } => {
+                if !relevant(resource_type) {
+                    return;
+                }
+                let only = [resource_type.clone()];
+                open(self, parts);
+                self.push("((");
+                let mut base_parts = 0;
+                self.push_clause(alias, base, Some(&only), grant, &mut base_parts);
+                if base_parts == 0 {
+                    self.push("1 = 0");
+                }
+                self.push(&format!(") AND {alias}.resource_type = ")).bind(resource_type.clone()).push(" AND (");
+                for (index, criteria) in any_of.iter().enumerate() {
+                    if index > 0 {
+                        self.push(" OR ");
+                    }
+                    self.push("(1 = 1");
+                    push_criteria(self, alias, Some(resource_type.as_str()), criteria, grant);
+                    self.push(")");
+                }
+                self.push("))");
+            }
+        }
     }
 
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {

@@ -312,4 +312,46 @@ async fn keys_by_url(backend: Backend) {
     expect_oauth_error(&client_credentials(&server, &signed(None), "system/*.rs").await, 401, "invalid_client");
 }
 
-both_backends!(discovery, backend_services, assertion_rules, introspection_and_revocation, client_registration, keys_by_url);
+both_backends!(discovery, backend_services, assertion_rules, introspection_and_revocation, client_registration, keys_by_url, granular_scopes);
+
+/// SMART v2 granular scopes: `patient/Observation.rs?category=…laboratory` reaches the
+/// person's laboratory results and nothing else, for reads, searches and writes.
+async fn granular_scopes(backend: Backend) {
+    let server = demo_server(backend).await;
+    let category = "http://terminology.hl7.org/CodeSystem/observation-category";
+    let observation = |kind: &str| {
+        json!({
+            "resourceType": "Observation", "status": "final",
+            "category": [{ "coding": [{ "system": category, "code": kind }] }],
+            "code": { "text": kind }, "subject": { "reference": "Patient/demo-yamada-taro" }
+        })
+    };
+    let lab = server.create("minamiminowa", &observation("laboratory")).await;
+    let vital = server.create("minamiminowa", &observation("vital-signs")).await;
+    let doctor = renraku::policy::Actor::Practitioner {
+        tenant: "ina".into(),
+        practitioner: "demo-dr-tanaka".into(),
+        role: "demo-role-dr-tanaka".into(),
+        organization: "demo-ina-central-hospital".into(),
+    };
+    let scopes = format!("patient/Observation.rs?category={category}|laboratory patient/Observation.c?category={category}|laboratory patient/Patient.r");
+    let token = server.token("ina", doctor.clone(), &scopes, Some("demo-yamada-taro")).await;
+    let bearer = format!("Bearer {token}");
+    let auth = [("authorization", bearer.as_str())];
+    let found = server.get_with("/ina/fhir/Observation?_total=accurate", &auth).await;
+    found.expect(200);
+    assert_eq!(found.json()["total"], 1);
+    assert_eq!(found.json()["entry"][0]["resource"]["id"], lab);
+    server.get_with(&format!("/ina/fhir/Observation/{lab}"), &auth).await.expect(200);
+    server.get_with(&format!("/ina/fhir/Observation/{vital}"), &auth).await.expect(404);
+    let everything = server.get_with("/ina/fhir/Patient/demo-yamada-taro/$everything", &[("authorization", &format!("Bearer {}", server.token("ina", doctor.clone(), &format!("{scopes} patient/Patient.s"), Some("demo-yamada-taro")).await))]).await;
+    assert!(everything.text().contains(&lab) && !everything.text().contains(&vital), "{}", everything.text());
+    server.send(Method::POST, "/ina/fhir/Observation", &auth, &observation("laboratory")).await.expect(201);
+    server.send(Method::POST, "/ina/fhir/Observation", &auth, &observation("vital-signs")).await.expect(403);
+    // A query the server cannot apply grants nothing.
+    let odd = server.token("ina", doctor, "patient/Observation.rs?no-such-parameter=1", Some("demo-yamada-taro")).await;
+    let none = server.get_with("/ina/fhir/Observation", &[("authorization", &format!("Bearer {odd}"))]).await;
+    none.expect(200);
+    assert!(none.json()["entry"].as_array().is_none_or(Vec::is_empty));
+}
+
