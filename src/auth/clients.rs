@@ -46,6 +46,10 @@ pub struct ClientConfig {
     /// Where the client publishes its JWK Set; also the only `jku` its assertions may name.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// The grant types the client may use; empty means its kind's: `client_credentials` for
+    /// system clients, `authorization_code` and `refresh_token` for apps.
+    #[serde(default)]
+    pub grant_types: Vec<String>,
 }
 
 impl ClientConfig {
@@ -81,12 +85,32 @@ impl ClientConfig {
                 }
             }
         }
+        for grant_type in &self.grant_types {
+            if !matches!(grant_type.as_str(), "client_credentials" | "authorization_code" | "refresh_token") {
+                return Err(format!("grant_types: '{grant_type}' is not supported"));
+            }
+        }
         if let Some(jwks) = &self.jwks {
             if !jwks.get("keys").is_some_and(Value::is_array) {
                 return Err("jwks: must be a JWK Set ({\"keys\": [...]})".into());
             }
         }
         Ok(())
+    }
+
+    /// Whether the client may use `grant_type`.
+    pub fn may_use(&self, grant_type: &str) -> bool {
+        if self.grant_types.is_empty() {
+            return match self.kind {
+                ClientKind::System => grant_type == "client_credentials",
+                ClientKind::Public | ClientKind::ConfidentialAsymmetric => matches!(grant_type, "authorization_code" | "refresh_token"),
+            };
+        }
+        let kind_allows = match self.kind {
+            ClientKind::System => grant_type == "client_credentials",
+            ClientKind::Public | ClientKind::ConfidentialAsymmetric => grant_type != "client_credentials",
+        };
+        kind_allows && self.grant_types.iter().any(|g| g == grant_type)
     }
 
     /// The scopes the client may be granted.

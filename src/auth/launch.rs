@@ -355,7 +355,7 @@ pub async fn deny(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<String>
 
 /// Authenticates the app at the token endpoint: a public client names itself; a
 /// confidential one proves itself with an assertion.
-async fn authenticate_app(fhir: &Fhir, tenant: &str, form: &[(String, String)], now: DateTime<Utc>) -> Result<ClientConfig, OAuthError> {
+async fn authenticate_app(fhir: &Fhir, tenant: &str, form: &[(String, String)], now: DateTime<Utc>, grant_type: &str) -> Result<ClientConfig, OAuthError> {
     let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let client_id = match field("client_assertion") {
         Some(assertion) => assertion::unverified_issuer(assertion),
@@ -366,6 +366,9 @@ async fn authenticate_app(fhir: &Fhir, tenant: &str, form: &[(String, String)], 
         .client(tenant, &client_id)
         .filter(|c| c.kind != ClientKind::System)
         .ok_or_else(|| OAuthError::invalid_client("no app with this client_id is registered here"))?;
+    if !client.may_use(grant_type) {
+        return Err(OAuthError::unauthorized_client(format!("this app may not use {grant_type}")));
+    }
     if client.kind == ClientKind::ConfidentialAsymmetric {
         if field("client_assertion_type") != Some(super::server::JWT_BEARER) {
             return Err(OAuthError::invalid_client("this app must authenticate with a client assertion"));
@@ -385,7 +388,7 @@ async fn authenticate_app(fhir: &Fhir, tenant: &str, form: &[(String, String)], 
 pub async fn exchange_code(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Result<Value, OAuthError> {
     let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let now = fhir.clock.now();
-    let client = authenticate_app(fhir, tenant, form, now).await?;
+    let client = authenticate_app(fhir, tenant, form, now, "authorization_code").await?;
     let code = field("code").ok_or_else(|| OAuthError::invalid_request("code is missing"))?;
     let mut connection = fhir.store.connection().await?;
     let row = sqlx::query("SELECT grant_json, expires_at FROM authorization_codes WHERE digest = $1 AND tenant = $2")
@@ -430,7 +433,7 @@ pub async fn exchange_code(fhir: &Fhir, tenant: &str, form: &[(String, String)])
 pub async fn refresh(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Result<Value, OAuthError> {
     let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let now = fhir.clock.now();
-    let client = authenticate_app(fhir, tenant, form, now).await?;
+    let client = authenticate_app(fhir, tenant, form, now, "refresh_token").await?;
     let presented = field("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))?;
     let mut connection = fhir.store.connection().await?;
     let row = sqlx::query("SELECT family, grant_json, expires_at, rotated, revoked FROM refresh_tokens WHERE digest = $1 AND tenant = $2")

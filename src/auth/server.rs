@@ -119,8 +119,8 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
     if field("client_id").is_some_and(|given| given != client.client_id) {
         return Err(OAuthError::invalid_client("client_id does not match the assertion's issuer"));
     }
-    if client.kind != ClientKind::System {
-        return Err(OAuthError::unauthorized_client("only backend-services (system) clients may use client_credentials"));
+    if client.kind != ClientKind::System || !client.may_use("client_credentials") {
+        return Err(OAuthError::unauthorized_client("this client may not use client_credentials"));
     }
     let endpoints = Endpoints::of(fhir, tenant);
     let now = fhir.clock.now();
@@ -241,6 +241,7 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         scopes: "system/*.cruds".into(),
         jwks: Some(jwks),
         jwks_url: None,
+        grant_types: Vec::new(),
     }]
     .into_iter()
     .chain(["ina", "minamiminowa", "minowa"].into_iter().map(|tenant| ClientConfig {
@@ -253,6 +254,7 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         scopes: "openid fhirUser profile launch launch/patient offline_access online_access patient/*.cruds user/*.cruds".into(),
         jwks: None,
         jwks_url: None,
+        grant_types: Vec::new(),
     }))
     .collect()
 }

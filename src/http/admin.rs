@@ -124,3 +124,10 @@ pub async fn remove_client(
     let result = result.await;
     caller.reply(StatusCode::NO_CONTENT, result)
 }
+
+/// `POST /admin/signing-keys/rotate`
+pub async fn rotate_signing_key(State(state): State<AppState>, caller: AdminCaller) -> Response {
+    let result = async { state.fhir.rotate_signing_key(caller.principal()?).await.map(|kid| json!({ "kid": kid })) };
+    let result = result.await;
+    caller.reply(StatusCode::OK, result)
+}

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/admin/tenants", get(admin::list_tenants).post(admin::add_tenant).fallback(method_not_allowed))
+        .route("/admin/signing-keys/rotate", post(admin::rotate_signing_key).fallback(method_not_allowed))
         .route("/admin/clients", get(admin::list_clients).post(admin::register_client).fallback(method_not_allowed))
         .route("/admin/clients/{tenant}/{client_id}", axum::routing::delete(admin::remove_client).fallback(method_not_allowed))
         .merge(fhir)

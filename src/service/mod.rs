@@ -189,6 +189,16 @@ impl Fhir {
         Ok(())
     }
 
+    /// `POST /admin/signing-keys/rotate`: a new key signs id_tokens from now on; the old ones
+    /// stay published until every token they signed has expired.
+    pub async fn rotate_signing_key(&self, principal: &Principal) -> Result<String> {
+        policy::require_server_admin(principal)?;
+        let mut connection = self.store.connection().await?;
+        let kid = crate::auth::keys::rotate(&mut connection, self.clock.now()).await?;
+        tracing::info!(target: "renraku::admin", %kid, "signing key rotated");
+        Ok(kid)
+    }
+
     /// `GET /admin/tenants`
     pub fn list_tenants(&self, principal: &Principal) -> Result<Vec<TenantConfig>> {
         policy::require_server_admin(principal)?;

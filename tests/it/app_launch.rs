@@ -168,6 +168,11 @@ async fn refresh_rotation(backend: Backend) {
         let server = &server;
         async move { form(server, "/ina/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &token), ("client_id", "demo-app")]).await }
     };
+    // Asking for more than was granted at refresh time gets no more.
+    let wider = form(&server, "/ina/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &refresh_1), ("client_id", "demo-app"), ("scope", "user/*.cruds offline_access")]).await;
+    wider.expect(200);
+    assert_eq!(wider.json()["scope"], "user/*.rs offline_access", "a refresh never widens the grant");
+    let refresh_1 = wider.json()["refresh_token"].as_str().unwrap_or_default().to_owned();
     let second = refresh(refresh_1.clone()).await;
     second.expect(200);
     let refresh_2 = second.json()["refresh_token"].as_str().unwrap_or_default().to_owned();
@@ -237,8 +242,14 @@ async fn signing_keys_rotate(backend: Backend) {
     let before = server.get_with("/ina/auth/jwks", &[("authorization", "none")]).await.json();
     assert_eq!(before["keys"].as_array().map(Vec::len), Some(1));
     let old_kid = before["keys"][0]["kid"].clone();
-    let mut connection = server.fhir().store.connection().await.expect("connection");
-    let new_kid = renraku::auth::keys::rotate(&mut connection, chrono::Utc::now()).await.expect("rotate");
+    let rotate = |token: &'static str| {
+        let server = &server;
+        async move { server.request(Method::POST, "/admin/signing-keys/rotate", &[("authorization", token)], None).await }
+    };
+    rotate("Bearer demo-admin-minamiminowa").await.expect(403);
+    let rotated = rotate("Bearer demo-operator").await;
+    rotated.expect(200);
+    let new_kid = rotated.json()["kid"].as_str().unwrap_or_default().to_owned();
     let after = server.get_with("/ina/auth/jwks", &[("authorization", "none")]).await.json();
     let kids: Vec<Value> = after["keys"].as_array().into_iter().flatten().map(|k| k["kid"].clone()).collect();
     assert!(kids.contains(&old_kid) && kids.contains(&json!(new_kid)), "both keys are published during the grace period: {kids:?}");
@@ -288,4 +299,60 @@ async fn ehr_launch(backend: Backend) {
     assert_eq!(param(&redirect_params(&reused), "error").as_deref(), Some("invalid_request"));
 }
 
-both_backends!(standalone_launch, refresh_rotation, launch_refusals, signing_keys_rotate, ehr_launch);
+/// A confidential app authenticates at the token endpoint with a signed assertion, and may
+/// use only the grant types it is registered for.
+async fn confidential_app(backend: Backend) {
+    let server = Server::start_with(backend, |config| {
+        config.demo = true;
+        config.clients.push(renraku::auth::clients::ClientConfig {
+            client_id: "confidential-app".into(),
+            tenant: "ina".into(),
+            kind: renraku::auth::clients::ClientKind::ConfidentialAsymmetric,
+            name: "院内アプリ".into(),
+            organization: None,
+            redirect_uris: vec![REDIRECT.into()],
+            scopes: "openid fhirUser offline_access user/*.rs".into(),
+            jwks: Some(serde_json::from_str(include_str!("../../demo/keys/ehr-ina-jwks.json")).expect("jwks")),
+            jwks_url: None,
+            grant_types: vec!["authorization_code".into()],
+        });
+    })
+    .await;
+    let pkce = pkce();
+    let page = server
+        .get_with(&authorize_url("ina", "user/*.rs offline_access", &pkce.challenge, &[("client_id", "confidential-app")]), &[("authorization", "none")])
+        .await;
+    page.expect(200);
+    let request = hidden_request(&page);
+    form(&server, "/ina/auth/login", &[("request", &request), ("user", "demo-doctor-ina")]).await.expect(200);
+    let approved = form(&server, "/ina/auth/consent", &[("request", &request), ("decision", "allow"), ("scope", "user/*.rs"), ("scope", "offline_access")]).await;
+    let code = param(&redirect_params(&approved), "code").unwrap_or_default();
+    let assertion = || {
+        let claims = json!({ "iss": "confidential-app", "sub": "confidential-app", "aud": format!("{BASE}/ina/auth/token"),
+                             "exp": chrono::Utc::now().timestamp() + 60, "jti": uuid::Uuid::new_v4().to_string() });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+        header.kid = Some("ehr-ina-es384".into());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(include_str!("../../demo/keys/ehr-ina-es384.pem").as_bytes()).expect("key");
+        jsonwebtoken::encode(&header, &claims, &key).expect("signed")
+    };
+    let jwt_bearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    // Without its assertion the app is not authenticated.
+    let unauthenticated = form(&server, "/ina/auth/token", &[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("client_id", "confidential-app"), ("code_verifier", &pkce.verifier)]).await;
+    unauthenticated.expect(401);
+    let signed = assertion();
+    let tokens = form(&server, "/ina/auth/token", &[
+        ("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT), ("code_verifier", &pkce.verifier),
+        ("client_assertion_type", jwt_bearer), ("client_assertion", &signed),
+    ]).await;
+    tokens.expect(200);
+    let refresh_token = tokens.json()["refresh_token"].as_str().unwrap_or_default().to_owned();
+    // Registered for authorization_code only: no refreshing.
+    let signed = assertion();
+    let refused = form(&server, "/ina/auth/token", &[
+        ("grant_type", "refresh_token"), ("refresh_token", &refresh_token), ("client_assertion_type", jwt_bearer), ("client_assertion", &signed),
+    ]).await;
+    refused.expect(400);
+    assert_eq!(refused.json()["error"], "unauthorized_client");
+}
+
+both_backends!(standalone_launch, refresh_rotation, launch_refusals, signing_keys_rotate, ehr_launch, confidential_app);

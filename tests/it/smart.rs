@@ -211,6 +211,20 @@ async fn introspection_and_revocation(backend: Backend) {
     post("/ina/auth/revoke", None, form("never-issued")).await.expect(200);
     assert_eq!(post("/ina/auth/introspect", caller, form(&token)).await.json(), json!({ "active": false }));
     server.get_with("/ina/fhir/Organization", &[("authorization", &format!("Bearer {token}"))]).await.expect(401);
+    // An expired token is refused like a revoked one.
+    let grant = renraku::auth::tokens::TokenGrant {
+        tenant: "ina".into(),
+        actor: renraku::policy::Actor::System { tenant: "ina".into(), client: "demo-ehr-ina".into(), organization: "demo-ina-central-hospital".into() },
+        scopes: renraku::auth::scopes::Scopes::parse("system/*.rs").expect("scopes"),
+        patient: None,
+        client_id: "demo-ehr-ina".into(),
+        lifetime: chrono::Duration::seconds(-1),
+    };
+    let mut connection = server.fhir().store.connection().await.expect("connection");
+    let expired = renraku::auth::tokens::issue(&mut connection, chrono::Utc::now(), &grant).await.expect("issued").access_token;
+    drop(connection);
+    server.get_with("/ina/fhir/Organization", &[("authorization", &format!("Bearer {expired}"))]).await.expect(401);
+    assert_eq!(post("/ina/auth/introspect", Some("demo-ehr-ina".into()), form(&expired)).await.json(), json!({ "active": false }));
 }
 
 async fn request_token(server: &Server, tenant: &str, assertion: String) -> Reply {
@@ -294,6 +308,7 @@ async fn keys_by_url(backend: Backend) {
             scopes: "system/*.rs".into(),
             jwks: None,
             jwks_url: Some(registered_url),
+            grant_types: Vec::new(),
         });
     })
     .await;

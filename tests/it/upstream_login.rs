@@ -69,7 +69,7 @@ fn authorize_path(challenge: &str) -> String {
             ("response_type", "code"),
             ("client_id", "demo-app"),
             ("redirect_uri", REDIRECT),
-            ("scope", "openid fhirUser user/*.rs"),
+            ("scope", "openid fhirUser offline_access user/*.cruds"),
             ("state", "app-state"),
             ("aud", &format!("{BASE}/ina/fhir")),
             ("code_challenge", challenge),
@@ -102,7 +102,8 @@ async fn login_through_the_municipality_provider(backend: Backend) {
     let start = page.find("name=\"request\" value=\"").map(|i| i + 22).expect("consent form");
     let request = page[start..].split('"').next().unwrap_or_default().to_owned();
     let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([("request", request.as_str()), ("decision", "allow"), ("scope", "openid"), ("scope", "fhirUser"), ("scope", "user/*.rs")])
+        // The doctor grants less than asked: read and search only.
+        .extend_pairs([("request", request.as_str()), ("decision", "allow"), ("scope", "openid"), ("scope", "fhirUser"), ("scope", "offline_access"), ("scope", "user/*.rs")])
         .finish();
     let approved = server
         .request(Method::POST, "/ina/auth/consent", &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "none")], Some(body.into_bytes()))
@@ -117,7 +118,17 @@ async fn login_through_the_municipality_provider(backend: Backend) {
         .request(Method::POST, "/ina/auth/token", &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "none")], Some(body.into_bytes()))
         .await;
     tokens.expect(200);
-    let access = tokens.json()["access_token"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(tokens.json()["scope"], "user/*.rs openid fhirUser offline_access");
+    // Refresh, then revoke: the refreshed token works until revoked.
+    let refresh_token = tokens.json()["refresh_token"].as_str().unwrap_or_default().to_owned();
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("grant_type", "refresh_token"), ("refresh_token", refresh_token.as_str()), ("client_id", "demo-app")])
+        .finish();
+    let refreshed = server
+        .request(Method::POST, "/ina/auth/token", &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "none")], Some(body.into_bytes()))
+        .await;
+    refreshed.expect(200);
+    let access = refreshed.json()["access_token"].as_str().unwrap_or_default().to_owned();
     let bearer = format!("Bearer {access}");
     server.get_with("/ina/fhir/Patient/demo-yamada-taro", &[("authorization", &bearer)]).await.expect(200);
     let introspected = server
@@ -125,6 +136,13 @@ async fn login_through_the_municipality_provider(backend: Backend) {
         .await
         .json();
     assert_eq!(introspected["fhirUser"], format!("{BASE}/ina/fhir/PractitionerRole/demo-role-dr-tanaka"));
+    let note = json!({ "resourceType": "Communication", "status": "completed", "subject": { "reference": "Patient/demo-yamada-taro" } });
+    server.send(Method::POST, "/ina/fhir/Communication", &[("authorization", &bearer)], &note).await.expect(403);
+    server
+        .request(Method::POST, "/ina/auth/revoke", &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "none")], Some(format!("token={access}").into_bytes()))
+        .await
+        .expect(200);
+    server.get_with("/ina/fhir/Patient/demo-yamada-taro", &[("authorization", &bearer)]).await.expect(401);
 
     // The municipality requires a second factor: a password-only sign-in is refused.
     let refused = login(&server, &provider, "tanaka-0001", false, &challenge).await;
