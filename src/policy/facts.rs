@@ -6,7 +6,7 @@
 //! decision point must see the facts before it can hand out a grant. They return only what
 //! the rule needs and never leave this module except as a [`World`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -123,7 +123,9 @@ pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>,
             on_team.push(patient);
         }
     }
-    let registered: Vec<String> = store_facts::referring(
+    // Who the organization registered comes from the index alone (no resource bodies): an
+    // office that registered thousands of persons must not load them all at every request.
+    let registered: BTreeSet<String> = store_facts::referring_keys(
         connection,
         "Patient",
         "organization",
@@ -131,33 +133,29 @@ pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>,
     )
     .await?
     .into_iter()
-    .map(|(id, _, _)| id)
+    .map(|(id, _)| id)
     .collect();
-    let mut candidates: Vec<String> = on_team.iter().chain(&registered).cloned().collect();
-    candidates.sort();
-    candidates.dedup();
-    if candidates.is_empty() {
-        return Ok(world);
-    }
-    let targets: Vec<(String, String)> = candidates.iter().map(|id| ("Patient".to_owned(), id.clone())).collect();
-    let mut consented: Vec<String> = Vec::new();
-    for (_, _, content) in store_facts::referring(connection, "Consent", "patient", &targets).await? {
+    on_team.sort();
+    on_team.dedup();
+    // Consent matters only where the actor is on the team (a registrar alone reaches the
+    // registration, with or without consent).
+    let team_targets: Vec<(String, String)> = on_team.iter().map(|id| ("Patient".to_owned(), id.clone())).collect();
+    let mut consented: BTreeSet<String> = BTreeSet::new();
+    for (_, _, content) in store_facts::referring(connection, "Consent", "patient", &team_targets).await? {
         if let Some(patient) = active_consent_patient(&content, environment.now) {
-            consented.push(patient);
+            consented.insert(patient);
         }
     }
-    let registrar = format!("Organization/{organization}");
-    for (id, tenant, content) in store_facts::live_by_ids(connection, "Patient", &candidates).await? {
-        let managing = serde_json::from_str::<Value>(&content).ok().and_then(|p| reference_of(&p, "managingOrganization"));
-        world.patients.insert(
-            id.clone(),
-            PersonFacts {
-                tenant,
-                registered_by_actor: managing.as_deref() == Some(registrar.as_str()),
-                on_team: on_team.contains(&id),
-                consent: consented.contains(&id),
-            },
-        );
+    let on_team: BTreeSet<String> = on_team.into_iter().collect();
+    let candidates: Vec<String> = on_team.union(&registered).cloned().collect();
+    for (id, tenant) in store_facts::live_tenants(connection, "Patient", &candidates).await? {
+        let facts = PersonFacts {
+            tenant,
+            registered_by_actor: registered.contains(&id),
+            on_team: on_team.contains(&id),
+            consent: consented.contains(&id),
+        };
+        world.patients.insert(id, facts);
     }
     Ok(world)
 }
