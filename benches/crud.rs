@@ -47,11 +47,15 @@ fn patient(n: usize) -> Vec<u8> {
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 async fn send(router: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
+    send_as(router, TOKEN.get().map(String::as_str).unwrap_or_default(), method, uri, body).await
+}
+
+async fn send_as(router: &Router, token: &str, method: &str, uri: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
     let request = Request::builder()
         .method(method)
         .uri(uri)
         .header("content-type", "application/fhir+json")
-        .header("authorization", format!("Bearer {}", TOKEN.get().map(String::as_str).unwrap_or_default()))
+        .header("authorization", format!("Bearer {token}"))
         .body(body.map(Body::from).unwrap_or_else(Body::empty))
         .unwrap_or_default();
     match router.clone().oneshot(request).await {
@@ -99,17 +103,32 @@ async fn phase(
     make: impl Fn(usize) -> (&'static str, String, Option<Vec<u8>>),
     expect: u16,
 ) -> Phase {
+    let token = TOKEN.get().cloned().unwrap_or_default();
+    phase_as(name, router, &token, operations, concurrency, make, expect).await
+}
+
+/// [`phase`] with another caller's token.
+async fn phase_as(
+    name: &'static str,
+    router: &Router,
+    token: &str,
+    operations: usize,
+    concurrency: usize,
+    make: impl Fn(usize) -> (&'static str, String, Option<Vec<u8>>),
+    expect: u16,
+) -> Phase {
     let semaphore = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(operations);
     for n in 0..operations {
         let permit = semaphore.clone().acquire_owned().await;
         let router = router.clone();
+        let token = token.to_owned();
         let (method, uri, body) = make(n);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let start = Instant::now();
-            let (status, _) = send(&router, method, &uri, body).await;
+            let (status, _) = send_as(&router, &token, method, &uri, body).await;
             (start.elapsed(), status == expect)
         }));
     }
@@ -170,6 +189,61 @@ async fn main() {
     )
     .await;
     read.report();
+
+    // The same reads by a practitioner whom the access policy must place on each person's
+    // support team (CareTeam + Consent facts read at every request): the policy's cost.
+    let supported: Vec<String> = ids.iter().take(50).cloned().collect();
+    let directory = [
+        serde_json::json!({ "resourceType": "Organization", "id": "bench-org", "name": "bench" }),
+        serde_json::json!({ "resourceType": "Practitioner", "id": "bench-pr" }),
+        serde_json::json!({ "resourceType": "PractitionerRole", "id": "bench-role", "practitioner": { "reference": "Practitioner/bench-pr" },
+                            "organization": { "reference": "Organization/bench-org" } }),
+    ];
+    for resource in directory {
+        let uri = format!("/ina/fhir/{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default());
+        send(&router, "PUT", &uri, serde_json::to_vec(&resource).ok()).await;
+    }
+    for id in &supported {
+        let consent = serde_json::json!({ "resourceType": "Consent", "status": "active",
+            "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+            "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+            "patient": { "reference": format!("Patient/{id}") } });
+        let team = serde_json::json!({ "resourceType": "CareTeam", "status": "active", "subject": { "reference": format!("Patient/{id}") },
+            "participant": [{ "member": { "reference": "PractitionerRole/bench-role" } }] });
+        send(&router, "POST", "/ina/fhir/Consent", serde_json::to_vec(&consent).ok()).await;
+        send(&router, "POST", "/ina/fhir/CareTeam", serde_json::to_vec(&team).ok()).await;
+    }
+    let practitioner = practitioner_token(&gateway.state.fhir).await;
+    let supported = Arc::new(supported);
+    let mut policed = phase_as(
+        "read as a team member (policy)",
+        &router,
+        &practitioner,
+        operations,
+        concurrency,
+        move |n| ("GET", format!("/ina/fhir/Patient/{}", supported[n % supported.len().max(1)]), None),
+        200,
+    )
+    .await;
+    policed.report();
+}
+
+async fn practitioner_token(fhir: &renraku::service::Fhir) -> String {
+    let grant = renraku::auth::tokens::TokenGrant {
+        tenant: "ina".into(),
+        actor: renraku::policy::Actor::Practitioner {
+            tenant: "ina".into(),
+            practitioner: "bench-pr".into(),
+            role: "bench-role".into(),
+            organization: "bench-org".into(),
+        },
+        scopes: renraku::auth::scopes::Scopes::parse("user/*.cruds").unwrap_or_default(),
+        patient: None,
+        client_id: "bench".into(),
+        lifetime: chrono::Duration::hours(12),
+    };
+    let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
+    renraku::auth::tokens::issue(&mut connection, fhir.clock.now(), &grant).await.unwrap_or_else(|e| panic!("{e}")).access_token
 }
 
 async fn unrestricted_token(fhir: &renraku::service::Fhir) -> String {
