@@ -33,14 +33,9 @@ pub(crate) async fn referring(
     let mut sql = Sql::new("SELECT r.id, r.tenant, r.content FROM resources r WHERE r.deleted = 0 AND r.resource_type = ");
     sql.bind(source_type.to_owned());
     sql.push(" AND r.id IN (SELECT x.id FROM search_reference x WHERE x.resource_type = ").bind(source_type.to_owned());
-    sql.push(" AND x.param = ").bind(param.to_owned()).push(" AND (");
-    for (index, (target_type, target_id)) in targets.iter().enumerate() {
-        if index > 0 {
-            sql.push(" OR ");
-        }
-        sql.push("(x.target_type = ").bind(target_type.clone()).push(" AND x.target_id = ").bind(target_id.clone()).push(")");
-    }
-    sql.push("))");
+    sql.push(" AND x.param = ").bind(param.to_owned()).push(" AND ");
+    push_targets(&mut sql, targets);
+    sql.push(")");
     rows(&sql, connection).await
 }
 
@@ -56,14 +51,8 @@ pub(crate) async fn referring_keys(
         return Ok(Vec::new());
     }
     let mut sql = Sql::new("SELECT DISTINCT x.id AS id, x.tenant AS tenant FROM search_reference x WHERE x.resource_type = ");
-    sql.bind(source_type.to_owned()).push(" AND x.param = ").bind(param.to_owned()).push(" AND (");
-    for (index, (target_type, target_id)) in targets.iter().enumerate() {
-        if index > 0 {
-            sql.push(" OR ");
-        }
-        sql.push("(x.target_type = ").bind(target_type.clone()).push(" AND x.target_id = ").bind(target_id.clone()).push(")");
-    }
-    sql.push(")");
+    sql.bind(source_type.to_owned()).push(" AND x.param = ").bind(param.to_owned()).push(" AND ");
+    push_targets(&mut sql, targets);
     let mut found = Vec::new();
     for row in sql.fetch_all(connection).await? {
         found.push((row.try_get("id")?, row.try_get("tenant")?));
@@ -129,4 +118,28 @@ async fn rows(sql: &Sql, connection: &mut AnyConnection) -> Result<Vec<(String, 
         found.push((row.try_get("id")?, row.try_get("tenant")?, content.unwrap_or_default()));
     }
     Ok(found)
+}
+
+/// `(x.target_type = ? AND x.target_id IN (…)) OR …`, one disjunct per target type (a chain
+/// of one OR per target would exceed SQLite's expression depth for long lists).
+fn push_targets(sql: &mut Sql, targets: &[(String, String)]) {
+    let mut types: Vec<&String> = targets.iter().map(|(t, _)| t).collect();
+    types.sort();
+    types.dedup();
+    sql.push("(");
+    for (index, target_type) in types.iter().enumerate() {
+        if index > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(x.target_type = ").bind((*target_type).clone()).push(" AND x.target_id IN (");
+        let ids: Vec<&String> = targets.iter().filter(|(t, _)| t == *target_type).map(|(_, id)| id).collect();
+        for (position, id) in ids.iter().enumerate() {
+            if position > 0 {
+                sql.push(", ");
+            }
+            sql.bind((*id).clone());
+        }
+        sql.push("))");
+    }
+    sql.push(")");
 }

@@ -950,9 +950,14 @@ async fn current_many(connection: &mut AnyConnection, grant: &Grant, wanted: &[(
     types.sort();
     types.dedup();
     sql.access_scope("r", grant, Some(&types));
+    // Grouped by type as `IN` lists: a long chain of ORs would exceed SQLite's expression
+    // depth limit (1000) on a full page.
     sql.push(" AND (");
-    push_or(&mut sql, wanted, |sql, (resource_type, id)| {
-        sql.push("(r.resource_type = ").bind(resource_type.clone()).push(" AND r.id = ").bind(id.clone()).push(")");
+    push_or(&mut sql, &types, |sql, resource_type| {
+        let ids: Vec<String> = wanted.iter().filter(|(t, _)| t == resource_type).map(|(_, id)| id.clone()).collect();
+        sql.push("(r.resource_type = ").bind(resource_type.clone());
+        push_in(sql, "r.id", &ids);
+        sql.push(")");
     });
     sql.push(")");
     let mut by_key: std::collections::HashMap<(String, String), CurrentRow> = std::collections::HashMap::new();

@@ -71,4 +71,15 @@ async fn paging_is_stable(backend: Backend) {
     assert!(self_link.contains("_count=1"), "{self_link}");
 }
 
-both_backends!(basic_parameters, paging_is_stable);
+
+/// A page of a thousand (the server's maximum) comes back whole.
+async fn largest_page(backend: Backend) {
+    let server = Server::start(backend).await;
+    let volume = renraku::service::generate::Volume { patients: 1100, communications: 0, seed: 7 };
+    server.fhir().generate("ina", volume).await.expect("generated");
+    let reply = server.get("/ina/fhir/Patient?_count=1000&_elements=id").await;
+    reply.expect(200);
+    assert_eq!(reply.json()["entry"].as_array().map(Vec::len), Some(1000));
+}
+
+both_backends!(basic_parameters, paging_is_stable, largest_page);
