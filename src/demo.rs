@@ -252,3 +252,13 @@ pub async fn seed(fhir: &Fhir) -> Result<()> {
     }
     Ok(())
 }
+
+/// Revokes the demo's fixed tokens (at every start outside demo mode): their values are
+/// published, so they must never work on a database that serves real data.
+pub async fn withdraw_tokens(fhir: &Fhir) -> Result<()> {
+    let mut connection = fhir.store.connection().await?;
+    for (token, ..) in demo_tokens() {
+        tokens::revoke(&mut connection, token).await?;
+    }
+    Ok(())
+}

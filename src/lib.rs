@@ -83,6 +83,9 @@ impl Gateway {
         }
         if config.demo {
             demo::seed(&fhir).await.map_err(|e| StartError::Demo(e.to_string()))?;
+        } else {
+            // The demo's well-known tokens must not outlive demo mode on the same database.
+            demo::withdraw_tokens(&fhir).await.map_err(|e| StartError::Demo(e.to_string()))?;
         }
         Ok(Gateway { state: http::AppState { fhir, config } })
     }

@@ -384,6 +384,9 @@ async fn demo_walk_through(backend: Backend) {
     nurse.get(&server, "Patient/demo-yamada-taro").await.expect(200);
     nurse.post(&server, &communication("demo-yamada-taro", "訪問看護で入浴介助を行いました。")).await.expect(201);
     assert_eq!(doctor.search_ids(&server, "Communication?subject=Patient/demo-yamada-taro").await.len(), 3);
+    // Restarted outside demo mode on the same database, the published demo tokens are dead.
+    let server = server.restart_with(|config| config.demo = false).await;
+    doctor.get(&server, "Patient/demo-yamada-taro").await.expect(401);
 }
 
 
