@@ -9,6 +9,8 @@
 //! `BENCH_OPERATIONS` (measured requests per phase, default 4000), `BENCH_CONCURRENCY`
 //! (requests in flight, default 8). Results are recorded in `benches/README.md`.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,7 +166,7 @@ async fn main() {
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();
-    let _ = TOKEN.set(unrestricted_token(&gateway.state.fhir).await);
+    let _ = TOKEN.set(support::token(&gateway.state.fhir, renraku::policy::Actor::TestUnrestricted).await);
     let backend = database_url.split(':').next().unwrap_or_default().to_owned();
     println!("backend {backend}; preload {preload} Patients; {operations} requests per phase; concurrency {concurrency}");
 
@@ -213,7 +215,16 @@ async fn main() {
         send(&router, "POST", "/ina/fhir/Consent", serde_json::to_vec(&consent).ok()).await;
         send(&router, "POST", "/ina/fhir/CareTeam", serde_json::to_vec(&team).ok()).await;
     }
-    let practitioner = practitioner_token(&gateway.state.fhir).await;
+    let practitioner = support::token(
+        &gateway.state.fhir,
+        renraku::policy::Actor::Practitioner {
+            tenant: "ina".into(),
+            practitioner: "bench-pr".into(),
+            role: "bench-role".into(),
+            organization: "bench-org".into(),
+        },
+    )
+    .await;
     let supported = Arc::new(supported);
     let mut policed = phase_as(
         "read as a team member (policy)",
@@ -226,35 +237,4 @@ async fn main() {
     )
     .await;
     policed.report();
-}
-
-async fn practitioner_token(fhir: &renraku::service::Fhir) -> String {
-    let grant = renraku::auth::tokens::TokenGrant {
-        tenant: "ina".into(),
-        actor: renraku::policy::Actor::Practitioner {
-            tenant: "ina".into(),
-            practitioner: "bench-pr".into(),
-            role: "bench-role".into(),
-            organization: "bench-org".into(),
-        },
-        scopes: renraku::auth::scopes::Scopes::parse("user/*.cruds").unwrap_or_default(),
-        patient: None,
-        client_id: "bench".into(),
-        lifetime: chrono::Duration::hours(12),
-    };
-    let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
-    renraku::auth::tokens::issue(&mut connection, fhir.clock.now(), &grant).await.unwrap_or_else(|e| panic!("{e}")).access_token
-}
-
-async fn unrestricted_token(fhir: &renraku::service::Fhir) -> String {
-    let grant = renraku::auth::tokens::TokenGrant {
-        tenant: "ina".into(),
-        actor: renraku::policy::Actor::TestUnrestricted,
-        scopes: renraku::auth::scopes::Scopes::parse("user/*.cruds").unwrap_or_default(),
-        patient: None,
-        client_id: "bench".into(),
-        lifetime: chrono::Duration::hours(12),
-    };
-    let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
-    renraku::auth::tokens::issue(&mut connection, fhir.clock.now(), &grant).await.unwrap_or_else(|e| panic!("{e}")).access_token
 }

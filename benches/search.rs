@@ -9,6 +9,8 @@
 //! 2000000), `BENCH_QUERIES` (per query kind, default 300). Data is generated once (the
 //! same generator as `renraku generate`, seed 1) and reused while the counts match.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -55,7 +57,7 @@ async fn main() {
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();
     let fhir = gateway.state.fhir.clone();
-    let token = unrestricted_token(&fhir).await;
+    let token = support::token(&fhir, renraku::policy::Actor::TestUnrestricted).await;
     let get = |uri: String| {
         let router = router.clone();
         let authorization = format!("Bearer {token}");
@@ -121,17 +123,4 @@ async fn main() {
     for line in plan {
         println!("  {line}");
     }
-}
-
-async fn unrestricted_token(fhir: &renraku::service::Fhir) -> String {
-    let grant = renraku::auth::tokens::TokenGrant {
-        tenant: "ina".into(),
-        actor: renraku::policy::Actor::TestUnrestricted,
-        scopes: renraku::auth::scopes::Scopes::parse("user/*.cruds").unwrap_or_default(),
-        patient: None,
-        client_id: "bench".into(),
-        lifetime: chrono::Duration::hours(12),
-    };
-    let mut connection = fhir.store.connection().await.unwrap_or_else(|e| panic!("{e}"));
-    renraku::auth::tokens::issue(&mut connection, fhir.clock.now(), &grant).await.unwrap_or_else(|e| panic!("{e}")).access_token
 }

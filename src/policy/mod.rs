@@ -472,31 +472,18 @@ async fn decide_inner(
     })
 }
 
-/// Administrative operations outside the FHIR API (managing municipalities) are for the
-/// server administrator alone.
-pub fn require_server_admin(principal: &Principal) -> Result<()> {
-    let decision = match principal {
-        Principal::Anonymous => Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into())),
-        Principal::Authenticated(authenticated) if matches!(authenticated.actor, Actor::ServerAdmin { .. }) => Ok(()),
-        Principal::Operator => Ok(()),
-        Principal::Authenticated(_) => Err(Error::Forbidden("only a server administrator may manage municipalities".into())),
-    };
-    if let Err(error) = &decision {
-        tracing::info!(target: "renraku::policy", reason = %error, "administrative access denied");
-    }
-    decision
-}
-
-/// Managing a municipality's OAuth clients: the server administrator anywhere, a municipal
-/// administrator in their own municipality.
-pub fn require_client_manager(principal: &Principal, tenant: &str) -> Result<()> {
+/// Administrative operations outside the FHIR API. With `municipality` None (municipalities,
+/// signing keys) only the server administrator may; with Some (that municipality's OAuth
+/// clients) also that municipality's administrator.
+pub fn require_administrator(principal: &Principal, municipality: Option<&str>) -> Result<()> {
     let decision = match principal {
         Principal::Anonymous => Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into())),
         Principal::Operator => Ok(()),
-        Principal::Authenticated(authenticated) => match &authenticated.actor {
-            Actor::ServerAdmin { .. } => Ok(()),
-            Actor::MunicipalAdmin { tenant: home, .. } if home == tenant => Ok(()),
-            _ => Err(Error::Forbidden(format!("only an administrator of '{tenant}' may manage its clients"))),
+        Principal::Authenticated(authenticated) => match (&authenticated.actor, municipality) {
+            (Actor::ServerAdmin { .. }, _) => Ok(()),
+            (Actor::MunicipalAdmin { tenant: home, .. }, Some(tenant)) if home == tenant => Ok(()),
+            (_, Some(tenant)) => Err(Error::Forbidden(format!("only an administrator of '{tenant}' may manage its clients"))),
+            (_, None) => Err(Error::Forbidden("only the server administrator may do this".into())),
         },
     };
     if let Err(error) = &decision {

@@ -135,7 +135,7 @@ impl Fhir {
     /// `POST /admin/tenants`: a server administrator adds a municipality; its base URL
     /// answers at once.
     pub async fn add_tenant(&self, principal: &Principal, tenant: TenantConfig) -> Result<TenantConfig> {
-        policy::require_server_admin(principal)?;
+        policy::require_administrator(principal, None)?;
         crate::config::check_tenant(&tenant).map_err(Error::bad_request)?;
         if self.tenants().iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
             return Err(Error::Conflict(format!("a municipality with the slug '{}' or the code '{}' exists", tenant.slug, tenant.code)));
@@ -151,7 +151,7 @@ impl Fhir {
 
     /// `POST /admin/clients`: registers an OAuth client at its municipality.
     pub async fn register_client(&self, principal: &Principal, client: ClientConfig) -> Result<ClientConfig> {
-        policy::require_client_manager(principal, &client.tenant)?;
+        policy::require_administrator(principal, Some(&client.tenant))?;
         client.check().map_err(Error::bad_request)?;
         if self.tenant(&client.tenant).is_none() {
             return Err(Error::bad_request_at(format!("no municipality '{}' is served", client.tenant), "tenant"));
@@ -170,7 +170,7 @@ impl Fhir {
 
     /// `GET /admin/clients?tenant=…`: the clients the caller may manage.
     pub fn list_clients(&self, principal: &Principal, tenant: &str) -> Result<Vec<ClientConfig>> {
-        policy::require_client_manager(principal, tenant)?;
+        policy::require_administrator(principal, Some(tenant))?;
         Ok(self.clients.read().map(|c| c.iter().filter(|c| c.tenant == tenant).cloned().collect()).unwrap_or_default())
     }
 
@@ -178,7 +178,7 @@ impl Fhir {
     /// admin API (the configuration file's stay until the file changes). Tokens already
     /// issued to the client stay valid until they expire or are revoked.
     pub async fn remove_client(&self, principal: &Principal, tenant: &str, client_id: &str) -> Result<()> {
-        policy::require_client_manager(principal, tenant)?;
+        policy::require_administrator(principal, Some(tenant))?;
         let mut connection = self.store.connection().await?;
         if !store::tenants::delete_client(&mut connection, tenant, client_id).await? {
             return Err(Error::NotFound(format!("the run-time registration of client '{client_id}' at '{tenant}'")));
@@ -192,7 +192,7 @@ impl Fhir {
     /// `POST /admin/signing-keys/rotate`: a new key signs id_tokens from now on; the old ones
     /// stay published until every token they signed has expired.
     pub async fn rotate_signing_key(&self, principal: &Principal) -> Result<String> {
-        policy::require_server_admin(principal)?;
+        policy::require_administrator(principal, None)?;
         let mut connection = self.store.connection().await?;
         let kid = crate::auth::keys::rotate(&mut connection, self.clock.now()).await?;
         tracing::info!(target: "renraku::admin", %kid, "signing key rotated");
@@ -201,7 +201,7 @@ impl Fhir {
 
     /// `GET /admin/tenants`
     pub fn list_tenants(&self, principal: &Principal) -> Result<Vec<TenantConfig>> {
-        policy::require_server_admin(principal)?;
+        policy::require_administrator(principal, None)?;
         Ok(self.tenants())
     }
 
