@@ -52,6 +52,7 @@ async fn main() {
         tenants: demo_tenants(),
         demo: false,
         extra_search_parameters: Vec::new(),
+        audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
         clients: Vec::new(),
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));

@@ -13,6 +13,8 @@ use crate::auth::clients::ClientConfig;
 
 /// Ten mebibytes: big enough for a transaction Bundle of a few hundred resources.
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
+/// Five years and a day for each leap year in them: the MHLW guideline's minimum.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: i64 = 5 * 365 + 2;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./renraku-data";
 
@@ -34,6 +36,9 @@ pub struct Config {
     pub demo: bool,
     /// Custom SearchParameter resources (read from `search_parameters_dir`).
     pub extra_search_parameters: Vec<serde_json::Value>,
+    /// How long audit events are kept before `renraku audit prune` may export and remove
+    /// them, in days.
+    pub audit_retention_days: i64,
 }
 
 /// One municipality served by the gateway.
@@ -81,6 +86,7 @@ pub struct FileConfig {
     pub public_base_url: Option<String>,
     pub body_limit_bytes: Option<usize>,
     pub search_parameters_dir: Option<PathBuf>,
+    pub audit_retention_days: Option<i64>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
@@ -98,6 +104,7 @@ pub struct Overrides {
     pub search_parameters_dir: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
     pub demo: bool,
+    pub audit_retention_days: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +121,8 @@ pub enum ConfigError {
     Tenant { slug: String, problem: String },
     #[error("search parameter file {path}: {problem}")]
     SearchParameter { path: PathBuf, problem: String },
+    #[error("audit_retention_days must be zero or more, not {0}")]
+    Retention(i64),
     #[error("no tenants are configured: add [[tenants]] to the configuration file, or start with --demo")]
     NoTenants,
 }
@@ -156,7 +165,13 @@ impl Config {
             Some(directory) => read_search_parameters(&directory)?,
             None => Vec::new(),
         };
+        let audit_retention_days =
+            overrides.audit_retention_days.or(file.audit_retention_days).unwrap_or(DEFAULT_AUDIT_RETENTION_DAYS);
+        if audit_retention_days < 0 {
+            return Err(ConfigError::Retention(audit_retention_days));
+        }
         Ok(Config {
+            audit_retention_days,
             listen,
             data_dir,
             database_url,

@@ -74,6 +74,13 @@ pub fn demo_tokens() -> Vec<(&'static str, &'static str, Actor, &'static str, &'
             "南箕輪村's administrator: directory and support teams, no clinical content",
         ),
         (
+            "demo-auditor-minamiminowa",
+            "minamiminowa",
+            Actor::MunicipalAuditor { tenant: "minamiminowa".into(), user: "demo-auditor-minamiminowa".into() },
+            "user/AuditEvent.rs",
+            "南箕輪村's auditor: reads the municipality's audit trail and nothing else",
+        ),
+        (
             "demo-operator",
             "ina",
             Actor::ServerAdmin { user: "demo-operator".into() },
@@ -232,6 +239,8 @@ pub async fn seed(fhir: &Fhir) -> Result<()> {
             base_url: fhir.config.base_url(tenant),
             request_id: "demo-seed".to_owned(),
             lenient: false,
+            client_address: None,
+            purpose_of_use: None,
         };
         if fhir.read(&context, &resource_type, &id).await.is_ok() {
             continue;

@@ -42,6 +42,9 @@ pub enum Error {
     /// The route exists but not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The target can never be changed through any API (the audit trail).
+    #[error("read-only: {0}")]
+    ReadOnly(String),
     /// The body's media type is not one this server reads.
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
@@ -93,7 +96,7 @@ impl Error {
             Error::Gone(_) => StatusCode::GONE,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Error::MethodNotAllowed | Error::ReadOnly(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -119,6 +122,7 @@ impl Error {
                 IssueCode::NotSupported,
                 "this HTTP method is not allowed on this path",
             )],
+            Error::ReadOnly(message) => vec![Issue::error(IssueCode::NotSupported, message.clone())],
             Error::UnsupportedMediaType(media_type) => vec![Issue::error(
                 IssueCode::NotSupported,
                 format!(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

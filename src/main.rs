@@ -39,6 +39,12 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Check the audit trail's hash chains, or export and prune events older than the
+    /// retention period.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Print a signed client assertion (a JWT for SMART Backend Services' token request),
     /// valid for four minutes: a convenience for trying the token endpoint by hand.
     ClientAssertion {
@@ -54,6 +60,27 @@ enum Command {
         /// The key id registered in the client's JWK Set.
         #[arg(long)]
         kid: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum AuditAction {
+    /// Walk every municipality's chain and report the first broken link (exit status 1).
+    Verify {
+        #[command(flatten)]
+        settings: Settings,
+        /// Only this chain (a municipality's slug, or `_server`).
+        #[arg(long)]
+        chain: Option<String>,
+    },
+    /// Export the events older than the retention period to NDJSON files, then remove them
+    /// (the chains stay verifiable from their new anchors).
+    Prune {
+        #[command(flatten)]
+        settings: Settings,
+        /// Directory for the exported NDJSON files.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -83,6 +110,9 @@ struct Settings {
     /// Directory of custom SearchParameter JSON files.
     #[arg(long, env = "RENRAKU_SEARCH_PARAMETERS_DIR")]
     search_parameters_dir: Option<PathBuf>,
+    /// Days audit events are kept before `audit prune` removes them [default: 1827].
+    #[arg(long, env = "RENRAKU_AUDIT_RETENTION_DAYS")]
+    audit_retention_days: Option<i64>,
 }
 
 impl Settings {
@@ -96,6 +126,7 @@ impl Settings {
             search_parameters_dir: self.search_parameters_dir,
             config_file: self.config,
             demo: self.demo,
+            audit_retention_days: self.audit_retention_days,
         }
     }
 }
@@ -111,6 +142,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(settings) => serve(settings.overrides()).await,
         Command::Reindex(settings) => reindex(settings.overrides()).await,
+        Command::Audit { action: AuditAction::Verify { settings, chain } } => audit_verify(settings.overrides(), chain.as_deref()).await,
+        Command::Audit { action: AuditAction::Prune { settings, out } } => audit_prune(settings.overrides(), &out).await,
         Command::ClientAssertion { client_id, audience, key, kid } => client_assertion(&client_id, &audience, &key, &kid),
         Command::Generate { settings, tenant, patients, communications, seed } => {
             generate(settings.overrides(), &tenant, renraku::service::generate::Volume { patients, communications, seed }).await
@@ -160,6 +193,41 @@ fn client_assertion(client_id: &str, audience: &str, key: &std::path::Path, kid:
     Ok(())
 }
 
+async fn audit_verify(overrides: Overrides, chain: Option<&str>) -> Result<(), String> {
+    let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
+    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+    let reports = gateway.state.fhir.verify_audit_trail(chain).await.map_err(|e| e.to_string())?;
+    let mut broken = Vec::new();
+    for report in &reports {
+        match &report.broken {
+            None => println!("{}: {} events verified; head {}", report.chain, report.events, report.head),
+            Some(found) => {
+                println!("{}: BROKEN after {} good events: {found}", report.chain, report.events);
+                broken.push(found.to_string());
+            }
+        }
+    }
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the audit trail does not verify: {}", broken.join("; ")))
+    }
+}
+
+async fn audit_prune(overrides: Overrides, out: &std::path::Path) -> Result<(), String> {
+    let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
+    let days = config.audit_retention_days;
+    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+    let reports = gateway.state.fhir.prune_audit_trail(out).await.map_err(|e| e.to_string())?;
+    if reports.is_empty() {
+        println!("nothing is older than the retention period ({days} days)");
+    }
+    for report in reports {
+        println!("{}: {} events exported to {} and removed", report.chain, report.removed, report.file.display());
+    }
+    Ok(())
+}
+
 async fn reindex(overrides: Overrides) -> Result<(), String> {
     let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
     let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
@@ -191,7 +259,8 @@ async fn serve(overrides: Overrides) -> Result<(), String> {
             println!("    {token:<26} at {tenant:<13} {who}");
         }
     }
-    axum::serve(listener, gateway.router())
+    // The peer address is recorded in the audit trail.
+    axum::serve(listener, gateway.router().into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

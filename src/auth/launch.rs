@@ -21,6 +21,7 @@ use super::{assertion, keys, OAuthError};
 use crate::error::{Error, Result};
 use crate::fhir::dates::format_instant;
 use crate::policy::{Actor, Principal};
+use crate::audit::Entity;
 use crate::service::{Context, Fhir};
 
 /// Lifetime of app access tokens.
@@ -188,16 +189,32 @@ pub async fn pending(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<Pend
 
 /// The callback from the municipality's OpenID Provider for the pending request `state`:
 /// the signed-in professional, or the refusal.
-pub async fn upstream_callback(fhir: &Fhir, tenant: &str, request_id: &str, code: &str) -> Result<()> {
+pub async fn upstream_callback(fhir: &Fhir, context: &Context, request_id: &str, code: &str) -> Result<()> {
+    let tenant = context.tenant.as_str();
     let pending = pending(fhir, tenant, request_id).await?;
     let login = fhir.tenant(tenant).and_then(|t| t.login).ok_or_else(|| Error::NotFound("the sign-in callback".into()))?;
     let upstream = pending.request.upstream.clone().ok_or_else(|| Error::bad_request("this sign-in did not start at the identity provider"))?;
-    let actor = super::upstream::finish(fhir, tenant, &login, &upstream, code).await?;
-    signed_in(fhir, tenant, request_id, &actor).await
+    let actor = match super::upstream::finish(fhir, tenant, &login, &upstream, code).await {
+        Ok(actor) => actor,
+        Err(error) => {
+            let entities = vec![Entity::Detail { name: "provider".into(), value: login.issuer.clone() }];
+            fhir.record_security(context, &Principal::Anonymous, "login", Some(error.to_string()), entities).await?;
+            return Err(error);
+        }
+    };
+    signed_in(fhir, context, request_id, &actor).await
 }
 
-/// Records who signed in for the pending request.
-pub async fn signed_in(fhir: &Fhir, tenant: &str, request_id: &str, actor: &Actor) -> Result<()> {
+/// Records who signed in for the pending request, in the request and in the audit trail.
+pub async fn signed_in(fhir: &Fhir, context: &Context, request_id: &str, actor: &Actor) -> Result<()> {
+    let tenant = context.tenant.as_str();
+    let holder = Principal::Authenticated(Box::new(crate::policy::Authenticated {
+        actor: actor.clone(),
+        scopes: Scopes::default(),
+        patient: None,
+        client_id: String::new(),
+    }));
+    fhir.record_security(context, &holder, "login", None, Vec::new()).await?;
     let mut connection = fhir.store.connection().await?;
     sqlx::query("UPDATE authorization_requests SET actor = $1 WHERE id = $2 AND tenant = $3")
         .bind(serde_json::to_string(actor)?)
@@ -234,6 +251,8 @@ pub async fn patient_choices(fhir: &Fhir, tenant: &str, actor: &Actor) -> Result
         base_url: fhir.config.base_url(tenant),
         request_id: "consent-page".into(),
         lenient: false,
+        client_address: None,
+        purpose_of_use: None,
     };
     let bundle = fhir.search(&context, "Patient", &[("_count".into(), "100".into())]).await?;
     Ok(bundle["entry"]
@@ -553,7 +572,7 @@ async fn id_token(fhir: &Fhir, tenant: &str, connection: &mut AnyConnection, now
     let subject = match &record.actor {
         Actor::Practitioner { practitioner, .. } => practitioner.clone(),
         Actor::System { client, .. } => client.clone(),
-        Actor::MunicipalAdmin { user, .. } | Actor::ServerAdmin { user } => user.clone(),
+        Actor::MunicipalAdmin { user, .. } | Actor::MunicipalAuditor { user, .. } | Actor::ServerAdmin { user } => user.clone(),
         #[cfg(feature = "test-support")]
         Actor::TestUnrestricted => "test-suite".into(),
     };

@@ -14,7 +14,8 @@ use super::scopes::{ResourceScope, ScopeContext, Scopes};
 use super::tokens::{self, TokenGrant};
 use super::OAuthError;
 use crate::policy::{Actor, Permission, Principal};
-use crate::service::Fhir;
+use crate::audit::Entity;
+use crate::service::{Context, Fhir};
 
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Lifetime of backend-services access tokens.
@@ -93,8 +94,40 @@ pub fn openid_configuration(fhir: &Fhir, tenant: &str) -> Value {
     })
 }
 
-/// `POST /{tenant}/auth/token` with a form body.
-pub async fn token(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Result<Value, OAuthError> {
+/// `POST /{tenant}/auth/token` with a form body, recorded in the audit trail (issued or
+/// refused) before the answer leaves.
+pub async fn token(fhir: &Fhir, context: &Context, form: &[(String, String)]) -> Result<Value, OAuthError> {
+    let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let result = issue(fhir, &context.tenant, form).await;
+    let subtype = if field("grant_type") == Some("refresh_token") { "token-refresh" } else { "token-issue" };
+    let mut entities = vec![Entity::Detail { name: "grant_type".into(), value: field("grant_type").unwrap_or_default().to_owned() }];
+    let client = field("client_id")
+        .map(str::to_owned)
+        .or_else(|| field("client_assertion").and_then(assertion::unverified_issuer));
+    if let Some(client) = client {
+        entities.push(Entity::Detail { name: "client_id".into(), value: client });
+    }
+    let holder = match &result {
+        Ok(answer) => {
+            if let Some(scope) = answer.get("scope").and_then(Value::as_str) {
+                entities.push(Entity::Detail { name: "scope".into(), value: scope.to_owned() });
+            }
+            match answer.get("access_token").and_then(Value::as_str) {
+                Some(token) => {
+                    let mut connection = fhir.store.connection().await?;
+                    tokens::verify(&mut connection, fhir.clock.now(), Some(&context.tenant), token).await.unwrap_or(Principal::Anonymous)
+                }
+                None => Principal::Anonymous,
+            }
+        }
+        Err(_) => Principal::Anonymous,
+    };
+    let refused = result.as_ref().err().map(|e| format!("{}: {}", e.error, e.description));
+    fhir.record_security(context, &holder, subtype, refused, entities).await?;
+    result
+}
+
+async fn issue(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Result<Value, OAuthError> {
     let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     match field("grant_type") {
         Some("client_credentials") => client_credentials(fhir, tenant, form).await,
@@ -209,7 +242,7 @@ pub async fn introspect(fhir: &Fhir, tenant: &str, caller: &Principal, token: &s
             answer["fhirUser"] = json!(format!("{}/{tenant}/fhir/PractitionerRole/{role}", fhir.config.public_base_url));
         }
         Actor::System { client, .. } => answer["sub"] = json!(client),
-        Actor::MunicipalAdmin { user, .. } | Actor::ServerAdmin { user } => answer["sub"] = json!(user),
+        Actor::MunicipalAdmin { user, .. } | Actor::MunicipalAuditor { user, .. } | Actor::ServerAdmin { user } => answer["sub"] = json!(user),
         #[cfg(feature = "test-support")]
         Actor::TestUnrestricted => answer["sub"] = json!("test-suite"),
     }
@@ -218,9 +251,12 @@ pub async fn introspect(fhir: &Fhir, tenant: &str, caller: &Principal, token: &s
 
 /// `POST /{tenant}/auth/revoke` (RFC 7009): whoever holds a token may revoke it; the answer
 /// is the same whether or not the token existed.
-pub async fn revoke(fhir: &Fhir, token: &str) -> Result<(), OAuthError> {
+pub async fn revoke(fhir: &Fhir, context: &Context, token: &str) -> Result<(), OAuthError> {
     let mut connection = fhir.store.connection().await?;
+    // Whose token it was (anonymous when it was unknown or no longer valid).
+    let holder = tokens::verify(&mut connection, fhir.clock.now(), Some(&context.tenant), token).await.unwrap_or(Principal::Anonymous);
     tokens::revoke(&mut connection, token).await?;
+    fhir.record_security(context, &holder, "token-revoke", None, Vec::new()).await?;
     Ok(())
 }
 

@@ -23,6 +23,8 @@ use crate::policy::Principal;
 /// whether it may), with the request id its errors carry.
 pub struct AdminCaller {
     principal: Result<Principal, Error>,
+    /// The audit context (the server's chain; the service names the chain it records in).
+    context: crate::service::Context,
     request_id: RequestId,
     query: Vec<(String, String)>,
 }
@@ -34,7 +36,19 @@ impl FromRequestParts<AppState> for AdminCaller {
         let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or(RequestId(String::new()));
         let principal = principal(state, &parts.headers, None).await;
         let query = crate::service::parse_query_string(parts.uri.query().unwrap_or_default());
-        Ok(AdminCaller { principal, request_id, query })
+        let mut context = super::request::call_context(state, crate::audit::SERVER_CHAIN, &parts.extensions);
+        match &principal {
+            Ok(principal) => context.principal = principal.clone(),
+            Err(error) => {
+                // A refused credential is a denied request, recorded before the answer.
+                let what = format!("{} {}", parts.method, parts.uri.path());
+                if let Err(audit_error) = state.fhir.record_refused(&context, &what, error).await {
+                    let reply = ErrorReply { error: audit_error, format: Format::Json, request_id: request_id.0.clone() };
+                    return Err(reply.into_response());
+                }
+            }
+        }
+        Ok(AdminCaller { principal, context, request_id, query })
     }
 }
 
@@ -88,7 +102,8 @@ pub async fn add_tenant(State(state): State<AppState>, caller: AdminCaller, body
     let result = async {
         let new: NewTenant = parse(&body, "{\"slug\", \"code\", \"name\"}")?;
         let tenant = TenantConfig { slug: new.slug, code: new.code, name: new.name, login: None };
-        state.fhir.add_tenant(caller.principal()?, tenant).await.map(|t| describe(&state, &t))
+        caller.principal()?;
+        state.fhir.add_tenant(&caller.context, tenant).await.map(|t| describe(&state, &t))
     };
     let result = result.await;
     caller.reply(StatusCode::CREATED, result)
@@ -108,7 +123,8 @@ pub async fn list_clients(State(state): State<AppState>, caller: AdminCaller) ->
 pub async fn register_client(State(state): State<AppState>, caller: AdminCaller, body: axum::body::Bytes) -> Response {
     let result = async {
         let client: ClientConfig = parse(&body, "a client registration")?;
-        state.fhir.register_client(caller.principal()?, client).await.map(|c| json!(c))
+        caller.principal()?;
+        state.fhir.register_client(&caller.context, client).await.map(|c| json!(c))
     };
     let result = result.await;
     caller.reply(StatusCode::CREATED, result)
@@ -120,14 +136,20 @@ pub async fn remove_client(
     Path((tenant, client_id)): Path<(String, String)>,
     caller: AdminCaller,
 ) -> Response {
-    let result = async { state.fhir.remove_client(caller.principal()?, &tenant, &client_id).await.map(|()| Value::Null) };
+    let result = async {
+        caller.principal()?;
+        state.fhir.remove_client(&caller.context, &tenant, &client_id).await.map(|()| Value::Null)
+    };
     let result = result.await;
     caller.reply(StatusCode::NO_CONTENT, result)
 }
 
 /// `POST /admin/signing-keys/rotate`
 pub async fn rotate_signing_key(State(state): State<AppState>, caller: AdminCaller) -> Response {
-    let result = async { state.fhir.rotate_signing_key(caller.principal()?).await.map(|kid| json!({ "kid": kid })) };
+    let result = async {
+        caller.principal()?;
+        state.fhir.rotate_signing_key(&caller.context).await.map(|kid| json!({ "kid": kid }))
+    };
     let result = result.await;
     caller.reply(StatusCode::OK, result)
 }

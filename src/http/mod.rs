@@ -26,7 +26,7 @@ pub mod pages;
 pub mod request;
 pub mod response;
 
-use request::{FhirRequest, RawBody, RequestId};
+use request::{ClientAddress, FhirRequest, RawBody, RequestId};
 use response::{ErrorReply, Reply};
 
 /// Shared state of every handler.
@@ -86,6 +86,8 @@ pub fn router(state: AppState) -> Router {
 async fn request_id(mut request: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     request.extensions_mut().insert(RequestId(id.clone()));
+    let address = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip().to_string());
+    request.extensions_mut().insert(ClientAddress(address));
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
@@ -260,6 +262,8 @@ async fn compartment(
     }
     let result = if compartment_type == "$everything" {
         state.fhir.everything(&request.context, &id, &request.query).await
+    } else if compartment_type == "$access-report" {
+        state.fhir.access_report(&request.context, &id, &request.query).await
     } else {
         state.fhir.compartment_search(&request.context, &id, &compartment_type, &request.query).await
     };

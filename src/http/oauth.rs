@@ -66,6 +66,7 @@ pub async fn smart_configuration(
 /// What every OAuth endpoint receives: the municipality, the headers and the form body.
 pub struct OAuthRequest {
     tenant: String,
+    context: crate::service::Context,
     headers: HeaderMap,
     form: Result<Vec<(String, String)>, OAuthError>,
 }
@@ -91,16 +92,17 @@ impl axum::extract::FromRequest<AppState> for OAuthRequest {
             return Err(unknown_tenant(&request_id, &tenant));
         }
         let headers = request.headers().clone();
+        let context = super::request::call_context(state, &tenant, request.extensions());
         let body = axum::body::Bytes::from_request(request, state).await.map_err(IntoResponse::into_response)?;
         let form = form_of(&headers, &body);
-        Ok(OAuthRequest { tenant, headers, form })
+        Ok(OAuthRequest { tenant, context, headers, form })
     }
 }
 
 /// `POST /{tenant}/auth/token`
 pub async fn token(State(state): State<AppState>, request: OAuthRequest) -> Response {
     let answer = match request.form {
-        Ok(form) => server::token(&state.fhir, &request.tenant, &form).await,
+        Ok(form) => server::token(&state.fhir, &request.context, &form).await,
         Err(error) => Err(error),
     };
     oauth_reply(answer)
@@ -122,7 +124,7 @@ pub async fn introspect(State(state): State<AppState>, request: OAuthRequest) ->
 pub async fn revoke(State(state): State<AppState>, request: OAuthRequest) -> Response {
     let answer = async {
         let token = request.field("token")?;
-        server::revoke(&state.fhir, &token).await?;
+        server::revoke(&state.fhir, &request.context, &token).await?;
         Ok(json!({}))
     };
     oauth_reply(answer.await)

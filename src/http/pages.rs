@@ -112,6 +112,7 @@ pub async fn login(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
     Path(tenant): Path<String>,
+    extensions: axum::http::Extensions,
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
@@ -127,7 +128,8 @@ pub async fn login(
             .find(|(key, _, _)| *key == field("user"))
             .ok_or_else(|| Error::bad_request_at("choose one of the demo users", "user"))?;
         launch::pending(&state.fhir, &tenant, &pending_id).await?;
-        launch::signed_in(&state.fhir, &tenant, &pending_id, &actor).await?;
+        let context = super::request::call_context(&state, &tenant, &extensions);
+        launch::signed_in(&state.fhir, &context, &pending_id, &actor).await?;
         consent_page(&state, &tenant, &pending_id).await
     }
     .await;
@@ -175,6 +177,7 @@ pub async fn callback(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
     Path(tenant): Path<String>,
+    extensions: axum::http::Extensions,
     uri: axum::http::Uri,
 ) -> Response {
     let result = async {
@@ -184,7 +187,8 @@ pub async fn callback(
         let pending_id = field("state").ok_or_else(|| Error::bad_request_at("state is missing", "state"))?;
         match field("code") {
             Some(code) => {
-                launch::upstream_callback(&state.fhir, &tenant, &pending_id, &code).await?;
+                let context = super::request::call_context(&state, &tenant, &extensions);
+                launch::upstream_callback(&state.fhir, &context, &pending_id, &code).await?;
                 consent_page(&state, &tenant, &pending_id).await
             }
             // The provider refused or the user cancelled: the app hears access_denied.
@@ -243,6 +247,8 @@ pub async fn mint_launch(
             principal,
             request_id: request_id.0.clone(),
             lenient: false,
+            client_address: None,
+            purpose_of_use: None,
         };
         launch::mint_launch(&state.fhir, &context, &patient).await
     }

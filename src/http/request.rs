@@ -20,6 +20,11 @@ use crate::service::{parse_query_string, Context};
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The peer's network address (the socket's, as the server saw it; no forwarding header is
+/// trusted), set by the request-id middleware; None where there is no socket (tests).
+#[derive(Debug, Clone)]
+pub struct ClientAddress(pub Option<String>);
+
 /// `Prefer: return=…`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Return {
@@ -76,13 +81,35 @@ impl FromRequestParts<AppState> for FhirRequest {
         let if_modified_since = header_text(&parts.headers, "if-modified-since")
             .and_then(|text| chrono::DateTime::parse_from_rfc2822(&text).ok())
             .map(|date| date.with_timezone(&chrono::Utc));
-        let principal = principal(state, &parts.headers, Some(&tenant)).await.map_err(fail)?;
-        let context = Context {
+        let purpose_of_use = match header_text(&parts.headers, "x-purpose-of-use") {
+            Some(code) if is_purpose_code(&code) => Some(code),
+            Some(_) => {
+                return Err(fail(Error::bad_request_at(
+                    "X-Purpose-Of-Use must be one v3 PurposeOfUse code, such as TREAT",
+                    "X-Purpose-Of-Use",
+                )))
+            }
+            None => None,
+        };
+        let mut context = Context {
             base_url: state.config.base_url(&tenant),
             tenant,
-            principal,
-            request_id,
+            principal: Principal::Anonymous,
+            request_id: request_id.clone(),
             lenient,
+            client_address: client_address(parts),
+            purpose_of_use,
+        };
+        context.principal = match principal(state, &parts.headers, Some(&context.tenant)).await {
+            Ok(principal) => principal,
+            Err(error) => {
+                // A refused credential is a denied request: it is recorded before the answer.
+                let what = format!("{} {}", parts.method, parts.uri.path());
+                if let Err(audit_error) = state.fhir.record_refused(&context, &what, &error).await {
+                    return Err(fail(audit_error));
+                }
+                return Err(fail(error));
+            }
         };
         Ok(FhirRequest {
             context,
@@ -98,6 +125,29 @@ impl FromRequestParts<AppState> for FhirRequest {
             headers: parts.headers.clone(),
         })
     }
+}
+
+fn client_address(parts: &Parts) -> Option<String> {
+    parts.extensions.get::<ClientAddress>().and_then(|address| address.0.clone())
+}
+
+/// The context of a request outside the FHIR API (OAuth endpoints, sign-in pages): no
+/// principal yet, but the municipality, request id and address the audit trail records.
+pub fn call_context(state: &AppState, tenant: &str, extensions: &axum::http::Extensions) -> Context {
+    Context {
+        tenant: tenant.to_owned(),
+        principal: Principal::Anonymous,
+        base_url: state.config.base_url(tenant),
+        request_id: extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+        lenient: false,
+        client_address: extensions.get::<ClientAddress>().and_then(|a| a.0.clone()),
+        purpose_of_use: None,
+    }
+}
+
+/// A v3 PurposeOfUse code: upper-case letters and digits (`TREAT`, `ETREAT`, `HPAYMT`, …).
+fn is_purpose_code(code: &str) -> bool {
+    !code.is_empty() && code.len() <= 32 && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// The principal of a request's `Authorization: Bearer` token (anonymous without one), for

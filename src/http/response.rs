@@ -30,8 +30,14 @@ impl IntoResponse for ErrorReply {
         if let Error::Unauthorized(_) = self.error {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Error::MethodNotAllowed = self.error {
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"));
+        match self.error {
+            Error::MethodNotAllowed => {
+                response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"));
+            }
+            Error::ReadOnly(_) => {
+                response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            _ => {}
         }
         response
     }

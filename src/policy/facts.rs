@@ -160,6 +160,19 @@ pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>,
     Ok(world)
 }
 
+/// The ids of the active sharing Consents of `patients`.
+pub async fn active_consents(connection: &mut AnyConnection, environment: &Environment<'_>, patients: &[String]) -> Result<Vec<String>> {
+    let targets: Vec<(String, String)> = patients.iter().map(|id| ("Patient".to_owned(), id.clone())).collect();
+    let mut consents = Vec::new();
+    for (id, _, content) in store_facts::referring(connection, "Consent", "patient", &targets).await? {
+        if active_consent_patient(&content, environment.now).is_some() {
+            consents.push(id);
+        }
+    }
+    consents.sort();
+    Ok(consents)
+}
+
 /// Reads an agreement from a Contract carrying the agreement profile; other Contracts are
 /// not agreements and allow nothing.
 pub fn agreement_from(id: &str, owner: &str, content: &str, environment: &Environment<'_>) -> Option<Agreement> {

@@ -129,6 +129,9 @@ pub enum Actor {
     /// A municipality's administrator: directory, support-team membership, agreements they
     /// are party to; no clinical content.
     MunicipalAdmin { tenant: String, user: String },
+    /// A municipality's auditor: reads and searches that municipality's audit trail and
+    /// nothing else.
+    MunicipalAuditor { tenant: String, user: String },
     /// The operator of the whole server: tenants, agreements, directories; no clinical content.
     ServerAdmin { user: String },
     /// Sees and writes everything in the municipality of the base it calls. Exists only in builds with the `test-support` feature,
@@ -141,9 +144,10 @@ impl Actor {
     /// The municipality the actor belongs to (None for the server administrator).
     pub fn tenant(&self) -> Option<&str> {
         match self {
-            Actor::Practitioner { tenant, .. } | Actor::System { tenant, .. } | Actor::MunicipalAdmin { tenant, .. } => {
-                Some(tenant)
-            }
+            Actor::Practitioner { tenant, .. }
+            | Actor::System { tenant, .. }
+            | Actor::MunicipalAdmin { tenant, .. }
+            | Actor::MunicipalAuditor { tenant, .. } => Some(tenant),
             Actor::ServerAdmin { .. } => None,
             #[cfg(feature = "test-support")]
             Actor::TestUnrestricted => None,
@@ -253,6 +257,15 @@ pub struct Grant {
     agreements: Arc<Vec<facts::Agreement>>,
     /// The operator's (and the test suite's) grant: everything in one municipality.
     unrestricted: bool,
+}
+
+/// What a disclosure of a person's data across a municipal border rested on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DisclosureBasis {
+    /// Agreements (Contract ids) in force joining the two municipalities for the type.
+    pub agreements: Vec<String>,
+    /// The person's active sharing Consents (Consent ids).
+    pub consents: Vec<String>,
 }
 
 impl Grant {
@@ -388,11 +401,13 @@ async fn decide_inner(
     interaction: Interaction,
     resource_type: Option<&str>,
 ) -> Result<Grant> {
-    // Everything in the request's municipality, and nothing outside it. Agreements are still
+    // Everything in the request's municipality except its audit trail (which only auditors
+    // read, and nobody writes through a grant), and nothing outside it. Agreements are still
     // read: a support team it writes may include another municipality's professionals only
     // under one.
     let unrestricted = |agreements: Vec<facts::Agreement>| {
-        let everything = vec![Clause::Tenants { types: TypeSet::AllExcept(Vec::new()), tenants: vec![tenant.to_owned()] }];
+        let everything =
+            vec![Clause::Tenants { types: TypeSet::AllExcept(vec!["AuditEvent".to_owned()]), tenants: vec![tenant.to_owned()] }];
         // References may point into every municipality's directory (a team's members).
         let all_tenants: Vec<String> = environment.tenants.iter().map(|t| t.slug.clone()).collect();
         let mut read_clauses = everything.clone();
@@ -470,6 +485,28 @@ async fn decide_inner(
         agreements: Arc::new(world.agreements.clone()),
         unrestricted: false,
     })
+}
+
+/// What a disclosure of persons' data from `owner` to an actor at `home`'s base rests on:
+/// the agreements in force joining the two for one of the types with the permission, and
+/// the persons' active sharing consents. Read from the facts, like a decision.
+pub async fn disclosure_basis(
+    connection: &mut AnyConnection,
+    environment: &Environment<'_>,
+    home: &str,
+    owner: &str,
+    permission: Permission,
+    resource_types: &[String],
+    patients: &[String],
+) -> Result<DisclosureBasis> {
+    let agreements = facts::agreements(connection, environment)
+        .await?
+        .into_iter()
+        .filter(|a| a.joins(home, owner) && resource_types.iter().any(|t| a.allows(t, permission)))
+        .map(|a| a.id)
+        .collect();
+    let consents = facts::active_consents(connection, environment, patients).await?;
+    Ok(DisclosureBasis { agreements, consents })
 }
 
 /// Administrative operations outside the FHIR API. With `municipality` None (municipalities,

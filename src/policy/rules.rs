@@ -182,12 +182,20 @@ pub fn clauses(
             }
             clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&["CareTeam"])), tenants: vec![tenant.to_owned()] });
         }
+        Actor::MunicipalAuditor { .. } => {
+            if reading {
+                clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&["AuditEvent"])), tenants: vec![tenant.to_owned()] });
+            }
+        }
         Actor::ServerAdmin { .. } => {
             clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&DIRECTORY_TYPES)), tenants: all_tenants.clone() });
             clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&["Contract"])), tenants: all_tenants });
         }
         #[cfg(feature = "test-support")]
-        Actor::TestUnrestricted => clauses.push(Clause::Tenants { types: TypeSet::AllExcept(Vec::new()), tenants: vec![tenant.to_owned()] }),
+        Actor::TestUnrestricted => clauses.push(Clause::Tenants {
+            types: TypeSet::AllExcept(vec!["AuditEvent".to_owned()]),
+            tenants: vec![tenant.to_owned()],
+        }),
     }
     let mut clauses = apply_granular(environment, authenticated, permission, clauses);
     clauses.retain(|clause| match clause {

@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::fhir::outcome::Issue;
 use crate::fhir::references;
 use crate::policy::Interaction;
+use crate::audit::{Action, Entity};
+use crate::service::audit::Audit;
 use crate::service::{parse_query_string, Context, Fhir, Stored, Written};
 
 /// The HTTP method of an entry's request.
@@ -76,8 +78,22 @@ impl EntryRequest {
 }
 
 impl Fhir {
-    /// `POST [base]` with a Bundle of type `batch` or `transaction`.
+    /// `POST [base]` with a Bundle of type `batch` or `transaction`. Each entry is audited as
+    /// its own interaction; the Bundle itself gets one event too.
     pub async fn process_bundle(&self, context: &Context, body: Value) -> Result<Value> {
+        let kind = body.get("type").and_then(Value::as_str).unwrap_or_default();
+        let subtype = if kind == "batch" { "batch" } else { "transaction" };
+        let mut audit = self.audit(context, Interaction::Create, subtype);
+        audit.event.action = Action::Execute;
+        let result = self.process_bundle_unaudited(context, &mut audit, body).await;
+        if subtype == "batch" || result.is_err() {
+            // A batch's entries recorded themselves; a failed transaction kept nothing.
+            return self.finish_read(context, audit, result, |_| Vec::new()).await;
+        }
+        self.finish_write(audit, result).await
+    }
+
+    async fn process_bundle_unaudited(&self, context: &Context, audit: &mut Audit, body: Value) -> Result<Value> {
         match body.get("resourceType").and_then(Value::as_str) {
             Some("Bundle") => {}
             _ => return Err(Error::bad_request_at("only a Bundle may be posted to the base URL", "resourceType")),
@@ -86,10 +102,15 @@ impl Fhir {
         let entries = body.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut requests = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
-            requests.push(self.parse_entry(context, index, entry)?);
+            let request = self.parse_entry(context, index, entry)?;
+            if !matches!(request.method, Method::Get | Method::Head) {
+                super::writable(&request.resource_type).map_err(|e| in_entry(e, &request))?;
+            }
+            requests.push(request);
         }
+        audit.entity(Entity::Detail { name: "entries".into(), value: requests.len().to_string() });
         match kind.as_str() {
-            "transaction" => self.transaction(context, requests).await,
+            "transaction" => self.transaction(context, audit, requests).await,
             "batch" => Ok(self.batch(context, requests).await),
             other => Err(Error::bad_request_at(
                 format!("a Bundle posted to the base must be a batch or transaction, not '{other}'"),
@@ -149,7 +170,7 @@ impl Fhir {
         })
     }
 
-    async fn transaction(&self, context: &Context, mut requests: Vec<EntryRequest>) -> Result<Value> {
+    async fn transaction(&self, context: &Context, audit: &mut Audit, mut requests: Vec<EntryRequest>) -> Result<Value> {
         let count = requests.len();
         let mut order: Vec<usize> = (0..count).collect();
         order.sort_by_key(|&i| (requests[i].method.rank(), i));
@@ -211,6 +232,8 @@ impl Fhir {
         let mut responses: Vec<Option<Value>> = vec![None; count];
         let mut written: Vec<(usize, Stored)> = Vec::new();
         let mut deferred_reads = Vec::new();
+        // Each entry's own event, with what it wrote (or deleted).
+        let mut entry_audits: Vec<(Audit, Option<Value>)> = Vec::new();
         for &i in &order {
             let request = &requests[i];
             let response = match request.method {
@@ -228,14 +251,19 @@ impl Fhir {
                         (None, None) => return Err(Error::bad_request_at("a DELETE entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
                     };
                     if let Some(id) = id {
-                        self.delete_in(&mut transaction, &grant, &request.resource_type, &id, request.if_match)
+                        let deleted = self
+                            .delete_in(&mut transaction, &grant, &request.resource_type, &id, request.if_match)
                             .await
                             .map_err(|e| in_entry(e, request))?;
+                        let mut entry_audit = self.audit(context, Interaction::Delete, "delete");
+                        entry_audit.entity(Entity::Resource(format!("{}/{id}", request.resource_type)));
+                        entry_audits.push((entry_audit, deleted));
                     }
                     json!({ "response": { "status": "204 No Content" } })
                 }
                 Method::Post => {
                     if let Some(existing) = matched_existing.remove(&i) {
+                        entry_audits.push((self.audit(context, Interaction::Create, "create"), Some(existing.resource.clone())));
                         entry_response(&existing, "200 OK")
                     } else {
                         let grant = self.decide(&mut transaction, context, Interaction::Create, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
@@ -248,6 +276,7 @@ impl Fhir {
                             .await
                             .map_err(|e| in_entry(e, request))?;
                         let response = entry_response(&stored, "201 Created");
+                        entry_audits.push((self.audit(context, Interaction::Create, "create"), Some(stored.resource.clone())));
                         written.push((i, stored));
                         response
                     }
@@ -269,6 +298,7 @@ impl Fhir {
                         .await
                         .map_err(|e| in_entry(e, request))?;
                     let response = entry_response(&stored, if created { "201 Created" } else { "200 OK" });
+                    entry_audits.push((self.audit(context, Interaction::Update, "update"), Some(stored.resource.clone())));
                     written.push((i, stored));
                     response
                 }
@@ -281,6 +311,7 @@ impl Fhir {
                         .await
                         .map_err(|e| in_entry(e, request))?;
                     let response = entry_response(&stored, "200 OK");
+                    entry_audits.push((self.audit(context, Interaction::Patch, "patch"), Some(stored.resource.clone())));
                     written.push((i, stored));
                     response
                 }
@@ -298,7 +329,8 @@ impl Fhir {
                 .await
                 .map_err(|error| prefix_error(error, &prefix))?;
         }
-        transaction.commit().await?;
+        let entry_events = self.entry_events(&mut transaction, context, entry_audits).await?;
+        self.commit_audited(transaction, context, audit, &[], entry_events).await?;
         for i in deferred_reads {
             let response = match self.read_entry(context, &requests[i]).await {
                 Ok(value) => value,

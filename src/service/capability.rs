@@ -54,6 +54,25 @@ impl Fhir {
             if !supported_profiles.is_empty() {
                 resource["supportedProfile"] = json!(supported_profiles);
             }
+            if resource_type == "AuditEvent" {
+                // The audit trail is written by the server alone and never changes.
+                resource["interaction"] = json!([
+                    { "code": "read" }, { "code": "vread" }, { "code": "history-instance" },
+                    { "code": "history-type" }, { "code": "search-type" }
+                ]);
+                resource["documentation"] = json!("Read-only: one event per interaction, hash-chained per municipality; readable by the municipality's auditors.");
+                for key in ["updateCreate", "conditionalCreate", "conditionalUpdate", "conditionalDelete"] {
+                    if let Some(object) = resource.as_object_mut() {
+                        object.remove(key);
+                    }
+                }
+            }
+            if resource_type == "Patient" {
+                resource["operation"] = json!([
+                    { "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" },
+                    { "name": "access-report", "definition": "https://renraku.example.jp/fhir/OperationDefinition/Patient-access-report" }
+                ]);
+            }
             resources.push(resource);
         }
         let name = tenant.as_ref().map(|t| t.name.as_str()).unwrap_or_default();

@@ -153,6 +153,8 @@ impl Fhir {
             base_url: self.config.base_url(tenant),
             request_id: "generate".to_owned(),
             lenient: false,
+            client_address: None,
+            purpose_of_use: None,
         };
         let grant = self.decide_now(&context, Interaction::Create, None).await?;
         let mut transaction = self.store.begin().await?;

@@ -19,6 +19,18 @@ pub enum Level<'a> {
 impl Fhir {
     /// `GET [base]/_history`, `[base]/[type]/_history`, `[base]/[type]/[id]/_history`
     pub async fn history(&self, context: &Context, level: Level<'_>, pairs: &[(String, String)]) -> Result<Value> {
+        let (interaction, subtype, target) = match level {
+            Level::System => (Interaction::HistorySystem, "history-system", String::new()),
+            Level::Type(resource_type) => (Interaction::HistoryType, "history-type", resource_type.to_owned()),
+            Level::Instance(resource_type, id) => (Interaction::HistoryInstance, "history-instance", format!("{resource_type}/{id}")),
+        };
+        let mut audit = self.audit(context, interaction, subtype);
+        audit.entity(crate::audit::Entity::Query(format!("{target}/_history?{}", super::search::query_text(pairs))));
+        let result = self.history_unaudited(context, level, pairs).await;
+        self.finish_read(context, audit, result, super::search::bundle_resources).await
+    }
+
+    async fn history_unaudited(&self, context: &Context, level: Level<'_>, pairs: &[(String, String)]) -> Result<Value> {
         let (interaction, resource_type, id) = match level {
             Level::System => (Interaction::HistorySystem, None, None),
             Level::Type(resource_type) => (Interaction::HistoryType, Some(resource_type), None),

@@ -22,11 +22,14 @@ use crate::fhir::search_params::Registry;
 use crate::fhir::validate::{Validated, Validator};
 use crate::policy::{self, Grant, Interaction, Principal};
 use crate::store::{self, CurrentRow, NewVersion, Store};
+use crate::audit::Entity;
+use audit::Audit;
 
 /// The `meta.tag` system recording which municipality owns a resource; the code is the
 /// municipality's 全国地方公共団体コード. Set by the server on every write; clients cannot set it.
 pub const MUNICIPALITY_TAG_SYSTEM: &str = "https://renraku.example.jp/fhir/CodeSystem/owning-municipality";
 
+pub mod audit;
 pub mod bundle;
 pub mod capability;
 pub mod generate;
@@ -44,6 +47,25 @@ pub struct Context {
     pub request_id: String,
     /// `Prefer: handling=lenient`.
     pub lenient: bool,
+    /// The network address the request came from (for the audit trail).
+    pub client_address: Option<String>,
+    /// The purpose of use the client declared (`X-Purpose-Of-Use`, a v3 PurposeOfUse code).
+    pub purpose_of_use: Option<String>,
+}
+
+impl Context {
+    /// The operator (command line, demo seed) acting at `tenant`'s base.
+    pub fn operator(tenant: &str, base_url: String, request_id: &str) -> Context {
+        Context {
+            tenant: tenant.to_owned(),
+            principal: Principal::Operator,
+            base_url,
+            request_id: request_id.to_owned(),
+            lenient: false,
+            client_address: None,
+            purpose_of_use: None,
+        }
+    }
 }
 
 /// A resource version as returned to clients, with what the HTTP layer needs for headers.
@@ -76,6 +98,11 @@ pub struct Fhir {
     tenants: std::sync::RwLock<Vec<TenantConfig>>,
     /// The OAuth clients registered: the configuration file's (and the demo's).
     clients: std::sync::RwLock<Vec<ClientConfig>>,
+    /// Where reads and failures hand their audit events (group commit).
+    audit_sink: crate::audit::sink::Sink,
+    /// A fault the test suite armed (see [`audit::Failpoint`]).
+    #[cfg(feature = "test-support")]
+    failpoint: std::sync::Mutex<Option<audit::Failpoint>>,
 }
 
 impl Fhir {
@@ -92,7 +119,19 @@ impl Fhir {
             registered.extend(crate::auth::server::demo_clients());
         }
         let clients = std::sync::RwLock::new(registered);
-        Fhir { store, validator, search_params, clock, config, tenants, clients }
+        let audit_sink = crate::audit::sink::Sink::start(store.clone(), search_params.clone());
+        Fhir {
+            store,
+            validator,
+            search_params,
+            clock,
+            config,
+            tenants,
+            clients,
+            audit_sink,
+            #[cfg(feature = "test-support")]
+            failpoint: std::sync::Mutex::new(None),
+        }
     }
 
     /// The client `client_id` registered at `tenant`.
@@ -133,8 +172,16 @@ impl Fhir {
     }
 
     /// `POST /admin/tenants`: a server administrator adds a municipality; its base URL
-    /// answers at once.
-    pub async fn add_tenant(&self, principal: &Principal, tenant: TenantConfig) -> Result<TenantConfig> {
+    /// answers at once. Recorded in the new municipality's chain (a refusal in the server's).
+    pub async fn add_tenant(&self, context: &Context, tenant: TenantConfig) -> Result<TenantConfig> {
+        let result = self.add_tenant_unaudited(&context.principal, tenant.clone()).await;
+        let chain = if result.is_ok() { tenant.slug.clone() } else { crate::audit::SERVER_CHAIN.to_owned() };
+        let entities = vec![Entity::Detail { name: "municipality".into(), value: format!("{} {} {}", tenant.slug, tenant.code, tenant.name) }];
+        self.record_administration(context, &chain, "tenant-add", result.as_ref().map(|_| ()), entities).await?;
+        result
+    }
+
+    async fn add_tenant_unaudited(&self, principal: &Principal, tenant: TenantConfig) -> Result<TenantConfig> {
         policy::require_administrator(principal, None)?;
         crate::config::check_tenant(&tenant).map_err(Error::bad_request)?;
         if self.tenants().iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
@@ -149,8 +196,25 @@ impl Fhir {
         Ok(tenant)
     }
 
+    /// The chain that records administration of `tenant`'s clients.
+    fn administration_chain(&self, tenant: &str) -> String {
+        if self.tenant(tenant).is_some() {
+            tenant.to_owned()
+        } else {
+            crate::audit::SERVER_CHAIN.to_owned()
+        }
+    }
+
     /// `POST /admin/clients`: registers an OAuth client at its municipality.
-    pub async fn register_client(&self, principal: &Principal, client: ClientConfig) -> Result<ClientConfig> {
+    pub async fn register_client(&self, context: &Context, client: ClientConfig) -> Result<ClientConfig> {
+        let result = self.register_client_unaudited(&context.principal, client.clone()).await;
+        let entities = vec![Entity::Detail { name: "client_id".into(), value: client.client_id.clone() }];
+        let chain = self.administration_chain(&client.tenant);
+        self.record_administration(context, &chain, "client-register", result.as_ref().map(|_| ()), entities).await?;
+        result
+    }
+
+    async fn register_client_unaudited(&self, principal: &Principal, client: ClientConfig) -> Result<ClientConfig> {
         policy::require_administrator(principal, Some(&client.tenant))?;
         client.check().map_err(Error::bad_request)?;
         if self.tenant(&client.tenant).is_none() {
@@ -177,7 +241,15 @@ impl Fhir {
     /// `DELETE /admin/clients/{tenant}/{client_id}`: removes a registration made through the
     /// admin API (the configuration file's stay until the file changes). Tokens already
     /// issued to the client stay valid until they expire or are revoked.
-    pub async fn remove_client(&self, principal: &Principal, tenant: &str, client_id: &str) -> Result<()> {
+    pub async fn remove_client(&self, context: &Context, tenant: &str, client_id: &str) -> Result<()> {
+        let result = self.remove_client_unaudited(&context.principal, tenant, client_id).await;
+        let entities = vec![Entity::Detail { name: "client_id".into(), value: client_id.to_owned() }];
+        let chain = self.administration_chain(tenant);
+        self.record_administration(context, &chain, "client-remove", result.as_ref().map(|_| ()), entities).await?;
+        result
+    }
+
+    async fn remove_client_unaudited(&self, principal: &Principal, tenant: &str, client_id: &str) -> Result<()> {
         policy::require_administrator(principal, Some(tenant))?;
         let mut connection = self.store.connection().await?;
         if !store::tenants::delete_client(&mut connection, tenant, client_id).await? {
@@ -191,12 +263,18 @@ impl Fhir {
 
     /// `POST /admin/signing-keys/rotate`: a new key signs id_tokens from now on; the old ones
     /// stay published until every token they signed has expired.
-    pub async fn rotate_signing_key(&self, principal: &Principal) -> Result<String> {
-        policy::require_administrator(principal, None)?;
-        let mut connection = self.store.connection().await?;
-        let kid = crate::auth::keys::rotate(&mut connection, self.clock.now()).await?;
-        tracing::info!(target: "renraku::admin", %kid, "signing key rotated");
-        Ok(kid)
+    pub async fn rotate_signing_key(&self, context: &Context) -> Result<String> {
+        let result = async {
+            policy::require_administrator(&context.principal, None)?;
+            let mut connection = self.store.connection().await?;
+            let kid = crate::auth::keys::rotate(&mut connection, self.clock.now()).await?;
+            tracing::info!(target: "renraku::admin", %kid, "signing key rotated");
+            Ok(kid)
+        }
+        .await;
+        let entities = result.iter().map(|kid| Entity::Detail { name: "kid".into(), value: kid.clone() }).collect();
+        self.record_administration(context, crate::audit::SERVER_CHAIN, "signing-key-rotate", result.as_ref().map(|_| ()), entities).await?;
+        result
     }
 
     /// `GET /admin/tenants`
@@ -252,6 +330,13 @@ impl Fhir {
 
     /// `GET [base]/[type]/[id]`
     pub async fn read(&self, context: &Context, resource_type: &str, id: &str) -> Result<Stored> {
+        let mut audit = self.audit(context, Interaction::Read, "read");
+        audit.requested(Entity::Resource(format!("{resource_type}/{id}")));
+        let result = self.read_unaudited(context, resource_type, id).await;
+        self.finish_read(context, audit, result, |stored| vec![&stored.resource]).await
+    }
+
+    async fn read_unaudited(&self, context: &Context, resource_type: &str, id: &str) -> Result<Stored> {
         self.check_type(resource_type)?;
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, Interaction::Read, Some(resource_type)).await?;
@@ -261,6 +346,13 @@ impl Fhir {
 
     /// `GET [base]/[type]/[id]/_history/[vid]`
     pub async fn vread(&self, context: &Context, resource_type: &str, id: &str, version: &str) -> Result<Stored> {
+        let mut audit = self.audit(context, Interaction::Vread, "vread");
+        audit.requested(Entity::Resource(format!("{resource_type}/{id}/_history/{version}")));
+        let result = self.vread_unaudited(context, resource_type, id, version).await;
+        self.finish_read(context, audit, result, |stored| vec![&stored.resource]).await
+    }
+
+    async fn vread_unaudited(&self, context: &Context, resource_type: &str, id: &str, version: &str) -> Result<Stored> {
         self.check_type(resource_type)?;
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, Interaction::Vread, Some(resource_type)).await?;
@@ -287,6 +379,21 @@ impl Fhir {
         body: Value,
         condition: Option<&str>,
     ) -> Result<Written> {
+        let mut audit = self.audit(context, Interaction::Create, "create");
+        audit.requested(Entity::Resource(resource_type.to_owned()));
+        let result = self.create_unaudited(context, &mut audit, resource_type, body, condition).await;
+        self.finish_write(audit, result).await
+    }
+
+    async fn create_unaudited(
+        &self,
+        context: &Context,
+        audit: &mut Audit,
+        resource_type: &str,
+        body: Value,
+        condition: Option<&str>,
+    ) -> Result<Written> {
+        writable(resource_type)?;
         self.check_type(resource_type)?;
         let grant = self.decide_now(context, Interaction::Create, Some(resource_type)).await?;
         check_body_type(&body, resource_type)?;
@@ -295,14 +402,15 @@ impl Fhir {
         if let Some(condition) = condition {
             lock_conditional(&mut transaction, &grant, resource_type).await?;
             if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
-                transaction.commit().await?;
-                return Ok(Written { stored: stored_from_current(Some(existing), resource_type, "")?, created: false });
+                let stored = stored_from_current(Some(existing), resource_type, "")?;
+                self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?;
+                return Ok(Written { stored, created: false });
             }
         }
         let id = uuid::Uuid::new_v4().to_string();
         let stored = self.write_version(&mut transaction, &grant, resource_type, &id, validated, None, "POST").await?;
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&stored), "").await?;
-        transaction.commit().await?;
+        self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?;
         Ok(Written { stored, created: true })
     }
 
@@ -315,6 +423,22 @@ impl Fhir {
         body: Value,
         if_match: Option<i64>,
     ) -> Result<Written> {
+        let mut audit = self.audit(context, Interaction::Update, "update");
+        audit.requested(Entity::Resource(format!("{resource_type}/{id}")));
+        let result = self.update_unaudited(context, &mut audit, resource_type, id, body, if_match).await;
+        self.finish_write(audit, result).await
+    }
+
+    async fn update_unaudited(
+        &self,
+        context: &Context,
+        audit: &mut Audit,
+        resource_type: &str,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
+        writable(resource_type)?;
         self.check_type(resource_type)?;
         let grant = self.decide_now(context, Interaction::Update, Some(resource_type)).await?;
         check_body_type(&body, resource_type)?;
@@ -323,7 +447,7 @@ impl Fhir {
         let mut transaction = self.store.begin().await?;
         let written = self.update_in(&mut transaction, &grant, resource_type, id, validated, if_match, "PUT").await?;
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
-        transaction.commit().await?;
+        self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
         Ok(written)
     }
 
@@ -336,6 +460,23 @@ impl Fhir {
         body: Value,
         if_match: Option<i64>,
     ) -> Result<Written> {
+        let mut audit = self.audit(context, Interaction::Update, "update");
+        audit.requested(Entity::Resource(resource_type.to_owned()));
+        audit.requested(Entity::Query(condition.to_owned()));
+        let result = self.conditional_update_unaudited(context, &mut audit, resource_type, condition, body, if_match).await;
+        self.finish_write(audit, result).await
+    }
+
+    async fn conditional_update_unaudited(
+        &self,
+        context: &Context,
+        audit: &mut Audit,
+        resource_type: &str,
+        condition: &str,
+        body: Value,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
+        writable(resource_type)?;
         self.check_type(resource_type)?;
         let grant = self.decide_now(context, Interaction::Update, Some(resource_type)).await?;
         check_body_type(&body, resource_type)?;
@@ -360,7 +501,8 @@ impl Fhir {
             }
         };
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
-        transaction.commit().await?;
+        audit.entity(Entity::Query(condition.to_owned()));
+        self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
         Ok(written)
     }
 
@@ -373,37 +515,72 @@ impl Fhir {
         patch: Value,
         if_match: Option<i64>,
     ) -> Result<Written> {
+        let mut audit = self.audit(context, Interaction::Patch, "patch");
+        audit.requested(Entity::Resource(format!("{resource_type}/{id}")));
+        let result = self.patch_unaudited(context, &mut audit, resource_type, id, patch, if_match).await;
+        self.finish_write(audit, result).await
+    }
+
+    async fn patch_unaudited(
+        &self,
+        context: &Context,
+        audit: &mut Audit,
+        resource_type: &str,
+        id: &str,
+        patch: Value,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
+        writable(resource_type)?;
         self.check_type(resource_type)?;
         let grant = self.decide_now(context, Interaction::Patch, Some(resource_type)).await?;
         let mut transaction = self.store.begin().await?;
         let written = self.patch_in(&mut transaction, &grant, resource_type, id, patch, if_match).await?;
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
-        transaction.commit().await?;
+        self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
         Ok(written)
     }
 
     /// `DELETE [base]/[type]/[id]`. Deleting what does not exist (or is already deleted)
     /// succeeds without a new version, so a delete reveals nothing about existence.
     pub async fn delete(&self, context: &Context, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<()> {
+        let mut audit = self.audit(context, Interaction::Delete, "delete");
+        audit.requested(Entity::Resource(format!("{resource_type}/{id}")));
+        let result = self.delete_unaudited(context, &mut audit, resource_type, id, if_match).await;
+        self.finish_write(audit, result).await
+    }
+
+    async fn delete_unaudited(&self, context: &Context, audit: &mut Audit, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<()> {
+        writable(resource_type)?;
         self.check_type(resource_type)?;
         let grant = self.decide_now(context, Interaction::Delete, Some(resource_type)).await?;
         let mut transaction = self.store.begin().await?;
-        self.delete_in(&mut transaction, &grant, resource_type, id, if_match).await?;
-        transaction.commit().await?;
-        Ok(())
+        let deleted = self.delete_in(&mut transaction, &grant, resource_type, id, if_match).await?;
+        audit.entity(Entity::Resource(format!("{resource_type}/{id}")));
+        let deleted: Vec<&Value> = deleted.iter().collect();
+        self.commit_audited(transaction, context, audit, &deleted, Vec::new()).await
     }
 
     /// `DELETE [base]/[type]?criteria`: deletes the single match; more than one is a 412.
     pub async fn conditional_delete(&self, context: &Context, resource_type: &str, condition: &str) -> Result<()> {
+        let mut audit = self.audit(context, Interaction::Delete, "delete");
+        audit.entity(Entity::Query(condition.to_owned()));
+        let result = self.conditional_delete_unaudited(context, &mut audit, resource_type, condition).await;
+        self.finish_write(audit, result).await
+    }
+
+    async fn conditional_delete_unaudited(&self, context: &Context, audit: &mut Audit, resource_type: &str, condition: &str) -> Result<()> {
+        writable(resource_type)?;
         self.check_type(resource_type)?;
         let grant = self.decide_now(context, Interaction::Delete, Some(resource_type)).await?;
         let mut transaction = self.store.begin().await?;
         lock_conditional(&mut transaction, &grant, resource_type).await?;
+        let mut deleted = None;
         if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
-            self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await?;
+            audit.entity(Entity::Resource(format!("{resource_type}/{}", existing.id)));
+            deleted = self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await?;
         }
-        transaction.commit().await?;
-        Ok(())
+        let deleted: Vec<&Value> = deleted.iter().collect();
+        self.commit_audited(transaction, context, audit, &deleted, Vec::new()).await
     }
 
     /// The single current resource matching a conditional interaction's criteria; more
@@ -535,9 +712,9 @@ impl Fhir {
         resource_type: &str,
         id: &str,
         if_match: Option<i64>,
-    ) -> Result<()> {
+    ) -> Result<Option<Value>> {
         loop {
-            let Some(current) = store::current(connection, grant, resource_type, id).await? else { return Ok(()) };
+            let Some(current) = store::current(connection, grant, resource_type, id).await? else { return Ok(None) };
             if let Some(expected) = if_match {
                 if expected != current.version_id {
                     return Err(Error::PreconditionFailed(format!(
@@ -547,7 +724,7 @@ impl Fhir {
                 }
             }
             if current.deleted {
-                return Ok(());
+                return Ok(None);
             }
             let last_updated = self.now();
             let new = NewVersion {
@@ -561,7 +738,8 @@ impl Fhir {
             };
             if store::replace(connection, grant, &new, current.version_id).await? {
                 store::replace_index(connection, resource_type, id, &current.tenant, &[]).await?;
-                return Ok(());
+                // What was deleted, for the audit trail (its persons and owner).
+                return Ok(current.content.as_deref().and_then(|content| serde_json::from_str(content).ok()));
             }
             if if_match.is_some() {
                 return Err(Error::PreconditionFailed(format!("{resource_type}/{id} was changed concurrently")));
@@ -845,6 +1023,15 @@ fn stored_from_current(row: Option<CurrentRow>, resource_type: &str, id: &str) -
             last_updated: row.last_updated,
         }),
     }
+}
+
+/// The audit trail is written only by the server: no API may create, change or delete an
+/// AuditEvent.
+pub(crate) fn writable(resource_type: &str) -> Result<()> {
+    if resource_type == "AuditEvent" {
+        return Err(Error::ReadOnly("AuditEvents are written only by the server and can never be changed or deleted".into()));
+    }
+    Ok(())
 }
 
 fn check_body_type(body: &Value, resource_type: &str) -> Result<()> {

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::fhir::elements::{apply_elements, apply_summary, Summary};
 use crate::fhir::search_params::{ParamType, Registry};
 use crate::fhir::text::normalize;
+use crate::audit::Entity;
 use crate::policy::{Grant, Interaction};
 use crate::service::history::link;
 use crate::service::{Context, Fhir};
@@ -497,6 +498,13 @@ pub fn decode_cursor(text: &str) -> Option<Cursor> {
 impl Fhir {
     /// `GET [base]/[type]?…` and `POST [base]/[type]/_search`: a `searchset` Bundle.
     pub async fn search(&self, context: &Context, resource_type: &str, pairs: &[(String, String)]) -> Result<Value> {
+        let mut audit = self.audit(context, Interaction::Search, "search-type");
+        audit.entity(Entity::Query(format!("{resource_type}?{}", query_text(pairs))));
+        let result = self.search_unaudited(context, resource_type, pairs).await;
+        self.finish_read(context, audit, result, bundle_resources).await
+    }
+
+    async fn search_unaudited(&self, context: &Context, resource_type: &str, pairs: &[(String, String)]) -> Result<Value> {
         if !self.validator.is_resource_type(resource_type) {
             return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
         }
@@ -507,6 +515,20 @@ impl Fhir {
 
     /// `GET [base]/Patient/[id]/[type]`: a search within the Patient's compartment.
     pub async fn compartment_search(
+        &self,
+        context: &Context,
+        patient_id: &str,
+        resource_type: &str,
+        pairs: &[(String, String)],
+    ) -> Result<Value> {
+        let mut audit = self.audit(context, Interaction::Search, "search-type");
+        audit.entity(Entity::Query(format!("Patient/{patient_id}/{resource_type}?{}", query_text(pairs))));
+        audit.requested(Entity::Patient(format!("Patient/{patient_id}")));
+        let result = self.compartment_search_unaudited(context, patient_id, resource_type, pairs).await;
+        self.finish_read(context, audit, result, bundle_resources).await
+    }
+
+    async fn compartment_search_unaudited(
         &self,
         context: &Context,
         patient_id: &str,
@@ -541,6 +563,13 @@ impl Fhir {
     /// `GET [base]?_type=A,B&…`: a search across resource types (all types without
     /// `_type`). With more than one type only the common parameters apply.
     pub async fn system_search(&self, context: &Context, pairs: &[(String, String)]) -> Result<Value> {
+        let mut audit = self.audit(context, Interaction::Search, "search-system");
+        audit.entity(Entity::Query(format!("?{}", query_text(pairs))));
+        let result = self.system_search_unaudited(context, pairs).await;
+        self.finish_read(context, audit, result, bundle_resources).await
+    }
+
+    async fn system_search_unaudited(&self, context: &Context, pairs: &[(String, String)]) -> Result<Value> {
         let grant = self.decide_now(context, Interaction::Search, None).await?;
         let (types, rest) = self.split_types(pairs)?;
         let lookup_type = match types.as_slice() {
@@ -558,6 +587,14 @@ impl Fhir {
     /// `GET [base]/Patient/[id]/$everything`: the Patient and everything in its compartment
     /// (`_type`, `_since`, `_count` and paging apply).
     pub async fn everything(&self, context: &Context, patient_id: &str, pairs: &[(String, String)]) -> Result<Value> {
+        let mut audit = self.audit(context, Interaction::Search, "$everything");
+        audit.entity(Entity::Query(format!("Patient/{patient_id}/$everything?{}", query_text(pairs))));
+        audit.requested(Entity::Patient(format!("Patient/{patient_id}")));
+        let result = self.everything_unaudited(context, patient_id, pairs).await;
+        self.finish_read(context, audit, result, bundle_resources).await
+    }
+
+    async fn everything_unaudited(&self, context: &Context, patient_id: &str, pairs: &[(String, String)]) -> Result<Value> {
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, Interaction::Search, Some("Patient")).await?;
         if crate::store::current(&mut connection, &grant, "Patient", patient_id).await?.is_none_or(|row| row.deleted) {
@@ -784,4 +821,14 @@ mod tests {
         assert_eq!(split_values(r"a\,b,c", "x").ok(), Some(vec!["a,b".to_owned(), "c".to_owned()]));
         assert!(split_values("a,,b", "x").is_err());
     }
+}
+
+/// The resources of a Bundle's entries (what a search, history or operation returned).
+pub(crate) fn bundle_resources(bundle: &Value) -> Vec<&Value> {
+    bundle.get("entry").and_then(Value::as_array).into_iter().flatten().filter_map(|entry| entry.get("resource")).collect()
+}
+
+/// Query parameters as they are written in a URL.
+pub(crate) fn query_text(pairs: &[(String, String)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }

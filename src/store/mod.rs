@@ -20,6 +20,7 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use crate::error::{Error, Result};
 use crate::policy::Grant;
 
+pub mod audit;
 pub(crate) mod facts;
 pub mod query;
 pub mod tenants;
@@ -572,10 +573,18 @@ pub struct BulkRow {
 /// index rows, using multi-row INSERTs. For data generation and imports; the caller validates.
 pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &Grant, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
     let tenant = grant.home_tenant();
+    let rows: Vec<(String, String, BulkRow)> = rows.iter().map(|row| (tenant.to_owned(), last_updated.to_owned(), row.clone())).collect();
+    insert_new_rows(connection, &rows).await
+}
+
+/// Inserts new resources (version 1), each with its owning tenant and time, with their
+/// version and index rows. Callers: [`bulk_insert_new`] (under a grant) and the audit trail
+/// (`store::audit`, AuditEvents only).
+pub(crate) async fn insert_new_rows(connection: &mut AnyConnection, rows: &[(String, String, BulkRow)]) -> Result<()> {
     use query::BulkValue as V;
     let resources: Vec<Vec<V>> = rows
         .iter()
-        .map(|r| {
+        .map(|(tenant, last_updated, r)| {
             vec![
                 V::Text(r.resource_type.clone()),
                 V::Text(r.id.clone()),
@@ -590,7 +599,7 @@ pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &Grant, last
     query::insert_many(connection, "resources (resource_type, id, tenant, version_id, last_updated, deleted, content)", &resources).await?;
     let versions: Vec<Vec<V>> = rows
         .iter()
-        .map(|r| {
+        .map(|(tenant, last_updated, r)| {
             vec![
                 V::Text(r.resource_type.clone()),
                 V::Text(r.id.clone()),
@@ -606,7 +615,7 @@ pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &Grant, last
         .await?;
     let (mut strings, mut tokens, mut references, mut dates, mut numbers, mut uris) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for row in rows {
+    for (tenant, _, row) in rows {
         let owner = || vec![V::Text(row.resource_type.clone()), V::Text(row.id.clone()), V::Text(tenant.to_owned())];
         for entry in &row.index {
             let mut values = owner();

@@ -4,7 +4,8 @@
 //! A row's letters say what is allowed: `r` read answers 200 (else 404), `s` a search finds
 //! the resource (else finds nothing), `c` a create answers 201 (else 403), `u` an update
 //! answers 200 (else 404, as for a resource that does not exist), `d` a delete removes the
-//! resource (else it answers 204 and removes nothing).
+//! resource (else it answers 204 and removes nothing). The audit trail's events are the
+//! server's own: a create, update or delete of one answers 405 for everyone (also "-").
 
 use renraku::policy::Actor;
 use serde_json::{json, Value};
@@ -24,19 +25,30 @@ fn resources() -> Vec<(&'static str, Value)> {
         })),
         ("CareTeam", care_team("team-p1", "p1", &["PractitionerRole/role-pro-a", "Organization/org-c"])),
         ("Contract", agreement("agreement-1", &["202096", "203831"], "executed", &["read"])),
-        ("AuditEvent", json!({
-            "resourceType": "AuditEvent", "id": "audit-1",
-            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest" },
-            "recorded": "2026-11-25T00:00:00Z",
-            "agent": [{ "requestor": true, "who": { "display": "someone" } }],
-            "source": { "observer": { "display": "renraku" } }
-        })),
         ("Medication", json!({ "resourceType": "Medication", "id": "med-1", "code": { "text": "アムロジピン" } })),
     ]
 }
 
+/// An AuditEvent as a client might try to post one.
+fn audit_event() -> Value {
+    json!({
+        "resourceType": "AuditEvent", "id": "audit-1",
+        "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest" },
+        "recorded": "2026-11-25T00:00:00Z",
+        "agent": [{ "requestor": true, "who": { "display": "someone" } }],
+        "source": { "observer": { "display": "renraku" } }
+    })
+}
+
 /// A new resource of each kind, for the create column.
 fn new_resource(kind: &str) -> Value {
+    if kind == "AuditEvent" {
+        let mut event = audit_event();
+        if let Some(object) = event.as_object_mut() {
+            object.remove("id");
+        }
+        return event;
+    }
     let mut resource = resources().into_iter().find(|(k, _)| *k == kind).map(|(_, r)| r).unwrap_or_default();
     if let Some(object) = resource.as_object_mut() {
         object.remove("id");
@@ -73,6 +85,7 @@ async fn caller(server: &Server, actor: &str) -> Caller {
         },
         "system client of a team organization" => Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "org-c".into() },
         "municipal administrator" => Actor::MunicipalAdmin { tenant: "ina".into(), user: "admin".into() },
+        "municipal auditor" => Actor::MunicipalAuditor { tenant: "ina".into(), user: "auditor".into() },
         "server administrator" => Actor::ServerAdmin { user: "operator".into() },
         other => panic!("unknown actor {other}"),
     };
@@ -80,9 +93,23 @@ async fn caller(server: &Server, actor: &str) -> Caller {
     Caller { tenant: "ina".into(), token: server.token("ina", actor, scopes, None).await }
 }
 
+/// The auditor of the municipality, who reads its trail.
+async fn auditor(server: &Server) -> Caller {
+    let actor = Actor::MunicipalAuditor { tenant: "ina".into(), user: "auditor".into() };
+    Caller { tenant: "ina".into(), token: server.token("ina", actor, "user/AuditEvent.rs", None).await }
+}
+
 /// What `caller` can do to the resource of `kind`, as the row's letters.
 async fn observe(server: &Server, caller: &Caller, kind: &str) -> String {
-    let (_, stored) = resources().into_iter().find(|(k, _)| *k == kind).unwrap_or_else(|| panic!("kind {kind}"));
+    let auditor = auditor(server).await;
+    let stored = if kind == "AuditEvent" {
+        // An event the set-up's requests left in the trail.
+        let bundle = auditor.get(server, "AuditEvent?_count=1").await;
+        bundle.expect(200);
+        bundle.json()["entry"][0]["resource"].clone()
+    } else {
+        resources().into_iter().find(|(k, _)| *k == kind).map(|(_, r)| r).unwrap_or_else(|| panic!("kind {kind}"))
+    };
     let id = stored["id"].as_str().unwrap_or_default().to_owned();
     let mut letters = String::new();
     let read = caller.get(server, &format!("{kind}/{id}")).await;
@@ -97,16 +124,19 @@ async fn observe(server: &Server, caller: &Caller, kind: &str) -> String {
     letters.push(match created.status.as_u16() {
         201 => 'c',
         403 => '-',
+        405 if kind == "AuditEvent" => '-',
         other => panic!("create {kind}: {other} {}", created.text()),
     });
     let updated = caller.put(server, &stored).await;
     letters.push(match updated.status.as_u16() {
         200 => 'u',
         404 => '-',
+        405 if kind == "AuditEvent" => '-',
         other => panic!("update {kind}: {other} {}", updated.text()),
     });
-    caller.delete(server, &format!("{kind}/{id}")).await.expect(204);
-    let after = server.get(&format!("/ina/fhir/{kind}/{id}")).await;
+    let deleted = caller.delete(server, &format!("{kind}/{id}")).await;
+    deleted.expect(if kind == "AuditEvent" { 405 } else { 204 });
+    let after = if kind == "AuditEvent" { auditor.get(server, &format!("{kind}/{id}")).await } else { server.get(&format!("/ina/fhir/{kind}/{id}")).await };
     letters.push(match after.status.as_u16() {
         410 => 'd',
         200 => '-',
@@ -120,12 +150,13 @@ async fn rule_table(backend: Backend) {
     set_up(&server).await;
     let kinds = ["Patient", "Observation", "CareTeam", "Organization", "Contract", "AuditEvent", "Medication"];
     #[rustfmt::skip]
-    let table: [(&str, [&str; 7]); 5] = [
+    let table: [(&str, [&str; 7]); 6] = [
         //                                        Patient  Observation CareTeam Organization Contract AuditEvent Medication
         ("practitioner on the team, registrar",  ["rscud", "rscud",    "rscud", "rs---",     "-----", "-----",   "rscud"]),
         ("practitioner not on the team",         ["-----", "-----",    "-----", "rs---",     "-----", "-----",   "rscud"]),
         ("system client of a team organization", ["rs-ud", "rscud",    "rscud", "rs---",     "-----", "-----",   "rscud"]),
         ("municipal administrator",              ["rs---", "-----",    "rscud", "rscud",     "rs---", "-----",   "-----"]),
+        ("municipal auditor",                    ["-----", "-----",    "-----", "-----",     "-----", "rs---",   "-----"]),
         ("server administrator",                 ["-----", "-----",    "-----", "rscud",     "rscud", "-----",   "-----"]),
     ];
     let mut mismatches = Vec::new();

@@ -142,6 +142,7 @@ impl Server {
             tenants: test_tenants(),
             demo: false,
             extra_search_parameters: Vec::new(),
+            audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
         clients: Vec::new(),
         };
         adjust(&mut config);

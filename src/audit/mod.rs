@@ -1,0 +1,465 @@
+//! The audit trail: what is recorded of every interaction, and how it becomes an AuditEvent.
+//! Security-sensitive: the trail is the evidence of who saw which person's information.
+//!
+//! Every request that touches data or security produces one [`Event`] (plus, where the data
+//! of a person of another municipality left its municipality, one disclosure event in that
+//! municipality's chain). Events are shaped after IHE Basic Audit Log Patterns (BALP) and
+//! stored as AuditEvent resources, each appended to its municipality's hash chain
+//! ([`chain`]) by [`append`] — in the same database transaction as the write it records, or,
+//! for reads, through the group-commit [`sink::Sink`] before the response leaves.
+//!
+//! Architecture invariants:
+//! - No HTTP here and no access decisions: this module renders and chains what the service
+//!   tells it.
+//! - [`append`] is the only code that writes AuditEvent rows, and nothing updates or deletes
+//!   them except retention pruning (`service::audit`), which keeps the chain verifiable.
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::fhir::search_params::Registry;
+use crate::policy::{Actor, Principal};
+
+pub mod chain;
+pub mod sink;
+
+/// The chain of events that belong to no municipality (adding a municipality, rotating the
+/// signing keys, requests to an unknown base).
+pub const SERVER_CHAIN: &str = "_server";
+
+/// Our code system for the subtypes FHIR and DICOM have no code for (token events,
+/// administration, retention).
+pub const SUBTYPE_SYSTEM: &str = "https://renraku.example.jp/fhir/CodeSystem/audit-event-subtype";
+/// The extension carrying an event's place in its chain: its sequence number and the digest
+/// of its predecessor.
+pub const CHAIN_EXTENSION: &str = "https://renraku.example.jp/fhir/StructureDefinition/audit-chain";
+/// The extension on an agent naming the municipality it acts from (全国地方公共団体コード).
+pub const MUNICIPALITY_EXTENSION: &str = "https://renraku.example.jp/fhir/StructureDefinition/audit-agent-municipality";
+/// The identifier system of OAuth client ids in agents.
+pub const CLIENT_ID_SYSTEM: &str = "https://renraku.example.jp/fhir/sid/oauth-client";
+/// The identifier system of administrators' and auditors' user names in agents.
+pub const USER_SYSTEM: &str = "https://renraku.example.jp/fhir/sid/user";
+
+const RESTFUL_INTERACTION: &str = "http://hl7.org/fhir/restful-interaction";
+const DICOM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const AUDIT_EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
+const LIFECYCLE: &str = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle";
+const ENTITY_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const RESOURCE_TYPES: &str = "http://hl7.org/fhir/resource-types";
+const BALP_ENTITY_TYPE: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
+const SECURITY_ROLE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/extra-security-role-type";
+const SOURCE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/security-source-type";
+const PURPOSE_OF_USE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+
+/// The CRUDE letter of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Read,
+    Update,
+    Delete,
+    Execute,
+}
+
+impl Action {
+    pub fn code(self) -> &'static str {
+        match self {
+            Action::Create => "C",
+            Action::Read => "R",
+            Action::Update => "U",
+            Action::Delete => "D",
+            Action::Execute => "E",
+        }
+    }
+}
+
+/// How the request ended (FHIR R4 `audit-event-outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Refused or invalid: the client's request did not succeed (denials included).
+    MinorFailure,
+    /// The server failed.
+    SeriousFailure,
+}
+
+impl Outcome {
+    pub fn code(self) -> &'static str {
+        match self {
+            Outcome::Success => "0",
+            Outcome::MinorFailure => "4",
+            Outcome::SeriousFailure => "8",
+        }
+    }
+
+    /// The outcome and the description recorded for a failed request. Internal detail is
+    /// recorded (the trail is not shown to clients), denials are marked as such.
+    pub fn of_error(error: &Error) -> (Outcome, String) {
+        match error {
+            Error::Internal(detail) => (Outcome::SeriousFailure, format!("server error: {detail}")),
+            Error::BadGateway(detail) => (Outcome::SeriousFailure, format!("upstream failure: {detail}")),
+            Error::Unauthorized(reason) => (Outcome::MinorFailure, format!("denied (401): {reason}")),
+            Error::Forbidden(reason) => (Outcome::MinorFailure, format!("denied (403): {reason}")),
+            other => (Outcome::MinorFailure, format!("{} {}", other.status().as_u16(), other)),
+        }
+    }
+}
+
+/// What kind of event: its AuditEvent `type` and `subtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// A FHIR RESTful interaction; the subtype is its `restful-interaction` code (`read`,
+    /// `search-type`, `transaction`, …) or an operation name (`$everything`).
+    Rest(&'static str),
+    /// Sign-in and tokens: `login` (DICOM user authentication), `token-issue`,
+    /// `token-refresh`, `token-revoke`, `token-introspect`.
+    Security(&'static str),
+    /// Administration outside the FHIR API: `tenant-add`, `client-register`,
+    /// `client-remove`, `signing-key-rotate`, `audit-prune`.
+    Administration(&'static str),
+    /// A privacy disclosure recorded at the source: a person's data returned to (or written
+    /// by) an actor of another municipality. The inner code is the interaction's subtype.
+    Disclosure(&'static str),
+}
+
+impl EventType {
+    fn render(self) -> (Value, Value) {
+        match self {
+            EventType::Rest(subtype) => {
+                let subtype = if subtype.starts_with('$') {
+                    json!({ "system": SUBTYPE_SYSTEM, "code": subtype, "display": format!("operation {subtype}") })
+                } else {
+                    json!({ "system": RESTFUL_INTERACTION, "code": subtype, "display": subtype })
+                };
+                (json!({ "system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation" }), json!([subtype]))
+            }
+            EventType::Security(subtype) => {
+                let subtype = if subtype == "login" {
+                    json!({ "system": DICOM, "code": "110122", "display": "Login" })
+                } else {
+                    json!({ "system": SUBTYPE_SYSTEM, "code": subtype, "display": subtype })
+                };
+                (json!({ "system": DICOM, "code": "110114", "display": "User Authentication" }), json!([subtype]))
+            }
+            EventType::Administration(subtype) => (
+                json!({ "system": DICOM, "code": "110100", "display": "Application Activity" }),
+                json!([{ "system": SUBTYPE_SYSTEM, "code": subtype, "display": subtype }]),
+            ),
+            EventType::Disclosure(interaction) => (
+                json!({ "system": DICOM, "code": "110106", "display": "Export" }),
+                json!([
+                    { "system": LIFECYCLE, "code": "disclose", "display": "Disclose Record Lifecycle Event" },
+                    { "system": RESTFUL_INTERACTION, "code": interaction, "display": interaction }
+                ]),
+            ),
+        }
+    }
+
+    pub fn is_disclosure(self) -> bool {
+        matches!(self, EventType::Disclosure(_))
+    }
+}
+
+/// Who acted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Agent {
+    /// The FHIR resources acting, most specific first (Practitioner, PractitionerRole,
+    /// Organization); the first is the requestor.
+    pub references: Vec<String>,
+    /// A name for actors without a FHIR resource (administrators, auditors, the operator,
+    /// anonymous callers).
+    pub name: String,
+    /// An administrator's or auditor's user name.
+    pub user: Option<String>,
+    /// The municipality (slug) the actor acts from.
+    pub municipality: Option<String>,
+    /// The OAuth client the request came through.
+    pub client_id: Option<String>,
+    /// The network address the request came from.
+    pub address: Option<String>,
+}
+
+impl Agent {
+    /// The agent of a request made with `principal` from `address`.
+    pub fn of(principal: &Principal, address: Option<&str>) -> Agent {
+        let mut agent = Agent { address: address.map(str::to_owned), ..Agent::default() };
+        match principal {
+            Principal::Anonymous => agent.name = "anonymous (no valid access token)".into(),
+            Principal::Operator => agent.name = "operator (Renraku command line or demo seed)".into(),
+            Principal::Authenticated(authenticated) => {
+                agent.client_id = Some(authenticated.client_id.clone()).filter(|c| !c.is_empty());
+                agent.municipality = authenticated.actor.tenant().map(str::to_owned);
+                match &authenticated.actor {
+                    Actor::Practitioner { practitioner, role, organization, .. } => {
+                        agent.references = vec![
+                            format!("Practitioner/{practitioner}"),
+                            format!("PractitionerRole/{role}"),
+                            format!("Organization/{organization}"),
+                        ];
+                    }
+                    Actor::System { client, organization, .. } => {
+                        agent.references = vec![format!("Organization/{organization}")];
+                        agent.name = format!("system client {client}");
+                    }
+                    Actor::MunicipalAdmin { user, .. } => {
+                        agent.name = format!("municipal administrator {user}");
+                        agent.user = Some(user.clone());
+                    }
+                    Actor::MunicipalAuditor { user, .. } => {
+                        agent.name = format!("municipal auditor {user}");
+                        agent.user = Some(user.clone());
+                    }
+                    Actor::ServerAdmin { user } => {
+                        agent.name = format!("server administrator {user}");
+                        agent.user = Some(user.clone());
+                    }
+                    #[cfg(feature = "test-support")]
+                    Actor::TestUnrestricted => agent.name = "test suite (unrestricted)".into(),
+                }
+            }
+        }
+        agent
+    }
+}
+
+/// Something an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entity {
+    /// A person whose data was touched (`Patient/id`).
+    Patient(String),
+    /// A resource read, written or returned (`Type/id` or `Type/id/_history/v`).
+    Resource(String),
+    /// The search or operation query as sent.
+    Query(String),
+    /// The wide-area agreement a disclosure rested on (`Contract/id`).
+    Agreement(String),
+    /// The person's consent a disclosure rested on (`Consent/id`).
+    Consent(String),
+    /// A named detail (an OAuth client, a municipality added, an exported file's digest).
+    Detail { name: String, value: String },
+}
+
+/// One thing that happened, before it has a place in a chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The chain (municipality slug, or [`SERVER_CHAIN`]) that records the event.
+    pub chain: String,
+    pub event_type: EventType,
+    pub action: Action,
+    pub outcome: Outcome,
+    pub outcome_description: Option<String>,
+    /// The server clock's time, UTC, fixed-width (`YYYY-MM-DDTHH:MM:SS.ffffffZ`).
+    pub recorded: String,
+    pub agent: Agent,
+    /// The base (municipality slug) the request arrived at.
+    pub site: String,
+    pub request_id: String,
+    /// A v3 PurposeOfUse code the client declared (`X-Purpose-Of-Use`).
+    pub purpose_of_use: Option<String>,
+    pub entities: Vec<Entity>,
+}
+
+impl Event {
+    /// The patients this event names.
+    pub fn patients(&self) -> impl Iterator<Item = &str> {
+        self.entities.iter().filter_map(|e| match e {
+            Entity::Patient(reference) => reference.strip_prefix("Patient/"),
+            _ => None,
+        })
+    }
+
+    /// The AuditEvent resource for this event at `sequence` in its chain after a predecessor
+    /// whose digest is `previous`. `owner` is the chain municipality's (code, name), for the
+    /// ownership tag every resource carries.
+    pub fn to_resource(&self, id: &str, sequence: i64, previous: &str, owner: Option<(&str, &str)>, names: &dyn Fn(&str) -> Option<(String, String)>) -> Value {
+        let (event_type, subtype) = self.event_type.render();
+        let mut meta = json!({ "versionId": "1", "lastUpdated": self.recorded });
+        if let Some((code, name)) = owner {
+            meta["tag"] = json!([{ "system": crate::service::MUNICIPALITY_TAG_SYSTEM, "code": code, "display": name }]);
+        }
+        let mut resource = Map::new();
+        resource.insert("resourceType".into(), json!("AuditEvent"));
+        resource.insert("id".into(), json!(id));
+        resource.insert("meta".into(), meta);
+        resource.insert(
+            "extension".into(),
+            json!([{
+                "url": CHAIN_EXTENSION,
+                "extension": [
+                    { "url": "chain", "valueString": self.chain },
+                    { "url": "sequence", "valueInteger": sequence },
+                    { "url": "previous", "valueString": previous }
+                ]
+            }]),
+        );
+        resource.insert("type".into(), event_type);
+        resource.insert("subtype".into(), subtype);
+        resource.insert("action".into(), json!(self.action.code()));
+        resource.insert("recorded".into(), json!(self.recorded));
+        resource.insert("outcome".into(), json!(self.outcome.code()));
+        if let Some(description) = &self.outcome_description {
+            resource.insert("outcomeDesc".into(), json!(description));
+        }
+        if let Some(purpose) = &self.purpose_of_use {
+            resource.insert("purposeOfEvent".into(), json!([{ "coding": [{ "system": PURPOSE_OF_USE, "code": purpose }] }]));
+        }
+        resource.insert("agent".into(), Value::Array(self.render_agents(names)));
+        resource.insert(
+            "source".into(),
+            json!({
+                "site": self.site,
+                "observer": { "display": format!("Renraku FHIR gateway ({})", self.site) },
+                "type": [{ "system": SOURCE_TYPE, "code": "4", "display": "Application Server" }]
+            }),
+        );
+        let mut entities: Vec<Value> = vec![json!({
+            "what": { "identifier": { "value": self.request_id } },
+            "type": { "system": BALP_ENTITY_TYPE, "code": "XrequestId", "display": "X-Request-Id" }
+        })];
+        entities.extend(self.entities.iter().map(render_entity));
+        resource.insert("entity".into(), Value::Array(entities));
+        Value::Object(resource)
+    }
+
+    fn render_agents(&self, names: &dyn Fn(&str) -> Option<(String, String)>) -> Vec<Value> {
+        let agent = &self.agent;
+        let mut requestor = Map::new();
+        requestor.insert(
+            "type".into(),
+            json!({ "coding": [{ "system": SECURITY_ROLE_TYPE, "code": "humanuser", "display": "human user" }] }),
+        );
+        match agent.references.first() {
+            Some(reference) => requestor.insert("who".into(), json!({ "reference": reference })),
+            None => requestor.insert("who".into(), json!({ "display": agent.name })),
+        };
+        if let Some(user) = &agent.user {
+            requestor.insert("altId".into(), json!(user));
+            requestor.insert("name".into(), json!(agent.name));
+        }
+        requestor.insert("requestor".into(), json!(true));
+        if let Some(address) = &agent.address {
+            requestor.insert("network".into(), json!({ "address": address, "type": "2" }));
+        }
+        if let Some((code, name)) = agent.municipality.as_deref().and_then(names) {
+            requestor.insert(
+                "extension".into(),
+                json!([{ "url": MUNICIPALITY_EXTENSION, "valueCoding": { "system": crate::service::MUNICIPALITY_TAG_SYSTEM, "code": code, "display": name } }]),
+            );
+        }
+        let mut agents = vec![Value::Object(requestor)];
+        for reference in agent.references.iter().skip(1) {
+            agents.push(json!({ "who": { "reference": reference }, "requestor": false }));
+        }
+        if let Some(client_id) = &agent.client_id {
+            agents.push(json!({
+                "type": { "coding": [{ "system": DICOM, "code": "110150", "display": "Application" }] },
+                "who": { "identifier": { "system": CLIENT_ID_SYSTEM, "value": client_id } },
+                "requestor": false
+            }));
+        }
+        agents
+    }
+}
+
+fn render_entity(entity: &Entity) -> Value {
+    let resource_type_of = |reference: &str| reference.split('/').next().unwrap_or_default().to_owned();
+    match entity {
+        Entity::Patient(reference) => json!({
+            "what": { "reference": reference },
+            "type": { "system": ENTITY_TYPE, "code": "1", "display": "Person" },
+            "role": { "system": ENTITY_ROLE, "code": "1", "display": "Patient" }
+        }),
+        Entity::Resource(reference) => json!({
+            "what": { "reference": reference },
+            "type": { "system": RESOURCE_TYPES, "code": resource_type_of(reference) },
+            "role": { "system": ENTITY_ROLE, "code": "4", "display": "Domain Resource" }
+        }),
+        Entity::Query(query) => {
+            use base64::Engine as _;
+            json!({
+                "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
+                "role": { "system": ENTITY_ROLE, "code": "24", "display": "Query" },
+                "description": query,
+                "query": base64::engine::general_purpose::STANDARD.encode(query.as_bytes())
+            })
+        }
+        Entity::Agreement(reference) => json!({
+            "what": { "reference": reference },
+            "type": { "system": RESOURCE_TYPES, "code": "Contract" },
+            "role": { "system": ENTITY_ROLE, "code": "13", "display": "Security Resource" },
+            "description": "the wide-area agreement (広域連携協定) the disclosure rests on"
+        }),
+        Entity::Consent(reference) => json!({
+            "what": { "reference": reference },
+            "type": { "system": RESOURCE_TYPES, "code": "Consent" },
+            "role": { "system": ENTITY_ROLE, "code": "13", "display": "Security Resource" },
+            "description": "the person's consent the disclosure rests on"
+        }),
+        Entity::Detail { name, value } => json!({
+            "type": { "system": ENTITY_TYPE, "code": "2", "display": "System Object" },
+            "name": name,
+            "description": value
+        }),
+    }
+}
+
+/// An event with its place in the chain, ready to store.
+#[derive(Debug, Clone)]
+pub struct Chained {
+    pub chain: String,
+    pub seq: i64,
+    pub id: String,
+    pub recorded: String,
+    pub previous: String,
+    pub digest: String,
+    pub content: String,
+    pub index: Vec<crate::store::IndexEntry>,
+}
+
+/// Appends `events` to their chains inside the caller's transaction: each chain's head is
+/// locked (in chain order, so two appenders never wait on each other crosswise), every event
+/// gets the next sequence number and its predecessor's digest, and the AuditEvent rows, index
+/// rows and chain rows are inserted. Call it once per transaction, last before the commit,
+/// so the head lock is held briefly.
+pub async fn append(
+    connection: &mut sqlx::AnyConnection,
+    registry: &Registry,
+    tenants: &[crate::config::TenantConfig],
+    events: &[Event],
+) -> Result<Vec<String>> {
+    let mut chains: Vec<&str> = events.iter().map(|e| e.chain.as_str()).collect();
+    chains.sort_unstable();
+    chains.dedup();
+    let names = |slug: &str| tenants.iter().find(|t| t.slug == slug).map(|t| (t.code.clone(), t.name.clone()));
+    let mut ids = Vec::with_capacity(events.len());
+    let mut rows = Vec::with_capacity(events.len());
+    for chain in chains {
+        let members: Vec<&Event> = events.iter().filter(|e| e.chain == chain).collect();
+        let count = i64::try_from(members.len()).map_err(Error::internal)?;
+        let (last_seq, mut previous) = crate::store::audit::advance_head(connection, chain, count).await?;
+        let owner = names(chain);
+        let mut seq = last_seq - count;
+        for event in members {
+            seq += 1;
+            let id = uuid::Uuid::new_v4().to_string();
+            let resource = event.to_resource(&id, seq, &previous, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names);
+            let content = serde_json::to_string(&resource)?;
+            let digest = chain::digest(chain, seq, &previous, &content);
+            rows.push(Chained {
+                chain: chain.to_owned(),
+                seq,
+                id: id.clone(),
+                recorded: event.recorded.clone(),
+                previous: std::mem::replace(&mut previous, digest.clone()),
+                digest,
+                index: registry.extract(&resource),
+                content,
+            });
+            ids.push(id);
+        }
+        crate::store::audit::set_head_digest(connection, chain, &previous).await?;
+    }
+    crate::store::audit::insert_events(connection, &rows).await?;
+    Ok(ids)
+}

@@ -1,0 +1,91 @@
+//! Group commit for the events of reads: a read's event must be durable before its response
+//! leaves, but one transaction (one fsync on SQLite) per read would cap read throughput at
+//! the disk's commit rate. Requests hand their events to one writer task, which appends
+//! everything that arrived while the previous batch was committing in a single transaction
+//! and then wakes every waiting request. Under load a commit carries many events; alone, a
+//! request waits for exactly one commit of its own.
+//!
+//! Writes do not come here: their events are appended inside the write's own transaction.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Event;
+use crate::config::TenantConfig;
+use crate::error::{Error, Result};
+use crate::fhir::search_params::Registry;
+use crate::store::Store;
+
+/// The most events one batch commits.
+const MAX_BATCH_EVENTS: usize = 512;
+
+struct Job {
+    events: Vec<Event>,
+    tenants: Vec<TenantConfig>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The handle requests use to record their events.
+#[derive(Clone)]
+pub struct Sink {
+    sender: mpsc::Sender<Job>,
+}
+
+impl Sink {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Store, registry: Arc<Registry>) -> Sink {
+        let (sender, receiver) = mpsc::channel(4096);
+        tokio::spawn(write_batches(store, registry, receiver));
+        Sink { sender }
+    }
+
+    /// Stores `events` durably; returns once they are committed.
+    pub async fn record(&self, events: Vec<Event>, tenants: Vec<TenantConfig>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (done, finished) = oneshot::channel();
+        self.sender
+            .send(Job { events, tenants, done })
+            .await
+            .map_err(|_| Error::internal("the audit writer has stopped"))?;
+        match finished.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(detail)) => Err(Error::Internal(format!("audit trail: {detail}"))),
+            Err(_) => Err(Error::internal("the audit writer stopped before committing")),
+        }
+    }
+}
+
+async fn write_batches(store: Store, registry: Arc<Registry>, mut receiver: mpsc::Receiver<Job>) {
+    while let Some(first) = receiver.recv().await {
+        let mut count = first.events.len();
+        let mut jobs = vec![first];
+        while count < MAX_BATCH_EVENTS {
+            match receiver.try_recv() {
+                Ok(job) => {
+                    count += job.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let events: Vec<Event> = jobs.iter().flat_map(|job| job.events.iter().cloned()).collect();
+        // Municipalities are only ever added, so the longest list is the newest.
+        let tenants = jobs.iter().map(|job| &job.tenants).max_by_key(|t| t.len()).cloned().unwrap_or_default();
+        let result = commit(&store, &registry, &tenants, &events).await.map_err(|error| {
+            tracing::error!(target: "renraku::audit", %error, events = events.len(), "audit events could not be stored");
+            error.to_string()
+        });
+        for job in jobs {
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+async fn commit(store: &Store, registry: &Registry, tenants: &[TenantConfig], events: &[Event]) -> Result<()> {
+    let mut transaction = store.begin().await?;
+    super::append(&mut transaction, registry, tenants, events).await?;
+    transaction.commit().await
+}

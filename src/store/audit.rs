@@ -1,0 +1,187 @@
+//! The audit trail's rows: chain heads, chain links, and the AuditEvent resource rows they
+//! protect.
+//!
+//! These functions take no `Grant`, deliberately: appending is done for every caller
+//! (including callers who may not read the trail), and verification, export and pruning are
+//! maintenance run by the operator's command line. They touch AuditEvent rows only; nothing
+//! here reads or writes any other resource type.
+
+use sqlx::{AnyConnection, Row};
+
+use super::query::BulkValue as V;
+use super::BulkRow;
+use crate::audit::chain::{Head, Link, GENESIS};
+use crate::audit::Chained;
+use crate::error::Result;
+
+/// Takes the chain's head (creating it at the genesis), locking it until the transaction
+/// ends, and moves it `count` events on. Returns the new last sequence number and the digest
+/// of the event before the first new one.
+pub async fn advance_head(connection: &mut AnyConnection, chain: &str, count: i64) -> Result<(i64, String)> {
+    sqlx::query(
+        "INSERT INTO audit_heads (chain, seq, digest, anchor_seq, anchor_digest) VALUES ($1, 0, $2, 0, $2) \
+         ON CONFLICT (chain) DO NOTHING",
+    )
+    .bind(chain)
+    .bind(GENESIS)
+    .execute(&mut *connection)
+    .await?;
+    let row = sqlx::query("UPDATE audit_heads SET seq = seq + $1 WHERE chain = $2 RETURNING seq, digest")
+        .bind(count)
+        .bind(chain)
+        .fetch_one(&mut *connection)
+        .await?;
+    Ok((row.try_get("seq")?, row.try_get("digest")?))
+}
+
+pub async fn set_head_digest(connection: &mut AnyConnection, chain: &str, digest: &str) -> Result<()> {
+    sqlx::query("UPDATE audit_heads SET digest = $1 WHERE chain = $2").bind(digest).bind(chain).execute(connection).await?;
+    Ok(())
+}
+
+/// Inserts chained events: their resource, version and index rows, and their links.
+pub async fn insert_events(connection: &mut AnyConnection, events: &[Chained]) -> Result<()> {
+    let rows: Vec<(String, String, BulkRow)> = events
+        .iter()
+        .map(|event| {
+            let row = BulkRow {
+                resource_type: "AuditEvent".to_owned(),
+                id: event.id.clone(),
+                content: event.content.clone(),
+                index: event.index.clone(),
+            };
+            (event.chain.clone(), event.recorded.clone(), row)
+        })
+        .collect();
+    super::insert_new_rows(connection, &rows).await?;
+    let links: Vec<Vec<V>> = events
+        .iter()
+        .map(|event| {
+            vec![
+                V::Text(event.chain.clone()),
+                V::Integer(event.seq),
+                V::Text(event.id.clone()),
+                V::Text(event.recorded.clone()),
+                V::Text(event.previous.clone()),
+                V::Text(event.digest.clone()),
+            ]
+        })
+        .collect();
+    super::query::insert_many(connection, "audit_log (chain, seq, event_id, recorded, previous, digest)", &links).await
+}
+
+/// Every chain's head.
+pub async fn heads(connection: &mut AnyConnection) -> Result<Vec<Head>> {
+    let rows = sqlx::query("SELECT chain, seq, digest, anchor_seq, anchor_digest FROM audit_heads ORDER BY chain")
+        .fetch_all(connection)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Head {
+                chain: row.try_get("chain")?,
+                seq: row.try_get("seq")?,
+                digest: row.try_get("digest")?,
+                anchor_seq: row.try_get("anchor_seq")?,
+                anchor_digest: row.try_get("anchor_digest")?,
+            })
+        })
+        .collect()
+}
+
+/// Up to `limit` links of `chain` after sequence `after`, with the stored contents of their
+/// AuditEvents (resource row and version row).
+pub async fn links(connection: &mut AnyConnection, chain: &str, after: i64, limit: i64) -> Result<Vec<Link>> {
+    let rows = sqlx::query(
+        "SELECT l.seq, l.event_id, l.previous, l.digest, r.content AS content, v.content AS version_content \
+         FROM audit_log l \
+         LEFT JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = l.event_id \
+         LEFT JOIN resource_versions v ON v.resource_type = 'AuditEvent' AND v.id = l.event_id AND v.version_id = 1 \
+         WHERE l.chain = $1 AND l.seq > $2 ORDER BY l.seq LIMIT $3",
+    )
+    .bind(chain)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Link {
+                seq: row.try_get("seq")?,
+                event_id: row.try_get("event_id")?,
+                previous: row.try_get("previous")?,
+                digest: row.try_get("digest")?,
+                content: row.try_get("content")?,
+                version_content: row.try_get("version_content")?,
+            })
+        })
+        .collect()
+}
+
+/// AuditEvent resources of `chain` that no link protects (inserted behind the trail's back).
+pub async fn unlinked_events(connection: &mut AnyConnection, chain: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT r.id FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.tenant = $1 \
+         AND NOT EXISTS (SELECT 1 FROM audit_log l WHERE l.event_id = r.id) ORDER BY r.id LIMIT 10",
+    )
+    .bind(chain)
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(|row| Ok(row.try_get("id")?)).collect()
+}
+
+/// The last sequence number of the prefix of `chain` recorded before `before`.
+pub async fn expired_through(connection: &mut AnyConnection, chain: &str, before: &str) -> Result<Option<i64>> {
+    // The prefix ends just before the first event recorded at or after the cut-off.
+    let first_kept: Option<i64> = sqlx::query("SELECT MIN(seq) AS seq FROM audit_log WHERE chain = $1 AND recorded >= $2")
+        .bind(chain)
+        .bind(before)
+        .fetch_one(&mut *connection)
+        .await?
+        .try_get("seq")?;
+    let last: Option<i64> = match first_kept {
+        Some(seq) => sqlx::query("SELECT MAX(seq) AS seq FROM audit_log WHERE chain = $1 AND seq < $2")
+            .bind(chain)
+            .bind(seq)
+            .fetch_one(&mut *connection)
+            .await?
+            .try_get("seq")?,
+        None => sqlx::query("SELECT MAX(seq) AS seq FROM audit_log WHERE chain = $1").bind(chain).fetch_one(&mut *connection).await?.try_get("seq")?,
+    };
+    Ok(last)
+}
+
+/// Removes the events of `chain` up to `through` (resource, version, index and link rows)
+/// and moves the chain's anchor to the last removed event.
+pub async fn prune(connection: &mut AnyConnection, chain: &str, through: i64, anchor_digest: &str) -> Result<u64> {
+    let ids = "SELECT event_id FROM audit_log WHERE chain = $1 AND seq <= $2";
+    for table in ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri", "resource_versions", "resources"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = 'AuditEvent' AND id IN ({ids})"))
+            .bind(chain)
+            .bind(through)
+            .execute(&mut *connection)
+            .await?;
+    }
+    let removed = sqlx::query("DELETE FROM audit_log WHERE chain = $1 AND seq <= $2").bind(chain).bind(through).execute(&mut *connection).await?;
+    sqlx::query("UPDATE audit_heads SET anchor_seq = $1, anchor_digest = $2 WHERE chain = $3")
+        .bind(through)
+        .bind(anchor_digest)
+        .bind(chain)
+        .execute(&mut *connection)
+        .await?;
+    Ok(removed.rows_affected())
+}
+
+/// The newest `limit` AuditEvents (of every chain) that name `patient`, newest first.
+pub async fn events_about_patient(connection: &mut AnyConnection, patient: &str, limit: i64) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.deleted = 0 AND r.id IN ( \
+           SELECT x.id FROM search_reference x WHERE x.resource_type = 'AuditEvent' AND x.param = 'patient' \
+           AND x.target_type = 'Patient' AND x.target_id = $1) \
+         ORDER BY r.last_updated DESC, r.id LIMIT $2",
+    )
+    .bind(patient)
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(|row| Ok(row.try_get("content")?)).collect()
+}
