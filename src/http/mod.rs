@@ -77,18 +77,24 @@ pub fn router(state: AppState) -> Router {
         .merge(fhir)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(request_id))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
 
-/// Gives every request an id, visible to handlers and echoed as `X-Request-Id`.
+tokio::task_local! {
+    /// The request id, for the panic catcher (which sees no request).
+    static CURRENT_REQUEST_ID: String;
+}
+
+/// Gives every request an id, visible to handlers and echoed as `X-Request-Id` (also on the
+/// answer to a panic, which is caught inside this layer).
 async fn request_id(mut request: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
     request.extensions_mut().insert(RequestId(id.clone()));
     let address = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip().to_string());
     request.extensions_mut().insert(ClientAddress(address));
-    let mut response = next.run(request).await;
+    let mut response = CURRENT_REQUEST_ID.scope(id.clone(), next.run(request)).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -101,7 +107,7 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_default();
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = CURRENT_REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
     ErrorReply { error: Error::Internal(format!("panic: {detail}")), format: Format::Json, request_id }.into_response()
 }
 

@@ -103,7 +103,8 @@ impl Fhir {
         let mut requests = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
             let request = self.parse_entry(context, index, entry)?;
-            if !matches!(request.method, Method::Get | Method::Head) {
+            // A batch's entries answer for themselves (each is its own interaction).
+            if kind == "transaction" && !matches!(request.method, Method::Get | Method::Head) {
                 super::writable(&request.resource_type).map_err(|e| in_entry(e, &request))?;
             }
             requests.push(request);

@@ -4,6 +4,7 @@
 mod support;
 
 mod app_launch;
+mod audit;
 mod bundles;
 mod concurrency;
 mod conditional;
