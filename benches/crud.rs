@@ -7,7 +7,10 @@
 //! ```
 //! Environment: `BENCH_PRELOAD` (Patients loaded before measuring, default 10000),
 //! `BENCH_OPERATIONS` (measured requests per phase, default 4000), `BENCH_CONCURRENCY`
-//! (requests in flight, default 8). Results are recorded in `benches/README.md`.
+//! (requests in flight, default 8), `BENCH_AUDIT` (`both`, the default: the whole run with
+//! the audit trail, then again on a fresh database without it, and the ratio; `on`; `off`).
+//! On PostgreSQL the databases named by the URL (and `…_noaudit`) are dropped and created.
+//! Results are recorded in `benches/README.md`.
 
 mod support;
 
@@ -44,14 +47,6 @@ fn patient(n: usize) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// The access token every request carries (the test suite's unrestricted principal: the
-/// figures measure the FHIR engine, not the policy's fact lookups).
-static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-async fn send(router: &Router, method: &str, uri: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
-    send_as(router, TOKEN.get().map(String::as_str).unwrap_or_default(), method, uri, body).await
-}
-
 async fn send_as(router: &Router, token: &str, method: &str, uri: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
     let request = Request::builder()
         .method(method)
@@ -78,7 +73,8 @@ struct Phase {
 }
 
 impl Phase {
-    fn report(&mut self) {
+    /// Prints the phase's figures and returns its throughput.
+    fn report(&mut self) -> f64 {
         self.latencies.sort();
         let percentile = |p: f64| {
             let index = ((self.latencies.len() as f64 * p).ceil() as usize).saturating_sub(1);
@@ -93,23 +89,11 @@ impl Phase {
             percentile(0.99).as_secs_f64() * 1000.0,
             self.failures
         );
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 }
 
-/// Runs `operations` requests, `concurrency` at a time, timing each.
-async fn phase(
-    name: &'static str,
-    router: &Router,
-    operations: usize,
-    concurrency: usize,
-    make: impl Fn(usize) -> (&'static str, String, Option<Vec<u8>>),
-    expect: u16,
-) -> Phase {
-    let token = TOKEN.get().cloned().unwrap_or_default();
-    phase_as(name, router, &token, operations, concurrency, make, expect).await
-}
-
-/// [`phase`] with another caller's token.
+/// Runs `operations` requests, `concurrency` at a time, as the holder of `token`, timing each.
 async fn phase_as(
     name: &'static str,
     router: &Router,
@@ -145,17 +129,34 @@ async fn phase_as(
     Phase { name, latencies, elapsed: started.elapsed(), failures }
 }
 
-#[tokio::main]
-async fn main() {
+/// A fresh database for one run: a temporary SQLite file, or a dropped and re-created
+/// PostgreSQL database.
+async fn fresh_database(base_url: Option<&str>, suffix: &str, directory: &std::path::Path) -> String {
+    let Some(url) = base_url else { return renraku::config::default_sqlite_url(directory) };
+    let Some((server, name)) = url.rsplit_once('/') else { return url.to_owned() };
+    let name = format!("{name}{suffix}");
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap_or_else(|e| panic!("PostgreSQL: {e}"));
+    for statement in [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
+        sqlx::query(&statement).execute(&mut admin).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    format!("{server}/{name}")
+}
+
+/// Throughput of the create, read and policed-read phases of one run.
+struct Figures {
+    create: f64,
+    read: f64,
+    policed: f64,
+}
+
+async fn run(database_url: String, directory: &std::path::Path, audited: bool) -> Figures {
     let preload = setting("BENCH_PRELOAD", 10_000);
     let operations = setting("BENCH_OPERATIONS", 4_000);
     let concurrency = setting("BENCH_CONCURRENCY", 8);
-    let directory = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
-    let database_url = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| renraku::config::default_sqlite_url(directory.path()));
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
-        data_dir: directory.path().to_owned(),
+        data_dir: directory.to_owned(),
         database_url: database_url.clone(),
         public_base_url: "http://bench".into(),
         body_limit_bytes: renraku::config::DEFAULT_BODY_LIMIT_BYTES,
@@ -163,35 +164,40 @@ async fn main() {
         demo: false,
         extra_search_parameters: Vec::new(),
         audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
+        audit_off_for_benchmarks_only: !audited,
         clients: Vec::new(),
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();
-    let _ = TOKEN.set(support::token(&gateway.state.fhir, renraku::policy::Actor::TestUnrestricted).await);
+    let token = support::token(&gateway.state.fhir, renraku::policy::Actor::TestUnrestricted).await;
     let backend = database_url.split(':').next().unwrap_or_default().to_owned();
-    println!("backend {backend}; preload {preload} Patients; {operations} requests per phase; concurrency {concurrency}");
+    println!(
+        "backend {backend}; audit trail {}; preload {preload} Patients; {operations} requests per phase; concurrency {concurrency}",
+        if audited { "ON" } else { "off" }
+    );
 
-    let load = phase("preload", &router, preload, concurrency, |n| ("POST", "/ina/fhir/Patient".into(), Some(patient(n))), 201).await;
+    let load = phase_as("preload", &router, &token, preload, concurrency, |n| ("POST", "/ina/fhir/Patient".into(), Some(patient(n))), 201).await;
     println!("preloaded in {:.1} s", load.elapsed.as_secs_f64());
-    let (_, body) = send(&router, "GET", &format!("/ina/fhir/Patient?_count={}&_elements=id", preload.min(1000)), None).await;
+    let (_, body) = send_as(&router, &token, "GET", &format!("/ina/fhir/Patient?_count={}&_elements=id", preload.min(1000)), None).await;
     let bundle: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let ids: Arc<Vec<String>> = Arc::new(
         bundle["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned)).collect(),
     );
-    let mut create =
-        phase("create", &router, operations, concurrency, |n| ("POST", "/ina/fhir/Patient".into(), Some(patient(preload + n))), 201).await;
-    create.report();
+    let create = phase_as("create", &router, &token, operations, concurrency, |n| ("POST", "/ina/fhir/Patient".into(), Some(patient(preload + n))), 201)
+        .await
+        .report();
     let read_ids = ids.clone();
-    let mut read = phase(
+    let read = phase_as(
         "read",
         &router,
+        &token,
         operations,
         concurrency,
         move |n| ("GET", format!("/ina/fhir/Patient/{}", read_ids[(n * 7919) % read_ids.len().max(1)]), None),
         200,
     )
-    .await;
-    read.report();
+    .await
+    .report();
 
     // The same reads by a practitioner whom the access policy must place on each person's
     // support team (CareTeam + Consent facts read at every request): the policy's cost.
@@ -204,7 +210,7 @@ async fn main() {
     ];
     for resource in directory {
         let uri = format!("/ina/fhir/{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default());
-        send(&router, "PUT", &uri, serde_json::to_vec(&resource).ok()).await;
+        send_as(&router, &token, "PUT", &uri, serde_json::to_vec(&resource).ok()).await;
     }
     for id in &supported {
         let consent = serde_json::json!({ "resourceType": "Consent", "status": "active",
@@ -213,8 +219,8 @@ async fn main() {
             "patient": { "reference": format!("Patient/{id}") } });
         let team = serde_json::json!({ "resourceType": "CareTeam", "status": "active", "subject": { "reference": format!("Patient/{id}") },
             "participant": [{ "member": { "reference": "PractitionerRole/bench-role" } }] });
-        send(&router, "POST", "/ina/fhir/Consent", serde_json::to_vec(&consent).ok()).await;
-        send(&router, "POST", "/ina/fhir/CareTeam", serde_json::to_vec(&team).ok()).await;
+        send_as(&router, &token, "POST", "/ina/fhir/Consent", serde_json::to_vec(&consent).ok()).await;
+        send_as(&router, &token, "POST", "/ina/fhir/CareTeam", serde_json::to_vec(&team).ok()).await;
     }
     let practitioner = support::token(
         &gateway.state.fhir,
@@ -227,7 +233,7 @@ async fn main() {
     )
     .await;
     let supported = Arc::new(supported);
-    let mut policed = phase_as(
+    let policed = phase_as(
         "read as a team member (policy)",
         &router,
         &practitioner,
@@ -236,6 +242,30 @@ async fn main() {
         move |n| ("GET", format!("/ina/fhir/Patient/{}", supported[n % supported.len().max(1)]), None),
         200,
     )
-    .await;
-    policed.report();
+    .await
+    .report();
+    gateway.state.fhir.store.close().await;
+    Figures { create, read, policed }
+}
+
+#[tokio::main]
+async fn main() {
+    let base_url = std::env::var("BENCH_DATABASE_URL").ok();
+    let mode = std::env::var("BENCH_AUDIT").unwrap_or_else(|_| "both".into());
+    let with = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+    let without = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+    let on = if mode != "off" { Some(run(fresh_database(base_url.as_deref(), "", with.path()).await, with.path(), true).await) } else { None };
+    let off = if mode != "on" {
+        Some(run(fresh_database(base_url.as_deref(), "_noaudit", without.path()).await, without.path(), false).await)
+    } else {
+        None
+    };
+    if let (Some(on), Some(off)) = (on, off) {
+        println!(
+            "audit on / off: create {:.2}, read {:.2}, read as a team member {:.2}",
+            on.create / off.create,
+            on.read / off.read,
+            on.policed / off.policed
+        );
+    }
 }

@@ -53,6 +53,7 @@ async fn main() {
         demo: false,
         extra_search_parameters: Vec::new(),
         audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
+        audit_off_for_benchmarks_only: false,
         clients: Vec::new(),
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));

@@ -39,6 +39,10 @@ pub struct Config {
     /// How long audit events are kept before `renraku audit prune` may export and remove
     /// them, in days.
     pub audit_retention_days: i64,
+    /// Turns the audit trail off. Exists only so that the CRUD benchmark can measure what
+    /// auditing costs; no file, environment variable or flag sets it, and `resolve` always
+    /// leaves it false.
+    pub audit_off_for_benchmarks_only: bool,
 }
 
 /// One municipality served by the gateway.
@@ -172,6 +176,7 @@ impl Config {
         }
         Ok(Config {
             audit_retention_days,
+            audit_off_for_benchmarks_only: false,
             listen,
             data_dir,
             database_url,

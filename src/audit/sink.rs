@@ -74,10 +74,12 @@ async fn write_batches(store: Store, registry: Arc<Registry>, mut receiver: mpsc
         let events: Vec<Event> = jobs.iter().flat_map(|job| job.events.iter().cloned()).collect();
         // Municipalities are only ever added, so the longest list is the newest.
         let tenants = jobs.iter().map(|job| &job.tenants).max_by_key(|t| t.len()).cloned().unwrap_or_default();
+        let started = std::time::Instant::now();
         let result = commit(&store, &registry, &tenants, &events).await.map_err(|error| {
             tracing::error!(target: "renraku::audit", %error, events = events.len(), "audit events could not be stored");
             error.to_string()
         });
+        tracing::debug!(target: "renraku::audit", events = events.len(), elapsed_us = started.elapsed().as_micros(), "audit batch committed");
         for job in jobs {
             let _ = job.done.send(result.clone());
         }

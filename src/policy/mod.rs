@@ -16,8 +16,9 @@
 //! whom) are read from the database at every decision; nothing caches them, so a withdrawn
 //! consent, an ended agreement or a member leaving a team takes effect at the next request.
 //!
-//! Every decision, allow or deny, is reported through [`record_decision`], the single path
-//! the audit trail persists.
+//! Every decision, allow or deny, is reported through [`record_decision`] (the operational
+//! log); the audit trail records each interaction's outcome, denials included, through
+//! `service::audit`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

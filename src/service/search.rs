@@ -788,6 +788,16 @@ impl Fhir {
     }
 }
 
+/// The resources of a Bundle's entries (what a search, history or operation returned).
+pub(crate) fn bundle_resources(bundle: &Value) -> Vec<&Value> {
+    bundle.get("entry").and_then(Value::as_array).into_iter().flatten().filter_map(|entry| entry.get("resource")).collect()
+}
+
+/// Query parameters as they are written in a URL.
+pub(crate) fn query_text(pairs: &[(String, String)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,14 +831,4 @@ mod tests {
         assert_eq!(split_values(r"a\,b,c", "x").ok(), Some(vec!["a,b".to_owned(), "c".to_owned()]));
         assert!(split_values("a,,b", "x").is_err());
     }
-}
-
-/// The resources of a Bundle's entries (what a search, history or operation returned).
-pub(crate) fn bundle_resources(bundle: &Value) -> Vec<&Value> {
-    bundle.get("entry").and_then(Value::as_array).into_iter().flatten().filter_map(|entry| entry.get("resource")).collect()
-}
-
-/// Query parameters as they are written in a URL.
-pub(crate) fn query_text(pairs: &[(String, String)]) -> String {
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }

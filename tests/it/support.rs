@@ -143,6 +143,7 @@ impl Server {
             demo: false,
             extra_search_parameters: Vec::new(),
             audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
+            audit_off_for_benchmarks_only: false,
         clients: Vec::new(),
         };
         adjust(&mut config);

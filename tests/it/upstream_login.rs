@@ -152,6 +152,37 @@ async fn login_through_the_municipality_provider(backend: Backend) {
     let stranger = login(&server, &provider, "someone-else", true, &challenge).await;
     stranger.expect(403);
     assert!(stranger.text().contains("no professional"), "{}", stranger.text());
+
+    // The trail has the sign-ins (one accepted, two refused) and the token events, in order.
+    let auditor = renraku::policy::Actor::MunicipalAuditor { tenant: "ina".into(), user: "auditor".into() };
+    let token = server.token("ina", auditor, "user/AuditEvent.rs", None).await;
+    let trail = server
+        .get_with("/ina/fhir/AuditEvent?type=110114&_sort=date&_count=100", &[("authorization", &format!("Bearer {token}"))])
+        .await
+        .json();
+    let events: Vec<(String, String, String)> = trail["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let event = &e["resource"];
+            let code = event["subtype"][0]["code"].as_str().unwrap_or_default();
+            let subtype = if code == "110122" { "login" } else { code };
+            (subtype.to_owned(), event["outcome"].as_str().unwrap_or_default().to_owned(), event["agent"][0]["who"]["reference"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    let doctor = "Practitioner/demo-dr-tanaka".to_owned();
+    let expected = vec![
+        ("login".to_owned(), "0".to_owned(), doctor.clone()),
+        ("token-issue".to_owned(), "0".to_owned(), doctor.clone()),
+        ("token-refresh".to_owned(), "0".to_owned(), doctor.clone()),
+        ("token-revoke".to_owned(), "0".to_owned(), doctor.clone()),
+        // The revoked token's next use, refused.
+        ("request-refused".to_owned(), "4".to_owned(), String::new()),
+        ("login".to_owned(), "4".to_owned(), String::new()),
+        ("login".to_owned(), "4".to_owned(), String::new()),
+    ];
+    assert_eq!(events, expected, "{trail:#}");
 }
 
 both_backends!(login_through_the_municipality_provider);
