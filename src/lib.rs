@@ -82,6 +82,19 @@ impl Gateway {
         if let Some(count) = reindexed.filter(|count| *count > 0) {
             tracing::info!(count, "search index rebuilt for changed search parameters");
         }
+        // The audit trail's projection: journaled events become searchable AuditEvent rows in
+        // large batches, off the request path (requests that read the trail catch up first).
+        let projector = Arc::downgrade(&fhir);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                interval.tick().await;
+                let Some(fhir) = projector.upgrade() else { break };
+                if let Err(error) = fhir.project_audit_events().await {
+                    tracing::warn!(target: "renraku::audit", %error, "projecting audit events failed; retrying");
+                }
+            }
+        });
         if config.demo {
             demo::seed(&fhir).await.map_err(|e| StartError::Demo(e.to_string()))?;
         } else {

@@ -9,9 +9,12 @@
 //! Sequence numbers start at 1 and have no gaps; the first event's predecessor digest is
 //! [`GENESIS`] (64 zeros), or after pruning the digest of the last pruned event (the chain's
 //! anchor). The AuditEvent carries its own sequence number and its predecessor's digest in
-//! the `audit-chain` extension, so the stored JSON commits to its place. Changing a stored
-//! event changes its digest; deleting one leaves a gap; inserting one breaks the
-//! predecessor link of the next; truncating the tail disagrees with the chain's head.
+//! the `audit-chain` extension, so the stored JSON commits to its place. The journal
+//! (`audit_log`) holds the JSON the digest covers; the AuditEvent resource and version rows
+//! projected from it must equal it. Changing a stored event (in the journal or in its
+//! projection) breaks its digest or the equality; deleting one leaves a gap; inserting one
+//! breaks the predecessor link of the next; truncating the tail disagrees with the chain's
+//! head.
 //! Someone able to rewrite the whole tail *and* the head undetected can only be caught by
 //! comparing with a head digest kept elsewhere (`renraku audit verify` prints it).
 
@@ -39,9 +42,13 @@ pub struct Link {
     pub event_id: String,
     pub previous: String,
     pub digest: String,
-    /// The AuditEvent's current content (None: the resource row is gone).
-    pub content: Option<String>,
-    /// The content of its version row (None: the version row is gone).
+    /// The AuditEvent JSON as journaled (what the digest covers).
+    pub content: String,
+    /// Whether the AuditEvent's resource rows were written from the journal.
+    pub projected: bool,
+    /// The projected resource row's content (None: missing).
+    pub resource_content: Option<String>,
+    /// The projected version row's content (None: missing).
     pub version_content: Option<String>,
 }
 
@@ -110,14 +117,20 @@ impl Walker {
         if link.previous != self.expected_previous {
             return Err(self.broken(link.seq, id, "its predecessor digest does not match the previous event's digest"));
         }
-        let Some(content) = &link.content else {
-            return Err(self.broken(link.seq, id, "the AuditEvent resource row is missing"));
-        };
-        if digest(&self.chain, link.seq, &link.previous, content) != link.digest {
-            return Err(self.broken(link.seq, id, "the AuditEvent's content does not match its digest (altered)"));
+        if digest(&self.chain, link.seq, &link.previous, &link.content) != link.digest {
+            return Err(self.broken(link.seq, id, "the journaled AuditEvent does not match its digest (altered)"));
         }
-        if link.version_content.as_deref() != Some(content.as_str()) {
-            return Err(self.broken(link.seq, id, "the AuditEvent's version row is missing or differs from its content (altered)"));
+        if link.projected {
+            match &link.resource_content {
+                None => return Err(self.broken(link.seq, id, "the AuditEvent resource row is missing")),
+                Some(stored) if *stored != link.content => {
+                    return Err(self.broken(link.seq, id, "the AuditEvent resource row differs from the journal (altered)"))
+                }
+                Some(_) => {}
+            }
+            if link.version_content.as_deref() != Some(link.content.as_str()) {
+                return Err(self.broken(link.seq, id, "the AuditEvent's version row is missing or differs from the journal (altered)"));
+            }
         }
         self.expected_seq += 1;
         self.expected_previous = link.digest.clone();
@@ -156,7 +169,9 @@ mod tests {
                 event_id: format!("e{seq}"),
                 previous: previous.clone(),
                 digest: digest.clone(),
-                content: Some((*content).to_owned()),
+                content: (*content).to_owned(),
+                projected: true,
+                resource_content: Some((*content).to_owned()),
                 version_content: Some((*content).to_owned()),
             });
             previous = digest;
@@ -185,8 +200,19 @@ mod tests {
             assert!(broken.problem.contains(needle), "{broken}");
         };
         let mut altered = links.clone();
-        altered[1].content = Some("B".into());
+        altered[1].content = "B".into();
         check(altered, &head, 2, "altered");
+        let mut projection_altered = links.clone();
+        projection_altered[1].resource_content = Some("B".into());
+        check(projection_altered, &head, 2, "altered");
+        let mut projection_missing = links.clone();
+        projection_missing[3].resource_content = None;
+        check(projection_missing, &head, 4, "missing");
+        let mut not_yet_projected = links.clone();
+        not_yet_projected[3].projected = false;
+        not_yet_projected[3].resource_content = None;
+        not_yet_projected[3].version_content = None;
+        assert_eq!(walk(&head, &not_yet_projected), Ok(4), "an event not yet projected is fine");
         let mut version_altered = links.clone();
         version_altered[2].version_content = Some("C".into());
         check(version_altered, &head, 3, "version row");

@@ -4,15 +4,19 @@
 //! Every request that touches data or security produces one [`Event`] (plus, where the data
 //! of a person of another municipality left its municipality, one disclosure event in that
 //! municipality's chain). Events are shaped after IHE Basic Audit Log Patterns (BALP) and
-//! stored as AuditEvent resources, each appended to its municipality's hash chain
-//! ([`chain`]) by [`append`] — in the same database transaction as the write it records, or,
-//! for reads, through the group-commit [`sink::Sink`] before the response leaves.
+//! appended as AuditEvents to their municipality's hash chain ([`chain`]) in the journal by
+//! [`append`] — in the same database transaction as the write they record, or, for reads,
+//! through the group-commit [`sink::Sink`] before the response leaves. [`project`] later
+//! writes the journaled events as ordinary AuditEvent resource rows (with their search index)
+//! in large batches, so that the request path pays for one small insert, not for some forty
+//! index rows per event.
 //!
 //! Architecture invariants:
 //! - No HTTP here and no access decisions: this module renders and chains what the service
 //!   tells it.
-//! - [`append`] is the only code that writes AuditEvent rows, and nothing updates or deletes
-//!   them except retention pruning (`service::audit`), which keeps the chain verifiable.
+//! - [`append`] is the only code that journals events and [`project`] the only code that
+//!   writes AuditEvent resource rows; nothing updates or deletes either except retention
+//!   pruning (`service::audit`), which keeps the chain verifiable.
 
 use serde_json::{json, Map, Value};
 
@@ -414,20 +418,14 @@ pub struct Chained {
     pub previous: String,
     pub digest: String,
     pub content: String,
-    pub index: Vec<crate::store::IndexEntry>,
 }
 
 /// Appends `events` to their chains inside the caller's transaction: each chain's head is
 /// locked (in chain order, so two appenders never wait on each other crosswise), every event
-/// gets the next sequence number and its predecessor's digest, and the AuditEvent rows, index
-/// rows and chain rows are inserted. Call it once per transaction, last before the commit,
-/// so the head lock is held briefly.
-pub async fn append(
-    connection: &mut sqlx::AnyConnection,
-    registry: &Registry,
-    tenants: &[crate::config::TenantConfig],
-    events: &[Event],
-) -> Result<Vec<String>> {
+/// gets the next sequence number and its predecessor's digest, and the chained events are
+/// journaled. Call it once per transaction, last before the commit, so the head lock is held
+/// briefly.
+pub async fn append(connection: &mut sqlx::AnyConnection, tenants: &[crate::config::TenantConfig], events: &[Event]) -> Result<Vec<String>> {
     let mut chains: Vec<&str> = events.iter().map(|e| e.chain.as_str()).collect();
     chains.sort_unstable();
     chains.dedup();
@@ -453,7 +451,6 @@ pub async fn append(
                 recorded: event.recorded.clone(),
                 previous: std::mem::replace(&mut previous, digest.clone()),
                 digest,
-                index: registry.extract(&resource),
                 content,
             });
             ids.push(id);
@@ -462,4 +459,30 @@ pub async fn append(
     }
     crate::store::audit::insert_events(connection, &rows).await?;
     Ok(ids)
+}
+
+/// Writes up to `limit` journaled events as AuditEvent resource rows with their search index
+/// (the projection), in one transaction serialised with other projectors. Returns how many
+/// were projected; zero means the journal is fully projected.
+pub async fn project(store: &crate::store::Store, registry: &Registry, limit: i64) -> Result<usize> {
+    let mut transaction = store.begin().await?;
+    crate::store::lock(&mut transaction, "audit-projection").await?;
+    let pending = crate::store::audit::pending(&mut transaction, limit).await?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let mut rows = Vec::with_capacity(pending.len());
+    for event in pending {
+        let resource: Value = serde_json::from_str(&event.content)?;
+        let row = crate::store::BulkRow {
+            resource_type: "AuditEvent".to_owned(),
+            id: event.event_id,
+            index: registry.extract(&resource),
+            content: event.content,
+        };
+        rows.push((event.chain, event.recorded, row));
+    }
+    crate::store::audit::project(&mut transaction, &rows).await?;
+    transaction.commit().await?;
+    Ok(rows.len())
 }

@@ -7,14 +7,11 @@
 //!
 //! Writes do not come here: their events are appended inside the write's own transaction.
 
-use std::sync::Arc;
-
 use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
 use crate::config::TenantConfig;
 use crate::error::{Error, Result};
-use crate::fhir::search_params::Registry;
 use crate::store::Store;
 
 /// The most events one batch commits.
@@ -34,9 +31,9 @@ pub struct Sink {
 
 impl Sink {
     /// Starts the writer task on the current runtime.
-    pub fn start(store: Store, registry: Arc<Registry>) -> Sink {
+    pub fn start(store: Store) -> Sink {
         let (sender, receiver) = mpsc::channel(4096);
-        tokio::spawn(write_batches(store, registry, receiver));
+        tokio::spawn(write_batches(store, receiver));
         Sink { sender }
     }
 
@@ -58,7 +55,7 @@ impl Sink {
     }
 }
 
-async fn write_batches(store: Store, registry: Arc<Registry>, mut receiver: mpsc::Receiver<Job>) {
+async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
     while let Some(first) = receiver.recv().await {
         let mut count = first.events.len();
         let mut jobs = vec![first];
@@ -75,7 +72,7 @@ async fn write_batches(store: Store, registry: Arc<Registry>, mut receiver: mpsc
         // Municipalities are only ever added, so the longest list is the newest.
         let tenants = jobs.iter().map(|job| &job.tenants).max_by_key(|t| t.len()).cloned().unwrap_or_default();
         let started = std::time::Instant::now();
-        let result = commit(&store, &registry, &tenants, &events).await.map_err(|error| {
+        let result = commit(&store, &tenants, &events).await.map_err(|error| {
             tracing::error!(target: "renraku::audit", %error, events = events.len(), "audit events could not be stored");
             error.to_string()
         });
@@ -86,8 +83,8 @@ async fn write_batches(store: Store, registry: Arc<Registry>, mut receiver: mpsc
     }
 }
 
-async fn commit(store: &Store, registry: &Registry, tenants: &[TenantConfig], events: &[Event]) -> Result<()> {
+async fn commit(store: &Store, tenants: &[TenantConfig], events: &[Event]) -> Result<()> {
     let mut transaction = store.begin().await?;
-    super::append(&mut transaction, registry, tenants, events).await?;
+    super::append(&mut transaction, tenants, events).await?;
     transaction.commit().await
 }

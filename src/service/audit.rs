@@ -112,6 +112,33 @@ impl Fhir {
         self.audit_sink.record(events, self.tenants()).await
     }
 
+    /// Projects every journaled event into AuditEvent resource rows (so that searches see
+    /// them). Runs in the background every fraction of a second, and before every request that
+    /// reads the trail, so an auditor always sees every event recorded before the request.
+    pub async fn project_audit_events(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let done = crate::audit::project(&self.store, &self.search_params, 500).await?;
+            total += done;
+            if done == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Brings the projection up to date before a request that may read the trail (an
+    /// auditor's). Never call it inside a transaction: it opens its own.
+    pub(crate) async fn catch_up_audit(&self, context: &Context) -> Result<()> {
+        let reads_trail = match &context.principal {
+            Principal::Authenticated(authenticated) => matches!(authenticated.actor, crate::policy::Actor::MunicipalAuditor { .. }),
+            _ => false,
+        };
+        if reads_trail {
+            self.project_audit_events().await?;
+        }
+        Ok(())
+    }
+
     /// Records a sign-in or token event (`subtype`: `login`, `token-issue`, `token-refresh`,
     /// `token-revoke`) for `principal` — the holder of what was issued or revoked, or
     /// anonymous when nothing was — with `refused` saying why it failed, if it did.
@@ -230,7 +257,7 @@ impl Fhir {
         let mut events = extra;
         events.push(audit.event.clone());
         events.extend(disclosures);
-        crate::audit::append(&mut transaction, &self.search_params, &self.tenants(), &events).await?;
+        crate::audit::append(&mut transaction, &self.tenants(), &events).await?;
         #[cfg(feature = "test-support")]
         if self.take_failpoint(Failpoint::CrashBeforeCommit) {
             panic!("failpoint: the process crashes before the commit");
@@ -400,6 +427,7 @@ impl Fhir {
                 other => return Err(Error::bad_request_at(format!("$access-report has no parameter '{other}'"), other)),
             }
         }
+        self.project_audit_events().await?;
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, crate::policy::Interaction::Read, Some("Patient")).await;
         let readable = match &grant {
@@ -486,6 +514,7 @@ impl Fhir {
     /// that does not verify is not pruned.
     pub async fn prune_audit_trail(&self, directory: &std::path::Path) -> Result<Vec<PruneReport>> {
         let cutoff = crate::service::search::format_instant(self.clock.now() - chrono::Duration::days(self.config.audit_retention_days));
+        self.project_audit_events().await?;
         let verified = self.verify_audit_trail(None).await?;
         if let Some(broken) = verified.iter().find_map(|r| r.broken.as_ref()) {
             return Err(Error::Conflict(format!("the audit trail does not verify, so nothing is pruned: {broken}")));
@@ -506,7 +535,7 @@ impl Fhir {
             let file = directory.join(format!("audit-{}-{}-{through}.ndjson", head.chain, head.anchor_seq + 1));
             let mut text = String::new();
             for link in &links {
-                let resource: Value = serde_json::from_str(link.content.as_deref().unwrap_or("null"))?;
+                let resource: Value = serde_json::from_str(&link.content)?;
                 let line = json!({ "chain": head.chain, "sequence": link.seq, "previous": link.previous, "digest": link.digest, "resource": resource });
                 text.push_str(&serde_json::to_string(&line)?);
                 text.push('\n');
@@ -526,7 +555,7 @@ impl Fhir {
                 Entity::Detail { name: "export-sha256".into(), value: file_digest },
                 Entity::Detail { name: "anchor".into(), value: anchor },
             ];
-            crate::audit::append(&mut transaction, &self.search_params, &self.tenants(), &[event]).await?;
+            crate::audit::append(&mut transaction, &self.tenants(), &[event]).await?;
             transaction.commit().await?;
             reports.push(PruneReport { chain: head.chain.clone(), removed, file });
         }

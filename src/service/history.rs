@@ -31,6 +31,7 @@ impl Fhir {
     }
 
     async fn history_unaudited(&self, context: &Context, level: Level<'_>, pairs: &[(String, String)]) -> Result<Value> {
+        self.catch_up_audit(context).await?;
         let (interaction, resource_type, id) = match level {
             Level::System => (Interaction::HistorySystem, None, None),
             Level::Type(resource_type) => (Interaction::HistoryType, Some(resource_type), None),

@@ -119,7 +119,7 @@ impl Fhir {
             registered.extend(crate::auth::server::demo_clients());
         }
         let clients = std::sync::RwLock::new(registered);
-        let audit_sink = crate::audit::sink::Sink::start(store.clone(), search_params.clone());
+        let audit_sink = crate::audit::sink::Sink::start(store.clone());
         Fhir {
             store,
             validator,
@@ -338,6 +338,7 @@ impl Fhir {
 
     async fn read_unaudited(&self, context: &Context, resource_type: &str, id: &str) -> Result<Stored> {
         self.check_type(resource_type)?;
+        self.catch_up_audit(context).await?;
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, Interaction::Read, Some(resource_type)).await?;
         let row = store::current(&mut connection, &grant, resource_type, id).await?;
@@ -354,6 +355,7 @@ impl Fhir {
 
     async fn vread_unaudited(&self, context: &Context, resource_type: &str, id: &str, version: &str) -> Result<Stored> {
         self.check_type(resource_type)?;
+        self.catch_up_audit(context).await?;
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, Interaction::Vread, Some(resource_type)).await?;
         let not_found = || Error::NotFound(format!("{resource_type}/{id}/_history/{version}"));

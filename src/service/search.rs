@@ -505,6 +505,7 @@ impl Fhir {
     }
 
     async fn search_unaudited(&self, context: &Context, resource_type: &str, pairs: &[(String, String)]) -> Result<Value> {
+        self.catch_up_audit(context).await?;
         if !self.validator.is_resource_type(resource_type) {
             return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
         }
@@ -538,6 +539,7 @@ impl Fhir {
         if !self.validator.is_resource_type(resource_type) {
             return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
         }
+        self.catch_up_audit(context).await?;
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, Interaction::Search, Some(resource_type)).await?;
         if crate::store::current(&mut connection, &grant, "Patient", patient_id).await?.is_none_or(|row| row.deleted) {
@@ -570,6 +572,7 @@ impl Fhir {
     }
 
     async fn system_search_unaudited(&self, context: &Context, pairs: &[(String, String)]) -> Result<Value> {
+        self.catch_up_audit(context).await?;
         let grant = self.decide_now(context, Interaction::Search, None).await?;
         let (types, rest) = self.split_types(pairs)?;
         let lookup_type = match types.as_slice() {
@@ -595,6 +598,7 @@ impl Fhir {
     }
 
     async fn everything_unaudited(&self, context: &Context, patient_id: &str, pairs: &[(String, String)]) -> Result<Value> {
+        self.catch_up_audit(context).await?;
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, Interaction::Search, Some("Patient")).await?;
         if crate::store::current(&mut connection, &grant, "Patient", patient_id).await?.is_none_or(|row| row.deleted) {

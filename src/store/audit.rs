@@ -1,5 +1,5 @@
-//! The audit trail's rows: chain heads, chain links, and the AuditEvent resource rows they
-//! protect.
+//! The audit trail's rows: chain heads, the journal of chained events (`audit_log`), and the
+//! AuditEvent resource rows projected from it.
 //!
 //! These functions take no `Grant`, deliberately: appending is done for every caller
 //! (including callers who may not read the trail), and verification, export and pruning are
@@ -39,21 +39,9 @@ pub async fn set_head_digest(connection: &mut AnyConnection, chain: &str, digest
     Ok(())
 }
 
-/// Inserts chained events: their resource, version and index rows, and their links.
+/// Inserts chained events into the journal: one multi-row insert, the only write on the
+/// request path.
 pub async fn insert_events(connection: &mut AnyConnection, events: &[Chained]) -> Result<()> {
-    let rows: Vec<(String, String, BulkRow)> = events
-        .iter()
-        .map(|event| {
-            let row = BulkRow {
-                resource_type: "AuditEvent".to_owned(),
-                id: event.id.clone(),
-                content: event.content.clone(),
-                index: event.index.clone(),
-            };
-            (event.chain.clone(), event.recorded.clone(), row)
-        })
-        .collect();
-    super::insert_new_rows(connection, &rows).await?;
     let links: Vec<Vec<V>> = events
         .iter()
         .map(|event| {
@@ -64,10 +52,59 @@ pub async fn insert_events(connection: &mut AnyConnection, events: &[Chained]) -
                 V::Text(event.recorded.clone()),
                 V::Text(event.previous.clone()),
                 V::Text(event.digest.clone()),
+                V::Text(event.content.clone()),
+                V::Integer(0),
             ]
         })
         .collect();
-    super::query::insert_many(connection, "audit_log (chain, seq, event_id, recorded, previous, digest)", &links).await
+    super::query::insert_many(connection, "audit_log (chain, seq, event_id, recorded, previous, digest, content, projected)", &links).await
+}
+
+/// A journal row not yet projected into AuditEvent resource rows.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub chain: String,
+    pub event_id: String,
+    pub recorded: String,
+    pub content: String,
+}
+
+/// Up to `limit` journal rows that have no AuditEvent resource rows yet, in chain order.
+pub async fn pending(connection: &mut AnyConnection, limit: i64) -> Result<Vec<Pending>> {
+    let rows = sqlx::query(
+        "SELECT chain, event_id, recorded, content FROM audit_log WHERE projected = 0 ORDER BY chain, seq LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Pending {
+                chain: row.try_get("chain")?,
+                event_id: row.try_get("event_id")?,
+                recorded: row.try_get("recorded")?,
+                content: row.try_get("content")?,
+            })
+        })
+        .collect()
+}
+
+/// Writes the AuditEvent resource, version and index rows of journal rows and marks them
+/// projected. The caller holds the projection lock (see `audit::project`).
+pub async fn project(connection: &mut AnyConnection, rows: &[(String, String, BulkRow)]) -> Result<()> {
+    super::insert_new_rows(connection, rows).await?;
+    for chunk in rows.chunks(500) {
+        let mut sql = super::query::Sql::new("UPDATE audit_log SET projected = 1 WHERE event_id IN (");
+        for (index, (_, _, row)) in chunk.iter().enumerate() {
+            if index > 0 {
+                sql.push(", ");
+            }
+            sql.bind(row.id.clone());
+        }
+        sql.push(")");
+        sql.execute(&mut *connection).await?;
+    }
+    Ok(())
 }
 
 /// Every chain's head.
@@ -88,11 +125,12 @@ pub async fn heads(connection: &mut AnyConnection) -> Result<Vec<Head>> {
         .collect()
 }
 
-/// Up to `limit` links of `chain` after sequence `after`, with the stored contents of their
-/// AuditEvents (resource row and version row).
+/// Up to `limit` links of `chain` after sequence `after`, with the journal's content and,
+/// once projected, the AuditEvent's resource and version rows.
 pub async fn links(connection: &mut AnyConnection, chain: &str, after: i64, limit: i64) -> Result<Vec<Link>> {
     let rows = sqlx::query(
-        "SELECT l.seq, l.event_id, l.previous, l.digest, r.content AS content, v.content AS version_content \
+        "SELECT l.seq, l.event_id, l.previous, l.digest, l.content, l.projected, r.content AS resource_content, \
+         v.content AS version_content \
          FROM audit_log l \
          LEFT JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = l.event_id \
          LEFT JOIN resource_versions v ON v.resource_type = 'AuditEvent' AND v.id = l.event_id AND v.version_id = 1 \
@@ -111,6 +149,8 @@ pub async fn links(connection: &mut AnyConnection, chain: &str, after: i64, limi
                 previous: row.try_get("previous")?,
                 digest: row.try_get("digest")?,
                 content: row.try_get("content")?,
+                projected: row.try_get::<i64, _>("projected")? != 0,
+                resource_content: row.try_get("resource_content")?,
                 version_content: row.try_get("version_content")?,
             })
         })

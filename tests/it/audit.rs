@@ -289,6 +289,13 @@ async fn tampering_in_the_database_is_detected(backend: Backend) {
     assert_eq!(found.1, 3, "{}", found.3);
     tamper(&server, &format!("UPDATE resource_versions SET content = '{escaped}' WHERE resource_type = 'AuditEvent' AND id = '{third}'")).await;
     assert_eq!(broken_link(&server).await, None);
+    // The journal row itself altered.
+    tamper(&server, "UPDATE audit_log SET content = REPLACE(content, '\"action\":\"R\"', '\"action\":\"D\"') WHERE chain = 'ina' AND seq = 4").await;
+    let found = broken_link(&server).await.expect("journal alteration found");
+    assert_eq!(found.1, 4, "{}", found.3);
+    assert!(found.3.contains("digest"), "{}", found.3);
+    tamper(&server, "UPDATE audit_log SET content = REPLACE(content, '\"action\":\"D\"', '\"action\":\"R\"') WHERE chain = 'ina' AND seq = 4").await;
+    assert_eq!(broken_link(&server).await, None);
     // An event deleted outright (its link and its rows).
     let second = by_sequence(2);
     tamper(&server, &format!("DELETE FROM resources WHERE resource_type = 'AuditEvent' AND id = '{second}'")).await;
