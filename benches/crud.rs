@@ -178,6 +178,10 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
 
     let load = phase_as("preload", &router, &token, preload, concurrency, |n| ("POST", "/ina/fhir/Patient".into(), Some(patient(n))), 201).await;
     println!("preloaded in {:.1} s", load.elapsed.as_secs_f64());
+    // Planner statistics for the loaded tables (as autovacuum, or the gateway's periodic
+    // SQLite ANALYZE, would have them in production); without them PostgreSQL's generic plan
+    // for a read by id may range over the municipality's index instead of the primary key.
+    gateway.state.fhir.store.optimize().await.unwrap_or_else(|e| panic!("optimize: {e}"));
     let (_, body) = send_as(&router, &token, "GET", &format!("/ina/fhir/Patient?_count={}&_elements=id", preload.min(1000)), None).await;
     let bundle: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let ids: Arc<Vec<String>> = Arc::new(
@@ -250,6 +254,10 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
 
 #[tokio::main]
 async fn main() {
+    // BENCH_LOG=renraku::audit=debug shows the audit trail's batches.
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(std::io::stderr).init();
+    }
     let base_url = std::env::var("BENCH_DATABASE_URL").ok();
     let mode = std::env::var("BENCH_AUDIT").unwrap_or_else(|_| "both".into());
     let with = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));

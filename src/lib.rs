@@ -86,7 +86,8 @@ impl Gateway {
         // large batches, off the request path (requests that read the trail catch up first).
         let projector = Arc::downgrade(&fhir);
         tokio::spawn(async move {
-            let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
+            let mut interval = tokio::time::interval(std::time::Duration::from_millis(500));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
                 let Some(fhir) = projector.upgrade() else { break };

@@ -440,7 +440,10 @@ pub async fn append(connection: &mut sqlx::AnyConnection, tenants: &[crate::conf
         let mut seq = last_seq - count;
         for event in members {
             seq += 1;
-            let id = uuid::Uuid::new_v4().to_string();
+            // Time-ordered ids (UUID version 7): the projection's inserts into every
+            // (resource_type, id) index land at the index's right edge instead of on a random
+            // page each, which is most of what projecting an event costs.
+            let id = uuid::Uuid::now_v7().to_string();
             let resource = event.to_resource(&id, seq, &previous, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names);
             let content = serde_json::to_string(&resource)?;
             let digest = chain::digest(chain, seq, &previous, &content);
@@ -465,6 +468,7 @@ pub async fn append(connection: &mut sqlx::AnyConnection, tenants: &[crate::conf
 /// (the projection), in one transaction serialised with other projectors. Returns how many
 /// were projected; zero means the journal is fully projected.
 pub async fn project(store: &crate::store::Store, registry: &Registry, limit: i64) -> Result<usize> {
+    let started = std::time::Instant::now();
     let mut transaction = store.begin().await?;
     crate::store::lock(&mut transaction, "audit-projection").await?;
     let pending = crate::store::audit::pending(&mut transaction, limit).await?;
@@ -484,5 +488,6 @@ pub async fn project(store: &crate::store::Store, registry: &Registry, limit: i6
     }
     crate::store::audit::project(&mut transaction, &rows).await?;
     transaction.commit().await?;
+    tracing::debug!(target: "renraku::audit", events = rows.len(), elapsed_us = started.elapsed().as_micros(), "audit events projected");
     Ok(rows.len())
 }

@@ -197,7 +197,9 @@ impl Registry {
                 index_value(param, value, &mut entries);
             }
         }
-        entries.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        // Formatting each entry once, not at every comparison: extraction runs on every
+        // write and for every audit event projected.
+        entries.sort_by_cached_key(|entry| format!("{entry:?}"));
         entries.dedup();
         entries
     }

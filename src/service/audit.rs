@@ -62,6 +62,9 @@ pub enum Failpoint {
     CrashBeforeCommit,
 }
 
+/// The most journaled events one projection transaction writes.
+const PROJECTION_BATCH: i64 = 1000;
+
 /// The municipalities' codes and names by slug, and slugs by code.
 struct Municipalities {
     slugs_by_code: BTreeMap<String, String>,
@@ -118,9 +121,10 @@ impl Fhir {
     pub async fn project_audit_events(&self) -> Result<usize> {
         let mut total = 0;
         loop {
-            let done = crate::audit::project(&self.store, &self.search_params, 500).await?;
+            let done = crate::audit::project(&self.store, &self.search_params, PROJECTION_BATCH).await?;
             total += done;
-            if done == 0 {
+            // A partial batch took everything journaled when it started.
+            if done < PROJECTION_BATCH as usize {
                 return Ok(total);
             }
         }
@@ -483,6 +487,10 @@ impl Fhir {
                 let Some(last) = links.last() else { break };
                 after = last.seq;
                 for link in &links {
+                    // Events appended after the head was read belong to the next verification.
+                    if link.seq > head.seq {
+                        break 'walk;
+                    }
                     if let Err(found) = walker.step(link) {
                         broken = Some(found);
                         break 'walk;

@@ -524,7 +524,8 @@ impl Fhir {
     ) -> Result<Value> {
         let mut audit = self.audit(context, Interaction::Search, "search-type");
         audit.entity(Entity::Query(format!("Patient/{patient_id}/{resource_type}?{}", query_text(pairs))));
-        audit.requested(Entity::Patient(format!("Patient/{patient_id}")));
+        // The person's compartment was searched, whether or not anything was found.
+        audit.entity(Entity::Patient(format!("Patient/{patient_id}")));
         let result = self.compartment_search_unaudited(context, patient_id, resource_type, pairs).await;
         self.finish_read(context, audit, result, bundle_resources).await
     }
@@ -592,7 +593,7 @@ impl Fhir {
     pub async fn everything(&self, context: &Context, patient_id: &str, pairs: &[(String, String)]) -> Result<Value> {
         let mut audit = self.audit(context, Interaction::Search, "$everything");
         audit.entity(Entity::Query(format!("Patient/{patient_id}/$everything?{}", query_text(pairs))));
-        audit.requested(Entity::Patient(format!("Patient/{patient_id}")));
+        audit.entity(Entity::Patient(format!("Patient/{patient_id}")));
         let result = self.everything_unaudited(context, patient_id, pairs).await;
         self.finish_read(context, audit, result, bundle_resources).await
     }

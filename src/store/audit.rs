@@ -18,19 +18,15 @@ use crate::error::Result;
 /// ends, and moves it `count` events on. Returns the new last sequence number and the digest
 /// of the event before the first new one.
 pub async fn advance_head(connection: &mut AnyConnection, chain: &str, count: i64) -> Result<(i64, String)> {
-    sqlx::query(
-        "INSERT INTO audit_heads (chain, seq, digest, anchor_seq, anchor_digest) VALUES ($1, 0, $2, 0, $2) \
-         ON CONFLICT (chain) DO NOTHING",
+    let row = sqlx::query(
+        "INSERT INTO audit_heads (chain, seq, digest, anchor_seq, anchor_digest) VALUES ($1, $2, $3, 0, $3) \
+         ON CONFLICT (chain) DO UPDATE SET seq = audit_heads.seq + $2 RETURNING seq, digest",
     )
     .bind(chain)
+    .bind(count)
     .bind(GENESIS)
-    .execute(&mut *connection)
+    .fetch_one(&mut *connection)
     .await?;
-    let row = sqlx::query("UPDATE audit_heads SET seq = seq + $1 WHERE chain = $2 RETURNING seq, digest")
-        .bind(count)
-        .bind(chain)
-        .fetch_one(&mut *connection)
-        .await?;
     Ok((row.try_get("seq")?, row.try_get("digest")?))
 }
 
