@@ -405,6 +405,9 @@ async fn disclosures_across_the_border(backend: Backend) {
     assert_eq!(disclosed.len(), 1);
     assert_eq!(disclosed[0]["subtype"][1]["code"], "create");
 
+    // The municipality's auditor finds both disclosures by their subtype.
+    let found = auditor(&server, "minamiminowa").await.get(&server, "AuditEvent?subtype=disclose&patient=Patient/p-yamada").await.json();
+    assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 2, "{found:#}");
     // The care manager's own reads cross nothing: no disclosure.
     let reply = care_manager.get(&server, "Observation?subject=Patient/p-yamada").await;
     assert_eq!(events_of(&server, "minamiminowa", &request_id(&reply)).await.len(), 1);
