@@ -188,6 +188,20 @@ impl Registry {
         self.patient_compartment.keys().map(String::as_str)
     }
 
+    /// The index rows of only the parameters `codes` of `resource` (unsorted): far cheaper
+    /// than [`Registry::extract`] when only a few parameters matter (the audit trail's
+    /// question "whose data is this?" needs only the compartment parameters).
+    pub fn extract_params(&self, resource: &Value, codes: &[String]) -> Vec<IndexEntry> {
+        let resource_type = resource["resourceType"].as_str().unwrap_or_default();
+        let mut entries = Vec::new();
+        for param in self.for_type(resource_type).into_iter().filter(|p| codes.contains(&p.code)) {
+            for (value, _choice) in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
+                index_value(param, value, &mut entries);
+            }
+        }
+        entries
+    }
+
     /// The index rows of `resource`.
     pub fn extract(&self, resource: &Value) -> Vec<IndexEntry> {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();

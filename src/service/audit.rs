@@ -376,10 +376,11 @@ impl Fhir {
         if resource_type == "Patient" {
             return vec![id.to_owned()];
         }
-        if self.search_params.patient_compartment(resource_type).is_empty() {
+        let params = self.search_params.patient_compartment(resource_type);
+        if params.is_empty() {
             return Vec::new();
         }
-        let index = self.search_params.extract(resource);
+        let index = self.search_params.extract_params(resource, params);
         self.compartment_patients(resource_type, id, &index)
     }
 

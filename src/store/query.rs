@@ -970,9 +970,14 @@ async fn current_many(connection: &mut AnyConnection, grant: &Grant, wanted: &[(
 
 /// How many current resources match (cursor and limit ignored).
 pub async fn count(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<i64> {
-    let counted = if query.alias() == "r" { "COUNT(*)" } else { "COUNT(DISTINCT d.id)" };
-    let mut sql = Sql::new(&format!("SELECT {counted} AS n"));
+    // Over index rows (several per resource), the distinct ids are counted through a
+    // subquery: PostgreSQL then hashes them instead of sorting them (4 ms instead of 8 ms
+    // for the 15,000 rows of a common kana family name).
+    let mut sql = if query.alias() == "r" { Sql::new("SELECT COUNT(*) AS n") } else { Sql::new("SELECT COUNT(*) AS n FROM (SELECT DISTINCT d.id") };
     query.push_source(&mut sql, grant);
+    if query.alias() != "r" {
+        sql.push(") distinct_ids");
+    }
     let rows = sql.fetch_all(connection).await?;
     Ok(rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0))
 }
