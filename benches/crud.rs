@@ -165,6 +165,7 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
         extra_search_parameters: Vec::new(),
         audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
         audit_off_for_benchmarks_only: !audited,
+        limits: renraku::config::Limits::default(),
         clients: Vec::new(),
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));

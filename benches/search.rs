@@ -56,6 +56,7 @@ async fn main() {
         audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
         // BENCH_AUDIT=off measures the search engine alone (every query is audited otherwise).
         audit_off_for_benchmarks_only: std::env::var("BENCH_AUDIT").is_ok_and(|v| v == "off"),
+        limits: renraku::config::Limits::default(),
         clients: Vec::new(),
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));

@@ -43,6 +43,52 @@ pub struct Config {
     /// auditing costs; no file, environment variable or flag sets it, and `resolve` always
     /// leaves it false.
     pub audit_off_for_benchmarks_only: bool,
+    /// What one request may ask of the server (`[limits]`).
+    pub limits: Limits,
+}
+
+/// Bounds on what one request may ask of the server. Each has a safe default; exceeding one
+/// answers a 4xx OperationOutcome that names the limit (its `[limits]` key).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Nesting depth of a JSON body (objects and arrays).
+    pub json_depth: usize,
+    /// Nesting depth of an XML body (elements).
+    pub xml_depth: usize,
+    /// Search parameters in one search (query or form), including result parameters.
+    pub search_parameters: usize,
+    /// Comma-separated values of one search parameter.
+    pub values_per_parameter: usize,
+    /// Links of one chain (`subject.organization.name` is two) and nested `_has`.
+    pub chain_depth: usize,
+    /// `_include` and `_revinclude` parameters in one search.
+    pub includes: usize,
+    /// The largest page size (`_count`); larger requests are reduced to it.
+    pub max_count: usize,
+    /// Entries of one batch or transaction Bundle.
+    pub bundle_entries: usize,
+    /// How long one SQL statement may run on PostgreSQL before the server cancels it.
+    pub statement_timeout_ms: u64,
+    /// How long one request may take before it is answered 503 and its work abandoned.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            json_depth: 64,
+            xml_depth: 64,
+            search_parameters: 50,
+            values_per_parameter: 100,
+            chain_depth: 4,
+            includes: 10,
+            max_count: 1000,
+            bundle_entries: 1000,
+            statement_timeout_ms: 30_000,
+            request_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// One municipality served by the gateway.
@@ -91,6 +137,8 @@ pub struct FileConfig {
     pub body_limit_bytes: Option<usize>,
     pub search_parameters_dir: Option<PathBuf>,
     pub audit_retention_days: Option<i64>,
+    #[serde(default)]
+    pub limits: Limits,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
@@ -189,6 +237,7 @@ impl Config {
             clients: file.clients,
             demo: overrides.demo,
             extra_search_parameters,
+            limits: file.limits,
         })
     }
 

@@ -54,6 +54,17 @@ pub enum Error {
     /// The body is larger than the configured limit.
     #[error("payload too large")]
     PayloadTooLarge { limit_bytes: usize },
+    /// The request asks more than a configured limit allows (`[limits]` in the
+    /// configuration): `limit` is the setting's name, `allowed` its value.
+    #[error("limit {limit} exceeded: {what}")]
+    LimitExceeded { limit: &'static str, allowed: u64, what: String },
+    /// The database refused or cancelled a statement for its cost (`statement_timeout_ms`
+    /// on PostgreSQL, expression or variable bounds on SQLite).
+    #[error("too costly: {0}")]
+    TooCostly(String),
+    /// The request took longer than `limits.request_timeout_ms` and was abandoned.
+    #[error("request timed out")]
+    Timeout { allowed_ms: u64 },
     /// An interaction the server does not implement for this target.
     #[error("not supported: {0}")]
     NotSupported(String),
@@ -100,6 +111,9 @@ impl Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
+            Error::TooCostly(_) => StatusCode::BAD_REQUEST,
+            Error::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
             Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,6 +151,15 @@ impl Error {
                 IssueCode::TooLong,
                 format!("the request body is larger than the limit of {limit_bytes} bytes"),
             )],
+            Error::LimitExceeded { limit, allowed, what } => vec![Issue::error(
+                IssueCode::TooCostly,
+                format!("{what}: more than the server's limit {limit} = {allowed} allows"),
+            )],
+            Error::TooCostly(message) => vec![Issue::error(IssueCode::TooCostly, message.clone())],
+            Error::Timeout { allowed_ms } => vec![Issue::error(
+                IssueCode::Transient,
+                format!("the request took longer than the server's limit request_timeout_ms = {allowed_ms} and was abandoned"),
+            )],
             Error::NotSupported(message) => vec![Issue::error(IssueCode::NotSupported, message.clone())],
             Error::BadGateway(message) => vec![Issue::error(IssueCode::Transient, message.clone())],
             Error::Internal(_) => vec![Issue::fatal(
@@ -150,6 +173,17 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
+        // A statement the database gave up on for its cost is the request's fault, not the
+        // server's: PostgreSQL's statement timeout (57014 query_canceled) and SQLite's
+        // bounds on expression depth and bound variables.
+        if let sqlx::Error::Database(database) = &error {
+            let message = database.message();
+            let canceled = database.code().as_deref() == Some("57014");
+            if canceled || message.contains("Expression tree is too large") || message.contains("too many SQL variables") {
+                tracing::info!(%error, "statement refused for its cost");
+                return Error::TooCostly("the request would take the database longer than the server allows; narrow it".into());
+            }
+        }
         Error::Internal(format!("database: {error}"))
     }
 }

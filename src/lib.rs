@@ -54,7 +54,7 @@ impl Gateway {
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
         }
-        let store = store::Store::connect(&config.database_url).await?;
+        let store = store::Store::connect_with(&config.database_url, &config.limits).await?;
         if store.backend() == store::Backend::Sqlite {
             // PostgreSQL's autovacuum keeps statistics current; SQLite needs asking.
             store.optimize().await.map_err(|e| StartError::Validation(format!("optimize: {e}")))?;

@@ -50,6 +50,42 @@ pub struct ClientConfig {
     /// system clients, `authorization_code` and `refresh_token` for apps.
     #[serde(default)]
     pub grant_types: Vec<String>,
+    /// For system clients registered through the admin API: who registered the client and
+    /// who approved it. Set by the server, never taken from a registration body; `None` for
+    /// the configuration file's clients (the operator's own file needs no second pair of eyes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// Dual control over system clients: a backend service acts for an Organization with that
+/// Organization's access to persons, and whoever registers it supplies its keys. So one
+/// administrator alone never makes a usable system client: a municipal administrator's
+/// registration waits for the server administrator's approval, and the server
+/// administrator's for an administrator of the client's municipality.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub registered_by: Administrator,
+    #[serde(default)]
+    pub approved_by: Option<Administrator>,
+}
+
+/// An administrator, as the approval record names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Administrator {
+    Server { user: String },
+    Municipal { tenant: String, user: String },
+}
+
+impl Approval {
+    /// Whether `approver` may approve this registration: the other side of the pair.
+    pub fn may_be_approved_by(&self, approver: &Administrator, client_tenant: &str) -> bool {
+        match (&self.registered_by, approver) {
+            (Administrator::Municipal { .. }, Administrator::Server { .. }) => true,
+            (Administrator::Server { .. }, Administrator::Municipal { tenant, .. }) => tenant == client_tenant,
+            _ => false,
+        }
+    }
 }
 
 impl ClientConfig {
@@ -96,6 +132,12 @@ impl ClientConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether the client is a system client whose registration still awaits its second
+    /// administrator (it gets no token until then).
+    pub fn awaits_approval(&self) -> bool {
+        self.kind == ClientKind::System && self.approval.as_ref().is_some_and(|a| a.approved_by.is_none())
     }
 
     /// Whether the client may use `grant_type`.

@@ -4,7 +4,12 @@
 //! rotation and reuse detection, and id_tokens.
 //!
 //! The pages between `/authorize` and the redirect carry a random request id; the request,
-//! and after sign-in the user, are stored server-side under it for ten minutes.
+//! and after sign-in the user, are stored server-side under it for ten minutes. The request
+//! is bound to the browser that started it: `/authorize` gives that browser a secret in a
+//! cookie ([`BROWSER_COOKIE`]) and keeps only its digest, and every later step (sign-in,
+//! the provider's callback, consent) must come with the same cookie; the forms also carry a
+//! per-request CSRF token. Knowing a request id (an attacker who started the request knows
+//! it) is therefore not enough to complete someone else's sign-in.
 
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
@@ -48,6 +53,23 @@ pub struct AuthorizeRequest {
     /// EHR launch: the patient context bound by the `launch` value.
     #[serde(default)]
     pub launch_patient: Option<String>,
+    /// SHA-256 of the secret in the starting browser's [`BROWSER_COOKIE`].
+    #[serde(default)]
+    pub browser: String,
+    /// The token every form of this request must carry back.
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// The cookie that binds a pending authorization request to the browser that started it.
+pub const BROWSER_COOKIE: &str = "renraku_authorize";
+
+/// What a browser brings to a step of the sign-in: its [`BROWSER_COOKIE`] and, on a form
+/// submission, the form's CSRF token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrowserProof<'a> {
+    pub cookie: Option<&'a str>,
+    pub csrf: Option<&'a str>,
 }
 
 /// What an authorization code or refresh token stands for.
@@ -70,7 +92,7 @@ struct GrantRecord {
 #[derive(Debug)]
 pub enum Begun {
     /// Show the demo's built-in sign-in page.
-    SignIn { request_id: String, client_name: String },
+    SignIn { request_id: String, client_name: String, csrf: String },
     /// Send the browser to the municipality's OpenID Provider.
     Upstream(String),
     /// Send the browser back to the app (with an error).
@@ -89,13 +111,20 @@ fn digest(text: &str) -> String {
     Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Compares two secrets' texts without an early exit that timing could reveal.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn random() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 /// `GET|POST /{tenant}/auth/authorize`. Errors that cannot be sent back to the app (unknown
 /// client, unregistered redirect URI) are `Err`; the others are redirects carrying `error`.
-pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)]) -> Result<Begun> {
+/// `browser_secret` is the secret the browser's cookie will hold (the caller sets it): the
+/// request is bound to it.
+pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)], browser_secret: &str) -> Result<Begun> {
     let field = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let client_id = field("client_id").ok_or_else(|| Error::bad_request_at("client_id is missing", "client_id"))?;
     let client = fhir
@@ -137,8 +166,19 @@ pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)]) -> Re
     if Scopes::parse(&scope).is_err() {
         return fail("invalid_scope", "the scope is malformed");
     }
-    let mut request =
-        AuthorizeRequest { client_id, redirect_uri, scope, state, code_challenge, nonce: field("nonce"), upstream: None, launch_patient };
+    let csrf = random();
+    let mut request = AuthorizeRequest {
+        client_id,
+        redirect_uri,
+        scope,
+        state,
+        code_challenge,
+        nonce: field("nonce"),
+        upstream: None,
+        launch_patient,
+        browser: digest(browser_secret),
+        csrf: csrf.clone(),
+    };
     let request_id = random();
     let login = fhir.tenant(tenant).and_then(|t| t.login);
     let mut provider_url = None;
@@ -158,7 +198,12 @@ pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)]) -> Re
     if let Some(url) = provider_url {
         return Ok(Begun::Upstream(url));
     }
-    Ok(Begun::SignIn { request_id, client_name: if client.name.is_empty() { client.client_id } else { client.name } })
+    Ok(Begun::SignIn { request_id, client_name: if client.name.is_empty() { client.client_id } else { client.name }, csrf })
+}
+
+/// A fresh secret for a browser's [`BROWSER_COOKIE`].
+pub fn new_browser_secret() -> String {
+    random()
 }
 
 /// A pending request and, once signed in, its user.
@@ -168,8 +213,10 @@ pub struct Pending {
     pub client: ClientConfig,
 }
 
-/// The pending request `request_id` at `tenant`, if it has not expired.
-pub async fn pending(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<Pending> {
+/// The pending request `request_id` at `tenant`, if it has not expired and `proof` comes from
+/// the browser that started it (its cookie; and the request's CSRF token where `proof`
+/// carries a form's).
+pub async fn pending(fhir: &Fhir, tenant: &str, request_id: &str, proof: BrowserProof<'_>) -> Result<Pending> {
     let mut connection = fhir.store.connection().await?;
     let row = sqlx::query("SELECT request, actor, expires_at FROM authorization_requests WHERE id = $1 AND tenant = $2")
         .bind(request_id)
@@ -182,6 +229,12 @@ pub async fn pending(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<Pend
         return Err(expired());
     }
     let request: AuthorizeRequest = serde_json::from_str(&row.try_get::<String, _>("request")?)?;
+    let same_browser = !request.browser.is_empty() && proof.cookie.is_some_and(|cookie| constant_time_eq(&digest(cookie), &request.browser));
+    let form_ok = proof.csrf.is_none_or(|csrf| !request.csrf.is_empty() && constant_time_eq(csrf, &request.csrf));
+    if !same_browser || !form_ok {
+        tracing::warn!(target: "renraku::auth", tenant, "sign-in step refused: not the browser that started it, or a wrong CSRF token");
+        return Err(Error::Forbidden("this sign-in was started in another browser or the form is stale; start again from the app".into()));
+    }
     let actor = row.try_get::<Option<String>, _>("actor")?.map(|a| serde_json::from_str(&a)).transpose()?;
     let client = fhir.client(tenant, &request.client_id).ok_or_else(expired)?;
     Ok(Pending { request, actor, client })
@@ -189,9 +242,9 @@ pub async fn pending(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<Pend
 
 /// The callback from the municipality's OpenID Provider for the pending request `state`:
 /// the signed-in professional, or the refusal.
-pub async fn upstream_callback(fhir: &Fhir, context: &Context, request_id: &str, code: &str) -> Result<()> {
+pub async fn upstream_callback(fhir: &Fhir, context: &Context, request_id: &str, code: &str, proof: BrowserProof<'_>) -> Result<()> {
     let tenant = context.tenant.as_str();
-    let pending = pending(fhir, tenant, request_id).await?;
+    let pending = pending(fhir, tenant, request_id, proof).await?;
     let login = fhir.tenant(tenant).and_then(|t| t.login).ok_or_else(|| Error::NotFound("the sign-in callback".into()))?;
     let upstream = pending.request.upstream.clone().ok_or_else(|| Error::bad_request("this sign-in did not start at the identity provider"))?;
     let actor = match super::upstream::finish(fhir, tenant, &login, &upstream, code).await {
@@ -274,8 +327,15 @@ pub async fn patient_choices(fhir: &Fhir, tenant: &str, actor: &Actor) -> Result
 
 /// The user approved `granted` (a subset of the offered scopes) and, for `launch/patient`,
 /// picked `patient`: the app gets a code. Anything not offered is dropped.
-pub async fn approve(fhir: &Fhir, tenant: &str, request_id: &str, granted: &[String], patient: Option<String>) -> Result<String> {
-    let pending = pending(fhir, tenant, request_id).await?;
+pub async fn approve(
+    fhir: &Fhir,
+    tenant: &str,
+    request_id: &str,
+    proof: BrowserProof<'_>,
+    granted: &[String],
+    patient: Option<String>,
+) -> Result<String> {
+    let pending = pending(fhir, tenant, request_id, proof).await?;
     let actor = pending.actor.clone().ok_or_else(|| Error::bad_request("sign in first"))?;
     let offered = offered_scopes(&pending);
     let chosen = Scopes::parse(&granted.join(" ")).map_err(Error::bad_request)?;
@@ -363,8 +423,8 @@ async fn redeem_launch(fhir: &Fhir, tenant: &str, launch: &str) -> Result<Option
 }
 
 /// The user declined (or the sign-in failed): the app hears `access_denied`.
-pub async fn deny(fhir: &Fhir, tenant: &str, request_id: &str) -> Result<String> {
-    let pending = pending(fhir, tenant, request_id).await?;
+pub async fn deny(fhir: &Fhir, tenant: &str, request_id: &str, proof: BrowserProof<'_>) -> Result<String> {
+    let pending = pending(fhir, tenant, request_id, proof).await?;
     let mut params = vec![("error", "access_denied"), ("error_description", "the user declined or could not sign in")];
     if let Some(state) = pending.request.state.as_deref() {
         params.push(("state", state));
@@ -443,6 +503,10 @@ pub async fn exchange_code(fhir: &Fhir, tenant: &str, form: &[(String, String)])
     if !(43..=128).contains(&verifier.len()) || computed != record.code_challenge {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge (PKCE)"));
     }
+    if let Err(reason) = crate::policy::facts::actor_standing(&mut connection, &record.actor, now).await.map_err(OAuthError::server_error)? {
+        tracing::info!(target: "renraku::auth", tenant, %reason, "code exchange refused: the actor no longer stands");
+        return Err(invalid());
+    }
     let family = random();
     issue_app_tokens(fhir, tenant, &mut connection, now, record, &family).await
 }
@@ -478,11 +542,7 @@ pub async fn refresh(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Re
         .await
         .map_err(OAuthError::server_error)?;
     if claimed.rows_affected() != 1 {
-        sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = $1")
-            .bind(&family)
-            .execute(&mut *connection)
-            .await
-            .map_err(OAuthError::server_error)?;
+        tokens::revoke_family(&mut connection, &family).await?;
         tracing::warn!(target: "renraku::auth", tenant, client = %client.client_id, "refresh token reused; its family is revoked");
         return Err(invalid());
     }
@@ -490,6 +550,12 @@ pub async fn refresh(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Re
         if expires_at <= format_instant(now) {
             return Err(invalid());
         }
+    }
+    if let Err(reason) = crate::policy::facts::actor_standing(&mut connection, &record.actor, now).await.map_err(OAuthError::server_error)? {
+        // The professional left (or their role ended): the whole family goes.
+        tokens::revoke_family(&mut connection, &family).await?;
+        tracing::info!(target: "renraku::auth", tenant, %reason, "refresh refused: the actor no longer stands");
+        return Err(invalid());
     }
     let mut record = record;
     if let Some(scope) = field("scope") {
@@ -520,7 +586,7 @@ async fn issue_app_tokens(
         client_id: record.client_id.clone(),
         lifetime: Duration::seconds(APP_TOKEN_SECONDS),
     };
-    let issued = tokens::issue(connection, now, &grant).await?;
+    let issued = tokens::issue_in_family(connection, now, &grant, family).await?;
     let mut answer = json!({
         "access_token": issued.access_token,
         "token_type": "bearer",

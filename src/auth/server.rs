@@ -155,6 +155,9 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
     if client.kind != ClientKind::System || !client.may_use("client_credentials") {
         return Err(OAuthError::unauthorized_client("this client may not use client_credentials"));
     }
+    if client.awaits_approval() {
+        return Err(OAuthError::unauthorized_client("this client's registration awaits approval by a second administrator"));
+    }
     let endpoints = Endpoints::of(fhir, tenant);
     let now = fhir.clock.now();
     let keys = assertion::client_keys(&client).await?;
@@ -177,6 +180,9 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
         client_id: client.client_id.clone(),
         lifetime: Duration::seconds(SYSTEM_TOKEN_SECONDS),
     };
+    if let Err(reason) = crate::policy::facts::actor_standing(&mut connection, &grant.actor, now).await.map_err(OAuthError::server_error)? {
+        return Err(OAuthError::unauthorized_client(format!("this client cannot act now: {reason}")));
+    }
     let issued = tokens::issue(&mut connection, now, &grant).await?;
     tracing::info!(target: "renraku::auth", tenant, client = %client.client_id, scope = %granted, "access token issued (client_credentials)");
     Ok(json!({
@@ -278,6 +284,7 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         jwks: Some(jwks),
         jwks_url: None,
         grant_types: Vec::new(),
+        approval: None,
     }]
     .into_iter()
     .chain(["ina", "minamiminowa", "minowa"].into_iter().map(|tenant| ClientConfig {
@@ -291,6 +298,7 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         jwks: None,
         jwks_url: None,
         grant_types: Vec::new(),
+        approval: None,
     }))
     .collect()
 }

@@ -41,18 +41,29 @@ fn random_token() -> String {
 /// Issues a new access token.
 pub async fn issue(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant) -> Result<Issued> {
     let token = random_token();
-    store(connection, now, grant, &token).await
+    insert(connection, now, grant, &token, None).await
+}
+
+/// Issues a new access token of an app's refresh-token family: revoking the family (a
+/// refresh token revoked, or reused) revokes this token too.
+pub async fn issue_in_family(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant, family: &str) -> Result<Issued> {
+    let token = random_token();
+    insert(connection, now, grant, &token, Some(family)).await
 }
 
 /// Stores `token` (chosen by the caller) for `grant`; only the demo's documented tokens
 /// are made this way.
 pub async fn store(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant, token: &str) -> Result<Issued> {
+    insert(connection, now, grant, token, None).await
+}
+
+async fn insert(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant, token: &str, family: Option<&str>) -> Result<Issued> {
     let expires_at = now + grant.lifetime;
     let principal = serde_json::to_string(&grant.actor)?;
     sqlx::query("DELETE FROM access_tokens WHERE digest = $1").bind(digest(token)).execute(&mut *connection).await?;
     sqlx::query(
-        "INSERT INTO access_tokens (digest, tenant, principal, scope, patient, client_id, issued_at, expires_at, revoked) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)",
+        "INSERT INTO access_tokens (digest, tenant, principal, scope, patient, client_id, issued_at, expires_at, revoked, family) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9)",
     )
     .bind(digest(token))
     .bind(&grant.tenant)
@@ -62,14 +73,28 @@ pub async fn store(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &T
     .bind(&grant.client_id)
     .bind(crate::fhir::dates::format_instant(now))
     .bind(crate::fhir::dates::format_instant(expires_at))
+    .bind(family)
     .execute(&mut *connection)
     .await?;
     Ok(Issued { access_token: token.to_owned(), expires_at })
 }
 
-/// Revokes a token; unknown tokens are ignored (RFC 7009).
+/// Revokes a token, access or refresh; unknown tokens are ignored (RFC 7009). A refresh
+/// token takes its whole family with it: every refresh token rotated from the same
+/// authorization and every access token issued from them (RFC 7009 §2.1).
 pub async fn revoke(connection: &mut AnyConnection, token: &str) -> Result<()> {
-    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE digest = $1").bind(digest(token)).execute(connection).await?;
+    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE digest = $1").bind(digest(token)).execute(&mut *connection).await?;
+    let family = sqlx::query("SELECT family FROM refresh_tokens WHERE digest = $1").bind(digest(token)).fetch_optional(&mut *connection).await?;
+    if let Some(row) = family {
+        revoke_family(connection, &row.try_get::<String, _>("family")?).await?;
+    }
+    Ok(())
+}
+
+/// Revokes a refresh-token family and the access tokens issued from it.
+pub async fn revoke_family(connection: &mut AnyConnection, family: &str) -> Result<()> {
+    sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = $1").bind(family).execute(&mut *connection).await?;
+    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE family = $1").bind(family).execute(&mut *connection).await?;
     Ok(())
 }
 

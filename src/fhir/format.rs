@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use crate::config::Limits;
 use crate::error::Error;
 use crate::fhir::outcome::{Issue, IssueCode};
 
@@ -52,8 +53,17 @@ pub fn to_model(
     .map_err(|error| error.to_string())
 }
 
-/// Parses a request body in `format` into FHIR JSON. Syntax errors are 400s.
-pub fn parse(bytes: &[u8], format: Format) -> Result<Value, Error> {
+/// Parses a request body in `format` into FHIR JSON. Syntax errors are 400s; a body nested
+/// deeper than `limits` allows is refused before any parser (whose recursion a deep enough
+/// body would take past the thread's stack) sees it.
+pub fn parse(bytes: &[u8], format: Format, limits: &Limits) -> Result<Value, Error> {
+    let (depth, limit, name) = match format {
+        Format::Json => (json_depth(bytes, limits.json_depth), limits.json_depth, "json_depth"),
+        Format::Xml => (xml_depth(bytes, limits.xml_depth), limits.xml_depth, "xml_depth"),
+    };
+    if depth > limit {
+        return Err(Error::LimitExceeded { limit: name, allowed: limit as u64, what: "the body is nested too deeply".into() });
+    }
     match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|error| {
             Error::BadRequest(Issue::error(
@@ -87,5 +97,108 @@ pub fn render(value: &Value, format: Format, pretty: bool) -> Result<Vec<u8>, Er
                 .map_err(|error| Error::internal(format!("JSON to XML conversion: {error}")))?;
             fhirbolt::xml::to_vec(&resource, None).map_err(|error| Error::internal(format!("XML output: {error}")))
         }
+    }
+}
+
+/// The nesting depth of a JSON text (objects and arrays), counted up to `stop + 1`: a scan
+/// over the bytes, so it needs no stack whatever the input. Strings are skipped (with their
+/// escapes); what is not JSON is left for the parser to refuse.
+pub fn json_depth(bytes: &[u8], stop: usize) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in bytes {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > stop {
+                    break;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The element nesting depth of an XML text, counted up to `stop + 1`, by a scan over the
+/// bytes: start tags open a level, end tags and empty-element tags (`<a/>`) close it;
+/// comments, processing instructions, declarations and CDATA sections are skipped, and so
+/// is a `>` inside a quoted attribute value.
+pub fn xml_depth(bytes: &[u8], stop: usize) -> usize {
+    let (mut depth, mut deepest, mut position) = (0usize, 0usize, 0usize);
+    let rest = |from: usize| bytes.get(from..).unwrap_or_default();
+    let find = |from: usize, needle: &[u8]| rest(from).windows(needle.len()).position(|w| w == needle).map(|p| from + p + needle.len());
+    while let Some(offset) = rest(position).iter().position(|&b| b == b'<') {
+        let start = position + offset;
+        let tail = rest(start + 1);
+        position = if tail.starts_with(b"!--") {
+            find(start, b"-->").unwrap_or(bytes.len())
+        } else if tail.starts_with(b"![CDATA[") {
+            find(start, b"]]>").unwrap_or(bytes.len())
+        } else if tail.starts_with(b"?") {
+            find(start, b"?>").unwrap_or(bytes.len())
+        } else if tail.starts_with(b"!") {
+            find(start, b">").unwrap_or(bytes.len())
+        } else {
+            // A start, end or empty-element tag: find its closing '>' outside quotes.
+            let mut quote = None;
+            let mut end = None;
+            for (index, &byte) in tail.iter().enumerate() {
+                match (quote, byte) {
+                    (Some(q), b) if b == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, b'"' | b'\'') => quote = Some(byte),
+                    (None, b'>') => {
+                        end = Some(index);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(end) = end else { break };
+            let tag = tail.get(..end).unwrap_or_default();
+            if tag.starts_with(b"/") {
+                depth = depth.saturating_sub(1);
+            } else if !tag.ends_with(b"/") {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > stop {
+                    break;
+                }
+            }
+            start + 1 + end + 1
+        };
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depths() {
+        let check = |text: &str, json: bool, expected: usize| {
+            let found = if json { json_depth(text.as_bytes(), 100) } else { xml_depth(text.as_bytes(), 100) };
+            assert_eq!(found, expected, "{text}");
+        };
+        check(r#"{"a": [1, {"b": "[[[{{"}], "c": "\\\"{"}"#, true, 3);
+        check("[]", true, 1);
+        check("12", true, 0);
+        check(r#"<?xml version="1.0"?><Patient xmlns="x"><!-- <a><b> --><id value="a>b"/><name><family value="x"/></name></Patient>"#, false, 2);
+        check("<a><![CDATA[<b><c>]]></a>", false, 1);
+        check(&"<extension>".repeat(700), false, 101);
+        check(&"[".repeat(10_000), true, 101);
     }
 }

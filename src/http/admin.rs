@@ -34,7 +34,11 @@ impl FromRequestParts<AppState> for AdminCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let request_id = parts.extensions.get::<RequestId>().cloned().unwrap_or(RequestId(String::new()));
-        let principal = principal(state, &parts.headers, None).await;
+        // Nothing here serves anonymous callers: refused (and recorded) before a body is read.
+        let principal = principal(state, &parts.headers, None).await.and_then(|principal| match principal {
+            Principal::Anonymous => Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into())),
+            principal => Ok(principal),
+        });
         let query = crate::service::parse_query_string(parts.uri.query().unwrap_or_default());
         let mut context = super::request::call_context(state, crate::audit::SERVER_CHAIN, &parts.extensions);
         match &principal {
@@ -62,12 +66,15 @@ impl AdminCaller {
         }
     }
 
-    /// The principal, or the same error its verification gave (errors are not `Clone`).
+    /// The authenticated principal, or the same error its verification gave (errors are
+    /// not `Clone`). Nothing here serves anonymous callers, so handlers ask for it before
+    /// they read a body.
     fn principal(&self) -> Result<&Principal, Error> {
-        self.principal.as_ref().map_err(|error| match error {
-            Error::Unauthorized(message) => Error::Unauthorized(message.clone()),
-            other => Error::Internal(other.to_string()),
-        })
+        match &self.principal {
+            Ok(principal) => Ok(principal),
+            Err(Error::Unauthorized(message)) => Err(Error::Unauthorized(message.clone())),
+            Err(other) => Err(Error::Internal(other.to_string())),
+        }
     }
 }
 
@@ -100,9 +107,9 @@ pub async fn list_tenants(State(state): State<AppState>, caller: AdminCaller) ->
 /// `POST /admin/tenants` with `{"slug": …, "code": …, "name": …}`
 pub async fn add_tenant(State(state): State<AppState>, caller: AdminCaller, body: axum::body::Bytes) -> Response {
     let result = async {
+        caller.principal()?;
         let new: NewTenant = parse(&body, "{\"slug\", \"code\", \"name\"}")?;
         let tenant = TenantConfig { slug: new.slug, code: new.code, name: new.name, login: None };
-        caller.principal()?;
         state.fhir.add_tenant(&caller.context, tenant).await.map(|t| describe(&state, &t))
     };
     let result = result.await;
@@ -122,8 +129,8 @@ pub async fn list_clients(State(state): State<AppState>, caller: AdminCaller) ->
 /// `POST /admin/clients` with a client registration (the `[[clients]]` fields, as JSON)
 pub async fn register_client(State(state): State<AppState>, caller: AdminCaller, body: axum::body::Bytes) -> Response {
     let result = async {
-        let client: ClientConfig = parse(&body, "a client registration")?;
         caller.principal()?;
+        let client: ClientConfig = parse(&body, "a client registration")?;
         state.fhir.register_client(&caller.context, client).await.map(|c| json!(c))
     };
     let result = result.await;
@@ -142,6 +149,20 @@ pub async fn remove_client(
     };
     let result = result.await;
     caller.reply(StatusCode::NO_CONTENT, result)
+}
+
+/// `POST /admin/clients/{tenant}/{client_id}/approve`
+pub async fn approve_client(
+    State(state): State<AppState>,
+    Path((tenant, client_id)): Path<(String, String)>,
+    caller: AdminCaller,
+) -> Response {
+    let result = async {
+        caller.principal()?;
+        state.fhir.approve_client(&caller.context, &tenant, &client_id).await.map(|c| json!(c))
+    };
+    let result = result.await;
+    caller.reply(StatusCode::OK, result)
 }
 
 /// `POST /admin/signing-keys/rotate`

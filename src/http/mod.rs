@@ -74,10 +74,12 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/signing-keys/rotate", post(admin::rotate_signing_key).fallback(method_not_allowed))
         .route("/admin/clients", get(admin::list_clients).post(admin::register_client).fallback(method_not_allowed))
         .route("/admin/clients/{tenant}/{client_id}", axum::routing::delete(admin::remove_client).fallback(method_not_allowed))
+        .route("/admin/clients/{tenant}/{client_id}/approve", post(admin::approve_client).fallback(method_not_allowed))
         .merge(fhir)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -99,6 +101,18 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// Abandons a request that takes longer than `limits.request_timeout_ms`: the client gets
+/// a 503 OperationOutcome, and the work (with its database transaction, rolled back) is
+/// dropped. A statement still running in PostgreSQL ends at `statement_timeout_ms`.
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let allowed_ms = state.config.limits.request_timeout_ms;
+    let request_id = request_id_of(&request);
+    match tokio::time::timeout(std::time::Duration::from_millis(allowed_ms), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ErrorReply { error: Error::Timeout { allowed_ms }, format: Format::Json, request_id }.into_response(),
+    }
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -163,7 +177,7 @@ async fn vread(
 }
 
 async fn create(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type)): Path<(String, String)>, body: RawBody) -> Reply {
-    let resource = body.resource().map_err(|e| request.fail(e))?;
+    let resource = body.resource(&state.config.limits).map_err(|e| request.fail(e))?;
     let written = state
         .fhir
         .create(&request.context, &resource_type, resource, request.if_none_exist.as_deref())
@@ -179,7 +193,7 @@ async fn update(
     Path((_, resource_type, id)): Path<(String, String, String)>,
     body: RawBody,
 ) -> Reply {
-    let resource = body.resource().map_err(|e| request.fail(e))?;
+    let resource = body.resource(&state.config.limits).map_err(|e| request.fail(e))?;
     let written = state
         .fhir
         .update(&request.context, &resource_type, &id, resource, request.if_match)
@@ -195,7 +209,7 @@ async fn conditional_update(
     Path((_, resource_type)): Path<(String, String)>,
     body: RawBody,
 ) -> Reply {
-    let resource = body.resource().map_err(|e| request.fail(e))?;
+    let resource = body.resource(&state.config.limits).map_err(|e| request.fail(e))?;
     let written = state
         .fhir
         .conditional_update(&request.context, &resource_type, &request.raw_query, resource, request.if_match)
@@ -211,7 +225,7 @@ async fn patch(
     Path((_, resource_type, id)): Path<(String, String, String)>,
     body: RawBody,
 ) -> Reply {
-    let document = body.json_patch().map_err(|e| request.fail(e))?;
+    let document = body.json_patch(&state.config.limits).map_err(|e| request.fail(e))?;
     let written = state
         .fhir
         .patch(&request.context, &resource_type, &id, document, request.if_match)
@@ -310,7 +324,7 @@ async fn history_instance(
 }
 
 async fn bundle(request: FhirRequest, State(state): State<AppState>, body: RawBody) -> Reply {
-    let resource = body.resource().map_err(|e| request.fail(e))?;
+    let resource = body.resource(&state.config.limits).map_err(|e| request.fail(e))?;
     let response = state.fhir.process_bundle(&request.context, resource).await.map_err(|e| request.fail(e))?;
     Ok(request.reply(StatusCode::OK, response))
 }

@@ -12,7 +12,7 @@ use axum::{Extension, Json};
 use super::request::RequestId;
 use super::response::ErrorReply;
 use super::AppState;
-use crate::auth::launch::{self, Begun};
+use crate::auth::launch::{self, Begun, BrowserProof, BROWSER_COOKIE};
 use crate::auth::{keys, server};
 use crate::error::Error;
 use crate::fhir::format::Format;
@@ -43,6 +43,31 @@ fn see_other(location: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location.to_owned())]).into_response()
 }
 
+/// The value of the browser-binding cookie, if the request carries one.
+fn browser_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == BROWSER_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|value| !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Sets the browser-binding cookie: readable only by this server's `/{tenant}/auth` paths,
+/// never by scripts, sent on the provider's top-level redirect back (Lax) but not on
+/// cross-site form posts, and over HTTPS only wherever the public base URL is HTTPS.
+fn with_browser_cookie(mut response: Response, state: &AppState, tenant: &str, secret: &str) -> Response {
+    let secure = if state.config.public_base_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie = format!("{BROWSER_COOKIE}={secret}; Path=/{tenant}/auth; HttpOnly; SameSite=Lax; Max-Age=600{secure}");
+    if let Ok(value) = header::HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
 fn known(state: &AppState, tenant: &str) -> Result<(), Error> {
     state.fhir.tenant(tenant).map(|_| ()).ok_or_else(|| Error::NotFound(format!("the authorization server of '{tenant}'")))
 }
@@ -63,6 +88,7 @@ pub async fn authorize(
     Path(tenant): Path<String>,
     method: axum::http::Method,
     uri: axum::http::Uri,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(error) = known(&state, &tenant) {
@@ -73,14 +99,20 @@ pub async fn authorize(
     } else {
         parse_query_string(uri.query().unwrap_or_default())
     };
-    match launch::begin(&state.fhir, &tenant, &params).await {
-        Ok(Begun::Redirect(location)) | Ok(Begun::Upstream(location)) => see_other(&location),
-        Ok(Begun::SignIn { request_id: pending, client_name }) => sign_in_page(&state, &tenant, &pending, &client_name),
+    // A browser already holding a secret keeps it, so that two sign-ins started in one
+    // browser both stay bound to it.
+    let secret = browser_cookie(&headers).map_or_else(launch::new_browser_secret, str::to_owned);
+    match launch::begin(&state.fhir, &tenant, &params, &secret).await {
+        Ok(Begun::Redirect(location)) => see_other(&location),
+        Ok(Begun::Upstream(location)) => with_browser_cookie(see_other(&location), &state, &tenant, &secret),
+        Ok(Begun::SignIn { request_id: pending, client_name, csrf }) => {
+            with_browser_cookie(sign_in_page(&state, &tenant, &pending, &client_name, &csrf), &state, &tenant, &secret)
+        }
         Err(error) => fail(&request_id, error),
     }
 }
 
-fn sign_in_page(state: &AppState, tenant: &str, pending: &str, client_name: &str) -> Response {
+fn sign_in_page(state: &AppState, tenant: &str, pending: &str, client_name: &str, csrf: &str) -> Response {
     if !state.config.demo {
         let body = "<h1>サインインできません</h1><p>この市町村の認証基盤（OpenID Provider）が設定されていません。\
                     No identity provider is configured for this municipality.</p>";
@@ -99,10 +131,11 @@ fn sign_in_page(state: &AppState, tenant: &str, pending: &str, client_name: &str
     let body = format!(
         "<h1>Renraku デモ サインイン</h1><p><strong>DEMO ONLY</strong> — demo mode signs you in without a password. \
          「{}」がアクセスを求めています。</p><form method=\"post\" action=\"/{}/auth/login\">\
-         <input type=\"hidden\" name=\"request\" value=\"{}\">{buttons}</form>",
+         <input type=\"hidden\" name=\"request\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">{buttons}</form>",
         escape(client_name),
         escape(tenant),
-        escape(pending)
+        escape(pending),
+        escape(csrf)
     );
     page("Renraku demo sign-in", &body)
 }
@@ -113,6 +146,7 @@ pub async fn login(
     Extension(request_id): Extension<RequestId>,
     Path(tenant): Path<String>,
     extensions: axum::http::Extensions,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
@@ -127,17 +161,19 @@ pub async fn login(
             .into_iter()
             .find(|(key, _, _)| *key == field("user"))
             .ok_or_else(|| Error::bad_request_at("choose one of the demo users", "user"))?;
-        launch::pending(&state.fhir, &tenant, &pending_id).await?;
+        let csrf = field("csrf");
+        let proof = BrowserProof { cookie: browser_cookie(&headers), csrf: Some(&csrf) };
+        launch::pending(&state.fhir, &tenant, &pending_id, proof).await?;
         let context = super::request::call_context(&state, &tenant, &extensions);
         launch::signed_in(&state.fhir, &context, &pending_id, &actor).await?;
-        consent_page(&state, &tenant, &pending_id).await
+        consent_page(&state, &tenant, &pending_id, proof).await
     }
     .await;
     result.unwrap_or_else(|error| fail(&request_id, error))
 }
 
-async fn consent_page(state: &AppState, tenant: &str, pending_id: &str) -> Result<Response, Error> {
-    let pending = launch::pending(&state.fhir, tenant, pending_id).await?;
+async fn consent_page(state: &AppState, tenant: &str, pending_id: &str, proof: BrowserProof<'_>) -> Result<Response, Error> {
+    let pending = launch::pending(&state.fhir, tenant, pending_id, proof).await?;
     let actor = pending.actor.clone().ok_or_else(|| Error::bad_request("sign in first"))?;
     let offered = launch::offered_scopes(&pending);
     let mut scopes = String::new();
@@ -162,12 +198,14 @@ async fn consent_page(state: &AppState, tenant: &str, pending_id: &str) -> Resul
     }
     let body = format!(
         "<h1>アクセスの許可 / Allow access</h1><p>「{}」に許可する範囲を選んでください。Untick what you do not want to grant.</p>\
-         <form method=\"post\" action=\"/{}/auth/consent\"><input type=\"hidden\" name=\"request\" value=\"{}\">{scopes}{patients}\
+         <form method=\"post\" action=\"/{}/auth/consent\"><input type=\"hidden\" name=\"request\" value=\"{}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{scopes}{patients}\
          <p><button type=\"submit\" name=\"decision\" value=\"allow\">許可 / Allow</button> \
          <button type=\"submit\" name=\"decision\" value=\"deny\">拒否 / Deny</button></p></form>",
         escape(if pending.client.name.is_empty() { &pending.client.client_id } else { &pending.client.name }),
         escape(tenant),
-        escape(pending_id)
+        escape(pending_id),
+        escape(&pending.request.csrf)
     );
     Ok(page("Renraku consent", &body))
 }
@@ -178,6 +216,7 @@ pub async fn callback(
     Extension(request_id): Extension<RequestId>,
     Path(tenant): Path<String>,
     extensions: axum::http::Extensions,
+    headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
     let result = async {
@@ -185,14 +224,16 @@ pub async fn callback(
         let params = parse_query_string(uri.query().unwrap_or_default());
         let field = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         let pending_id = field("state").ok_or_else(|| Error::bad_request_at("state is missing", "state"))?;
+        // The provider's redirect is a top-level navigation: the browser brings its cookie.
+        let proof = BrowserProof { cookie: browser_cookie(&headers), csrf: None };
         match field("code") {
             Some(code) => {
                 let context = super::request::call_context(&state, &tenant, &extensions);
-                launch::upstream_callback(&state.fhir, &context, &pending_id, &code).await?;
-                consent_page(&state, &tenant, &pending_id).await
+                launch::upstream_callback(&state.fhir, &context, &pending_id, &code, proof).await?;
+                consent_page(&state, &tenant, &pending_id, proof).await
             }
             // The provider refused or the user cancelled: the app hears access_denied.
-            None => Ok(see_other(&launch::deny(&state.fhir, &tenant, &pending_id).await?)),
+            None => Ok(see_other(&launch::deny(&state.fhir, &tenant, &pending_id, proof).await?)),
         }
     }
     .await;
@@ -204,6 +245,7 @@ pub async fn consent(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
@@ -211,11 +253,13 @@ pub async fn consent(
         let form = parse_query_string(&String::from_utf8_lossy(&body));
         let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         let pending_id = field("request").unwrap_or_default();
+        let csrf = field("csrf").unwrap_or_default();
+        let proof = BrowserProof { cookie: browser_cookie(&headers), csrf: Some(&csrf) };
         let location = if field("decision").as_deref() == Some("allow") {
             let granted: Vec<String> = form.iter().filter(|(n, _)| n == "scope").map(|(_, v)| v.clone()).collect();
-            launch::approve(&state.fhir, &tenant, &pending_id, &granted, field("patient")).await?
+            launch::approve(&state.fhir, &tenant, &pending_id, proof, &granted, field("patient")).await?
         } else {
-            launch::deny(&state.fhir, &tenant, &pending_id).await?
+            launch::deny(&state.fhir, &tenant, &pending_id, proof).await?
         };
         Ok::<_, Error>(see_other(&location))
     }

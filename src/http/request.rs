@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use serde_json::Value;
 
 use crate::auth::tokens;
@@ -100,7 +100,16 @@ impl FromRequestParts<AppState> for FhirRequest {
             client_address: client_address(parts),
             purpose_of_use,
         };
-        context.principal = match principal(state, &parts.headers, Some(&context.tenant)).await {
+        let verified = principal(state, &parts.headers, Some(&context.tenant)).await.and_then(|principal| {
+            // A request that carries content must be authenticated before its body is read:
+            // an anonymous caller's bytes are never parsed.
+            let carries_body = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE);
+            if carries_body && principal == Principal::Anonymous {
+                return Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into()));
+            }
+            Ok(principal)
+        });
+        context.principal = match verified {
             Ok(principal) => principal,
             Err(error) => {
                 // A refused credential is a denied request: it is recorded before the answer.
@@ -232,8 +241,9 @@ impl FromRequest<AppState> for RawBody {
 }
 
 impl RawBody {
-    /// Parses the body as a FHIR resource in the format its `Content-Type` names.
-    pub fn resource(&self) -> Result<Value, Error> {
+    /// Parses the body as a FHIR resource in the format its `Content-Type` names, within
+    /// the nesting limits.
+    pub fn resource(&self, limits: &crate::config::Limits) -> Result<Value, Error> {
         let format = match self.content_type.as_deref() {
             None => Format::Json,
             Some(content_type) => {
@@ -243,19 +253,18 @@ impl RawBody {
         if self.bytes.is_empty() {
             return Err(Error::bad_request("the request has no body"));
         }
-        format::parse(&self.bytes, format)
+        format::parse(&self.bytes, format, limits)
     }
 
     /// Parses the body as a JSON Patch document.
-    pub fn json_patch(&self) -> Result<Value, Error> {
+    pub fn json_patch(&self, limits: &crate::config::Limits) -> Result<Value, Error> {
         let essence = self.content_type.as_deref().unwrap_or_default().split(';').next().unwrap_or_default().trim();
         if essence != "application/json-patch+json" {
             return Err(Error::UnsupportedMediaType(format!(
                 "{essence} (PATCH accepts application/json-patch+json; FHIRPath Patch is not supported)"
             )));
         }
-        serde_json::from_slice(&self.bytes)
-            .map_err(|error| Error::bad_request(format!("the body is not valid JSON: {error}")))
+        format::parse(&self.bytes, Format::Json, limits)
     }
 
     /// Parses an `application/x-www-form-urlencoded` body (for `_search`).

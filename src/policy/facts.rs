@@ -160,6 +160,43 @@ pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>,
     Ok(world)
 }
 
+/// Whether the directory entries `actor` acts through still stand: for a professional, their
+/// PractitionerRole (active, in its period, naming the token's Practitioner and
+/// Organization), that Practitioner and that Organization; for a system client, its
+/// Organization — each live and owned by the actor's municipality. `Err(reason)` when not:
+/// a professional who left, a role set inactive or deleted, an Organization of another
+/// municipality. Checked at every decision and every refresh, so departures act at once.
+pub async fn actor_standing(connection: &mut AnyConnection, actor: &Actor, now: DateTime<Utc>) -> Result<Result<(), String>> {
+    let (tenant, organization) = match actor {
+        Actor::Practitioner { tenant, organization, .. } | Actor::System { tenant, organization, .. } => (tenant, organization),
+        _ => return Ok(Ok(())),
+    };
+    let active = |content: &str| -> Option<Value> {
+        let value: Value = serde_json::from_str(content).ok()?;
+        (value.get("active").and_then(Value::as_bool) != Some(false)).then_some(value)
+    };
+    let owned_and_active = |found: Option<(String, String)>| found.filter(|(owner, _)| owner == tenant).and_then(|(_, content)| active(&content));
+    if owned_and_active(store_facts::live_resource(connection, "Organization", organization).await?).is_none() {
+        return Ok(Err(format!("Organization/{organization} is not an active organization of this municipality")));
+    }
+    if let Actor::Practitioner { practitioner, role, .. } = actor {
+        let Some(role_resource) = owned_and_active(store_facts::live_resource(connection, "PractitionerRole", role).await?) else {
+            return Ok(Err(format!("PractitionerRole/{role} is no longer active")));
+        };
+        let names = |element: &str, expected: String| reference_of(&role_resource, element).as_deref() == Some(expected.as_str());
+        if !names("organization", format!("Organization/{organization}"))
+            || !names("practitioner", format!("Practitioner/{practitioner}"))
+            || !period_covers(role_resource.get("period"), now)
+        {
+            return Ok(Err(format!("PractitionerRole/{role} no longer places this professional in Organization/{organization}")));
+        }
+        if owned_and_active(store_facts::live_resource(connection, "Practitioner", practitioner).await?).is_none() {
+            return Ok(Err(format!("Practitioner/{practitioner} is no longer active")));
+        }
+    }
+    Ok(Ok(()))
+}
+
 /// The ids of the active sharing Consents of `patients`.
 pub async fn active_consents(connection: &mut AnyConnection, environment: &Environment<'_>, patients: &[String]) -> Result<Vec<String>> {
     let targets: Vec<(String, String)> = patients.iter().map(|id| ("Patient".to_owned(), id.clone())).collect();

@@ -254,6 +254,8 @@ pub struct Grant {
     tenants: Vec<String>,
     /// The Organization whose actors may register (create) new persons under this grant.
     registrar: Option<String>,
+    /// The Organization the actor acts for (`Organization/{id}`), if any.
+    organization: Option<String>,
     /// Active agreements, for checks that span municipalities (support-team participants).
     agreements: Arc<Vec<facts::Agreement>>,
     /// The operator's (and the test suite's) grant: everything in one municipality.
@@ -327,6 +329,15 @@ impl Grant {
             Clause::Ids { resource_type: allowed, ids } => allowed == resource_type && ids.iter().any(|i| i == id),
             Clause::Patients { .. } | Clause::Filtered { .. } => clause_permits(clause, resource_type, id, patients),
         })
+    }
+
+    /// Whether this grant's holder may record a person's consent or change their
+    /// registration: the organization that registered the person (`registrar` is the
+    /// person's `managingOrganization`), or the operator. A team member who is not the
+    /// registrar may read both and add to the record, but cannot keep their own access
+    /// alive by recording a second consent or moving the registration to themselves.
+    pub fn may_manage_registration(&self, registrar: Option<&str>) -> bool {
+        self.unrestricted || (self.organization.is_some() && registrar.is_some() && self.organization.as_deref() == registrar)
     }
 
     /// Whether a granular scope filters what may be written of `resource_type`: the write
@@ -423,6 +434,7 @@ async fn decide_inner(
             read_clauses,
             tenants: all_tenants,
             registrar: None,
+            organization: None,
             agreements: Arc::new(agreements),
             unrestricted: true,
         }
@@ -438,18 +450,11 @@ async fn decide_inner(
     if authenticated.actor == Actor::TestUnrestricted {
         return Ok(unrestricted(facts::agreements(connection, environment).await?));
     }
-    if authenticated.actor.tenant().is_some_and(|home| home != tenant) {
-        return Err(Error::Unauthorized(format!("the access token is not valid at the base of '{tenant}'")));
+    precheck(principal, tenant, interaction, resource_type)?;
+    if let Err(reason) = facts::actor_standing(connection, &authenticated.actor, environment.now).await? {
+        return Err(Error::Unauthorized(format!("the access token no longer speaks for anyone: {reason}")));
     }
     let permission = interaction.permission();
-    if let Some(resource_type) = resource_type {
-        if !rules::scopes_reach(authenticated, resource_type, permission) {
-            return Err(Error::Forbidden(format!(
-                "the access token's scopes do not allow '{}' on {resource_type}",
-                permission.letter()
-            )));
-        }
-    }
     let world = facts::load(connection, environment, &authenticated.actor).await?;
     let clauses = rules::clauses(environment, authenticated, tenant, &world, permission);
     let read_clauses = rules::clauses(environment, authenticated, tenant, &world, Permission::Read);
@@ -483,9 +488,55 @@ async fn decide_inner(
         read_clauses,
         tenants: tenants.into_iter().collect(),
         registrar,
+        organization: authenticated.actor.organization().map(|o| format!("Organization/{o}")),
         agreements: Arc::new(world.agreements.clone()),
         unrestricted: false,
     })
+}
+
+/// The part of a decision that needs no facts: a token at all, for this municipality's
+/// base, whose scopes reach the type with the interaction's permission. Writes run it before
+/// validating a body, so an unentitled caller hears 401/403 before anything about its
+/// content; the decision itself is taken inside the write's transaction.
+pub fn precheck(principal: &Principal, tenant: &str, interaction: Interaction, resource_type: Option<&str>) -> Result<()> {
+    let authenticated = match principal {
+        Principal::Anonymous => {
+            return Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into()))
+        }
+        Principal::Operator => return Ok(()),
+        Principal::Authenticated(authenticated) => authenticated,
+    };
+    if authenticated.actor.tenant().is_some_and(|home| home != tenant) {
+        return Err(Error::Unauthorized(format!("the access token is not valid at the base of '{tenant}'")));
+    }
+    let permission = interaction.permission();
+    match resource_type {
+        Some(resource_type) if !rules::scopes_reach(authenticated, resource_type, permission) => Err(Error::Forbidden(format!(
+            "the access token's scopes do not allow '{}' on {resource_type}",
+            permission.letter()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A grant that sees every resource of `tenant` (except its audit trail), for one purpose
+/// only: a conditional create must not duplicate a resource the caller cannot see, so the
+/// service asks whether such a resource matches. Grant-less by design and named loudly;
+/// what it finds never leaves the service as content — only as the refusal "a matching
+/// resource exists that you cannot see".
+pub fn duplicate_probe_unchecked(tenant: &str) -> Grant {
+    let everything = vec![Clause::Tenants { types: TypeSet::AllExcept(vec!["AuditEvent".to_owned()]), tenants: vec![tenant.to_owned()] }];
+    Grant {
+        interaction: Interaction::Search,
+        home_tenant: tenant.to_owned(),
+        clauses: everything.clone(),
+        read_clauses: everything,
+        tenants: vec![tenant.to_owned()],
+        registrar: None,
+        organization: None,
+        agreements: Arc::new(Vec::new()),
+        unrestricted: true,
+    }
 }
 
 /// What a disclosure of persons' data from `owner` to an actor at `home`'s base rests on:
@@ -528,6 +579,21 @@ pub fn require_administrator(principal: &Principal, municipality: Option<&str>) 
         tracing::info!(target: "renraku::policy", reason = %error, "administrative access denied");
     }
     decision
+}
+
+/// The administrator a principal is, for the approval records of system clients (`None`
+/// for the operator, whose command-line registrations need no second administrator, and
+/// for everyone who is not an administrator).
+pub fn administrator_of(principal: &Principal) -> Option<crate::auth::clients::Administrator> {
+    use crate::auth::clients::Administrator;
+    match principal {
+        Principal::Authenticated(authenticated) => match &authenticated.actor {
+            Actor::ServerAdmin { user } => Some(Administrator::Server { user: user.clone() }),
+            Actor::MunicipalAdmin { tenant, user } => Some(Administrator::Municipal { tenant: tenant.clone(), user: user.clone() }),
+            _ => None,
+        },
+        Principal::Anonymous | Principal::Operator => None,
+    }
 }
 
 /// The one path through which allow and deny decisions are reported.

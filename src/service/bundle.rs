@@ -100,6 +100,14 @@ impl Fhir {
         }
         let kind = body.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
         let entries = body.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+        let allowed = self.config.limits.bundle_entries;
+        if entries.len() > allowed {
+            return Err(Error::LimitExceeded {
+                limit: "bundle_entries",
+                allowed: allowed as u64,
+                what: format!("the Bundle has {} entries", entries.len()),
+            });
+        }
         let mut requests = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
             let request = self.parse_entry(context, index, entry)?;
@@ -187,11 +195,15 @@ impl Fhir {
                 Method::Put => Interaction::Update,
                 _ => continue,
             };
-            let grant = self.decide(&mut transaction, context, grant_interaction, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
+            let conditional = matches!((request.method, &request.if_none_exist, &request.query), (Method::Post, Some(_), _) | (Method::Put, _, Some(_)));
+            if conditional {
+                // Before the decision, as for single writes (see `Fhir::create`).
+                super::lock_conditional(&mut transaction, &context.tenant, &request.resource_type).await?;
+            }
+            self.decide(&mut transaction, context, grant_interaction, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
             let target_id = match (request.method, &request.if_none_exist, &request.query) {
                 (Method::Post, Some(condition), _) => {
-                    super::lock_conditional(&mut transaction, &grant, &request.resource_type).await?;
-                    match self.match_one(&mut transaction, context, &grant, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
+                    match self.match_for_write(&mut transaction, context, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
                         Some(existing) => {
                             let id = existing.id.clone();
                             matched_existing.insert(i, super::stored_from_current(Some(existing), &request.resource_type, &id)?);
@@ -202,8 +214,7 @@ impl Fhir {
                 }
                 (Method::Post, None, _) => uuid::Uuid::new_v4().to_string(),
                 (Method::Put, _, Some(condition)) => {
-                    super::lock_conditional(&mut transaction, &grant, &request.resource_type).await?;
-                    match self.match_one(&mut transaction, context, &grant, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
+                    match self.match_for_write(&mut transaction, context, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
                         Some(existing) => existing.id,
                         None => request
                             .resource
@@ -239,16 +250,17 @@ impl Fhir {
             let request = &requests[i];
             let response = match request.method {
                 Method::Delete => {
+                    if request.id.is_none() && request.query.is_some() {
+                        super::lock_conditional(&mut transaction, &context.tenant, &request.resource_type).await?;
+                    }
                     let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
                     let id = match (&request.id, &request.query) {
                         (Some(id), _) => Some(id.clone()),
-                        (None, Some(condition)) => {
-                            super::lock_conditional(&mut transaction, &grant, &request.resource_type).await?;
-                            self.match_one(&mut transaction, context, &grant, &request.resource_type, condition)
-                                .await
-                                .map_err(|e| in_entry(e, request))?
-                                .map(|row| row.id)
-                        }
+                        (None, Some(condition)) => self
+                            .match_for_write(&mut transaction, context, &request.resource_type, condition)
+                            .await
+                            .map_err(|e| in_entry(e, request))?
+                            .map(|row| row.id),
                         (None, None) => return Err(Error::bad_request_at("a DELETE entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
                     };
                     if let Some(id) = id {
@@ -307,6 +319,7 @@ impl Fhir {
                     let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
                     let id = request.id.clone().ok_or_else(|| Error::bad_request_at("a PATCH entry needs Type/id", format!("{}.request.url", request.path())))?;
                     let patch = patch_document(request)?;
+                    self.require_readable(&mut transaction, context, &request.resource_type, &id).await.map_err(|e| in_entry(e, request))?;
                     let Written { stored, .. } = self
                         .patch_in(&mut transaction, &grant, &request.resource_type, &id, patch, request.if_match)
                         .await
@@ -464,6 +477,7 @@ fn in_entry(error: Error, request: &EntryRequest) -> Error {
         Error::NotFound(what) => Error::NotFound(format!("{what} (in {})", request.path())),
         Error::PreconditionFailed(message) => Error::PreconditionFailed(format!("{}: {message}", request.path())),
         Error::Conflict(message) => Error::Conflict(format!("{}: {message}", request.path())),
+        Error::Forbidden(message) => Error::Forbidden(format!("{}: {message}", request.path())),
         other => other,
     }
 }

@@ -214,7 +214,7 @@ impl Fhir {
         result
     }
 
-    async fn register_client_unaudited(&self, principal: &Principal, client: ClientConfig) -> Result<ClientConfig> {
+    async fn register_client_unaudited(&self, principal: &Principal, mut client: ClientConfig) -> Result<ClientConfig> {
         policy::require_administrator(principal, Some(&client.tenant))?;
         client.check().map_err(Error::bad_request)?;
         if self.tenant(&client.tenant).is_none() {
@@ -224,11 +224,58 @@ impl Fhir {
             return Err(Error::Conflict(format!("a client '{}' is already registered at '{}'", client.client_id, client.tenant)));
         }
         let mut connection = self.store.connection().await?;
+        if client.kind == crate::auth::clients::ClientKind::System {
+            // A backend service acts for an Organization of its own municipality, never
+            // another's; and it needs a second administrator before it gets a token.
+            let organization = client.organization.clone().unwrap_or_default();
+            let owner = store::facts::tenant_of(&mut connection, "Organization", &organization).await?;
+            if owner.as_deref() != Some(client.tenant.as_str()) {
+                return Err(Error::unprocessable(
+                    Issue::error(IssueCode::BusinessRule, format!("'{}' has no Organization '{organization}' in its directory", client.tenant))
+                        .at("organization"),
+                ));
+            }
+            client.approval = policy::administrator_of(principal)
+                .map(|registered_by| crate::auth::clients::Approval { registered_by, approved_by: None });
+        } else {
+            client.approval = None;
+        }
         store::tenants::insert_client(&mut connection, &client, &self.now()).await?;
         if let Ok(mut registered) = self.clients.write() {
             registered.push(client.clone());
         }
         tracing::info!(target: "renraku::admin", tenant = %client.tenant, client = %client.client_id, "client registered");
+        Ok(client)
+    }
+
+    /// `POST /admin/clients/{tenant}/{client_id}/approve`: the second administrator approves
+    /// a system client's registration (see [`crate::auth::clients::Approval`]).
+    pub async fn approve_client(&self, context: &Context, tenant: &str, client_id: &str) -> Result<ClientConfig> {
+        let result = self.approve_client_unaudited(&context.principal, tenant, client_id).await;
+        let entities = vec![Entity::Detail { name: "client_id".into(), value: client_id.to_owned() }];
+        let chain = self.administration_chain(tenant);
+        self.record_administration(context, &chain, "client-approve", result.as_ref().map(|_| ()), entities).await?;
+        result
+    }
+
+    async fn approve_client_unaudited(&self, principal: &Principal, tenant: &str, client_id: &str) -> Result<ClientConfig> {
+        policy::require_administrator(principal, Some(tenant))?;
+        let not_found = || Error::NotFound(format!("a registration of client '{client_id}' at '{tenant}' awaiting approval"));
+        let mut client = self.client(tenant, client_id).filter(ClientConfig::awaits_approval).ok_or_else(not_found)?;
+        let approver = policy::administrator_of(principal).ok_or_else(|| Error::Forbidden("only an administrator approves clients".into()))?;
+        let approval = client.approval.as_mut().ok_or_else(not_found)?;
+        if !approval.may_be_approved_by(&approver, tenant) {
+            return Err(Error::Forbidden(
+                "a system client is approved by the other administrator: the server administrator for a municipality's registration, the municipality's for the server's".into(),
+            ));
+        }
+        approval.approved_by = Some(approver);
+        let mut connection = self.store.connection().await?;
+        store::tenants::update_client(&mut connection, &client).await?;
+        let mut registered = self.clients.write().map_err(|_| Error::internal("the client registry's lock is poisoned"))?;
+        registered.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
+        registered.push(client.clone());
+        tracing::info!(target: "renraku::admin", tenant, client = client_id, "client approved");
         Ok(client)
     }
 
@@ -308,7 +355,7 @@ impl Fhir {
         let base_url = context.base_url.clone();
         let compile = |resource_type: &str, query: &str| {
             let pairs = parse_query_string(query);
-            let parsed = search::parse(&self.search_params, resource_type, &pairs, false, &base_url).ok()?;
+            let parsed = search::parse(&self.search_params, resource_type, &pairs, false, &base_url, &self.config.limits).ok()?;
             (!parsed.criteria.is_empty()).then_some(parsed.criteria)
         };
         let environment =
@@ -397,13 +444,18 @@ impl Fhir {
     ) -> Result<Written> {
         writable(resource_type)?;
         self.check_type(resource_type)?;
-        let grant = self.decide_now(context, Interaction::Create, Some(resource_type)).await?;
+        policy::precheck(&context.principal, &context.tenant, Interaction::Create, Some(resource_type))?;
         check_body_type(&body, resource_type)?;
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
+        if condition.is_some() {
+            // Before the decision: its facts must include whatever a concurrent conditional
+            // writer committed (a person registered a moment ago is this caller's match).
+            lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
+        }
+        let grant = self.decide(&mut transaction, context, Interaction::Create, Some(resource_type)).await?;
         if let Some(condition) = condition {
-            lock_conditional(&mut transaction, &grant, resource_type).await?;
-            if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
+            if let Some(existing) = self.match_for_write(&mut transaction, context, resource_type, condition).await? {
                 let stored = stored_from_current(Some(existing), resource_type, "")?;
                 self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?;
                 return Ok(Written { stored, created: false });
@@ -442,11 +494,12 @@ impl Fhir {
     ) -> Result<Written> {
         writable(resource_type)?;
         self.check_type(resource_type)?;
-        let grant = self.decide_now(context, Interaction::Update, Some(resource_type)).await?;
+        policy::precheck(&context.principal, &context.tenant, Interaction::Update, Some(resource_type))?;
         check_body_type(&body, resource_type)?;
         check_body_id(&body, resource_type, id)?;
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Update, Some(resource_type)).await?;
         let written = self.update_in(&mut transaction, &grant, resource_type, id, validated, if_match, "PUT").await?;
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
         self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
@@ -480,12 +533,13 @@ impl Fhir {
     ) -> Result<Written> {
         writable(resource_type)?;
         self.check_type(resource_type)?;
-        let grant = self.decide_now(context, Interaction::Update, Some(resource_type)).await?;
+        policy::precheck(&context.principal, &context.tenant, Interaction::Update, Some(resource_type))?;
         check_body_type(&body, resource_type)?;
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
-        lock_conditional(&mut transaction, &grant, resource_type).await?;
-        let existing = self.match_one(&mut transaction, context, &grant, resource_type, condition).await?;
+        lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Update, Some(resource_type)).await?;
+        let existing = self.match_for_write(&mut transaction, context, resource_type, condition).await?;
         let body_id = validated.as_value().get("id").and_then(Value::as_str).map(str::to_owned);
         let written = match existing {
             Some(existing) => {
@@ -534,8 +588,10 @@ impl Fhir {
     ) -> Result<Written> {
         writable(resource_type)?;
         self.check_type(resource_type)?;
-        let grant = self.decide_now(context, Interaction::Patch, Some(resource_type)).await?;
+        policy::precheck(&context.principal, &context.tenant, Interaction::Patch, Some(resource_type))?;
         let mut transaction = self.store.begin().await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(resource_type)).await?;
+        self.require_readable(&mut transaction, context, resource_type, id).await?;
         let written = self.patch_in(&mut transaction, &grant, resource_type, id, patch, if_match).await?;
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
         self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
@@ -554,8 +610,9 @@ impl Fhir {
     async fn delete_unaudited(&self, context: &Context, audit: &mut Audit, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<()> {
         writable(resource_type)?;
         self.check_type(resource_type)?;
-        let grant = self.decide_now(context, Interaction::Delete, Some(resource_type)).await?;
+        policy::precheck(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
         let mut transaction = self.store.begin().await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(resource_type)).await?;
         let deleted = self.delete_in(&mut transaction, &grant, resource_type, id, if_match).await?;
         audit.entity(Entity::Resource(format!("{resource_type}/{id}")));
         let deleted: Vec<&Value> = deleted.iter().collect();
@@ -573,16 +630,71 @@ impl Fhir {
     async fn conditional_delete_unaudited(&self, context: &Context, audit: &mut Audit, resource_type: &str, condition: &str) -> Result<()> {
         writable(resource_type)?;
         self.check_type(resource_type)?;
-        let grant = self.decide_now(context, Interaction::Delete, Some(resource_type)).await?;
+        policy::precheck(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
         let mut transaction = self.store.begin().await?;
-        lock_conditional(&mut transaction, &grant, resource_type).await?;
+        lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(resource_type)).await?;
         let mut deleted = None;
-        if let Some(existing) = self.match_one(&mut transaction, context, &grant, resource_type, condition).await? {
+        if let Some(existing) = self.match_for_write(&mut transaction, context, resource_type, condition).await? {
             audit.entity(Entity::Resource(format!("{resource_type}/{}", existing.id)));
             deleted = self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await?;
         }
         let deleted: Vec<&Value> = deleted.iter().collect();
         self.commit_audited(transaction, context, audit, &deleted, Vec::new()).await
+    }
+
+    /// The match of a conditional write (`If-None-Exist`, conditional update or delete),
+    /// decided in the write's transaction: matching is searching, so the caller needs the
+    /// search permission on the type and matches only what it may see. When nothing
+    /// visible matches but a resource of the municipality the caller cannot see does, the
+    /// write is refused with 409 (no content, no id): creating would split a person's record
+    /// silently, and showing the match would disclose it.
+    pub(crate) async fn match_for_write(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        context: &Context,
+        resource_type: &str,
+        condition: &str,
+    ) -> Result<Option<CurrentRow>> {
+        let search = self.decide(connection, context, Interaction::Search, Some(resource_type)).await.map_err(|error| match error {
+            Error::Forbidden(_) => Error::Forbidden(format!(
+                "a conditional write matches by searching: the access token's scopes must allow 's' on {resource_type}"
+            )),
+            other => other,
+        })?;
+        let found = self.match_one(connection, context, &search, resource_type, condition).await?;
+        if found.is_some() || search.is_unrestricted() {
+            return Ok(found);
+        }
+        let probe = policy::duplicate_probe_unchecked(&context.tenant);
+        let hidden = match self.match_one(connection, context, &probe, resource_type, condition).await {
+            Ok(found) => found.is_some(),
+            Err(Error::PreconditionFailed(_)) => true,
+            Err(other) => return Err(other),
+        };
+        if hidden {
+            return Err(Error::Conflict(format!(
+                "the condition matches a {resource_type} of this municipality that this caller may not see; nothing was written \
+                 (to avoid a duplicate record). Ask the resource's registrar or the municipality to give you access"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// A patch is computed from the stored resource (and its `test` operations probe it),
+    /// so the caller must be able to read what it patches: without the read permission the
+    /// answer is 403, and a resource it cannot read is not there (404).
+    pub(crate) async fn require_readable(&self, connection: &mut sqlx::AnyConnection, context: &Context, resource_type: &str, id: &str) -> Result<()> {
+        let read = self.decide(connection, context, Interaction::Read, Some(resource_type)).await.map_err(|error| match error {
+            Error::Forbidden(_) => {
+                Error::Forbidden(format!("a patch reads what it changes: the access token's scopes must allow 'r' on {resource_type}"))
+            }
+            other => other,
+        })?;
+        match store::current(connection, &read, resource_type, id).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound(format!("{resource_type}/{id}"))),
+        }
     }
 
     /// The single current resource matching a conditional interaction's criteria; more
@@ -599,7 +711,7 @@ impl Fhir {
         if pairs.is_empty() {
             return Err(Error::bad_request("a conditional interaction needs search criteria"));
         }
-        let parsed = search::parse(&self.search_params, resource_type, &pairs, context.lenient, &context.base_url)?;
+        let parsed = search::parse(&self.search_params, resource_type, &pairs, context.lenient, &context.base_url, &self.config.limits)?;
         if parsed.criteria.is_empty() {
             return Err(Error::bad_request("the condition has no search criteria this server supports"));
         }
@@ -781,6 +893,10 @@ impl Fhir {
         if resource_type == "CareTeam" {
             self.check_team_participants(connection, grant, &tenant, &resource).await?;
         }
+        if resource_type == "PractitionerRole" {
+            check_role_organization(connection, &tenant, &resource).await?;
+        }
+        self.check_registration_change(connection, grant, resource_type, current, managing_organization.as_deref(), &patients).await?;
         stamp(&mut resource, id, version_id, &last_updated);
         self.tag_owner(&mut resource, &tenant);
         // Indexed again now that the owner's tag is in place (`_tag` finds it).
@@ -877,6 +993,44 @@ impl Fhir {
         meta.insert("tag".into(), Value::Array(tags));
     }
 
+    /// Consents and registrations are the registrar's: recording a person's Consent, or
+    /// changing a Patient's `managingOrganization`, needs the grant of the organization that
+    /// registered the person (see [`Grant::may_manage_registration`]).
+    async fn check_registration_change(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        grant: &Grant,
+        resource_type: &str,
+        current: Option<&CurrentRow>,
+        new_registrar: Option<&str>,
+        patients: &[String],
+    ) -> Result<()> {
+        let refused = |what: &str| Err(Error::Forbidden(format!("only the organization that registered the person may {what}")));
+        match resource_type {
+            "Consent" => {
+                for patient in patients {
+                    let registrar = match store::facts::live_resource(connection, "Patient", patient).await? {
+                        Some((_, content)) => registrar_of(&content),
+                        None => None,
+                    };
+                    if !grant.may_manage_registration(registrar.as_deref()) {
+                        return refused("record their consent");
+                    }
+                }
+                Ok(())
+            }
+            "Patient" => {
+                let Some(content) = current.and_then(|row| row.content.as_deref()) else { return Ok(()) };
+                let old_registrar = registrar_of(content);
+                if old_registrar.as_deref() != new_registrar && !grant.may_manage_registration(old_registrar.as_deref()) {
+                    return refused("change their registration (managingOrganization)");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A support team may include a participant of another municipality only while a
     /// wide-area agreement joins the two.
     async fn check_team_participants(
@@ -888,11 +1042,15 @@ impl Fhir {
     ) -> Result<()> {
         let mut issues = Vec::new();
         let participants = team.get("participant").and_then(Value::as_array).cloned().unwrap_or_default();
+        let visible = grant.for_reading();
         for (index, participant) in participants.iter().enumerate() {
             let Some(reference) = participant.pointer("/member/reference").and_then(Value::as_str) else { continue };
             let Some(local) = policy::facts::local_reference(reference) else { continue };
             let Some((member_type, member_id)) = local.split_once('/') else { continue };
-            if let Some(member_tenant) = store::facts::tenant_of(connection, member_type, member_id).await? {
+            // Only a member the caller may see is judged here; any other is, to the caller,
+            // a reference to nothing (and the reference check answers exactly that).
+            let seen = store::current(connection, &visible, member_type, member_id).await?.filter(|row| !row.deleted);
+            if let Some(member_tenant) = seen.map(|row| row.tenant) {
                 if !grant.agreement_joins(owner, &member_tenant) {
                     issues.push(
                         Issue::error(
@@ -979,10 +1137,37 @@ impl Fhir {
     }
 }
 
+/// A Patient's registrar: its `managingOrganization` as `Organization/{id}`.
+fn registrar_of(content: &str) -> Option<String> {
+    let patient: Value = serde_json::from_str(content).ok()?;
+    patient.pointer("/managingOrganization/reference").and_then(Value::as_str).and_then(policy::facts::local_reference)
+}
+
+/// A PractitionerRole places a professional in an Organization of the role's own
+/// municipality: a role in another municipality's Organization would let that
+/// municipality's administrator borrow the Organization's access to persons. Missing and
+/// foreign Organizations get the same answer, so the check reveals nothing.
+async fn check_role_organization(connection: &mut sqlx::AnyConnection, owner: &str, role: &Value) -> Result<()> {
+    let Some(reference) = role.pointer("/organization/reference").and_then(Value::as_str) else { return Ok(()) };
+    let organization = policy::facts::local_reference(reference).and_then(|r| r.strip_prefix("Organization/").map(str::to_owned));
+    let owned = match &organization {
+        Some(id) => store::facts::tenant_of(connection, "Organization", id).await?.as_deref() == Some(owner),
+        None => false,
+    };
+    if owned {
+        Ok(())
+    } else {
+        Err(Error::unprocessable(
+            Issue::error(IssueCode::BusinessRule, "a PractitionerRole's organization must be an Organization of this municipality's directory")
+                .at("PractitionerRole.organization"),
+        ))
+    }
+}
+
 /// Serialises conditional interactions on one municipality's resources of one type, so
 /// that two conditional creates cannot both find nothing and both create.
-pub(crate) async fn lock_conditional(connection: &mut sqlx::AnyConnection, grant: &Grant, resource_type: &str) -> Result<()> {
-    store::lock(connection, &format!("conditional:{}:{resource_type}", grant.home_tenant())).await
+pub(crate) async fn lock_conditional(connection: &mut sqlx::AnyConnection, tenant: &str, resource_type: &str) -> Result<()> {
+    store::lock(connection, &format!("conditional:{tenant}:{resource_type}")).await
 }
 
 /// Sets the server-owned parts: `id`, `meta.versionId`, `meta.lastUpdated`.

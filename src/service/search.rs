@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::fhir::elements::{apply_elements, apply_summary, Summary};
 use crate::fhir::search_params::{ParamType, Registry};
@@ -83,10 +84,12 @@ pub fn parse(
     pairs: &[(String, String)],
     lenient: bool,
     base_url: &str,
+    limits: &Limits,
 ) -> Result<ParsedSearch> {
+    check_limits(pairs, limits)?;
     let mut parsed = ParsedSearch::default();
     for (name, value) in pairs {
-        match parse_one(registry, resource_type, name, value, base_url, &mut parsed) {
+        match parse_one(registry, resource_type, name, value, base_url, limits, &mut parsed) {
             Ok(()) => parsed.applied.push((name.clone(), value.clone())),
             Err(error) if lenient => {
                 tracing::debug!(parameter = %name, %error, "ignored under Prefer: handling=lenient");
@@ -97,12 +100,40 @@ pub fn parse(
     Ok(parsed)
 }
 
+/// The `[limits]` a search must stay within (whatever `Prefer: handling=lenient` says):
+/// the number of parameters, of values of one parameter, of includes, and the depth of
+/// chains and `_has`. Each query costs in proportion to these, so they are refused before
+/// anything reaches the database.
+fn check_limits(pairs: &[(String, String)], limits: &Limits) -> Result<()> {
+    let exceeded = |limit: &'static str, allowed: usize, what: String| Err(Error::LimitExceeded { limit, allowed: allowed as u64, what });
+    let counted: Vec<&(String, String)> = pairs.iter().filter(|(name, _)| !matches!(name.as_str(), "_format" | "_pretty")).collect();
+    if counted.len() > limits.search_parameters {
+        return exceeded("search_parameters", limits.search_parameters, format!("the search has {} parameters", counted.len()));
+    }
+    let includes = counted.iter().filter(|(name, _)| name.starts_with("_include") || name.starts_with("_revinclude")).count();
+    if includes > limits.includes {
+        return exceeded("includes", limits.includes, format!("the search has {includes} _include/_revinclude parameters"));
+    }
+    for (name, value) in counted {
+        let values = value.split(',').count();
+        if values > limits.values_per_parameter {
+            return exceeded("values_per_parameter", limits.values_per_parameter, format!("the parameter '{name}' has {values} values"));
+        }
+        let depth = name.matches('.').count() + name.matches("_has:").count();
+        if depth > limits.chain_depth {
+            return exceeded("chain_depth", limits.chain_depth, format!("the parameter '{name}' chains {depth} levels deep"));
+        }
+    }
+    Ok(())
+}
+
 fn parse_one(
     registry: &Registry,
     resource_type: &str,
     name: &str,
     value: &str,
     base_url: &str,
+    limits: &Limits,
     parsed: &mut ParsedSearch,
 ) -> Result<()> {
     match name {
@@ -112,7 +143,7 @@ fn parse_one(
                 .ok()
                 .filter(|count| *count >= 0)
                 .ok_or_else(|| Error::bad_request_at(format!("_count must be a non-negative integer, not '{value}'"), name))?;
-            parsed.results.count = Some(count.min(MAX_COUNT));
+            parsed.results.count = Some(count.min(limits.max_count as i64));
         }
         "_summary" => parsed.results.summary = Some(Summary::parse(value)?),
         "_elements" => {
@@ -510,7 +541,7 @@ impl Fhir {
             return Err(Error::NotFound(format!("the resource type '{resource_type}'")));
         }
         let grant = self.decide_now(context, Interaction::Search, Some(resource_type)).await?;
-        let parsed = parse(&self.search_params, resource_type, pairs, context.lenient, &context.base_url)?;
+        let parsed = parse(&self.search_params, resource_type, pairs, context.lenient, &context.base_url, &self.config.limits)?;
         self.run_search(context, &grant, resource_type, parsed, resource_type).await
     }
 
@@ -548,7 +579,7 @@ impl Fhir {
         }
         drop(connection);
         let params = self.search_params.patient_compartment(resource_type).to_vec();
-        let mut parsed = parse(&self.search_params, resource_type, pairs, context.lenient, &context.base_url)?;
+        let mut parsed = parse(&self.search_params, resource_type, pairs, context.lenient, &context.base_url, &self.config.limits)?;
         if resource_type == "Patient" {
             parsed.criteria.push(Criterion::Id(vec![patient_id.to_owned()]));
         } else if params.is_empty() {
@@ -580,7 +611,7 @@ impl Fhir {
             [only] => only.clone(),
             _ => "Resource".to_owned(),
         };
-        let parsed = parse(&self.search_params, &lookup_type, &rest, context.lenient, &context.base_url)?;
+        let parsed = parse(&self.search_params, &lookup_type, &rest, context.lenient, &context.base_url, &self.config.limits)?;
         let mut parsed = parsed;
         if let Some(applied) = pairs.iter().find(|(name, _)| name == "_type") {
             parsed.applied.insert(0, applied.clone());
@@ -624,7 +655,7 @@ impl Fhir {
                 *value = format!("ge{value}");
             }
         }
-        let mut parsed = parse(&self.search_params, "Resource", &rest, context.lenient, &context.base_url)?;
+        let mut parsed = parse(&self.search_params, "Resource", &rest, context.lenient, &context.base_url, &self.config.limits)?;
         parsed.criteria.push(Criterion::Everything { patient_id: patient_id.to_owned(), params_by_type });
         self.run_search_types(context, &grant, types, "Patient", parsed, &format!("Patient/{patient_id}/$everything")).await
     }

@@ -111,6 +111,20 @@ pub(crate) async fn tenant_of(connection: &mut AnyConnection, resource_type: &st
     Ok(row.map(|row| row.try_get("tenant")).transpose()?)
 }
 
+/// `(tenant, content)` of a live resource, if there is one (the decision point's check that
+/// the directory entries a token acts through still stand).
+pub(crate) async fn live_resource(connection: &mut AnyConnection, resource_type: &str, id: &str) -> Result<Option<(String, String)>> {
+    let row = sqlx::query("SELECT tenant, content FROM resources WHERE deleted = 0 AND resource_type = $1 AND id = $2")
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(connection)
+        .await?;
+    match row {
+        Some(row) => Ok(Some((row.try_get("tenant")?, row.try_get::<Option<String>, _>("content")?.unwrap_or_default()))),
+        None => Ok(None),
+    }
+}
+
 async fn rows(sql: &Sql, connection: &mut AnyConnection) -> Result<Vec<(String, String, String)>> {
     let mut found = Vec::new();
     for row in sql.fetch_all(connection).await? {

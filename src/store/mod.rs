@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
 
 use crate::error::{Error, Result};
 use crate::policy::Grant;
@@ -136,8 +136,15 @@ pub struct HistoryFilter {
 }
 
 impl Store {
-    /// Connects, applies SQLite's durability settings, and runs the embedded migrations.
+    /// Connects with the default limits (see [`Store::connect_with`]).
     pub async fn connect(database_url: &str) -> Result<Store, sqlx::Error> {
+        Store::connect_with(database_url, &crate::config::Limits::default()).await
+    }
+
+    /// Connects, applies SQLite's durability settings (and on PostgreSQL the statement
+    /// timeout of `limits`), and runs the embedded migrations.
+    pub async fn connect_with(database_url: &str, limits: &crate::config::Limits) -> Result<Store, sqlx::Error> {
+        let statement_timeout = format!("SET statement_timeout = {}", limits.statement_timeout_ms);
         sqlx::any::install_default_drivers();
         let backend = if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
             Backend::Postgres
@@ -155,9 +162,25 @@ impl Store {
                 Backend::Postgres => 16,
             })
             .acquire_timeout(Duration::from_secs(30))
+            // A connection whose transaction could not be ended (a COMMIT or ROLLBACK that
+            // failed, e.g. on a full disk) would refuse every later BEGIN: such a connection
+            // is closed instead of going back to the pool. The queued rollback of a dropped
+            // transaction is flushed (ping) before the connection is judged.
+            .after_release(|connection, _meta| {
+                Box::pin(async move {
+                    if connection.is_in_transaction() {
+                        sqlx::Connection::ping(&mut *connection).await?;
+                    }
+                    Ok(!connection.is_in_transaction())
+                })
+            })
             .after_connect(move |connection, _meta| {
+                let statement_timeout = statement_timeout.clone();
                 Box::pin(async move {
                     if backend == Backend::Postgres {
+                        // The server cancels any statement that runs longer, also one whose
+                        // client has gone (a dropped request does not stop its query).
+                        sqlx::query(&statement_timeout).execute(&mut *connection).await?;
                         // Plan every statement for its actual values. The prepared statements'
                         // generic plans cannot see how skewed the index tables are: a common
                         // kana name prefix was sorted in full (10 ms) instead of walked in id
@@ -242,9 +265,15 @@ impl Store {
         Ok(self.pool.acquire().await?)
     }
 
-    /// Whether the database answers (for `/healthz`).
+    /// Whether the database answers and takes a write (for `/healthz`): a committed
+    /// one-row update, so a full disk or a read-only database reports not ready.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        let probe = async {
+            let mut transaction = self.begin().await?;
+            lock(&mut transaction, "healthz").await?;
+            transaction.commit().await
+        };
+        probe.await.is_ok()
     }
 
     pub async fn close(&self) {

@@ -43,6 +43,17 @@ pub async fn insert_client(connection: &mut AnyConnection, client: &crate::auth:
     conflict_if_taken(result, || format!("a client '{}' is already registered at '{}'", client.client_id, client.tenant))
 }
 
+/// Replaces a stored registration (its approval changed).
+pub async fn update_client(connection: &mut AnyConnection, client: &crate::auth::clients::ClientConfig) -> Result<()> {
+    sqlx::query("UPDATE clients SET registration = $1 WHERE tenant = $2 AND client_id = $3")
+        .bind(serde_json::to_string(client)?)
+        .bind(&client.tenant)
+        .bind(&client.client_id)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
 /// Removes a run-time registration; false if there was none.
 pub async fn delete_client(connection: &mut AnyConnection, tenant: &str, client_id: &str) -> Result<bool> {
     let result = sqlx::query("DELETE FROM clients WHERE tenant = $1 AND client_id = $2").bind(tenant).bind(client_id).execute(connection).await?;

@@ -63,10 +63,45 @@ fn authorize_url(tenant: &str, scope: &str, challenge: &str, extra: &[(&str, &st
     format!("/{tenant}/auth/authorize?{}", query(&pairs))
 }
 
-fn hidden_request(page: &Reply) -> String {
+/// The value of a page's hidden form field `name`.
+pub fn hidden(page: &Reply, name: &str) -> String {
     let text = page.text();
-    let start = text.find("name=\"request\" value=\"").map(|i| i + 22).unwrap_or_else(|| panic!("no request id in {text}"));
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = text.find(&marker).map(|i| i + marker.len()).unwrap_or_else(|| panic!("no {name} in {text}"));
     text[start..].split('"').next().unwrap_or_default().to_owned()
+}
+
+/// A browser's part of a sign-in: the cookie `/authorize` set, and the request id and CSRF
+/// token of its forms, sent back with every step as a browser would.
+pub struct Browser {
+    pub cookie: String,
+    pub request: String,
+    pub csrf: String,
+}
+
+impl Browser {
+    /// Opens the authorize URL (the demo's sign-in page) in a fresh browser.
+    pub async fn open(server: &Server, url: &str) -> (Browser, Reply) {
+        let page = server.get_with(url, &[("authorization", "none")]).await;
+        page.expect(200);
+        let browser = Browser { cookie: set_cookie(&page), request: hidden(&page, "request"), csrf: hidden(&page, "csrf") };
+        (browser, page)
+    }
+
+    /// Submits one of the sign-in's forms with `fields`, as this browser.
+    pub async fn submit(&self, server: &Server, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let mut pairs = vec![("request", self.request.as_str()), ("csrf", self.csrf.as_str())];
+        pairs.extend_from_slice(fields);
+        let headers = [("content-type", "application/x-www-form-urlencoded"), ("authorization", "none"), ("cookie", self.cookie.as_str())];
+        server.request(Method::POST, path, &headers, Some(query(&pairs).into_bytes())).await
+    }
+}
+
+/// The `name=value` of the browser-binding cookie a reply sets, checking its attributes.
+pub fn set_cookie(reply: &Reply) -> String {
+    let header = reply.header("set-cookie").unwrap_or_else(|| panic!("no cookie set: {:?}", reply.headers));
+    assert!(header.contains("HttpOnly") && header.contains("SameSite=Lax") && header.contains("Path=/"), "{header}");
+    header.split(';').next().unwrap_or_default().to_owned()
 }
 
 fn redirect_params(reply: &Reply) -> Vec<(String, String)> {
@@ -82,18 +117,16 @@ fn param(params: &[(String, String)], name: &str) -> Option<String> {
 
 /// Runs authorize → sign-in → consent and returns the redirect's parameters.
 async fn launch(server: &Server, tenant: &str, user: &str, scope: &str, pkce: &Pkce, granted: &[&str], patient: Option<&str>) -> Vec<(String, String)> {
-    let page = server.get_with(&authorize_url(tenant, scope, &pkce.challenge, &[]), &[("authorization", "none")]).await;
-    page.expect(200);
+    let (browser, page) = Browser::open(server, &authorize_url(tenant, scope, &pkce.challenge, &[])).await;
     assert!(page.text().contains("DEMO ONLY"));
-    let request = hidden_request(&page);
-    let consent = form(server, &format!("/{tenant}/auth/login"), &[("request", &request), ("user", user)]).await;
+    let consent = browser.submit(server, &format!("/{tenant}/auth/login"), &[("user", user)]).await;
     consent.expect(200);
-    let mut pairs: Vec<(&str, &str)> = vec![("request", &request), ("decision", "allow")];
+    let mut pairs: Vec<(&str, &str)> = vec![("decision", "allow")];
     pairs.extend(granted.iter().map(|s| ("scope", *s)));
     if let Some(patient) = patient {
         pairs.push(("patient", patient));
     }
-    redirect_params(&form(server, &format!("/{tenant}/auth/consent"), &pairs).await)
+    redirect_params(&browser.submit(server, &format!("/{tenant}/auth/consent"), &pairs).await)
 }
 
 async fn exchange(server: &Server, tenant: &str, code: &str, verifier: &str) -> Reply {
@@ -215,18 +248,16 @@ async fn launch_refusals(backend: Backend) {
     wrong.expect(400);
     assert_eq!(wrong.json()["error"], "invalid_grant");
     // Declining sends access_denied with the state.
-    let page = server.get_with(&authorize_url("ina", "user/*.rs", &pkce.challenge, &[]), &anonymous).await;
-    let request = hidden_request(&page);
-    form(&server, "/ina/auth/login", &[("request", &request), ("user", "demo-doctor-ina")]).await.expect(200);
-    let denied = redirect_params(&form(&server, "/ina/auth/consent", &[("request", &request), ("decision", "deny")]).await);
+    let (browser, _) = Browser::open(&server, &authorize_url("ina", "user/*.rs", &pkce.challenge, &[])).await;
+    browser.submit(&server, "/ina/auth/login", &[("user", "demo-doctor-ina")]).await.expect(200);
+    let denied = redirect_params(&browser.submit(&server, "/ina/auth/consent", &[("decision", "deny")]).await);
     assert_eq!(param(&denied, "error").as_deref(), Some("access_denied"));
     // The patient picker lists only persons the user may access: the nurse of 箕輪町 has none.
-    let page = server.get_with(&authorize_url("minowa", "launch/patient patient/*.rs", &pkce.challenge, &[]), &anonymous).await;
-    let request = hidden_request(&page);
-    let consent = form(&server, "/minowa/auth/login", &[("request", &request), ("user", "demo-nurse-minowa")]).await;
+    let (browser, _) = Browser::open(&server, &authorize_url("minowa", "launch/patient patient/*.rs", &pkce.challenge, &[])).await;
+    let consent = browser.submit(&server, "/minowa/auth/login", &[("user", "demo-nurse-minowa")]).await;
     consent.expect(200);
     assert!(!consent.text().contains("demo-yamada-taro"));
-    let picked = form(&server, "/minowa/auth/consent", &[("request", &request), ("decision", "allow"), ("scope", "launch/patient"), ("scope", "patient/*.rs"), ("patient", "demo-yamada-taro")]).await;
+    let picked = browser.submit(&server, "/minowa/auth/consent", &[("decision", "allow"), ("scope", "launch/patient"), ("scope", "patient/*.rs"), ("patient", "demo-yamada-taro")]).await;
     picked.expect(400);
     // Outside demo mode there is no built-in sign-in.
     let server = Server::start_with(backend, |config| {
@@ -282,13 +313,11 @@ async fn ehr_launch(backend: Backend) {
     let launch_value = minted.json()["launch"].as_str().unwrap_or_default().to_owned();
     let pkce = pkce();
     let scope = "launch openid fhirUser patient/*.rs";
-    let page = server.get_with(&authorize_url("ina", scope, &pkce.challenge, &[("launch", &launch_value)]), &[("authorization", "none")]).await;
-    page.expect(200);
-    let request = hidden_request(&page);
-    let consent = form(&server, "/ina/auth/login", &[("request", &request), ("user", "demo-doctor-ina")]).await;
+    let (browser, _) = Browser::open(&server, &authorize_url("ina", scope, &pkce.challenge, &[("launch", &launch_value)])).await;
+    let consent = browser.submit(&server, "/ina/auth/login", &[("user", "demo-doctor-ina")]).await;
     consent.expect(200);
     assert!(consent.text().contains("Patient/demo-yamada-taro") && !consent.text().contains("type=\"radio\""), "{}", consent.text());
-    let approved = form(&server, "/ina/auth/consent", &[("request", &request), ("decision", "allow"), ("scope", "launch"), ("scope", "patient/*.rs")]).await;
+    let approved = browser.submit(&server, "/ina/auth/consent", &[("decision", "allow"), ("scope", "launch"), ("scope", "patient/*.rs")]).await;
     let code = param(&redirect_params(&approved), "code").unwrap_or_default();
     let tokens = exchange(&server, "ina", &code, &pkce.verifier).await;
     tokens.expect(200);
@@ -315,17 +344,14 @@ async fn confidential_app(backend: Backend) {
             jwks: Some(serde_json::from_str(include_str!("../../demo/keys/ehr-ina-jwks.json")).expect("jwks")),
             jwks_url: None,
             grant_types: vec!["authorization_code".into()],
+            approval: None,
         });
     })
     .await;
     let pkce = pkce();
-    let page = server
-        .get_with(&authorize_url("ina", "user/*.rs offline_access", &pkce.challenge, &[("client_id", "confidential-app")]), &[("authorization", "none")])
-        .await;
-    page.expect(200);
-    let request = hidden_request(&page);
-    form(&server, "/ina/auth/login", &[("request", &request), ("user", "demo-doctor-ina")]).await.expect(200);
-    let approved = form(&server, "/ina/auth/consent", &[("request", &request), ("decision", "allow"), ("scope", "user/*.rs"), ("scope", "offline_access")]).await;
+    let (browser, _) = Browser::open(&server, &authorize_url("ina", "user/*.rs offline_access", &pkce.challenge, &[("client_id", "confidential-app")])).await;
+    browser.submit(&server, "/ina/auth/login", &[("user", "demo-doctor-ina")]).await.expect(200);
+    let approved = browser.submit(&server, "/ina/auth/consent", &[("decision", "allow"), ("scope", "user/*.rs"), ("scope", "offline_access")]).await;
     let code = param(&redirect_params(&approved), "code").unwrap_or_default();
     let assertion = || {
         let claims = json!({ "iss": "confidential-app", "sub": "confidential-app", "aud": format!("{BASE}/ina/auth/token"),

@@ -67,7 +67,18 @@ pub fn entry_ids(bundle: &Value, mode: &str) -> Vec<String> {
         .collect()
 }
 
+/// A professional's token, as the authorization server would issue it: for a Practitioner
+/// and PractitionerRole of the directory (made here, in `tenant`, if the test has not made
+/// them), since a token for someone the directory does not know is refused.
 pub async fn practitioner(server: &Server, tenant: &str, name: &str, organization: &str, scopes: &str) -> Caller {
+    let mut directory = vec![crate::policy::organization(organization, organization)];
+    directory.extend(practitioner_resources(name, organization, "nurse"));
+    for resource in directory {
+        let path = format!("/{tenant}/fhir/{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default());
+        if server.get(&path).await.status.as_u16() == 404 {
+            server.put(&path, &resource).await.expect(201);
+        }
+    }
     let actor = Actor::Practitioner {
         tenant: tenant.into(),
         practitioner: name.into(),
@@ -205,9 +216,15 @@ async fn wide_area_support(backend: Backend) {
 
     // The team: the care manager and the doctor of 伊那市 — refused until an agreement joins the two.
     let team = care_team("team-yamada", "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/role-dr-ina"]);
+    // To 南箕輪村's administrator, 伊那市's directory is not visible without an agreement:
+    // the participant is a reference to nothing, exactly as a missing one would be.
     let refused = admin_mm.put(&server, &team).await;
     refused.expect(422);
-    assert_eq!(refused.issue_expressions(), vec!["CareTeam.participant[1].member"]);
+    assert_eq!(refused.issue_expressions(), vec!["CareTeam.participant[1].member.reference"]);
+    let missing = admin_mm.put(&server, &care_team("team-yamada", "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/no-such-role"])).await;
+    missing.expect(422);
+    let diagnostics = |reply: &Reply| reply.json()["issue"][0]["diagnostics"].as_str().unwrap_or_default().replace("no-such-role", "role-dr-ina");
+    assert_eq!(diagnostics(&refused), diagnostics(&missing), "a hidden participant and a missing one answer alike");
     // Only the server administrator writes agreements.
     admin_mm.put(&server, &agreement("agreement-ina", &[INA, MINAMIMINOWA], "executed", &ALL_INTERACTIONS)).await.expect(403);
     operator.put(&server, &agreement("agreement-ina", &[INA, MINAMIMINOWA], "executed", &ALL_INTERACTIONS)).await.expect(201);

@@ -273,6 +273,19 @@ async fn client_registration(backend: Backend) {
         c["sub"] = json!("mm-care-system");
         c["aud"] = json!(token_url);
     });
+    // Dual control: the municipality's registration waits for the server administrator.
+    expect_oauth_error(&request_token(&server, "minamiminowa", assertion_for()).await, 400, "unauthorized_client");
+    let approve = |token: &'static str| {
+        let server = &server;
+        async move {
+            server.request(Method::POST, "/admin/clients/minamiminowa/mm-care-system/approve", &[("authorization", &format!("Bearer {token}"))], None).await
+        }
+    };
+    approve("demo-admin-minamiminowa").await.expect(403);
+    let approved = approve("demo-operator").await;
+    approved.expect(200);
+    assert_eq!(approved.json()["approval"]["approved_by"]["kind"], "server", "{}", approved.text());
+    approve("demo-operator").await.expect(404);
     let issued = request_token(&server, "minamiminowa", assertion_for()).await;
     issued.expect(200);
     // The care office registered 山田 太郎: its system reads his registration.
@@ -309,6 +322,7 @@ async fn keys_by_url(backend: Backend) {
             jwks: None,
             jwks_url: Some(registered_url),
             grant_types: Vec::new(),
+            approval: None,
         });
     })
     .await;

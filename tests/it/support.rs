@@ -144,6 +144,7 @@ impl Server {
             extra_search_parameters: Vec::new(),
             audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
             audit_off_for_benchmarks_only: false,
+            limits: renraku::config::Limits::default(),
         clients: Vec::new(),
         };
         adjust(&mut config);

@@ -79,14 +79,20 @@ fn authorize_path(challenge: &str) -> String {
     format!("/ina/auth/authorize?{query}")
 }
 
-async fn login(server: &Server, provider: &OpenIdProvider, account: &str, second_factor: bool, challenge: &str) -> Reply {
+/// Starts at the app's /authorize, signs in at the provider, and comes back to Renraku's
+/// callback with the cookie /authorize set; returns the answer and that cookie. The same
+/// callback from a browser without the cookie (an attacker's victim) is refused first.
+async fn login(server: &Server, provider: &OpenIdProvider, account: &str, second_factor: bool, challenge: &str) -> (Reply, String) {
     let start = server.get_with(&authorize_path(challenge), &[("authorization", "none")]).await;
     start.expect(303);
+    let cookie = crate::app_launch::set_cookie(&start);
     let provider_url = start.header("location").unwrap_or_default();
     assert!(provider_url.starts_with(&provider.issuer), "sent to the provider: {provider_url}");
     let callback = sign_in_at_provider(&provider_url, account, second_factor).await;
     assert!(callback.starts_with("/ina/auth/callback?"), "{callback}");
-    server.get_with(&callback, &[("authorization", "none")]).await
+    let elsewhere = server.get_with(&callback, &[("authorization", "none"), ("cookie", "renraku_authorize=someoneelse")]).await;
+    elsewhere.expect(403);
+    (server.get_with(&callback, &[("authorization", "none"), ("cookie", &cookie)]).await, cookie)
 }
 
 async fn login_through_the_municipality_provider(backend: Backend) {
@@ -96,17 +102,32 @@ async fn login_through_the_municipality_provider(backend: Backend) {
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
 
     // Signed in with a second factor: consent, code, token as 田中 一郎.
-    let consent = login(&server, &provider, "tanaka-0001", true, &challenge).await;
+    let (consent, cookie) = login(&server, &provider, "tanaka-0001", true, &challenge).await;
     consent.expect(200);
-    let page = consent.text();
-    let start = page.find("name=\"request\" value=\"").map(|i| i + 22).expect("consent form");
-    let request = page[start..].split('"').next().unwrap_or_default().to_owned();
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        // The doctor grants less than asked: read and search only.
-        .extend_pairs([("request", request.as_str()), ("decision", "allow"), ("scope", "openid"), ("scope", "fhirUser"), ("scope", "offline_access"), ("scope", "user/*.rs")])
-        .finish();
+    let request = crate::app_launch::hidden(&consent, "request");
+    let csrf = crate::app_launch::hidden(&consent, "csrf");
+    let form = |fields: &[(&str, &str)]| {
+        let mut pairs = vec![("request", request.as_str())];
+        pairs.extend_from_slice(fields);
+        url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish().into_bytes()
+    };
+    let headers = [("content-type", "application/x-www-form-urlencoded"), ("authorization", "none"), ("cookie", cookie.as_str())];
+    // The attacker who started a sign-in cannot consent for the victim: without the
+    // victim's cookie, or without the form's CSRF token, the consent is refused.
+    let allow_all = [("decision", "allow"), ("scope", "user/*.cruds"), ("scope", "offline_access")];
+    let no_cookie = [("content-type", "application/x-www-form-urlencoded"), ("authorization", "none")];
+    let mut with_csrf = vec![("csrf", csrf.as_str())];
+    with_csrf.extend_from_slice(&allow_all);
+    server.request(Method::POST, "/ina/auth/consent", &no_cookie, Some(form(&with_csrf))).await.expect(403);
+    server.request(Method::POST, "/ina/auth/consent", &headers, Some(form(&allow_all))).await.expect(403);
+    // The doctor grants less than asked: read and search only.
     let approved = server
-        .request(Method::POST, "/ina/auth/consent", &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "none")], Some(body.into_bytes()))
+        .request(
+            Method::POST,
+            "/ina/auth/consent",
+            &headers,
+            Some(form(&[("csrf", &csrf), ("decision", "allow"), ("scope", "openid"), ("scope", "fhirUser"), ("scope", "offline_access"), ("scope", "user/*.rs")])),
+        )
         .await;
     approved.expect(303);
     let location = approved.header("location").unwrap_or_default();
@@ -145,11 +166,11 @@ async fn login_through_the_municipality_provider(backend: Backend) {
     server.get_with("/ina/fhir/Patient/demo-yamada-taro", &[("authorization", &bearer)]).await.expect(401);
 
     // The municipality requires a second factor: a password-only sign-in is refused.
-    let refused = login(&server, &provider, "tanaka-0001", false, &challenge).await;
+    let (refused, _) = login(&server, &provider, "tanaka-0001", false, &challenge).await;
     refused.expect(403);
     assert!(refused.text().contains("second factor"), "{}", refused.text());
     // An account that no Practitioner of the directory carries is refused.
-    let stranger = login(&server, &provider, "someone-else", true, &challenge).await;
+    let (stranger, _) = login(&server, &provider, "someone-else", true, &challenge).await;
     stranger.expect(403);
     assert!(stranger.text().contains("no professional"), "{}", stranger.text());
 
