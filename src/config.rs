@@ -77,8 +77,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
+            // Real resources nest far less (a Questionnaire ten item levels deep is about 25
+            // JSON levels, 12 XML levels). The parsers and validators recurse per level; a
+            // debug build on a 2 MiB thread stack overflowed at ~45 nested XML extensions.
             json_depth: 64,
-            xml_depth: 64,
+            xml_depth: 32,
             search_parameters: 50,
             values_per_parameter: 100,
             chain_depth: 4,

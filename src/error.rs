@@ -179,6 +179,11 @@ impl From<sqlx::Error> for Error {
         if let sqlx::Error::Database(database) = &error {
             let message = database.message();
             let canceled = database.code().as_deref() == Some("57014");
+            // PostgreSQL text cannot hold a NUL character (22021): the request carried one
+            // (an id, a search value); SQLite stores it, and it matches nothing.
+            if database.code().as_deref() == Some("22021") {
+                return Error::bad_request("the request contains a NUL character, which no FHIR id or string may hold");
+            }
             if canceled || message.contains("Expression tree is too large") || message.contains("too many SQL variables") {
                 tracing::info!(%error, "statement refused for its cost");
                 return Error::TooCostly("the request would take the database longer than the server allows; narrow it".into());

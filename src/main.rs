@@ -131,8 +131,22 @@ impl Settings {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Worker threads get 8 MiB stacks: parsing and validating a FHIR resource recurse once per
+/// nesting level, and `[limits]` bounds the levels well within this (see `Limits`).
+const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(WORKER_STACK_BYTES).build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("renraku: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RENRAKU_LOG").unwrap_or_else(|_| "info".into()),

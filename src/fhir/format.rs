@@ -200,5 +200,8 @@ mod tests {
         check("<a><![CDATA[<b><c>]]></a>", false, 1);
         check(&"<extension>".repeat(700), false, 101);
         check(&"[".repeat(10_000), true, 101);
+        let open = "{\"url\": \"http://example.org/x\", \"extension\": [".repeat(700);
+        let close = "]}".repeat(700);
+        check(&format!("{{\"resourceType\": \"Patient\", \"extension\": [{open}{close}]}}"), true, 101);
     }
 }

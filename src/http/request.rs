@@ -61,6 +61,12 @@ impl FromRequestParts<AppState> for FhirRequest {
         let format = negotiate(format_param.as_deref(), parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
             .map_err(fail)?;
         let fail = |error: Error| ErrorReply { error, format, request_id: request_id.clone() };
+        // No FHIR id, parameter or string holds a NUL character (PostgreSQL text cannot
+        // either): a URL carrying one is refused here, alike on both backends.
+        let decoded_path = percent_encoding::percent_decode_str(parts.uri.path()).decode_utf8_lossy();
+        if decoded_path.contains('\0') || query.iter().any(|(name, value)| name.contains('\0') || value.contains('\0')) {
+            return Err(fail(Error::bad_request("the URL contains a NUL character, which no FHIR id or parameter may hold")));
+        }
         let tenant = parts.uri.path().trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
         if state.fhir.tenant(&tenant).is_none() {
             return Err(fail(Error::NotFound(format!("the FHIR base '/{tenant}/fhir'"))));

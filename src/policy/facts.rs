@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::AnyConnection;
 
-use super::{Actor, Environment, Permission};
+use super::{Actor, Environment, Interaction, Permission};
 use crate::error::Result;
 use crate::store::facts as store_facts;
 
@@ -33,8 +33,8 @@ pub struct Agreement {
     pub active: bool,
     /// The participating municipalities' slugs.
     pub parties: Vec<String>,
-    /// What may cross: (resource type, `None` for every type of a person's data; permission).
-    pub allows: Vec<(Option<String>, Permission)>,
+    /// What may cross: (resource type, `None` for every type of a person's data; interaction).
+    pub allows: Vec<(Option<String>, Interaction)>,
 }
 
 impl Agreement {
@@ -43,9 +43,15 @@ impl Agreement {
         self.active && self.parties.iter().any(|p| p == tenant_a) && self.parties.iter().any(|p| p == tenant_b)
     }
 
-    /// Whether `resource_type` may cross with `permission` under this agreement.
-    pub fn allows(&self, resource_type: &str, permission: Permission) -> bool {
-        self.allows.iter().any(|(t, p)| *p == permission && t.as_deref().is_none_or(|t| t == resource_type))
+    /// Whether `resource_type` may cross with `interaction` under this agreement.
+    pub fn allows(&self, resource_type: &str, interaction: Interaction) -> bool {
+        self.allows.iter().any(|(t, i)| *i == interaction && t.as_deref().is_none_or(|t| t == resource_type))
+    }
+
+    /// Whether some interaction needing `permission` may cross for `resource_type` (what a
+    /// disclosure record cites).
+    pub fn allows_permission(&self, resource_type: &str, permission: Permission) -> bool {
+        self.allows.iter().any(|(t, i)| i.permission() == permission && t.as_deref().is_none_or(|t| t == resource_type))
     }
 }
 
@@ -244,7 +250,7 @@ pub fn agreement_from(id: &str, owner: &str, content: &str, environment: &Enviro
         };
         for interaction in extensions(scope, "interaction") {
             if let Some(permission) =
-                interaction.get("valueCode").and_then(Value::as_str).and_then(Permission::from_interaction_code)
+                interaction.get("valueCode").and_then(Value::as_str).and_then(Interaction::from_code)
             {
                 allows.push((resource_type.clone(), permission));
             }

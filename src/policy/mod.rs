@@ -61,18 +61,6 @@ impl Permission {
         }
     }
 
-    /// The permission named by an agreement's interaction code (FHIR `restful-interaction`
-    /// codes, or the SMART letters' words).
-    pub fn from_interaction_code(code: &str) -> Option<Permission> {
-        match code {
-            "create" => Some(Permission::Create),
-            "read" | "vread" | "history-instance" => Some(Permission::Read),
-            "update" | "patch" => Some(Permission::Update),
-            "delete" => Some(Permission::Delete),
-            "search" | "search-type" | "history-type" => Some(Permission::Search),
-            _ => None,
-        }
-    }
 }
 
 /// What the caller wants to do (FHIR RESTful interactions).
@@ -91,6 +79,25 @@ pub enum Interaction {
 }
 
 impl Interaction {
+    /// The interaction an agreement's code names (FHIR `restful-interaction` codes; `search`
+    /// is read as `search-type`). Each code is its own: an agreement that lists `read` does
+    /// not let `vread` or `history-instance` through.
+    pub fn from_code(code: &str) -> Option<Interaction> {
+        match code {
+            "read" => Some(Interaction::Read),
+            "vread" => Some(Interaction::Vread),
+            "history-instance" => Some(Interaction::HistoryInstance),
+            "history-type" => Some(Interaction::HistoryType),
+            "history-system" => Some(Interaction::HistorySystem),
+            "search" | "search-type" => Some(Interaction::Search),
+            "create" => Some(Interaction::Create),
+            "update" => Some(Interaction::Update),
+            "patch" => Some(Interaction::Patch),
+            "delete" => Some(Interaction::Delete),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Interaction::Read => "read",
@@ -454,10 +461,9 @@ async fn decide_inner(
     if let Err(reason) = facts::actor_standing(connection, &authenticated.actor, environment.now).await? {
         return Err(Error::Unauthorized(format!("the access token no longer speaks for anyone: {reason}")));
     }
-    let permission = interaction.permission();
     let world = facts::load(connection, environment, &authenticated.actor).await?;
-    let clauses = rules::clauses(environment, authenticated, tenant, &world, permission);
-    let read_clauses = rules::clauses(environment, authenticated, tenant, &world, Permission::Read);
+    let clauses = rules::clauses(environment, authenticated, tenant, &world, interaction);
+    let read_clauses = rules::clauses(environment, authenticated, tenant, &world, Interaction::Read);
     let mut tenants = BTreeSet::new();
     for clause in clauses.iter().chain(&read_clauses) {
         let mut clause = clause;
@@ -554,7 +560,7 @@ pub async fn disclosure_basis(
     let agreements = facts::agreements(connection, environment)
         .await?
         .into_iter()
-        .filter(|a| a.joins(home, owner) && resource_types.iter().any(|t| a.allows(t, permission)))
+        .filter(|a| a.joins(home, owner) && resource_types.iter().any(|t| a.allows_permission(t, permission)))
         .map(|a| a.id)
         .collect();
     let consents = facts::active_consents(connection, environment, patients).await?;

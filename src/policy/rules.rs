@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::facts::World;
-use super::{Actor, Authenticated, Clause, Environment, Permission, TypeSet};
+use super::{Actor, Authenticated, Clause, Environment, Interaction, Permission, TypeSet};
 use crate::auth::scopes::ScopeContext;
 
 /// What kind of information a resource type holds, for the rule.
@@ -131,8 +131,9 @@ pub fn clauses(
     authenticated: &Authenticated,
     tenant: &str,
     world: &World,
-    permission: Permission,
+    interaction: Interaction,
 ) -> Vec<Clause> {
+    let permission = interaction.permission();
     let contexts = authenticated.actor.scope_contexts();
     let scopes = &authenticated.scopes;
     let scoped = |types: &[&str]| -> Vec<String> {
@@ -166,7 +167,7 @@ pub fn clauses(
                 TypeSet::Only(named)
             };
             clauses.push(Clause::Tenants { types: other, tenants: vec![tenant.to_owned()] });
-            clauses.extend(patient_clauses(environment, authenticated, tenant, world, permission));
+            clauses.extend(patient_clauses(environment, authenticated, tenant, world, interaction));
         }
         Actor::MunicipalAdmin { .. } => {
             clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&DIRECTORY_TYPES)), tenants: vec![tenant.to_owned()] });
@@ -216,8 +217,9 @@ fn patient_clauses(
     authenticated: &Authenticated,
     tenant: &str,
     world: &World,
-    permission: Permission,
+    interaction: Interaction,
 ) -> Vec<Clause> {
+    let permission = interaction.permission();
     let all_types = patient_data_types(environment);
     let contexts = authenticated.actor.scope_contexts();
     let scopes = &authenticated.scopes;
@@ -234,7 +236,7 @@ fn patient_clauses(
             .into_iter()
             .filter(|t| {
                 facts.tenant == tenant
-                    || world.agreements.iter().any(|a| a.joins(tenant, &facts.tenant) && a.allows(t, permission))
+                    || world.agreements.iter().any(|a| a.joins(tenant, &facts.tenant) && a.allows(t, interaction))
             })
             .filter(|t| {
                 let reaches = |c: ScopeContext| scopes.permits(c, t, permission) || !scopes.granular_queries(c, t, permission).is_empty();

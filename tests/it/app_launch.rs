@@ -15,12 +15,12 @@ const REDIRECT: &str = "http://127.0.0.1:9000/callback";
 /// A case name, the expected OAuth error, and the authorize parameters it changes.
 type RefusalCase = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
 
-struct Pkce {
-    verifier: String,
-    challenge: String,
+pub struct Pkce {
+    pub verifier: String,
+    pub challenge: String,
 }
 
-fn pkce() -> Pkce {
+pub fn pkce() -> Pkce {
     let verifier = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     Pkce { verifier, challenge }
@@ -30,7 +30,7 @@ fn query(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
 }
 
-async fn form(server: &Server, path: &str, pairs: &[(&str, &str)]) -> Reply {
+pub async fn form(server: &Server, path: &str, pairs: &[(&str, &str)]) -> Reply {
     server
         .request(
             Method::POST,
@@ -41,7 +41,7 @@ async fn form(server: &Server, path: &str, pairs: &[(&str, &str)]) -> Reply {
         .await
 }
 
-fn authorize_url(tenant: &str, scope: &str, challenge: &str, extra: &[(&str, &str)]) -> String {
+pub fn authorize_url(tenant: &str, scope: &str, challenge: &str, extra: &[(&str, &str)]) -> String {
     let aud = format!("{BASE}/{tenant}/fhir");
     let mut pairs = vec![
         ("response_type", "code"),
@@ -104,19 +104,19 @@ pub fn set_cookie(reply: &Reply) -> String {
     header.split(';').next().unwrap_or_default().to_owned()
 }
 
-fn redirect_params(reply: &Reply) -> Vec<(String, String)> {
+pub fn redirect_params(reply: &Reply) -> Vec<(String, String)> {
     assert_eq!(reply.status.as_u16(), 303, "{}", reply.text());
     let location = reply.header("location").unwrap_or_default();
     assert!(location.starts_with(REDIRECT), "{location}");
     url::Url::parse(&location).map(|u| u.query_pairs().into_owned().collect()).unwrap_or_default()
 }
 
-fn param(params: &[(String, String)], name: &str) -> Option<String> {
+pub fn param(params: &[(String, String)], name: &str) -> Option<String> {
     params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
 }
 
 /// Runs authorize → sign-in → consent and returns the redirect's parameters.
-async fn launch(server: &Server, tenant: &str, user: &str, scope: &str, pkce: &Pkce, granted: &[&str], patient: Option<&str>) -> Vec<(String, String)> {
+pub async fn launch(server: &Server, tenant: &str, user: &str, scope: &str, pkce: &Pkce, granted: &[&str], patient: Option<&str>) -> Vec<(String, String)> {
     let (browser, page) = Browser::open(server, &authorize_url(tenant, scope, &pkce.challenge, &[])).await;
     assert!(page.text().contains("DEMO ONLY"));
     let consent = browser.submit(server, &format!("/{tenant}/auth/login"), &[("user", user)]).await;
@@ -129,7 +129,7 @@ async fn launch(server: &Server, tenant: &str, user: &str, scope: &str, pkce: &P
     redirect_params(&browser.submit(server, &format!("/{tenant}/auth/consent"), &pairs).await)
 }
 
-async fn exchange(server: &Server, tenant: &str, code: &str, verifier: &str) -> Reply {
+pub async fn exchange(server: &Server, tenant: &str, code: &str, verifier: &str) -> Reply {
     form(
         server,
         &format!("/{tenant}/auth/token"),

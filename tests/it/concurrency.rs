@@ -79,7 +79,47 @@ async fn concurrent_plain_updates_lose_no_version(backend: Backend) {
     assert_eq!(history.json()["total"], WRITERS + 1);
 }
 
+/// The structure issue's reproduction: sixteen concurrent conditional creates of one person
+/// by a real, policy-bound principal (the care manager whose office registers the person),
+/// several rounds. The decision and the match are taken under the conditional write lock,
+/// inside the write's transaction, so each round makes exactly one Patient.
+async fn concurrent_conditional_creates_as_the_care_manager(backend: Backend) {
+    let server = Server::start(backend).await;
+    server.put("/minamiminowa/fhir/Organization/office", &crate::policy::organization("office", "居宅介護支援事業所")).await.expect(201);
+    let care_manager = crate::policy::practitioner(&server, "minamiminowa", "cm", "office", "user/*.cruds").await;
+    let server = server.shared();
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let server = server.clone();
+            let token = care_manager.token.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut body = crate::policy::patient("", "山田", "office");
+                body.as_object_mut().map(|b| b.remove("id"));
+                body["identifier"] = json!([{ "system": "urn:renraku:test", "value": format!("person-{round}") }]);
+                let condition = format!("identifier=urn:renraku:test|person-{round}");
+                let headers = [("authorization", format!("Bearer {token}")), ("if-none-exist", condition)];
+                let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let reply = server.send(Method::POST, "/minamiminowa/fhir/Patient", &headers, &body).await;
+                (reply.status.as_u16(), reply.json()["id"].as_str().unwrap_or_default().to_owned())
+            }));
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("task"));
+        }
+        let created = results.iter().filter(|(status, _)| *status == 201).count();
+        let found = results.iter().filter(|(status, _)| *status == 200).count();
+        assert_eq!((created, found), (1, 15), "round {round}: {results:?}");
+        let ids: std::collections::HashSet<&String> = results.iter().map(|(_, id)| id).collect();
+        assert_eq!(ids.len(), 1, "round {round}: everyone got the same person");
+        let search = server.get(&format!("/minamiminowa/fhir/Patient?identifier=urn:renraku:test|person-{round}")).await;
+        assert_eq!(search.json()["total"], 1);
+    }
+}
+
 both_backends!(
+    concurrent_conditional_creates_as_the_care_manager,
     concurrent_conditional_creates_make_one_resource,
     concurrent_if_match_updates_have_one_winner,
     concurrent_plain_updates_lose_no_version,

@@ -19,6 +19,7 @@ mod policy_table;
 mod http_semantics;
 mod search;
 mod search_basic;
+mod security;
 mod upstream_login;
 mod smart;
 mod validation;

@@ -173,7 +173,7 @@ pub fn communication(patient: &str, text: &str) -> Value {
 const INA: &str = "202096";
 const MINAMIMINOWA: &str = "203858";
 const MINOWA: &str = "203831";
-const ALL_INTERACTIONS: [&str; 5] = ["read", "search-type", "create", "update", "delete"];
+const ALL_INTERACTIONS: [&str; 10] = ["read", "vread", "history-instance", "history-type", "history-system", "search-type", "create", "update", "patch", "delete"];
 
 async fn wide_area_support(backend: Backend) {
     let server = Server::start(backend).await;

@@ -35,7 +35,7 @@ fn assertion(alg: Algorithm, key: &str, kid: Option<&str>, adjust: impl FnOnce(&
     jsonwebtoken::encode(&header, &claims, &key).expect("signed")
 }
 
-fn es384(adjust: impl FnOnce(&mut Value)) -> String {
+pub fn es384(adjust: impl FnOnce(&mut Value)) -> String {
     assertion(Algorithm::ES384, ES384_KEY, Some("ehr-ina-es384"), adjust)
 }
 
@@ -227,7 +227,7 @@ async fn introspection_and_revocation(backend: Backend) {
     assert_eq!(post("/ina/auth/introspect", Some("demo-ehr-ina".into()), form(&expired)).await.json(), json!({ "active": false }));
 }
 
-async fn request_token(server: &Server, tenant: &str, assertion: String) -> Reply {
+pub async fn request_token(server: &Server, tenant: &str, assertion: String) -> Reply {
     let form = [
         ("grant_type", "client_credentials".to_owned()),
         ("client_assertion_type", JWT_BEARER.to_owned()),

@@ -1,0 +1,405 @@
+//! The security review's findings, each rerun as the attack was made: real principals, the
+//! actual request, on both backends. One row per finding; a new finding adds a row (and a
+//! line in SECURITY.md). Each case fails on the code the review tried.
+//!
+//! | finding | case |
+//! |---|---|
+//! | C1 unauthenticated crash by a deeply nested XML body | `c1_nested_bodies_are_refused_before_parsing` |
+//! | C2 an administrator borrows another municipality's Organization | `c2_clients_and_roles_stay_in_their_municipality` |
+//! | C2 one administrator alone makes a client with clinical reach | `smart::client_registration` (dual control) |
+//! | C3 consent-page CSRF takes over a professional's sign-in | `c3_sign_in_is_bound_to_the_browser`, `upstream_login` (callback) |
+//! | H3 departed professionals keep access | `h3_departed_professionals_lose_access_at_once` |
+//! | M1 agreement interactions collapse | `m1_each_agreement_interaction_is_its_own` |
+//! | M2 create/update permissions read data | `m2_matching_and_patching_need_read_permissions` |
+//! | M3 existence oracle through team participants | `policy::wide_area_support` (hidden = missing) |
+//! | M4 a team member keeps access after withdrawal | `m4_consent_and_registration_are_the_registrars` |
+//! | M5 refresh tokens cannot be revoked | `m5_revoking_a_refresh_token_revokes_its_family` |
+//! | M7 one query ties up the database | `m7_requests_stay_within_the_limits` |
+//! | Low: NUL in an id answers 500 on PostgreSQL | `low_nul_characters_are_a_client_error` |
+//! | Concurrent conditional creates duplicate a person (structure issue) | `concurrency::concurrent_conditional_creates_as_the_care_manager` |
+
+use axum::http::Method;
+use renraku::policy::Actor;
+use serde_json::{json, Value};
+
+use crate::app_launch::{exchange, form, launch, param, pkce, Browser};
+use crate::both_backends;
+use crate::policy::{agreement, care_team, consent, municipal_admin, organization, patient, practitioner, server_admin, Caller};
+use crate::support::{Backend, Reply, Server};
+
+const IDENTIFIER_SYSTEM: &str = "urn:oid:1.2.392.100495.20.3.51.1202096";
+
+/// 伊那市: a care-management office registered p1 (with consent); the team is the care
+/// manager, a doctor of the hospital, and the hospital itself; one Observation.
+async fn team_world(server: &Server) -> (Caller, Caller) {
+    for resource in [organization("office", "居宅介護支援事業所"), organization("hospital", "伊那中央病院"), organization("other-office", "別の事業所")] {
+        server.put(&format!("/ina/fhir/Organization/{}", resource["id"].as_str().unwrap_or_default()), &resource).await.expect(201);
+    }
+    let care_manager = practitioner(server, "ina", "cm", "office", "user/*.cruds").await;
+    let doctor = practitioner(server, "ina", "dr", "hospital", "user/*.cruds").await;
+    let mut person = patient("p1", "山田", "office");
+    person["identifier"] = json!([{ "system": IDENTIFIER_SYSTEM, "value": "0001" }]);
+    care_manager.put(server, &person).await.expect(201);
+    care_manager.put(server, &consent("consent-p1", "p1", "active", "office")).await.expect(201);
+    let team = care_team("team-p1", "p1", &["PractitionerRole/role-cm", "PractitionerRole/role-dr", "Organization/hospital"]);
+    server.put("/ina/fhir/CareTeam/team-p1", &team).await.expect(201);
+    let observation = json!({
+        "resourceType": "Observation", "id": "obs-1", "status": "final", "code": { "text": "体温" },
+        "subject": { "reference": "Patient/p1" }, "valueQuantity": { "value": 36.5, "unit": "Cel" }
+    });
+    doctor.put(server, &observation).await.expect(201);
+    (care_manager, doctor)
+}
+
+fn nested_xml(depth: usize) -> Vec<u8> {
+    let open = "<extension url=\"http://example.org/x\">".repeat(depth);
+    let close = "</extension>".repeat(depth);
+    format!("<Patient xmlns=\"http://hl7.org/fhir\">{open}<valueString value=\"x\"/>{close}</Patient>").into_bytes()
+}
+
+fn nested_json(depth: usize) -> Vec<u8> {
+    let open = "{\"url\": \"http://example.org/x\", \"extension\": [".repeat(depth);
+    let close = "]}".repeat(depth);
+    format!("{{\"resourceType\": \"Patient\", \"extension\": [{open}{close}]}}").into_bytes()
+}
+
+#[track_caller]
+fn expect_limit(reply: &Reply, limit: &str) {
+    reply.expect(400);
+    let outcome = reply.json();
+    assert_eq!(outcome["issue"][0]["code"], "too-costly", "{outcome}");
+    let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+    assert!(diagnostics.contains(limit), "names the limit {limit}: {diagnostics}");
+}
+
+/// C1: ~700 nested elements overflowed a worker's stack and aborted the process, before
+/// the token was even looked at. Now an anonymous body is not read, and nesting is bounded.
+async fn c1_nested_bodies_are_refused_before_parsing(backend: Backend) {
+    let server = Server::start(backend).await;
+    let xml = [("content-type", "application/fhir+xml")];
+    let anonymous = server.request(Method::POST, "/minamiminowa/fhir/Patient", &[xml[0], ("authorization", "none")], Some(nested_xml(700))).await;
+    anonymous.expect(401);
+    assert_eq!(anonymous.json()["resourceType"], "OperationOutcome");
+    let deep_xml = server.request(Method::POST, "/minamiminowa/fhir/Patient", &xml, Some(nested_xml(700))).await;
+    expect_limit(&deep_xml, "xml_depth");
+    let deep_json = server.request(Method::POST, "/minamiminowa/fhir/Patient", &[("content-type", "application/fhir+json")], Some(nested_json(700))).await;
+    expect_limit(&deep_json, "json_depth");
+    let bundle = server.request(Method::POST, "/minamiminowa/fhir", &xml, Some(nested_xml(700))).await;
+    expect_limit(&bundle, "xml_depth");
+    // Just within the limits (32 XML levels: the resource and 31 extensions; 64 JSON levels:
+    // the resource and 31 extensions of an object and an array each) is parsed and answered.
+    let within = server.request(Method::POST, "/minamiminowa/fhir/Patient", &xml, Some(nested_xml(31))).await;
+    assert!(within.status.as_u16() < 500, "{}", within.text());
+    let within = server.request(Method::POST, "/minamiminowa/fhir/Patient", &[("content-type", "application/fhir+json")], Some(nested_json(31))).await;
+    assert!(within.status.as_u16() < 500, "{}", within.text());
+    expect_limit(&server.request(Method::POST, "/minamiminowa/fhir/Patient", &xml, Some(nested_xml(32))).await, "xml_depth");
+    // The gateway is still there for everyone.
+    server.get_with("/ina/fhir/metadata", &[("authorization", "none")]).await.expect(200);
+}
+
+/// C2: 南箕輪村's administrator registered a client (or a PractitionerRole) for 伊那市's
+/// hospital and read 伊那市's residents' data through it.
+async fn c2_clients_and_roles_stay_in_their_municipality(backend: Backend) {
+    let server = Server::start(backend).await;
+    team_world(&server).await;
+    let admin_mm = municipal_admin(&server, "minamiminowa").await;
+    let jwks: Value = serde_json::from_str(include_str!("../../demo/keys/ehr-ina-jwks.json")).expect("jwks");
+    let registration = json!({
+        "client_id": "borrowed", "tenant": "minamiminowa", "kind": "system", "organization": "hospital",
+        "scopes": "system/*.rs", "jwks": jwks
+    });
+    let bearer = format!("Bearer {}", admin_mm.token);
+    let refused = server.send(Method::POST, "/admin/clients", &[("authorization", &bearer)], &registration).await;
+    refused.expect(422);
+    assert_eq!(refused.issue_expressions(), vec!["organization"]);
+    // A role placing someone in another municipality's Organization, and in none: alike.
+    let role = |organization: &str| {
+        json!({
+            "resourceType": "PractitionerRole", "id": "role-borrowed", "active": true,
+            "organization": { "reference": format!("Organization/{organization}") }
+        })
+    };
+    let foreign = admin_mm.put(&server, &role("hospital")).await;
+    foreign.expect(422);
+    assert_eq!(foreign.issue_expressions(), vec!["PractitionerRole.organization"]);
+    let missing = admin_mm.put(&server, &role("no-such-organization")).await;
+    missing.expect(422);
+    assert_eq!(missing.json()["issue"][0]["diagnostics"], foreign.json()["issue"][0]["diagnostics"]);
+    // Inside 伊那市, its own administrator's registration alone gives no token.
+    let admin_ina = municipal_admin(&server, "ina").await;
+    let own = json!({ "client_id": "hospital-ehr", "tenant": "ina", "kind": "system", "organization": "hospital", "scopes": "system/*.rs",
+                      "jwks": registration["jwks"].clone(), "approval": { "registered_by": { "kind": "server", "user": "forged" },
+                      "approved_by": { "kind": "server", "user": "forged" } } });
+    let registered = server.send(Method::POST, "/admin/clients", &[("authorization", &format!("Bearer {}", admin_ina.token))], &own).await;
+    registered.expect(201);
+    assert_eq!(registered.json()["approval"]["registered_by"]["kind"], "municipal", "the body cannot approve itself");
+    assert_eq!(registered.json()["approval"]["approved_by"], Value::Null);
+    let assertion = crate::smart::es384(|claims| {
+        claims["iss"] = json!("hospital-ehr");
+        claims["sub"] = json!("hospital-ehr");
+        claims["aud"] = json!("http://renraku.test/ina/auth/token");
+    });
+    let pending = crate::smart::request_token(&server, "ina", assertion).await;
+    pending.expect(400);
+    assert_eq!(pending.json()["error"], "unauthorized_client");
+}
+
+/// C3: the attacker starts /authorize himself, lets the victim's browser sign in, and
+/// posts the consent with the request id he knows. The request is now the starting
+/// browser's: another browser's sign-in is refused, and so is a form without its token.
+async fn c3_sign_in_is_bound_to_the_browser(backend: Backend) {
+    let server = Server::start_with(backend, |config| config.demo = true).await;
+    let pkce = pkce();
+    let url = crate::app_launch::authorize_url("ina", "user/*.cruds offline_access", &pkce.challenge, &[]);
+    let (attacker, _) = Browser::open(&server, &url).await;
+    let (victim, _) = Browser::open(&server, &url).await;
+    // The victim's browser signs in for the attacker's request: refused.
+    let hijacked = Browser { cookie: victim.cookie.clone(), request: attacker.request.clone(), csrf: attacker.csrf.clone() };
+    hijacked.submit(&server, "/ina/auth/login", &[("user", "demo-doctor-ina")]).await.expect(403);
+    let cookieless = Browser { cookie: String::new(), request: attacker.request.clone(), csrf: attacker.csrf.clone() };
+    cookieless.submit(&server, "/ina/auth/login", &[("user", "demo-doctor-ina")]).await.expect(403);
+    // A forged form from the right browser, without the page's CSRF token: refused.
+    let forged = Browser { cookie: victim.cookie.clone(), request: victim.request.clone(), csrf: "guess".into() };
+    forged.submit(&server, "/ina/auth/login", &[("user", "demo-doctor-ina")]).await.expect(403);
+    // The victim's own sign-in goes on; the attacker cannot consent for it.
+    victim.submit(&server, "/ina/auth/login", &[("user", "demo-doctor-ina")]).await.expect(200);
+    let stolen = Browser { cookie: attacker.cookie.clone(), request: victim.request.clone(), csrf: victim.csrf.clone() };
+    stolen.submit(&server, "/ina/auth/consent", &[("decision", "allow"), ("scope", "user/*.cruds")]).await.expect(403);
+    let approved = victim.submit(&server, "/ina/auth/consent", &[("decision", "allow"), ("scope", "user/*.rs")]).await;
+    approved.expect(303);
+}
+
+/// H3: a professional set inactive (then deleted) kept reading and refreshing for 90 days.
+async fn h3_departed_professionals_lose_access_at_once(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (_, doctor) = team_world(&server).await;
+    doctor.get(&server, "Observation/obs-1").await.expect(200);
+    let mut role = server.get("/ina/fhir/PractitionerRole/role-dr").await.json();
+    role["active"] = json!(false);
+    server.put("/ina/fhir/PractitionerRole/role-dr", &role).await.expect(200);
+    let refused = doctor.get(&server, "Observation/obs-1").await;
+    refused.expect(401);
+    role["active"] = json!(true);
+    server.put("/ina/fhir/PractitionerRole/role-dr", &role).await.expect(200);
+    doctor.get(&server, "Observation/obs-1").await.expect(200);
+    server.delete("/ina/fhir/PractitionerRole/role-dr").await.expect(204);
+    doctor.get(&server, "Observation/obs-1").await.expect(401);
+    // A system client whose Organization was deactivated stops too.
+    let hospital_ehr = Caller {
+        tenant: "ina".into(),
+        token: server
+            .token("ina", Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "hospital".into() }, "system/*.rs", None)
+            .await,
+    };
+    hospital_ehr.get(&server, "Observation/obs-1").await.expect(200);
+    let mut hospital = organization("hospital", "伊那中央病院");
+    hospital["active"] = json!(false);
+    server.put("/ina/fhir/Organization/hospital", &hospital).await.expect(200);
+    hospital_ehr.get(&server, "Observation/obs-1").await.expect(401);
+
+    // An app's refresh token of a professional whose role ended mints nothing more.
+    let server = Server::start_with(backend, |config| config.demo = true).await;
+    let pkce = pkce();
+    let scope = "offline_access user/*.rs";
+    let redirect = launch(&server, "ina", "demo-doctor-ina", scope, &pkce, &["offline_access", "user/*.rs"], None).await;
+    let tokens = exchange(&server, "ina", &param(&redirect, "code").unwrap_or_default(), &pkce.verifier).await.json();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap_or_default().to_owned();
+    let mut role = server.get("/ina/fhir/PractitionerRole/demo-role-dr-tanaka").await.json();
+    role["active"] = json!(false);
+    server.put("/ina/fhir/PractitionerRole/demo-role-dr-tanaka", &role).await.expect(200);
+    let refresh = form(&server, "/ina/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &refresh_token), ("client_id", "demo-app")]).await;
+    refresh.expect(400);
+    assert_eq!(refresh.json()["error"], "invalid_grant");
+    // Even with the role restored, that family stays revoked.
+    role["active"] = json!(true);
+    server.put("/ina/fhir/PractitionerRole/demo-role-dr-tanaka", &role).await.expect(200);
+    let again = form(&server, "/ina/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &refresh_token), ("client_id", "demo-app")]).await;
+    again.expect(400);
+}
+
+/// M1: an agreement listing read, search-type, create and update also let vread, history
+/// and patch through.
+async fn m1_each_agreement_interaction_is_its_own(backend: Backend) {
+    let server = Server::start(backend).await;
+    let operator = server_admin(&server, "minamiminowa").await;
+    operator
+        .put(&server, &agreement("agreement", &["202096", "203858"], "executed", &["read", "search-type", "create", "update"]))
+        .await
+        .expect(201);
+    server.put("/minamiminowa/fhir/Organization/mm-office", &organization("mm-office", "事業所")).await.expect(201);
+    let care_manager = practitioner(&server, "minamiminowa", "cm-mm", "mm-office", "user/*.cruds").await;
+    let doctor = practitioner(&server, "ina", "dr-ina", "ina-hospital", "user/*.cruds").await;
+    care_manager.put(&server, &patient("p-mm", "山田", "mm-office")).await.expect(201);
+    care_manager.put(&server, &consent("consent-mm", "p-mm", "active", "mm-office")).await.expect(201);
+    let team = care_team("team-mm", "p-mm", &["PractitionerRole/role-cm-mm", "PractitionerRole/role-dr-ina"]);
+    server.put("/minamiminowa/fhir/CareTeam/team-mm", &team).await.expect(201);
+    let observation = json!({ "resourceType": "Observation", "id": "obs-mm", "status": "final", "code": { "text": "血圧" },
+                              "subject": { "reference": "Patient/p-mm" } });
+    care_manager.put(&server, &observation).await.expect(201);
+    // Listed: read, search, update.
+    doctor.get(&server, "Observation/obs-mm").await.expect(200);
+    assert_eq!(doctor.search_ids(&server, "Observation?subject=Patient/p-mm").await, vec!["Observation/obs-mm"]);
+    let mut updated = observation.clone();
+    updated["status"] = json!("amended");
+    doctor.put(&server, &updated).await.expect(200);
+    // Not listed: vread, instance and type history, patch.
+    doctor.get(&server, "Observation/obs-mm/_history/1").await.expect(404);
+    doctor.get(&server, "Observation/obs-mm/_history").await.expect(404);
+    let history = doctor.get(&server, "Observation/_history").await;
+    history.expect(200);
+    assert_eq!(history.json()["total"], 0, "{}", history.text());
+    let patch = serde_json::to_vec(&json!([{ "op": "replace", "path": "/status", "value": "final" }])).expect("patch");
+    let patched = server
+        .request(Method::PATCH, "/ina/fhir/Observation/obs-mm", &[("content-type", "application/json-patch+json"), ("authorization", &format!("Bearer {}", doctor.token))], Some(patch))
+        .await;
+    patched.expect(404);
+}
+
+/// M2: with only create (or update) permission, a conditional create returned the stored
+/// body, `If-None-Exist` became a content oracle, and `PATCH []` returned the resource.
+async fn m2_matching_and_patching_need_read_permissions(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (_, doctor) = team_world(&server).await;
+    let system = |organization: &str, scopes: &str| {
+        let server = &server;
+        let organization = organization.to_owned();
+        let scopes = scopes.to_owned();
+        async move {
+            let actor = Actor::System { tenant: "ina".into(), client: format!("{organization}-ehr"), organization };
+            Caller { tenant: "ina".into(), token: server.token("ina", actor, &scopes, None).await }
+        }
+    };
+    let create_only = system("hospital", "system/Patient.c").await;
+    let condition = format!("identifier={IDENTIFIER_SYSTEM}|0001");
+    let mut body = patient("", "山田", "hospital");
+    body.as_object_mut().map(|b| b.remove("id"));
+    let post = |caller: Caller, body: Value, condition: String| {
+        let server = &server;
+        async move {
+            server
+                .send(Method::POST, "/ina/fhir/Patient", &[("authorization", &format!("Bearer {}", caller.token)), ("if-none-exist", &condition)], &body)
+                .await
+        }
+    };
+    let refused = post(create_only, body.clone(), condition.clone()).await;
+    refused.expect(403);
+    assert!(!refused.text().contains("p1"), "{}", refused.text());
+    // The hospital is on p1's team: it may search, and finds its match.
+    let on_team = system("hospital", "system/Patient.crs").await;
+    let found = post(on_team, body.clone(), condition.clone()).await;
+    found.expect(200);
+    assert_eq!(found.json()["id"], "p1");
+    // Another office cannot see p1: nothing is shown and nothing is created (no duplicate).
+    let outsider = system("other-office", "system/Patient.crs system/Organization.rs").await;
+    let mut theirs = body.clone();
+    theirs["managingOrganization"] = json!({ "reference": "Organization/other-office" });
+    let hidden = post(outsider.clone(), theirs.clone(), condition.clone()).await;
+    hidden.expect(409);
+    assert!(!hidden.text().contains("p1") && !hidden.text().contains("山田"), "{}", hidden.text());
+    let persons = server.get(&format!("/ina/fhir/Patient?{condition}")).await.json();
+    assert_eq!(persons["total"], 1, "no duplicate person: {persons}");
+    // No match anywhere: the outsider registers its own person.
+    let other = format!("identifier={IDENTIFIER_SYSTEM}|0002");
+    post(outsider, theirs, other).await.expect(201);
+    // PATCH computes from the stored resource: update alone is not enough.
+    let patch_as = |token: String| {
+        let server = &server;
+        async move {
+            let patch = serde_json::to_vec(&json!([])).expect("patch");
+            let headers = [("content-type", "application/json-patch+json"), ("authorization", &format!("Bearer {token}") as &str)];
+            server.request(Method::PATCH, "/ina/fhir/Observation/obs-1", &headers, Some(patch)).await
+        }
+    };
+    let update_only = practitioner(&server, "ina", "dr", "hospital", "user/Observation.u").await;
+    let refused = patch_as(update_only.token).await;
+    refused.expect(403);
+    assert!(!refused.text().contains("36.5"), "{}", refused.text());
+    patch_as(doctor.token).await.expect(200);
+}
+
+/// M4: a team member kept access after the consent's withdrawal by recording a consent of
+/// their own, or by moving the registration to their organization.
+async fn m4_consent_and_registration_are_the_registrars(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (care_manager, doctor) = team_world(&server).await;
+    doctor.put(&server, &consent("consent-by-doctor", "p1", "active", "hospital")).await.expect(403);
+    let mut moved = server.get("/ina/fhir/Patient/p1").await.json();
+    moved["managingOrganization"] = json!({ "reference": "Organization/hospital" });
+    doctor.put(&server, &moved).await.expect(403);
+    // Demographics are the team's to keep current.
+    let mut corrected = server.get("/ina/fhir/Patient/p1").await.json();
+    corrected["gender"] = json!("male");
+    doctor.put(&server, &corrected).await.expect(200);
+    // The registrar withdraws the consent; the doctor's access ends.
+    care_manager.put(&server, &consent("consent-p1", "p1", "inactive", "office")).await.expect(200);
+    doctor.get(&server, "Observation/obs-1").await.expect(404);
+    doctor.put(&server, &consent("consent-p1", "p1", "active", "office")).await.expect(404);
+}
+
+/// M5: revoking a refresh token answered 200 and the token kept working.
+async fn m5_revoking_a_refresh_token_revokes_its_family(backend: Backend) {
+    let server = Server::start_with(backend, |config| config.demo = true).await;
+    let pkce = pkce();
+    let redirect = launch(&server, "ina", "demo-doctor-ina", "offline_access user/*.rs", &pkce, &["offline_access", "user/*.rs"], None).await;
+    let tokens = exchange(&server, "ina", &param(&redirect, "code").unwrap_or_default(), &pkce.verifier).await.json();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap_or_default().to_owned();
+    let access = format!("Bearer {}", tokens["access_token"].as_str().unwrap_or_default());
+    server.get_with("/ina/fhir/Patient/demo-yamada-taro", &[("authorization", &access)]).await.expect(200);
+    form(&server, "/ina/auth/revoke", &[("token", &refresh_token)]).await.expect(200);
+    let refresh = form(&server, "/ina/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &refresh_token), ("client_id", "demo-app")]).await;
+    refresh.expect(400);
+    assert_eq!(refresh.json()["error"], "invalid_grant");
+    server.get_with("/ina/fhir/Patient/demo-yamada-taro", &[("authorization", &access)]).await.expect(401);
+}
+
+/// M7 and the limits: each answers 400 too-costly naming its `[limits]` key, before the
+/// database sees the query.
+async fn m7_requests_stay_within_the_limits(backend: Backend) {
+    let server = Server::start(backend).await;
+    let many_names: Vec<String> = (0..200).map(|i| format!("name=a{i}")).collect();
+    let many_values: Vec<String> = (0..101).map(|i| format!("a{i}")).collect();
+    let includes: Vec<&str> = std::iter::repeat_n("_include=Observation:subject", 11).collect();
+    let cases = [
+        (format!("Patient?{}", many_names.join("&")), "search_parameters"),
+        (format!("Patient?name={}", many_values.join(",")), "values_per_parameter"),
+        ("Observation?subject:Patient.organization.partof.partof.partof.name=x".to_owned(), "chain_depth"),
+        ("Patient?_has:Observation:subject:_has:Observation:subject:_has:Observation:subject:_has:Observation:subject:_has:Observation:subject:code=x".to_owned(), "chain_depth"),
+        (format!("Observation?{}", includes.join("&")), "includes"),
+    ];
+    for (query, limit) in &cases {
+        expect_limit(&server.get(&format!("/ina/fhir/{query}")).await, limit);
+    }
+    // A transaction carrying such a URL in an entry is refused as a whole.
+    let entry = json!({ "request": { "method": "GET", "url": cases[0].0 } });
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [entry] });
+    let reply = server.post("/ina/fhir", &bundle).await;
+    assert_eq!(reply.json()["entry"][0]["response"]["status"], "400 Bad Request", "{}", reply.text());
+    let too_many = json!({ "resourceType": "Bundle", "type": "batch",
+                           "entry": vec![json!({ "request": { "method": "GET", "url": "Patient/x" } }); 1001] });
+    expect_limit(&server.post("/ina/fhir", &too_many).await, "bundle_entries");
+    // Within the limits, ordinary searches go on.
+    server.get("/ina/fhir/Patient?name=a0&name=a1").await.expect(200);
+}
+
+/// Low: a NUL character in an id or search value answered 500 on PostgreSQL.
+async fn low_nul_characters_are_a_client_error(backend: Backend) {
+    let server = Server::start(backend).await;
+    for path in ["/ina/fhir/Patient/a%00b", "/ina/fhir/Patient?name=a%00b", "/ina/fhir/Patient?_id=a%00b"] {
+        let reply = server.get(path).await;
+        assert!(matches!(reply.status.as_u16(), 400 | 404), "{path}: {} {}", reply.status, reply.text());
+        assert_eq!(reply.json()["resourceType"], "OperationOutcome");
+    }
+}
+
+both_backends!(
+    c1_nested_bodies_are_refused_before_parsing,
+    c2_clients_and_roles_stay_in_their_municipality,
+    c3_sign_in_is_bound_to_the_browser,
+    h3_departed_professionals_lose_access_at_once,
+    m1_each_agreement_interaction_is_its_own,
+    m2_matching_and_patching_need_read_permissions,
+    m4_consent_and_registration_are_the_registrars,
+    m5_revoking_a_refresh_token_revokes_its_family,
+    m7_requests_stay_within_the_limits,
+    low_nul_characters_are_a_client_error,
+);
