@@ -76,16 +76,21 @@ fn applicable_contexts(authenticated: &Authenticated) -> Vec<ScopeContext> {
     contexts
 }
 
-/// Whether a blanket (query-free) scope reaches the type.
-fn blanket(authenticated: &Authenticated, resource_type: &str, permission: Permission) -> bool {
-    applicable_contexts(authenticated).iter().any(|c| authenticated.scopes.permits(*c, resource_type, permission))
-}
-
 /// Splits the types that only granular scopes reach out of `clauses` into `Filtered`
 /// clauses carrying the scopes' searches; a query the server cannot apply grants nothing.
-fn apply_granular(environment: &Environment<'_>, authenticated: &Authenticated, permission: Permission, clauses: Vec<Clause>) -> Vec<Clause> {
+/// Only the scopes of `contexts` count: a `patient/` scope reaches the token's patient
+/// context and nobody else, so it never lifts a granular `user/` restriction on others.
+fn apply_granular(
+    environment: &Environment<'_>,
+    authenticated: &Authenticated,
+    permission: Permission,
+    contexts: &[ScopeContext],
+    clauses: Vec<Clause>,
+) -> Vec<Clause> {
+    // Whether a blanket (query-free) scope of `contexts` reaches the type.
+    let blanket = |resource_type: &str| contexts.iter().any(|c| authenticated.scopes.permits(*c, resource_type, permission));
     let filtered = |resource_type: &str, base: Clause| -> Option<Clause> {
-        let queries: Vec<String> = applicable_contexts(authenticated)
+        let queries: Vec<String> = contexts
             .iter()
             .flat_map(|c| authenticated.scopes.granular_queries(*c, resource_type, permission))
             .collect();
@@ -96,23 +101,23 @@ fn apply_granular(environment: &Environment<'_>, authenticated: &Authenticated, 
     for clause in clauses {
         match clause {
             Clause::Tenants { types: TypeSet::Only(types), tenants } => {
-                let (full, partial): (Vec<String>, Vec<String>) = types.into_iter().partition(|t| blanket(authenticated, t, permission));
+                let (full, partial): (Vec<String>, Vec<String>) = types.into_iter().partition(|t| blanket(t));
                 for t in partial {
                     result.extend(filtered(&t, Clause::Tenants { types: TypeSet::Only(vec![t.clone()]), tenants: tenants.clone() }));
                 }
                 result.push(Clause::Tenants { types: TypeSet::Only(full), tenants });
             }
-            Clause::Ids { resource_type, ids } if !blanket(authenticated, &resource_type, permission) => {
+            Clause::Ids { resource_type, ids } if !blanket(&resource_type) => {
                 result.extend(filtered(&resource_type.clone(), Clause::Ids { resource_type, ids }));
             }
             Clause::Patients { patients, params_by_type, include_patient } => {
                 let (full, partial): (Vec<_>, Vec<_>) =
-                    params_by_type.into_iter().partition(|(t, _)| blanket(authenticated, t, permission));
+                    params_by_type.into_iter().partition(|(t, _)| blanket(t));
                 for (t, params) in partial {
                     let base = Clause::Patients { patients: patients.clone(), params_by_type: vec![(t.clone(), params)], include_patient: false };
                     result.extend(filtered(&t, base));
                 }
-                let patient_full = blanket(authenticated, "Patient", permission);
+                let patient_full = blanket("Patient");
                 if include_patient && !patient_full {
                     let base = Clause::Patients { patients: patients.clone(), params_by_type: Vec::new(), include_patient: true };
                     result.extend(filtered("Patient", base));
@@ -167,7 +172,6 @@ pub fn clauses(
                 TypeSet::Only(named)
             };
             clauses.push(Clause::Tenants { types: other, tenants: vec![tenant.to_owned()] });
-            clauses.extend(patient_clauses(environment, authenticated, tenant, world, interaction));
         }
         Actor::MunicipalAdmin { .. } => {
             clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&DIRECTORY_TYPES)), tenants: vec![tenant.to_owned()] });
@@ -198,7 +202,10 @@ pub fn clauses(
             tenants: vec![tenant.to_owned()],
         }),
     }
-    let mut clauses = apply_granular(environment, authenticated, permission, clauses);
+    let mut clauses = apply_granular(environment, authenticated, permission, &applicable_contexts(authenticated), clauses);
+    if matches!(authenticated.actor, Actor::Practitioner { .. } | Actor::System { .. }) {
+        clauses.extend(patient_clauses(environment, authenticated, tenant, world, interaction));
+    }
     clauses.retain(|clause| match clause {
         Clause::Tenants { types, tenants } => !types.is_empty() && !tenants.is_empty(),
         Clause::Ids { ids, .. } => !ids.is_empty(),
@@ -223,7 +230,9 @@ fn patient_clauses(
     let all_types = patient_data_types(environment);
     let contexts = authenticated.actor.scope_contexts();
     let scopes = &authenticated.scopes;
-    let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    // Grouped by the types reached and by whether the person is the token's patient context
+    // (whose `patient/` scopes count for that person alone).
+    let mut groups: BTreeMap<(Vec<String>, bool), Vec<String>> = BTreeMap::new();
     for (patient, facts) in &world.patients {
         let base: Vec<String> = if facts.on_team && (facts.consent || facts.registered_by_actor) {
             all_types.clone()
@@ -245,12 +254,13 @@ fn patient_clauses(
             })
             .collect();
         if !types.is_empty() {
-            groups.entry(types).or_default().push(patient.clone());
+            let is_context = authenticated.patient.as_deref() == Some(patient.as_str());
+            groups.entry((types, is_context)).or_default().push(patient.clone());
         }
     }
-    groups
-        .into_iter()
-        .map(|(types, patients)| Clause::Patients {
+    let mut clauses = Vec::new();
+    for ((types, is_context), patients) in groups {
+        let clause = Clause::Patients {
             include_patient: types.iter().any(|t| t == "Patient"),
             params_by_type: types
                 .iter()
@@ -258,6 +268,12 @@ fn patient_clauses(
                 .map(|t| (t.clone(), environment.registry.patient_compartment(t).to_vec()))
                 .collect(),
             patients,
-        })
-        .collect()
+        };
+        let mut contexts_for_person = contexts.to_vec();
+        if is_context {
+            contexts_for_person.push(ScopeContext::Patient);
+        }
+        clauses.extend(apply_granular(environment, authenticated, permission, &contexts_for_person, vec![clause]));
+    }
+    clauses
 }

@@ -76,7 +76,10 @@ impl Fhir {
         }
         let mut connection = self.store.connection().await?;
         if let (Some(resource_type), Some(id)) = (resource_type, id) {
-            if store::current(&mut connection, &grant, resource_type, id).await?.is_none() {
+            // A resource is there for the caller when one of its versions is (each version
+            // is judged by its own content, a deletion by the version it deleted).
+            let any_version = HistoryFilter { since: None, before_seq: None, ..filter.clone() };
+            if store::history_count(&mut connection, &grant, &any_version).await? == 0 {
                 return Err(Error::NotFound(format!("{resource_type}/{id}")));
             }
         }

@@ -849,9 +849,9 @@ impl Fhir {
                 last_updated: &last_updated,
                 method: "DELETE",
                 content: None,
+                index: &[],
             };
             if store::replace(connection, grant, &new, current.version_id).await? {
-                store::replace_index(connection, resource_type, id, &current.tenant, &[]).await?;
                 // What was deleted, for the audit trail (its persons and owner).
                 return Ok(current.content.as_deref().and_then(|content| serde_json::from_str(content).ok()));
             }
@@ -910,6 +910,7 @@ impl Fhir {
             last_updated: &last_updated,
             method,
             content: Some(&content),
+            index: &index,
         };
         match current {
             None => store::insert(connection, grant, &new).await?,
@@ -919,7 +920,6 @@ impl Fhir {
                 }
             }
         }
-        store::replace_index(connection, resource_type, id, &tenant, &index).await?;
         if grant.filters(resource_type) {
             // A granular scope: what was written must match its search, or nothing is kept.
             let query = store::query::SearchQuery {

@@ -29,10 +29,20 @@ impl Fhir {
             };
             after = Some((last.resource_type.clone(), last.id.clone()));
             for row in &rows {
+                // Each version's compartment, from its own content (a deletion keeps the
+                // compartment of the version it deleted).
+                let mut entries = Vec::new();
+                for version in store::versions_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id).await? {
+                    if let Some(content) = &version.content {
+                        entries = self.search_params.extract(&serde_json::from_str(content)?);
+                    }
+                    store::recompartment_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id, version.version_id, &entries)
+                        .await?;
+                }
                 let Some(content) = &row.content else { continue };
                 let resource: serde_json::Value = serde_json::from_str(content)?;
                 let entries = self.search_params.extract(&resource);
-                store::replace_index(&mut transaction, &row.resource_type, &row.id, &row.tenant, &entries).await?;
+                store::reindex_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id, &row.tenant, &entries).await?;
                 indexed += 1;
             }
             transaction.commit().await?;

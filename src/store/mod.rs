@@ -110,6 +110,10 @@ pub struct NewVersion<'a> {
     /// `POST`, `PUT`, `PATCH` or `DELETE`: the interaction that made the version.
     pub method: &'a str,
     pub content: Option<&'a str>,
+    /// The version's index rows (none for a deletion). They become the resource's current
+    /// index, and their references to Patients become the version's own compartment rows,
+    /// by which this version is judged for as long as it is kept.
+    pub index: &'a [IndexEntry],
 }
 
 /// One index row of a resource, for one of the index tables (see `migrations/`).
@@ -295,7 +299,7 @@ pub async fn lock(connection: &mut AnyConnection, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The current row of `resource_type/id`, if the grant's scope includes it.
+/// The current row of `resource_type/id` (live or deleted), if the grant's scope includes it.
 pub async fn current(
     connection: &mut AnyConnection,
     grant: &Grant,
@@ -307,7 +311,9 @@ pub async fn current(
          FROM resources r WHERE r.resource_type = ",
     );
     sql.bind(resource_type.to_owned()).push(" AND r.id = ").bind(id.to_owned()).push(" AND ");
-    sql.access_scope("r", grant, Some(&[resource_type.to_owned()]));
+    // Judged as its latest version: a deleted resource stays visible (as deleted, 410) to
+    // whoever could see the version it deleted, and to nobody else.
+    sql.access_scope_versions("r", grant, Some(&[resource_type.to_owned()]));
     let rows = sql.fetch_all(connection).await?;
     rows.first().map(current_from_row).transpose()
 }
@@ -323,8 +329,8 @@ pub async fn id_taken(connection: &mut AnyConnection, resource_type: &str, id: &
     Ok(row.is_some())
 }
 
-/// One historical version, if the grant's scope includes the resource (judged on its
-/// current state: who may read a resource may read its history).
+/// One historical version, if the grant's scope includes it (judged on that version's own
+/// content: a version about another person is not shown to this person's team).
 pub async fn version(
     connection: &mut AnyConnection,
     grant: &Grant,
@@ -338,13 +344,14 @@ pub async fn version(
     );
     sql.bind(resource_type.to_owned()).push(" AND v.id = ").bind(id.to_owned());
     sql.push(" AND v.version_id = ").bind_i64(version_id).push(" AND ");
-    sql.access_scope("v", grant, Some(&[resource_type.to_owned()]));
+    sql.access_scope_versions("v", grant, Some(&[resource_type.to_owned()]));
     let rows = sql.fetch_all(connection).await?;
     rows.first().map(version_from_row).transpose()
 }
 
-/// Inserts the first version of a new resource. A unique violation (the id was taken by a
-/// concurrent writer) becomes a conflict.
+/// Inserts the first version of a new resource, with its index rows and its version's
+/// compartment rows. A unique violation (the id was taken by a concurrent writer) becomes a
+/// conflict.
 pub async fn insert(connection: &mut AnyConnection, _grant: &Grant, new: &NewVersion<'_>) -> Result<()> {
     let result = sqlx::query(
         "INSERT INTO resources (resource_type, id, tenant, version_id, last_updated, deleted, content) \
@@ -366,11 +373,14 @@ pub async fn insert(connection: &mut AnyConnection, _grant: &Grant, new: &NewVer
         }
         Err(error) => return Err(error.into()),
     }
-    insert_version(connection, new).await
+    insert_version(connection, new, None).await?;
+    write_index(connection, new.resource_type, new.id, new.tenant, new.index).await
 }
 
-/// Replaces the current row if it is still at `expected_version`; returns false when
-/// another writer got there first (the caller answers 412 or retries).
+/// Replaces the current row if it is still at `expected_version` (with its index rows and
+/// the new version's compartment rows); returns false when another writer got there first
+/// (the caller answers 412 or retries). A deletion's version keeps the compartment of the
+/// version it deletes: whoever could see the resource sees that it was deleted.
 pub async fn replace(
     connection: &mut AnyConnection,
     _grant: &Grant,
@@ -393,11 +403,15 @@ pub async fn replace(
     if result.rows_affected() != 1 {
         return Ok(false);
     }
-    insert_version(connection, new).await?;
+    let inherited = new.content.is_none().then_some(expected_version);
+    insert_version(connection, new, inherited).await?;
+    write_index(connection, new.resource_type, new.id, new.tenant, new.index).await?;
     Ok(true)
 }
 
-async fn insert_version(connection: &mut AnyConnection, new: &NewVersion<'_>) -> Result<()> {
+/// Writes a version row and its compartment rows: the version's own references to
+/// Patients, or (`inherit_from`) those of an earlier version of the same resource.
+async fn insert_version(connection: &mut AnyConnection, new: &NewVersion<'_>, inherit_from: Option<i64>) -> Result<()> {
     sqlx::query(
         "INSERT INTO resource_versions (resource_type, id, version_id, tenant, last_updated, method, content) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -409,13 +423,72 @@ async fn insert_version(connection: &mut AnyConnection, new: &NewVersion<'_>) ->
     .bind(new.last_updated)
     .bind(new.method)
     .bind(new.content)
-    .execute(connection)
+    .execute(&mut *connection)
     .await?;
+    match inherit_from {
+        Some(earlier) => {
+            sqlx::query(
+                "INSERT INTO version_compartment (resource_type, id, version_id, param, patient) \
+                 SELECT resource_type, id, $1, param, patient FROM version_compartment \
+                 WHERE resource_type = $2 AND id = $3 AND version_id = $4",
+            )
+            .bind(new.version_id)
+            .bind(new.resource_type)
+            .bind(new.id)
+            .bind(earlier)
+            .execute(&mut *connection)
+            .await?;
+        }
+        None => {
+            let rows: Vec<Vec<BulkValue>> = compartment_rows(new.resource_type, new.id, new.version_id, new.index);
+            query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", &rows).await?;
+        }
+    }
     Ok(())
 }
 
+/// The compartment rows of one version: each of its references to a Patient, with the
+/// parameter that holds it (the access predicate picks the compartment parameters).
+fn compartment_rows(resource_type: &str, id: &str, version_id: i64, index: &[IndexEntry]) -> Vec<Vec<BulkValue>> {
+    let mut rows: Vec<Vec<BulkValue>> = Vec::new();
+    // The audit trail is read by its chain's municipality alone, never through a person.
+    if resource_type == "AuditEvent" {
+        return rows;
+    }
+    for entry in index {
+        if let IndexEntry::Reference { param, target_type, target_id, .. } = entry {
+            if target_type == "Patient" {
+                let row = vec![
+                    BulkValue::Text(resource_type.to_owned()),
+                    BulkValue::Text(id.to_owned()),
+                    BulkValue::Integer(version_id),
+                    BulkValue::Text(param.clone()),
+                    BulkValue::Text(target_id.clone()),
+                ];
+                if !rows.contains(&row) {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Rebuilds the index rows of one current resource, outside any write. Maintenance only
+/// (`renraku reindex`, a changed set of search parameters): it writes the derived rows the
+/// access predicate reads without a grant, which is why it is named loudly.
+pub async fn reindex_unchecked_for_maintenance(
+    connection: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+    tenant: &str,
+    entries: &[IndexEntry],
+) -> Result<()> {
+    write_index(connection, resource_type, id, tenant, entries).await
+}
+
 /// Replaces the index rows of one resource (none for a deleted resource).
-pub async fn replace_index(
+async fn write_index(
     connection: &mut AnyConnection,
     resource_type: &str,
     id: &str,
@@ -511,7 +584,7 @@ pub async fn set_setting(connection: &mut AnyConnection, name: &str, value: &str
     Ok(())
 }
 
-/// A batch of current, live resources after `(resource_type, id)`, for re-indexing.
+/// A batch of current rows (live or deleted) after `(resource_type, id)`, for re-indexing.
 /// Maintenance only: it bypasses the access policy, which is why it is named loudly.
 pub async fn all_current_unchecked_for_maintenance(
     connection: &mut AnyConnection,
@@ -521,7 +594,7 @@ pub async fn all_current_unchecked_for_maintenance(
     let (after_type, after_id) = after.unwrap_or(("", ""));
     let rows = sqlx::query(
         "SELECT resource_type, id, tenant, version_id, last_updated, deleted, content FROM resources \
-         WHERE deleted = 0 AND (resource_type > $1 OR (resource_type = $1 AND id > $2)) ORDER BY resource_type, id LIMIT $3",
+         WHERE (resource_type > $1 OR (resource_type = $1 AND id > $2)) ORDER BY resource_type, id LIMIT $3",
     )
     .bind(after_type)
     .bind(after_id)
@@ -529,6 +602,39 @@ pub async fn all_current_unchecked_for_maintenance(
     .fetch_all(connection)
     .await?;
     rows.iter().map(current_from_row).collect()
+}
+
+/// Every version of one resource, oldest first, for rebuilding their compartment rows.
+/// Maintenance only, like [`all_current_unchecked_for_maintenance`].
+pub async fn versions_unchecked_for_maintenance(connection: &mut AnyConnection, resource_type: &str, id: &str) -> Result<Vec<VersionRow>> {
+    let rows = sqlx::query(
+        "SELECT seq, resource_type, id, version_id, tenant, last_updated, method, content FROM resource_versions \
+         WHERE resource_type = $1 AND id = $2 ORDER BY version_id",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(version_from_row).collect()
+}
+
+/// Replaces one version's compartment rows with those of `index` (maintenance, see
+/// [`versions_unchecked_for_maintenance`]).
+pub async fn recompartment_unchecked_for_maintenance(
+    connection: &mut AnyConnection,
+    resource_type: &str,
+    id: &str,
+    version_id: i64,
+    index: &[IndexEntry],
+) -> Result<()> {
+    sqlx::query("DELETE FROM version_compartment WHERE resource_type = $1 AND id = $2 AND version_id = $3")
+        .bind(resource_type)
+        .bind(id)
+        .bind(version_id)
+        .execute(&mut *connection)
+        .await?;
+    let rows = compartment_rows(resource_type, id, version_id, index);
+    query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", &rows).await
 }
 
 /// Versions newest first, within the grant's tenants.
@@ -551,7 +657,7 @@ fn history_where(sql: &mut query::Sql, grant: &Grant, filter: &HistoryFilter) {
     sql.tenant_scope("v.tenant", grant);
     sql.push(" AND ");
     let types = filter.resource_type.clone().map(|t| vec![t]);
-    sql.access_scope("v", grant, types.as_deref());
+    sql.access_scope_versions("v", grant, types.as_deref());
     if let Some(resource_type) = &filter.resource_type {
         sql.push(" AND v.resource_type = ").bind(resource_type.clone());
     }
@@ -650,6 +756,8 @@ pub(crate) async fn insert_new_rows(connection: &mut AnyConnection, rows: &[(Str
         .collect();
     query::insert_many(connection, "resource_versions (resource_type, id, version_id, tenant, last_updated, method, content)", &versions)
         .await?;
+    let compartments: Vec<Vec<V>> = rows.iter().flat_map(|(_, _, r)| compartment_rows(&r.resource_type, &r.id, 1, &r.index)).collect();
+    query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", &compartments).await?;
     let (mut strings, mut tokens, mut references, mut dates, mut numbers, mut uris) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (tenant, _, row) in rows {

@@ -96,10 +96,22 @@ impl Sql {
     /// grant's clauses covers the row. `types`, when the query knows its types, leaves out
     /// the clauses that cannot match. This is the one place where the access rule becomes SQL.
     pub(crate) fn access_scope(&mut self, alias: &str, grant: &Grant, types: Option<&[String]>) -> &mut Self {
+        self.scope(alias, grant, types, Rows::Current)
+    }
+
+    /// The grant's predicate over a version row `alias` (`resource_versions`, which also has
+    /// `version_id`): each version is judged by its own content — its own compartment rows —
+    /// not by the resource's current state. Under a granular scope's filter (which the index
+    /// of current content answers) only the current version is visible.
+    pub(crate) fn access_scope_versions(&mut self, alias: &str, grant: &Grant, types: Option<&[String]>) -> &mut Self {
+        self.scope(alias, grant, types, Rows::Versions)
+    }
+
+    fn scope(&mut self, alias: &str, grant: &Grant, types: Option<&[String]>, rows: Rows) -> &mut Self {
         let mut parts = 0;
         self.push("(");
         for clause in grant.clauses() {
-            self.push_clause(alias, clause, types, grant, &mut parts);
+            self.push_clause(alias, clause, types, grant, rows, &mut parts);
         }
         if parts == 0 {
             self.push("1 = 0");
@@ -109,7 +121,7 @@ impl Sql {
 
     /// Appends one clause's disjuncts (each preceded by ` OR ` after the first), counting
     /// them in `parts`; clauses that cannot match the query's `types` add nothing.
-    fn push_clause(&mut self, alias: &str, clause: &Clause, types: Option<&[String]>, grant: &Grant, parts: &mut usize) {
+    fn push_clause(&mut self, alias: &str, clause: &Clause, types: Option<&[String]>, grant: &Grant, rows: Rows, parts: &mut usize) {
         let relevant = |resource_type: &str| types.is_none_or(|types| types.iter().any(|t| t == resource_type));
         let open = |sql: &mut Sql, parts: &mut usize| {
             if *parts > 0 {
@@ -169,10 +181,16 @@ impl Sql {
                 }
                 open(self, parts);
                 let z = self.alias("z");
-                self.push(&format!(
-                    "EXISTS (SELECT 1 FROM search_reference {z} WHERE {z}.resource_type = {alias}.resource_type \
-                     AND {z}.id = {alias}.id AND {z}.target_type = 'Patient' AND {z}.target_id IN ("
-                ));
+                match rows {
+                    Rows::Current => self.push(&format!(
+                        "EXISTS (SELECT 1 FROM search_reference {z} WHERE {z}.resource_type = {alias}.resource_type \
+                         AND {z}.id = {alias}.id AND {z}.target_type = 'Patient' AND {z}.target_id IN ("
+                    )),
+                    Rows::Versions => self.push(&format!(
+                        "EXISTS (SELECT 1 FROM version_compartment {z} WHERE {z}.resource_type = {alias}.resource_type \
+                         AND {z}.id = {alias}.id AND {z}.version_id = {alias}.version_id AND {z}.patient IN ("
+                    )),
+                };
                 self.bind_list(patients);
                 self.push(" AND (");
                 for (index, (resource_type, params)) in linked.iter().enumerate() {
@@ -194,9 +212,16 @@ impl Sql {
                 open(self, parts);
                 self.push("((");
                 let mut base_parts = 0;
-                self.push_clause(alias, base, Some(&only), grant, &mut base_parts);
+                self.push_clause(alias, base, Some(&only), grant, rows, &mut base_parts);
                 if base_parts == 0 {
                     self.push("1 = 0");
+                }
+                if rows == Rows::Versions {
+                    let c = self.alias("c");
+                    self.push(&format!(
+                        ") AND EXISTS (SELECT 1 FROM resources {c} WHERE {c}.resource_type = {alias}.resource_type \
+                         AND {c}.id = {alias}.id AND {c}.version_id = {alias}.version_id"
+                    ));
                 }
                 self.push(&format!(") AND {alias}.resource_type = ")).bind(resource_type.clone()).push(" AND (");
                 for (index, criteria) in any_of.iter().enumerate() {
@@ -237,6 +262,15 @@ impl Sql {
     pub(crate) async fn fetch_all(&self, connection: &mut AnyConnection) -> Result<Vec<AnyRow>> {
         Ok(self.query().fetch_all(connection).await?)
     }
+}
+
+/// Which rows an access predicate judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Current resources (or their index rows): by the current index.
+    Current,
+    /// Versions: by each version's own compartment.
+    Versions,
 }
 
 /// The index tables, one per search parameter type.
@@ -1066,7 +1100,7 @@ fn push_in(sql: &mut Sql, column: &str, values: &[String]) {
 }
 
 /// A value for [`insert_many`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BulkValue {
     Text(String),
     Integer(i64),

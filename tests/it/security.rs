@@ -8,6 +8,8 @@
 //! | C2 an administrator borrows another municipality's Organization | `c2_clients_and_roles_stay_in_their_municipality` |
 //! | C2 one administrator alone makes a client with clinical reach | `smart::client_registration` (dual control) |
 //! | C3 consent-page CSRF takes over a professional's sign-in | `c3_sign_in_is_bound_to_the_browser`, `upstream_login` (callback) |
+//! | H1 old versions are judged by the resource's current compartment | `h1_each_version_is_judged_by_its_own_content` |
+//! | H2 a `patient/` scope lifts a granular `user/` restriction | `h2_patient_scopes_reach_only_the_patient_context` |
 //! | H3 departed professionals keep access | `h3_departed_professionals_lose_access_at_once` |
 //! | M1 agreement interactions collapse | `m1_each_agreement_interaction_is_its_own` |
 //! | M2 create/update permissions read data | `m2_matching_and_patching_need_read_permissions` |
@@ -217,6 +219,81 @@ async fn h3_departed_professionals_lose_access_at_once(backend: Backend) {
     again.expect(400);
 }
 
+/// H1: an Observation filed for one person and corrected to another: the second person's
+/// team read the first version, with the first person's content, through vread and history.
+async fn h1_each_version_is_judged_by_its_own_content(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (care_manager, doctor) = team_world(&server).await;
+    // p2 has a team of her own, without the doctor; its nurse is not on p1's team.
+    care_manager.put(&server, &patient("p2", "佐藤", "office")).await.expect(201);
+    care_manager.put(&server, &consent("consent-p2", "p2", "active", "office")).await.expect(201);
+    let nurse = practitioner(&server, "ina", "ns", "other-office", "user/*.cruds").await;
+    server.put("/ina/fhir/CareTeam/team-p2", &care_team("team-p2", "p2", &["PractitionerRole/role-ns"])).await.expect(201);
+    let mut observation = server.get("/ina/fhir/Observation/obs-1").await.json();
+    observation["subject"] = json!({ "reference": "Patient/p2" });
+    observation["note"] = json!([{ "text": "p2 の記録" }]);
+    server.put("/ina/fhir/Observation/obs-1", &observation).await.expect(200);
+    // The nurse sees the corrected version, and nothing of the version about p1.
+    nurse.get(&server, "Observation/obs-1").await.expect(200);
+    nurse.get(&server, "Observation/obs-1/_history/2").await.expect(200);
+    nurse.get(&server, "Observation/obs-1/_history/1").await.expect(404);
+    for path in ["Observation/obs-1/_history", "Observation/_history"] {
+        let history = nurse.get(&server, path).await;
+        history.expect(200);
+        let versions: Vec<String> = history.json()["entry"].as_array().into_iter().flatten()
+            .map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap_or_default().to_owned()).collect();
+        assert_eq!(versions, vec!["2"], "{path}: {}", history.text());
+    }
+    let system = server.get_with("/ina/fhir/_history", &[("authorization", &format!("Bearer {}", nurse.token))]).await;
+    assert!(!system.text().contains("\"36.5\"") || !system.text().contains("\"versionId\":\"1\""), "{}", system.text());
+    // The doctor keeps what was written about p1 (the first version), and not the second.
+    doctor.get(&server, "Observation/obs-1/_history/1").await.expect(200);
+    doctor.get(&server, "Observation/obs-1/_history/2").await.expect(404);
+    doctor.get(&server, "Observation/obs-1").await.expect(404);
+    // Deleted, the resource's deletion is seen by whoever saw its last version.
+    server.delete("/ina/fhir/Observation/obs-1").await.expect(204);
+    let history = nurse.get(&server, "Observation/obs-1/_history").await.json();
+    assert_eq!(history["total"], 2, "{history}");
+    let history = doctor.get(&server, "Observation/obs-1/_history").await.json();
+    assert_eq!(history["total"], 1, "{history}");
+    nurse.get(&server, "Observation/obs-1").await.expect(410);
+    doctor.get(&server, "Observation/obs-1").await.expect(404);
+}
+
+/// H2: a `patient/` scope (for the token's patient context) lifted a granular `user/`
+/// restriction for every other person too.
+async fn h2_patient_scopes_reach_only_the_patient_context(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (care_manager, _) = team_world(&server).await;
+    care_manager.put(&server, &patient("p2", "佐藤", "office")).await.expect(201);
+    care_manager.put(&server, &consent("consent-p2", "p2", "active", "office")).await.expect(201);
+    let team = care_team("team-p2", "p2", &["PractitionerRole/role-cm", "PractitionerRole/role-dr"]);
+    server.put("/ina/fhir/CareTeam/team-p2", &team).await.expect(201);
+    let category_system = "http://terminology.hl7.org/CodeSystem/observation-category";
+    for person in ["p1", "p2"] {
+        for category in ["laboratory", "vital-signs"] {
+            let observation = json!({
+                "resourceType": "Observation", "id": format!("{person}-{category}"), "status": "final",
+                "category": [{ "coding": [{ "system": category_system, "code": category }] }],
+                "code": { "text": category }, "subject": { "reference": format!("Patient/{person}") }
+            });
+            server.put(&format!("/ina/fhir/Observation/{person}-{category}"), &observation).await.expect(201);
+        }
+    }
+    let actor = Actor::Practitioner { tenant: "ina".into(), practitioner: "dr".into(), role: "role-dr".into(), organization: "hospital".into() };
+    let scopes = format!("user/Observation.rs?category={category_system}|laboratory user/Patient.rs patient/Observation.rs");
+    let doctor = Caller { tenant: "ina".into(), token: server.token("ina", actor, &scopes, Some("p1")).await };
+    let mut p2 = doctor.search_ids(&server, "Observation?subject=Patient/p2").await;
+    p2.sort();
+    assert_eq!(p2, vec!["Observation/p2-laboratory"], "only the user/ scope's category for another person");
+    doctor.get(&server, "Observation/p2-vital-signs").await.expect(404);
+    let mut p1 = doctor.search_ids(&server, "Observation?subject=Patient/p1&category=laboratory,vital-signs").await;
+    p1.sort();
+    assert_eq!(p1, vec!["Observation/p1-laboratory", "Observation/p1-vital-signs"], "the patient/ scope for the context person");
+    let everything = doctor.get(&server, "Patient/p2/$everything").await;
+    assert!(!everything.text().contains("p2-vital-signs"), "{}", everything.text());
+}
+
 /// M1: an agreement listing read, search-type, create and update also let vread, history
 /// and patch through.
 async fn m1_each_agreement_interaction_is_its_own(backend: Backend) {
@@ -395,6 +472,8 @@ both_backends!(
     c1_nested_bodies_are_refused_before_parsing,
     c2_clients_and_roles_stay_in_their_municipality,
     c3_sign_in_is_bound_to_the_browser,
+    h1_each_version_is_judged_by_its_own_content,
+    h2_patient_scopes_reach_only_the_patient_context,
     h3_departed_professionals_lose_access_at_once,
     m1_each_agreement_interaction_is_its_own,
     m2_matching_and_patching_need_read_permissions,
