@@ -12,6 +12,10 @@
 //! On PostgreSQL the databases named by the URL (and `…_noaudit`) are dropped and created.
 //! Results are recorded in `benches/README.md`.
 
+// Benchmarks and tests stop loudly: the lints that keep panics out of the server do not
+// apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod support;
 
 use std::sync::Arc;

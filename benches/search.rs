@@ -10,6 +10,10 @@
 //! audit trail; by default every query records its event, as in production). Data is generated once (the
 //! same generator as `renraku generate`, seed 1) and reused while the counts match.
 
+// Benchmarks and tests stop loudly: the lints that keep panics out of the server do not
+// apply here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod support;
 
 use std::time::{Duration, Instant};
@@ -119,7 +123,7 @@ async fn main() {
         ("_sort".to_owned(), "-sent".to_owned()),
         ("_count".to_owned(), "20".to_owned()),
     ];
-    let parsed = renraku::service::search::parse(&fhir.search_params, "Communication", &pairs, false, "http://bench/ina/fhir")
+    let parsed = renraku::service::search::parse(&fhir.search_params, "Communication", &pairs, false, "http://bench/ina/fhir", &renraku::config::Limits::default())
         .unwrap_or_else(|e| panic!("{e}"));
     let plan = renraku::store::query::explain(&mut connection, fhir.store.backend(), &grant, &parsed.query("Communication", 20))
         .await

@@ -281,10 +281,17 @@ pub fn read_search_parameters(directory: &Path) -> Result<Vec<serde_json::Value>
     for path in paths {
         let text = std::fs::read_to_string(&path).map_err(|e| problem(&path, e.to_string()))?;
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| problem(&path, e.to_string()))?;
-        match value["resourceType"].as_str() {
+        let resource_type = value.get("resourceType").and_then(serde_json::Value::as_str).map(str::to_owned);
+        match resource_type.as_deref() {
             Some("SearchParameter") => found.push(value),
             Some("Bundle") => found.extend(
-                value["entry"].as_array().into_iter().flatten().map(|e| e["resource"].clone()).filter(|r| r["resourceType"] == "SearchParameter"),
+                value
+                    .get("entry")
+                    .and_then(serde_json::Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.get("resource").cloned())
+                    .filter(|r| r.get("resourceType").and_then(serde_json::Value::as_str) == Some("SearchParameter")),
             ),
             _ => return Err(problem(&path, "not a SearchParameter or a Bundle of them".into())),
         }

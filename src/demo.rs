@@ -96,7 +96,7 @@ fn organization(id: &str, name: &str, facility: &str, identifier: Option<(&str, 
         "type": [{ "coding": [{ "system": FACILITY_TYPE_SYSTEM, "code": facility }] }]
     });
     if let Some((system, value)) = identifier {
-        resource["identifier"] = json!([{ "system": system, "value": value }]);
+        crate::fhir::set(&mut resource, "identifier", json!([{ "system": system, "value": value }]));
     }
     resource
 }
@@ -231,8 +231,8 @@ fn resources() -> Vec<(&'static str, Value)> {
 /// Writes the demo resources that are not there yet, and the demo tokens.
 pub async fn seed(fhir: &Fhir) -> Result<()> {
     for (tenant, resource) in resources() {
-        let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_owned();
-        let id = resource["id"].as_str().unwrap_or_default().to_owned();
+        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
         let context = Context {
             tenant: tenant.to_owned(),
             principal: Principal::Operator,

@@ -280,7 +280,7 @@ impl Event {
         let (event_type, subtype) = self.event_type.render();
         let mut meta = json!({ "versionId": "1", "lastUpdated": self.recorded });
         if let Some((code, name)) = owner {
-            meta["tag"] = json!([{ "system": crate::service::MUNICIPALITY_TAG_SYSTEM, "code": code, "display": name }]);
+            crate::fhir::set(&mut meta, "tag", json!([{ "system": crate::service::MUNICIPALITY_TAG_SYSTEM, "code": code, "display": name }]));
         }
         let mut resource = Map::new();
         resource.insert("resourceType".into(), json!("AuditEvent"));

@@ -308,18 +308,19 @@ pub async fn patient_choices(fhir: &Fhir, tenant: &str, actor: &Actor) -> Result
         purpose_of_use: None,
     };
     let bundle = fhir.search(&context, "Patient", &[("_count".into(), "100".into())]).await?;
-    Ok(bundle["entry"]
-        .as_array()
+    Ok(bundle
+        .get("entry")
+        .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|entry| {
-            let resource = &entry["resource"];
-            let id = resource["id"].as_str()?.to_owned();
-            let name = resource["name"][0]["text"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| resource["name"][0]["family"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| id.clone());
+            let resource = entry.get("resource")?;
+            let id = resource.get("id").and_then(Value::as_str)?.to_owned();
+            let name = resource
+                .pointer("/name/0/text")
+                .and_then(Value::as_str)
+                .or_else(|| resource.pointer("/name/0/family").and_then(Value::as_str))
+                .map_or_else(|| id.clone(), str::to_owned);
             Some((id, name))
         })
         .collect())
@@ -596,10 +597,10 @@ async fn issue_app_tokens(
         "smart_style_url": format!("{}/smart-style.json", Endpoints::of(fhir, tenant).issuer),
     });
     if let Some(patient) = &record.patient {
-        answer["patient"] = json!(patient);
+        crate::fhir::set(&mut answer, "patient", json!(patient));
     }
     if scopes.has("openid") && (scopes.has("fhirUser") || scopes.has("profile")) {
-        answer["id_token"] = json!(id_token(fhir, tenant, connection, now, &record).await?);
+        crate::fhir::set(&mut answer, "id_token", json!(id_token(fhir, tenant, connection, now, &record).await?));
     }
     let refresh_lifetime = if scopes.has("offline_access") {
         Some(Duration::days(OFFLINE_REFRESH_DAYS))
@@ -619,7 +620,7 @@ async fn issue_app_tokens(
             .execute(&mut *connection)
             .await
             .map_err(OAuthError::server_error)?;
-        answer["refresh_token"] = json!(refresh_token);
+        crate::fhir::set(&mut answer, "refresh_token", json!(refresh_token));
     }
     tracing::info!(target: "renraku::auth", tenant, client = %record.client_id, scope = %scopes, "access token issued (app)");
     Ok(answer)
@@ -650,10 +651,10 @@ async fn id_token(fhir: &Fhir, tenant: &str, connection: &mut AnyConnection, now
         "exp": (now + Duration::seconds(APP_TOKEN_SECONDS)).timestamp(),
     });
     if let Some(user) = fhir_user(fhir, tenant, &record.actor) {
-        claims["fhirUser"] = json!(user);
+        crate::fhir::set(&mut claims, "fhirUser", json!(user));
     }
     if let Some(nonce) = &record.nonce {
-        claims["nonce"] = json!(nonce);
+        crate::fhir::set(&mut claims, "nonce", json!(nonce));
     }
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(key.kid.clone());

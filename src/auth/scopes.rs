@@ -199,14 +199,14 @@ fn parse_v2_letters(letters: &str) -> Option<Vec<Permission>> {
     let mut permissions = Vec::new();
     let mut position = 0;
     for letter in letters.chars() {
-        let index = Permission::ALL.iter().position(|p| p.letter() == letter)?;
+        let (index, permission) = Permission::ALL.iter().enumerate().find(|(_, p)| p.letter() == letter)?;
         if index < position && !permissions.is_empty() {
             return None;
         }
-        if permissions.contains(&Permission::ALL[index]) {
+        if permissions.contains(permission) {
             return None;
         }
-        permissions.push(Permission::ALL[index]);
+        permissions.push(*permission);
         position = index;
     }
     (!permissions.is_empty()).then_some(permissions)

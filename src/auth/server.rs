@@ -240,17 +240,19 @@ pub async fn introspect(fhir: &Fhir, tenant: &str, caller: &Principal, token: &s
         "iss": Endpoints::of(fhir, tenant).issuer,
     });
     if let Some(patient) = info.patient {
-        answer["patient"] = json!(patient);
+        crate::fhir::set(&mut answer, "patient", json!(patient));
     }
     match &info.actor {
         Actor::Practitioner { practitioner, role, .. } => {
-            answer["sub"] = json!(practitioner);
-            answer["fhirUser"] = json!(format!("{}/{tenant}/fhir/PractitionerRole/{role}", fhir.config.public_base_url));
+            crate::fhir::set(&mut answer, "sub", json!(practitioner));
+            crate::fhir::set(&mut answer, "fhirUser", json!(format!("{}/{tenant}/fhir/PractitionerRole/{role}", fhir.config.public_base_url)));
         }
-        Actor::System { client, .. } => answer["sub"] = json!(client),
-        Actor::MunicipalAdmin { user, .. } | Actor::MunicipalAuditor { user, .. } | Actor::ServerAdmin { user } => answer["sub"] = json!(user),
+        Actor::System { client, .. } => crate::fhir::set(&mut answer, "sub", json!(client)),
+        Actor::MunicipalAdmin { user, .. } | Actor::MunicipalAuditor { user, .. } | Actor::ServerAdmin { user } => {
+            crate::fhir::set(&mut answer, "sub", json!(user))
+        }
         #[cfg(feature = "test-support")]
-        Actor::TestUnrestricted => answer["sub"] = json!("test-suite"),
+        Actor::TestUnrestricted => crate::fhir::set(&mut answer, "sub", json!("test-suite")),
     }
     Ok(answer)
 }

@@ -121,7 +121,7 @@ impl Issue {
             "diagnostics": self.diagnostics,
         });
         if !self.expression.is_empty() {
-            issue["expression"] = json!(self.expression);
+            crate::fhir::set(&mut issue, "expression", json!(self.expression));
         }
         issue
     }
@@ -153,9 +153,9 @@ impl OperationOutcome {
         };
         let mut outcome = json!({ "resourceType": "OperationOutcome" });
         if let Some(request_id) = &self.request_id {
-            outcome["id"] = json!(request_id);
+            crate::fhir::set(&mut outcome, "id", json!(request_id));
         }
-        outcome["issue"] = json!(issues);
+        crate::fhir::set(&mut outcome, "issue", json!(issues));
         outcome
     }
 }

@@ -100,11 +100,12 @@ impl Registry {
     pub fn load(extra: &[Value]) -> Result<Registry, String> {
         let bundle: Value = serde_json::from_str(SEARCH_PARAMETERS_JSON).map_err(|e| format!("search parameters: {e}"))?;
         let mut registry = Registry::default();
-        let definitions: Vec<&Value> = bundle["entry"]
-            .as_array()
+        let definitions: Vec<&Value> = bundle
+            .get("entry")
+            .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(|entry| &entry["resource"])
+            .filter_map(|entry| entry.get("resource"))
             .chain(extra.iter())
             .collect();
         for definition in definitions {
@@ -112,7 +113,7 @@ impl Registry {
         }
         let compartment: Value =
             serde_json::from_str(PATIENT_COMPARTMENT_JSON).map_err(|e| format!("patient compartment: {e}"))?;
-        for resource in compartment["resource"].as_array().into_iter().flatten() {
+        for resource in compartment.get("resource").and_then(Value::as_array).into_iter().flatten() {
             let (Some(code), Some(params)) = (resource["code"].as_str(), resource["param"].as_array()) else { continue };
             let params: Vec<String> = params.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect();
             if !params.is_empty() {

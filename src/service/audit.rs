@@ -262,7 +262,10 @@ impl Fhir {
         events.push(audit.event.clone());
         events.extend(disclosures);
         crate::audit::append(&mut transaction, &self.tenants(), &events).await?;
+        // The test suite's simulated crash (compiled only with `test-support`): a panic is
+        // what a crash looks like from inside the process.
         #[cfg(feature = "test-support")]
+        #[allow(clippy::panic)]
         if self.take_failpoint(Failpoint::CrashBeforeCommit) {
             panic!("failpoint: the process crashes before the commit");
         }

@@ -182,14 +182,14 @@ impl Fhir {
     async fn transaction(&self, context: &Context, audit: &mut Audit, mut requests: Vec<EntryRequest>) -> Result<Value> {
         let count = requests.len();
         let mut order: Vec<usize> = (0..count).collect();
-        order.sort_by_key(|&i| (requests[i].method.rank(), i));
+        order.sort_by_key(|&i| (requests.get(i).map_or(u8::MAX, |r| r.method.rank()), i));
         let mut transaction = self.store.begin().await?;
         // Resolve the ids of created resources first, so references can be rewritten.
         let mut replacements: HashMap<String, String> = HashMap::new();
         let mut matched_existing: HashMap<usize, Stored> = HashMap::new();
         let mut assigned: HashMap<usize, String> = HashMap::new();
         for &i in &order {
-            let request = &requests[i];
+            let Some(request) = requests.get(i) else { continue };
             let grant_interaction = match request.method {
                 Method::Post => Interaction::Create,
                 Method::Put => Interaction::Update,
@@ -247,7 +247,7 @@ impl Fhir {
         // Each entry's own event, with what it wrote (or deleted).
         let mut entry_audits: Vec<(Audit, Option<Value>)> = Vec::new();
         for &i in &order {
-            let request = &requests[i];
+            let Some(request) = requests.get(i) else { continue };
             let response = match request.method {
                 Method::Delete => {
                     if request.id.is_none() && request.query.is_some() {
@@ -334,7 +334,9 @@ impl Fhir {
                     continue;
                 }
             };
-            responses[i] = Some(response);
+            if let Some(slot) = responses.get_mut(i) {
+                *slot = Some(response);
+            }
         }
         for (i, stored) in &written {
             let prefix = format!("Bundle.entry[{i}].resource.");
@@ -346,11 +348,14 @@ impl Fhir {
         let entry_events = self.entry_events(&mut transaction, context, entry_audits).await?;
         self.commit_audited(transaction, context, audit, &[], entry_events).await?;
         for i in deferred_reads {
-            let response = match self.read_entry(context, &requests[i]).await {
+            let Some(request) = requests.get(i) else { continue };
+            let response = match self.read_entry(context, request).await {
                 Ok(value) => value,
                 Err(error) => error_entry(&error, &context.request_id),
             };
-            responses[i] = Some(response);
+            if let Some(slot) = responses.get_mut(i) {
+                *slot = Some(response);
+            }
         }
         let entries: Vec<Value> = responses.into_iter().map(|r| r.unwrap_or_else(|| json!({}))).collect();
         Ok(response_bundle("transaction-response", entries))
@@ -442,7 +447,7 @@ fn patch_document(request: &EntryRequest) -> Result<Value> {
 fn response_bundle(kind: &str, entries: Vec<Value>) -> Value {
     let mut bundle = json!({ "resourceType": "Bundle", "type": kind });
     if !entries.is_empty() {
-        bundle["entry"] = Value::Array(entries);
+        crate::fhir::set(&mut bundle, "entry", Value::Array(entries));
     }
     bundle
 }

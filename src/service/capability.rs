@@ -52,15 +52,16 @@ impl Fhir {
                 "searchRevInclude": ["*"],
             });
             if !supported_profiles.is_empty() {
-                resource["supportedProfile"] = json!(supported_profiles);
+                crate::fhir::set(&mut resource, "supportedProfile", json!(supported_profiles));
             }
             if resource_type == "AuditEvent" {
                 // The audit trail is written by the server alone and never changes.
-                resource["interaction"] = json!([
+                let read_only = json!([
                     { "code": "read" }, { "code": "vread" }, { "code": "history-instance" },
                     { "code": "history-type" }, { "code": "search-type" }
                 ]);
-                resource["documentation"] = json!("Read-only: one event per interaction, hash-chained per municipality; readable by the municipality's auditors.");
+                crate::fhir::set(&mut resource, "interaction", read_only);
+                crate::fhir::set(&mut resource, "documentation", json!("Read-only: one event per interaction, hash-chained per municipality; readable by the municipality's auditors."));
                 for key in ["updateCreate", "conditionalCreate", "conditionalUpdate", "conditionalDelete"] {
                     if let Some(object) = resource.as_object_mut() {
                         object.remove(key);
@@ -68,10 +69,11 @@ impl Fhir {
                 }
             }
             if resource_type == "Patient" {
-                resource["operation"] = json!([
+                let operations = json!([
                     { "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" },
                     { "name": "access-report", "definition": "https://renraku.example.jp/fhir/OperationDefinition/Patient-access-report" }
                 ]);
+                crate::fhir::set(&mut resource, "operation", operations);
             }
             resources.push(resource);
         }

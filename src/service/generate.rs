@@ -59,6 +59,12 @@ impl Random {
     fn below(&mut self, bound: usize) -> usize {
         (self.next() % bound.max(1) as u64) as usize
     }
+
+    /// One of `items`, uniformly (the default of `T` for an empty list).
+    fn pick<T: Copy + Default>(&mut self, items: &[T]) -> T {
+        let index = self.below(items.len());
+        items.get(index).copied().unwrap_or_default()
+    }
 }
 
 const BATCH: usize = 2000;
@@ -72,8 +78,8 @@ impl Fhir {
         let mut batch: Vec<Value> = Vec::with_capacity(BATCH);
         let prefix = format!("gen{}", volume.seed);
         for n in 0..practitioners {
-            let (family, family_kana) = FAMILY[random.below(FAMILY.len())];
-            let (given, given_kana) = GIVEN[random.below(GIVEN.len())];
+            let (family, family_kana) = random.pick(FAMILY);
+            let (given, given_kana) = random.pick(GIVEN);
             batch.push(json!({
                 "resourceType": "Practitioner",
                 "id": format!("{prefix}-pr{n}"),
@@ -83,8 +89,8 @@ impl Fhir {
             self.flush_if_full(tenant, &mut batch).await?;
         }
         for n in 0..volume.patients {
-            let (family, family_kana) = FAMILY[random.below(FAMILY.len())];
-            let (given, given_kana) = GIVEN[random.below(GIVEN.len())];
+            let (family, family_kana) = random.pick(FAMILY);
+            let (given, given_kana) = random.pick(GIVEN);
             let year = 1925 + random.below(40);
             batch.push(json!({
                 "resourceType": "Patient",
@@ -110,7 +116,7 @@ impl Fhir {
                 "subject": { "reference": format!("Patient/{prefix}-p{patient}") },
                 "sender": { "reference": format!("Practitioner/{prefix}-pr{}", random.below(practitioners)) },
                 "sent": format_instant(sent),
-                "payload": [{ "contentString": BOARD_TEXT[random.below(BOARD_TEXT.len())] }],
+                "payload": [{ "contentString": random.pick(BOARD_TEXT) }],
             }));
             self.flush_if_full(tenant, &mut batch).await?;
         }
@@ -141,8 +147,8 @@ impl Fhir {
             }
             let index = self.search_params.extract(&resource);
             rows.push(BulkRow {
-                resource_type: resource["resourceType"].as_str().unwrap_or_default().to_owned(),
-                id: resource["id"].as_str().unwrap_or_default().to_owned(),
+                resource_type: resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                id: resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
                 content: serde_json::to_string(&resource)?,
                 index,
             });

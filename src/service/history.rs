@@ -107,7 +107,7 @@ impl Fhir {
         let mut bundle = json!({ "resourceType": "Bundle", "type": "history", "total": total, "link": links });
         // FHIR forbids empty arrays: an empty page has no `entry` at all.
         if !entries.is_empty() {
-            bundle["entry"] = json!(entries);
+            crate::fhir::set(&mut bundle, "entry", json!(entries));
         }
         Ok(bundle)
     }
@@ -131,7 +131,7 @@ fn history_entry(base_url: &str, row: &VersionRow) -> Result<Value> {
         },
     });
     if let Some(content) = &row.content {
-        entry["resource"] = serde_json::from_str(content)?;
+        crate::fhir::set(&mut entry, "resource", serde_json::from_str(content)?);
     }
     Ok(entry)
 }

@@ -136,16 +136,16 @@ impl Fhir {
 
     /// The client `client_id` registered at `tenant`.
     pub fn client(&self, tenant: &str, client_id: &str) -> Option<ClientConfig> {
-        self.clients.read().ok()?.iter().find(|c| c.tenant == tenant && c.client_id == client_id).cloned()
+        read_lock(&self.clients).iter().find(|c| c.tenant == tenant && c.client_id == client_id).cloned()
     }
 
     /// The municipalities served now.
     pub fn tenants(&self) -> Vec<TenantConfig> {
-        self.tenants.read().map(|t| t.clone()).unwrap_or_default()
+        read_lock(&self.tenants).clone()
     }
 
     pub fn tenant(&self, slug: &str) -> Option<TenantConfig> {
-        self.tenants.read().ok().and_then(|t| t.iter().find(|t| t.slug == slug).cloned())
+        read_lock(&self.tenants).iter().find(|t| t.slug == slug).cloned()
     }
 
     /// Adds the municipalities and clients stored by earlier `add_tenant` and
@@ -153,19 +153,18 @@ impl Fhir {
     pub async fn load_stored_tenants(&self) -> Result<()> {
         let mut connection = self.store.connection().await?;
         let clients = store::tenants::list_clients(&mut connection).await?;
-        if let Ok(mut registered) = self.clients.write() {
-            for client in clients {
-                if !registered.iter().any(|c| c.tenant == client.tenant && c.client_id == client.client_id) {
-                    registered.push(client);
-                }
+        let stored = store::tenants::list(&mut connection).await?;
+        let mut registered = write_lock(&self.clients)?;
+        for client in clients {
+            if !registered.iter().any(|c| c.tenant == client.tenant && c.client_id == client.client_id) {
+                registered.push(client);
             }
         }
-        let stored = store::tenants::list(&mut connection).await?;
-        if let Ok(mut tenants) = self.tenants.write() {
-            for tenant in stored {
-                if !tenants.iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
-                    tenants.push(tenant);
-                }
+        drop(registered);
+        let mut tenants = write_lock(&self.tenants)?;
+        for tenant in stored {
+            if !tenants.iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
+                tenants.push(tenant);
             }
         }
         Ok(())
@@ -189,9 +188,7 @@ impl Fhir {
         }
         let mut connection = self.store.connection().await?;
         store::tenants::insert(&mut connection, &tenant, &self.now()).await?;
-        if let Ok(mut tenants) = self.tenants.write() {
-            tenants.push(tenant.clone());
-        }
+        write_lock(&self.tenants)?.push(tenant.clone());
         tracing::info!(target: "renraku::admin", slug = %tenant.slug, code = %tenant.code, "municipality added");
         Ok(tenant)
     }
@@ -241,9 +238,7 @@ impl Fhir {
             client.approval = None;
         }
         store::tenants::insert_client(&mut connection, &client, &self.now()).await?;
-        if let Ok(mut registered) = self.clients.write() {
-            registered.push(client.clone());
-        }
+        write_lock(&self.clients)?.push(client.clone());
         tracing::info!(target: "renraku::admin", tenant = %client.tenant, client = %client.client_id, "client registered");
         Ok(client)
     }
@@ -272,7 +267,7 @@ impl Fhir {
         approval.approved_by = Some(approver);
         let mut connection = self.store.connection().await?;
         store::tenants::update_client(&mut connection, &client).await?;
-        let mut registered = self.clients.write().map_err(|_| Error::internal("the client registry's lock is poisoned"))?;
+        let mut registered = write_lock(&self.clients)?;
         registered.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
         registered.push(client.clone());
         tracing::info!(target: "renraku::admin", tenant, client = client_id, "client approved");
@@ -282,7 +277,7 @@ impl Fhir {
     /// `GET /admin/clients?tenant=…`: the clients the caller may manage.
     pub fn list_clients(&self, principal: &Principal, tenant: &str) -> Result<Vec<ClientConfig>> {
         policy::require_administrator(principal, Some(tenant))?;
-        Ok(self.clients.read().map(|c| c.iter().filter(|c| c.tenant == tenant).cloned().collect()).unwrap_or_default())
+        Ok(read_lock(&self.clients).iter().filter(|c| c.tenant == tenant).cloned().collect())
     }
 
     /// `DELETE /admin/clients/{tenant}/{client_id}`: removes a registration made through the
@@ -302,9 +297,7 @@ impl Fhir {
         if !store::tenants::delete_client(&mut connection, tenant, client_id).await? {
             return Err(Error::NotFound(format!("the run-time registration of client '{client_id}' at '{tenant}'")));
         }
-        if let Ok(mut registered) = self.clients.write() {
-            registered.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
-        }
+        write_lock(&self.clients)?.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
         Ok(())
     }
 
@@ -1162,6 +1155,17 @@ async fn check_role_organization(connection: &mut sqlx::AnyConnection, owner: &s
                 .at("PractitionerRole.organization"),
         ))
     }
+}
+
+/// Reads a registry (municipalities, clients). A writer that panicked leaves the list as it
+/// was before or after its one push or removal, so the value is still good to read.
+fn read_lock<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes a registry; a poisoned lock is an error, never a write silently dropped.
+fn write_lock<T>(lock: &std::sync::RwLock<T>) -> Result<std::sync::RwLockWriteGuard<'_, T>> {
+    lock.write().map_err(|_| Error::internal("a registry lock is poisoned (a writer panicked); restart the gateway"))
 }
 
 /// Serialises conditional interactions on one municipality's resources of one type, so

@@ -251,7 +251,7 @@ fn parse_criterion(registry: &Registry, resource_type: &str, name: &str, value: 
                     [] => return Err(Error::bad_request_at(format!("no target of '{code}' has a parameter '{rest_code}'"), name)),
                     _ => {
                         return Err(Error::bad_request_at(
-                            format!("'{code}' may point at several types; name one, e.g. {code}:{}.{rest}", candidates[0]),
+                            format!("'{code}' may point at several types; name one, e.g. {code}:{}.{rest}", candidates.first().map_or("Patient", |c| c.as_str())),
                             name,
                         ))
                     }
@@ -428,7 +428,7 @@ fn reference_match(text: &str, target: Option<&str>, targets: &[String], base_ur
     match relative.split_once('/') {
         Some((resource_type, id)) => Match::Reference { target_type: Some(resource_type.to_owned()), target_id: id.to_owned() },
         None => {
-            let target_type = target.map(str::to_owned).or_else(|| (targets.len() == 1).then(|| targets[0].clone()));
+            let target_type = target.map(str::to_owned).or_else(|| match targets { [only] => Some(only.clone()), _ => None });
             Match::Reference { target_type, target_id: relative.to_owned() }
         }
     }
@@ -716,10 +716,10 @@ impl Fhir {
         let mut links = vec![json!({ "relation": "self", "url": link(&context.base_url, path, &parsed.applied) })];
         let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset" });
         if let Some(total) = total {
-            bundle["total"] = json!(total);
+            crate::fhir::set(&mut bundle, "total", json!(total));
         }
         if summary == Some(Summary::Count) || page_size == 0 {
-            bundle["link"] = json!(links);
+            crate::fhir::set(&mut bundle, "link", json!(links));
             return Ok(bundle);
         }
         let page = query::search(&mut connection, grant, &parsed.query_types(types, page_size)).await?;
@@ -760,10 +760,10 @@ impl Fhir {
                 }));
             }
         }
-        bundle["link"] = json!(links);
+        crate::fhir::set(&mut bundle, "link", json!(links));
         // FHIR forbids empty arrays: an empty page has no `entry` at all.
         if !entries.is_empty() {
-            bundle["entry"] = json!(entries);
+            crate::fhir::set(&mut bundle, "entry", json!(entries));
         }
         Ok(bundle)
     }

@@ -909,7 +909,15 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
                     sort_expression(&mut sql, alias, key);
                     let after = *descending == backwards;
                     let operator = if index < position { " = " } else if after { " > " } else { " < " };
-                    sql.push(operator).bind_key(&cursor.keys[index]);
+                    match cursor.keys.get(index) {
+                        Some(value) => {
+                            sql.push(operator).bind_key(value);
+                        }
+                        // A cursor with fewer keys than the sort matches nothing after it.
+                        None => {
+                            sql.push(" IS NULL AND 1 = 0");
+                        }
+                    }
                 }
                 sql.push(")");
             }
