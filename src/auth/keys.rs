@@ -10,10 +10,11 @@ use chrono::{DateTime, Duration, Utc};
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use serde_json::{json, Value};
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use crate::error::{Error, Result};
 use crate::fhir::dates::format_instant;
+use crate::store::auth as store;
 
 /// How long a retired key stays published after a rotation (longer than any id_token).
 pub const RETIREMENT_GRACE_HOURS: i64 = 24;
@@ -39,49 +40,31 @@ fn generate() -> Result<(String, String, Value)> {
 
 async fn insert(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<SigningKey> {
     let (kid, pem, jwk) = tokio::task::spawn_blocking(generate).await.map_err(Error::internal)??;
-    sqlx::query("INSERT INTO signing_keys (kid, algorithm, private_pem, public_jwk, created_at) VALUES ($1, 'RS256', $2, $3, $4)")
-        .bind(&kid)
-        .bind(&pem)
-        .bind(jwk.to_string())
-        .bind(format_instant(now))
-        .execute(connection)
-        .await?;
+    store::insert_signing_key(connection, &kid, &pem, &jwk.to_string(), &format_instant(now)).await?;
     tracing::info!(target: "renraku::auth", %kid, "signing key created");
     Ok(SigningKey { kid, private_pem: pem })
 }
 
 /// The key that signs now (made if there is none).
 pub async fn current(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<SigningKey> {
-    let row = sqlx::query(
-        "SELECT kid, private_pem FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid LIMIT 1",
-    )
-    .fetch_optional(&mut *connection)
-    .await?;
-    match row {
-        Some(row) => Ok(SigningKey { kid: row.try_get("kid")?, private_pem: row.try_get("private_pem")? }),
+    match store::newest_signing_key(connection).await? {
+        Some((kid, private_pem)) => Ok(SigningKey { kid, private_pem }),
         None => insert(connection, now).await,
     }
 }
 
 /// Makes a new signing key; the previous ones keep verifying for the grace period.
 pub async fn rotate(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<String> {
-    sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL")
-        .bind(format_instant(now + Duration::hours(RETIREMENT_GRACE_HOURS)))
-        .execute(&mut *connection)
-        .await?;
+    store::retire_signing_keys(connection, &format_instant(now + Duration::hours(RETIREMENT_GRACE_HOURS))).await?;
     Ok(insert(connection, now).await?.kid)
 }
 
 /// The published JWK Set: every key not yet past its retirement.
 pub async fn jwks(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<Value> {
-    let rows = sqlx::query("SELECT public_jwk FROM signing_keys WHERE retired_at IS NULL OR retired_at > $1 ORDER BY created_at")
-        .bind(format_instant(now))
-        .fetch_all(connection)
-        .await?;
-    let keys: Vec<Value> = rows
+    let keys: Vec<Value> = store::published_signing_keys(connection, &format_instant(now))
+        .await?
         .iter()
-        .filter_map(|row| row.try_get::<String, _>("public_jwk").ok())
-        .filter_map(|text| serde_json::from_str(&text).ok())
+        .filter_map(|text| serde_json::from_str(text).ok())
         .collect();
     Ok(json!({ "keys": keys }))
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::clients::{ClientConfig, ClientKind};
 use super::scopes::{ScopeContext, Scopes};
@@ -28,6 +28,7 @@ use crate::fhir::dates::format_instant;
 use crate::policy::{Actor, Principal};
 use crate::audit::Entity;
 use crate::service::{Context, Fhir};
+use crate::store::auth as store;
 
 /// Lifetime of app access tokens.
 pub const APP_TOKEN_SECONDS: i64 = 3600;
@@ -188,13 +189,8 @@ pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)], brows
         provider_url = Some(url);
     }
     let mut connection = fhir.store.connection().await?;
-    sqlx::query("INSERT INTO authorization_requests (id, tenant, request, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(&request_id)
-        .bind(tenant)
-        .bind(serde_json::to_string(&request)?)
-        .bind(format_instant(fhir.clock.now() + Duration::minutes(REQUEST_MINUTES)))
-        .execute(&mut *connection)
-        .await?;
+    let expires_at = format_instant(fhir.clock.now() + Duration::minutes(REQUEST_MINUTES));
+    store::insert_authorization_request(&mut connection, &request_id, tenant, &serde_json::to_string(&request)?, &expires_at).await?;
     if let Some(url) = provider_url {
         return Ok(Begun::Upstream(url));
     }
@@ -218,24 +214,20 @@ pub struct Pending {
 /// carries a form's).
 pub async fn pending(fhir: &Fhir, tenant: &str, request_id: &str, proof: BrowserProof<'_>) -> Result<Pending> {
     let mut connection = fhir.store.connection().await?;
-    let row = sqlx::query("SELECT request, actor, expires_at FROM authorization_requests WHERE id = $1 AND tenant = $2")
-        .bind(request_id)
-        .bind(tenant)
-        .fetch_optional(&mut *connection)
-        .await?;
+    let row = store::authorization_request(&mut connection, request_id, tenant).await?;
     let expired = || Error::bad_request("this sign-in has expired or is unknown; start again from the app");
     let row = row.ok_or_else(expired)?;
-    if row.try_get::<String, _>("expires_at")? <= format_instant(fhir.clock.now()) {
+    if row.expires_at <= format_instant(fhir.clock.now()) {
         return Err(expired());
     }
-    let request: AuthorizeRequest = serde_json::from_str(&row.try_get::<String, _>("request")?)?;
+    let request: AuthorizeRequest = serde_json::from_str(&row.request)?;
     let same_browser = !request.browser.is_empty() && proof.cookie.is_some_and(|cookie| constant_time_eq(&digest(cookie), &request.browser));
     let form_ok = proof.csrf.is_none_or(|csrf| !request.csrf.is_empty() && constant_time_eq(csrf, &request.csrf));
     if !same_browser || !form_ok {
         tracing::warn!(target: "renraku::auth", tenant, "sign-in step refused: not the browser that started it, or a wrong CSRF token");
         return Err(Error::Forbidden("this sign-in was started in another browser or the form is stale; start again from the app".into()));
     }
-    let actor = row.try_get::<Option<String>, _>("actor")?.map(|a| serde_json::from_str(&a)).transpose()?;
+    let actor = row.actor.map(|a| serde_json::from_str(&a)).transpose()?;
     let client = fhir.client(tenant, &request.client_id).ok_or_else(expired)?;
     Ok(Pending { request, actor, client })
 }
@@ -269,13 +261,7 @@ pub async fn signed_in(fhir: &Fhir, context: &Context, request_id: &str, actor: 
     }));
     fhir.record_security(context, &holder, "login", None, Vec::new()).await?;
     let mut connection = fhir.store.connection().await?;
-    sqlx::query("UPDATE authorization_requests SET actor = $1 WHERE id = $2 AND tenant = $3")
-        .bind(serde_json::to_string(actor)?)
-        .bind(request_id)
-        .bind(tenant)
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
+    store::set_authorization_actor(&mut connection, request_id, tenant, &serde_json::to_string(actor)?).await
 }
 
 /// The scopes the consent page offers: what the app asked for, narrowed to what it is
@@ -369,14 +355,9 @@ pub async fn approve(
     };
     let code = random();
     let mut connection = fhir.store.connection().await?;
-    sqlx::query("INSERT INTO authorization_codes (digest, tenant, grant_json, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(digest(&code))
-        .bind(tenant)
-        .bind(serde_json::to_string(&record)?)
-        .bind(format_instant(fhir.clock.now() + Duration::seconds(CODE_SECONDS)))
-        .execute(&mut *connection)
-        .await?;
-    sqlx::query("DELETE FROM authorization_requests WHERE id = $1").bind(request_id).execute(&mut *connection).await?;
+    let expires_at = format_instant(fhir.clock.now() + Duration::seconds(CODE_SECONDS));
+    store::insert_authorization_code(&mut connection, &digest(&code), tenant, &serde_json::to_string(&record)?, &expires_at).await?;
+    store::delete_authorization_request(&mut connection, request_id).await?;
     let mut params = vec![("code", code.as_str())];
     if let Some(state) = pending.request.state.as_deref() {
         params.push(("state", state));
@@ -391,36 +372,19 @@ pub async fn mint_launch(fhir: &Fhir, context: &Context, patient: &str) -> Resul
     fhir.read(context, "Patient", patient).await?;
     let launch = random();
     let mut connection = fhir.store.connection().await?;
-    sqlx::query("INSERT INTO launch_contexts (digest, tenant, patient, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(digest(&launch))
-        .bind(&context.tenant)
-        .bind(patient)
-        .bind(format_instant(fhir.clock.now() + Duration::minutes(5)))
-        .execute(&mut *connection)
-        .await?;
+    let expires_at = format_instant(fhir.clock.now() + Duration::minutes(5));
+    store::insert_launch_context(&mut connection, &digest(&launch), &context.tenant, patient, &expires_at).await?;
     Ok(launch)
 }
 
 /// The patient a `launch` value binds, if it is unused and unexpired (it is used up here).
 async fn redeem_launch(fhir: &Fhir, tenant: &str, launch: &str) -> Result<Option<String>> {
     let mut connection = fhir.store.connection().await?;
-    let row = sqlx::query("SELECT patient, expires_at FROM launch_contexts WHERE digest = $1 AND tenant = $2")
-        .bind(digest(launch))
-        .bind(tenant)
-        .fetch_optional(&mut *connection)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    if row.try_get::<String, _>("expires_at")? <= format_instant(fhir.clock.now()) {
+    let Some((patient, expires_at)) = store::launch_context(&mut connection, &digest(launch), tenant).await? else { return Ok(None) };
+    if expires_at <= format_instant(fhir.clock.now()) || !store::claim_launch_context(&mut connection, &digest(launch)).await? {
         return Ok(None);
     }
-    let claimed = sqlx::query("UPDATE launch_contexts SET used = 1 WHERE digest = $1 AND used = 0")
-        .bind(digest(launch))
-        .execute(&mut *connection)
-        .await?;
-    if claimed.rows_affected() != 1 {
-        return Ok(None);
-    }
-    Ok(Some(row.try_get("patient")?))
+    Ok(Some(patient))
 }
 
 /// The user declined (or the sign-in failed): the app hears `access_denied`.
@@ -471,28 +435,14 @@ pub async fn exchange_code(fhir: &Fhir, tenant: &str, form: &[(String, String)])
     let client = authenticate_app(fhir, tenant, form, now, "authorization_code").await?;
     let code = field("code").ok_or_else(|| OAuthError::invalid_request("code is missing"))?;
     let mut connection = fhir.store.connection().await?;
-    let row = sqlx::query("SELECT grant_json, expires_at FROM authorization_codes WHERE digest = $1 AND tenant = $2")
-        .bind(digest(code))
-        .bind(tenant)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(OAuthError::server_error)?;
+    let row = store::authorization_code(&mut connection, &digest(code), tenant).await?;
     let invalid = || OAuthError::invalid_grant("the authorization code is invalid, expired or already used");
-    let row = row.ok_or_else(invalid)?;
+    let (grant, expires_at) = row.ok_or_else(invalid)?;
     // Single use: only the request that flips `used` may proceed.
-    let claimed = sqlx::query("UPDATE authorization_codes SET used = 1 WHERE digest = $1 AND used = 0")
-        .bind(digest(code))
-        .execute(&mut *connection)
-        .await
-        .map_err(OAuthError::server_error)?;
-    if claimed.rows_affected() != 1 {
+    if !store::claim_authorization_code(&mut connection, &digest(code)).await? || expires_at <= format_instant(now) {
         return Err(invalid());
     }
-    if row.try_get::<String, _>("expires_at").map_err(OAuthError::server_error)? <= format_instant(now) {
-        return Err(invalid());
-    }
-    let record: GrantRecord =
-        serde_json::from_str(&row.try_get::<String, _>("grant_json").map_err(OAuthError::server_error)?).map_err(OAuthError::server_error)?;
+    let record: GrantRecord = serde_json::from_str(&grant).map_err(OAuthError::server_error)?;
     if record.client_id != client.client_id {
         return Err(OAuthError::invalid_grant("the authorization code was issued to another app"));
     }
@@ -520,35 +470,24 @@ pub async fn refresh(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Re
     let client = authenticate_app(fhir, tenant, form, now, "refresh_token").await?;
     let presented = field("refresh_token").ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))?;
     let mut connection = fhir.store.connection().await?;
-    let row = sqlx::query("SELECT family, grant_json, expires_at, rotated, revoked FROM refresh_tokens WHERE digest = $1 AND tenant = $2")
-        .bind(digest(presented))
-        .bind(tenant)
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(OAuthError::server_error)?;
+    let row = store::refresh_token(&mut connection, &digest(presented), tenant).await?;
     let invalid = || OAuthError::invalid_grant("the refresh token is invalid, expired or revoked");
     let row = row.ok_or_else(invalid)?;
-    let family: String = row.try_get("family").map_err(OAuthError::server_error)?;
-    let record: GrantRecord =
-        serde_json::from_str(&row.try_get::<String, _>("grant_json").map_err(OAuthError::server_error)?).map_err(OAuthError::server_error)?;
+    let family = row.family.clone();
+    let record: GrantRecord = serde_json::from_str(&row.grant).map_err(OAuthError::server_error)?;
     if record.client_id != client.client_id {
         return Err(invalid());
     }
-    if row.try_get::<i64, _>("revoked").map_err(OAuthError::server_error)? != 0 {
+    if row.revoked {
         return Err(invalid());
     }
-    let claimed = sqlx::query("UPDATE refresh_tokens SET rotated = 1 WHERE digest = $1 AND rotated = 0")
-        .bind(digest(presented))
-        .execute(&mut *connection)
-        .await
-        .map_err(OAuthError::server_error)?;
-    if claimed.rows_affected() != 1 {
+    if !store::claim_refresh_token(&mut connection, &digest(presented)).await? {
         tokens::revoke_family(&mut connection, &family).await?;
         tracing::warn!(target: "renraku::auth", tenant, client = %client.client_id, "refresh token reused; its family is revoked");
         return Err(invalid());
     }
-    if let Some(expires_at) = row.try_get::<Option<String>, _>("expires_at").map_err(OAuthError::server_error)? {
-        if expires_at <= format_instant(now) {
+    if let Some(expires_at) = &row.expires_at {
+        if *expires_at <= format_instant(now) {
             return Err(invalid());
         }
     }
@@ -611,15 +550,8 @@ async fn issue_app_tokens(
     };
     if let Some(lifetime) = refresh_lifetime {
         let refresh_token = random();
-        sqlx::query("INSERT INTO refresh_tokens (digest, family, tenant, grant_json, expires_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(digest(&refresh_token))
-            .bind(family)
-            .bind(tenant)
-            .bind(serde_json::to_string(&record).map_err(OAuthError::server_error)?)
-            .bind(format_instant(now + lifetime))
-            .execute(&mut *connection)
-            .await
-            .map_err(OAuthError::server_error)?;
+        let grant = serde_json::to_string(&record).map_err(OAuthError::server_error)?;
+        store::insert_refresh_token(connection, &digest(&refresh_token), family, tenant, &grant, &format_instant(now + lifetime)).await?;
         crate::fhir::set(&mut answer, "refresh_token", json!(refresh_token));
     }
     tracing::info!(target: "renraku::auth", tenant, client = %record.client_id, scope = %scopes, "access token issued (app)");

@@ -3,11 +3,12 @@
 
 use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::scopes::Scopes;
 use crate::error::{Error, Result};
 use crate::policy::{Actor, Authenticated, Principal};
+use crate::store::auth as store;
 
 /// What a new token stands for.
 #[derive(Debug, Clone)]
@@ -60,22 +61,18 @@ pub async fn store(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &T
 async fn insert(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant, token: &str, family: Option<&str>) -> Result<Issued> {
     let expires_at = now + grant.lifetime;
     let principal = serde_json::to_string(&grant.actor)?;
-    sqlx::query("DELETE FROM access_tokens WHERE digest = $1").bind(digest(token)).execute(&mut *connection).await?;
-    sqlx::query(
-        "INSERT INTO access_tokens (digest, tenant, principal, scope, patient, client_id, issued_at, expires_at, revoked, family) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9)",
-    )
-    .bind(digest(token))
-    .bind(&grant.tenant)
-    .bind(principal)
-    .bind(grant.scopes.to_string())
-    .bind(grant.patient.clone())
-    .bind(&grant.client_id)
-    .bind(crate::fhir::dates::format_instant(now))
-    .bind(crate::fhir::dates::format_instant(expires_at))
-    .bind(family)
-    .execute(&mut *connection)
-    .await?;
+    let row = store::NewAccessToken {
+        digest: &digest(token),
+        tenant: &grant.tenant,
+        principal: &principal,
+        scope: &grant.scopes.to_string(),
+        patient: grant.patient.as_deref(),
+        client_id: &grant.client_id,
+        issued_at: &crate::fhir::dates::format_instant(now),
+        expires_at: &crate::fhir::dates::format_instant(expires_at),
+        family,
+    };
+    store::put_access_token(connection, &row).await?;
     Ok(Issued { access_token: token.to_owned(), expires_at })
 }
 
@@ -83,19 +80,16 @@ async fn insert(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &Toke
 /// token takes its whole family with it: every refresh token rotated from the same
 /// authorization and every access token issued from them (RFC 7009 §2.1).
 pub async fn revoke(connection: &mut AnyConnection, token: &str) -> Result<()> {
-    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE digest = $1").bind(digest(token)).execute(&mut *connection).await?;
-    let family = sqlx::query("SELECT family FROM refresh_tokens WHERE digest = $1").bind(digest(token)).fetch_optional(&mut *connection).await?;
-    if let Some(row) = family {
-        revoke_family(connection, &row.try_get::<String, _>("family")?).await?;
+    store::revoke_access_token(connection, &digest(token)).await?;
+    if let Some(family) = store::refresh_family_of(connection, &digest(token)).await? {
+        revoke_family(connection, &family).await?;
     }
     Ok(())
 }
 
 /// Revokes a refresh-token family and the access tokens issued from it.
 pub async fn revoke_family(connection: &mut AnyConnection, family: &str) -> Result<()> {
-    sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = $1").bind(family).execute(&mut *connection).await?;
-    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE family = $1").bind(family).execute(&mut *connection).await?;
-    Ok(())
+    store::revoke_family(connection, family).await
 }
 
 /// The principal a bearer token presented at `tenant`'s base stands for (`None` for the
@@ -107,33 +101,20 @@ pub async fn verify(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: 
         tracing::info!(target: "renraku::auth", tenant = tenant_label, why, "access token refused");
         Error::Unauthorized("the access token is invalid, expired or revoked".into())
     };
-    let row = sqlx::query(
-        "SELECT tenant, principal, scope, patient, client_id, expires_at, revoked FROM access_tokens WHERE digest = $1",
-    )
-    .bind(digest(token))
-    .fetch_optional(connection)
-    .await?;
-    let Some(row) = row else { return Err(invalid("unknown token")) };
-    if row.try_get::<i64, _>("revoked")? != 0 {
+    let Some(row) = store::access_token(connection, &digest(token)).await? else { return Err(invalid("unknown token")) };
+    if row.revoked {
         return Err(invalid("revoked"));
     }
-    let expires_at: String = row.try_get("expires_at")?;
-    if expires_at <= crate::fhir::dates::format_instant(now) {
+    if row.expires_at <= crate::fhir::dates::format_instant(now) {
         return Err(invalid("expired"));
     }
-    let audience: String = row.try_get("tenant")?;
-    let actor: Actor = serde_json::from_str(&row.try_get::<String, _>("principal")?).map_err(|_| invalid("unknown principal kind"))?;
+    let actor: Actor = serde_json::from_str(&row.principal).map_err(|_| invalid("unknown principal kind"))?;
     // A server administrator's token is valid at every base; every other token only at its own.
-    if tenant.is_some_and(|tenant| tenant != audience) && !matches!(actor, Actor::ServerAdmin { .. }) {
+    if tenant.is_some_and(|tenant| tenant != row.tenant) && !matches!(actor, Actor::ServerAdmin { .. }) {
         return Err(invalid("token for another tenant"));
     }
-    let scopes = Scopes::parse(&row.try_get::<String, _>("scope")?).map_err(|_| invalid("stored scope unreadable"))?;
-    Ok(Principal::Authenticated(Box::new(Authenticated {
-        actor,
-        scopes,
-        patient: row.try_get("patient")?,
-        client_id: row.try_get("client_id")?,
-    })))
+    let scopes = Scopes::parse(&row.scope).map_err(|_| invalid("stored scope unreadable"))?;
+    Ok(Principal::Authenticated(Box::new(Authenticated { actor, scopes, patient: row.patient, client_id: row.client_id })))
 }
 
 /// Records that `client_id` used the assertion `jti` (expiring at `expires_at`, seconds
@@ -147,21 +128,7 @@ pub async fn record_assertion(
 ) -> Result<bool> {
     // Assertions expire within minutes; forgetting them afterwards keeps the table small
     // (an expired assertion is refused for its exp anyway).
-    sqlx::query("DELETE FROM client_assertions WHERE expires_at < $1")
-        .bind(now.timestamp() - 3600)
-        .execute(&mut *connection)
-        .await?;
-    let inserted = sqlx::query("INSERT INTO client_assertions (client_id, jti, expires_at) VALUES ($1, $2, $3)")
-        .bind(client_id)
-        .bind(jti)
-        .bind(expires_at)
-        .execute(&mut *connection)
-        .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(false),
-        Err(error) => Err(error.into()),
-    }
+    store::record_assertion(connection, now.timestamp() - 3600, client_id, jti, expires_at).await
 }
 
 /// What introspection reports about an active token.
@@ -177,30 +144,18 @@ pub struct TokenInfo {
 
 /// The token's details if it is active (known, unexpired, unrevoked) and for `tenant`.
 pub async fn describe(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: &str, token: &str) -> Result<Option<TokenInfo>> {
-    let row = sqlx::query(
-        "SELECT tenant, principal, scope, patient, client_id, issued_at, expires_at, revoked FROM access_tokens WHERE digest = $1",
-    )
-    .bind(digest(token))
-    .fetch_optional(connection)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let expires_text: String = row.try_get("expires_at")?;
-    if row.try_get::<i64, _>("revoked")? != 0 || expires_text <= crate::fhir::dates::format_instant(now) {
+    let Some(row) = store::access_token(connection, &digest(token)).await? else { return Ok(None) };
+    if row.revoked || row.expires_at <= crate::fhir::dates::format_instant(now) || row.tenant != tenant {
         return Ok(None);
     }
-    if row.try_get::<String, _>("tenant")? != tenant {
-        return Ok(None);
-    }
-    let Ok(actor) = serde_json::from_str::<Actor>(&row.try_get::<String, _>("principal")?) else { return Ok(None) };
-    let parse = |text: String| {
-        chrono::DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(Error::internal)
-    };
+    let Ok(actor) = serde_json::from_str::<Actor>(&row.principal) else { return Ok(None) };
+    let parse = |text: &str| chrono::DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(Error::internal);
     Ok(Some(TokenInfo {
         actor,
-        scope: row.try_get("scope")?,
-        patient: row.try_get("patient")?,
-        client_id: row.try_get("client_id")?,
-        issued_at: parse(row.try_get("issued_at")?)?,
-        expires_at: parse(expires_text)?,
+        scope: row.scope,
+        patient: row.patient,
+        client_id: row.client_id,
+        issued_at: parse(&row.issued_at)?,
+        expires_at: parse(&row.expires_at)?,
     }))
 }

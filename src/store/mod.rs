@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::policy::Grant;
 
 pub mod audit;
+pub mod auth;
 pub(crate) mod facts;
 pub mod query;
 pub mod tenants;

@@ -24,6 +24,7 @@ mod http_semantics;
 mod search;
 mod search_basic;
 mod security;
+mod structure;
 mod upstream_login;
 mod smart;
 mod validation;
