@@ -17,6 +17,7 @@ use axum::Router;
 use crate::config::Config;
 use crate::error::Error;
 use crate::fhir::format::Format;
+use crate::fhir::outcome::{Issue, IssueCode, OperationOutcome};
 use crate::service::history::Level;
 use crate::service::Fhir;
 
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
+        .layer(middleware::from_fn(outcome_for_plain_errors))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -101,6 +103,38 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// The last resort for "every error is an OperationOutcome": an error that axum itself
+/// answered in plain text (a path segment that is not valid percent-encoded UTF-8, a body
+/// it could not read) keeps its status and gets its text as the outcome's diagnostics.
+async fn outcome_for_plain_errors(request: Request, next: Next) -> Response {
+    let request_id = request_id_of(&request);
+    let response = next.run(request).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_none_or(|value| value.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain || status == StatusCode::NOT_MODIFIED {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default();
+    let code = if status.is_server_error() { IssueCode::Exception } else { IssueCode::Invalid };
+    let diagnostics = if status.is_server_error() || text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let outcome = OperationOutcome::new(vec![Issue::error(code, diagnostics)]).with_request_id(&request_id).to_json();
+    let mut rebuilt = (status, axum::Json(outcome)).into_response();
+    for (name, value) in parts.headers.iter().filter(|(name, _)| *name != axum::http::header::CONTENT_TYPE && *name != axum::http::header::CONTENT_LENGTH) {
+        rebuilt.headers_mut().insert(name.clone(), value.clone());
+    }
+    rebuilt.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
+    rebuilt
 }
 
 /// Abandons a request that takes longer than `limits.request_timeout_ms`: the client gets

@@ -477,6 +477,7 @@ impl Fhir {
 
     /// `renraku audit verify`: walks every chain (or one) and reports the first broken link.
     pub async fn verify_audit_trail(&self, only: Option<&str>) -> Result<Vec<ChainReport>> {
+        self.store.analyze_audit_tables().await?;
         let mut connection = self.store.connection().await?;
         let mut reports = Vec::new();
         for head in store::audit::heads(&mut connection).await? {

@@ -1081,17 +1081,24 @@ pub async fn referring(
     );
     sql.tenant_scope("r.tenant", grant);
     sql.push(" AND ");
-    sql.access_scope("r", grant, Some(&[source_type.to_owned()]));
-    sql.push(" AND r.resource_type = ").bind(source_type.to_owned());
-    sql.push(" AND r.id IN (SELECT x.id FROM search_reference x WHERE x.resource_type = ")
-        .bind(source_type.to_owned())
-        .push(" AND x.target_type = ")
-        .bind(target_type.to_owned());
+    if source_type == "*" {
+        // `_revinclude=*`: whatever refers to the matches, of any type the grant shows.
+        sql.access_scope("r", grant, None);
+        sql.push(" AND EXISTS (SELECT 1 FROM search_reference x WHERE x.resource_type = r.resource_type AND x.id = r.id AND x.target_type = ")
+            .bind(target_type.to_owned());
+    } else {
+        sql.access_scope("r", grant, Some(&[source_type.to_owned()]));
+        sql.push(" AND r.resource_type = ").bind(source_type.to_owned());
+        sql.push(" AND r.id IN (SELECT x.id FROM search_reference x WHERE x.resource_type = ")
+            .bind(source_type.to_owned())
+            .push(" AND x.target_type = ")
+            .bind(target_type.to_owned());
+    }
     if let Some(param) = param {
         sql.push(" AND x.param = ").bind(param.to_owned());
     }
     push_in(&mut sql, "x.target_id", target_ids);
-    sql.push(") ORDER BY r.id");
+    sql.push(") ORDER BY r.resource_type, r.id");
     let rows = sql.fetch_all(connection).await?;
     rows.iter().map(current_from_row).collect()
 }

@@ -18,6 +18,8 @@
 //! | M5 refresh tokens cannot be revoked | `m5_revoking_a_refresh_token_revokes_its_family` |
 //! | M7 one query ties up the database | `m7_requests_stay_within_the_limits` |
 //! | Low: NUL in an id answers 500 on PostgreSQL | `low_nul_characters_are_a_client_error` |
+//! | Low: two first starts on one database, one fails | `low_simultaneous_first_starts_both_start` |
+//! | Low: plain-text errors; `_revinclude=*` includes nothing | `low_every_error_is_an_outcome_and_revinclude_star_works` |
 //! | Concurrent conditional creates duplicate a person (structure issue) | `concurrency::concurrent_conditional_creates_as_the_care_manager` |
 
 use axum::http::Method;
@@ -458,6 +460,34 @@ async fn m7_requests_stay_within_the_limits(backend: Backend) {
     server.get("/ina/fhir/Patient?name=a0&name=a1").await.expect(200);
 }
 
+/// Low: two gateways started at once on a new database: one exited with a migration error.
+async fn low_simultaneous_first_starts_both_start(backend: Backend) {
+    let (config, _directory, database) = crate::support::new_database(backend).await;
+    let (first, second) = tokio::join!(renraku::Gateway::start(config.clone()), renraku::Gateway::start(config.clone()));
+    let started = (first.is_ok(), second.is_ok());
+    let errors = format!("{:?} {:?}", first.err(), second.err());
+    if let Some(name) = database {
+        crate::support::drop_database(name);
+    }
+    assert_eq!(started, (true, true), "{errors}");
+}
+
+/// Low: errors axum answered itself came as plain text; `_revinclude=*` included nothing.
+async fn low_every_error_is_an_outcome_and_revinclude_star_works(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (_, doctor) = team_world(&server).await;
+    let reply = server.get("/ina/fhir/Patient/%FF%FE").await;
+    assert!(reply.status.is_client_error(), "{}", reply.text());
+    assert_eq!(reply.json()["resourceType"], "OperationOutcome", "{}", reply.text());
+    let mut included = doctor.search_ids(&server, "Patient?_id=p1&_revinclude=*").await;
+    included.sort();
+    assert_eq!(included, vec!["Patient/p1"], "matches");
+    let bundle = doctor.get(&server, "Patient?_id=p1&_revinclude=*").await.json();
+    let mut others = crate::policy::entry_ids(&bundle, "include");
+    others.sort();
+    assert_eq!(others, vec!["CareTeam/team-p1", "Consent/consent-p1", "Observation/obs-1"], "{bundle}");
+}
+
 /// Low: a NUL character in an id or search value answered 500 on PostgreSQL.
 async fn low_nul_characters_are_a_client_error(backend: Backend) {
     let server = Server::start(backend).await;
@@ -481,4 +511,6 @@ both_backends!(
     m5_revoking_a_refresh_token_revokes_its_family,
     m7_requests_stay_within_the_limits,
     low_nul_characters_are_a_client_error,
+    low_simultaneous_first_starts_both_start,
+    low_every_error_is_an_outcome_and_revinclude_star_works,
 );

@@ -119,34 +119,7 @@ impl Server {
 
     /// Starts a gateway whose configuration `adjust` may change.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Server {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let (database_url, database) = match backend {
-            Backend::Sqlite => (renraku::config::default_sqlite_url(directory.path()), None),
-            Backend::Postgres => {
-                let name = format!("renraku_test_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
-                    .await
-                    .expect("PostgreSQL is reachable (see .ci/run)");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
-                let admin_url = postgres_admin_url();
-                let base = admin_url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(admin_url);
-                (format!("{base}/{name}"), Some(name))
-            }
-        };
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            data_dir: directory.path().to_owned(),
-            database_url,
-            public_base_url: BASE.to_owned(),
-            body_limit_bytes: renraku::config::DEFAULT_BODY_LIMIT_BYTES,
-            tenants: test_tenants(),
-            demo: false,
-            extra_search_parameters: Vec::new(),
-            audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
-            audit_off_for_benchmarks_only: false,
-            limits: renraku::config::Limits::default(),
-        clients: Vec::new(),
-        };
+        let (mut config, directory, database) = new_database(backend).await;
         adjust(&mut config);
         let gateway = Gateway::start(config.clone()).await.expect("gateway starts");
         let fhir = gateway.state.fhir.clone();
@@ -250,6 +223,46 @@ impl Server {
     }
 }
 
+/// A configuration for a new, empty database (a temporary SQLite file, or a fresh
+/// PostgreSQL database dropped when the returned name's `Server` is dropped), with the
+/// temporary directory that must outlive it.
+pub async fn new_database(backend: Backend) -> (Config, tempfile::TempDir, Option<String>) {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let (database_url, database) = match backend {
+            Backend::Sqlite => (renraku::config::default_sqlite_url(directory.path()), None),
+            Backend::Postgres => {
+                let name = format!("renraku_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
+                    .await
+                    .expect("PostgreSQL is reachable (see .ci/run)");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+                let admin_url = postgres_admin_url();
+                let base = admin_url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(admin_url);
+                (format!("{base}/{name}"), Some(name))
+            }
+        };
+        let config = Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: directory.path().to_owned(),
+            database_url,
+            public_base_url: BASE.to_owned(),
+            body_limit_bytes: renraku::config::DEFAULT_BODY_LIMIT_BYTES,
+            tenants: test_tenants(),
+            demo: false,
+            extra_search_parameters: Vec::new(),
+            audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
+            audit_off_for_benchmarks_only: false,
+            limits: renraku::config::Limits::default(),
+        clients: Vec::new(),
+        };
+        (config, directory, database)
+}
+
+/// Drops a PostgreSQL test database (see [`new_database`]).
+pub fn drop_database(name: String) {
+    drop_database_now(name);
+}
+
 async fn issue_token(fhir: &renraku::service::Fhir, tenant: &str, actor: Actor, scopes: &str, patient: Option<&str>) -> String {
     let grant = TokenGrant {
         tenant: tenant.to_owned(),
@@ -274,19 +287,24 @@ async fn unrestricted_tokens(fhir: &renraku::service::Fhir, config: &Config) -> 
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let Some(name) = self.database.take() else { return };
-        // Dropping the database needs async I/O; a short-lived runtime on its own thread
-        // does it without disturbing the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            if let Ok(runtime) = runtime {
-                runtime.block_on(async move {
-                    if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
-                    }
-                });
-            }
-        })
-        .join();
+        if let Some(name) = self.database.take() {
+            drop_database(name);
+        }
     }
+}
+
+fn drop_database_now(name: String) {
+    // Dropping the database needs async I/O; a short-lived runtime on its own thread does
+    // it without disturbing the test's runtime.
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(runtime) = runtime {
+            runtime.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                }
+            });
+        }
+    })
+    .join();
 }
