@@ -50,6 +50,12 @@ impl Gateway {
     /// Connects to the database (running migrations), loads the validation tables and, in
     /// demo mode, seeds the demo data.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with_clock(config, Arc::new(clock::SystemClock)).await
+    }
+
+    /// [`Gateway::start`] with the clock every decision, token and audit event reads (tests
+    /// pass one they control).
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn clock::Clock>) -> Result<Gateway, StartError> {
         if config.database_url.starts_with("sqlite:") {
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
@@ -76,7 +82,7 @@ impl Gateway {
             tracing::debug!(%skipped, "search parameter not compiled");
         }
         let config = Arc::new(config);
-        let fhir = Arc::new(service::Fhir::new(store, validator, Arc::new(registry), Arc::new(clock::SystemClock), config.clone()));
+        let fhir = Arc::new(service::Fhir::new(store, validator, Arc::new(registry), clock, config.clone()));
         fhir.load_stored_tenants().await.map_err(|e| StartError::Validation(format!("tenants: {e}")))?;
         let reindexed = fhir.reindex_if_changed().await.map_err(|e| StartError::Validation(format!("reindex: {e}")))?;
         if let Some(count) = reindexed.filter(|count| *count > 0) {

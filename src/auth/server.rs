@@ -122,7 +122,7 @@ pub async fn token(fhir: &Fhir, context: &Context, form: &[(String, String)]) ->
         }
         Err(_) => Principal::Anonymous,
     };
-    let refused = result.as_ref().err().map(|e| format!("{}: {}", e.error, e.description));
+    let refused = result.as_ref().err().map(|e| format!("{}: {}", e.error(), e.description));
     fhir.record_security(context, &holder, subtype, refused, entities).await?;
     result
 }

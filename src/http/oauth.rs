@@ -34,7 +34,7 @@ fn oauth_reply(result: Result<Value, OAuthError>) -> Response {
         Ok(body) => no_store(StatusCode::OK, body),
         Err(error) => {
             let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            let mut response = no_store(status, json!({ "error": error.error, "error_description": error.description }));
+            let mut response = no_store(status, json!({ "error": error.error(), "error_description": error.description }));
             if status == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }

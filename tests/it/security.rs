@@ -296,6 +296,33 @@ async fn h2_patient_scopes_reach_only_the_patient_context(backend: Backend) {
     assert!(!everything.text().contains("p2-vital-signs"), "{}", everything.text());
 }
 
+/// H3, in time: a token expires, and a team member whose participation period ends loses the
+/// person, when the gateway's clock passes the moment (read from its clock, not the wall's).
+async fn h3_time_ends_access_at_the_clock(backend: Backend) {
+    use renraku::clock::Clock;
+    let clock = std::sync::Arc::new(renraku::clock::ManualClock::new(chrono::Utc::now()));
+    let server = Server::start_with_clock(backend, |_| {}, clock.clone()).await;
+    let (care_manager, doctor) = team_world(&server).await;
+    // p3's team has the doctor (by role only) until tomorrow.
+    care_manager.put(&server, &patient("p3", "田中", "office")).await.expect(201);
+    care_manager.put(&server, &consent("consent-p3", "p3", "active", "office")).await.expect(201);
+    let tomorrow = (clock.now() + chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
+    let mut team = care_team("team-p3", "p3", &["PractitionerRole/role-cm", "PractitionerRole/role-dr"]);
+    team["participant"][1]["period"] = json!({ "end": tomorrow });
+    server.put("/ina/fhir/CareTeam/team-p3", &team).await.expect(201);
+    doctor.get(&server, "Patient/p3").await.expect(200);
+    // The token lives an hour: at 59 minutes it works, at 61 it does not.
+    clock.advance(chrono::Duration::minutes(59));
+    doctor.get(&server, "Patient/p3").await.expect(200);
+    clock.advance(chrono::Duration::minutes(2));
+    doctor.get(&server, "Patient/p3").await.expect(401);
+    // Two days on, a fresh token: the period has ended, p3 is gone for the doctor; p1 stays.
+    clock.advance(chrono::Duration::days(2));
+    let doctor = practitioner(&server, "ina", "dr", "hospital", "user/*.cruds").await;
+    doctor.get(&server, "Patient/p3").await.expect(404);
+    doctor.get(&server, "Patient/p1").await.expect(200);
+}
+
 /// M1: an agreement listing read, search-type, create and update also let vread, history
 /// and patch through.
 async fn m1_each_agreement_interaction_is_its_own(backend: Backend) {
@@ -505,6 +532,7 @@ both_backends!(
     h1_each_version_is_judged_by_its_own_content,
     h2_patient_scopes_reach_only_the_patient_context,
     h3_departed_professionals_lose_access_at_once,
+    h3_time_ends_access_at_the_clock,
     m1_each_agreement_interaction_is_its_own,
     m2_matching_and_patching_need_read_permissions,
     m4_consent_and_registration_are_the_registrars,

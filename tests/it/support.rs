@@ -119,9 +119,14 @@ impl Server {
 
     /// Starts a gateway whose configuration `adjust` may change.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Server {
+        Server::start_with_clock(backend, adjust, Arc::new(renraku::clock::SystemClock)).await
+    }
+
+    /// Starts a gateway that reads `clock` (a `ManualClock` lets a test move time).
+    pub async fn start_with_clock(backend: Backend, adjust: impl FnOnce(&mut Config), clock: Arc<dyn renraku::clock::Clock>) -> Server {
         let (mut config, directory, database) = new_database(backend).await;
         adjust(&mut config);
-        let gateway = Gateway::start(config.clone()).await.expect("gateway starts");
+        let gateway = Gateway::start_with_clock(config.clone(), clock).await.expect("gateway starts");
         let fhir = gateway.state.fhir.clone();
         let tokens = unrestricted_tokens(&fhir, &config).await;
         Server { router: gateway.router(), tokens, fhir, config, directory: Some(directory), database }
