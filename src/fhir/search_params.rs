@@ -88,6 +88,9 @@ pub struct Registry {
     by_type: BTreeMap<String, BTreeMap<String, SearchParam>>,
     /// Resource type → the parameters that put it in a Patient's compartment.
     patient_compartment: BTreeMap<String, Vec<String>>,
+    /// Resource type → the parameters by which it is a person's data: its compartment
+    /// parameters and every other reference parameter that may point at a Patient.
+    person_params: BTreeMap<String, Vec<String>>,
     /// Definitions that could not be compiled, for the start-up log.
     pub skipped: Vec<String>,
 }
@@ -120,7 +123,29 @@ impl Registry {
                 registry.patient_compartment.insert(code.to_owned(), params);
             }
         }
+        registry.person_params = registry.derive_person_params();
         Ok(registry)
+    }
+
+    /// The compartment parameters of each type, plus its reference parameters whose targets
+    /// include Patient (a `Device.patient`, a `Binary.securityContext`, a Bundle's entries'
+    /// subjects): what makes a resource a person's data for the access rule.
+    fn derive_person_params(&self) -> BTreeMap<String, Vec<String>> {
+        let mut person: BTreeMap<String, Vec<String>> = self.patient_compartment.clone();
+        for (resource_type, params) in &self.by_type {
+            if resource_type == "Resource" || resource_type == "Patient" {
+                continue;
+            }
+            for param in params.values() {
+                if param.kind == ParamType::Reference && param.targets.iter().any(|t| t == "Patient") {
+                    let codes = person.entry(resource_type.clone()).or_default();
+                    if !codes.contains(&param.code) {
+                        codes.push(param.code.clone());
+                    }
+                }
+            }
+        }
+        person
     }
 
     /// Adds one SearchParameter definition (a later definition of the same code wins).
@@ -187,6 +212,17 @@ impl Registry {
 
     pub fn compartment_types(&self) -> impl Iterator<Item = &str> {
         self.patient_compartment.keys().map(String::as_str)
+    }
+
+    /// The parameters by which a resource of `resource_type` is a person's data (see
+    /// `derive_person_params`); empty for a type that never refers to a Patient.
+    pub fn person_params(&self, resource_type: &str) -> &[String] {
+        self.person_params.get(resource_type).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Every type that can be a person's data (besides Patient).
+    pub fn person_types(&self) -> impl Iterator<Item = &str> {
+        self.person_params.keys().map(String::as_str)
     }
 
     /// The index rows of only the parameters `codes` of `resource` (unsorted): far cheaper

@@ -36,7 +36,7 @@ pub fn kind(environment: &Environment<'_>, resource_type: &str) -> Kind {
         "AuditEvent" => Kind::Audit,
         t if DIRECTORY_TYPES.contains(&t) => Kind::Directory,
         "Patient" => Kind::PatientData,
-        t if !environment.registry.patient_compartment(t).is_empty() => Kind::PatientData,
+        t if !environment.registry.person_params(t).is_empty() => Kind::PatientData,
         _ => Kind::Other,
     }
 }
@@ -44,7 +44,7 @@ pub fn kind(environment: &Environment<'_>, resource_type: &str) -> Kind {
 /// Every type of a person's data.
 fn patient_data_types(environment: &Environment<'_>) -> Vec<String> {
     let mut types: Vec<String> = std::iter::once("Patient")
-        .chain(environment.registry.compartment_types())
+        .chain(environment.registry.person_types())
         .filter(|t| kind(environment, t) == Kind::PatientData)
         .map(str::to_owned)
         .collect();
@@ -265,7 +265,7 @@ fn patient_clauses(
             params_by_type: types
                 .iter()
                 .filter(|t| *t != "Patient")
-                .map(|t| (t.clone(), environment.registry.patient_compartment(t).to_vec()))
+                .map(|t| (t.clone(), environment.registry.person_params(t).to_vec()))
                 .collect(),
             patients,
         };

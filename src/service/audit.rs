@@ -379,7 +379,7 @@ impl Fhir {
         if resource_type == "Patient" {
             return vec![id.to_owned()];
         }
-        let params = self.search_params.patient_compartment(resource_type);
+        let params = self.search_params.person_params(resource_type);
         if params.is_empty() {
             return Vec::new();
         }

@@ -935,7 +935,7 @@ impl Fhir {
         if resource_type == "Patient" {
             return vec![id.to_owned()];
         }
-        let params = self.search_params.patient_compartment(resource_type);
+        let params = self.search_params.person_params(resource_type);
         let mut patients: Vec<String> = index
             .iter()
             .filter_map(|entry| match entry {

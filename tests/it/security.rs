@@ -11,6 +11,7 @@
 //! | H1 old versions are judged by the resource's current compartment | `h1_each_version_is_judged_by_its_own_content` |
 //! | H2 a `patient/` scope lifts a granular `user/` restriction | `h2_patient_scopes_reach_only_the_patient_context` |
 //! | H3 departed professionals keep access | `h3_departed_professionals_lose_access_at_once` |
+//! | H4 a person's data outside the R4 Patient compartment is "other" | `h4_data_about_a_person_outside_the_compartment_is_theirs` |
 //! | M1 agreement interactions collapse | `m1_each_agreement_interaction_is_its_own` |
 //! | M2 create/update permissions read data | `m2_matching_and_patching_need_read_permissions` |
 //! | M3 existence oracle through team participants | `policy::wide_area_support` (hidden = missing) |
@@ -323,6 +324,42 @@ async fn h3_time_ends_access_at_the_clock(backend: Backend) {
     doctor.get(&server, "Patient/p1").await.expect(200);
 }
 
+/// H4: a person's data outside the R4 Patient compartment — a Device affixed to the person,
+/// a Binary whose security context is the person, a Bundle holding the person's record —
+/// was "other" and readable by anyone of the municipality.
+async fn h4_data_about_a_person_outside_the_compartment_is_theirs(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (_, doctor) = team_world(&server).await;
+    let outsider = Caller {
+        tenant: "ina".into(),
+        token: server
+            .token("ina", Actor::System { tenant: "ina".into(), client: "other-ehr".into(), organization: "other-office".into() }, "system/*.cruds", None)
+            .await,
+    };
+    let resources = [
+        json!({ "resourceType": "Device", "id": "dev-1", "patient": { "reference": "Patient/p1" }, "deviceName": [{ "name": "在宅酸素", "type": "user-friendly-name" }] }),
+        json!({ "resourceType": "Binary", "id": "bin-1", "contentType": "text/plain", "securityContext": { "reference": "Patient/p1" }, "data": "5YaZ55yf" }),
+        json!({ "resourceType": "Bundle", "id": "bundle-1", "type": "collection", "entry": [{ "fullUrl": "urn:uuid:5f2b7c5e-0000-4000-8000-000000000001",
+               "resource": { "resourceType": "Observation", "status": "final", "code": { "text": "体温" }, "subject": { "reference": "Patient/p1" } } }] }),
+    ];
+    for resource in &resources {
+        let kind = resource["resourceType"].as_str().unwrap_or_default();
+        let id = resource["id"].as_str().unwrap_or_default();
+        doctor.put(&server, resource).await.expect(201);
+        doctor.get(&server, &format!("{kind}/{id}")).await.expect(200);
+        outsider.get(&server, &format!("{kind}/{id}")).await.expect(404);
+        outsider.get(&server, &format!("{kind}/{id}/_history")).await.expect(404);
+        let listed = outsider.get(&server, &format!("{kind}/_history")).await.json();
+        assert_eq!(listed["total"], 0, "{kind}: {listed}");
+        // Nor may the outsider write such a resource about the person.
+        let mut theirs = resource.clone();
+        theirs["id"] = json!(format!("{id}-outsider"));
+        outsider.put(&server, &theirs).await.expect(403);
+    }
+    let everything = outsider.get(&server, "_history").await.text();
+    assert!(!everything.contains("dev-1") && !everything.contains("bin-1") && !everything.contains("bundle-1"), "{everything}");
+}
+
 /// M1: an agreement listing read, search-type, create and update also let vread, history
 /// and patch through.
 async fn m1_each_agreement_interaction_is_its_own(backend: Backend) {
@@ -533,6 +570,7 @@ both_backends!(
     h2_patient_scopes_reach_only_the_patient_context,
     h3_departed_professionals_lose_access_at_once,
     h3_time_ends_access_at_the_clock,
+    h4_data_about_a_person_outside_the_compartment_is_theirs,
     m1_each_agreement_interaction_is_its_own,
     m2_matching_and_patching_need_read_permissions,
     m4_consent_and_registration_are_the_registrars,
