@@ -113,7 +113,7 @@ async fn main() {
         registry: &fhir.search_params,
         tenants: &fhir.config.tenants,
         now: fhir.clock.now(),
-        compile_query: &|_, _| None,
+        compile_query: &renraku::policy::NoQueries,
     };
     let grant = policy::decide(&mut connection, &environment, &Principal::Operator, "ina", Interaction::Search, Some("Communication"))
         .await

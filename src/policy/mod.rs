@@ -267,6 +267,8 @@ pub struct Grant {
     agreements: Arc<Vec<facts::Agreement>>,
     /// The operator's (and the test suite's) grant: everything in one municipality.
     unrestricted: bool,
+    /// Who the grant was decided for, as the decision log names them.
+    actor: String,
 }
 
 /// What a disclosure of a person's data across a municipal border rested on.
@@ -314,7 +316,6 @@ impl Grant {
     /// that owns (or will own) it, `managing_organization` a Patient's registrar.
     pub fn permits_write(
         &self,
-        kind: Kind,
         resource_type: &str,
         id: &str,
         owner: &str,
@@ -330,7 +331,6 @@ impl Grant {
         {
             return true;
         }
-        let _ = kind;
         self.clauses.iter().any(|clause| match clause {
             Clause::Tenants { types, tenants } => types.contains(resource_type) && tenants.iter().any(|t| t == owner),
             Clause::Ids { resource_type: allowed, ids } => allowed == resource_type && ids.iter().any(|i| i == id),
@@ -392,9 +392,24 @@ pub struct Environment<'a> {
     pub registry: &'a Registry,
     pub tenants: &'a [TenantConfig],
     pub now: DateTime<Utc>,
-    /// Turns a granular scope's query (`category=…`) on a type into search criteria; `None`
-    /// when the query is not one the server can apply (the scope then grants nothing).
-    pub compile_query: &'a (dyn Fn(&str, &str) -> Option<Vec<crate::store::query::Criterion>> + Sync),
+    /// Turns granular scopes' queries into search criteria.
+    pub compile_query: &'a dyn CompileQuery,
+}
+
+/// Turns a granular scope's query (`category=…`) on a type into search criteria; `None`
+/// when the query is not one the server can apply (the scope then grants nothing). The
+/// search parser implements it (`service::ScopeQueries`); the policy only asks.
+pub trait CompileQuery: Sync {
+    fn compile(&self, resource_type: &str, query: &str) -> Option<Vec<crate::store::query::Criterion>>;
+}
+
+/// Compiles no query at all: for decisions that involve no granular scope.
+pub struct NoQueries;
+
+impl CompileQuery for NoQueries {
+    fn compile(&self, _: &str, _: &str) -> Option<Vec<crate::store::query::Criterion>> {
+        None
+    }
 }
 
 /// Decides whether `principal` may perform `interaction` on `resource_type` (None for
@@ -444,6 +459,7 @@ async fn decide_inner(
             organization: None,
             agreements: Arc::new(agreements),
             unrestricted: true,
+            actor: actor_label(principal),
         }
     };
     let authenticated = match principal {
@@ -497,6 +513,7 @@ async fn decide_inner(
         organization: authenticated.actor.organization().map(|o| format!("Organization/{o}")),
         agreements: Arc::new(world.agreements.clone()),
         unrestricted: false,
+        actor: actor_label(principal),
     })
 }
 
@@ -542,6 +559,7 @@ pub fn duplicate_probe_unchecked(tenant: &str) -> Grant {
         organization: None,
         agreements: Arc::new(Vec::new()),
         unrestricted: true,
+        actor: "duplicate-probe".to_owned(),
     }
 }
 
@@ -567,6 +585,42 @@ pub async fn disclosure_basis(
     Ok(DisclosureBasis { agreements, consents })
 }
 
+/// Who may read a person's `$access-report`: whoever may read the Patient, and the
+/// auditors of the person's municipality. Everyone else hears what a read would answer
+/// for a resource that is not there (404), or 401/403 for a refused token.
+pub async fn decide_access_report(
+    connection: &mut AnyConnection,
+    environment: &Environment<'_>,
+    principal: &Principal,
+    tenant: &str,
+    patient: &str,
+) -> Result<()> {
+    let read = decide(connection, environment, principal, tenant, Interaction::Read, Some("Patient")).await;
+    let readable = match &read {
+        Ok(grant) => crate::store::current(connection, grant, "Patient", patient).await?.is_some_and(|row| !row.deleted),
+        Err(_) => false,
+    };
+    let auditor_of_owner = match principal {
+        Principal::Authenticated(authenticated) => match &authenticated.actor {
+            Actor::MunicipalAuditor { tenant: home, .. } => {
+                crate::store::facts::tenant_of(connection, "Patient", patient).await?.as_deref() == Some(home.as_str())
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    let decision = if readable || auditor_of_owner {
+        Ok(())
+    } else {
+        match read {
+            Err(error @ (Error::Unauthorized(_) | Error::Forbidden(_))) if !matches!(principal, Principal::Authenticated(_)) => Err(error),
+            _ => Err(Error::NotFound(format!("Patient/{patient}"))),
+        }
+    };
+    report(principal, tenant, "access-report", Some("Patient"), decision.as_ref().map(|()| 0));
+    decision
+}
+
 /// Administrative operations outside the FHIR API. With `municipality` None (municipalities,
 /// signing keys) only the server administrator may; with Some (that municipality's OAuth
 /// clients) also that municipality's administrator.
@@ -581,9 +635,8 @@ pub fn require_administrator(principal: &Principal, municipality: Option<&str>) 
             (_, None) => Err(Error::Forbidden("only the server administrator may do this".into())),
         },
     };
-    if let Err(error) = &decision {
-        tracing::info!(target: "renraku::policy", reason = %error, "administrative access denied");
-    }
+    let what = municipality.map_or("administer the server", |_| "administer a municipality");
+    report(principal, municipality.unwrap_or("-"), what, None, decision.as_ref().map(|()| 0));
     decision
 }
 
@@ -602,34 +655,49 @@ pub fn administrator_of(principal: &Principal) -> Option<crate::auth::clients::A
     }
 }
 
-/// The one path through which allow and deny decisions are reported.
-fn record_decision(
-    principal: &Principal,
-    tenant: &str,
-    interaction: Interaction,
-    resource_type: Option<&str>,
-    decision: &Result<Grant, Error>,
-) {
-    let actor = match principal {
+/// Reports a decision of [`decide`].
+fn record_decision(principal: &Principal, tenant: &str, interaction: Interaction, resource_type: Option<&str>, decision: &Result<Grant, Error>) {
+    report(principal, tenant, interaction.as_str(), resource_type, decision.as_ref().map(|grant| grant.clauses.len()));
+}
+
+impl Grant {
+    /// Reports a refusal the service makes on this grant's terms after the decision (a
+    /// write whose content the grant does not cover), through the same path as decisions.
+    pub fn record_refusal(&self, what: &str, resource_type: &str, error: &Error) {
+        emit(&self.actor, &self.home_tenant, what, Some(resource_type), Err(error));
+    }
+}
+
+fn actor_label(principal: &Principal) -> String {
+    match principal {
         Principal::Anonymous => "anonymous".to_owned(),
         Principal::Operator => "operator".to_owned(),
         Principal::Authenticated(authenticated) => serde_json::to_string(&authenticated.actor).unwrap_or_default(),
-    };
+    }
+}
+
+/// The one path through which allow and deny decisions are reported: `clauses` of an
+/// allowed decision, or the reason of a refusal.
+fn report(principal: &Principal, tenant: &str, interaction: &str, resource_type: Option<&str>, decision: Result<usize, &Error>) {
+    emit(&actor_label(principal), tenant, interaction, resource_type, decision);
+}
+
+fn emit(actor: &str, tenant: &str, interaction: &str, resource_type: Option<&str>, decision: Result<usize, &Error>) {
     match decision {
-        Ok(grant) => tracing::debug!(
+        Ok(clauses) => tracing::debug!(
             target: "renraku::policy",
             actor,
             tenant,
-            interaction = interaction.as_str(),
+            interaction,
             resource_type = resource_type.unwrap_or("-"),
-            clauses = grant.clauses.len(),
+            clauses,
             "access allowed"
         ),
         Err(error) => tracing::info!(
             target: "renraku::policy",
             actor,
             tenant,
-            interaction = interaction.as_str(),
+            interaction,
             resource_type = resource_type.unwrap_or("-"),
             reason = %error,
             "access denied"

@@ -346,7 +346,7 @@ impl Fhir {
             EventType::Security(subtype) | EventType::Administration(subtype) => subtype,
         };
         let tenants = self.tenants();
-        let environment = crate::policy::Environment { registry: &self.search_params, tenants: &tenants, now: self.clock.now(), compile_query: &|_, _| None };
+        let environment = self.environment(&tenants, &crate::policy::NoQueries);
         let mut events = Vec::with_capacity(crossings.len());
         for (owner, crossing) in crossings {
             let basis = crate::policy::disclosure_basis(
@@ -437,28 +437,7 @@ impl Fhir {
         }
         self.project_audit_events().await?;
         let mut connection = self.store.connection().await?;
-        let grant = self.decide(&mut connection, context, crate::policy::Interaction::Read, Some("Patient")).await;
-        let readable = match &grant {
-            Ok(grant) => {
-                store::current(&mut connection, grant, "Patient", patient).await?.is_some_and(|row| !row.deleted)
-            }
-            Err(_) => false,
-        };
-        let auditor_of_owner = match &context.principal {
-            Principal::Authenticated(authenticated) => match &authenticated.actor {
-                crate::policy::Actor::MunicipalAuditor { tenant, .. } => {
-                    store::facts::tenant_of(&mut connection, "Patient", patient).await?.as_deref() == Some(tenant.as_str())
-                }
-                _ => false,
-            },
-            _ => false,
-        };
-        if !readable && !auditor_of_owner {
-            return match grant {
-                Err(error @ (Error::Unauthorized(_) | Error::Forbidden(_))) if !matches!(context.principal, Principal::Authenticated(_)) => Err(error),
-                _ => Err(Error::NotFound(format!("Patient/{patient}"))),
-            };
-        }
+        self.decide_access_report(&mut connection, context, patient).await?;
         let events = store::audit::events_about_patient(&mut connection, patient, count).await?;
         let names: BTreeMap<String, String> = self.tenants().into_iter().map(|t| (t.code, t.name)).collect();
         let mut parameters = vec![

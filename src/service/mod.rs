@@ -345,27 +345,33 @@ impl Fhir {
         resource_type: Option<&str>,
     ) -> Result<Grant> {
         let tenants = self.tenants();
-        let base_url = context.base_url.clone();
-        let compile = |resource_type: &str, query: &str| {
-            let pairs = parse_query_string(query);
-            let parsed = search::parse(&self.search_params, resource_type, &pairs, false, &base_url, &self.config.limits).ok()?;
-            (!parsed.criteria.is_empty()).then_some(parsed.criteria)
-        };
-        let environment =
-            policy::Environment { registry: &self.search_params, tenants: &tenants, now: self.clock.now(), compile_query: &compile };
+        let queries = self.scope_queries(context);
+        let environment = self.environment(&tenants, &queries);
         policy::decide(connection, &environment, &context.principal, &context.tenant, interaction, resource_type).await
+    }
+
+    /// Whether the caller may read `patient`'s `$access-report` (the rule is the policy's).
+    pub(crate) async fn decide_access_report(&self, connection: &mut sqlx::AnyConnection, context: &Context, patient: &str) -> Result<()> {
+        let tenants = self.tenants();
+        let queries = self.scope_queries(context);
+        let environment = self.environment(&tenants, &queries);
+        policy::decide_access_report(connection, &environment, &context.principal, &context.tenant, patient).await
+    }
+
+    /// What a decision reads besides the request and the facts.
+    pub(crate) fn environment<'a>(&'a self, tenants: &'a [TenantConfig], queries: &'a dyn policy::CompileQuery) -> policy::Environment<'a> {
+        policy::Environment { registry: &self.search_params, tenants, now: self.clock.now(), compile_query: queries }
+    }
+
+    /// The search parser, for compiling granular scopes at `context`'s base.
+    fn scope_queries<'a>(&'a self, context: &'a Context) -> ScopeQueries<'a> {
+        ScopeQueries { fhir: self, base_url: &context.base_url }
     }
 
     /// [`Fhir::decide`] on a connection of its own.
     pub(crate) async fn decide_now(&self, context: &Context, interaction: Interaction, resource_type: Option<&str>) -> Result<Grant> {
         let mut connection = self.store.connection().await?;
         self.decide(&mut connection, context, interaction, resource_type).await
-    }
-
-    fn kind(&self, resource_type: &str) -> policy::Kind {
-        let environment =
-            policy::Environment { registry: &self.search_params, tenants: &[], now: self.clock.now(), compile_query: &|_, _| None };
-        policy::rules::kind(&environment, resource_type)
     }
 
     /// `GET [base]/[type]/[id]`
@@ -880,8 +886,10 @@ impl Fhir {
             .then(|| resource.pointer("/managingOrganization/reference").and_then(Value::as_str))
             .flatten()
             .and_then(policy::facts::local_reference);
-        if !grant.permits_write(self.kind(resource_type), resource_type, id, &tenant, &patients, managing_organization.as_deref()) {
-            return Err(Error::Forbidden(format!("the access policy does not allow this {resource_type} to be written")));
+        if !grant.permits_write(resource_type, id, &tenant, &patients, managing_organization.as_deref()) {
+            let error = Error::Forbidden(format!("the access policy does not allow this {resource_type} to be written"));
+            grant.record_refusal("write", resource_type, &error);
+            return Err(error);
         }
         if resource_type == "CareTeam" {
             self.check_team_participants(connection, grant, &tenant, &resource).await?;
@@ -1154,6 +1162,21 @@ async fn check_role_organization(connection: &mut sqlx::AnyConnection, owner: &s
             Issue::error(IssueCode::BusinessRule, "a PractitionerRole's organization must be an Organization of this municipality's directory")
                 .at("PractitionerRole.organization"),
         ))
+    }
+}
+
+/// The search parser as the policy's compiler of granular scopes: a scope's query is
+/// parsed like a search at the request's base.
+pub(crate) struct ScopeQueries<'a> {
+    fhir: &'a Fhir,
+    base_url: &'a str,
+}
+
+impl policy::CompileQuery for ScopeQueries<'_> {
+    fn compile(&self, resource_type: &str, query: &str) -> Option<Vec<store::Criterion>> {
+        let pairs = parse_query_string(query);
+        let parsed = search::parse(&self.fhir.search_params, resource_type, &pairs, false, self.base_url, &self.fhir.config.limits).ok()?;
+        (!parsed.criteria.is_empty()).then_some(parsed.criteria)
     }
 }
 

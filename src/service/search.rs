@@ -862,6 +862,64 @@ mod tests {
         assert_eq!(decode_cursor("zz"), None);
     }
 
+    /// One line per criterion, compact enough to read in a table.
+    fn describe(criterion: &Criterion) -> String {
+        match criterion {
+            Criterion::Id(ids) => format!("_id in {ids:?}"),
+            Criterion::LastUpdated(ranges) => format!("_lastUpdated {ranges:?}"),
+            Criterion::Index { table, param, matches, negate } => {
+                format!("{}{} {param} {matches:?}", if *negate { "not " } else { "" }, table.name())
+            }
+            Criterion::Missing { param, missing, .. } => format!("{param} missing={missing}"),
+            Criterion::Chain { param, target_type, criteria } => {
+                format!("{param}->{} ({})", target_type.as_deref().unwrap_or("?"), criteria.iter().map(describe).collect::<Vec<_>>().join("; "))
+            }
+            Criterion::Has { source_type, param, criteria } => {
+                format!("has {source_type}.{param} ({})", criteria.iter().map(describe).collect::<Vec<_>>().join("; "))
+            }
+            Criterion::Compartment { target_type, target_id, .. } => format!("in {target_type}/{target_id}"),
+            Criterion::Everything { patient_id, .. } => format!("everything of {patient_id}"),
+        }
+    }
+
+    /// The parser as data: (type, query, the criteria it becomes, or the parameter a 400
+    /// names). No database.
+    #[test]
+    fn queries_become_criteria() {
+        let registry = Registry::load(&[]).unwrap_or_else(|e| panic!("registry: {e}"));
+        let limits = Limits::default();
+        let base = "http://renraku.test/ina/fhir";
+        let check = |resource_type: &str, query: &str, expected: Result<&[&str], &str>| {
+            let pairs = crate::service::parse_query_string(query);
+            let parsed = parse(&registry, resource_type, &pairs, false, base, &limits);
+            match (parsed, expected) {
+                (Ok(parsed), Ok(expected)) => {
+                    let found: Vec<String> = parsed.criteria.iter().map(describe).collect();
+                    assert_eq!(found, expected, "{resource_type}?{query}");
+                }
+                (Err(Error::BadRequest(issue)), Err(parameter)) => assert_eq!(issue.expression, vec![parameter.to_owned()], "{resource_type}?{query}"),
+                (Err(Error::LimitExceeded { limit, .. }), Err(parameter)) => assert_eq!(limit, parameter, "{resource_type}?{query}"),
+                (other, expected) => panic!("{resource_type}?{query}: {other:?}, expected {expected:?}"),
+            }
+        };
+        check("Patient", "_id=a,b", Ok(&["_id in [\"a\", \"b\"]"]));
+        check("Patient", "family=ヤマダ", Ok(&["search_string family [StringRange { low: \"やまだ\", high: \"やまだ\\u{10ffff}\" }]"]));
+        check("Patient", "family:exact=山田", Ok(&["search_string family [StringExact(\"山田\")]"]));
+        check("Patient", "gender:not=male", Ok(&["not search_token gender [Token { system: None, code: Some(\"male\") }]"]));
+        check("Patient", "identifier=urn:x|1", Ok(&["search_token identifier [Token { system: Some(\"urn:x\"), code: Some(\"1\") }]"]));
+        check("Observation", "subject=Patient/p1", Ok(&["search_reference subject [Reference { target_type: Some(\"Patient\"), target_id: \"p1\" }]"]));
+        check("Observation", "subject:Patient.family=山田", Ok(&["subject->Patient (search_string family [StringRange { low: \"山田\", high: \"山田\\u{10ffff}\" }])"]));
+        check("Patient", "_has:Observation:subject:code=x", Ok(&["has Observation.subject (search_token code [Token { system: None, code: Some(\"x\") }])"]));
+        check("Patient", "birthdate:missing=true", Ok(&["birthdate missing=true"]));
+        check("Patient", "_count=10&_sort=-_lastUpdated", Ok(&[]));
+        check("Patient", "nickname=x", Err("nickname"));
+        check("Patient", "gender:fuzzy=x", Err("gender:fuzzy"));
+        check("Observation", "subject.name=x", Ok(&["subject->Patient (search_string name [StringRange { low: \"x\", high: \"x\\u{10ffff}\" }])"]));
+        check("Observation", "performer.name=x", Err("performer.name"));
+        check("Patient", "_count=-1", Err("_count"));
+        check("Observation", "subject:Patient.organization.partof.partof.partof.name=x", Err("chain_depth"));
+    }
+
     #[test]
     fn escaped_commas_stay_in_values() {
         assert_eq!(split_values(r"a\,b,c", "x").ok(), Some(vec!["a,b".to_owned(), "c".to_owned()]));

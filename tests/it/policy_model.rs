@@ -1,6 +1,7 @@
 //! Property test of the access rule: random worlds (agreements, organizations, professionals,
-//! persons, teams, consents) and, for every professional, requests whose answers are
-//! compared with a small reference model of the rule written independently here.
+//! persons, teams, consents) and, for every professional and every organization's system
+//! client, requests (search, read, vread, instance history, include, create) whose answers
+//! are compared with a small reference model of the rule written independently here.
 //!
 //! The worlds come from a seeded generator; a failure prints the seed and the world.
 
@@ -78,8 +79,8 @@ fn generate(seed: u64) -> World {
         if random.chance(70) {
             let mut allows = Vec::new();
             let resource_type = ["*", "*", "Observation", "Patient"][random.below(4)].to_owned();
-            for interaction in ["read", "search-type", "create"] {
-                if random.chance(70) {
+            for interaction in ["read", "search-type", "create", "vread", "history-instance"] {
+                if random.chance(if interaction.starts_with('v') || interaction.starts_with('h') { 50 } else { 70 }) {
                     allows.push((resource_type.clone(), interaction.to_owned()));
                 }
             }
@@ -124,13 +125,37 @@ fn generate(seed: u64) -> World {
     World { agreements, organizations, professionals, persons }
 }
 
-/// The reference model: may `professional` exercise `interaction` on `resource_type` data of `person`?
-fn model_allows(world: &World, professional: &Professional, person: &Person, resource_type: &str, interaction: &str) -> bool {
+/// Who asks: a professional (a member through their PractitionerRole or their
+/// Organization), or an Organization's system client (a member through the Organization).
+#[derive(Debug, Clone)]
+struct Asker {
+    name: String,
+    tenant: usize,
+    organization: String,
+    /// The PractitionerRole, for a professional.
+    role: Option<String>,
+}
+
+impl Asker {
+    fn professional(professional: &Professional) -> Asker {
+        Asker {
+            name: professional.name.clone(),
+            tenant: professional.tenant,
+            organization: professional.organization.clone(),
+            role: Some(format!("PractitionerRole/role-{}", professional.name)),
+        }
+    }
+
+    fn system(organization: &str, tenant: usize) -> Asker {
+        Asker { name: format!("{organization}-ehr"), tenant, organization: organization.to_owned(), role: None }
+    }
+}
+
+/// The reference model: may `asker` exercise `interaction` on `resource_type` data of `person`?
+fn model_allows(world: &World, asker: &Asker, person: &Person, resource_type: &str, interaction: &str) -> bool {
     let member = person.team_active
-        && person.team.iter().any(|m| {
-            *m == format!("PractitionerRole/role-{}", professional.name) || *m == format!("Organization/{}", professional.organization)
-        });
-    let registrar = person.registrar == professional.organization;
+        && person.team.iter().any(|m| Some(m) == asker.role.as_ref() || *m == format!("Organization/{}", asker.organization));
+    let registrar = person.registrar == asker.organization;
     let consent = person.consent == Some(true);
     let reachable = if member && (consent || registrar) {
         true
@@ -140,10 +165,10 @@ fn model_allows(world: &World, professional: &Professional, person: &Person, res
     if !reachable {
         return false;
     }
-    if person.tenant == professional.tenant {
+    if person.tenant == asker.tenant {
         return true;
     }
-    let pair = (person.tenant.min(professional.tenant), person.tenant.max(professional.tenant));
+    let pair = (person.tenant.min(asker.tenant), person.tenant.max(asker.tenant));
     world.agreements.iter().any(|a| {
         a.executed && a.parties == pair && a.allows.iter().any(|(t, i)| (t == "*" || t == resource_type) && i == interaction)
     })
@@ -221,9 +246,17 @@ async fn check_world(backend: Backend, seed: u64) {
     let server = Server::start(backend).await;
     build(&server, &world).await;
     let context = format!("seed {seed}, world {world:#?}");
-    for professional in &world.professionals {
+    let mut askers: Vec<Asker> = world.professionals.iter().map(Asker::professional).collect();
+    askers.extend(world.organizations.iter().map(|(organization, tenant)| Asker::system(organization, *tenant)));
+    for professional in &askers {
         let tenant = TENANTS[professional.tenant].0;
-        let caller: Caller = practitioner(&server, tenant, &professional.name, &professional.organization, "user/*.cruds").await;
+        let caller: Caller = match &professional.role {
+            Some(_) => practitioner(&server, tenant, &professional.name, &professional.organization, "user/*.cruds").await,
+            None => {
+                let actor = renraku::policy::Actor::System { tenant: tenant.into(), client: professional.name.clone(), organization: professional.organization.clone() };
+                Caller { tenant: tenant.into(), token: server.token(tenant, actor, "system/*.cruds", None).await }
+            }
+        };
         let who = &professional.name;
         // Patient search and reads.
         let expected: BTreeSet<String> = world
@@ -238,6 +271,17 @@ async fn check_world(backend: Backend, seed: u64) {
             let status = caller.get(&server, &format!("Patient/{}", person.id)).await.status.as_u16();
             let expected = if model_allows(&world, professional, person, "Patient", "read") { 200 } else { 404 };
             assert_eq!(status, expected, "{who}: read Patient/{}; {context}", person.id);
+        }
+        // Versions: vread and instance history are interactions of their own.
+        for person in &world.persons {
+            for observation in &person.observations {
+                let vread = caller.get(&server, &format!("Observation/{observation}/_history/1")).await.status.as_u16();
+                let expected = if model_allows(&world, professional, person, "Observation", "vread") { 200 } else { 404 };
+                assert_eq!(vread, expected, "{who}: vread Observation/{observation}; {context}");
+                let history = caller.get(&server, &format!("Observation/{observation}/_history")).await.status.as_u16();
+                let expected = if model_allows(&world, professional, person, "Observation", "history-instance") { 200 } else { 404 };
+                assert_eq!(history, expected, "{who}: history of Observation/{observation}; {context}");
+            }
         }
         // Observation search with _include of the subject: matches and includes each follow the rule.
         let reply = caller.get(&server, "Observation?_include=Observation:subject&_count=100&_total=accurate").await;
@@ -276,7 +320,7 @@ async fn check_world(backend: Backend, seed: u64) {
     }
     // Every person's board counts exactly the writes the model allowed.
     let mut expected_posts: BTreeMap<String, usize> = BTreeMap::new();
-    for professional in &world.professionals {
+    for professional in &askers {
         for person in &world.persons {
             if model_allows(&world, professional, person, "Communication", "create")
                 && model_allows(&world, professional, person, "Patient", "read")

@@ -68,6 +68,41 @@ async fn every_rule_names_its_element(backend: Backend) {
     }
 }
 
+/// The same table as a real, policy-bound principal: the care manager whose office
+/// registers the person (Patients carry the office as registrar, Observations are about a
+/// person on her team with consent). Validation answers her exactly as it answers the
+/// engine; the cases about references the rule judges first are left to the policy tests.
+async fn every_rule_names_its_element_for_the_care_manager(backend: Backend) {
+    let server = Server::start(backend).await;
+    server.put("/ina/fhir/Organization/office", &crate::policy::organization("office", "居宅介護支援事業所")).await.expect(201);
+    let care_manager = crate::policy::practitioner(&server, "ina", "cm", "office", "user/*.cruds").await;
+    care_manager.put(&server, &crate::policy::patient("p1", "山田", "office")).await.expect(201);
+    care_manager.put(&server, &crate::policy::consent("consent-p1", "p1", "active", "office")).await.expect(201);
+    care_manager.put(&server, &crate::policy::care_team("team-p1", "p1", &["PractitionerRole/role-cm"])).await.expect(201);
+    let mut checked = 0;
+    for (mut body, status, expected) in cases() {
+        if body.get("managingOrganization").is_some() {
+            continue;
+        }
+        match body["resourceType"].as_str() {
+            Some("Patient") => body["managingOrganization"] = json!({ "reference": "Organization/office" }),
+            Some("Observation") => body["subject"] = json!({ "reference": "Patient/p1" }),
+            _ => {}
+        }
+        let reply = care_manager.post(&server, &body).await;
+        assert_eq!(reply.status.as_u16(), status, "{body}\n→ {}", reply.text());
+        if status >= 400 {
+            let mut found = reply.issue_expressions();
+            found.sort();
+            let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+            expected.sort();
+            assert_eq!(found, expected, "{body}\n→ {}", reply.text());
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "the table ran: {checked} cases");
+}
+
 async fn resource_type_and_id_must_match_the_url(backend: Backend) {
     let server = Server::start(backend).await;
     let observation = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "t" } });
@@ -85,4 +120,4 @@ async fn resource_type_and_id_must_match_the_url(backend: Backend) {
     assert_eq!(server.get("/ina/fhir/Patient").await.json()["total"], 0);
 }
 
-both_backends!(every_rule_names_its_element, resource_type_and_id_must_match_the_url);
+both_backends!(every_rule_names_its_element, every_rule_names_its_element_for_the_care_manager, resource_type_and_id_must_match_the_url);
