@@ -271,6 +271,61 @@ pub struct Grant {
     actor: String,
 }
 
+/// A grant for a write (create, update, patch, delete): the only kind of grant the store's
+/// row writers take, so a read's decision can never write. Made only by
+/// [`Grant::for_write`] from a decision for a write interaction; it reads as its grant
+/// (the row a write replaces must be visible to it).
+#[derive(Debug, Clone)]
+pub struct WriteGrant(Grant);
+
+impl std::ops::Deref for WriteGrant {
+    type Target = Grant;
+
+    fn deref(&self) -> &Grant {
+        &self.0
+    }
+}
+
+impl WriteGrant {
+    /// Whether a version with these index rows may be written (the store asks, on every
+    /// insert and replace): its persons are those its index rows refer to through the
+    /// clauses' parameters, and a Patient's registrar is its `organization` row.
+    pub fn permits_row(&self, resource_type: &str, id: &str, owner: &str, index: &[crate::store::IndexEntry]) -> bool {
+        let person_params: Vec<&String> = self
+            .clauses
+            .iter()
+            .flat_map(patient_params_of)
+            .filter(|(t, _)| t == resource_type)
+            .flat_map(|(_, params)| params.iter())
+            .collect();
+        let mut patients: Vec<String> = Vec::new();
+        let mut registrar = None;
+        for entry in index {
+            if let crate::store::IndexEntry::Reference { param, target_type, target_id, .. } = entry {
+                if target_type == "Patient" && person_params.contains(&param) && !patients.contains(target_id) {
+                    patients.push(target_id.clone());
+                }
+                if resource_type == "Patient" && param == "organization" && target_type == "Organization" {
+                    registrar = Some(format!("Organization/{target_id}"));
+                }
+            }
+        }
+        if resource_type == "Patient" {
+            patients = vec![id.to_owned()];
+        }
+        self.0.permits_write(resource_type, id, owner, &patients, registrar.as_deref())
+    }
+}
+
+/// The compartment parameters a clause names, by type (a filtered clause's base's).
+fn patient_params_of(clause: &Clause) -> Vec<&(String, Vec<String>)> {
+    match clause {
+        Clause::Patients { params_by_type, .. } => params_by_type.iter().collect(),
+        Clause::Filtered { base, .. } => patient_params_of(base),
+        Clause::Tenants { .. } | Clause::Ids { .. } => Vec::new(),
+    }
+}
+
 /// What a disclosure of a person's data across a municipal border rested on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DisclosureBasis {
@@ -305,6 +360,15 @@ impl Grant {
         &self.tenants
     }
 
+    /// This decision as a [`WriteGrant`]; an error (a bug, never a client's doing) for a
+    /// decision about reading.
+    pub fn for_write(self) -> Result<WriteGrant> {
+        match self.interaction {
+            Interaction::Create | Interaction::Update | Interaction::Patch | Interaction::Delete => Ok(WriteGrant(self)),
+            other => Err(Error::internal(format!("a grant for {} cannot write", other.as_str()))),
+        }
+    }
+
     /// The same decision, for reading: what references written under this grant may
     /// point at. Narrower or equal to what a read decision would give, never wider.
     pub fn for_reading(&self) -> Grant {
@@ -314,7 +378,7 @@ impl Grant {
     /// Whether a resource with this content may be written: `patients` are the persons
     /// whose compartments it is in (for a Patient, its own id), `owner` the municipality
     /// that owns (or will own) it, `managing_organization` a Patient's registrar.
-    pub fn permits_write(
+    fn permits_write(
         &self,
         resource_type: &str,
         id: &str,

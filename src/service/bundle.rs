@@ -253,7 +253,7 @@ impl Fhir {
                     if request.id.is_none() && request.query.is_some() {
                         super::lock_conditional(&mut transaction, &context.tenant, &request.resource_type).await?;
                     }
-                    let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
+                    let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(&request.resource_type)).await.and_then(crate::policy::Grant::for_write).map_err(|e| in_entry(e, request))?;
                     let id = match (&request.id, &request.query) {
                         (Some(id), _) => Some(id.clone()),
                         (None, Some(condition)) => self
@@ -279,7 +279,7 @@ impl Fhir {
                         entry_audits.push((self.audit(context, Interaction::Create, "create"), Some(existing.resource.clone())));
                         entry_response(&existing, "200 OK")
                     } else {
-                        let grant = self.decide(&mut transaction, context, Interaction::Create, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
+                        let grant = self.decide(&mut transaction, context, Interaction::Create, Some(&request.resource_type)).await.and_then(crate::policy::Grant::for_write).map_err(|e| in_entry(e, request))?;
                         let resource = request.resource.clone().unwrap_or(Value::Null);
                         super::check_body_type(&resource, &request.resource_type).map_err(|e| in_entry(e, request))?;
                         let validated = self.validator.validate(resource).map_err(|issues| in_entry(Error::Unprocessable(issues), request))?;
@@ -295,7 +295,7 @@ impl Fhir {
                     }
                 }
                 Method::Put => {
-                    let grant = self.decide(&mut transaction, context, Interaction::Update, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
+                    let grant = self.decide(&mut transaction, context, Interaction::Update, Some(&request.resource_type)).await.and_then(crate::policy::Grant::for_write).map_err(|e| in_entry(e, request))?;
                     let id = assigned.get(&i).cloned().unwrap_or_default();
                     let mut resource = request.resource.clone().unwrap_or(Value::Null);
                     if request.query.is_some() && resource.get("id").is_none() {
@@ -316,7 +316,7 @@ impl Fhir {
                     response
                 }
                 Method::Patch => {
-                    let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
+                    let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(&request.resource_type)).await.and_then(crate::policy::Grant::for_write).map_err(|e| in_entry(e, request))?;
                     let id = request.id.clone().ok_or_else(|| Error::bad_request_at("a PATCH entry needs Type/id", format!("{}.request.url", request.path())))?;
                     let patch = patch_document(request)?;
                     self.require_readable(&mut transaction, context, &request.resource_type, &id).await.map_err(|e| in_entry(e, request))?;

@@ -162,7 +162,7 @@ impl Fhir {
             client_address: None,
             purpose_of_use: None,
         };
-        let grant = self.decide_now(&context, Interaction::Create, None).await?;
+        let grant = self.decide_now(&context, Interaction::Create, None).await?.for_write()?;
         let mut transaction = self.store.begin().await?;
         store::bulk_insert_new(&mut transaction, &grant, &last_updated, &rows).await?;
         transaction.commit().await

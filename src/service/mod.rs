@@ -452,7 +452,7 @@ impl Fhir {
             // writer committed (a person registered a moment ago is this caller's match).
             lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
         }
-        let grant = self.decide(&mut transaction, context, Interaction::Create, Some(resource_type)).await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Create, Some(resource_type)).await?.for_write()?;
         if let Some(condition) = condition {
             if let Some(existing) = self.match_for_write(&mut transaction, context, resource_type, condition).await? {
                 let stored = stored_from_current(Some(existing), resource_type, "")?;
@@ -498,7 +498,7 @@ impl Fhir {
         check_body_id(&body, resource_type, id)?;
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Update, Some(resource_type)).await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Update, Some(resource_type)).await?.for_write()?;
         let written = self.update_in(&mut transaction, &grant, resource_type, id, validated, if_match, "PUT").await?;
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
         self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
@@ -537,7 +537,7 @@ impl Fhir {
         let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
         let mut transaction = self.store.begin().await?;
         lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Update, Some(resource_type)).await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Update, Some(resource_type)).await?.for_write()?;
         let existing = self.match_for_write(&mut transaction, context, resource_type, condition).await?;
         let body_id = validated.as_value().get("id").and_then(Value::as_str).map(str::to_owned);
         let written = match existing {
@@ -589,7 +589,7 @@ impl Fhir {
         self.check_type(resource_type)?;
         policy::precheck(&context.principal, &context.tenant, Interaction::Patch, Some(resource_type))?;
         let mut transaction = self.store.begin().await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(resource_type)).await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(resource_type)).await?.for_write()?;
         self.require_readable(&mut transaction, context, resource_type, id).await?;
         let written = self.patch_in(&mut transaction, &grant, resource_type, id, patch, if_match).await?;
         self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
@@ -611,7 +611,7 @@ impl Fhir {
         self.check_type(resource_type)?;
         policy::precheck(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
         let mut transaction = self.store.begin().await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(resource_type)).await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(resource_type)).await?.for_write()?;
         let deleted = self.delete_in(&mut transaction, &grant, resource_type, id, if_match).await?;
         audit.entity(Entity::Resource(format!("{resource_type}/{id}")));
         let deleted: Vec<&Value> = deleted.iter().collect();
@@ -632,7 +632,7 @@ impl Fhir {
         policy::precheck(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
         let mut transaction = self.store.begin().await?;
         lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(resource_type)).await?;
+        let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(resource_type)).await?.for_write()?;
         let mut deleted = None;
         if let Some(existing) = self.match_for_write(&mut transaction, context, resource_type, condition).await? {
             audit.entity(Entity::Resource(format!("{resource_type}/{}", existing.id)));
@@ -731,7 +731,7 @@ impl Fhir {
     pub(crate) async fn update_in(
         &self,
         connection: &mut sqlx::AnyConnection,
-        grant: &Grant,
+        grant: &policy::WriteGrant,
         resource_type: &str,
         id: &str,
         validated: Validated,
@@ -785,7 +785,7 @@ impl Fhir {
     pub(crate) async fn patch_in(
         &self,
         connection: &mut sqlx::AnyConnection,
-        grant: &Grant,
+        grant: &policy::WriteGrant,
         resource_type: &str,
         id: &str,
         patch: Value,
@@ -821,7 +821,7 @@ impl Fhir {
     pub(crate) async fn delete_in(
         &self,
         connection: &mut sqlx::AnyConnection,
-        grant: &Grant,
+        grant: &policy::WriteGrant,
         resource_type: &str,
         id: &str,
         if_match: Option<i64>,
@@ -866,7 +866,7 @@ impl Fhir {
     async fn write_version(
         &self,
         connection: &mut sqlx::AnyConnection,
-        grant: &Grant,
+        grant: &policy::WriteGrant,
         resource_type: &str,
         id: &str,
         validated: Validated,
@@ -886,11 +886,6 @@ impl Fhir {
             .then(|| resource.pointer("/managingOrganization/reference").and_then(Value::as_str))
             .flatten()
             .and_then(policy::facts::local_reference);
-        if !grant.permits_write(resource_type, id, &tenant, &patients, managing_organization.as_deref()) {
-            let error = Error::Forbidden(format!("the access policy does not allow this {resource_type} to be written"));
-            grant.record_refusal("write", resource_type, &error);
-            return Err(error);
-        }
         if resource_type == "CareTeam" {
             self.check_team_participants(connection, grant, &tenant, &resource).await?;
         }

@@ -18,7 +18,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
 
 use crate::error::{Error, Result};
-use crate::policy::Grant;
+use crate::policy::{Grant, WriteGrant};
 
 pub mod audit;
 pub mod auth;
@@ -380,7 +380,8 @@ pub async fn version(
 /// Inserts the first version of a new resource, with its index rows and its version's
 /// compartment rows. A unique violation (the id was taken by a concurrent writer) becomes a
 /// conflict.
-pub async fn insert(connection: &mut AnyConnection, _grant: &Grant, new: &NewVersion<'_>) -> Result<()> {
+pub async fn insert(connection: &mut AnyConnection, grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
+    permit(grant, new)?;
     let result = sqlx::query(
         "INSERT INTO resources (resource_type, id, tenant, version_id, last_updated, deleted, content) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -411,10 +412,19 @@ pub async fn insert(connection: &mut AnyConnection, _grant: &Grant, new: &NewVer
 /// version it deletes: whoever could see the resource sees that it was deleted.
 pub async fn replace(
     connection: &mut AnyConnection,
-    _grant: &Grant,
+    grant: &WriteGrant,
     new: &NewVersion<'_>,
     expected_version: i64,
 ) -> Result<bool> {
+    // The row replaced must be one the grant covers, and so must the new content.
+    if current(connection, grant, new.resource_type, new.id).await?.is_none() {
+        let error = Error::Forbidden(format!("the access policy does not allow this {} to be changed", new.resource_type));
+        grant.record_refusal("replace", new.resource_type, &error);
+        return Err(error);
+    }
+    if new.content.is_some() {
+        permit(grant, new)?;
+    }
     let result = sqlx::query(
         "UPDATE resources SET version_id = $1, last_updated = $2, deleted = $3, content = $4 \
          WHERE resource_type = $5 AND id = $6 AND version_id = $7",
@@ -435,6 +445,17 @@ pub async fn replace(
     insert_version(connection, new, inherited).await?;
     write_index(connection, new.resource_type, new.id, new.tenant, new.index).await?;
     Ok(true)
+}
+
+/// Refuses a version whose content the write grant does not cover (403), reported through
+/// the decision log.
+fn permit(grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
+    if grant.permits_row(new.resource_type, new.id, new.tenant, new.index) {
+        return Ok(());
+    }
+    let error = Error::Forbidden(format!("the access policy does not allow this {} to be written", new.resource_type));
+    grant.record_refusal("write", new.resource_type, &error);
+    Err(error)
 }
 
 /// Writes a version row and its compartment rows: the version's own references to
@@ -742,8 +763,13 @@ pub struct BulkRow {
 
 /// Writes many new resources (version 1) into the grant's home tenant with their version and
 /// index rows, using multi-row INSERTs. For data generation and imports; the caller validates.
-pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &Grant, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
+pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &WriteGrant, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
     let tenant = grant.home_tenant();
+    for row in rows {
+        if !grant.permits_row(&row.resource_type, &row.id, tenant, &row.index) {
+            return Err(Error::Forbidden(format!("the access policy does not allow {}/{} to be written", row.resource_type, row.id)));
+        }
+    }
     let rows: Vec<(String, String, BulkRow)> = rows.iter().map(|row| (tenant.to_owned(), last_updated.to_owned(), row.clone())).collect();
     insert_new_rows(connection, &rows).await
 }
