@@ -318,6 +318,23 @@ async fn check_world(backend: Backend, seed: u64) {
             assert_eq!(status, expected, "{who}: write for {}; {context}", person.id);
         }
     }
+    // Each municipality's administrator: every person of the municipality (registration
+    // details), their teams, and none of their clinical content — whatever the teams say.
+    for (t, (slug, _)) in TENANTS.iter().enumerate() {
+        let admin = municipal_admin(&server, slug).await;
+        let expected: BTreeSet<String> = world.persons.iter().filter(|p| p.tenant == t).map(|p| format!("Patient/{}", p.id)).collect();
+        let found: BTreeSet<String> = admin.search_ids(&server, "Patient?_count=100").await.into_iter().collect();
+        assert_eq!(found, expected, "administrator of {slug}: Patient search; {context}");
+        let teams: BTreeSet<String> = admin.search_ids(&server, "CareTeam?_count=100").await.into_iter().collect();
+        let expected_teams: BTreeSet<String> = world.persons.iter().filter(|p| p.tenant == t).map(|p| format!("CareTeam/team-{}", p.id)).collect();
+        assert_eq!(teams, expected_teams, "administrator of {slug}: CareTeam search; {context}");
+        assert!(admin.search_ids(&server, "Observation?_count=100").await.is_empty(), "administrator of {slug} sees no Observation; {context}");
+        for person in &world.persons {
+            for observation in &person.observations {
+                admin.get(&server, &format!("Observation/{observation}")).await.expect(404);
+            }
+        }
+    }
     // Every person's board counts exactly the writes the model allowed.
     let mut expected_posts: BTreeMap<String, usize> = BTreeMap::new();
     for professional in &askers {
