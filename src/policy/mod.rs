@@ -768,3 +768,23 @@ fn emit(actor: &str, tenant: &str, interaction: &str, resource_type: Option<&str
         ),
     }
 }
+
+#[cfg(test)]
+impl Grant {
+    /// A grant of exactly these clauses, for the store's rendering tables (compiled only into
+    /// unit tests; every grant a running server uses comes from `decide`).
+    pub(crate) fn with_clauses_for_tests(interaction: Interaction, clauses: Vec<Clause>) -> Grant {
+        Grant {
+            interaction,
+            home_tenant: "ina".to_owned(),
+            read_clauses: clauses.clone(),
+            clauses,
+            tenants: vec!["ina".to_owned()],
+            registrar: None,
+            organization: None,
+            agreements: Arc::new(Vec::new()),
+            unrestricted: false,
+            actor: "test".to_owned(),
+        }
+    }
+}

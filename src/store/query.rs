@@ -1148,3 +1148,56 @@ pub(crate) async fn insert_many(connection: &mut AnyConnection, target: &str, ro
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Interaction;
+
+    /// The access predicate as data: (clauses, the query's types, rows judged, the SQL and
+    /// the number of values bound). No database: the text is what both backends run.
+    #[test]
+    fn grants_render_as_one_predicate() {
+        let tenants = |types: &[&str]| Clause::Tenants {
+            types: TypeSet::Only(types.iter().map(|t| (*t).to_owned()).collect()),
+            tenants: vec!["ina".to_owned(), "minamiminowa".to_owned()],
+        };
+        let persons = Clause::Patients {
+            patients: vec!["p1".to_owned(), "p2".to_owned()],
+            params_by_type: vec![("Observation".to_owned(), vec!["subject".to_owned(), "performer".to_owned()])],
+            include_patient: true,
+        };
+        let check = |clauses: Vec<Clause>, types: Option<&[String]>, rows: Rows, expected: &str, bound: usize| {
+            let grant = Grant::with_clauses_for_tests(Interaction::Read, clauses);
+            let mut sql = Sql::new("");
+            match rows {
+                Rows::Current => sql.access_scope("r", &grant, types),
+                Rows::Versions => sql.access_scope_versions("r", &grant, types),
+            };
+            assert_eq!(sql.text(), expected);
+            assert_eq!(sql.arguments.len(), bound, "{expected}");
+        };
+        let observation = ["Observation".to_owned()];
+        check(vec![], None, Rows::Current, "(1 = 0)", 0);
+        check(vec![tenants(&["Organization"])], None, Rows::Current, "((r.tenant IN ($1, $2) AND r.resource_type IN ($3)))", 3);
+        // A clause that cannot match the query's types adds nothing.
+        check(vec![tenants(&["Organization"])], Some(&observation), Rows::Current, "(1 = 0)", 0);
+        check(
+            vec![persons.clone()],
+            Some(&observation),
+            Rows::Current,
+            "(EXISTS (SELECT 1 FROM search_reference z1 WHERE z1.resource_type = r.resource_type AND z1.id = r.id \
+             AND z1.target_type = 'Patient' AND z1.target_id IN ($1, $2) AND ((z1.resource_type = $3 AND z1.param IN ($4, $5)))))",
+            5,
+        );
+        // Versions are judged by their own compartment rows.
+        check(
+            vec![persons],
+            Some(&observation),
+            Rows::Versions,
+            "(EXISTS (SELECT 1 FROM version_compartment z1 WHERE z1.resource_type = r.resource_type AND z1.id = r.id \
+             AND z1.version_id = r.version_id AND z1.patient IN ($1, $2) AND ((z1.resource_type = $3 AND z1.param IN ($4, $5)))))",
+            5,
+        );
+    }
+}
