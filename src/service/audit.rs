@@ -60,6 +60,10 @@ pub enum Failpoint {
     RecordEvents,
     /// The process "crashes" (panics) after a write's event was appended, before the commit.
     CrashBeforeCommit,
+    /// The database ends the write's transaction behind the driver's back (as a failed
+    /// COMMIT on a full disk does), and the write fails: the connection must not go back to
+    /// the pool in that state.
+    TransactionLostBeforeCommit,
 }
 
 /// The most journaled events one projection transaction writes.
@@ -268,6 +272,11 @@ impl Fhir {
         #[allow(clippy::panic)]
         if self.take_failpoint(Failpoint::CrashBeforeCommit) {
             panic!("failpoint: the process crashes before the commit");
+        }
+        #[cfg(feature = "test-support")]
+        if self.take_failpoint(Failpoint::TransactionLostBeforeCommit) {
+            store::end_transaction_behind_the_driver_for_tests(&mut transaction).await?;
+            return Err(Error::internal("failpoint: the transaction was lost before its commit"));
         }
         transaction.commit().await?;
         audit.committed = true;

@@ -313,6 +313,15 @@ impl Store {
     }
 }
 
+/// Ends a transaction in the database without telling the driver (the test suite's model of
+/// a COMMIT that failed on a full disk): the driver still counts it open. Compiled only with
+/// `test-support`.
+#[cfg(feature = "test-support")]
+pub async fn end_transaction_behind_the_driver_for_tests(transaction: &mut Transaction) -> Result<()> {
+    sqlx::query("ROLLBACK").execute(&mut **transaction).await?;
+    Ok(())
+}
+
 /// Serialises writers that share `name` until the surrounding transaction ends. Call it
 /// first in a transaction: on PostgreSQL it takes a row lock, on SQLite it takes the
 /// database write lock before anything has been read.
