@@ -72,6 +72,7 @@ pub fn parse(bytes: &[u8], format: Format, limits: &Limits) -> Result<Value, Err
             ))
         }),
         Format::Xml => {
+            let bytes = &canonical_encoding_name(bytes);
             let parsed = std::panic::catch_unwind(|| fhirbolt::xml::from_slice::<fhirbolt::model::r4::Resource>(bytes, None))
                 .map_err(|_| "the XML cannot be represented in the R4 model".to_owned())
                 .and_then(|result| result.map_err(|error| error.to_string()));
@@ -85,6 +86,33 @@ pub fn parse(bytes: &[u8], format: Format, limits: &Limits) -> Result<Value, Err
                 .map_err(|error| Error::internal(format!("XML to JSON conversion: {error}")))
         }
     }
+}
+
+/// The body with its XML declaration's encoding name in upper case: encoding names are
+/// case-insensitive (XML 1.0 §4.3.3), and `encoding="utf-8"` is common, but the parser
+/// accepts only `UTF-8`. Only UTF-8 is read; any other name is left for the parser to refuse.
+fn canonical_encoding_name(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let head = bytes.get(..bytes.len().min(200)).unwrap_or_default();
+    let Some(declaration_end) = head.windows(2).position(|w| w == b"?>") else { return bytes.into() };
+    let declaration = head.get(..declaration_end).unwrap_or_default();
+    if !declaration.starts_with(b"<?xml") {
+        return bytes.into();
+    }
+    for quote in [b'"', b'\''] {
+        let needle = [b"encoding=".as_slice(), &[quote]].concat();
+        let Some(start) = declaration.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(&needle)) else { continue };
+        let value_start = start + needle.len();
+        let Some(length) = declaration.get(value_start..).and_then(|rest| rest.iter().position(|&b| b == quote)) else { continue };
+        let value = declaration.get(value_start..value_start + length).unwrap_or_default();
+        if value.eq_ignore_ascii_case(b"utf-8") && value != b"UTF-8" {
+            let mut fixed = bytes.to_vec();
+            if let Some(slot) = fixed.get_mut(value_start..value_start + length) {
+                slot.copy_from_slice(b"UTF-8");
+            }
+            return fixed.into();
+        }
+    }
+    bytes.into()
 }
 
 /// Serialises FHIR JSON in `format`.

@@ -42,6 +42,9 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes;
     let fhir = Router::new()
         .route("/{tenant}/fhir", get(system_search).post(bundle).fallback(method_not_allowed))
+        // `[base]/` is the base too: several client libraries send transactions and system
+        // searches there.
+        .route("/{tenant}/fhir/", get(system_search).post(bundle).fallback(method_not_allowed))
         .route("/{tenant}/fhir/metadata", get(metadata).fallback(method_not_allowed))
         .route("/{tenant}/fhir/.well-known/smart-configuration", get(oauth::smart_configuration).fallback(method_not_allowed))
         .route("/{tenant}/auth/token", post(oauth::token).fallback(method_not_allowed))

@@ -117,4 +117,28 @@ async fn capability_statement_tells_the_truth(backend: Backend) {
     assert!(xml.text().contains("<CapabilityStatement"));
 }
 
-both_backends!(if_match_guards_updates, conditional_reads, prefer_return, summary_and_elements, capability_statement_tells_the_truth);
+/// What standard clients send on day one, as a professional of the team: transactions and
+/// system searches at `[base]/` (with the slash), and XML declaring `encoding="utf-8"`.
+async fn base_with_a_slash_and_lower_case_encodings(backend: Backend) {
+    let server = Server::start(backend).await;
+    server.put("/ina/fhir/Organization/office", &crate::policy::organization("office", "事業所")).await.expect(201);
+    let care_manager = crate::policy::practitioner(&server, "ina", "cm", "office", "user/*.cruds").await;
+    let bearer = format!("Bearer {}", care_manager.token);
+    let bundle = serde_json::json!({ "resourceType": "Bundle", "type": "transaction", "entry": [{
+        "fullUrl": "urn:uuid:3c1e6a52-0000-4000-8000-000000000001",
+        "resource": crate::policy::patient("ignored", "山田", "office"),
+        "request": { "method": "POST", "url": "Patient" } }] });
+    let reply = server.send(axum::http::Method::POST, "/ina/fhir/", &[("authorization", &bearer)], &bundle).await;
+    reply.expect(200);
+    assert_eq!(reply.json()["entry"][0]["response"]["status"], "201 Created", "{}", reply.text());
+    let found = server.get_with("/ina/fhir/?_type=Patient", &[("authorization", &bearer)]).await;
+    found.expect(200);
+    assert_eq!(found.json()["total"], 1, "{}", found.text());
+    let xml = r#"<?xml version="1.0" encoding="utf-8"?><Patient xmlns="http://hl7.org/fhir"><name><family value="中村"/></name><managingOrganization><reference value="Organization/office"/></managingOrganization></Patient>"#;
+    let created = server
+        .request(axum::http::Method::POST, "/ina/fhir/Patient", &[("authorization", &bearer), ("content-type", "application/fhir+xml")], Some(xml.as_bytes().to_vec()))
+        .await;
+    created.expect(201);
+}
+
+both_backends!(if_match_guards_updates, conditional_reads, prefer_return, summary_and_elements, capability_statement_tells_the_truth, base_with_a_slash_and_lower_case_encodings);
