@@ -28,7 +28,7 @@ use crate::fhir::dates::format_instant;
 use crate::policy::{Actor, Principal};
 use crate::audit::Entity;
 use crate::service::{Context, Fhir};
-use crate::store::auth as store;
+use crate::store::auth::{self as store, SingleUse};
 
 /// Lifetime of app access tokens.
 pub const APP_TOKEN_SECONDS: i64 = 3600;
@@ -356,7 +356,7 @@ pub async fn approve(
     let code = random();
     let mut connection = fhir.store.connection().await?;
     let expires_at = format_instant(fhir.clock.now() + Duration::seconds(CODE_SECONDS));
-    store::insert_authorization_code(&mut connection, &digest(&code), tenant, &serde_json::to_string(&record)?, &expires_at).await?;
+    store::insert_single_use(&mut connection, SingleUse::AuthorizationCode, &digest(&code), tenant, &serde_json::to_string(&record)?, &expires_at).await?;
     store::delete_authorization_request(&mut connection, request_id).await?;
     let mut params = vec![("code", code.as_str())];
     if let Some(state) = pending.request.state.as_deref() {
@@ -373,15 +373,15 @@ pub async fn mint_launch(fhir: &Fhir, context: &Context, patient: &str) -> Resul
     let launch = random();
     let mut connection = fhir.store.connection().await?;
     let expires_at = format_instant(fhir.clock.now() + Duration::minutes(5));
-    store::insert_launch_context(&mut connection, &digest(&launch), &context.tenant, patient, &expires_at).await?;
+    store::insert_single_use(&mut connection, SingleUse::LaunchContext, &digest(&launch), &context.tenant, patient, &expires_at).await?;
     Ok(launch)
 }
 
 /// The patient a `launch` value binds, if it is unused and unexpired (it is used up here).
 async fn redeem_launch(fhir: &Fhir, tenant: &str, launch: &str) -> Result<Option<String>> {
     let mut connection = fhir.store.connection().await?;
-    let Some((patient, expires_at)) = store::launch_context(&mut connection, &digest(launch), tenant).await? else { return Ok(None) };
-    if expires_at <= format_instant(fhir.clock.now()) || !store::claim_launch_context(&mut connection, &digest(launch)).await? {
+    let Some((patient, expires_at)) = store::single_use(&mut connection, SingleUse::LaunchContext, &digest(launch), tenant).await? else { return Ok(None) };
+    if expires_at <= format_instant(fhir.clock.now()) || !store::claim_single_use(&mut connection, SingleUse::LaunchContext, &digest(launch)).await? {
         return Ok(None);
     }
     Ok(Some(patient))
@@ -435,11 +435,11 @@ pub async fn exchange_code(fhir: &Fhir, tenant: &str, form: &[(String, String)])
     let client = authenticate_app(fhir, tenant, form, now, "authorization_code").await?;
     let code = field("code").ok_or_else(|| OAuthError::invalid_request("code is missing"))?;
     let mut connection = fhir.store.connection().await?;
-    let row = store::authorization_code(&mut connection, &digest(code), tenant).await?;
+    let row = store::single_use(&mut connection, SingleUse::AuthorizationCode, &digest(code), tenant).await?;
     let invalid = || OAuthError::invalid_grant("the authorization code is invalid, expired or already used");
     let (grant, expires_at) = row.ok_or_else(invalid)?;
     // Single use: only the request that flips `used` may proceed.
-    if !store::claim_authorization_code(&mut connection, &digest(code)).await? || expires_at <= format_instant(now) {
+    if !store::claim_single_use(&mut connection, SingleUse::AuthorizationCode, &digest(code)).await? || expires_at <= format_instant(now) {
         return Err(invalid());
     }
     let record: GrantRecord = serde_json::from_str(&grant).map_err(OAuthError::server_error)?;

@@ -158,59 +158,49 @@ pub async fn delete_authorization_request(connection: &mut AnyConnection, id: &s
     Ok(())
 }
 
-pub async fn insert_authorization_code(connection: &mut AnyConnection, digest: &str, tenant: &str, grant: &str, expires_at: &str) -> Result<()> {
-    sqlx::query("INSERT INTO authorization_codes (digest, tenant, grant_json, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(digest)
-        .bind(tenant)
-        .bind(grant)
-        .bind(expires_at)
-        .execute(connection)
-        .await?;
+/// The single-use values the authorization server hands out: authorization codes (whose
+/// payload is the grant, as JSON) and EHR launch values (whose payload is the patient).
+/// Both are stored by digest with their municipality and expiry, and used at most once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SingleUse {
+    AuthorizationCode,
+    LaunchContext,
+}
+
+impl SingleUse {
+    fn table(self) -> &'static str {
+        match self {
+            SingleUse::AuthorizationCode => "authorization_codes",
+            SingleUse::LaunchContext => "launch_contexts",
+        }
+    }
+
+    fn payload(self) -> &'static str {
+        match self {
+            SingleUse::AuthorizationCode => "grant_json",
+            SingleUse::LaunchContext => "patient",
+        }
+    }
+}
+
+pub async fn insert_single_use(connection: &mut AnyConnection, kind: SingleUse, digest: &str, tenant: &str, payload: &str, expires_at: &str) -> Result<()> {
+    let statement = format!("INSERT INTO {} (digest, tenant, {}, expires_at) VALUES ($1, $2, $3, $4)", kind.table(), kind.payload());
+    sqlx::query(&statement).bind(digest).bind(tenant).bind(payload).bind(expires_at).execute(connection).await?;
     Ok(())
 }
 
-/// An authorization code's grant (JSON) and expiry.
-pub async fn authorization_code(connection: &mut AnyConnection, digest: &str, tenant: &str) -> Result<Option<(String, String)>> {
-    let row = sqlx::query("SELECT grant_json, expires_at FROM authorization_codes WHERE digest = $1 AND tenant = $2")
-        .bind(digest)
-        .bind(tenant)
-        .fetch_optional(connection)
-        .await?;
+/// A single-use value's payload and expiry (used or not: [`claim_single_use`] decides).
+pub async fn single_use(connection: &mut AnyConnection, kind: SingleUse, digest: &str, tenant: &str) -> Result<Option<(String, String)>> {
+    let statement = format!("SELECT {} AS payload, expires_at FROM {} WHERE digest = $1 AND tenant = $2", kind.payload(), kind.table());
+    let row = sqlx::query(&statement).bind(digest).bind(tenant).fetch_optional(connection).await?;
     let Some(row) = row else { return Ok(None) };
-    Ok(Some((row.try_get("grant_json")?, row.try_get("expires_at")?)))
+    Ok(Some((row.try_get("payload")?, row.try_get("expires_at")?)))
 }
 
-/// Marks a code used; true only for the one caller that did (single use).
-pub async fn claim_authorization_code(connection: &mut AnyConnection, digest: &str) -> Result<bool> {
-    let claimed = sqlx::query("UPDATE authorization_codes SET used = 1 WHERE digest = $1 AND used = 0").bind(digest).execute(connection).await?;
-    Ok(claimed.rows_affected() == 1)
-}
-
-pub async fn insert_launch_context(connection: &mut AnyConnection, digest: &str, tenant: &str, patient: &str, expires_at: &str) -> Result<()> {
-    sqlx::query("INSERT INTO launch_contexts (digest, tenant, patient, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(digest)
-        .bind(tenant)
-        .bind(patient)
-        .bind(expires_at)
-        .execute(connection)
-        .await?;
-    Ok(())
-}
-
-/// A launch value's patient and expiry.
-pub async fn launch_context(connection: &mut AnyConnection, digest: &str, tenant: &str) -> Result<Option<(String, String)>> {
-    let row = sqlx::query("SELECT patient, expires_at FROM launch_contexts WHERE digest = $1 AND tenant = $2")
-        .bind(digest)
-        .bind(tenant)
-        .fetch_optional(connection)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some((row.try_get("patient")?, row.try_get("expires_at")?)))
-}
-
-/// Marks a launch value used; true only for the one caller that did.
-pub async fn claim_launch_context(connection: &mut AnyConnection, digest: &str) -> Result<bool> {
-    let claimed = sqlx::query("UPDATE launch_contexts SET used = 1 WHERE digest = $1 AND used = 0").bind(digest).execute(connection).await?;
+/// Marks a value used; true only for the one caller that did.
+pub async fn claim_single_use(connection: &mut AnyConnection, kind: SingleUse, digest: &str) -> Result<bool> {
+    let statement = format!("UPDATE {} SET used = 1 WHERE digest = $1 AND used = 0", kind.table());
+    let claimed = sqlx::query(&statement).bind(digest).execute(connection).await?;
     Ok(claimed.rows_affected() == 1)
 }
 

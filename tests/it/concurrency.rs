@@ -8,6 +8,21 @@ use crate::support::{Backend, Server};
 
 const WRITERS: usize = 8;
 
+/// Of concurrent conditional creates (each task answering its status and the id it got),
+/// exactly one created the resource, the others found it, and all name the same one.
+async fn expect_one_created(tasks: Vec<tokio::task::JoinHandle<(u16, String)>>, what: &str) {
+    let writers = tasks.len();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task"));
+    }
+    let created = results.iter().filter(|(status, _)| *status == 201).count();
+    let found = results.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!((created, found), (1, writers - 1), "{what}: {results:?}");
+    let ids: std::collections::HashSet<&String> = results.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 1, "{what}: everyone got the same resource");
+}
+
 async fn concurrent_conditional_creates_make_one_resource(backend: Backend) {
     let server = Server::start(backend).await.shared();
     let mut tasks = Vec::new();
@@ -21,15 +36,7 @@ async fn concurrent_conditional_creates_make_one_resource(backend: Backend) {
             (reply.status.as_u16(), reply.json()["id"].as_str().unwrap_or_default().to_owned())
         }));
     }
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.expect("task"));
-    }
-    let created = results.iter().filter(|(status, _)| *status == 201).count();
-    let found = results.iter().filter(|(status, _)| *status == 200).count();
-    assert_eq!((created, found), (1, WRITERS - 1), "{results:?}");
-    let ids: std::collections::HashSet<&String> = results.iter().map(|(_, id)| id).collect();
-    assert_eq!(ids.len(), 1, "everyone got the same resource");
+    expect_one_created(tasks, "").await;
     let search = server.get("/ina/fhir/Patient?identifier=urn:renraku:test|race").await;
     assert_eq!(search.json()["total"], 1);
 }
@@ -104,15 +111,7 @@ async fn concurrent_conditional_creates_as_the_care_manager(backend: Backend) {
                 (reply.status.as_u16(), reply.json()["id"].as_str().unwrap_or_default().to_owned())
             }));
         }
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await.expect("task"));
-        }
-        let created = results.iter().filter(|(status, _)| *status == 201).count();
-        let found = results.iter().filter(|(status, _)| *status == 200).count();
-        assert_eq!((created, found), (1, 15), "round {round}: {results:?}");
-        let ids: std::collections::HashSet<&String> = results.iter().map(|(_, id)| id).collect();
-        assert_eq!(ids.len(), 1, "round {round}: everyone got the same person");
+        expect_one_created(tasks, &format!("round {round}")).await;
         let search = server.get(&format!("/minamiminowa/fhir/Patient?identifier=urn:renraku:test|person-{round}")).await;
         assert_eq!(search.json()["total"], 1);
     }

@@ -52,19 +52,25 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
     ]
 }
 
+/// The status of `reply` to `body`, and for an error, the issue expressions it names.
+#[track_caller]
+fn expect_outcome(body: &Value, reply: &crate::support::Reply, status: u16, expected: &[&str]) {
+    assert_eq!(reply.status.as_u16(), status, "{body}\n→ {}", reply.text());
+    if status >= 400 {
+        let mut found = reply.issue_expressions();
+        found.sort();
+        let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(found, expected, "{body}\n→ {}", reply.text());
+    }
+}
+
 async fn every_rule_names_its_element(backend: Backend) {
     let server = Server::start(backend).await;
     for (body, status, expected) in cases() {
         let resource_type = body["resourceType"].as_str().unwrap_or_default().to_owned();
         let reply = server.post(&format!("/ina/fhir/{resource_type}"), &body).await;
-        assert_eq!(reply.status.as_u16(), status, "{body}\n→ {}", reply.text());
-        if status >= 400 {
-            let mut found = reply.issue_expressions();
-            found.sort();
-            let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
-            expected.sort();
-            assert_eq!(found, expected, "{body}\n→ {}", reply.text());
-        }
+        expect_outcome(&body, &reply, status, &expected);
     }
 }
 
@@ -90,14 +96,7 @@ async fn every_rule_names_its_element_for_the_care_manager(backend: Backend) {
             _ => {}
         }
         let reply = care_manager.post(&server, &body).await;
-        assert_eq!(reply.status.as_u16(), status, "{body}\n→ {}", reply.text());
-        if status >= 400 {
-            let mut found = reply.issue_expressions();
-            found.sort();
-            let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
-            expected.sort();
-            assert_eq!(found, expected, "{body}\n→ {}", reply.text());
-        }
+        expect_outcome(&body, &reply, status, &expected);
         checked += 1;
     }
     assert!(checked > 20, "the table ran: {checked} cases");
