@@ -223,13 +223,16 @@ impl Store {
     async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut attempt = 0;
         loop {
-            let mut connection = self.pool.acquire().await?;
+            let mut connection = self.maintenance_connection().await?;
             let result = match self.backend {
                 Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&mut *connection).await,
                 Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&mut *connection).await,
             };
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    connection.close_on_drop();
+                    return Ok(());
+                }
                 Err(error) if attempt < 5 => {
                     attempt += 1;
                     tracing::info!(%error, attempt, "migrations did not apply; another gateway may be migrating, retrying");
@@ -237,7 +240,10 @@ impl Store {
                     drop(connection);
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                Err(error) => return Err(error.into()),
+                Err(error) => {
+                    connection.close_on_drop();
+                    return Err(error.into());
+                }
             }
         }
     }
@@ -247,10 +253,22 @@ impl Store {
     /// trail's length (116 s for 12,700 events, 0.6 s after ANALYZE).
     pub async fn analyze_audit_tables(&self) -> Result<()> {
         if self.backend == Backend::Postgres {
-            let mut connection = self.pool.acquire().await?;
+            let mut connection = self.maintenance_connection().await?;
+            connection.close_on_drop();
             sqlx::query("ANALYZE audit_log, audit_heads, resources, resource_versions").execute(&mut *connection).await?;
         }
         Ok(())
+    }
+
+    /// A connection without the statement timeout, for maintenance that may rightly run
+    /// long on a large database (migrations and their backfills, VACUUM, ANALYZE). Callers
+    /// close it afterwards (`close_on_drop`), so no request ever runs without the limit.
+    async fn maintenance_connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET statement_timeout = 0").execute(&mut *connection).await?;
+        }
+        Ok(connection)
     }
 
     /// Refreshes the planner's statistics. SQLite has none until told to gather them, and
@@ -258,7 +276,8 @@ impl Store {
     /// its most selective parameter; `analysis_limit` keeps this quick on large databases.
     /// Called at start-up, periodically, and after bulk loads.
     pub async fn optimize(&self) -> Result<()> {
-        let mut connection = self.pool.acquire().await?;
+        let mut connection = self.maintenance_connection().await?;
+        connection.close_on_drop();
         match self.backend {
             Backend::Sqlite => {
                 sqlx::query("PRAGMA analysis_limit = 1000").execute(&mut *connection).await?;
