@@ -114,6 +114,7 @@ async fn main() {
         tenants: &fhir.config.tenants,
         now: fhir.clock.now(),
         compile_query: &renraku::policy::NoQueries,
+        agreements: &renraku::policy::facts::AgreementCache::default(),
     };
     let grant = policy::decide(&mut connection, &environment, &Principal::Operator, "ina", Interaction::Search, Some("Communication"))
         .await

@@ -6,7 +6,6 @@
 //! decision point must see the facts before it can hand out a grant. They return only what
 //! the rule needs and never leave this module except as a [`World`].
 
-use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -14,6 +13,8 @@ use sqlx::AnyConnection;
 
 use super::{Actor, Environment, Interaction, Permission};
 use crate::error::Result;
+use crate::fhir::dates::format_instant;
+use crate::store::IndexEntry;
 use crate::store::facts as store_facts;
 
 /// The identifier system of a municipality's 全国地方公共団体コード in agreements.
@@ -69,21 +70,17 @@ pub struct PersonFacts {
     pub consent: bool,
 }
 
-/// Everything the rule needs for one actor.
+/// Everything the rule needs beyond the token: the agreements. Which persons an actor
+/// reaches is not read here: the access predicate joins the access links in the database
+/// (`Persons::Reached`).
 #[derive(Debug, Clone, Default)]
 pub struct World {
     pub agreements: Vec<Agreement>,
     /// Municipalities that hold agreement resources.
     pub agreement_tenants: Vec<String>,
-    /// Persons connected to the actor, by Patient id.
-    pub patients: BTreeMap<String, PersonFacts>,
 }
 
 impl World {
-    pub fn patient_tenant(&self, id: &str) -> Option<&str> {
-        self.patients.get(id).map(|p| p.tenant.as_str())
-    }
-
     /// Municipalities that share an agreement in force with `tenant` (not `tenant` itself).
     pub fn partners(&self, tenant: &str) -> Vec<String> {
         let mut partners: Vec<String> = self
@@ -99,70 +96,82 @@ impl World {
     }
 }
 
-/// Every wide-area agreement (in force or not).
-pub async fn agreements(connection: &mut AnyConnection, environment: &Environment<'_>) -> Result<Vec<Agreement>> {
-    let mut agreements = Vec::new();
-    for (id, owner, content) in store_facts::live_of_type(connection, "Contract").await? {
-        agreements.extend(agreement_from(&id, &owner, &content, environment));
-    }
-    Ok(agreements)
+/// An agreement's terms as read from its Contract, before the decision's time says whether
+/// it is in force.
+#[derive(Debug, Clone)]
+pub struct AgreementTerms {
+    id: String,
+    owner: String,
+    executed: bool,
+    applies: Option<Value>,
+    parties: Vec<String>,
+    allows: Vec<(Option<String>, Interaction)>,
 }
 
-/// Reads the facts for `actor`.
-pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>, actor: &Actor) -> Result<World> {
+impl AgreementTerms {
+    fn at(&self, now: DateTime<Utc>) -> Agreement {
+        Agreement {
+            id: self.id.clone(),
+            owner: self.owner.clone(),
+            active: self.executed && period_covers(self.applies.as_ref(), now),
+            parties: self.parties.clone(),
+            allows: self.allows.clone(),
+        }
+    }
+}
+
+/// The agreements as last read from the database, kept while the `agreements` generation
+/// (bumped in the transaction of every Contract write, on any gateway sharing the
+/// database) and the set of municipalities are unchanged. Checking costs one primary-key
+/// read per decision instead of reading and parsing every Contract.
+#[derive(Debug, Default)]
+pub struct AgreementCache(std::sync::Mutex<Option<CachedAgreements>>);
+
+#[derive(Debug)]
+struct CachedAgreements {
+    generation: i64,
+    tenants: usize,
+    terms: std::sync::Arc<Vec<AgreementTerms>>,
+}
+
+impl AgreementCache {
+    fn get(&self, generation: i64, tenants: usize) -> Option<std::sync::Arc<Vec<AgreementTerms>>> {
+        let cached = self.0.lock().ok()?;
+        cached.as_ref().filter(|c| c.generation == generation && c.tenants == tenants).map(|c| c.terms.clone())
+    }
+
+    fn put(&self, generation: i64, tenants: usize, terms: std::sync::Arc<Vec<AgreementTerms>>) {
+        // A poisoned cache is only a cache: the next decision reads the database again.
+        if let Ok(mut cached) = self.0.lock() {
+            *cached = Some(CachedAgreements { generation, tenants, terms });
+        }
+    }
+}
+
+/// Every wide-area agreement (in force or not), as of the decision's time.
+pub async fn agreements(connection: &mut AnyConnection, environment: &Environment<'_>) -> Result<Vec<Agreement>> {
+    let generation = crate::store::generation(connection, crate::store::GENERATION_AGREEMENTS).await?;
+    let terms = match environment.agreements.get(generation, environment.tenants.len()) {
+        Some(terms) => terms,
+        None => {
+            let mut terms = Vec::new();
+            for (id, owner, content) in store_facts::live_of_type(connection, "Contract").await? {
+                terms.extend(agreement_terms(&id, &owner, &content, environment.tenants));
+            }
+            let terms = std::sync::Arc::new(terms);
+            environment.agreements.put(generation, environment.tenants.len(), terms.clone());
+            terms
+        }
+    };
+    Ok(terms.iter().map(|t| t.at(environment.now)).collect())
+}
+
+/// Reads the facts for a decision.
+pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>) -> Result<World> {
     let mut world = World { agreements: agreements(connection, environment).await?, ..World::default() };
     world.agreement_tenants = world.agreements.iter().map(|a| a.owner.clone()).collect();
     world.agreement_tenants.sort();
     world.agreement_tenants.dedup();
-    let (members, organization) = match actor {
-        Actor::Practitioner { role, organization, .. } => (
-            vec![("PractitionerRole".to_owned(), role.clone()), ("Organization".to_owned(), organization.clone())],
-            organization,
-        ),
-        Actor::System { organization, .. } => (vec![("Organization".to_owned(), organization.clone())], organization),
-        _ => return Ok(world),
-    };
-    let member_references: Vec<String> = members.iter().map(|(t, id)| format!("{t}/{id}")).collect();
-    let mut on_team: Vec<String> = Vec::new();
-    for (_, _, content) in store_facts::referring(connection, "CareTeam", "participant", &members).await? {
-        if let Some(patient) = team_subject_with_member(&content, &member_references, environment.now) {
-            on_team.push(patient);
-        }
-    }
-    // Who the organization registered comes from the index alone (no resource bodies): an
-    // office that registered thousands of persons must not load them all at every request.
-    let registered: BTreeSet<String> = store_facts::referring_keys(
-        connection,
-        "Patient",
-        "organization",
-        &[("Organization".to_owned(), organization.clone())],
-    )
-    .await?
-    .into_iter()
-    .map(|(id, _)| id)
-    .collect();
-    on_team.sort();
-    on_team.dedup();
-    // Consent matters only where the actor is on the team (a registrar alone reaches the
-    // registration, with or without consent).
-    let team_targets: Vec<(String, String)> = on_team.iter().map(|id| ("Patient".to_owned(), id.clone())).collect();
-    let mut consented: BTreeSet<String> = BTreeSet::new();
-    for (_, _, content) in store_facts::referring(connection, "Consent", "patient", &team_targets).await? {
-        if let Some(patient) = active_consent_patient(&content, environment.now) {
-            consented.insert(patient);
-        }
-    }
-    let on_team: BTreeSet<String> = on_team.into_iter().collect();
-    let candidates: Vec<String> = on_team.union(&registered).cloned().collect();
-    for (id, tenant) in store_facts::live_tenants(connection, "Patient", &candidates).await? {
-        let facts = PersonFacts {
-            tenant,
-            registered_by_actor: registered.contains(&id),
-            on_team: on_team.contains(&id),
-            consent: consented.contains(&id),
-        };
-        world.patients.insert(id, facts);
-    }
     Ok(world)
 }
 
@@ -218,14 +227,13 @@ pub async fn active_consents(connection: &mut AnyConnection, environment: &Envir
 
 /// Reads an agreement from a Contract carrying the agreement profile; other Contracts are
 /// not agreements and allow nothing.
-pub fn agreement_from(id: &str, owner: &str, content: &str, environment: &Environment<'_>) -> Option<Agreement> {
+fn agreement_terms(id: &str, owner: &str, content: &str, tenants: &[crate::config::TenantConfig]) -> Option<AgreementTerms> {
     let contract: Value = serde_json::from_str(content).ok()?;
     let profiles = contract.pointer("/meta/profile").and_then(Value::as_array)?;
     if !profiles.iter().any(|p| p.as_str() == Some(AGREEMENT_PROFILE_URL)) {
         return None;
     }
     let executed = contract.get("status").and_then(Value::as_str) == Some("executed");
-    let active = executed && period_covers(contract.get("applies"), environment.now);
     let parties: Vec<String> = contract
         .get("authority")
         .and_then(Value::as_array)
@@ -237,7 +245,7 @@ pub fn agreement_from(id: &str, owner: &str, content: &str, environment: &Enviro
                 return None;
             }
             let code = identifier.get("value").and_then(Value::as_str)?;
-            environment.tenants.iter().find(|t| t.code == code).map(|t| t.slug.clone())
+            tenants.iter().find(|t| t.code == code).map(|t| t.slug.clone())
         })
         .collect();
     let mut allows = Vec::new();
@@ -256,7 +264,7 @@ pub fn agreement_from(id: &str, owner: &str, content: &str, environment: &Enviro
             }
         }
     }
-    Some(Agreement { id: id.to_owned(), owner: owner.to_owned(), active, parties, allows })
+    Some(AgreementTerms { id: id.to_owned(), owner: owner.to_owned(), executed, applies: contract.get("applies").cloned(), parties, allows })
 }
 
 fn extensions<'a>(element: &'a Value, url: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -266,23 +274,6 @@ fn extensions<'a>(element: &'a Value, url: &'a str) -> impl Iterator<Item = &'a 
         .into_iter()
         .flatten()
         .filter(move |e| e.get("url").and_then(Value::as_str) == Some(url))
-}
-
-/// The Patient id of an active CareTeam's subject when one of `members` is an active
-/// participant.
-pub fn team_subject_with_member(content: &str, members: &[String], now: DateTime<Utc>) -> Option<String> {
-    let team: Value = serde_json::from_str(content).ok()?;
-    if team.get("status").and_then(Value::as_str) != Some("active") || !period_covers(team.get("period"), now) {
-        return None;
-    }
-    let participates = team.get("participant").and_then(Value::as_array).into_iter().flatten().any(|participant| {
-        let member = participant.get("member").and_then(|m| m.get("reference")).and_then(Value::as_str).and_then(local_reference);
-        member.is_some_and(|m| members.contains(&m)) && period_covers(participant.get("period"), now)
-    });
-    if !participates {
-        return None;
-    }
-    patient_id(&reference_of(&team, "subject")?)
 }
 
 /// The Patient id of an active sharing Consent (status active, not a denial, period
@@ -300,6 +291,96 @@ pub fn active_consent_patient(content: &str, now: DateTime<Utc>) -> Option<Strin
         return None;
     }
     patient_id(&reference_of(&consent, "patient")?)
+}
+
+/// The access links a CareTeam or Consent version establishes, as index rows: for an
+/// active CareTeam about a Patient, one row per participant that is a PractitionerRole or
+/// an Organization, valid while both the team's and the participation's periods hold; for
+/// an active sharing Consent (not a denial), one row valid in its provision's period.
+/// Status changes are writes, so only the periods need judging at request time, which the
+/// access predicate does against the decision's `now`. A period that cannot be read holds
+/// never (as [`period_covers`] judges it).
+pub fn access_links(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
+    let link = |kind: &str, patient: &str, member: String, period: Option<(String, String)>| {
+        period.map(|(valid_from, valid_to)| IndexEntry::AccessLink {
+            kind: kind.to_owned(),
+            patient: patient.to_owned(),
+            member,
+            valid_from,
+            valid_to,
+        })
+    };
+    match resource_type {
+        "CareTeam" => {
+            if resource.get("status").and_then(Value::as_str) != Some("active") {
+                return Vec::new();
+            }
+            let Some(patient) = reference_of(resource, "subject").as_deref().and_then(patient_id) else { return Vec::new() };
+            let team_period = period_bounds(resource.get("period"));
+            let mut links: Vec<IndexEntry> = resource
+                .get("participant")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|participant| {
+                    let member = participant.get("member")?.get("reference")?.as_str().and_then(local_reference)?;
+                    if !(member.starts_with("PractitionerRole/") || member.starts_with("Organization/")) {
+                        return None;
+                    }
+                    let period = intersect(team_period.clone(), period_bounds(participant.get("period")));
+                    link(crate::store::LINK_TEAM, &patient, member, period)
+                })
+                .collect();
+            links.dedup();
+            links
+        }
+        "Consent" => {
+            let Some(patient) = resource
+                .get("status")
+                .and_then(Value::as_str)
+                .filter(|status| *status == "active")
+                .and_then(|_| reference_of(resource, "patient"))
+                .as_deref()
+                .and_then(patient_id)
+            else {
+                return Vec::new();
+            };
+            let provision = resource.get("provision");
+            if provision.and_then(|p| p.get("type")).and_then(Value::as_str) == Some("deny") {
+                return Vec::new();
+            }
+            link(crate::store::LINK_CONSENT, &patient, String::new(), period_bounds(provision.and_then(|p| p.get("period"))))
+                .into_iter()
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Since always, in the stored text form of `valid_from`.
+pub const ALWAYS_FROM: &str = "";
+/// For ever, in the stored text form of `valid_to`.
+pub const FOREVER: &str = "9999-12-31T23:59:59.999999Z";
+
+/// A Period (absent = always) as `[from, to)` in stored text form; `None` when it holds
+/// never (an unreadable date, or an end before the start).
+fn period_bounds(period: Option<&Value>) -> Option<(String, String)> {
+    let Some(period) = period else { return Some((ALWAYS_FROM.to_owned(), FOREVER.to_owned())) };
+    let from = match period.get("start").and_then(Value::as_str) {
+        Some(start) => format_instant(crate::fhir::dates::precision_range(start)?.0),
+        None => ALWAYS_FROM.to_owned(),
+    };
+    let to = match period.get("end").and_then(Value::as_str) {
+        Some(end) => format_instant(crate::fhir::dates::precision_range(end)?.1),
+        None => FOREVER.to_owned(),
+    };
+    (from < to).then_some((from, to))
+}
+
+fn intersect(a: Option<(String, String)>, b: Option<(String, String)>) -> Option<(String, String)> {
+    let ((a_from, a_to), (b_from, b_to)) = (a?, b?);
+    let (from, to) = (a_from.max(b_from), a_to.min(b_to));
+    (from < to).then_some((from, to))
 }
 
 /// `element.reference` of a top-level Reference element, as `Type/id`.
@@ -370,18 +451,52 @@ mod tests {
     }
 
     #[test]
-    fn teams_count_only_active_participants_of_active_teams() {
-        let members = vec!["PractitionerRole/r1".to_owned()];
+    fn teams_link_only_active_participants_of_active_teams() {
         let team = |status: &str, participant_end: &str| {
             serde_json::json!({
                 "resourceType": "CareTeam", "status": status, "subject": {"reference": "Patient/p1"},
-                "participant": [{"member": {"reference": "PractitionerRole/r1"}, "period": {"end": participant_end}}]
+                "period": {"start": "2026-04-01"},
+                "participant": [
+                    {"member": {"reference": "PractitionerRole/r1"}, "period": {"end": participant_end}},
+                    {"member": {"reference": "https://x/ina/fhir/Organization/o1"}},
+                    {"member": {"reference": "Practitioner/someone"}}
+                ]
             })
-            .to_string()
         };
-        assert_eq!(team_subject_with_member(&team("active", "2027"), &members, now()).as_deref(), Some("p1"));
-        assert_eq!(team_subject_with_member(&team("inactive", "2027"), &members, now()), None);
-        assert_eq!(team_subject_with_member(&team("active", "2026-01"), &members, now()), None);
-        assert_eq!(team_subject_with_member(&team("active", "2027"), &["Organization/o".to_owned()], now()), None);
+        let link = |member: &str, valid_to: &str| IndexEntry::AccessLink {
+            kind: "team".into(),
+            patient: "p1".into(),
+            member: member.into(),
+            valid_from: "2026-04-01T00:00:00.000000Z".into(),
+            valid_to: valid_to.into(),
+        };
+        assert_eq!(
+            access_links("CareTeam", &team("active", "2027")),
+            vec![link("PractitionerRole/r1", "2028-01-01T00:00:00.000000Z"), link("Organization/o1", FOREVER)]
+        );
+        assert_eq!(access_links("CareTeam", &team("inactive", "2027")), Vec::new());
+        // A participation that ended before the team began links nobody.
+        assert_eq!(access_links("CareTeam", &team("active", "2026-01")), vec![link("Organization/o1", FOREVER)]);
+    }
+
+    #[test]
+    fn consents_link_while_active_and_not_a_denial() {
+        let consent = |status: &str, kind: &str, end: &str| {
+            serde_json::json!({
+                "resourceType": "Consent", "status": status, "patient": {"reference": "Patient/p1"},
+                "provision": {"type": kind, "period": {"end": end}}
+            })
+        };
+        let expected = vec![IndexEntry::AccessLink {
+            kind: "consent".into(),
+            patient: "p1".into(),
+            member: String::new(),
+            valid_from: ALWAYS_FROM.into(),
+            valid_to: "2027-04-01T00:00:00.000000Z".into(),
+        }];
+        assert_eq!(access_links("Consent", &consent("active", "permit", "2027-03-31")), expected);
+        assert_eq!(access_links("Consent", &consent("inactive", "permit", "2027-03-31")), Vec::new());
+        assert_eq!(access_links("Consent", &consent("active", "deny", "2027-03-31")), Vec::new());
+        assert_eq!(access_links("Consent", &consent("active", "permit", "garbage")), Vec::new());
     }
 }

@@ -229,11 +229,10 @@ pub enum Clause {
     Tenants { types: TypeSet, tenants: Vec<String> },
     /// These resources of one type (e.g. the agreements a municipality is party to).
     Ids { resource_type: String, ids: Vec<String> },
-    /// The compartments of these persons, for these types: the Patient resources themselves
+    /// The compartments of some persons, for these types: the Patient resources themselves
     /// and the resources linked to them through their compartment parameters.
-    Patients {
-        /// Patient ids.
-        patients: Vec<String>,
+    Persons {
+        persons: Persons,
         /// Compartment types other than Patient, each with its compartment parameters.
         params_by_type: Vec<(String, Vec<String>)>,
         /// Whether the Patient resources themselves are included.
@@ -242,6 +241,45 @@ pub enum Clause {
     /// What `base` covers of one type, and only the resources matching one of the searches
     /// of the token's granular scopes (`patient/Observation.rs?category=…`).
     Filtered { resource_type: String, any_of: Vec<Vec<crate::store::query::Criterion>>, base: Box<Clause> },
+}
+
+/// Whose compartments a [`Clause::Persons`] covers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Persons {
+    /// These Patient ids (what a write's check resolves a reach to, for the persons the
+    /// written content names).
+    Listed(Vec<String>),
+    /// Whoever the actor reaches, judged by the database row by row from the access links
+    /// (`access_links`) and registrations, so the predicate binds the same few values
+    /// whether the actor reaches one person or a hundred thousand.
+    Reached(Reach),
+}
+
+/// How an actor reaches persons: as a member of their active support team (with their
+/// consent or as their registrar), or as their registrar alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reach {
+    pub level: ReachLevel,
+    /// The references the actor appears as in a CareTeam: `PractitionerRole/…` and
+    /// `Organization/…`.
+    pub members: Vec<String>,
+    /// The actor's Organization id (a Patient's `managingOrganization` names its registrar).
+    pub organization: String,
+    /// The persons' municipalities this reach covers.
+    pub tenants: Vec<String>,
+    /// The decision's time, in stored text form, against which links' periods are judged.
+    pub now: String,
+    /// Only this person (the token's patient context, whose `patient/` scopes reach more).
+    pub only: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReachLevel {
+    /// An active participant of an active CareTeam of the person, while the person has an
+    /// active sharing Consent or the actor's Organization registered the person.
+    Team,
+    /// The actor's Organization registered the person (`Patient.managingOrganization`).
+    Registration,
 }
 
 /// Permission to perform one interaction, with the scope within which it may be performed.
@@ -287,10 +325,13 @@ impl std::ops::Deref for WriteGrant {
 }
 
 impl WriteGrant {
-    /// Whether a version with these index rows may be written (the store asks, on every
-    /// insert and replace): its persons are those its index rows refer to through the
-    /// clauses' parameters, and a Patient's registrar is its `organization` row.
-    pub fn permits_row(&self, resource_type: &str, id: &str, owner: &str, index: &[crate::store::IndexEntry]) -> bool {
+    /// The persons a version with these index rows is the data of, as this grant's clauses
+    /// judge it: those its index rows refer to through the clauses' parameters (for a
+    /// Patient, its own id).
+    pub fn persons_of(&self, resource_type: &str, id: &str, index: &[crate::store::IndexEntry]) -> Vec<String> {
+        if resource_type == "Patient" {
+            return vec![id.to_owned()];
+        }
         let person_params: Vec<&String> = self
             .clauses
             .iter()
@@ -299,28 +340,79 @@ impl WriteGrant {
             .flat_map(|(_, params)| params.iter())
             .collect();
         let mut patients: Vec<String> = Vec::new();
-        let mut registrar = None;
         for entry in index {
             if let crate::store::IndexEntry::Reference { param, target_type, target_id, .. } = entry {
                 if target_type == "Patient" && person_params.contains(&param) && !patients.contains(target_id) {
                     patients.push(target_id.clone());
                 }
-                if resource_type == "Patient" && param == "organization" && target_type == "Organization" {
-                    registrar = Some(format!("Organization/{target_id}"));
-                }
             }
         }
-        if resource_type == "Patient" {
-            patients = vec![id.to_owned()];
+        patients
+    }
+
+    /// The reaches among this grant's clauses, in the order [`WriteGrant::permits_row`]
+    /// expects their resolution (the store looks up which of a write's persons each reaches).
+    pub fn reaches(&self) -> Vec<&Reach> {
+        fn collect<'a>(clause: &'a Clause, out: &mut Vec<&'a Reach>) {
+            match clause {
+                Clause::Persons { persons: Persons::Reached(reach), .. } => out.push(reach),
+                Clause::Filtered { base, .. } => collect(base, out),
+                _ => {}
+            }
         }
-        self.0.permits_write(resource_type, id, owner, &patients, registrar.as_deref())
+        let mut out = Vec::new();
+        for clause in &self.clauses {
+            collect(clause, &mut out);
+        }
+        out
+    }
+
+    /// Whether a version with these index rows may be written (the store asks, on every
+    /// insert and replace): its persons are [`WriteGrant::persons_of`], each of which must
+    /// be covered; `reached` holds, for each of [`WriteGrant::reaches`] in order, which of
+    /// those persons it reaches now; a Patient's registrar is its `organization` row.
+    pub fn permits_row(
+        &self,
+        resource_type: &str,
+        id: &str,
+        owner: &str,
+        index: &[crate::store::IndexEntry],
+        reached: &[Vec<String>],
+    ) -> bool {
+        let patients = self.persons_of(resource_type, id, index);
+        let registrar = index.iter().find_map(|entry| match entry {
+            crate::store::IndexEntry::Reference { param, target_type, target_id, .. }
+                if resource_type == "Patient" && param == "organization" && target_type == "Organization" =>
+            {
+                Some(format!("Organization/{target_id}"))
+            }
+            _ => None,
+        });
+        let mut reached = reached.iter();
+        let clauses: Vec<Clause> = self.clauses.iter().map(|clause| resolve(clause, &mut reached)).collect();
+        self.0.permits_write(&clauses, resource_type, id, owner, &patients, registrar.as_deref())
+    }
+}
+
+/// `clause` with each reach replaced by the persons it was found to reach.
+fn resolve(clause: &Clause, reached: &mut std::slice::Iter<'_, Vec<String>>) -> Clause {
+    match clause {
+        Clause::Persons { persons: Persons::Reached(_), params_by_type, include_patient } => Clause::Persons {
+            persons: Persons::Listed(reached.next().cloned().unwrap_or_default()),
+            params_by_type: params_by_type.clone(),
+            include_patient: *include_patient,
+        },
+        Clause::Filtered { resource_type, any_of, base } => {
+            Clause::Filtered { resource_type: resource_type.clone(), any_of: any_of.clone(), base: Box::new(resolve(base, reached)) }
+        }
+        other => other.clone(),
     }
 }
 
 /// The compartment parameters a clause names, by type (a filtered clause's base's).
 fn patient_params_of(clause: &Clause) -> Vec<&(String, Vec<String>)> {
     match clause {
-        Clause::Patients { params_by_type, .. } => params_by_type.iter().collect(),
+        Clause::Persons { params_by_type, .. } => params_by_type.iter().collect(),
         Clause::Filtered { base, .. } => patient_params_of(base),
         Clause::Tenants { .. } | Clause::Ids { .. } => Vec::new(),
     }
@@ -380,6 +472,7 @@ impl Grant {
     /// that owns (or will own) it, `managing_organization` a Patient's registrar.
     fn permits_write(
         &self,
+        clauses: &[Clause],
         resource_type: &str,
         id: &str,
         owner: &str,
@@ -395,10 +488,10 @@ impl Grant {
         {
             return true;
         }
-        self.clauses.iter().any(|clause| match clause {
+        clauses.iter().any(|clause| match clause {
             Clause::Tenants { types, tenants } => types.contains(resource_type) && tenants.iter().any(|t| t == owner),
             Clause::Ids { resource_type: allowed, ids } => allowed == resource_type && ids.iter().any(|i| i == id),
-            Clause::Patients { .. } | Clause::Filtered { .. } => clause_permits(clause, resource_type, id, patients),
+            Clause::Persons { .. } | Clause::Filtered { .. } => clause_permits(clause, resource_type, id, patients),
         })
     }
 
@@ -429,7 +522,12 @@ impl Grant {
 /// checked on the written row.
 fn clause_permits(clause: &Clause, resource_type: &str, id: &str, patients: &[String]) -> bool {
     match clause {
-        Clause::Patients { patients: allowed, params_by_type, include_patient } => {
+        Clause::Persons { persons, params_by_type, include_patient } => {
+            // A reach not resolved by the store covers nobody.
+            let allowed: &[String] = match persons {
+                Persons::Listed(ids) => ids,
+                Persons::Reached(_) => &[],
+            };
             if resource_type == "Patient" {
                 *include_patient && allowed.iter().any(|p| p == id)
             } else {
@@ -458,6 +556,8 @@ pub struct Environment<'a> {
     pub now: DateTime<Utc>,
     /// Turns granular scopes' queries into search criteria.
     pub compile_query: &'a dyn CompileQuery,
+    /// The agreements as last read (checked against their generation at every decision).
+    pub agreements: &'a facts::AgreementCache,
 }
 
 /// Turns a granular scope's query (`category=…`) on a type into search criteria; `None`
@@ -541,7 +641,7 @@ async fn decide_inner(
     if let Err(reason) = facts::actor_standing(connection, &authenticated.actor, environment.now).await? {
         return Err(Error::Unauthorized(format!("the access token no longer speaks for anyone: {reason}")));
     }
-    let world = facts::load(connection, environment, &authenticated.actor).await?;
+    let world = facts::load(connection, environment).await?;
     let clauses = rules::clauses(environment, authenticated, tenant, &world, interaction);
     let read_clauses = rules::clauses(environment, authenticated, tenant, &world, Interaction::Read);
     let mut tenants = BTreeSet::new();
@@ -553,9 +653,9 @@ async fn decide_inner(
         match clause {
             Clause::Tenants { tenants: listed, .. } => tenants.extend(listed.iter().cloned()),
             Clause::Ids { .. } => tenants.extend(world.agreement_tenants.iter().cloned()),
-            Clause::Patients { patients, .. } => {
-                tenants.extend(patients.iter().filter_map(|p| world.patient_tenant(p).map(str::to_owned)))
-            }
+            Clause::Persons { persons: Persons::Reached(reach), .. } => tenants.extend(reach.tenants.iter().cloned()),
+            // Decisions list no persons (writes resolve reaches after deciding).
+            Clause::Persons { persons: Persons::Listed(_), .. } => {}
             Clause::Filtered { .. } => {}
         }
     }

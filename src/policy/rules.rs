@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::facts::World;
-use super::{Actor, Authenticated, Clause, Environment, Interaction, Permission, TypeSet};
+use super::{Actor, Authenticated, Clause, Environment, Interaction, Permission, Persons, Reach, ReachLevel, TypeSet};
 use crate::auth::scopes::ScopeContext;
 
 /// What kind of information a resource type holds, for the rule.
@@ -110,19 +110,19 @@ fn apply_granular(
             Clause::Ids { resource_type, ids } if !blanket(&resource_type) => {
                 result.extend(filtered(&resource_type.clone(), Clause::Ids { resource_type, ids }));
             }
-            Clause::Patients { patients, params_by_type, include_patient } => {
+            Clause::Persons { persons, params_by_type, include_patient } => {
                 let (full, partial): (Vec<_>, Vec<_>) =
                     params_by_type.into_iter().partition(|(t, _)| blanket(t));
                 for (t, params) in partial {
-                    let base = Clause::Patients { patients: patients.clone(), params_by_type: vec![(t.clone(), params)], include_patient: false };
+                    let base = Clause::Persons { persons: persons.clone(), params_by_type: vec![(t.clone(), params)], include_patient: false };
                     result.extend(filtered(&t, base));
                 }
                 let patient_full = blanket("Patient");
                 if include_patient && !patient_full {
-                    let base = Clause::Patients { patients: patients.clone(), params_by_type: Vec::new(), include_patient: true };
+                    let base = Clause::Persons { persons: persons.clone(), params_by_type: Vec::new(), include_patient: true };
                     result.extend(filtered("Patient", base));
                 }
-                result.push(Clause::Patients { patients, params_by_type: full, include_patient: include_patient && patient_full });
+                result.push(Clause::Persons { persons, params_by_type: full, include_patient: include_patient && patient_full });
             }
             other => result.push(other),
         }
@@ -209,16 +209,23 @@ pub fn clauses(
     clauses.retain(|clause| match clause {
         Clause::Tenants { types, tenants } => !types.is_empty() && !tenants.is_empty(),
         Clause::Ids { ids, .. } => !ids.is_empty(),
-        Clause::Patients { patients, params_by_type, include_patient } => {
-            !patients.is_empty() && (*include_patient || !params_by_type.is_empty())
+        Clause::Persons { persons, params_by_type, include_patient } => {
+            let nobody = match persons {
+                Persons::Listed(ids) => ids.is_empty(),
+                Persons::Reached(reach) => reach.tenants.is_empty(),
+            };
+            !nobody && (*include_patient || !params_by_type.is_empty())
         }
         Clause::Filtered { .. } => true,
     });
     clauses
 }
 
-/// The persons' compartments an actor with an organization may reach, grouped by the set of
-/// types allowed (so that one SQL clause covers every person with the same reach).
+/// The persons' compartments an actor with an organization may reach: for each level of
+/// reach (team, registration) one clause per set of types the persons' municipalities allow
+/// (the home municipality, and each partner under the agreements in force for the
+/// interaction). Which persons are reached is left to the database (`Persons::Reached`), so
+/// the clauses are the same few whether the actor reaches one person or a hundred thousand.
 fn patient_clauses(
     environment: &Environment<'_>,
     authenticated: &Authenticated,
@@ -226,54 +233,75 @@ fn patient_clauses(
     world: &World,
     interaction: Interaction,
 ) -> Vec<Clause> {
+    let (members, organization) = match &authenticated.actor {
+        Actor::Practitioner { role, organization, .. } => {
+            (vec![format!("PractitionerRole/{role}"), format!("Organization/{organization}")], organization.clone())
+        }
+        Actor::System { organization, .. } => (vec![format!("Organization/{organization}")], organization.clone()),
+        _ => return Vec::new(),
+    };
     let permission = interaction.permission();
     let all_types = patient_data_types(environment);
+    let registration_types: Vec<String> = REGISTRATION_TYPES.iter().map(|t| (*t).to_owned()).collect();
     let contexts = authenticated.actor.scope_contexts();
     let scopes = &authenticated.scopes;
-    // Grouped by the types reached and by whether the person is the token's patient context
-    // (whose `patient/` scopes count for that person alone).
-    let mut groups: BTreeMap<(Vec<String>, bool), Vec<String>> = BTreeMap::new();
-    for (patient, facts) in &world.patients {
-        let base: Vec<String> = if facts.on_team && (facts.consent || facts.registered_by_actor) {
-            all_types.clone()
-        } else if facts.registered_by_actor {
-            REGISTRATION_TYPES.iter().map(|t| (*t).to_owned()).collect()
-        } else {
-            continue;
-        };
-        let types: Vec<String> = base
-            .into_iter()
-            .filter(|t| {
-                facts.tenant == tenant
-                    || world.agreements.iter().any(|a| a.joins(tenant, &facts.tenant) && a.allows(t, interaction))
-            })
-            .filter(|t| {
-                let reaches = |c: ScopeContext| scopes.permits(c, t, permission) || !scopes.granular_queries(c, t, permission).is_empty();
-                contexts.iter().any(|c| reaches(*c))
-                    || (authenticated.patient.as_deref() == Some(patient.as_str()) && reaches(ScopeContext::Patient))
-            })
-            .collect();
-        if !types.is_empty() {
-            let is_context = authenticated.patient.as_deref() == Some(patient.as_str());
-            groups.entry((types, is_context)).or_default().push(patient.clone());
-        }
+    let mut person_tenants = vec![tenant.to_owned()];
+    person_tenants.extend(world.partners(tenant));
+    let now = crate::fhir::dates::format_instant(environment.now);
+    // Everyone the actor reaches under its own scopes; and, for a token with a patient
+    // context, that person again under the `patient/` scopes too (which count for them alone).
+    let mut passes: Vec<Option<String>> = vec![None];
+    if let Some(patient) = &authenticated.patient {
+        passes.push(Some(patient.clone()));
     }
     let mut clauses = Vec::new();
-    for ((types, is_context), patients) in groups {
-        let clause = Clause::Patients {
-            include_patient: types.iter().any(|t| t == "Patient"),
-            params_by_type: types
-                .iter()
-                .filter(|t| *t != "Patient")
-                .map(|t| (t.clone(), environment.registry.person_params(t).to_vec()))
-                .collect(),
-            patients,
-        };
+    for only in passes {
         let mut contexts_for_person = contexts.to_vec();
-        if is_context {
+        if only.is_some() {
             contexts_for_person.push(ScopeContext::Patient);
         }
-        clauses.extend(apply_granular(environment, authenticated, permission, &contexts_for_person, vec![clause]));
+        for (level, base) in [(ReachLevel::Team, &all_types), (ReachLevel::Registration, &registration_types)] {
+            // Person municipalities grouped by the types reached there.
+            let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+            for person_tenant in &person_tenants {
+                let types: Vec<String> = base
+                    .iter()
+                    .filter(|t| {
+                        person_tenant == tenant
+                            || world.agreements.iter().any(|a| a.joins(tenant, person_tenant) && a.allows(t, interaction))
+                    })
+                    .filter(|t| {
+                        contexts_for_person
+                            .iter()
+                            .any(|c| scopes.permits(*c, t, permission) || !scopes.granular_queries(*c, t, permission).is_empty())
+                    })
+                    .cloned()
+                    .collect();
+                if !types.is_empty() {
+                    groups.entry(types).or_default().push(person_tenant.clone());
+                }
+            }
+            for (types, tenants) in groups {
+                let reach = Reach {
+                    level,
+                    members: members.clone(),
+                    organization: organization.clone(),
+                    tenants,
+                    now: now.clone(),
+                    only: only.clone(),
+                };
+                let clause = Clause::Persons {
+                    persons: Persons::Reached(reach),
+                    include_patient: types.iter().any(|t| t == "Patient"),
+                    params_by_type: types
+                        .iter()
+                        .filter(|t| *t != "Patient")
+                        .map(|t| (t.clone(), environment.registry.person_params(t).to_vec()))
+                        .collect(),
+                };
+                clauses.extend(apply_granular(environment, authenticated, permission, &contexts_for_person, vec![clause]));
+            }
+        }
     }
     clauses
 }

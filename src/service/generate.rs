@@ -145,9 +145,10 @@ impl Fhir {
             if let Some(meta) = resource.as_object_mut() {
                 meta.insert("meta".into(), json!({ "versionId": "1", "lastUpdated": last_updated }));
             }
-            let index = self.search_params.extract(&resource);
+            let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let index = self.index_of(&resource_type, &resource);
             rows.push(BulkRow {
-                resource_type: resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                resource_type,
                 id: resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
                 content: serde_json::to_string(&resource)?,
                 index,

@@ -100,6 +100,8 @@ pub struct Fhir {
     clients: std::sync::RwLock<Vec<ClientConfig>>,
     /// Where reads and failures hand their audit events (group commit).
     audit_sink: crate::audit::sink::Sink,
+    /// The wide-area agreements as last read (refreshed when their generation changes).
+    agreements: policy::facts::AgreementCache,
     /// A fault the test suite armed (see [`audit::Failpoint`]).
     #[cfg(feature = "test-support")]
     failpoint: std::sync::Mutex<Option<audit::Failpoint>>,
@@ -129,6 +131,7 @@ impl Fhir {
             tenants,
             clients,
             audit_sink,
+            agreements: policy::facts::AgreementCache::default(),
             #[cfg(feature = "test-support")]
             failpoint: std::sync::Mutex::new(None),
         }
@@ -360,7 +363,13 @@ impl Fhir {
 
     /// What a decision reads besides the request and the facts.
     pub(crate) fn environment<'a>(&'a self, tenants: &'a [TenantConfig], queries: &'a dyn policy::CompileQuery) -> policy::Environment<'a> {
-        policy::Environment { registry: &self.search_params, tenants, now: self.clock.now(), compile_query: queries }
+        policy::Environment {
+            registry: &self.search_params,
+            tenants,
+            now: self.clock.now(),
+            compile_query: queries,
+            agreements: &self.agreements,
+        }
     }
 
     /// The search parser, for compiling granular scopes at `context`'s base.
@@ -876,7 +885,7 @@ impl Fhir {
         let version_id = current.map_or(1, |current| current.version_id + 1);
         let last_updated = self.now();
         let mut resource = validated.into_inner();
-        let index = self.search_params.extract(&resource);
+        let mut index = self.index_of(resource_type, &resource);
         let patients = self.compartment_patients(resource_type, id, &index);
         let tenant = match current {
             Some(current) => current.tenant.clone(),
@@ -895,8 +904,8 @@ impl Fhir {
         self.check_registration_change(connection, grant, resource_type, current, managing_organization.as_deref(), &patients).await?;
         stamp(&mut resource, id, version_id, &last_updated);
         self.tag_owner(&mut resource, &tenant);
-        // Indexed again now that the owner's tag is in place (`_tag` finds it).
-        let index = self.search_params.extract(&resource);
+        // The owner's tag is in place now: its index row, and `_lastUpdated` is a column.
+        self.index_owner_tag(&mut index, &resource);
         let content = serde_json::to_string(&resource)?;
         let new = NewVersion {
             resource_type,
@@ -930,6 +939,23 @@ impl Fhir {
             }
         }
         Ok(Stored { resource_type: resource_type.to_owned(), id: id.to_owned(), version_id, last_updated, resource })
+    }
+
+    /// A resource's index rows: its search parameters' values and the access links it
+    /// establishes (CareTeam, Consent). Every writer of index rows (writes, reindex, data
+    /// generation) extracts them here.
+    pub(crate) fn index_of(&self, resource_type: &str, resource: &Value) -> Vec<store::IndexEntry> {
+        let mut index = self.search_params.extract(resource);
+        index.extend(policy::facts::access_links(resource_type, resource));
+        index
+    }
+
+    /// Replaces the `_tag` rows of `index` with those of `resource`'s tags (after the owner's
+    /// tag was stamped), instead of extracting every parameter a second time.
+    fn index_owner_tag(&self, index: &mut Vec<store::IndexEntry>, resource: &Value) {
+        index.retain(|entry| !matches!(entry, store::IndexEntry::Token { param, .. } if param == "_tag"));
+        let tags = self.search_params.extract_params(resource, &["_tag".to_owned()]);
+        index.extend(tags);
     }
 
     /// The persons whose compartments a resource is in: a Patient's own id, else the Patients

@@ -34,22 +34,29 @@ impl Fhir {
                 let mut entries = Vec::new();
                 for version in store::versions_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id).await? {
                     if let Some(content) = &version.content {
-                        entries = self.search_params.extract(&serde_json::from_str(content)?);
+                        entries = self.index_of(&row.resource_type, &serde_json::from_str(content)?);
                     }
                     store::recompartment_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id, version.version_id, &entries)
                         .await?;
                 }
                 let Some(content) = &row.content else { continue };
                 let resource: serde_json::Value = serde_json::from_str(content)?;
-                let entries = self.search_params.extract(&resource);
+                let entries = self.index_of(&row.resource_type, &resource);
                 store::reindex_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id, &row.tenant, &entries).await?;
                 indexed += 1;
             }
             transaction.commit().await?;
         }
         let mut connection = self.store.connection().await?;
-        store::set_setting(&mut connection, FINGERPRINT_SETTING, &self.search_params.fingerprint()).await?;
+        store::set_setting(&mut connection, FINGERPRINT_SETTING, &self.index_fingerprint()).await?;
         Ok(indexed)
+    }
+
+    /// What the index was built from: the search parameters, and the version of the derived
+    /// rows besides them (bumped when the access links were added, so a database from
+    /// before them is reindexed at its first start).
+    fn index_fingerprint(&self) -> String {
+        format!("{}+access-links-1", self.search_params.fingerprint())
     }
 
     /// Reindexes when the search parameters differ from those the index was built with.
@@ -57,7 +64,7 @@ impl Fhir {
         let mut connection = self.store.connection().await?;
         let stored = store::setting(&mut connection, FINGERPRINT_SETTING).await?;
         drop(connection);
-        if stored.as_deref() == Some(self.search_params.fingerprint().as_str()) {
+        if stored.as_deref() == Some(self.index_fingerprint().as_str()) {
             return Ok(None);
         }
         self.reindex().await.map(Some)

@@ -39,49 +39,6 @@ pub(crate) async fn referring(
     rows(&sql, connection).await
 }
 
-/// `(id, tenant)` of live `source_type` resources whose `param` refers to one of `targets`,
-/// from the index alone.
-pub(crate) async fn referring_keys(
-    connection: &mut AnyConnection,
-    source_type: &str,
-    param: &str,
-    targets: &[(String, String)],
-) -> Result<Vec<(String, String)>> {
-    if targets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut sql = Sql::new("SELECT DISTINCT x.id AS id, x.tenant AS tenant FROM search_reference x WHERE x.resource_type = ");
-    sql.bind(source_type.to_owned()).push(" AND x.param = ").bind(param.to_owned()).push(" AND ");
-    push_targets(&mut sql, targets);
-    let mut found = Vec::new();
-    for row in sql.fetch_all(connection).await? {
-        found.push((row.try_get("id")?, row.try_get("tenant")?));
-    }
-    Ok(found)
-}
-
-/// `(id, tenant)` of the live resources of one type with these ids (no bodies).
-pub(crate) async fn live_tenants(connection: &mut AnyConnection, resource_type: &str, ids: &[String]) -> Result<Vec<(String, String)>> {
-    let mut found = Vec::new();
-    // In chunks, so that an office with thousands of registered persons stays within the
-    // databases' limits on bound parameters.
-    for chunk in ids.chunks(500) {
-        let mut sql = Sql::new("SELECT id, tenant FROM resources WHERE deleted = 0 AND resource_type = ");
-        sql.bind(resource_type.to_owned()).push(" AND id IN (");
-        for (index, id) in chunk.iter().enumerate() {
-            if index > 0 {
-                sql.push(", ");
-            }
-            sql.bind(id.clone());
-        }
-        sql.push(")");
-        for row in sql.fetch_all(connection).await? {
-            found.push((row.try_get("id")?, row.try_get("tenant")?));
-        }
-    }
-    Ok(found)
-}
-
 /// The id of the live Practitioner of `tenant` whose `identifier` is `system|value`.
 pub(crate) async fn practitioner_by_identifier(
     connection: &mut AnyConnection,

@@ -126,7 +126,18 @@ pub enum IndexEntry {
     Date { param: String, low: String, high: String },
     Number { param: String, value: f64, system: String, code: String },
     Uri { param: String, uri: String },
+    /// A link by which an actor (`member`: `PractitionerRole/…` or `Organization/…`) or,
+    /// for a consent, the person's team (`member` empty) reaches a person, in `[valid_from,
+    /// valid_to)` (fixed-width UTC text; see `migrations/*/0013_access_links.sql`). Derived by
+    /// the policy (`policy::facts::access_links`) from CareTeams and Consents; the access
+    /// predicate joins these rows instead of binding the persons an actor reaches.
+    AccessLink { kind: String, patient: String, member: String, valid_from: String, valid_to: String },
 }
+
+/// The `kind` of an [`IndexEntry::AccessLink`] that places an actor on a person's team.
+pub const LINK_TEAM: &str = "team";
+/// The `kind` of an [`IndexEntry::AccessLink`] recording the person's active sharing consent.
+pub const LINK_CONSENT: &str = "consent";
 
 /// Which part of the history to list.
 #[derive(Debug, Clone, Default)]
@@ -409,7 +420,7 @@ pub async fn version(
 /// compartment rows. A unique violation (the id was taken by a concurrent writer) becomes a
 /// conflict.
 pub async fn insert(connection: &mut AnyConnection, grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
-    permit(grant, new)?;
+    permit(connection, grant, new).await?;
     let result = sqlx::query(
         "INSERT INTO resources (resource_type, id, tenant, version_id, last_updated, deleted, content) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -451,7 +462,7 @@ pub async fn replace(
         return Err(error);
     }
     if new.content.is_some() {
-        permit(grant, new)?;
+        permit(connection, grant, new).await?;
     }
     let result = sqlx::query(
         "UPDATE resources SET version_id = $1, last_updated = $2, deleted = $3, content = $4 \
@@ -477,13 +488,35 @@ pub async fn replace(
 
 /// Refuses a version whose content the write grant does not cover (403), reported through
 /// the decision log.
-fn permit(grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
-    if grant.permits_row(new.resource_type, new.id, new.tenant, new.index) {
+async fn permit(connection: &mut AnyConnection, grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
+    if permits(connection, grant, new.resource_type, new.id, new.tenant, new.index).await? {
         return Ok(());
     }
     let error = Error::Forbidden(format!("the access policy does not allow this {} to be written", new.resource_type));
     grant.record_refusal("write", new.resource_type, &error);
     Err(error)
+}
+
+/// Whether the grant covers a version with these index rows: the persons it names are
+/// looked up against each of the grant's reaches (before the version's own access links are
+/// written, so a team cannot admit its own writer), then the grant judges.
+async fn permits(
+    connection: &mut AnyConnection,
+    grant: &WriteGrant,
+    resource_type: &str,
+    id: &str,
+    owner: &str,
+    index: &[IndexEntry],
+) -> Result<bool> {
+    let reaches = grant.reaches();
+    let mut reached = Vec::with_capacity(reaches.len());
+    if !reaches.is_empty() {
+        let persons = grant.persons_of(resource_type, id, index);
+        for reach in reaches {
+            reached.push(if persons.is_empty() { Vec::new() } else { query::reached(connection, reach, &persons).await? });
+        }
+    }
+    Ok(grant.permits_row(resource_type, id, owner, index, &reached))
 }
 
 /// Writes a version row and its compartment rows: the version's own references to
@@ -564,7 +597,9 @@ pub async fn reindex_unchecked_for_maintenance(
     write_index(connection, resource_type, id, tenant, entries).await
 }
 
-/// Replaces the index rows of one resource (none for a deleted resource).
+/// Replaces the index rows of one resource (none for a deleted resource). A Contract's
+/// write bumps the `agreements` generation in the same transaction, so every gateway's
+/// cache of agreements is refreshed at its next decision.
 async fn write_index(
     connection: &mut AnyConnection,
     resource_type: &str,
@@ -572,78 +607,103 @@ async fn write_index(
     tenant: &str,
     entries: &[IndexEntry],
 ) -> Result<()> {
-    for table in ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri"] {
+    for table in INDEX_TABLES {
         sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND id = $2"))
             .bind(resource_type)
             .bind(id)
             .execute(&mut *connection)
             .await?;
     }
-    for entry in entries {
-        let query = match entry {
-            IndexEntry::String { param, normalized, exact } => sqlx::query(
-                "INSERT INTO search_string (resource_type, id, tenant, param, normalized, exact) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(resource_type)
-            .bind(id)
-            .bind(tenant)
-            .bind(param.as_str())
-            .bind(normalized.as_str())
-            .bind(exact.as_str()),
-            IndexEntry::Token { param, system, code, text } => sqlx::query(
-                "INSERT INTO search_token (resource_type, id, tenant, param, system, code, text) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(resource_type)
-            .bind(id)
-            .bind(tenant)
-            .bind(param.as_str())
-            .bind(system.as_str())
-            .bind(code.as_str())
-            .bind(text.as_str()),
-            IndexEntry::Reference { param, target_type, target_id, url, identifier_system, identifier_value } => sqlx::query(
-                "INSERT INTO search_reference (resource_type, id, tenant, param, target_type, target_id, url, identifier_system, identifier_value) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(resource_type)
-            .bind(id)
-            .bind(tenant)
-            .bind(param.as_str())
-            .bind(target_type.as_str())
-            .bind(target_id.as_str())
-            .bind(url.as_str())
-            .bind(identifier_system.as_str())
-            .bind(identifier_value.as_str()),
-            IndexEntry::Date { param, low, high } => {
-                sqlx::query("INSERT INTO search_date (resource_type, id, tenant, param, low, high) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind(resource_type)
-                    .bind(id)
-                    .bind(tenant)
-                    .bind(param.as_str())
-                    .bind(low.as_str())
-                    .bind(high.as_str())
-            }
-            IndexEntry::Number { param, value, system, code } => sqlx::query(
-                "INSERT INTO search_number (resource_type, id, tenant, param, value, system, code) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(resource_type)
-            .bind(id)
-            .bind(tenant)
-            .bind(param.as_str())
-            .bind(*value)
-            .bind(system.as_str())
-            .bind(code.as_str()),
-            IndexEntry::Uri { param, uri } => {
-                sqlx::query("INSERT INTO search_uri (resource_type, id, tenant, param, uri) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(resource_type)
-                    .bind(id)
-                    .bind(tenant)
-                    .bind(param.as_str())
-                    .bind(uri.as_str())
-            }
-        };
-        query.execute(&mut *connection).await?;
+    let mut rows = IndexRows::default();
+    rows.add(resource_type, id, tenant, entries);
+    rows.insert(connection).await?;
+    if resource_type == "Contract" {
+        bump_generation(connection, GENERATION_AGREEMENTS).await?;
     }
     Ok(())
+}
+
+/// Every table holding rows derived from a resource's current content.
+const INDEX_TABLES: [&str; 7] =
+    ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri", "access_links"];
+
+/// The generation counter of the wide-area agreements (bumped by every Contract write).
+pub const GENERATION_AGREEMENTS: &str = "agreements";
+
+async fn bump_generation(connection: &mut AnyConnection, name: &str) -> Result<()> {
+    sqlx::query("UPDATE generations SET counter = counter + 1 WHERE name = $1").bind(name).execute(connection).await?;
+    Ok(())
+}
+
+/// The current value of a generation counter (one primary-key read; see
+/// `migrations/*/0013_access_links.sql`).
+pub async fn generation(connection: &mut AnyConnection, name: &str) -> Result<i64> {
+    let row = sqlx::query("SELECT counter FROM generations WHERE name = $1").bind(name).fetch_optional(connection).await?;
+    Ok(row.map(|row| row.try_get::<i64, _>("counter")).transpose()?.unwrap_or(0))
+}
+
+/// Index rows of many resources, by table, for multi-row inserts.
+#[derive(Default)]
+struct IndexRows {
+    strings: Vec<Vec<BulkValue>>,
+    tokens: Vec<Vec<BulkValue>>,
+    references: Vec<Vec<BulkValue>>,
+    dates: Vec<Vec<BulkValue>>,
+    numbers: Vec<Vec<BulkValue>>,
+    uris: Vec<Vec<BulkValue>>,
+    links: Vec<Vec<BulkValue>>,
+}
+
+impl IndexRows {
+    fn add(&mut self, resource_type: &str, id: &str, tenant: &str, entries: &[IndexEntry]) {
+        use BulkValue as V;
+        let text = |value: &String| V::Text(value.clone());
+        for entry in entries {
+            let mut values = vec![V::Text(resource_type.to_owned()), V::Text(id.to_owned())];
+            if !matches!(entry, IndexEntry::AccessLink { .. }) {
+                values.push(V::Text(tenant.to_owned()));
+            }
+            let (table, more) = match entry {
+                IndexEntry::String { param, normalized, exact } => (&mut self.strings, vec![text(param), text(normalized), text(exact)]),
+                IndexEntry::Token { param, system, code, text: display } => {
+                    (&mut self.tokens, vec![text(param), text(system), text(code), text(display)])
+                }
+                IndexEntry::Reference { param, target_type, target_id, url, identifier_system, identifier_value } => (
+                    &mut self.references,
+                    vec![text(param), text(target_type), text(target_id), text(url), text(identifier_system), text(identifier_value)],
+                ),
+                IndexEntry::Date { param, low, high } => (&mut self.dates, vec![text(param), text(low), text(high)]),
+                IndexEntry::Number { param, value, system, code } => {
+                    (&mut self.numbers, vec![text(param), V::Real(*value), text(system), text(code)])
+                }
+                IndexEntry::Uri { param, uri } => (&mut self.uris, vec![text(param), text(uri)]),
+                IndexEntry::AccessLink { kind, patient, member, valid_from, valid_to } => {
+                    (&mut self.links, vec![text(kind), text(patient), text(member), text(valid_from), text(valid_to)])
+                }
+            };
+            values.extend(more);
+            table.push(values);
+        }
+    }
+
+    async fn insert(&self, connection: &mut AnyConnection) -> Result<()> {
+        let tables: [(&str, &Vec<Vec<BulkValue>>); 7] = [
+            ("search_string (resource_type, id, tenant, param, normalized, exact)", &self.strings),
+            ("search_token (resource_type, id, tenant, param, system, code, text)", &self.tokens),
+            (
+                "search_reference (resource_type, id, tenant, param, target_type, target_id, url, identifier_system, identifier_value)",
+                &self.references,
+            ),
+            ("search_date (resource_type, id, tenant, param, low, high)", &self.dates),
+            ("search_number (resource_type, id, tenant, param, value, system, code)", &self.numbers),
+            ("search_uri (resource_type, id, tenant, param, uri)", &self.uris),
+            ("access_links (resource_type, id, kind, patient, member, valid_from, valid_to)", &self.links),
+        ];
+        for (target, rows) in tables {
+            query::insert_many(connection, target, rows).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A server setting (e.g. the search parameter fingerprint of the index).
@@ -794,7 +854,7 @@ pub struct BulkRow {
 pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &WriteGrant, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
     let tenant = grant.home_tenant();
     for row in rows {
-        if !grant.permits_row(&row.resource_type, &row.id, tenant, &row.index) {
+        if !permits(connection, grant, &row.resource_type, &row.id, tenant, &row.index).await? {
             return Err(Error::Forbidden(format!("the access policy does not allow {}/{} to be written", row.resource_type, row.id)));
         }
     }
@@ -840,57 +900,13 @@ pub(crate) async fn insert_new_rows(connection: &mut AnyConnection, rows: &[(Str
         .await?;
     let compartments: Vec<Vec<V>> = rows.iter().flat_map(|(_, _, r)| compartment_rows(&r.resource_type, &r.id, 1, &r.index)).collect();
     query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", &compartments).await?;
-    let (mut strings, mut tokens, mut references, mut dates, mut numbers, mut uris) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut index = IndexRows::default();
     for (tenant, _, row) in rows {
-        let owner = || vec![V::Text(row.resource_type.clone()), V::Text(row.id.clone()), V::Text(tenant.to_owned())];
-        for entry in &row.index {
-            let mut values = owner();
-            match entry {
-                IndexEntry::String { param, normalized, exact } => {
-                    values.extend([V::Text(param.clone()), V::Text(normalized.clone()), V::Text(exact.clone())]);
-                    strings.push(values);
-                }
-                IndexEntry::Token { param, system, code, text } => {
-                    values.extend([V::Text(param.clone()), V::Text(system.clone()), V::Text(code.clone()), V::Text(text.clone())]);
-                    tokens.push(values);
-                }
-                IndexEntry::Reference { param, target_type, target_id, url, identifier_system, identifier_value } => {
-                    values.extend([
-                        V::Text(param.clone()),
-                        V::Text(target_type.clone()),
-                        V::Text(target_id.clone()),
-                        V::Text(url.clone()),
-                        V::Text(identifier_system.clone()),
-                        V::Text(identifier_value.clone()),
-                    ]);
-                    references.push(values);
-                }
-                IndexEntry::Date { param, low, high } => {
-                    values.extend([V::Text(param.clone()), V::Text(low.clone()), V::Text(high.clone())]);
-                    dates.push(values);
-                }
-                IndexEntry::Number { param, value, system, code } => {
-                    values.extend([V::Text(param.clone()), V::Real(*value), V::Text(system.clone()), V::Text(code.clone())]);
-                    numbers.push(values);
-                }
-                IndexEntry::Uri { param, uri } => {
-                    values.extend([V::Text(param.clone()), V::Text(uri.clone())]);
-                    uris.push(values);
-                }
-            }
-        }
+        index.add(&row.resource_type, &row.id, tenant, &row.index);
     }
-    query::insert_many(connection, "search_string (resource_type, id, tenant, param, normalized, exact)", &strings).await?;
-    query::insert_many(connection, "search_token (resource_type, id, tenant, param, system, code, text)", &tokens).await?;
-    query::insert_many(
-        connection,
-        "search_reference (resource_type, id, tenant, param, target_type, target_id, url, identifier_system, identifier_value)",
-        &references,
-    )
-    .await?;
-    query::insert_many(connection, "search_date (resource_type, id, tenant, param, low, high)", &dates).await?;
-    query::insert_many(connection, "search_number (resource_type, id, tenant, param, value, system, code)", &numbers).await?;
-    query::insert_many(connection, "search_uri (resource_type, id, tenant, param, uri)", &uris).await?;
+    index.insert(connection).await?;
+    if rows.iter().any(|(_, _, row)| row.resource_type == "Contract") {
+        bump_generation(connection, GENERATION_AGREEMENTS).await?;
+    }
     Ok(())
 }

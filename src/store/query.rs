@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::error::Result;
-use crate::policy::{Clause, Grant, TypeSet};
+use crate::policy::{Clause, Grant, Persons, ReachLevel, TypeSet};
 
 use super::{current_from_row, CurrentRow};
 
@@ -91,6 +91,67 @@ impl Sql {
         self.push(")")
     }
 
+    /// Whether the person whose Patient id is the SQL expression `person` is one of
+    /// `persons`. A reach is judged here, by the database, against the access links and
+    /// registrations as they stand in this transaction: the values bound are the actor's
+    /// references, its Organization, the municipalities and the time — never a list of persons.
+    fn push_persons(&mut self, person: &str, persons: &Persons) -> &mut Self {
+        let reach = match persons {
+            Persons::Listed(ids) => {
+                self.push(&format!("{person} IN ("));
+                return self.bind_list(ids);
+            }
+            Persons::Reached(reach) => reach,
+        };
+        self.push("(");
+        if let Some(only) = &reach.only {
+            self.push(&format!("{person} = ")).bind(only.clone()).push(" AND ");
+        }
+        let registered = |sql: &mut Sql, g: &str| {
+            sql.push(&format!(
+                "EXISTS (SELECT 1 FROM search_reference {g} WHERE {g}.resource_type = 'Patient' AND {g}.id = {person} \
+                 AND {g}.param = 'organization' AND {g}.target_type = 'Organization' AND {g}.target_id = "
+            ));
+            sql.bind(reach.organization.clone());
+        };
+        let holds = |sql: &mut Sql, l: &str| {
+            sql.push(&format!(" AND {l}.valid_from <= ")).bind(reach.now.clone());
+            sql.push(" AND ").bind(reach.now.clone()).push(&format!(" < {l}.valid_to)"));
+        };
+        match reach.level {
+            ReachLevel::Registration => {
+                let g = self.alias("g");
+                registered(self, &g);
+                self.push(&format!(" AND {g}.tenant IN ("));
+                self.bind_list(&reach.tenants);
+                self.push(")");
+            }
+            ReachLevel::Team => {
+                let (p, t, c, g) = (self.alias("p"), self.alias("t"), self.alias("c"), self.alias("g"));
+                self.push(&format!(
+                    "EXISTS (SELECT 1 FROM resources {p} WHERE {p}.resource_type = 'Patient' AND {p}.id = {person} \
+                     AND {p}.deleted = 0 AND {p}.tenant IN ("
+                ));
+                self.bind_list(&reach.tenants);
+                self.push(&format!(
+                    ") AND EXISTS (SELECT 1 FROM access_links {t} WHERE {t}.patient = {person} AND {t}.kind = 'team' \
+                     AND {t}.member IN ("
+                ));
+                self.bind_list(&reach.members);
+                holds(self, &t);
+                self.push(&format!(
+                    " AND (EXISTS (SELECT 1 FROM access_links {c} WHERE {c}.patient = {person} AND {c}.kind = 'consent' \
+                     AND {c}.member = ''"
+                ));
+                holds(self, &c);
+                self.push(" OR ");
+                registered(self, &g);
+                self.push("))");
+            }
+        }
+        self.push(")")
+    }
+
     /// The grant's exact predicate over the row `alias`, which has `resource_type`, `id` and
     /// `tenant` columns (a resource row, an index row or a version row): true when any of the
     /// grant's clauses covers the row. `types`, when the query knows its types, leaves out
@@ -167,11 +228,11 @@ impl Sql {
                 self.bind_list(ids);
                 self.push(")");
             }
-            Clause::Patients { patients, params_by_type, include_patient } => {
+            Clause::Persons { persons, params_by_type, include_patient } => {
                 if *include_patient && relevant("Patient") {
                     open(self, parts);
-                    self.push(&format!("({alias}.resource_type = 'Patient' AND {alias}.id IN ("));
-                    self.bind_list(patients);
+                    self.push(&format!("({alias}.resource_type = 'Patient' AND "));
+                    self.push_persons(&format!("{alias}.id"), persons);
                     self.push(")");
                 }
                 let linked: Vec<&(String, Vec<String>)> =
@@ -181,18 +242,23 @@ impl Sql {
                 }
                 open(self, parts);
                 let z = self.alias("z");
-                match rows {
-                    Rows::Current => self.push(&format!(
-                        "EXISTS (SELECT 1 FROM search_reference {z} WHERE {z}.resource_type = {alias}.resource_type \
-                         AND {z}.id = {alias}.id AND {z}.target_type = 'Patient' AND {z}.target_id IN ("
-                    )),
-                    Rows::Versions => self.push(&format!(
-                        "EXISTS (SELECT 1 FROM version_compartment {z} WHERE {z}.resource_type = {alias}.resource_type \
-                         AND {z}.id = {alias}.id AND {z}.version_id = {alias}.version_id AND {z}.patient IN ("
-                    )),
+                let person = match rows {
+                    Rows::Current => {
+                        self.push(&format!(
+                            "EXISTS (SELECT 1 FROM search_reference {z} WHERE {z}.resource_type = {alias}.resource_type \
+                             AND {z}.id = {alias}.id AND {z}.target_type = 'Patient' AND "
+                        ));
+                        format!("{z}.target_id")
+                    }
+                    Rows::Versions => {
+                        self.push(&format!(
+                            "EXISTS (SELECT 1 FROM version_compartment {z} WHERE {z}.resource_type = {alias}.resource_type \
+                             AND {z}.id = {alias}.id AND {z}.version_id = {alias}.version_id AND "
+                        ));
+                        format!("{z}.patient")
+                    }
                 };
-                self.bind_list(patients);
-                self.push(" AND (");
+                self.push("(");
                 for (index, (resource_type, params)) in linked.iter().enumerate() {
                     if index > 0 {
                         self.push(" OR ");
@@ -202,7 +268,9 @@ impl Sql {
                     self.bind_list(params);
                     self.push(")");
                 }
-                self.push("))");
+                self.push(") AND ");
+                self.push_persons(&person, persons);
+                self.push(")");
             }
             Clause::Filtered { resource_type, any_of, base } => {
                 if !relevant(resource_type) {
@@ -1122,6 +1190,22 @@ pub enum BulkValue {
     Real(f64),
 }
 
+/// Which of `persons` (Patient ids) `reach` reaches now, judged by the same SQL as every
+/// query's access predicate (for a write's check of the persons its content names).
+pub(crate) async fn reached(connection: &mut AnyConnection, reach: &crate::policy::Reach, persons: &[String]) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for chunk in persons.chunks(100) {
+        let mut sql = Sql::new("SELECT q.id FROM resources q WHERE q.resource_type = 'Patient' AND q.id IN (");
+        sql.bind_list(chunk);
+        sql.push(" AND ");
+        sql.push_persons("q.id", &Persons::Reached(reach.clone()));
+        for row in sql.fetch_all(connection).await? {
+            found.push(row.try_get("id")?);
+        }
+    }
+    Ok(found)
+}
+
 /// `INSERT INTO {target} VALUES (…), (…), …` in chunks of about a thousand parameters:
 /// far fewer round trips than one row per statement, and small enough that SQLite's
 /// parameter-name lookup (linear in the number of parameters) stays cheap.
@@ -1162,8 +1246,8 @@ mod tests {
             types: TypeSet::Only(types.iter().map(|t| (*t).to_owned()).collect()),
             tenants: vec!["ina".to_owned(), "minamiminowa".to_owned()],
         };
-        let persons = Clause::Patients {
-            patients: vec!["p1".to_owned(), "p2".to_owned()],
+        let persons = Clause::Persons {
+            persons: Persons::Listed(vec!["p1".to_owned(), "p2".to_owned()]),
             params_by_type: vec![("Observation".to_owned(), vec!["subject".to_owned(), "performer".to_owned()])],
             include_patient: true,
         };
@@ -1187,7 +1271,7 @@ mod tests {
             Some(&observation),
             Rows::Current,
             "(EXISTS (SELECT 1 FROM search_reference z1 WHERE z1.resource_type = r.resource_type AND z1.id = r.id \
-             AND z1.target_type = 'Patient' AND z1.target_id IN ($1, $2) AND ((z1.resource_type = $3 AND z1.param IN ($4, $5)))))",
+             AND z1.target_type = 'Patient' AND ((z1.resource_type = $1 AND z1.param IN ($2, $3))) AND z1.target_id IN ($4, $5)))",
             5,
         );
         // Versions are judged by their own compartment rows.
@@ -1196,8 +1280,53 @@ mod tests {
             Some(&observation),
             Rows::Versions,
             "(EXISTS (SELECT 1 FROM version_compartment z1 WHERE z1.resource_type = r.resource_type AND z1.id = r.id \
-             AND z1.version_id = r.version_id AND z1.patient IN ($1, $2) AND ((z1.resource_type = $3 AND z1.param IN ($4, $5)))))",
+             AND z1.version_id = r.version_id AND ((z1.resource_type = $1 AND z1.param IN ($2, $3))) AND z1.patient IN ($4, $5)))",
             5,
+        );
+        // A reach binds the actor's references, its Organization, the municipalities and
+        // the time: the same ten values for one person reached or a hundred thousand.
+        let reach = |level| crate::policy::Reach {
+            level,
+            members: vec!["PractitionerRole/r1".to_owned(), "Organization/o1".to_owned()],
+            organization: "o1".to_owned(),
+            tenants: vec!["ina".to_owned()],
+            now: "2026-12-02T00:00:00.000000Z".to_owned(),
+            only: None,
+        };
+        let team = Clause::Persons {
+            persons: Persons::Reached(reach(ReachLevel::Team)),
+            params_by_type: vec![("Observation".to_owned(), vec!["subject".to_owned()])],
+            include_patient: false,
+        };
+        check(
+            vec![team],
+            Some(&observation),
+            Rows::Current,
+            "(EXISTS (SELECT 1 FROM search_reference z1 WHERE z1.resource_type = r.resource_type AND z1.id = r.id \
+             AND z1.target_type = 'Patient' AND ((z1.resource_type = $1 AND z1.param IN ($2))) AND \
+             (EXISTS (SELECT 1 FROM resources p2 WHERE p2.resource_type = 'Patient' AND p2.id = z1.target_id \
+             AND p2.deleted = 0 AND p2.tenant IN ($3)) \
+             AND EXISTS (SELECT 1 FROM access_links t3 WHERE t3.patient = z1.target_id AND t3.kind = 'team' \
+             AND t3.member IN ($4, $5) AND t3.valid_from <= $6 AND $7 < t3.valid_to) \
+             AND (EXISTS (SELECT 1 FROM access_links c4 WHERE c4.patient = z1.target_id AND c4.kind = 'consent' \
+             AND c4.member = '' AND c4.valid_from <= $8 AND $9 < c4.valid_to) \
+             OR EXISTS (SELECT 1 FROM search_reference g5 WHERE g5.resource_type = 'Patient' AND g5.id = z1.target_id \
+             AND g5.param = 'organization' AND g5.target_type = 'Organization' AND g5.target_id = $10)))))",
+            10,
+        );
+        let registered = Clause::Persons {
+            persons: Persons::Reached(reach(ReachLevel::Registration)),
+            params_by_type: Vec::new(),
+            include_patient: true,
+        };
+        check(
+            vec![registered],
+            None,
+            Rows::Current,
+            "((r.resource_type = 'Patient' AND (EXISTS (SELECT 1 FROM search_reference g1 WHERE g1.resource_type = 'Patient' \
+             AND g1.id = r.id AND g1.param = 'organization' AND g1.target_type = 'Organization' AND g1.target_id = $1 \
+             AND g1.tenant IN ($2)))))",
+            2,
         );
     }
 }

@@ -1,0 +1,27 @@
+-- Who reaches which person, as rows the access predicate joins (issue #13): one row per
+-- active participant (a PractitionerRole or an Organization) of an active CareTeam, and one
+-- per active sharing Consent, with the period in which the link holds as fixed-width UTC
+-- text ('' = since always, '9999-12-31T23:59:59.999999Z' = for ever). Derived from the
+-- CareTeam or Consent `resource_type`/`id` and replaced with its other index rows on every
+-- write; a person's registration is the Patient's own `organization` reference row.
+CREATE TABLE access_links (
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    patient TEXT NOT NULL,
+    member TEXT NOT NULL,
+    valid_from TEXT NOT NULL,
+    valid_to TEXT NOT NULL
+);
+CREATE INDEX access_links_source ON access_links (resource_type, id);
+CREATE INDEX access_links_patient ON access_links (patient, kind, member);
+CREATE INDEX access_links_member ON access_links (member, kind, patient);
+
+-- Counters bumped in the transaction of every write that changes what a cache holds
+-- (`agreements`: every Contract write), read at each decision: a cache is used only while
+-- its counter is unchanged, on every gateway sharing the database.
+CREATE TABLE generations (
+    name TEXT PRIMARY KEY,
+    counter INTEGER NOT NULL
+);
+INSERT INTO generations (name, counter) VALUES ('agreements', 0);
