@@ -84,7 +84,7 @@ async fn main() {
     let existing: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if existing["total"].as_u64().unwrap_or(0) < communications as u64 {
         let started = Instant::now();
-        fhir.generate("ina", Volume { patients, communications, seed: 1 }).await.unwrap_or_else(|e| panic!("generate: {e}"));
+        fhir.generate("ina", Volume { patients, communications, seed: 1, ..Volume::default() }).await.unwrap_or_else(|e| panic!("generate: {e}"));
         println!("generated {patients} Patients and {communications} Communications in {:.0} s", started.elapsed().as_secs_f64());
     }
     let backend = database_url.split(':').next().unwrap_or_default().to_owned();

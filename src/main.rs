@@ -38,6 +38,13 @@ enum Command {
         /// Seed of the deterministic generator (also prefixes the ids).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// An Organization id that registered every generated person (managingOrganization).
+        #[arg(long)]
+        registrar: Option<String>,
+        /// A CareTeam member (`PractitionerRole/…` or `Organization/…`) put on an active
+        /// support team of every generated person, each with an active sharing Consent.
+        #[arg(long)]
+        team_member: Option<String>,
     },
     /// Check the audit trail's hash chains, or export and prune events older than the
     /// retention period.
@@ -159,8 +166,9 @@ async fn run() -> ExitCode {
         Command::Audit { action: AuditAction::Verify { settings, chain } } => audit_verify(settings.overrides(), chain.as_deref()).await,
         Command::Audit { action: AuditAction::Prune { settings, out } } => audit_prune(settings.overrides(), &out).await,
         Command::ClientAssertion { client_id, audience, key, kid } => client_assertion(&client_id, &audience, &key, &kid),
-        Command::Generate { settings, tenant, patients, communications, seed } => {
-            generate(settings.overrides(), &tenant, renraku::service::generate::Volume { patients, communications, seed }).await
+        Command::Generate { settings, tenant, patients, communications, seed, registrar, team_member } => {
+            let volume = renraku::service::generate::Volume { patients, communications, seed, registrar, team_member };
+            generate(settings.overrides(), &tenant, volume).await
         }
     };
     match result {

@@ -14,8 +14,17 @@ CREATE TABLE access_links (
     valid_to TEXT NOT NULL
 );
 CREATE INDEX access_links_source ON access_links (resource_type, id);
-CREATE INDEX access_links_patient ON access_links (patient, kind, member);
-CREATE INDEX access_links_member ON access_links (member, kind, patient);
+-- Judged per person (the predicate asks "is this person linked to one of these members?"),
+-- so the person leads; an index led by the member would tempt planners into ranging over
+-- every person an office reaches for each row.
+CREATE INDEX access_links_patient ON access_links (patient, kind, member, valid_from);
+
+-- The same question of registrations ("did Organization O register Patient P?") must range
+-- over one Patient's rows: with only (resource_type, id), SQLite preferred the target index
+-- (target_type, target_id, param, resource_type) and scanned all 20,000 Patients an office
+-- registered for every row it judged.
+DROP INDEX search_reference_owner;
+CREATE INDEX search_reference_owner ON search_reference (resource_type, id, param, target_type, target_id);
 
 -- Counters bumped in the transaction of every write that changes what a cache holds
 -- (`agreements`: every Contract write), read at each decision: a cache is used only while

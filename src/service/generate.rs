@@ -36,12 +36,17 @@ const BOARD_TEXT: &[&str] = &[
     "ご家族から連絡がありました。",
 ];
 
-/// How much to generate.
-#[derive(Debug, Clone, Copy)]
+/// How much to generate, and whom the generated persons are connected to.
+#[derive(Debug, Clone, Default)]
 pub struct Volume {
     pub patients: usize,
     pub communications: usize,
     pub seed: u64,
+    /// The Organization id that registered every generated person (`managingOrganization`).
+    pub registrar: Option<String>,
+    /// A CareTeam member (`PractitionerRole/…` or `Organization/…`) on an active support
+    /// team of every generated person, who also gets an active sharing Consent.
+    pub team_member: Option<String>,
 }
 
 /// A tiny deterministic generator (SplitMix64): benchmarks must be reproducible.
@@ -92,7 +97,7 @@ impl Fhir {
             let (family, family_kana) = random.pick(FAMILY);
             let (given, given_kana) = random.pick(GIVEN);
             let year = 1925 + random.below(40);
-            batch.push(json!({
+            let mut patient = json!({
                 "resourceType": "Patient",
                 "id": format!("{prefix}-p{n}"),
                 "identifier": [{ "system": "urn:oid:1.2.392.100495.20.3.51.1202096", "value": format!("{:08}", n) }],
@@ -102,7 +107,30 @@ impl Fhir {
                 "birthDate": format!("{year}-{:02}-{:02}", 1 + random.below(12), 1 + random.below(28)),
                 "address": [{ "state": "長野県", "city": "伊那市" }],
                 "generalPractitioner": [{ "reference": format!("Practitioner/{prefix}-pr{}", random.below(practitioners)) }],
-            }));
+            });
+            if let Some(registrar) = &volume.registrar {
+                crate::fhir::set(&mut patient, "managingOrganization", json!({ "reference": format!("Organization/{registrar}") }));
+            }
+            batch.push(patient);
+            if let Some(member) = &volume.team_member {
+                let subject = json!({ "reference": format!("Patient/{prefix}-p{n}") });
+                batch.push(json!({
+                    "resourceType": "CareTeam",
+                    "id": format!("{prefix}-team{n}"),
+                    "status": "active",
+                    "subject": subject,
+                    "participant": [{ "member": { "reference": member } }],
+                }));
+                batch.push(json!({
+                    "resourceType": "Consent",
+                    "id": format!("{prefix}-consent{n}"),
+                    "status": "active",
+                    "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+                    "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+                    "patient": subject,
+                    "provision": { "type": "permit" },
+                }));
+            }
             self.flush_if_full(tenant, &mut batch).await?;
         }
         for n in 0..volume.communications {

@@ -21,6 +21,7 @@ mod policy;
 mod policy_model;
 mod policy_table;
 mod http_semantics;
+mod scale;
 mod search;
 mod search_basic;
 mod security;

@@ -362,7 +362,7 @@ async fn generated_data_is_valid_and_searchable(backend: Backend) {
     let server = Server::start(backend).await;
     let fhir = server.fhir();
     let (patients, practitioners, communications) = fhir
-        .generate("minowa", renraku::service::generate::Volume { patients: 120, communications: 600, seed: 7 })
+        .generate("minowa", renraku::service::generate::Volume { patients: 120, communications: 600, seed: 7, ..Default::default() })
         .await
         .expect("generate");
     assert_eq!((patients, practitioners, communications), (120, 2, 600));

@@ -75,7 +75,7 @@ async fn paging_is_stable(backend: Backend) {
 /// A page of a thousand (the server's maximum) comes back whole.
 async fn largest_page(backend: Backend) {
     let server = Server::start(backend).await;
-    let volume = renraku::service::generate::Volume { patients: 1100, communications: 0, seed: 7 };
+    let volume = renraku::service::generate::Volume { patients: 1100, communications: 0, seed: 7, ..Default::default() };
     server.fhir().generate("ina", volume).await.expect("generated");
     let reply = server.get("/ina/fhir/Patient?_count=1000&_elements=id").await;
     reply.expect(200);
