@@ -115,6 +115,7 @@ async fn main() {
         now: fhir.clock.now(),
         compile_query: &renraku::policy::NoQueries,
         agreements: &renraku::policy::facts::AgreementCache::default(),
+        standing: &renraku::policy::facts::StandingCache::default(),
     };
     let grant = policy::decide(&mut connection, &environment, &Principal::Operator, "ina", Interaction::Search, Some("Communication"))
         .await

@@ -17,6 +17,8 @@ use axum::Router;
 
 pub mod audit;
 pub mod auth;
+#[cfg(feature = "test-support")]
+pub mod benchmark;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -17,7 +17,27 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
-    Serve(Settings),
+    Serve {
+        #[command(flatten)]
+        settings: Settings,
+        /// Benchmarks only (test-support builds): record no audit events, to measure the
+        /// engine's ceiling.
+        #[cfg(feature = "test-support")]
+        #[arg(long, hide = true)]
+        audit_off_for_benchmarks_only: bool,
+    },
+    /// Benchmarks only (test-support builds): write the HTTP benchmark's world (actors
+    /// reaching each of `--sizes` persons) and print its actors as JSON lines.
+    #[cfg(feature = "test-support")]
+    #[command(hide = true)]
+    BenchWorld {
+        #[command(flatten)]
+        settings: Settings,
+        #[arg(long, default_value = "ina")]
+        tenant: String,
+        #[arg(long, value_delimiter = ',', default_value = "1,2000,20000")]
+        sizes: Vec<usize>,
+    },
     /// Rebuild the search index of every resource (after adding a custom SearchParameter).
     /// Give it the same settings as `serve`.
     Reindex(Settings),
@@ -161,7 +181,12 @@ async fn run() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(settings) => serve(settings.overrides()).await,
+        #[cfg(not(feature = "test-support"))]
+        Command::Serve { settings } => serve(settings.overrides(), false).await,
+        #[cfg(feature = "test-support")]
+        Command::Serve { settings, audit_off_for_benchmarks_only } => serve(settings.overrides(), audit_off_for_benchmarks_only).await,
+        #[cfg(feature = "test-support")]
+        Command::BenchWorld { settings, tenant, sizes } => bench_world(settings.overrides(), &tenant, &sizes).await,
         Command::Reindex(settings) => reindex(settings.overrides()).await,
         Command::Audit { action: AuditAction::Verify { settings, chain } } => audit_verify(settings.overrides(), chain.as_deref()).await,
         Command::Audit { action: AuditAction::Prune { settings, out } } => audit_prune(settings.overrides(), &out).await,
@@ -258,8 +283,25 @@ async fn reindex(overrides: Overrides) -> Result<(), String> {
     Ok(())
 }
 
-async fn serve(overrides: Overrides) -> Result<(), String> {
+#[cfg(feature = "test-support")]
+async fn bench_world(overrides: Overrides, tenant: &str, sizes: &[usize]) -> Result<(), String> {
     let config = Config::resolve(overrides).map_err(|e| e.to_string())?;
+    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
+    let actors = renraku::benchmark::world(&gateway.state.fhir, tenant, sizes).await.map_err(|e| e.to_string())?;
+    gateway.state.fhir.store.optimize().await.map_err(|e| e.to_string())?;
+    for actor in actors {
+        let line = serde_json::json!({
+            "label": actor.label, "size": actor.size, "token": actor.token,
+            "organization": actor.organization, "role": actor.role, "measured": actor.measured
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn serve(overrides: Overrides, audit_off: bool) -> Result<(), String> {
+    let mut config = Config::resolve(overrides).map_err(|e| e.to_string())?;
+    config.audit_off_for_benchmarks_only = audit_off;
     let listen = config.listen;
     let demo = config.demo;
     let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;

@@ -27,10 +27,11 @@ DROP INDEX search_reference_owner;
 CREATE INDEX search_reference_owner ON search_reference (resource_type, id, param, target_type, target_id);
 
 -- Counters bumped in the transaction of every write that changes what a cache holds
--- (`agreements`: every Contract write), read at each decision: a cache is used only while
--- its counter is unchanged, on every gateway sharing the database.
+-- (`agreements`: every Contract write; `directory`: every Organization, Practitioner and
+-- PractitionerRole write; `tokens`: every revocation), read at each request: a cache is
+-- used only while its counter is unchanged, on every gateway sharing the database.
 CREATE TABLE generations (
     name TEXT PRIMARY KEY,
     counter BIGINT NOT NULL
 );
-INSERT INTO generations (name, counter) VALUES ('agreements', 0);
+INSERT INTO generations (name, counter) VALUES ('agreements', 0), ('directory', 0), ('tokens', 0);

@@ -1,5 +1,8 @@
 //! Access tokens: opaque random strings whose SHA-256 digests are stored with what they
-//! grant. Every request looks its token up, so expiry and revocation act immediately.
+//! grant. Every request checks its token: from the [`TokenCache`] while the `tokens`
+//! generation (bumped in the transaction of every revocation, on whichever gateway) is the
+//! one the cache was filled at, else from the database; expiry is judged at every request,
+//! so expiry and revocation act at the next request on every gateway.
 
 use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
@@ -92,29 +95,87 @@ pub async fn revoke_family(connection: &mut AnyConnection, family: &str) -> Resu
     store::revoke_family(connection, family).await
 }
 
+/// Verified tokens as last read, valid while the `tokens` generation is unchanged. Only
+/// tokens found live are kept (a token issued after a miss is simply read next time), and
+/// at most [`TokenCache::CAPACITY`] of them: a full cache starts again empty.
+#[derive(Debug, Default)]
+pub struct TokenCache(std::sync::Mutex<CachedTokens>);
+
+#[derive(Debug, Default)]
+struct CachedTokens {
+    generation: i64,
+    by_digest: std::collections::HashMap<String, CachedToken>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedToken {
+    tenant: String,
+    expires_at: String,
+    authenticated: Authenticated,
+}
+
+impl TokenCache {
+    pub const CAPACITY: usize = 100_000;
+
+    fn get(&self, generation: i64, digest: &str) -> Option<CachedToken> {
+        let cached = self.0.lock().ok()?;
+        (cached.generation == generation).then(|| cached.by_digest.get(digest).cloned()).flatten()
+    }
+
+    fn put(&self, generation: i64, digest: String, token: CachedToken) {
+        // A poisoned cache is only a cache: the database answers next time.
+        let Ok(mut cached) = self.0.lock() else { return };
+        if cached.generation != generation || cached.by_digest.len() >= Self::CAPACITY {
+            cached.by_digest.clear();
+            cached.generation = generation;
+        }
+        cached.by_digest.insert(digest, token);
+    }
+}
+
 /// The principal a bearer token presented at `tenant`'s base stands for (`None` for the
 /// gateway's own administrative endpoints, which check the principal themselves). Every
 /// failure is the same 401 to the client (the log says which), so probing learns nothing.
-pub async fn verify(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: Option<&str>, token: &str) -> Result<Principal> {
+pub async fn verify(
+    connection: &mut AnyConnection,
+    cache: &TokenCache,
+    now: DateTime<Utc>,
+    tenant: Option<&str>,
+    token: &str,
+) -> Result<Principal> {
     let tenant_label = tenant.unwrap_or("-");
     let invalid = |why: &str| {
         tracing::info!(target: "renraku::auth", tenant = tenant_label, why, "access token refused");
         Error::Unauthorized("the access token is invalid, expired or revoked".into())
     };
-    let Some(row) = store::access_token(connection, &digest(token)).await? else { return Err(invalid("unknown token")) };
-    if row.revoked {
-        return Err(invalid("revoked"));
-    }
-    if row.expires_at <= crate::fhir::dates::format_instant(now) {
+    let digest = digest(token);
+    let generation = crate::store::generations(connection).await?.tokens;
+    let found = match cache.get(generation, &digest) {
+        Some(found) => found,
+        None => {
+            let Some(row) = store::access_token(connection, &digest).await? else { return Err(invalid("unknown token")) };
+            if row.revoked {
+                return Err(invalid("revoked"));
+            }
+            let actor: Actor = serde_json::from_str(&row.principal).map_err(|_| invalid("unknown principal kind"))?;
+            let scopes = Scopes::parse(&row.scope).map_err(|_| invalid("stored scope unreadable"))?;
+            let found = CachedToken {
+                tenant: row.tenant,
+                expires_at: row.expires_at,
+                authenticated: Authenticated { actor, scopes, patient: row.patient, client_id: row.client_id },
+            };
+            cache.put(generation, digest, found.clone());
+            found
+        }
+    };
+    if found.expires_at <= crate::fhir::dates::format_instant(now) {
         return Err(invalid("expired"));
     }
-    let actor: Actor = serde_json::from_str(&row.principal).map_err(|_| invalid("unknown principal kind"))?;
     // A server administrator's token is valid at every base; every other token only at its own.
-    if tenant.is_some_and(|tenant| tenant != row.tenant) && !matches!(actor, Actor::ServerAdmin { .. }) {
+    if tenant.is_some_and(|tenant| tenant != found.tenant) && !matches!(found.authenticated.actor, Actor::ServerAdmin { .. }) {
         return Err(invalid("token for another tenant"));
     }
-    let scopes = Scopes::parse(&row.scope).map_err(|_| invalid("stored scope unreadable"))?;
-    Ok(Principal::Authenticated(Box::new(Authenticated { actor, scopes, patient: row.patient, client_id: row.client_id })))
+    Ok(Principal::Authenticated(Box::new(found.authenticated)))
 }
 
 /// Records that `client_id` used the assertion `jti` (expiring at `expires_at`, seconds

@@ -1,11 +1,10 @@
-//! The facts an access decision rests on, read fresh from the database at every decision:
-//! wide-area agreements (Contract), support teams (CareTeam), sharing consents (Consent) and
-//! who registered each person (Patient.managingOrganization).
+//! The facts an access decision rests on besides the query itself: wide-area agreements
+//! (Contract) and the standing of the directory entries a token acts through, each cached
+//! per generation counter; and the access links CareTeams and Consents write as index rows
+//! ([`access_links`]), which the access predicate joins instead of a list of persons.
 //!
 //! The reads here are the store's deliberate grant-less paths (`store::facts`): the
-//! decision point must see the facts before it can hand out a grant. They return only what
-//! the rule needs and never leave this module except as a [`World`].
-
+//! decision point must see the facts before it can hand out a grant.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -150,7 +149,12 @@ impl AgreementCache {
 
 /// Every wide-area agreement (in force or not), as of the decision's time.
 pub async fn agreements(connection: &mut AnyConnection, environment: &Environment<'_>) -> Result<Vec<Agreement>> {
-    let generation = crate::store::generation(connection, crate::store::GENERATION_AGREEMENTS).await?;
+    let generation = crate::store::generations(connection).await?.agreements;
+    agreements_at(connection, environment, generation).await
+}
+
+/// [`agreements`], with the generation the request read.
+async fn agreements_at(connection: &mut AnyConnection, environment: &Environment<'_>, generation: i64) -> Result<Vec<Agreement>> {
     let terms = match environment.agreements.get(generation, environment.tenants.len()) {
         Some(terms) => terms,
         None => {
@@ -166,9 +170,9 @@ pub async fn agreements(connection: &mut AnyConnection, environment: &Environmen
     Ok(terms.iter().map(|t| t.at(environment.now)).collect())
 }
 
-/// Reads the facts for a decision.
-pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>) -> Result<World> {
-    let mut world = World { agreements: agreements(connection, environment).await?, ..World::default() };
+/// Reads the facts for a decision (`generation`: the agreements' generation it read).
+pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>, generation: i64) -> Result<World> {
+    let mut world = World { agreements: agreements_at(connection, environment, generation).await?, ..World::default() };
     world.agreement_tenants = world.agreements.iter().map(|a| a.owner.clone()).collect();
     world.agreement_tenants.sort();
     world.agreement_tenants.dedup();
@@ -182,9 +186,73 @@ pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>)
 /// a professional who left, a role set inactive or deleted, an Organization of another
 /// municipality. Checked at every decision and every refresh, so departures act at once.
 pub async fn actor_standing(connection: &mut AnyConnection, actor: &Actor, now: DateTime<Utc>) -> Result<Result<(), String>> {
+    Ok(judge(actor, &standing_terms(connection, actor).await?, now))
+}
+
+/// [`actor_standing`] from the decision's cache while the directory's generation is the one
+/// the cache was filled at (every Organization, Practitioner and PractitionerRole write bumps
+/// it, on whichever gateway); the role's period is judged against `now` every time.
+pub async fn actor_standing_cached(
+    connection: &mut AnyConnection,
+    environment: &Environment<'_>,
+    generation: i64,
+    actor: &Actor,
+) -> Result<Result<(), String>> {
+    if matches!(actor, Actor::Practitioner { .. } | Actor::System { .. }) {
+        let key = format!("{actor:?}");
+        let terms = match environment.standing.get(generation, &key) {
+            Some(terms) => terms,
+            None => {
+                let terms = standing_terms(connection, actor).await?;
+                environment.standing.put(generation, key, terms.clone());
+                terms
+            }
+        };
+        return Ok(judge(actor, &terms, environment.now));
+    }
+    Ok(Ok(()))
+}
+
+/// An actor's standing apart from time: `Ok(the role's period)` when every entry stands.
+type StandingTerms = Result<Option<Value>, String>;
+
+/// Standings as last read, valid while the directory's generation is unchanged.
+#[derive(Debug, Default)]
+pub struct StandingCache(std::sync::Mutex<(i64, std::collections::HashMap<String, StandingTerms>)>);
+
+impl StandingCache {
+    const CAPACITY: usize = 100_000;
+
+    fn get(&self, generation: i64, key: &str) -> Option<StandingTerms> {
+        let cached = self.0.lock().ok()?;
+        (cached.0 == generation).then(|| cached.1.get(key).cloned()).flatten()
+    }
+
+    fn put(&self, generation: i64, key: String, terms: StandingTerms) {
+        // A poisoned cache is only a cache: the database answers next time.
+        let Ok(mut cached) = self.0.lock() else { return };
+        if cached.0 != generation || cached.1.len() >= Self::CAPACITY {
+            cached.1.clear();
+            cached.0 = generation;
+        }
+        cached.1.insert(key, terms);
+    }
+}
+
+fn judge(actor: &Actor, terms: &StandingTerms, now: DateTime<Utc>) -> Result<(), String> {
+    match (terms, actor) {
+        (Err(reason), _) => Err(reason.clone()),
+        (Ok(period), Actor::Practitioner { role, organization, .. }) if !period_covers(period.as_ref(), now) => {
+            Err(format!("PractitionerRole/{role} no longer places this professional in Organization/{organization}"))
+        }
+        (Ok(_), _) => Ok(()),
+    }
+}
+
+async fn standing_terms(connection: &mut AnyConnection, actor: &Actor) -> Result<StandingTerms> {
     let (tenant, organization) = match actor {
         Actor::Practitioner { tenant, organization, .. } | Actor::System { tenant, organization, .. } => (tenant, organization),
-        _ => return Ok(Ok(())),
+        _ => return Ok(Ok(None)),
     };
     let active = |content: &str| -> Option<Value> {
         let value: Value = serde_json::from_str(content).ok()?;
@@ -194,22 +262,18 @@ pub async fn actor_standing(connection: &mut AnyConnection, actor: &Actor, now: 
     if owned_and_active(store_facts::live_resource(connection, "Organization", organization).await?).is_none() {
         return Ok(Err(format!("Organization/{organization} is not an active organization of this municipality")));
     }
-    if let Actor::Practitioner { practitioner, role, .. } = actor {
-        let Some(role_resource) = owned_and_active(store_facts::live_resource(connection, "PractitionerRole", role).await?) else {
-            return Ok(Err(format!("PractitionerRole/{role} is no longer active")));
-        };
-        let names = |element: &str, expected: String| reference_of(&role_resource, element).as_deref() == Some(expected.as_str());
-        if !names("organization", format!("Organization/{organization}"))
-            || !names("practitioner", format!("Practitioner/{practitioner}"))
-            || !period_covers(role_resource.get("period"), now)
-        {
-            return Ok(Err(format!("PractitionerRole/{role} no longer places this professional in Organization/{organization}")));
-        }
-        if owned_and_active(store_facts::live_resource(connection, "Practitioner", practitioner).await?).is_none() {
-            return Ok(Err(format!("Practitioner/{practitioner} is no longer active")));
-        }
+    let Actor::Practitioner { practitioner, role, .. } = actor else { return Ok(Ok(None)) };
+    let Some(role_resource) = owned_and_active(store_facts::live_resource(connection, "PractitionerRole", role).await?) else {
+        return Ok(Err(format!("PractitionerRole/{role} is no longer active")));
+    };
+    let names = |element: &str, expected: String| reference_of(&role_resource, element).as_deref() == Some(expected.as_str());
+    if !names("organization", format!("Organization/{organization}")) || !names("practitioner", format!("Practitioner/{practitioner}")) {
+        return Ok(Err(format!("PractitionerRole/{role} no longer places this professional in Organization/{organization}")));
     }
-    Ok(Ok(()))
+    if owned_and_active(store_facts::live_resource(connection, "Practitioner", practitioner).await?).is_none() {
+        return Ok(Err(format!("Practitioner/{practitioner} is no longer active")));
+    }
+    Ok(Ok(role_resource.get("period").cloned()))
 }
 
 /// The ids of the active sharing Consents of `patients`.

@@ -12,9 +12,12 @@
 //! checked against the same clauses in [`Grant::permits_write`]. The rule that produces the
 //! clauses is in [`rules`] and written out as a table in ARCHITECTURE.md.
 //!
-//! The facts the rule needs (support teams, consents, wide-area agreements, who registered
-//! whom) are read from the database at every decision; nothing caches them, so a withdrawn
-//! consent, an ended agreement or a member leaving a team takes effect at the next request.
+//! The facts the rule needs are judged where they are fresh: support teams, consents and
+//! registrations by the database inside every query (the access links, [`Persons::Reached`]);
+//! wide-area agreements and the directory entries a token acts through from caches that
+//! hold only while their generation counters (bumped by every write of their sources, on any
+//! gateway) are unchanged. A withdrawn consent, an ended agreement or a member leaving a team
+//! takes effect at the next request.
 //!
 //! Every decision, allow or deny, is reported through [`record_decision`] (the operational
 //! log); the audit trail records each interaction's outcome, denials included, through
@@ -558,6 +561,9 @@ pub struct Environment<'a> {
     pub compile_query: &'a dyn CompileQuery,
     /// The agreements as last read (checked against their generation at every decision).
     pub agreements: &'a facts::AgreementCache,
+    /// The actors' directory standing as last read (checked against the directory's
+    /// generation at every decision).
+    pub standing: &'a facts::StandingCache,
 }
 
 /// Turns a granular scope's query (`category=…`) on a type into search criteria; `None`
@@ -638,10 +644,12 @@ async fn decide_inner(
         return Ok(unrestricted(facts::agreements(connection, environment).await?));
     }
     precheck(principal, tenant, interaction, resource_type)?;
-    if let Err(reason) = facts::actor_standing(connection, &authenticated.actor, environment.now).await? {
+    // One read of the generation counters tells which cached facts still hold.
+    let generations = crate::store::generations(connection).await?;
+    if let Err(reason) = facts::actor_standing_cached(connection, environment, generations.directory, &authenticated.actor).await? {
         return Err(Error::Unauthorized(format!("the access token no longer speaks for anyone: {reason}")));
     }
-    let world = facts::load(connection, environment).await?;
+    let world = facts::load(connection, environment, generations.agreements).await?;
     let clauses = rules::clauses(environment, authenticated, tenant, &world, interaction);
     let read_clauses = rules::clauses(environment, authenticated, tenant, &world, Interaction::Read);
     let mut tenants = BTreeSet::new();

@@ -102,6 +102,11 @@ pub struct Fhir {
     audit_sink: crate::audit::sink::Sink,
     /// The wide-area agreements as last read (refreshed when their generation changes).
     agreements: policy::facts::AgreementCache,
+    /// The standing of the directory entries tokens act through (refreshed when the
+    /// directory's generation changes).
+    standing: policy::facts::StandingCache,
+    /// Verified access tokens (refreshed when the tokens' generation changes).
+    pub tokens: crate::auth::tokens::TokenCache,
     /// A fault the test suite armed (see [`audit::Failpoint`]).
     #[cfg(feature = "test-support")]
     failpoint: std::sync::Mutex<Option<audit::Failpoint>>,
@@ -132,6 +137,8 @@ impl Fhir {
             clients,
             audit_sink,
             agreements: policy::facts::AgreementCache::default(),
+            standing: policy::facts::StandingCache::default(),
+            tokens: crate::auth::tokens::TokenCache::default(),
             #[cfg(feature = "test-support")]
             failpoint: std::sync::Mutex::new(None),
         }
@@ -369,6 +376,7 @@ impl Fhir {
             now: self.clock.now(),
             compile_query: queries,
             agreements: &self.agreements,
+            standing: &self.standing,
         }
     }
 

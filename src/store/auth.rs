@@ -39,7 +39,11 @@ pub struct NewAccessToken<'a> {
 
 /// Stores an access token, replacing any row with the same digest (the demo's fixed tokens).
 pub async fn put_access_token(connection: &mut AnyConnection, token: &NewAccessToken<'_>) -> Result<()> {
-    sqlx::query("DELETE FROM access_tokens WHERE digest = $1").bind(token.digest).execute(&mut *connection).await?;
+    // A replaced token (the demo's fixed ones) may be in a gateway's cache.
+    let replaced = sqlx::query("DELETE FROM access_tokens WHERE digest = $1").bind(token.digest).execute(&mut *connection).await?;
+    if replaced.rows_affected() > 0 {
+        super::bump_generation(connection, super::GENERATION_TOKENS).await?;
+    }
     sqlx::query(
         "INSERT INTO access_tokens (digest, tenant, principal, scope, patient, client_id, issued_at, expires_at, revoked, family) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9)",
@@ -79,8 +83,8 @@ pub async fn access_token(connection: &mut AnyConnection, digest: &str) -> Resul
 }
 
 pub async fn revoke_access_token(connection: &mut AnyConnection, digest: &str) -> Result<()> {
-    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE digest = $1").bind(digest).execute(connection).await?;
-    Ok(())
+    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE digest = $1").bind(digest).execute(&mut *connection).await?;
+    super::bump_generation(connection, super::GENERATION_TOKENS).await
 }
 
 /// The family of the refresh token with this digest, if there is one.
@@ -93,7 +97,7 @@ pub async fn refresh_family_of(connection: &mut AnyConnection, digest: &str) -> 
 pub async fn revoke_family(connection: &mut AnyConnection, family: &str) -> Result<()> {
     sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = $1").bind(family).execute(&mut *connection).await?;
     sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE family = $1").bind(family).execute(&mut *connection).await?;
-    Ok(())
+    super::bump_generation(connection, super::GENERATION_TOKENS).await
 }
 
 /// Records a client assertion's `jti`; false when it was recorded before (a replay).

@@ -617,10 +617,19 @@ async fn write_index(
     let mut rows = IndexRows::default();
     rows.add(resource_type, id, tenant, entries);
     rows.insert(connection).await?;
-    if resource_type == "Contract" {
-        bump_generation(connection, GENERATION_AGREEMENTS).await?;
+    if let Some(name) = generation_of(resource_type) {
+        bump_generation(connection, name).await?;
     }
     Ok(())
+}
+
+/// The generation counter a write of `resource_type` bumps, if any.
+fn generation_of(resource_type: &str) -> Option<&'static str> {
+    match resource_type {
+        "Contract" => Some(GENERATION_AGREEMENTS),
+        "Organization" | "Practitioner" | "PractitionerRole" => Some(GENERATION_DIRECTORY),
+        _ => None,
+    }
 }
 
 /// Every table holding rows derived from a resource's current content.
@@ -629,17 +638,39 @@ const INDEX_TABLES: [&str; 7] =
 
 /// The generation counter of the wide-area agreements (bumped by every Contract write).
 pub const GENERATION_AGREEMENTS: &str = "agreements";
+/// The generation counter of the directory entries tokens act through (Organization,
+/// Practitioner, PractitionerRole writes).
+pub const GENERATION_DIRECTORY: &str = "directory";
+/// The generation counter of access tokens (bumped by every revocation and replacement).
+pub const GENERATION_TOKENS: &str = "tokens";
 
-async fn bump_generation(connection: &mut AnyConnection, name: &str) -> Result<()> {
-    sqlx::query("UPDATE generations SET counter = counter + 1 WHERE name = $1").bind(name).execute(connection).await?;
-    Ok(())
+/// Every generation counter, by name (one read of a three-row table).
+pub async fn generations(connection: &mut AnyConnection) -> Result<Generations> {
+    let mut generations = Generations::default();
+    for row in sqlx::query("SELECT name, counter FROM generations").fetch_all(connection).await? {
+        let name: String = row.try_get("name")?;
+        let counter: i64 = row.try_get("counter")?;
+        match name.as_str() {
+            GENERATION_AGREEMENTS => generations.agreements = counter,
+            GENERATION_DIRECTORY => generations.directory = counter,
+            GENERATION_TOKENS => generations.tokens = counter,
+            _ => {}
+        }
+    }
+    Ok(generations)
 }
 
-/// The current value of a generation counter (one primary-key read; see
-/// `migrations/*/0013_access_links.sql`).
-pub async fn generation(connection: &mut AnyConnection, name: &str) -> Result<i64> {
-    let row = sqlx::query("SELECT counter FROM generations WHERE name = $1").bind(name).fetch_optional(connection).await?;
-    Ok(row.map(|row| row.try_get::<i64, _>("counter")).transpose()?.unwrap_or(0))
+/// The generation counters as one request read them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Generations {
+    pub agreements: i64,
+    pub directory: i64,
+    pub tokens: i64,
+}
+
+pub(crate) async fn bump_generation(connection: &mut AnyConnection, name: &str) -> Result<()> {
+    sqlx::query("UPDATE generations SET counter = counter + 1 WHERE name = $1").bind(name).execute(connection).await?;
+    Ok(())
 }
 
 /// Index rows of many resources, by table, for multi-row inserts.
@@ -905,8 +936,11 @@ pub(crate) async fn insert_new_rows(connection: &mut AnyConnection, rows: &[(Str
         index.add(&row.resource_type, &row.id, tenant, &row.index);
     }
     index.insert(connection).await?;
-    if rows.iter().any(|(_, _, row)| row.resource_type == "Contract") {
-        bump_generation(connection, GENERATION_AGREEMENTS).await?;
+    let mut bumped: Vec<&str> = rows.iter().filter_map(|(_, _, row)| generation_of(&row.resource_type)).collect();
+    bumped.sort_unstable();
+    bumped.dedup();
+    for name in bumped {
+        bump_generation(connection, name).await?;
     }
     Ok(())
 }

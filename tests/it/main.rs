@@ -16,6 +16,7 @@ mod conformance;
 mod crud;
 mod errors;
 mod history;
+mod nodes;
 mod openid_provider;
 mod policy;
 mod policy_model;
