@@ -175,6 +175,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory (and print the actors)")
+    parser.add_argument("--actors-audit", choices=["on", "off"], default="on",
+                        help="run the professionals' cells with the audit trail on (the default) or off, "
+                             "to tell the policy's cost from the audit trail's")
     arguments = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
@@ -195,7 +199,7 @@ def main():
     print(f"world written in {time.time() - started:.0f} s", file=sys.stderr)
 
     results = {}
-    gateway = Gateway(settings, arguments.port, audit_off=False)
+    gateway = Gateway(settings, arguments.port, audit_off=arguments.actors_audit == "off")
     try:
         practitioners = [a for a in actors if a["label"] != "unrestricted"]
         for actor in practitioners:
@@ -242,7 +246,12 @@ def main():
         ratio = results[(largest["label"], name)]["rate"] / results[("ceiling", name)]["rate"]
         print(f"| {name} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     print(f"\nRSS of the audited gateway: {rss_first / 1024:.0f} MiB after loading, {rss_last / 1024:.0f} MiB after the runs")
-    shutil.rmtree(directory, ignore_errors=True)
+    if arguments.keep:
+        print(f"\ndata directory kept: {directory}")
+        for actor in actors:
+            print(json.dumps(actor, ensure_ascii=False))
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

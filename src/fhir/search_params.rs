@@ -19,6 +19,7 @@ use crate::fhir::dates::{format_instant, precision_range};
 
 const SEARCH_PARAMETERS_JSON: &str = include_str!("../../conformance/search-parameters.json");
 const PATIENT_COMPARTMENT_JSON: &str = include_str!("../../conformance/compartmentdefinition-patient.json");
+const NARROW_INDEXES_JSON: &str = include_str!("../../conformance/capabilitystatement-narrow-indexes.json");
 
 /// The FHIR search parameter types we index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,9 @@ pub struct Registry {
     /// Resource type → the parameters by which it is a person's data: its compartment
     /// parameters and every other reference parameter that may point at a Patient.
     person_params: BTreeMap<String, Vec<String>>,
+    /// Resource type → the only parameters it is indexed (and searchable) by
+    /// (`conformance/capabilitystatement-narrow-indexes.json`); types not listed have all of theirs.
+    narrowed: BTreeMap<String, Vec<String>>,
     /// Definitions that could not be compiled, for the start-up log.
     pub skipped: Vec<String>,
 }
@@ -123,8 +127,30 @@ impl Registry {
                 registry.patient_compartment.insert(code.to_owned(), params);
             }
         }
+        let narrow: Value = serde_json::from_str(NARROW_INDEXES_JSON).map_err(|e| format!("narrow indexes: {e}"))?;
+        let narrowed_types = narrow.pointer("/rest/0/resource").and_then(Value::as_array).into_iter().flatten();
+        for resource in narrowed_types {
+            let Some(resource_type) = resource.get("type").and_then(Value::as_str).map(str::to_owned) else { continue };
+            let codes: Vec<String> = resource
+                .get("searchParam")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            if let Some(params) = registry.by_type.get_mut(&resource_type) {
+                params.retain(|code, _| codes.contains(code));
+            }
+            registry.narrowed.insert(resource_type, codes);
+        }
         registry.person_params = registry.derive_person_params();
         Ok(registry)
+    }
+
+    /// Whether `code` applies to `resource_type` at all (a narrowed type keeps only its list,
+    /// the common parameters of Resource included).
+    fn kept(&self, resource_type: &str, code: &str) -> bool {
+        self.narrowed.get(resource_type).is_none_or(|codes| codes.iter().any(|c| c == code))
     }
 
     /// The compartment parameters of each type, plus its reference parameters whose targets
@@ -180,13 +206,14 @@ impl Registry {
             .get(resource_type)
             .and_then(|params| params.get(code))
             .or_else(|| self.by_type.get("Resource").and_then(|params| params.get(code)))
+            .filter(|_| self.kept(resource_type, code))
     }
 
     /// Every parameter that applies to `resource_type`.
     pub fn for_type<'a>(&'a self, resource_type: &str) -> Vec<&'a SearchParam> {
         let own = self.by_type.get(resource_type).into_iter().flat_map(|params| params.values());
         let common = self.by_type.get("Resource").into_iter().flat_map(|params| params.values());
-        common.chain(own).collect()
+        common.filter(|param| self.kept(resource_type, &param.code)).chain(own).collect()
     }
 
     /// A digest of every compiled parameter, stored with the index so that a change of
@@ -200,6 +227,12 @@ impl Registry {
                     hash ^= u64::from(byte);
                     hash = hash.wrapping_mul(0x0100_0000_01b3);
                 }
+            }
+        }
+        for (resource_type, codes) in &self.narrowed {
+            for byte in format!("narrow|{resource_type}|{codes:?}").bytes() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
             }
         }
         format!("{hash:016x}")

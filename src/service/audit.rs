@@ -66,8 +66,10 @@ pub enum Failpoint {
     TransactionLostBeforeCommit,
 }
 
-/// The most journaled events one projection transaction writes.
-const PROJECTION_BATCH: i64 = 1000;
+/// The most journaled events one projection transaction writes: small enough that the
+/// SQLite write lock it holds (about 0.15 ms per event with the narrow AuditEvent index)
+/// does not show in the latency of the reads whose journal commits wait behind it.
+const PROJECTION_BATCH: i64 = 250;
 
 /// The municipalities' codes and names by slug, and slugs by code.
 struct Municipalities {

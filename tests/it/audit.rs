@@ -434,6 +434,23 @@ async fn auditors_read_their_trail_and_clinicians_do_not(backend: Backend) {
     assert!(reads["entry"].as_array().into_iter().flatten().all(|e| e["resource"]["action"] == "R"));
     assert!(count(auditor_mm.get(&server, "AuditEvent?date=gt2000-01-01").await.json()) > 0);
     assert_eq!(count(auditor_mm.get(&server, "AuditEvent?date=lt2000-01-01").await.json()), 0);
+    // The trail is indexed by those parameters (and subtype, entity, type) only: another R4
+    // parameter of AuditEvent is refused by name rather than silently finding nothing, and
+    // the CapabilityStatement says so.
+    let unindexed = auditor_mm.get(&server, "AuditEvent?agent-name=x").await;
+    unindexed.expect(400);
+    assert!(unindexed.issue_expressions().contains(&"agent-name".to_owned()), "{}", unindexed.text());
+    let capabilities = server.get("/minamiminowa/fhir/metadata").await.json();
+    let audit_resource = capabilities["rest"][0]["resource"].as_array().into_iter().flatten().find(|r| r["type"] == "AuditEvent").cloned();
+    let mut names: Vec<String> = audit_resource
+        .and_then(|r| r["searchParam"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .filter(|n| !n.starts_with('_'))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["action", "agent", "date", "entity", "outcome", "patient", "subtype", "type"]);
     // Only their own municipality's chain, and nothing but the trail.
     let everything = auditor_mm.get(&server, "AuditEvent?_count=1000").await.json();
     assert!(everything["entry"].as_array().into_iter().flatten().all(|e| chain_position(&e["resource"]).0 == "minamiminowa"));
