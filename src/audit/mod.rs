@@ -465,17 +465,22 @@ pub async fn append(connection: &mut sqlx::AnyConnection, tenants: &[crate::conf
 }
 
 /// Writes up to `limit` journaled events as AuditEvent resource rows with their search index
-/// (the projection), in one transaction serialised with other projectors. Returns how many
-/// were projected; zero means the journal is fully projected.
+/// (the projection). The events are read, parsed and indexed before the write transaction
+/// begins, so that on SQLite the write lock — which every read's journal commit also needs —
+/// is held only for the inserts; inside it, projectors are serialised and events another
+/// projector wrote meanwhile are left out. Returns how many events were pending (fewer than
+/// `limit`: the journal was fully projected when this pass began).
 pub async fn project(store: &crate::store::Store, registry: &Registry, limit: i64) -> Result<usize> {
     let started = std::time::Instant::now();
-    let mut transaction = store.begin().await?;
-    crate::store::lock(&mut transaction, "audit-projection").await?;
-    let pending = crate::store::audit::pending(&mut transaction, limit).await?;
+    let pending = {
+        let mut connection = store.connection().await?;
+        crate::store::audit::pending(&mut connection, limit).await?
+    };
     if pending.is_empty() {
         return Ok(0);
     }
-    let mut rows = Vec::with_capacity(pending.len());
+    let count = pending.len();
+    let mut rows = Vec::with_capacity(count);
     for event in pending {
         let resource: Value = serde_json::from_str(&event.content)?;
         let row = crate::store::BulkRow {
@@ -486,8 +491,22 @@ pub async fn project(store: &crate::store::Store, registry: &Registry, limit: i6
         };
         rows.push((event.chain, event.recorded, row));
     }
+    let prepared = started.elapsed();
+    let mut transaction = store.begin().await?;
+    let locked = started.elapsed();
+    crate::store::lock(&mut transaction, "audit-projection").await?;
+    let ids: Vec<String> = rows.iter().map(|(_, _, row)| row.id.clone()).collect();
+    let still_pending = crate::store::audit::still_pending(&mut transaction, &ids).await?;
+    rows.retain(|(_, _, row)| still_pending.contains(&row.id));
     crate::store::audit::project(&mut transaction, &rows).await?;
     transaction.commit().await?;
-    tracing::debug!(target: "renraku::audit", events = rows.len(), elapsed_us = started.elapsed().as_micros(), "audit events projected");
-    Ok(rows.len())
+    tracing::debug!(
+        target: "renraku::audit",
+        events = rows.len(),
+        prepare_us = prepared.as_micros(),
+        lock_wait_us = (locked - prepared).as_micros(),
+        locked_us = (started.elapsed() - locked).as_micros(),
+        "audit events projected"
+    );
+    Ok(count)
 }

@@ -84,7 +84,11 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
 }
 
 async fn commit(store: &Store, tenants: &[TenantConfig], events: &[Event]) -> Result<()> {
+    let started = std::time::Instant::now();
     let mut transaction = store.begin().await?;
+    let locked = started.elapsed();
     super::append(&mut transaction, tenants, events).await?;
-    transaction.commit().await
+    transaction.commit().await?;
+    tracing::trace!(target: "renraku::audit", lock_wait_us = locked.as_micros(), "audit batch lock wait");
+    Ok(())
 }

@@ -85,6 +85,26 @@ pub async fn pending(connection: &mut AnyConnection, limit: i64) -> Result<Vec<P
         .collect()
 }
 
+/// Which of these journaled events are not projected yet (read inside the projection's
+/// transaction: another projector may have written some since they were read).
+pub async fn still_pending(connection: &mut AnyConnection, event_ids: &[String]) -> Result<std::collections::BTreeSet<String>> {
+    let mut found = std::collections::BTreeSet::new();
+    for chunk in event_ids.chunks(500) {
+        let mut sql = super::query::Sql::new("SELECT event_id FROM audit_log WHERE projected = 0 AND event_id IN (");
+        for (index, id) in chunk.iter().enumerate() {
+            if index > 0 {
+                sql.push(", ");
+            }
+            sql.bind(id.clone());
+        }
+        sql.push(")");
+        for row in sql.fetch_all(&mut *connection).await? {
+            found.insert(row.try_get("event_id")?);
+        }
+    }
+    Ok(found)
+}
+
 /// Writes the AuditEvent resource, version and index rows of journal rows and marks them
 /// projected. The caller holds the projection lock (see `audit::project`).
 pub async fn project(connection: &mut AnyConnection, rows: &[(String, String, BulkRow)]) -> Result<()> {
