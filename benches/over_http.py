@@ -166,6 +166,40 @@ def wrk(base, token, method, path, body, arguments, directory):
     return {"rate": rate, "p50": percentile("50"), "p99": percentile("99"), "failed": int(bad.group(1)) if bad else 0}
 
 
+def soak(settings, actors, arguments, directory):
+    """Memory under a long mixed load: RSS after the first minute and at the end."""
+    gateway = Gateway(settings, arguments.port, audit_off=False)
+    try:
+        practitioners = [a for a in actors if a["label"] != "unrestricted"]
+        for actor in practitioners:
+            register_measured(gateway.base, actor)
+        largest = practitioners[-1]
+        requests = workloads(largest)
+        script = os.path.join(directory, "mixed.lua")
+        with open(script, "w") as lua:
+            lua.write('local token = "Bearer %s"\nlocal requests = {}\n' % largest["token"])
+            for _, method, path, body in requests:
+                headers = '{["Authorization"] = token, ["Accept"] = "application/fhir+json", ["Content-Type"] = "application/fhir+json"}'
+                body_text = json.dumps(json.dumps(body, ensure_ascii=True)) if body is not None else "nil"
+                lua.write(f'table.insert(requests, wrk.format("{method}", "{path}", {headers}, {body_text}))\n')
+            lua.write("local n = 0\nrequest = function() n = n + 1; return requests[(n % #requests) + 1] end\n")
+        command = ["wrk", "-t", str(arguments.threads), "-c", str(arguments.connections), "-d", f"{arguments.soak}s",
+                   "-s", script, gateway.base]
+        load = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        time.sleep(min(60, arguments.soak))
+        first = gateway.rss_kib()
+        output = load.communicate()[0]
+        last = gateway.rss_kib()
+        rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+        bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+        print(f"{arguments.backend}: mixed load as {largest['label']} for {arguments.soak} s, "
+              f"{float(rate.group(1)) if rate else 0:.0f} req/s, non-2xx {bad.group(1) if bad else 0}; "
+              f"RSS {first / 1024:.0f} MiB after the first minute, {last / 1024:.0f} MiB at the end "
+              f"({(last - first) * 100 / max(first, 1):+.1f} %)")
+    finally:
+        gateway.stop()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -176,6 +210,9 @@ def main():
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (and print the actors)")
+    parser.add_argument("--soak", type=int, default=0, metavar="SECONDS",
+                        help="instead of the table: a mixed load (the four workloads in turn) as the largest actor, "
+                             "audited, for SECONDS, printing the gateway's RSS after the first minute and at the end")
     parser.add_argument("--actors-audit", choices=["on", "off"], default="on",
                         help="run the professionals' cells with the audit trail on (the default) or off, "
                              "to tell the policy's cost from the audit trail's")
@@ -197,6 +234,10 @@ def main():
                 capture_output=True, text=True, env=dict(os.environ, RENRAKU_LOG="warn")).stdout
     actors = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
     print(f"world written in {time.time() - started:.0f} s", file=sys.stderr)
+
+    if arguments.soak:
+        soak(settings, actors, arguments, directory)
+        return
 
     results = {}
     gateway = Gateway(settings, arguments.port, audit_off=arguments.actors_audit == "off")
