@@ -76,6 +76,9 @@ impl Node {
     }
 }
 
+/// (what, who writes it, the resource's path, the change, what the doctor then gets).
+type Change = (&'static str, &'static str, &'static str, fn(&mut Value), u16);
+
 const DOCTOR: &str = "demo-doctor-ina";
 const CARE_MANAGER: &str = "demo-care-manager";
 const OPERATOR: &str = "demo-operator";
@@ -91,51 +94,40 @@ async fn a_change_through_one_gateway_acts_at_the_next_request_on_the_other() {
     assert_eq!(b.status(DOCTOR, PERSON).await, 200);
     assert_eq!(b.status(DOCTOR, PERSON).await, 200);
 
-    // A member removed from the person's team (by the care manager, through A).
-    let team_path = "/minamiminowa/fhir/CareTeam/demo-team-yamada";
-    let team = a.read(CARE_MANAGER, team_path).await;
-    let mut without_doctor = team.clone();
-    without_doctor["participant"] = json!(team["participant"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["member"]["reference"] != "PractitionerRole/demo-role-dr-tanaka")
-        .collect::<Vec<_>>());
-    a.put(CARE_MANAGER, team_path, &without_doctor).await;
-    assert_eq!(b.status(DOCTOR, PERSON).await, 404, "team removal");
-    a.put(CARE_MANAGER, team_path, &team).await;
-    assert_eq!(b.status(DOCTOR, PERSON).await, 200);
-
-    // The person's consent withdrawn.
-    let consent_path = "/minamiminowa/fhir/Consent/demo-consent-yamada";
-    let consent = a.read(CARE_MANAGER, consent_path).await;
-    let mut withdrawn = consent.clone();
-    withdrawn["status"] = json!("inactive");
-    a.put(CARE_MANAGER, consent_path, &withdrawn).await;
-    assert_eq!(b.status(DOCTOR, PERSON).await, 404, "consent withdrawal");
-    a.put(CARE_MANAGER, consent_path, &consent).await;
-    assert_eq!(b.status(DOCTOR, PERSON).await, 200);
-
-    // The wide-area agreement ended (cached agreements, by generation).
-    let agreement_path = "/minamiminowa/fhir/Contract/demo-agreement-kamiina";
-    let agreement = a.read(OPERATOR, agreement_path).await;
-    let mut ended = agreement.clone();
-    ended["status"] = json!("terminated");
-    a.put(OPERATOR, agreement_path, &ended).await;
-    assert_eq!(b.status(DOCTOR, PERSON).await, 404, "agreement end");
-    a.put(OPERATOR, agreement_path, &agreement).await;
-    assert_eq!(b.status(DOCTOR, PERSON).await, 200);
-
-    // The doctor's role set inactive (cached standing, by generation): the token speaks for
-    // nobody.
-    let role_path = "/ina/fhir/PractitionerRole/demo-role-dr-tanaka";
-    let role = a.read(OPERATOR, role_path).await;
-    let mut inactive = role.clone();
-    inactive["active"] = json!(false);
-    a.put(OPERATOR, role_path, &inactive).await;
-    assert_eq!(b.status(DOCTOR, PERSON).await, 401, "role set inactive");
-    a.put(OPERATOR, role_path, &role).await;
-    assert_eq!(b.status(DOCTOR, PERSON).await, 200);
+    // Each change is made through A by someone entitled to it, must act at B's next request,
+    // and is then undone (B must see that too).
+    let changes: [Change; 4] = [
+        ("team removal", CARE_MANAGER, "/minamiminowa/fhir/CareTeam/demo-team-yamada", |team| {
+            let kept: Vec<Value> = team["participant"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["member"]["reference"] != "PractitionerRole/demo-role-dr-tanaka")
+                .cloned()
+                .collect();
+            team["participant"] = json!(kept);
+        }, 404),
+        ("consent withdrawal", CARE_MANAGER, "/minamiminowa/fhir/Consent/demo-consent-yamada", |consent| {
+            consent["status"] = json!("inactive");
+        }, 404),
+        // Cached agreements, by generation.
+        ("agreement end", OPERATOR, "/minamiminowa/fhir/Contract/demo-agreement-kamiina", |agreement| {
+            agreement["status"] = json!("terminated");
+        }, 404),
+        // Cached standing, by generation: the token speaks for nobody.
+        ("role set inactive", OPERATOR, "/ina/fhir/PractitionerRole/demo-role-dr-tanaka", |role| {
+            role["active"] = json!(false);
+        }, 401),
+    ];
+    for (what, writer, path, change, refused) in changes {
+        let before = a.read(writer, path).await;
+        let mut changed = before.clone();
+        change(&mut changed);
+        a.put(writer, path, &changed).await;
+        assert_eq!(b.status(DOCTOR, PERSON).await, refused, "{what}");
+        a.put(writer, path, &before).await;
+        assert_eq!(b.status(DOCTOR, PERSON).await, 200, "{what} undone");
+    }
 
     // The token revoked through A (cached token, by generation).
     let revoked = a
