@@ -174,7 +174,7 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
     };
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();
-    let token = support::token(&gateway.state.fhir, renraku::policy::Actor::TestUnrestricted).await;
+    let token = support::token(&gateway.state.fhir, renraku::identity::Actor::TestUnrestricted).await;
     let backend = database_url.split(':').next().unwrap_or_default().to_owned();
     println!(
         "backend {backend}; audit trail {}; preload {preload} Patients; {operations} requests per phase; concurrency {concurrency}",
@@ -233,7 +233,7 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
     }
     let practitioner = support::token(
         &gateway.state.fhir,
-        renraku::policy::Actor::Practitioner {
+        renraku::identity::Actor::Practitioner {
             tenant: "ina".into(),
             practitioner: "bench-pr".into(),
             role: "bench-role".into(),

@@ -22,7 +22,8 @@ use axum::body::Body;
 use axum::http::Request;
 use http_body_util::BodyExt;
 use renraku::config::{demo_tenants, Config};
-use renraku::policy::{self, Interaction, Principal};
+use renraku::policy;
+use renraku::identity::{Interaction, Principal};
 use renraku::service::generate::Volume;
 use renraku::Gateway;
 use tower::ServiceExt;
@@ -66,7 +67,7 @@ async fn main() {
     let gateway = Gateway::start(config).await.unwrap_or_else(|e| panic!("gateway: {e}"));
     let router = gateway.router();
     let fhir = gateway.state.fhir.clone();
-    let token = support::token(&fhir, renraku::policy::Actor::TestUnrestricted).await;
+    let token = support::token(&fhir, renraku::identity::Actor::TestUnrestricted).await;
     let get = |uri: String| {
         let router = router.clone();
         let authorization = format!("Bearer {token}");
@@ -117,7 +118,7 @@ async fn main() {
         agreements: &renraku::policy::facts::AgreementCache::default(),
         standing: &renraku::policy::facts::StandingCache::default(),
     };
-    let grant = policy::decide(&mut connection, &environment, &Principal::Operator, "ina", Interaction::Search, Some("Communication"))
+    let grant = policy::decide(&mut *connection, &environment, &Principal::Operator, "ina", Interaction::Search, Some("Communication"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let pairs = vec![

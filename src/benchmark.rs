@@ -8,12 +8,13 @@
 use chrono::Duration;
 use serde_json::{json, Value};
 
-use crate::auth::scopes::Scopes;
+use crate::identity::scopes::Scopes;
 use crate::auth::tokens::{self, TokenGrant};
 use crate::error::{Error, Result};
-use crate::policy::{Actor, Principal};
+use crate::identity::{Actor, Principal};
 use crate::service::generate::Volume;
-use crate::service::{Context, Fhir};
+use crate::service::Fhir;
+use crate::identity::Context;
 
 /// How many of an actor's persons the script registers through the API (the family search
 /// finds them: 20 hits), at most the actor's size.

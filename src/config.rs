@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::auth::clients::ClientConfig;
+use crate::identity::clients::ClientConfig;
 
 /// Ten mebibytes: big enough for a transaction Bundle of a few hundred resources.
 pub const DEFAULT_BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
@@ -344,6 +344,30 @@ pub fn is_valid_local_government_code(code: &str) -> bool {
     // The check digit is the last digit of 11 minus the weighted sum modulo 11.
     let check = (11 - weighted % 11) % 10;
     digits.get(5) == Some(&check)
+}
+
+/// The authorization server's URLs for one municipality.
+pub struct Endpoints {
+    pub issuer: String,
+    pub token: String,
+    pub authorize: String,
+    pub introspect: String,
+    pub revoke: String,
+    pub jwks: String,
+}
+
+impl Endpoints {
+    pub fn of(config: &Config, tenant: &str) -> Endpoints {
+        let issuer = format!("{}/{tenant}/auth", config.public_base_url);
+        Endpoints {
+            token: format!("{issuer}/token"),
+            authorize: format!("{issuer}/authorize"),
+            introspect: format!("{issuer}/introspect"),
+            revoke: format!("{issuer}/revoke"),
+            jwks: format!("{issuer}/jwks"),
+            issuer,
+        }
+    }
 }
 
 #[cfg(test)]

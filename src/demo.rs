@@ -13,12 +13,13 @@
 use chrono::Duration;
 use serde_json::{json, Value};
 
-use crate::auth::scopes::Scopes;
+use crate::identity::scopes::Scopes;
 use crate::auth::tokens::{self, TokenGrant};
 use crate::error::{Error, Result};
 use crate::policy::facts::{AGREEMENT_PROFILE_URL, AGREEMENT_SCOPE_URL, MUNICIPALITY_CODE_SYSTEM};
-use crate::policy::{Actor, Principal};
-use crate::service::{Context, Fhir};
+use crate::identity::{Actor, Principal};
+use crate::service::Fhir;
+use crate::identity::Context;
 
 /// The code system of professional roles in PractitionerRole.code (see ARCHITECTURE.md).
 pub const CARE_ROLE_SYSTEM: &str = "https://renraku.example.jp/fhir/CodeSystem/care-role";

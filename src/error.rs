@@ -8,7 +8,7 @@
 
 use axum::http::StatusCode;
 
-use crate::fhir::outcome::{Issue, IssueCode, OperationOutcome};
+use crate::outcome::{Issue, IssueCode, OperationOutcome};
 
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 #[cfg(feature = "test-support")]
@@ -25,7 +26,11 @@ pub mod demo;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod identity;
+pub mod outcome;
 pub mod policy;
+pub mod runtime;
+pub mod search;
 pub mod service;
 pub mod store;
 
@@ -79,12 +84,17 @@ impl Gateway {
             });
         }
         let validator = Arc::new(fhir::validate::Validator::load().map_err(StartError::Validation)?);
-        let registry = fhir::search_params::Registry::load(&config.extra_search_parameters).map_err(StartError::Validation)?;
+        let registry = search::Registry::load(&config.extra_search_parameters).map_err(StartError::Validation)?;
         for skipped in &registry.skipped {
             tracing::debug!(%skipped, "search parameter not compiled");
         }
         let config = Arc::new(config);
-        let fhir = Arc::new(service::Fhir::new(store, validator, Arc::new(registry), clock, config.clone()));
+        let mut clients = config.clients.clone();
+        if config.demo {
+            clients.extend(auth::server::demo_clients());
+        }
+        let runtime = runtime::Runtime::new(store, validator, Arc::new(registry), clock, config.clone(), clients);
+        let fhir = Arc::new(service::Fhir::new(runtime));
         fhir.load_stored_tenants().await.map_err(|e| StartError::Validation(format!("tenants: {e}")))?;
         let reindexed = fhir.reindex_if_changed().await.map_err(|e| StartError::Validation(format!("reindex: {e}")))?;
         if let Some(count) = reindexed.filter(|count| *count > 0) {

@@ -1,8 +1,8 @@
 //! What both benchmarks share: access tokens for the callers they measure.
 
-use renraku::auth::scopes::Scopes;
+use renraku::identity::scopes::Scopes;
 use renraku::auth::tokens::{self, TokenGrant};
-use renraku::policy::Actor;
+use renraku::identity::Actor;
 
 /// A twelve-hour token at 伊那市's base for `actor` with `user/*.cruds`.
 pub async fn token(fhir: &renraku::service::Fhir, actor: Actor) -> String {

@@ -5,27 +5,26 @@
 //! of a person of another municipality left its municipality, one disclosure event in that
 //! municipality's chain). Events are shaped after IHE Basic Audit Log Patterns (BALP) and
 //! appended as AuditEvents to their municipality's hash chain ([`chain`]) in the journal by
-//! [`append`] — in the same database transaction as the write they record, or, for reads,
-//! through the group-commit [`sink::Sink`] before the response leaves. [`project`] later
+//! `store::audit::append` — in the same database transaction as the write they record, or,
+//! for reads, through the runtime's group-commit `Recorder` before the response leaves.
+//! `store::audit::project_pending` later
 //! writes the journaled events as ordinary AuditEvent resource rows (with their search index)
 //! in large batches, so that the request path pays for one small insert, not for some forty
 //! index rows per event.
 //!
 //! Architecture invariants:
-//! - No HTTP here and no access decisions: this module renders and chains what the service
-//!   tells it.
-//! - [`append`] is the only code that journals events and [`project`] the only code that
+//! - No HTTP, no SQL and no access decisions here: this module renders and chains what the
+//!   service tells it; the store writes it.
+//! - `store::audit::append` is the only code that journals events and `project_pending` the only code that
 //!   writes AuditEvent resource rows; nothing updates or deletes either except retention
 //!   pruning (`service::audit`), which keeps the chain verifiable.
 
 use serde_json::{json, Map, Value};
 
-use crate::error::{Error, Result};
-use crate::fhir::search_params::Registry;
-use crate::policy::{Actor, Principal};
+use crate::error::Error;
+use crate::identity::{Actor, Principal};
 
 pub mod chain;
-pub mod sink;
 
 /// The chain of events that belong to no municipality (adding a municipality, rotating the
 /// signing keys, requests to an unknown base).
@@ -280,7 +279,7 @@ impl Event {
         let (event_type, subtype) = self.event_type.render();
         let mut meta = json!({ "versionId": "1", "lastUpdated": self.recorded });
         if let Some((code, name)) = owner {
-            crate::fhir::set(&mut meta, "tag", json!([{ "system": crate::service::MUNICIPALITY_TAG_SYSTEM, "code": code, "display": name }]));
+            crate::fhir::set(&mut meta, "tag", json!([{ "system": crate::fhir::MUNICIPALITY_TAG_SYSTEM, "code": code, "display": name }]));
         }
         let mut resource = Map::new();
         resource.insert("resourceType".into(), json!("AuditEvent"));
@@ -348,7 +347,7 @@ impl Event {
         if let Some((code, name)) = agent.municipality.as_deref().and_then(names) {
             requestor.insert(
                 "extension".into(),
-                json!([{ "url": MUNICIPALITY_EXTENSION, "valueCoding": { "system": crate::service::MUNICIPALITY_TAG_SYSTEM, "code": code, "display": name } }]),
+                json!([{ "url": MUNICIPALITY_EXTENSION, "valueCoding": { "system": crate::fhir::MUNICIPALITY_TAG_SYSTEM, "code": code, "display": name } }]),
             );
         }
         let mut agents = vec![Value::Object(requestor)];
@@ -418,95 +417,4 @@ pub struct Chained {
     pub previous: String,
     pub digest: String,
     pub content: String,
-}
-
-/// Appends `events` to their chains inside the caller's transaction: each chain's head is
-/// locked (in chain order, so two appenders never wait on each other crosswise), every event
-/// gets the next sequence number and its predecessor's digest, and the chained events are
-/// journaled. Call it once per transaction, last before the commit, so the head lock is held
-/// briefly.
-pub async fn append(connection: &mut sqlx::AnyConnection, tenants: &[crate::config::TenantConfig], events: &[Event]) -> Result<Vec<String>> {
-    let mut chains: Vec<&str> = events.iter().map(|e| e.chain.as_str()).collect();
-    chains.sort_unstable();
-    chains.dedup();
-    let names = |slug: &str| tenants.iter().find(|t| t.slug == slug).map(|t| (t.code.clone(), t.name.clone()));
-    let mut ids = Vec::with_capacity(events.len());
-    let mut rows = Vec::with_capacity(events.len());
-    for chain in chains {
-        let members: Vec<&Event> = events.iter().filter(|e| e.chain == chain).collect();
-        let count = i64::try_from(members.len()).map_err(Error::internal)?;
-        let (last_seq, mut previous) = crate::store::audit::advance_head(connection, chain, count).await?;
-        let owner = names(chain);
-        let mut seq = last_seq - count;
-        for event in members {
-            seq += 1;
-            // Time-ordered ids (UUID version 7): the projection's inserts into every
-            // (resource_type, id) index land at the index's right edge instead of on a random
-            // page each, which is most of what projecting an event costs.
-            let id = uuid::Uuid::now_v7().to_string();
-            let resource = event.to_resource(&id, seq, &previous, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names);
-            let content = serde_json::to_string(&resource)?;
-            let digest = chain::digest(chain, seq, &previous, &content);
-            rows.push(Chained {
-                chain: chain.to_owned(),
-                seq,
-                id: id.clone(),
-                recorded: event.recorded.clone(),
-                previous: std::mem::replace(&mut previous, digest.clone()),
-                digest,
-                content,
-            });
-            ids.push(id);
-        }
-        crate::store::audit::set_head_digest(connection, chain, &previous).await?;
-    }
-    crate::store::audit::insert_events(connection, &rows).await?;
-    Ok(ids)
-}
-
-/// Writes up to `limit` journaled events as AuditEvent resource rows with their search index
-/// (the projection). The events are read, parsed and indexed before the write transaction
-/// begins, so that on SQLite the write lock — which every read's journal commit also needs —
-/// is held only for the inserts; inside it, projectors are serialised and events another
-/// projector wrote meanwhile are left out. Returns how many events were pending (fewer than
-/// `limit`: the journal was fully projected when this pass began).
-pub async fn project(store: &crate::store::Store, registry: &Registry, limit: i64) -> Result<usize> {
-    let started = std::time::Instant::now();
-    let pending = {
-        let mut connection = store.connection().await?;
-        crate::store::audit::pending(&mut connection, limit).await?
-    };
-    if pending.is_empty() {
-        return Ok(0);
-    }
-    let count = pending.len();
-    let mut rows = Vec::with_capacity(count);
-    for event in pending {
-        let resource: Value = serde_json::from_str(&event.content)?;
-        let row = crate::store::BulkRow {
-            resource_type: "AuditEvent".to_owned(),
-            id: event.event_id,
-            index: registry.extract(&resource),
-            content: event.content,
-        };
-        rows.push((event.chain, event.recorded, row));
-    }
-    let prepared = started.elapsed();
-    let mut transaction = store.begin().await?;
-    let locked = started.elapsed();
-    crate::store::lock(&mut transaction, "audit-projection").await?;
-    let ids: Vec<String> = rows.iter().map(|(_, _, row)| row.id.clone()).collect();
-    let still_pending = crate::store::audit::still_pending(&mut transaction, &ids).await?;
-    rows.retain(|(_, _, row)| still_pending.contains(&row.id));
-    crate::store::audit::project(&mut transaction, &rows).await?;
-    transaction.commit().await?;
-    tracing::debug!(
-        target: "renraku::audit",
-        events = rows.len(),
-        prepare_us = prepared.as_micros(),
-        lock_wait_us = (locked - prepared).as_micros(),
-        locked_us = (started.elapsed() - locked).as_micros(),
-        "audit events projected"
-    );
-    Ok(count)
 }

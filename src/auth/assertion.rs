@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::clients::ClientConfig;
+use crate::identity::clients::ClientConfig;
 use super::OAuthError;
 
 /// The longest an assertion may live, and the clock skew tolerated beyond it.

@@ -18,16 +18,17 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
-use super::clients::{ClientConfig, ClientKind};
-use super::scopes::{ScopeContext, Scopes};
+use crate::identity::clients::{ClientConfig, ClientKind};
+use crate::identity::scopes::{ScopeContext, Scopes};
 use super::server::{narrow, Endpoints};
 use super::tokens::{self, TokenGrant};
 use super::{assertion, keys, OAuthError};
 use crate::error::{Error, Result};
 use crate::fhir::dates::format_instant;
-use crate::policy::{Actor, Principal};
+use crate::identity::{Actor, Principal};
 use crate::audit::Entity;
-use crate::service::{Context, Fhir};
+use crate::service::Fhir;
+use crate::identity::Context;
 use crate::store::auth::{self as store, SingleUse};
 
 /// Lifetime of app access tokens.
@@ -253,7 +254,7 @@ pub async fn upstream_callback(fhir: &Fhir, context: &Context, request_id: &str,
 /// Records who signed in for the pending request, in the request and in the audit trail.
 pub async fn signed_in(fhir: &Fhir, context: &Context, request_id: &str, actor: &Actor) -> Result<()> {
     let tenant = context.tenant.as_str();
-    let holder = Principal::Authenticated(Box::new(crate::policy::Authenticated {
+    let holder = Principal::Authenticated(Box::new(crate::identity::Authenticated {
         actor: actor.clone(),
         scopes: Scopes::default(),
         patient: None,
@@ -278,7 +279,7 @@ pub fn offered_scopes(pending: &Pending) -> Scopes {
 /// The persons the signed-in user may pick for `launch/patient`: the Patients the access
 /// policy lets them read (at most 100).
 pub async fn patient_choices(fhir: &Fhir, tenant: &str, actor: &Actor) -> Result<Vec<(String, String)>> {
-    let principal = Principal::Authenticated(Box::new(crate::policy::Authenticated {
+    let principal = Principal::Authenticated(Box::new(crate::identity::Authenticated {
         actor: actor.clone(),
         scopes: Scopes::parse("user/Patient.rs").unwrap_or_default(),
         patient: None,
@@ -418,7 +419,7 @@ async fn authenticate_app(fhir: &Fhir, tenant: &str, form: &[(String, String)], 
             return Err(OAuthError::invalid_client("this app must authenticate with a client assertion"));
         }
         let keys = assertion::client_keys(&client).await?;
-        let token_url = Endpoints::of(fhir, tenant).token;
+        let token_url = Endpoints::of(&fhir.config, tenant).token;
         let verified = assertion::verify(field("client_assertion").unwrap_or_default(), &client, &keys, &token_url, now.timestamp())?;
         let mut connection = fhir.store.connection().await?;
         if !tokens::record_assertion(&mut connection, now, &verified.client_id, &verified.jti, verified.expires_at).await? {
@@ -454,7 +455,7 @@ pub async fn exchange_code(fhir: &Fhir, tenant: &str, form: &[(String, String)])
     if !(43..=128).contains(&verifier.len()) || computed != record.code_challenge {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge (PKCE)"));
     }
-    if let Err(reason) = crate::policy::facts::actor_standing(&mut connection, &record.actor, now).await.map_err(OAuthError::server_error)? {
+    if let Err(reason) = crate::policy::facts::actor_standing(&mut *connection, &record.actor, now).await.map_err(OAuthError::server_error)? {
         tracing::info!(target: "renraku::auth", tenant, %reason, "code exchange refused: the actor no longer stands");
         return Err(invalid());
     }
@@ -491,7 +492,7 @@ pub async fn refresh(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Re
             return Err(invalid());
         }
     }
-    if let Err(reason) = crate::policy::facts::actor_standing(&mut connection, &record.actor, now).await.map_err(OAuthError::server_error)? {
+    if let Err(reason) = crate::policy::facts::actor_standing(&mut *connection, &record.actor, now).await.map_err(OAuthError::server_error)? {
         // The professional left (or their role ended): the whole family goes.
         tokens::revoke_family(&mut connection, &family).await?;
         tracing::info!(target: "renraku::auth", tenant, %reason, "refresh refused: the actor no longer stands");
@@ -533,7 +534,7 @@ async fn issue_app_tokens(
         "expires_in": APP_TOKEN_SECONDS,
         "scope": scopes.to_string(),
         "need_patient_banner": true,
-        "smart_style_url": format!("{}/smart-style.json", Endpoints::of(fhir, tenant).issuer),
+        "smart_style_url": format!("{}/smart-style.json", Endpoints::of(&fhir.config, tenant).issuer),
     });
     if let Some(patient) = &record.patient {
         crate::fhir::set(&mut answer, "patient", json!(patient));
@@ -576,7 +577,7 @@ async fn id_token(fhir: &Fhir, tenant: &str, connection: &mut AnyConnection, now
         Actor::TestUnrestricted => "test-suite".into(),
     };
     let mut claims = json!({
-        "iss": Endpoints::of(fhir, tenant).issuer,
+        "iss": Endpoints::of(&fhir.config, tenant).issuer,
         "sub": subject,
         "aud": record.client_id,
         "iat": now.timestamp(),

@@ -8,14 +8,12 @@
 //!   (`client_credentials`), introspection, revocation.
 //!
 //! Architecture invariant: the HTTP layer turns a request's `Authorization` header into a
-//! [`crate::policy::Principal`] only through [`tokens::verify`]; nothing else makes an
+//! [`crate::identity::Principal`] only through [`tokens::verify`]; nothing else makes an
 //! authenticated principal from a request.
 
 pub mod assertion;
-pub mod clients;
 pub mod keys;
 pub mod launch;
-pub mod scopes;
 pub mod server;
 pub mod tokens;
 pub mod upstream;

@@ -9,46 +9,25 @@ use chrono::Duration;
 use serde_json::{json, Value};
 
 use super::assertion;
-use super::clients::{ClientConfig, ClientKind};
-use super::scopes::{ResourceScope, ScopeContext, Scopes};
+use crate::identity::clients::{ClientConfig, ClientKind};
+use crate::identity::scopes::{ResourceScope, ScopeContext, Scopes};
 use super::tokens::{self, TokenGrant};
 use super::OAuthError;
-use crate::policy::{Actor, Permission, Principal};
+use crate::identity::{Actor, Permission, Principal};
 use crate::audit::Entity;
-use crate::service::{Context, Fhir};
+use crate::service::Fhir;
+use crate::identity::Context;
 
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Lifetime of backend-services access tokens.
+pub use crate::config::Endpoints;
+
 pub const SYSTEM_TOKEN_SECONDS: i64 = 300;
-
-/// The authorization server's URLs for one municipality.
-pub struct Endpoints {
-    pub issuer: String,
-    pub token: String,
-    pub authorize: String,
-    pub introspect: String,
-    pub revoke: String,
-    pub jwks: String,
-}
-
-impl Endpoints {
-    pub fn of(fhir: &Fhir, tenant: &str) -> Endpoints {
-        let issuer = format!("{}/{tenant}/auth", fhir.config.public_base_url);
-        Endpoints {
-            token: format!("{issuer}/token"),
-            authorize: format!("{issuer}/authorize"),
-            introspect: format!("{issuer}/introspect"),
-            revoke: format!("{issuer}/revoke"),
-            jwks: format!("{issuer}/jwks"),
-            issuer,
-        }
-    }
-}
 
 /// `GET /{tenant}/fhir/.well-known/smart-configuration`. The capabilities list only what
 /// this server does today.
 pub fn smart_configuration(fhir: &Fhir, tenant: &str) -> Value {
-    let endpoints = Endpoints::of(fhir, tenant);
+    let endpoints = Endpoints::of(&fhir.config, tenant);
     json!({
         "issuer": endpoints.issuer,
         "jwks_uri": endpoints.jwks,
@@ -78,7 +57,7 @@ pub fn smart_configuration(fhir: &Fhir, tenant: &str) -> Value {
 /// `GET /{tenant}/auth/.well-known/openid-configuration`: the OpenID Provider metadata of the
 /// municipality's authorization server (for the id_tokens it issues).
 pub fn openid_configuration(fhir: &Fhir, tenant: &str) -> Value {
-    let endpoints = Endpoints::of(fhir, tenant);
+    let endpoints = Endpoints::of(&fhir.config, tenant);
     json!({
         "issuer": endpoints.issuer,
         "authorization_endpoint": endpoints.authorize,
@@ -158,7 +137,7 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
     if client.awaits_approval() {
         return Err(OAuthError::unauthorized_client("this client's registration awaits approval by a second administrator"));
     }
-    let endpoints = Endpoints::of(fhir, tenant);
+    let endpoints = Endpoints::of(&fhir.config, tenant);
     let now = fhir.clock.now();
     let keys = assertion::client_keys(&client).await?;
     let verified = assertion::verify(assertion, &client, &keys, &endpoints.token, now.timestamp())?;
@@ -180,7 +159,7 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
         client_id: client.client_id.clone(),
         lifetime: Duration::seconds(SYSTEM_TOKEN_SECONDS),
     };
-    if let Err(reason) = crate::policy::facts::actor_standing(&mut connection, &grant.actor, now).await.map_err(OAuthError::server_error)? {
+    if let Err(reason) = crate::policy::facts::actor_standing(&mut *connection, &grant.actor, now).await.map_err(OAuthError::server_error)? {
         return Err(OAuthError::unauthorized_client(format!("this client cannot act now: {reason}")));
     }
     let issued = tokens::issue(&mut connection, now, &grant).await?;
@@ -237,7 +216,7 @@ pub async fn introspect(fhir: &Fhir, tenant: &str, caller: &Principal, token: &s
         "exp": info.expires_at.timestamp(),
         "iat": info.issued_at.timestamp(),
         "aud": format!("{}/{tenant}/fhir", fhir.config.public_base_url),
-        "iss": Endpoints::of(fhir, tenant).issuer,
+        "iss": Endpoints::of(&fhir.config, tenant).issuer,
     });
     if let Some(patient) = info.patient {
         crate::fhir::set(&mut answer, "patient", json!(patient));

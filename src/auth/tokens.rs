@@ -1,5 +1,5 @@
 //! Access tokens: opaque random strings whose SHA-256 digests are stored with what they
-//! grant. Every request checks its token: from the [`TokenCache`] while the `tokens`
+//! grant. Every request checks its token: from the runtime's [`TokenCache`] while the `tokens`
 //! generation (bumped in the transaction of every revocation, on whichever gateway) is the
 //! one the cache was filled at, else from the database; expiry is judged at every request,
 //! so expiry and revocation act at the next request on every gateway.
@@ -8,9 +8,10 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
-use super::scopes::Scopes;
+use crate::identity::scopes::Scopes;
 use crate::error::{Error, Result};
-use crate::policy::{Actor, Authenticated, Principal};
+use crate::identity::{Actor, Authenticated, Principal};
+use crate::runtime::{CachedToken, TokenCache};
 use crate::store::auth as store;
 
 /// What a new token stands for.
@@ -93,44 +94,6 @@ pub async fn revoke(connection: &mut AnyConnection, token: &str) -> Result<()> {
 /// Revokes a refresh-token family and the access tokens issued from it.
 pub async fn revoke_family(connection: &mut AnyConnection, family: &str) -> Result<()> {
     store::revoke_family(connection, family).await
-}
-
-/// Verified tokens as last read, valid while the `tokens` generation is unchanged. Only
-/// tokens found live are kept (a token issued after a miss is simply read next time), and
-/// at most [`TokenCache::CAPACITY`] of them: a full cache starts again empty.
-#[derive(Debug, Default)]
-pub struct TokenCache(std::sync::Mutex<CachedTokens>);
-
-#[derive(Debug, Default)]
-struct CachedTokens {
-    generation: i64,
-    by_digest: std::collections::HashMap<String, CachedToken>,
-}
-
-#[derive(Debug, Clone)]
-struct CachedToken {
-    tenant: String,
-    expires_at: String,
-    authenticated: Authenticated,
-}
-
-impl TokenCache {
-    pub const CAPACITY: usize = 100_000;
-
-    fn get(&self, generation: i64, digest: &str) -> Option<CachedToken> {
-        let cached = self.0.lock().ok()?;
-        (cached.generation == generation).then(|| cached.by_digest.get(digest).cloned()).flatten()
-    }
-
-    fn put(&self, generation: i64, digest: String, token: CachedToken) {
-        // A poisoned cache is only a cache: the database answers next time.
-        let Ok(mut cached) = self.0.lock() else { return };
-        if cached.generation != generation || cached.by_digest.len() >= Self::CAPACITY {
-            cached.by_digest.clear();
-            cached.generation = generation;
-        }
-        cached.by_digest.insert(digest, token);
-    }
 }
 
 /// The principal a bearer token presented at `tenant`'s base stands for (`None` for the

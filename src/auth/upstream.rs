@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::config::UpstreamLogin;
 use crate::error::{Error, Result};
-use crate::policy::Actor;
+use crate::identity::Actor;
 use crate::service::Fhir;
 use crate::store::facts;
 

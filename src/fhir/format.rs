@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::config::Limits;
 use crate::error::Error;
-use crate::fhir::outcome::{Issue, IssueCode};
+use crate::outcome::{Issue, IssueCode};
 
 /// A FHIR representation format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

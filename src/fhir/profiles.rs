@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::fhir::outcome::Issue;
+use crate::outcome::Issue;
 use crate::fhir::validate::schema_issue;
 
 /// The StructureDefinition files, embedded at build time (see `build.rs`).
@@ -35,7 +35,7 @@ impl CompiledProfile {
         if resource_type != self.resource_type {
             issues.push(
                 Issue::error(
-                    crate::fhir::outcome::IssueCode::Invalid,
+                    crate::outcome::IssueCode::Invalid,
                     format!("the profile '{}' applies to {}, not {resource_type}", self.url, self.resource_type),
                 )
                 .at(format!("{resource_type}.meta.profile")),

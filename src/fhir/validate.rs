@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
-use crate::fhir::outcome::{Issue, IssueCode};
+use crate::outcome::{Issue, IssueCode};
 use crate::fhir::profiles::Profiles;
 
 const SCHEMA_JSON: &str = include_str!("../../profiles/base/fhir.schema.json");

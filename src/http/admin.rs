@@ -13,18 +13,18 @@ use serde_json::{json, Value};
 use super::request::{principal, RequestId};
 use super::response::ErrorReply;
 use super::AppState;
-use crate::auth::clients::ClientConfig;
+use crate::identity::clients::ClientConfig;
 use crate::config::TenantConfig;
 use crate::error::Error;
 use crate::fhir::format::Format;
-use crate::policy::Principal;
+use crate::identity::Principal;
 
 /// The caller of an administrative endpoint (the token's principal; the service decides
 /// whether it may), with the request id its errors carry.
 pub struct AdminCaller {
     principal: Result<Principal, Error>,
     /// The audit context (the server's chain; the service names the chain it records in).
-    context: crate::service::Context,
+    context: crate::identity::Context,
     request_id: RequestId,
     query: Vec<(String, String)>,
 }
@@ -99,7 +99,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, E
 pub async fn list_tenants(State(state): State<AppState>, caller: AdminCaller) -> Response {
     let result = caller
         .principal()
-        .and_then(|p| state.fhir.list_tenants(p))
+        .and_then(|p| crate::admin::list_tenants(&state.fhir, p))
         .map(|tenants| json!({ "tenants": tenants.iter().map(|t| describe(&state, t)).collect::<Vec<_>>() }));
     caller.reply(StatusCode::OK, result)
 }
@@ -110,7 +110,7 @@ pub async fn add_tenant(State(state): State<AppState>, caller: AdminCaller, body
         caller.principal()?;
         let new: NewTenant = parse(&body, "{\"slug\", \"code\", \"name\"}")?;
         let tenant = TenantConfig { slug: new.slug, code: new.code, name: new.name, login: None };
-        state.fhir.add_tenant(&caller.context, tenant).await.map(|t| describe(&state, &t))
+        crate::admin::add_tenant(&state.fhir, &caller.context, tenant).await.map(|t| describe(&state, &t))
     };
     let result = result.await;
     caller.reply(StatusCode::CREATED, result)
@@ -121,7 +121,7 @@ pub async fn list_clients(State(state): State<AppState>, caller: AdminCaller) ->
     let result = (|| {
         let tenant = caller.query.iter().find(|(n, _)| n == "tenant").map(|(_, v)| v.clone());
         let tenant = tenant.ok_or_else(|| Error::bad_request_at("tenant is missing", "tenant"))?;
-        state.fhir.list_clients(caller.principal()?, &tenant).map(|clients| json!({ "clients": clients }))
+        crate::admin::list_clients(&state.fhir, caller.principal()?, &tenant).map(|clients| json!({ "clients": clients }))
     })();
     caller.reply(StatusCode::OK, result)
 }
@@ -131,7 +131,7 @@ pub async fn register_client(State(state): State<AppState>, caller: AdminCaller,
     let result = async {
         caller.principal()?;
         let client: ClientConfig = parse(&body, "a client registration")?;
-        state.fhir.register_client(&caller.context, client).await.map(|c| json!(c))
+        crate::admin::register_client(&state.fhir, &caller.context, client).await.map(|c| json!(c))
     };
     let result = result.await;
     caller.reply(StatusCode::CREATED, result)
@@ -145,7 +145,7 @@ pub async fn remove_client(
 ) -> Response {
     let result = async {
         caller.principal()?;
-        state.fhir.remove_client(&caller.context, &tenant, &client_id).await.map(|()| Value::Null)
+        crate::admin::remove_client(&state.fhir, &caller.context, &tenant, &client_id).await.map(|()| Value::Null)
     };
     let result = result.await;
     caller.reply(StatusCode::NO_CONTENT, result)
@@ -159,7 +159,7 @@ pub async fn approve_client(
 ) -> Response {
     let result = async {
         caller.principal()?;
-        state.fhir.approve_client(&caller.context, &tenant, &client_id).await.map(|c| json!(c))
+        crate::admin::approve_client(&state.fhir, &caller.context, &tenant, &client_id).await.map(|c| json!(c))
     };
     let result = result.await;
     caller.reply(StatusCode::OK, result)
@@ -169,7 +169,7 @@ pub async fn approve_client(
 pub async fn rotate_signing_key(State(state): State<AppState>, caller: AdminCaller) -> Response {
     let result = async {
         caller.principal()?;
-        state.fhir.rotate_signing_key(&caller.context).await.map(|kid| json!({ "kid": kid }))
+        crate::admin::rotate_signing_key(&state.fhir, &caller.context).await.map(|kid| json!({ "kid": kid }))
     };
     let result = result.await;
     caller.reply(StatusCode::OK, result)

@@ -17,7 +17,7 @@ use axum::Router;
 use crate::config::Config;
 use crate::error::Error;
 use crate::fhir::format::Format;
-use crate::fhir::outcome::{Issue, IssueCode, OperationOutcome};
+use crate::outcome::{Issue, IssueCode, OperationOutcome};
 use crate::service::history::Level;
 use crate::service::Fhir;
 

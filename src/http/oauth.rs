@@ -66,7 +66,7 @@ pub async fn smart_configuration(
 /// What every OAuth endpoint receives: the municipality, the headers and the form body.
 pub struct OAuthRequest {
     tenant: String,
-    context: crate::service::Context,
+    context: crate::identity::Context,
     headers: HeaderMap,
     form: Result<Vec<(String, String)>, OAuthError>,
 }

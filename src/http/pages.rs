@@ -16,7 +16,7 @@ use crate::auth::launch::{self, Begun, BrowserProof, BROWSER_COOKIE};
 use crate::auth::{keys, server};
 use crate::error::Error;
 use crate::fhir::format::Format;
-use crate::policy::Actor;
+use crate::identity::Actor;
 use crate::service::parse_query_string;
 
 fn escape(text: &str) -> String {
@@ -186,7 +186,7 @@ async fn consent_page(state: &AppState, tenant: &str, pending_id: &str, proof: B
     let mut patients = String::new();
     if let Some(launched) = pending.request.launch_patient.as_deref().filter(|_| offered.has("launch")) {
         patients.push_str(&format!("<p>電子カルテから起動 / Launched for: <strong>Patient/{}</strong></p>", escape(launched)));
-    } else if offered.has("launch/patient") || offered.has_context(crate::auth::scopes::ScopeContext::Patient) {
+    } else if offered.has("launch/patient") || offered.has_context(crate::identity::scopes::ScopeContext::Patient) {
         patients.push_str("<h2>患者を選択 / Choose the person</h2>");
         for (id, name) in launch::patient_choices(&state.fhir, tenant, &actor).await? {
             patients.push_str(&format!(
@@ -285,7 +285,7 @@ pub async fn mint_launch(
             .find(|(n, _)| n == "patient")
             .map(|(_, v)| v.clone())
             .ok_or_else(|| Error::bad_request_at("patient is missing", "patient"))?;
-        let context = crate::service::Context {
+        let context = crate::identity::Context {
             base_url: state.config.base_url(&tenant),
             tenant: tenant.clone(),
             principal,

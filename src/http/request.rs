@@ -12,9 +12,10 @@ use crate::error::Error;
 use crate::fhir::format::{self, Format};
 use crate::http::response::ErrorReply;
 use crate::http::AppState;
-use crate::policy::Principal;
+use crate::identity::Principal;
 use crate::service::bundle::parse_etag;
-use crate::service::{parse_query_string, Context};
+use crate::service::parse_query_string;
+use crate::identity::Context;
 
 /// The request id assigned by the request-id middleware.
 #[derive(Debug, Clone)]

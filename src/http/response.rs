@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::fhir::elements::{apply_elements, apply_summary, Summary};
 use crate::fhir::format::{render, Format};
-use crate::fhir::outcome::{Issue, OperationOutcome};
+use crate::outcome::{Issue, OperationOutcome};
 use crate::http::request::{FhirRequest, Return};
 use crate::service::Stored;
 

@@ -3,18 +3,51 @@
 //! per generation counter; and the access links CareTeams and Consents write as index rows
 //! ([`access_links`]), which the access predicate joins instead of a list of persons.
 //!
-//! The reads here are the store's deliberate grant-less paths (`store::facts`): the
-//! decision point must see the facts before it can hand out a grant.
+//! The policy reads its facts through [`FactSource`], which the store implements with its
+//! deliberate grant-less reads (`store::facts`): the decision point must see the facts
+//! before it can hand out a grant. The policy names what it needs and never runs SQL; it
+//! does not import the store (the store imports the policy, to render grants).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::AnyConnection;
 
 use super::{Actor, Environment, Interaction, Permission};
 use crate::error::Result;
 use crate::fhir::dates::format_instant;
-use crate::store::IndexEntry;
-use crate::store::facts as store_facts;
+use crate::search::IndexEntry;
+
+/// What the decision point reads from the database. Implemented by the store for a
+/// database connection (`store::facts`); inside a write's transaction the facts include the
+/// transaction's own earlier writes.
+pub trait FactSource: Send {
+    /// The generation counters (one read tells which cached facts still hold).
+    fn generations(&mut self) -> impl std::future::Future<Output = Result<Generations>> + Send;
+    /// `(id, owning municipality, content)` of every live resource of a type.
+    fn live_of_type(&mut self, resource_type: &str) -> impl std::future::Future<Output = Result<Vec<(String, String, String)>>> + Send;
+    /// `(owning municipality, content)` of one live resource.
+    fn live_resource(&mut self, resource_type: &str, id: &str) -> impl std::future::Future<Output = Result<Option<(String, String)>>> + Send;
+    /// `(id, owning municipality, content)` of live `source_type` resources whose `param`
+    /// refers to one of `targets` (`(type, id)` pairs).
+    fn referring(
+        &mut self,
+        source_type: &str,
+        param: &str,
+        targets: &[(String, String)],
+    ) -> impl std::future::Future<Output = Result<Vec<(String, String, String)>>> + Send;
+    /// The municipality owning a live resource.
+    fn tenant_of(&mut self, resource_type: &str, id: &str) -> impl std::future::Future<Output = Result<Option<String>>> + Send;
+    /// Whether `grant` sees a live resource (`resource_type/id`).
+    fn visible(&mut self, grant: &super::Grant, resource_type: &str, id: &str) -> impl std::future::Future<Output = Result<bool>> + Send;
+}
+
+/// The generation counters as one request read them: each is bumped, in the writing
+/// transaction, by every write of the facts it stands for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Generations {
+    pub agreements: i64,
+    pub directory: i64,
+    pub tokens: i64,
+}
 
 /// The identifier system of a municipality's 全国地方公共団体コード in agreements.
 pub const MUNICIPALITY_CODE_SYSTEM: &str = "https://renraku.example.jp/fhir/sid/municipality-code";
@@ -148,18 +181,18 @@ impl AgreementCache {
 }
 
 /// Every wide-area agreement (in force or not), as of the decision's time.
-pub async fn agreements(connection: &mut AnyConnection, environment: &Environment<'_>) -> Result<Vec<Agreement>> {
-    let generation = crate::store::generations(connection).await?.agreements;
+pub async fn agreements(connection: &mut impl FactSource, environment: &Environment<'_>) -> Result<Vec<Agreement>> {
+    let generation = connection.generations().await?.agreements;
     agreements_at(connection, environment, generation).await
 }
 
 /// [`agreements`], with the generation the request read.
-async fn agreements_at(connection: &mut AnyConnection, environment: &Environment<'_>, generation: i64) -> Result<Vec<Agreement>> {
+async fn agreements_at(connection: &mut impl FactSource, environment: &Environment<'_>, generation: i64) -> Result<Vec<Agreement>> {
     let terms = match environment.agreements.get(generation, environment.tenants.len()) {
         Some(terms) => terms,
         None => {
             let mut terms = Vec::new();
-            for (id, owner, content) in store_facts::live_of_type(connection, "Contract").await? {
+            for (id, owner, content) in connection.live_of_type("Contract").await? {
                 terms.extend(agreement_terms(&id, &owner, &content, environment.tenants));
             }
             let terms = std::sync::Arc::new(terms);
@@ -171,7 +204,7 @@ async fn agreements_at(connection: &mut AnyConnection, environment: &Environment
 }
 
 /// Reads the facts for a decision (`generation`: the agreements' generation it read).
-pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>, generation: i64) -> Result<World> {
+pub async fn load(connection: &mut impl FactSource, environment: &Environment<'_>, generation: i64) -> Result<World> {
     let mut world = World { agreements: agreements_at(connection, environment, generation).await?, ..World::default() };
     world.agreement_tenants = world.agreements.iter().map(|a| a.owner.clone()).collect();
     world.agreement_tenants.sort();
@@ -185,7 +218,7 @@ pub async fn load(connection: &mut AnyConnection, environment: &Environment<'_>,
 /// Organization — each live and owned by the actor's municipality. `Err(reason)` when not:
 /// a professional who left, a role set inactive or deleted, an Organization of another
 /// municipality. Checked at every decision and every refresh, so departures act at once.
-pub async fn actor_standing(connection: &mut AnyConnection, actor: &Actor, now: DateTime<Utc>) -> Result<Result<(), String>> {
+pub async fn actor_standing(connection: &mut impl FactSource, actor: &Actor, now: DateTime<Utc>) -> Result<Result<(), String>> {
     Ok(judge(actor, &standing_terms(connection, actor).await?, now))
 }
 
@@ -193,7 +226,7 @@ pub async fn actor_standing(connection: &mut AnyConnection, actor: &Actor, now: 
 /// the cache was filled at (every Organization, Practitioner and PractitionerRole write bumps
 /// it, on whichever gateway); the role's period is judged against `now` every time.
 pub async fn actor_standing_cached(
-    connection: &mut AnyConnection,
+    connection: &mut impl FactSource,
     environment: &Environment<'_>,
     generation: i64,
     actor: &Actor,
@@ -249,7 +282,7 @@ fn judge(actor: &Actor, terms: &StandingTerms, now: DateTime<Utc>) -> Result<(),
     }
 }
 
-async fn standing_terms(connection: &mut AnyConnection, actor: &Actor) -> Result<StandingTerms> {
+async fn standing_terms(connection: &mut impl FactSource, actor: &Actor) -> Result<StandingTerms> {
     let (tenant, organization) = match actor {
         Actor::Practitioner { tenant, organization, .. } | Actor::System { tenant, organization, .. } => (tenant, organization),
         _ => return Ok(Ok(None)),
@@ -259,28 +292,28 @@ async fn standing_terms(connection: &mut AnyConnection, actor: &Actor) -> Result
         (value.get("active").and_then(Value::as_bool) != Some(false)).then_some(value)
     };
     let owned_and_active = |found: Option<(String, String)>| found.filter(|(owner, _)| owner == tenant).and_then(|(_, content)| active(&content));
-    if owned_and_active(store_facts::live_resource(connection, "Organization", organization).await?).is_none() {
+    if owned_and_active(connection.live_resource("Organization", organization).await?).is_none() {
         return Ok(Err(format!("Organization/{organization} is not an active organization of this municipality")));
     }
     let Actor::Practitioner { practitioner, role, .. } = actor else { return Ok(Ok(None)) };
-    let Some(role_resource) = owned_and_active(store_facts::live_resource(connection, "PractitionerRole", role).await?) else {
+    let Some(role_resource) = owned_and_active(connection.live_resource("PractitionerRole", role).await?) else {
         return Ok(Err(format!("PractitionerRole/{role} is no longer active")));
     };
     let names = |element: &str, expected: String| reference_of(&role_resource, element).as_deref() == Some(expected.as_str());
     if !names("organization", format!("Organization/{organization}")) || !names("practitioner", format!("Practitioner/{practitioner}")) {
         return Ok(Err(format!("PractitionerRole/{role} no longer places this professional in Organization/{organization}")));
     }
-    if owned_and_active(store_facts::live_resource(connection, "Practitioner", practitioner).await?).is_none() {
+    if owned_and_active(connection.live_resource("Practitioner", practitioner).await?).is_none() {
         return Ok(Err(format!("Practitioner/{practitioner} is no longer active")));
     }
     Ok(Ok(role_resource.get("period").cloned()))
 }
 
 /// The ids of the active sharing Consents of `patients`.
-pub async fn active_consents(connection: &mut AnyConnection, environment: &Environment<'_>, patients: &[String]) -> Result<Vec<String>> {
+pub async fn active_consents(connection: &mut impl FactSource, environment: &Environment<'_>, patients: &[String]) -> Result<Vec<String>> {
     let targets: Vec<(String, String)> = patients.iter().map(|id| ("Patient".to_owned(), id.clone())).collect();
     let mut consents = Vec::new();
-    for (id, _, content) in store_facts::referring(connection, "Consent", "patient", &targets).await? {
+    for (id, _, content) in connection.referring("Consent", "patient", &targets).await? {
         if active_consent_patient(&content, environment.now).is_some() {
             consents.push(id);
         }
@@ -392,7 +425,7 @@ pub fn access_links(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
                         return None;
                     }
                     let period = intersect(team_period.clone(), period_bounds(participant.get("period")));
-                    link(crate::store::LINK_TEAM, &patient, member, period)
+                    link(crate::search::LINK_TEAM, &patient, member, period)
                 })
                 .collect();
             links.dedup();
@@ -413,7 +446,7 @@ pub fn access_links(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
             if provision.and_then(|p| p.get("type")).and_then(Value::as_str) == Some("deny") {
                 return Vec::new();
             }
-            link(crate::store::LINK_CONSENT, &patient, String::new(), period_bounds(provision.and_then(|p| p.get("period"))))
+            link(crate::search::LINK_CONSENT, &patient, String::new(), period_bounds(provision.and_then(|p| p.get("period"))))
                 .into_iter()
                 .collect()
         }

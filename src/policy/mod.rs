@@ -27,183 +27,18 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sqlx::AnyConnection;
 
-use crate::auth::scopes::{ScopeContext, Scopes};
+use crate::identity::{Actor, Authenticated, Interaction, Permission, Principal};
 use crate::config::TenantConfig;
 use crate::error::{Error, Result};
-use crate::fhir::search_params::Registry;
+use crate::search::registry::Registry;
 
 pub mod facts;
 pub mod rules;
 
+use facts::FactSource;
+
 pub use rules::Kind;
-
-/// What a caller may do to a resource: the SMART v2 permissions, in their canonical order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Permission {
-    Create,
-    Read,
-    Update,
-    Delete,
-    Search,
-}
-
-impl Permission {
-    pub const ALL: [Permission; 5] =
-        [Permission::Create, Permission::Read, Permission::Update, Permission::Delete, Permission::Search];
-
-    pub fn letter(self) -> char {
-        match self {
-            Permission::Create => 'c',
-            Permission::Read => 'r',
-            Permission::Update => 'u',
-            Permission::Delete => 'd',
-            Permission::Search => 's',
-        }
-    }
-
-}
-
-/// What the caller wants to do (FHIR RESTful interactions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interaction {
-    Read,
-    Vread,
-    HistoryInstance,
-    HistoryType,
-    HistorySystem,
-    Search,
-    Create,
-    Update,
-    Patch,
-    Delete,
-}
-
-impl Interaction {
-    /// The interaction an agreement's code names (FHIR `restful-interaction` codes; `search`
-    /// is read as `search-type`). Each code is its own: an agreement that lists `read` does
-    /// not let `vread` or `history-instance` through.
-    pub fn from_code(code: &str) -> Option<Interaction> {
-        match code {
-            "read" => Some(Interaction::Read),
-            "vread" => Some(Interaction::Vread),
-            "history-instance" => Some(Interaction::HistoryInstance),
-            "history-type" => Some(Interaction::HistoryType),
-            "history-system" => Some(Interaction::HistorySystem),
-            "search" | "search-type" => Some(Interaction::Search),
-            "create" => Some(Interaction::Create),
-            "update" => Some(Interaction::Update),
-            "patch" => Some(Interaction::Patch),
-            "delete" => Some(Interaction::Delete),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Interaction::Read => "read",
-            Interaction::Vread => "vread",
-            Interaction::HistoryInstance => "history-instance",
-            Interaction::HistoryType => "history-type",
-            Interaction::HistorySystem => "history-system",
-            Interaction::Search => "search-type",
-            Interaction::Create => "create",
-            Interaction::Update => "update",
-            Interaction::Patch => "patch",
-            Interaction::Delete => "delete",
-        }
-    }
-
-    /// The permission this interaction needs.
-    pub fn permission(self) -> Permission {
-        match self {
-            Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => Permission::Read,
-            Interaction::HistoryType | Interaction::HistorySystem | Interaction::Search => Permission::Search,
-            Interaction::Create => Permission::Create,
-            Interaction::Update | Interaction::Patch => Permission::Update,
-            Interaction::Delete => Permission::Delete,
-        }
-    }
-}
-
-/// Who a token speaks for. Stored (as JSON) with each access token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Actor {
-    /// A professional signed in through an app, acting in one PractitionerRole of one
-    /// Organization of their municipality.
-    Practitioner { tenant: String, practitioner: String, role: String, organization: String },
-    /// A backend-services client (an EHR, a vendor's system) acting for one Organization.
-    System { tenant: String, client: String, organization: String },
-    /// A municipality's administrator: directory, support-team membership, agreements they
-    /// are party to; no clinical content.
-    MunicipalAdmin { tenant: String, user: String },
-    /// A municipality's auditor: reads and searches that municipality's audit trail and
-    /// nothing else.
-    MunicipalAuditor { tenant: String, user: String },
-    /// The operator of the whole server: tenants, agreements, directories; no clinical content.
-    ServerAdmin { user: String },
-    /// Sees and writes everything in the municipality of the base it calls. Exists only in builds with the `test-support` feature,
-    /// which only the test suite enables; a token naming it fails to parse elsewhere.
-    #[cfg(feature = "test-support")]
-    TestUnrestricted,
-}
-
-impl Actor {
-    /// The municipality the actor belongs to (None for the server administrator).
-    pub fn tenant(&self) -> Option<&str> {
-        match self {
-            Actor::Practitioner { tenant, .. }
-            | Actor::System { tenant, .. }
-            | Actor::MunicipalAdmin { tenant, .. }
-            | Actor::MunicipalAuditor { tenant, .. } => Some(tenant),
-            Actor::ServerAdmin { .. } => None,
-            #[cfg(feature = "test-support")]
-            Actor::TestUnrestricted => None,
-        }
-    }
-
-    /// The Organization a practitioner or system client acts for.
-    pub fn organization(&self) -> Option<&str> {
-        match self {
-            Actor::Practitioner { organization, .. } | Actor::System { organization, .. } => Some(organization),
-            _ => None,
-        }
-    }
-
-    /// The scope contexts whose scopes this actor's tokens may use for the user's or
-    /// client's own reach (`patient/` scopes are handled separately).
-    fn scope_contexts(&self) -> &'static [ScopeContext] {
-        match self {
-            Actor::System { .. } => &[ScopeContext::System],
-            _ => &[ScopeContext::User],
-        }
-    }
-}
-
-/// A verified token's holder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authenticated {
-    pub actor: Actor,
-    pub scopes: Scopes,
-    /// The patient context of a launch (`patient/` scopes are confined to it).
-    pub patient: Option<String>,
-    pub client_id: String,
-}
-
-/// Who is asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// No credentials were presented.
-    Anonymous,
-    /// A valid access token was presented.
-    Authenticated(Box<Authenticated>),
-    /// The gateway process itself, acting for its operator in one municipality: demo
-    /// seeding and the command-line tools (`renraku generate`). Never derived from a request.
-    Operator,
-}
 
 /// A set of resource types.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +78,7 @@ pub enum Clause {
     },
     /// What `base` covers of one type, and only the resources matching one of the searches
     /// of the token's granular scopes (`patient/Observation.rs?category=…`).
-    Filtered { resource_type: String, any_of: Vec<Vec<crate::store::query::Criterion>>, base: Box<Clause> },
+    Filtered { resource_type: String, any_of: Vec<Vec<crate::search::Criterion>>, base: Box<Clause> },
 }
 
 /// Whose compartments a [`Clause::Persons`] covers.
@@ -331,7 +166,7 @@ impl WriteGrant {
     /// The persons a version with these index rows is the data of, as this grant's clauses
     /// judge it: those its index rows refer to through the clauses' parameters (for a
     /// Patient, its own id).
-    pub fn persons_of(&self, resource_type: &str, id: &str, index: &[crate::store::IndexEntry]) -> Vec<String> {
+    pub fn persons_of(&self, resource_type: &str, id: &str, index: &[crate::search::IndexEntry]) -> Vec<String> {
         if resource_type == "Patient" {
             return vec![id.to_owned()];
         }
@@ -344,7 +179,7 @@ impl WriteGrant {
             .collect();
         let mut patients: Vec<String> = Vec::new();
         for entry in index {
-            if let crate::store::IndexEntry::Reference { param, target_type, target_id, .. } = entry {
+            if let crate::search::IndexEntry::Reference { param, target_type, target_id, .. } = entry {
                 if target_type == "Patient" && person_params.contains(&param) && !patients.contains(target_id) {
                     patients.push(target_id.clone());
                 }
@@ -379,12 +214,12 @@ impl WriteGrant {
         resource_type: &str,
         id: &str,
         owner: &str,
-        index: &[crate::store::IndexEntry],
+        index: &[crate::search::IndexEntry],
         reached: &[Vec<String>],
     ) -> bool {
         let patients = self.persons_of(resource_type, id, index);
         let registrar = index.iter().find_map(|entry| match entry {
-            crate::store::IndexEntry::Reference { param, target_type, target_id, .. }
+            crate::search::IndexEntry::Reference { param, target_type, target_id, .. }
                 if resource_type == "Patient" && param == "organization" && target_type == "Organization" =>
             {
                 Some(format!("Organization/{target_id}"))
@@ -570,14 +405,14 @@ pub struct Environment<'a> {
 /// when the query is not one the server can apply (the scope then grants nothing). The
 /// search parser implements it (`service::ScopeQueries`); the policy only asks.
 pub trait CompileQuery: Sync {
-    fn compile(&self, resource_type: &str, query: &str) -> Option<Vec<crate::store::query::Criterion>>;
+    fn compile(&self, resource_type: &str, query: &str) -> Option<Vec<crate::search::Criterion>>;
 }
 
 /// Compiles no query at all: for decisions that involve no granular scope.
 pub struct NoQueries;
 
 impl CompileQuery for NoQueries {
-    fn compile(&self, _: &str, _: &str) -> Option<Vec<crate::store::query::Criterion>> {
+    fn compile(&self, _: &str, _: &str) -> Option<Vec<crate::search::Criterion>> {
         None
     }
 }
@@ -585,7 +420,7 @@ impl CompileQuery for NoQueries {
 /// Decides whether `principal` may perform `interaction` on `resource_type` (None for
 /// system-level interactions) at `tenant`'s base URL, and within what.
 pub async fn decide(
-    connection: &mut AnyConnection,
+    connection: &mut impl FactSource,
     environment: &Environment<'_>,
     principal: &Principal,
     tenant: &str,
@@ -598,7 +433,7 @@ pub async fn decide(
 }
 
 async fn decide_inner(
-    connection: &mut AnyConnection,
+    connection: &mut impl FactSource,
     environment: &Environment<'_>,
     principal: &Principal,
     tenant: &str,
@@ -645,7 +480,7 @@ async fn decide_inner(
     }
     precheck(principal, tenant, interaction, resource_type)?;
     // One read of the generation counters tells which cached facts still hold.
-    let generations = crate::store::generations(connection).await?;
+    let generations = connection.generations().await?;
     if let Err(reason) = facts::actor_standing_cached(connection, environment, generations.directory, &authenticated.actor).await? {
         return Err(Error::Unauthorized(format!("the access token no longer speaks for anyone: {reason}")));
     }
@@ -739,7 +574,7 @@ pub fn duplicate_probe_unchecked(tenant: &str) -> Grant {
 /// the agreements in force joining the two for one of the types with the permission, and
 /// the persons' active sharing consents. Read from the facts, like a decision.
 pub async fn disclosure_basis(
-    connection: &mut AnyConnection,
+    connection: &mut impl FactSource,
     environment: &Environment<'_>,
     home: &str,
     owner: &str,
@@ -761,7 +596,7 @@ pub async fn disclosure_basis(
 /// auditors of the person's municipality. Everyone else hears what a read would answer
 /// for a resource that is not there (404), or 401/403 for a refused token.
 pub async fn decide_access_report(
-    connection: &mut AnyConnection,
+    connection: &mut impl FactSource,
     environment: &Environment<'_>,
     principal: &Principal,
     tenant: &str,
@@ -769,13 +604,13 @@ pub async fn decide_access_report(
 ) -> Result<()> {
     let read = decide(connection, environment, principal, tenant, Interaction::Read, Some("Patient")).await;
     let readable = match &read {
-        Ok(grant) => crate::store::current(connection, grant, "Patient", patient).await?.is_some_and(|row| !row.deleted),
+        Ok(grant) => connection.visible(grant, "Patient", patient).await?,
         Err(_) => false,
     };
     let auditor_of_owner = match principal {
         Principal::Authenticated(authenticated) => match &authenticated.actor {
             Actor::MunicipalAuditor { tenant: home, .. } => {
-                crate::store::facts::tenant_of(connection, "Patient", patient).await?.as_deref() == Some(home.as_str())
+                connection.tenant_of("Patient", patient).await?.as_deref() == Some(home.as_str())
             }
             _ => false,
         },
@@ -815,8 +650,8 @@ pub fn require_administrator(principal: &Principal, municipality: Option<&str>) 
 /// The administrator a principal is, for the approval records of system clients (`None`
 /// for the operator, whose command-line registrations need no second administrator, and
 /// for everyone who is not an administrator).
-pub fn administrator_of(principal: &Principal) -> Option<crate::auth::clients::Administrator> {
-    use crate::auth::clients::Administrator;
+pub fn administrator_of(principal: &Principal) -> Option<crate::identity::clients::Administrator> {
+    use crate::identity::clients::Administrator;
     match principal {
         Principal::Authenticated(authenticated) => match &authenticated.actor {
             Actor::ServerAdmin { user } => Some(Administrator::Server { user: user.clone() }),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::facts::World;
 use super::{Actor, Authenticated, Clause, Environment, Interaction, Permission, Persons, Reach, ReachLevel, TypeSet};
-use crate::auth::scopes::ScopeContext;
+use crate::identity::scopes::ScopeContext;
 
 /// What kind of information a resource type holds, for the rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

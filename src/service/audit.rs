@@ -6,7 +6,7 @@
 //! work fill it in (what it returned or wrote) and closes it:
 //! - a write appends its events inside its own transaction, just before the commit
 //!   ([`Fhir::commit_audited`]), so the data and its event commit together or not at all;
-//! - a read, and any failed request, hands its events to the group-commit sink and waits
+//! - a read, and any failed request, hands its events to the group-commit recorder and waits
 //!   until they are durable ([`Fhir::finish_read`], [`Fhir::finish_write`]) — if the trail
 //!   cannot be written, the read fails instead of answering unrecorded.
 
@@ -17,9 +17,13 @@ use serde_json::{json, Value};
 use crate::audit::chain::{self, Break, Walker};
 use crate::audit::{Action, Agent, Entity, Event, EventType, Outcome};
 use crate::error::{Error, Result};
-use crate::policy::{Interaction, Permission, Principal};
-use crate::service::{Context, Fhir, MUNICIPALITY_TAG_SYSTEM};
+use crate::identity::{Interaction, Permission, Principal};
+use crate::fhir::MUNICIPALITY_TAG_SYSTEM;
+use crate::service::Fhir;
+use crate::identity::Context;
 use crate::store;
+#[cfg(feature = "test-support")]
+use crate::runtime::Failpoint;
 
 /// The event a request is building.
 pub(crate) struct Audit {
@@ -50,20 +54,6 @@ struct Crossing {
     patients: Vec<String>,
     resource_types: Vec<String>,
     entities: Vec<Entity>,
-}
-
-/// Test-only fault injection: makes the next audited write or read fail at a chosen point.
-#[cfg(feature = "test-support")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failpoint {
-    /// Storing a read's events fails (the read must fail too).
-    RecordEvents,
-    /// The process "crashes" (panics) after a write's event was appended, before the commit.
-    CrashBeforeCommit,
-    /// The database ends the write's transaction behind the driver's back (as a failed
-    /// COMMIT on a full disk does), and the write fails: the connection must not go back to
-    /// the pool in that state.
-    TransactionLostBeforeCommit,
 }
 
 /// The most journaled events one projection transaction writes: small enough that the
@@ -118,7 +108,7 @@ impl Fhir {
         if self.take_failpoint(Failpoint::RecordEvents) {
             return Err(Error::internal("failpoint: the audit trail cannot be written"));
         }
-        self.audit_sink.record(events, self.tenants()).await
+        self.recorder.record(events, self.tenants()).await
     }
 
     /// Projects every journaled event into AuditEvent resource rows (so that searches see
@@ -127,7 +117,7 @@ impl Fhir {
     pub async fn project_audit_events(&self) -> Result<usize> {
         let mut total = 0;
         loop {
-            let done = crate::audit::project(&self.store, &self.search_params, PROJECTION_BATCH).await?;
+            let done = crate::store::audit::project_pending(&self.store, &self.search_params, PROJECTION_BATCH).await?;
             total += done;
             // A partial batch took everything journaled when it started.
             if done < PROJECTION_BATCH as usize {
@@ -140,7 +130,7 @@ impl Fhir {
     /// auditor's). Never call it inside a transaction: it opens its own.
     pub(crate) async fn catch_up_audit(&self, context: &Context) -> Result<()> {
         let reads_trail = match &context.principal {
-            Principal::Authenticated(authenticated) => matches!(authenticated.actor, crate::policy::Actor::MunicipalAuditor { .. }),
+            Principal::Authenticated(authenticated) => matches!(authenticated.actor, crate::identity::Actor::MunicipalAuditor { .. }),
             _ => false,
         };
         if reads_trail {
@@ -267,7 +257,7 @@ impl Fhir {
         let mut events = extra;
         events.push(audit.event.clone());
         events.extend(disclosures);
-        crate::audit::append(&mut transaction, &self.tenants(), &events).await?;
+        crate::store::audit::append(&mut transaction, &self.tenants(), &events).await?;
         // The test suite's simulated crash (compiled only with `test-support`): a panic is
         // what a crash looks like from inside the process.
         #[cfg(feature = "test-support")]
@@ -400,25 +390,6 @@ impl Fhir {
 
     fn municipalities(&self) -> Municipalities {
         Municipalities { slugs_by_code: self.tenants().into_iter().map(|t| (t.code, t.slug)).collect() }
-    }
-
-    #[cfg(feature = "test-support")]
-    fn take_failpoint(&self, point: Failpoint) -> bool {
-        match self.failpoint.lock() {
-            Ok(mut armed) if *armed == Some(point) => {
-                *armed = None;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Arms a failpoint for the next audited interaction (tests only).
-    #[cfg(feature = "test-support")]
-    pub fn arm_failpoint(&self, point: Failpoint) {
-        if let Ok(mut armed) = self.failpoint.lock() {
-            *armed = Some(point);
-        }
     }
 
     /// `GET [base]/Patient/[id]/$access-report`: who accessed the person's data, when, and from
@@ -558,7 +529,7 @@ impl Fhir {
                 Entity::Detail { name: "export-sha256".into(), value: file_digest },
                 Entity::Detail { name: "anchor".into(), value: anchor },
             ];
-            crate::audit::append(&mut transaction, &self.tenants(), &[event]).await?;
+            crate::store::audit::append(&mut transaction, &self.tenants(), &[event]).await?;
             transaction.commit().await?;
             reports.push(PruneReport { chain: head.chain.clone(), removed, file });
         }

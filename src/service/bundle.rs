@@ -13,12 +13,13 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::fhir::outcome::Issue;
+use crate::outcome::Issue;
 use crate::fhir::references;
-use crate::policy::Interaction;
+use crate::identity::Interaction;
 use crate::audit::{Action, Entity};
 use crate::service::audit::Audit;
-use crate::service::{parse_query_string, Context, Fhir, Stored, Written};
+use crate::service::{parse_query_string, Fhir, Stored, Written};
+use crate::identity::Context;
 
 /// The HTTP method of an entry's request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 
 use serde_json::{json, Value};
 
-use crate::service::{Context, Fhir};
+use crate::service::Fhir;
+use crate::identity::Context;
 
 /// Search parameters every resource type supports today.
 const COMMON_SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
@@ -78,7 +79,7 @@ impl Fhir {
             resources.push(resource);
         }
         let name = tenant.as_ref().map(|t| t.name.as_str()).unwrap_or_default();
-        let endpoints = crate::auth::server::Endpoints::of(self, &context.tenant);
+        let endpoints = crate::config::Endpoints::of(&self.config, &context.tenant);
         json!({
             "resourceType": "CapabilityStatement",
             "status": "active",

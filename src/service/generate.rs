@@ -10,7 +10,7 @@
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::policy::{Interaction, Principal};
+use crate::identity::{Interaction, Principal};
 use crate::service::search::format_instant;
 use crate::service::Fhir;
 use crate::store::{self, BulkRow};

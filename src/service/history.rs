@@ -3,9 +3,10 @@
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::policy::Interaction;
+use crate::identity::Interaction;
 use crate::service::search::{format_instant, precision_range, DEFAULT_COUNT, MAX_COUNT};
-use crate::service::{Context, Fhir};
+use crate::service::Fhir;
+use crate::identity::Context;
 use crate::store::{self, HistoryFilter, VersionRow};
 
 /// Which history: of the whole tenant, of a type, or of one resource.

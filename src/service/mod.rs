@@ -8,26 +8,21 @@
 //!   the version row and the index rows in one database transaction.
 //! - Versions are never overwritten: an update or delete adds a version.
 
-use std::sync::Arc;
-
 use serde_json::{json, Value};
 
-use crate::clock::Clock;
-use crate::auth::clients::ClientConfig;
-use crate::config::{Config, TenantConfig};
+use crate::config::TenantConfig;
 use crate::error::{Error, Result};
-use crate::fhir::outcome::{Issue, IssueCode};
+use crate::outcome::{Issue, IssueCode};
 use crate::fhir::references::{self, Target};
-use crate::fhir::search_params::Registry;
-use crate::fhir::validate::{Validated, Validator};
-use crate::policy::{self, Grant, Interaction, Principal};
-use crate::store::{self, CurrentRow, NewVersion, Store};
+use crate::fhir::validate::Validated;
+use crate::policy::{self, Grant};
+use crate::identity::{Context, Interaction};
+use crate::store::{self, CurrentRow, NewVersion};
+use crate::runtime::Runtime;
 use crate::audit::Entity;
 use audit::Audit;
 
-/// The `meta.tag` system recording which municipality owns a resource; the code is the
-/// municipality's 全国地方公共団体コード. Set by the server on every write; clients cannot set it.
-pub const MUNICIPALITY_TAG_SYSTEM: &str = "https://renraku.example.jp/fhir/CodeSystem/owning-municipality";
+pub use crate::fhir::MUNICIPALITY_TAG_SYSTEM;
 
 pub mod audit;
 pub mod bundle;
@@ -36,37 +31,6 @@ pub mod generate;
 pub mod history;
 pub mod reindex;
 pub mod search;
-
-/// Who is asking, where, and under which request id.
-#[derive(Debug, Clone)]
-pub struct Context {
-    pub tenant: String,
-    pub principal: Principal,
-    /// This tenant's FHIR base URL as clients see it.
-    pub base_url: String,
-    pub request_id: String,
-    /// `Prefer: handling=lenient`.
-    pub lenient: bool,
-    /// The network address the request came from (for the audit trail).
-    pub client_address: Option<String>,
-    /// The purpose of use the client declared (`X-Purpose-Of-Use`, a v3 PurposeOfUse code).
-    pub purpose_of_use: Option<String>,
-}
-
-impl Context {
-    /// The operator (command line, demo seed) acting at `tenant`'s base.
-    pub fn operator(tenant: &str, base_url: String, request_id: &str) -> Context {
-        Context {
-            tenant: tenant.to_owned(),
-            principal: Principal::Operator,
-            base_url,
-            request_id: request_id.to_owned(),
-            lenient: false,
-            client_address: None,
-            purpose_of_use: None,
-        }
-    }
-}
 
 /// A resource version as returned to clients, with what the HTTP layer needs for headers.
 #[derive(Debug, Clone)]
@@ -87,250 +51,24 @@ pub struct Written {
     pub created: bool,
 }
 
-/// The gateway's FHIR engine: storage, validation and the clock.
+/// The FHIR interactions (this module and its children: read, write, search, history,
+/// bundles, the CapabilityStatement, reindexing, the audit of each interaction) over the
+/// gateway's [`Runtime`]. Dereferences to the runtime, whose parts every interaction uses.
 pub struct Fhir {
-    pub store: Store,
-    pub validator: Arc<Validator>,
-    pub search_params: Arc<Registry>,
-    pub clock: Arc<dyn Clock>,
-    pub config: Arc<Config>,
-    /// The municipalities served: the configuration file's and those an administrator added.
-    tenants: std::sync::RwLock<Vec<TenantConfig>>,
-    /// The OAuth clients registered: the configuration file's (and the demo's).
-    clients: std::sync::RwLock<Vec<ClientConfig>>,
-    /// Where reads and failures hand their audit events (group commit).
-    audit_sink: crate::audit::sink::Sink,
-    /// The wide-area agreements as last read (refreshed when their generation changes).
-    agreements: policy::facts::AgreementCache,
-    /// The standing of the directory entries tokens act through (refreshed when the
-    /// directory's generation changes).
-    standing: policy::facts::StandingCache,
-    /// Verified access tokens (refreshed when the tokens' generation changes).
-    pub tokens: crate::auth::tokens::TokenCache,
-    /// A fault the test suite armed (see [`audit::Failpoint`]).
-    #[cfg(feature = "test-support")]
-    failpoint: std::sync::Mutex<Option<audit::Failpoint>>,
+    runtime: Runtime,
+}
+
+impl std::ops::Deref for Fhir {
+    type Target = Runtime;
+
+    fn deref(&self) -> &Runtime {
+        &self.runtime
+    }
 }
 
 impl Fhir {
-    pub fn new(
-        store: Store,
-        validator: Arc<Validator>,
-        search_params: Arc<Registry>,
-        clock: Arc<dyn Clock>,
-        config: Arc<Config>,
-    ) -> Fhir {
-        let tenants = std::sync::RwLock::new(config.tenants.clone());
-        let mut registered = config.clients.clone();
-        if config.demo {
-            registered.extend(crate::auth::server::demo_clients());
-        }
-        let clients = std::sync::RwLock::new(registered);
-        let audit_sink = crate::audit::sink::Sink::start(store.clone());
-        Fhir {
-            store,
-            validator,
-            search_params,
-            clock,
-            config,
-            tenants,
-            clients,
-            audit_sink,
-            agreements: policy::facts::AgreementCache::default(),
-            standing: policy::facts::StandingCache::default(),
-            tokens: crate::auth::tokens::TokenCache::default(),
-            #[cfg(feature = "test-support")]
-            failpoint: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// The client `client_id` registered at `tenant`.
-    pub fn client(&self, tenant: &str, client_id: &str) -> Option<ClientConfig> {
-        read_lock(&self.clients).iter().find(|c| c.tenant == tenant && c.client_id == client_id).cloned()
-    }
-
-    /// The municipalities served now.
-    pub fn tenants(&self) -> Vec<TenantConfig> {
-        read_lock(&self.tenants).clone()
-    }
-
-    pub fn tenant(&self, slug: &str) -> Option<TenantConfig> {
-        read_lock(&self.tenants).iter().find(|t| t.slug == slug).cloned()
-    }
-
-    /// Adds the municipalities and clients stored by earlier `add_tenant` and
-    /// `register_client` calls (at start-up).
-    pub async fn load_stored_tenants(&self) -> Result<()> {
-        let mut connection = self.store.connection().await?;
-        let clients = store::tenants::list_clients(&mut connection).await?;
-        let stored = store::tenants::list(&mut connection).await?;
-        let mut registered = write_lock(&self.clients)?;
-        for client in clients {
-            if !registered.iter().any(|c| c.tenant == client.tenant && c.client_id == client.client_id) {
-                registered.push(client);
-            }
-        }
-        drop(registered);
-        let mut tenants = write_lock(&self.tenants)?;
-        for tenant in stored {
-            if !tenants.iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
-                tenants.push(tenant);
-            }
-        }
-        Ok(())
-    }
-
-    /// `POST /admin/tenants`: a server administrator adds a municipality; its base URL
-    /// answers at once. Recorded in the new municipality's chain (a refusal in the server's).
-    pub async fn add_tenant(&self, context: &Context, tenant: TenantConfig) -> Result<TenantConfig> {
-        let result = self.add_tenant_unaudited(&context.principal, tenant.clone()).await;
-        let chain = if result.is_ok() { tenant.slug.clone() } else { crate::audit::SERVER_CHAIN.to_owned() };
-        let entities = vec![Entity::Detail { name: "municipality".into(), value: format!("{} {} {}", tenant.slug, tenant.code, tenant.name) }];
-        self.record_administration(context, &chain, "tenant-add", result.as_ref().map(|_| ()), entities).await?;
-        result
-    }
-
-    async fn add_tenant_unaudited(&self, principal: &Principal, tenant: TenantConfig) -> Result<TenantConfig> {
-        policy::require_administrator(principal, None)?;
-        crate::config::check_tenant(&tenant).map_err(Error::bad_request)?;
-        if self.tenants().iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
-            return Err(Error::Conflict(format!("a municipality with the slug '{}' or the code '{}' exists", tenant.slug, tenant.code)));
-        }
-        let mut connection = self.store.connection().await?;
-        store::tenants::insert(&mut connection, &tenant, &self.now()).await?;
-        write_lock(&self.tenants)?.push(tenant.clone());
-        tracing::info!(target: "renraku::admin", slug = %tenant.slug, code = %tenant.code, "municipality added");
-        Ok(tenant)
-    }
-
-    /// The chain that records administration of `tenant`'s clients.
-    fn administration_chain(&self, tenant: &str) -> String {
-        if self.tenant(tenant).is_some() {
-            tenant.to_owned()
-        } else {
-            crate::audit::SERVER_CHAIN.to_owned()
-        }
-    }
-
-    /// `POST /admin/clients`: registers an OAuth client at its municipality.
-    pub async fn register_client(&self, context: &Context, client: ClientConfig) -> Result<ClientConfig> {
-        let result = self.register_client_unaudited(&context.principal, client.clone()).await;
-        let entities = vec![Entity::Detail { name: "client_id".into(), value: client.client_id.clone() }];
-        let chain = self.administration_chain(&client.tenant);
-        self.record_administration(context, &chain, "client-register", result.as_ref().map(|_| ()), entities).await?;
-        result
-    }
-
-    async fn register_client_unaudited(&self, principal: &Principal, mut client: ClientConfig) -> Result<ClientConfig> {
-        policy::require_administrator(principal, Some(&client.tenant))?;
-        client.check().map_err(Error::bad_request)?;
-        if self.tenant(&client.tenant).is_none() {
-            return Err(Error::bad_request_at(format!("no municipality '{}' is served", client.tenant), "tenant"));
-        }
-        if self.client(&client.tenant, &client.client_id).is_some() {
-            return Err(Error::Conflict(format!("a client '{}' is already registered at '{}'", client.client_id, client.tenant)));
-        }
-        let mut connection = self.store.connection().await?;
-        if client.kind == crate::auth::clients::ClientKind::System {
-            // A backend service acts for an Organization of its own municipality, never
-            // another's; and it needs a second administrator before it gets a token.
-            let organization = client.organization.clone().unwrap_or_default();
-            let owner = store::facts::tenant_of(&mut connection, "Organization", &organization).await?;
-            if owner.as_deref() != Some(client.tenant.as_str()) {
-                return Err(Error::unprocessable(
-                    Issue::error(IssueCode::BusinessRule, format!("'{}' has no Organization '{organization}' in its directory", client.tenant))
-                        .at("organization"),
-                ));
-            }
-            client.approval = policy::administrator_of(principal)
-                .map(|registered_by| crate::auth::clients::Approval { registered_by, approved_by: None });
-        } else {
-            client.approval = None;
-        }
-        store::tenants::insert_client(&mut connection, &client, &self.now()).await?;
-        write_lock(&self.clients)?.push(client.clone());
-        tracing::info!(target: "renraku::admin", tenant = %client.tenant, client = %client.client_id, "client registered");
-        Ok(client)
-    }
-
-    /// `POST /admin/clients/{tenant}/{client_id}/approve`: the second administrator approves
-    /// a system client's registration (see [`crate::auth::clients::Approval`]).
-    pub async fn approve_client(&self, context: &Context, tenant: &str, client_id: &str) -> Result<ClientConfig> {
-        let result = self.approve_client_unaudited(&context.principal, tenant, client_id).await;
-        let entities = vec![Entity::Detail { name: "client_id".into(), value: client_id.to_owned() }];
-        let chain = self.administration_chain(tenant);
-        self.record_administration(context, &chain, "client-approve", result.as_ref().map(|_| ()), entities).await?;
-        result
-    }
-
-    async fn approve_client_unaudited(&self, principal: &Principal, tenant: &str, client_id: &str) -> Result<ClientConfig> {
-        policy::require_administrator(principal, Some(tenant))?;
-        let not_found = || Error::NotFound(format!("a registration of client '{client_id}' at '{tenant}' awaiting approval"));
-        let mut client = self.client(tenant, client_id).filter(ClientConfig::awaits_approval).ok_or_else(not_found)?;
-        let approver = policy::administrator_of(principal).ok_or_else(|| Error::Forbidden("only an administrator approves clients".into()))?;
-        let approval = client.approval.as_mut().ok_or_else(not_found)?;
-        if !approval.may_be_approved_by(&approver, tenant) {
-            return Err(Error::Forbidden(
-                "a system client is approved by the other administrator: the server administrator for a municipality's registration, the municipality's for the server's".into(),
-            ));
-        }
-        approval.approved_by = Some(approver);
-        let mut connection = self.store.connection().await?;
-        store::tenants::update_client(&mut connection, &client).await?;
-        let mut registered = write_lock(&self.clients)?;
-        registered.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
-        registered.push(client.clone());
-        tracing::info!(target: "renraku::admin", tenant, client = client_id, "client approved");
-        Ok(client)
-    }
-
-    /// `GET /admin/clients?tenant=…`: the clients the caller may manage.
-    pub fn list_clients(&self, principal: &Principal, tenant: &str) -> Result<Vec<ClientConfig>> {
-        policy::require_administrator(principal, Some(tenant))?;
-        Ok(read_lock(&self.clients).iter().filter(|c| c.tenant == tenant).cloned().collect())
-    }
-
-    /// `DELETE /admin/clients/{tenant}/{client_id}`: removes a registration made through the
-    /// admin API (the configuration file's stay until the file changes). Tokens already
-    /// issued to the client stay valid until they expire or are revoked.
-    pub async fn remove_client(&self, context: &Context, tenant: &str, client_id: &str) -> Result<()> {
-        let result = self.remove_client_unaudited(&context.principal, tenant, client_id).await;
-        let entities = vec![Entity::Detail { name: "client_id".into(), value: client_id.to_owned() }];
-        let chain = self.administration_chain(tenant);
-        self.record_administration(context, &chain, "client-remove", result.as_ref().map(|_| ()), entities).await?;
-        result
-    }
-
-    async fn remove_client_unaudited(&self, principal: &Principal, tenant: &str, client_id: &str) -> Result<()> {
-        policy::require_administrator(principal, Some(tenant))?;
-        let mut connection = self.store.connection().await?;
-        if !store::tenants::delete_client(&mut connection, tenant, client_id).await? {
-            return Err(Error::NotFound(format!("the run-time registration of client '{client_id}' at '{tenant}'")));
-        }
-        write_lock(&self.clients)?.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
-        Ok(())
-    }
-
-    /// `POST /admin/signing-keys/rotate`: a new key signs id_tokens from now on; the old ones
-    /// stay published until every token they signed has expired.
-    pub async fn rotate_signing_key(&self, context: &Context) -> Result<String> {
-        let result = async {
-            policy::require_administrator(&context.principal, None)?;
-            let mut connection = self.store.connection().await?;
-            let kid = crate::auth::keys::rotate(&mut connection, self.clock.now()).await?;
-            tracing::info!(target: "renraku::admin", %kid, "signing key rotated");
-            Ok(kid)
-        }
-        .await;
-        let entities = result.iter().map(|kid| Entity::Detail { name: "kid".into(), value: kid.clone() }).collect();
-        self.record_administration(context, crate::audit::SERVER_CHAIN, "signing-key-rotate", result.as_ref().map(|_| ()), entities).await?;
-        result
-    }
-
-    /// `GET /admin/tenants`
-    pub fn list_tenants(&self, principal: &Principal) -> Result<Vec<TenantConfig>> {
-        policy::require_administrator(principal, None)?;
-        Ok(self.tenants())
+    pub fn new(runtime: Runtime) -> Fhir {
+        Fhir { runtime }
     }
 
     fn check_type(&self, resource_type: &str) -> Result<()> {
@@ -341,7 +79,7 @@ impl Fhir {
         }
     }
 
-    fn now(&self) -> String {
+    pub(crate) fn now(&self) -> String {
         search::format_instant(self.clock.now())
     }
 
@@ -935,9 +673,9 @@ impl Fhir {
         }
         if grant.filters(resource_type) {
             // A granular scope: what was written must match its search, or nothing is kept.
-            let query = store::query::SearchQuery {
+            let query = crate::search::SearchQuery {
                 resource_types: vec![resource_type.to_owned()],
-                criteria: vec![store::query::Criterion::Id(vec![id.to_owned()])],
+                criteria: vec![crate::search::Criterion::Id(vec![id.to_owned()])],
                 sort: Vec::new(),
                 cursor: None,
                 limit: 1,
@@ -952,7 +690,7 @@ impl Fhir {
     /// A resource's index rows: its search parameters' values and the access links it
     /// establishes (CareTeam, Consent). Every writer of index rows (writes, reindex, data
     /// generation) extracts them here.
-    pub(crate) fn index_of(&self, resource_type: &str, resource: &Value) -> Vec<store::IndexEntry> {
+    pub(crate) fn index_of(&self, resource_type: &str, resource: &Value) -> Vec<crate::search::IndexEntry> {
         let mut index = self.search_params.extract(resource);
         index.extend(policy::facts::access_links(resource_type, resource));
         index
@@ -960,15 +698,15 @@ impl Fhir {
 
     /// Replaces the `_tag` rows of `index` with those of `resource`'s tags (after the owner's
     /// tag was stamped), instead of extracting every parameter a second time.
-    fn index_owner_tag(&self, index: &mut Vec<store::IndexEntry>, resource: &Value) {
-        index.retain(|entry| !matches!(entry, store::IndexEntry::Token { param, .. } if param == "_tag"));
+    fn index_owner_tag(&self, index: &mut Vec<crate::search::IndexEntry>, resource: &Value) {
+        index.retain(|entry| !matches!(entry, crate::search::IndexEntry::Token { param, .. } if param == "_tag"));
         let tags = self.search_params.extract_params(resource, &["_tag".to_owned()]);
         index.extend(tags);
     }
 
     /// The persons whose compartments a resource is in: a Patient's own id, else the Patients
     /// its compartment parameters refer to.
-    fn compartment_patients(&self, resource_type: &str, id: &str, index: &[store::IndexEntry]) -> Vec<String> {
+    fn compartment_patients(&self, resource_type: &str, id: &str, index: &[crate::search::IndexEntry]) -> Vec<String> {
         if resource_type == "Patient" {
             return vec![id.to_owned()];
         }
@@ -976,7 +714,7 @@ impl Fhir {
         let mut patients: Vec<String> = index
             .iter()
             .filter_map(|entry| match entry {
-                store::IndexEntry::Reference { param, target_type, target_id, .. }
+                crate::search::IndexEntry::Reference { param, target_type, target_id, .. }
                     if target_type == "Patient" && params.contains(param) =>
                 {
                     Some(target_id.clone())
@@ -1202,22 +940,11 @@ pub(crate) struct ScopeQueries<'a> {
 }
 
 impl policy::CompileQuery for ScopeQueries<'_> {
-    fn compile(&self, resource_type: &str, query: &str) -> Option<Vec<store::Criterion>> {
+    fn compile(&self, resource_type: &str, query: &str) -> Option<Vec<crate::search::Criterion>> {
         let pairs = parse_query_string(query);
         let parsed = search::parse(&self.fhir.search_params, resource_type, &pairs, false, self.base_url, &self.fhir.config.limits).ok()?;
         (!parsed.criteria.is_empty()).then_some(parsed.criteria)
     }
-}
-
-/// Reads a registry (municipalities, clients). A writer that panicked leaves the list as it
-/// was before or after its one push or removal, so the value is still good to read.
-fn read_lock<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Writes a registry; a poisoned lock is an error, never a write silently dropped.
-fn write_lock<T>(lock: &std::sync::RwLock<T>) -> Result<std::sync::RwLockWriteGuard<'_, T>> {
-    lock.write().map_err(|_| Error::internal("a registry lock is poisoned (a writer panicked); restart the gateway"))
 }
 
 /// Serialises conditional interactions on one municipality's resources of one type, so

@@ -9,14 +9,17 @@ use serde_json::{json, Value};
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::fhir::elements::{apply_elements, apply_summary, Summary};
-use crate::fhir::search_params::{ParamType, Registry};
+use crate::search::registry::{ParamType, Registry};
 use crate::fhir::text::normalize;
 use crate::audit::Entity;
-use crate::policy::{Grant, Interaction};
+use crate::policy::Grant;
+use crate::identity::Interaction;
 use crate::service::history::link;
-use crate::service::{Context, Fhir};
+use crate::service::Fhir;
+use crate::identity::Context;
 use crate::store::query;
-use crate::store::{Criterion, Cursor, CurrentRow, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, SearchQuery, SortKey};
+use crate::store::CurrentRow;
+use crate::search::{Criterion, Cursor, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, SearchQuery, SortKey};
 
 /// URL query parameters as decoded name/value pairs.
 type Pairs = Vec<(String, String)>;

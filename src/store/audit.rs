@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, Row};
 use super::query::BulkValue as V;
 use super::BulkRow;
 use crate::audit::chain::{Head, Link, GENESIS};
-use crate::audit::Chained;
+use crate::audit::{Chained, Event};
 use crate::error::Result;
 
 /// Takes the chain's head (creating it at the genesis), locking it until the transaction
@@ -106,7 +106,7 @@ pub async fn still_pending(connection: &mut AnyConnection, event_ids: &[String])
 }
 
 /// Writes the AuditEvent resource, version and index rows of journal rows and marks them
-/// projected. The caller holds the projection lock (see `audit::project`).
+/// projected. The caller holds the projection lock (see [`project_pending`]).
 pub async fn project(connection: &mut AnyConnection, rows: &[(String, String, BulkRow)]) -> Result<()> {
     super::insert_new_rows(connection, rows).await?;
     for chunk in rows.chunks(500) {
@@ -240,4 +240,95 @@ pub async fn events_about_patient(connection: &mut AnyConnection, patient: &str,
     .fetch_all(connection)
     .await?;
     rows.iter().map(|row| Ok(row.try_get("content")?)).collect()
+}
+
+/// Appends `events` to their chains inside the caller's transaction: each chain's head is
+/// locked (in chain order, so two appenders never wait on each other crosswise), every event
+/// gets the next sequence number and its predecessor's digest, and the chained events are
+/// journaled. Call it once per transaction, last before the commit, so the head lock is held
+/// briefly.
+pub async fn append(connection: &mut AnyConnection, tenants: &[crate::config::TenantConfig], events: &[Event]) -> Result<Vec<String>> {
+    let mut chains: Vec<&str> = events.iter().map(|e| e.chain.as_str()).collect();
+    chains.sort_unstable();
+    chains.dedup();
+    let names = |slug: &str| tenants.iter().find(|t| t.slug == slug).map(|t| (t.code.clone(), t.name.clone()));
+    let mut ids = Vec::with_capacity(events.len());
+    let mut rows = Vec::with_capacity(events.len());
+    for chain in chains {
+        let members: Vec<&Event> = events.iter().filter(|e| e.chain == chain).collect();
+        let count = i64::try_from(members.len()).map_err(crate::error::Error::internal)?;
+        let (last_seq, mut previous) = advance_head(connection, chain, count).await?;
+        let owner = names(chain);
+        let mut seq = last_seq - count;
+        for event in members {
+            seq += 1;
+            // Time-ordered ids (UUID version 7): the projection's inserts into every
+            // (resource_type, id) index land at the index's right edge instead of on a random
+            // page each, which is most of what projecting an event costs.
+            let id = uuid::Uuid::now_v7().to_string();
+            let resource = event.to_resource(&id, seq, &previous, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names);
+            let content = serde_json::to_string(&resource)?;
+            let digest = crate::audit::chain::digest(chain, seq, &previous, &content);
+            rows.push(Chained {
+                chain: chain.to_owned(),
+                seq,
+                id: id.clone(),
+                recorded: event.recorded.clone(),
+                previous: std::mem::replace(&mut previous, digest.clone()),
+                digest,
+                content,
+            });
+            ids.push(id);
+        }
+        set_head_digest(connection, chain, &previous).await?;
+    }
+    insert_events(connection, &rows).await?;
+    Ok(ids)
+}
+
+/// Writes up to `limit` journaled events as AuditEvent resource rows with their search index
+/// (the projection). The events are read, parsed and indexed before the write transaction
+/// begins, so that on SQLite the write lock — which every read's journal commit also needs —
+/// is held only for the inserts; inside it, projectors are serialised and events another
+/// projector wrote meanwhile are left out. Returns how many events were pending (fewer than
+/// `limit`: the journal was fully projected when this pass began).
+pub async fn project_pending(store: &super::Store, registry: &crate::search::Registry, limit: i64) -> Result<usize> {
+    let started = std::time::Instant::now();
+    let pending = {
+        let mut connection = store.connection().await?;
+        pending(&mut connection, limit).await?
+    };
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let count = pending.len();
+    let mut rows = Vec::with_capacity(count);
+    for event in pending {
+        let resource: serde_json::Value = serde_json::from_str(&event.content)?;
+        let row = BulkRow {
+            resource_type: "AuditEvent".to_owned(),
+            id: event.event_id,
+            index: registry.extract(&resource),
+            content: event.content,
+        };
+        rows.push((event.chain, event.recorded, row));
+    }
+    let prepared = started.elapsed();
+    let mut transaction = store.begin().await?;
+    let locked = started.elapsed();
+    super::lock(&mut transaction, "audit-projection").await?;
+    let ids: Vec<String> = rows.iter().map(|(_, _, row)| row.id.clone()).collect();
+    let still_pending = still_pending(&mut transaction, &ids).await?;
+    rows.retain(|(_, _, row)| still_pending.contains(&row.id));
+    project(&mut transaction, &rows).await?;
+    transaction.commit().await?;
+    tracing::debug!(
+        target: "renraku::audit",
+        events = rows.len(),
+        prepare_us = prepared.as_micros(),
+        lock_wait_us = (locked - prepared).as_micros(),
+        locked_us = (started.elapsed() - locked).as_micros(),
+        "audit events projected"
+    );
+    Ok(count)
 }

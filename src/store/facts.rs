@@ -11,6 +11,35 @@ use sqlx::{AnyConnection, Row};
 
 use super::query::Sql;
 use crate::error::Result;
+use crate::policy::facts::{FactSource, Generations};
+use crate::policy::Grant;
+
+/// The policy's facts, read on a database connection (or inside a transaction).
+impl FactSource for AnyConnection {
+    async fn generations(&mut self) -> Result<Generations> {
+        super::generations(self).await
+    }
+
+    async fn live_of_type(&mut self, resource_type: &str) -> Result<Vec<(String, String, String)>> {
+        live_of_type(self, resource_type).await
+    }
+
+    async fn live_resource(&mut self, resource_type: &str, id: &str) -> Result<Option<(String, String)>> {
+        live_resource(self, resource_type, id).await
+    }
+
+    async fn referring(&mut self, source_type: &str, param: &str, targets: &[(String, String)]) -> Result<Vec<(String, String, String)>> {
+        referring(self, source_type, param, targets).await
+    }
+
+    async fn tenant_of(&mut self, resource_type: &str, id: &str) -> Result<Option<String>> {
+        tenant_of(self, resource_type, id).await
+    }
+
+    async fn visible(&mut self, grant: &Grant, resource_type: &str, id: &str) -> Result<bool> {
+        Ok(super::current(self, grant, resource_type, id).await?.is_some_and(|row| !row.deleted))
+    }
+}
 
 /// `(id, tenant, content)` of every live resource of a type.
 pub(crate) async fn live_of_type(connection: &mut AnyConnection, resource_type: &str) -> Result<Vec<(String, String, String)>> {

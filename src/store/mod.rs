@@ -19,6 +19,7 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
 
 use crate::error::{Error, Result};
 use crate::policy::{Grant, WriteGrant};
+use crate::search::IndexEntry;
 
 pub mod audit;
 pub mod auth;
@@ -26,7 +27,7 @@ pub(crate) mod facts;
 pub mod query;
 pub mod tenants;
 
-pub use query::{BulkValue, Criterion, Cursor, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, Page, SearchQuery, SortKey};
+pub use query::{BulkValue, Page};
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,28 +117,6 @@ pub struct NewVersion<'a> {
     /// by which this version is judged for as long as it is kept.
     pub index: &'a [IndexEntry],
 }
-
-/// One index row of a resource, for one of the index tables (see `migrations/`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum IndexEntry {
-    String { param: String, normalized: String, exact: String },
-    Token { param: String, system: String, code: String, text: String },
-    Reference { param: String, target_type: String, target_id: String, url: String, identifier_system: String, identifier_value: String },
-    Date { param: String, low: String, high: String },
-    Number { param: String, value: f64, system: String, code: String },
-    Uri { param: String, uri: String },
-    /// A link by which an actor (`member`: `PractitionerRole/…` or `Organization/…`) or,
-    /// for a consent, the person's team (`member` empty) reaches a person, in `[valid_from,
-    /// valid_to)` (fixed-width UTC text; see `migrations/*/0013_access_links.sql`). Derived by
-    /// the policy (`policy::facts::access_links`) from CareTeams and Consents; the access
-    /// predicate joins these rows instead of binding the persons an actor reaches.
-    AccessLink { kind: String, patient: String, member: String, valid_from: String, valid_to: String },
-}
-
-/// The `kind` of an [`IndexEntry::AccessLink`] that places an actor on a person's team.
-pub const LINK_TEAM: &str = "team";
-/// The `kind` of an [`IndexEntry::AccessLink`] recording the person's active sharing consent.
-pub const LINK_CONSENT: &str = "consent";
 
 /// Which part of the history to list.
 #[derive(Debug, Clone, Default)]
@@ -660,13 +639,7 @@ pub async fn generations(connection: &mut AnyConnection) -> Result<Generations> 
     Ok(generations)
 }
 
-/// The generation counters as one request read them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Generations {
-    pub agreements: i64,
-    pub directory: i64,
-    pub tokens: i64,
-}
+pub use crate::policy::facts::Generations;
 
 pub(crate) async fn bump_generation(connection: &mut AnyConnection, name: &str) -> Result<()> {
     sqlx::query("UPDATE generations SET counter = counter + 1 WHERE name = $1").bind(name).execute(connection).await?;

@@ -26,13 +26,13 @@ pub async fn insert(connection: &mut AnyConnection, tenant: &TenantConfig, creat
 }
 
 /// OAuth clients registered at run time.
-pub async fn list_clients(connection: &mut AnyConnection) -> Result<Vec<crate::auth::clients::ClientConfig>> {
+pub async fn list_clients(connection: &mut AnyConnection) -> Result<Vec<crate::identity::clients::ClientConfig>> {
     let rows = sqlx::query("SELECT registration FROM clients ORDER BY tenant, client_id").fetch_all(connection).await?;
     rows.iter().map(|row| Ok(serde_json::from_str(&row.try_get::<String, _>("registration")?)?)).collect()
 }
 
 /// Stores a client registration; a taken id at the municipality is a conflict.
-pub async fn insert_client(connection: &mut AnyConnection, client: &crate::auth::clients::ClientConfig, created_at: &str) -> Result<()> {
+pub async fn insert_client(connection: &mut AnyConnection, client: &crate::identity::clients::ClientConfig, created_at: &str) -> Result<()> {
     let result = sqlx::query("INSERT INTO clients (tenant, client_id, registration, created_at) VALUES ($1, $2, $3, $4)")
         .bind(&client.tenant)
         .bind(&client.client_id)
@@ -44,7 +44,7 @@ pub async fn insert_client(connection: &mut AnyConnection, client: &crate::auth:
 }
 
 /// Replaces a stored registration (its approval changed).
-pub async fn update_client(connection: &mut AnyConnection, client: &crate::auth::clients::ClientConfig) -> Result<()> {
+pub async fn update_client(connection: &mut AnyConnection, client: &crate::identity::clients::ClientConfig) -> Result<()> {
     sqlx::query("UPDATE clients SET registration = $1 WHERE tenant = $2 AND client_id = $3")
         .bind(serde_json::to_string(client)?)
         .bind(&client.tenant)

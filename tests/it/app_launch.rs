@@ -333,10 +333,10 @@ async fn ehr_launch(backend: Backend) {
 async fn confidential_app(backend: Backend) {
     let server = Server::start_with(backend, |config| {
         config.demo = true;
-        config.clients.push(renraku::auth::clients::ClientConfig {
+        config.clients.push(renraku::identity::clients::ClientConfig {
             client_id: "confidential-app".into(),
             tenant: "ina".into(),
-            kind: renraku::auth::clients::ClientKind::ConfidentialAsymmetric,
+            kind: renraku::identity::clients::ClientKind::ConfidentialAsymmetric,
             name: "院内アプリ".into(),
             organization: None,
             redirect_uris: vec![REDIRECT.into()],

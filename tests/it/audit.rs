@@ -5,8 +5,8 @@
 //! municipality's trail and nothing else; the access report; retention pruning.
 
 use axum::http::Method;
-use renraku::policy::Actor;
-use renraku::service::audit::Failpoint;
+use renraku::identity::Actor;
+use renraku::runtime::Failpoint;
 use serde_json::{json, Value};
 
 use crate::both_backends;

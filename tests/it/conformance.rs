@@ -40,7 +40,7 @@ async fn responses_are_valid_r4(backend: Backend) {
     ];
     // The audit trail those requests left (every kind of event shape: reads, searches,
     // writes, a transaction, failures) is valid R4 too.
-    let auditor = renraku::policy::Actor::MunicipalAuditor { tenant: "ina".into(), user: "auditor".into() };
+    let auditor = renraku::identity::Actor::MunicipalAuditor { tenant: "ina".into(), user: "auditor".into() };
     let token = server.token("ina", auditor, "user/AuditEvent.rs", None).await;
     let trail = server.get_with("/ina/fhir/AuditEvent?_count=100", &[("authorization", &format!("Bearer {token}"))]).await;
     assert!(trail.json()["entry"].as_array().is_some_and(|entries| entries.len() >= 15), "{}", trail.text());

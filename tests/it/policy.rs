@@ -3,7 +3,7 @@
 //! spans municipalities; consent withdrawn, agreement ended, a professional leaving the team.
 
 use axum::http::Method;
-use renraku::policy::Actor;
+use renraku::identity::Actor;
 use serde_json::{json, Value};
 
 use crate::both_backends;

@@ -253,7 +253,7 @@ async fn check_world(backend: Backend, seed: u64) {
         let caller: Caller = match &professional.role {
             Some(_) => practitioner(&server, tenant, &professional.name, &professional.organization, "user/*.cruds").await,
             None => {
-                let actor = renraku::policy::Actor::System { tenant: tenant.into(), client: professional.name.clone(), organization: professional.organization.clone() };
+                let actor = renraku::identity::Actor::System { tenant: tenant.into(), client: professional.name.clone(), organization: professional.organization.clone() };
                 Caller { tenant: tenant.into(), token: server.token(tenant, actor, "system/*.cruds", None).await }
             }
         };

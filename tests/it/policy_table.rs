@@ -7,7 +7,7 @@
 //! resource (else it answers 204 and removes nothing). The audit trail's events are the
 //! server's own: a create, update or delete of one answers 405 for everyone (also "-").
 
-use renraku::policy::Actor;
+use renraku::identity::Actor;
 use serde_json::{json, Value};
 
 use crate::both_backends;

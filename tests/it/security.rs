@@ -25,7 +25,7 @@
 //! | Concurrent conditional creates duplicate a person (structure issue) | `concurrency::concurrent_conditional_creates_as_the_care_manager` |
 
 use axum::http::Method;
-use renraku::policy::Actor;
+use renraku::identity::Actor;
 use serde_json::{json, Value};
 
 use crate::app_launch::{exchange, form, launch, param, pkce, Browser};
@@ -501,7 +501,7 @@ async fn m5_revoking_a_refresh_token_revokes_its_family(backend: Backend) {
 /// behind the driver's back (what a failed COMMIT does); every later write must succeed.
 async fn m6_a_lost_transaction_does_not_poison_the_pool(backend: Backend) {
     let server = Server::start(backend).await;
-    server.fhir().arm_failpoint(renraku::service::audit::Failpoint::TransactionLostBeforeCommit);
+    server.fhir().arm_failpoint(renraku::runtime::Failpoint::TransactionLostBeforeCommit);
     let lost = server.post("/ina/fhir/Patient", &json!({ "resourceType": "Patient", "gender": "female" })).await;
     lost.expect(500);
     assert_eq!(lost.json()["resourceType"], "OperationOutcome");

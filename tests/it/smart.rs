@@ -214,8 +214,8 @@ async fn introspection_and_revocation(backend: Backend) {
     // An expired token is refused like a revoked one.
     let grant = renraku::auth::tokens::TokenGrant {
         tenant: "ina".into(),
-        actor: renraku::policy::Actor::System { tenant: "ina".into(), client: "demo-ehr-ina".into(), organization: "demo-ina-central-hospital".into() },
-        scopes: renraku::auth::scopes::Scopes::parse("system/*.rs").expect("scopes"),
+        actor: renraku::identity::Actor::System { tenant: "ina".into(), client: "demo-ehr-ina".into(), organization: "demo-ina-central-hospital".into() },
+        scopes: renraku::identity::scopes::Scopes::parse("system/*.rs").expect("scopes"),
         patient: None,
         client_id: "demo-ehr-ina".into(),
         lifetime: chrono::Duration::seconds(-1),
@@ -311,10 +311,10 @@ async fn keys_by_url(backend: Backend) {
     let registered_url = jwks_url.clone();
     let server = Server::start_with(backend, move |config| {
         config.demo = true;
-        config.clients.push(renraku::auth::clients::ClientConfig {
+        config.clients.push(renraku::identity::clients::ClientConfig {
             client_id: "url-keyed".into(),
             tenant: "ina".into(),
-            kind: renraku::auth::clients::ClientKind::System,
+            kind: renraku::identity::clients::ClientKind::System,
             name: String::new(),
             organization: Some("demo-ina-central-hospital".into()),
             redirect_uris: Vec::new(),
@@ -357,7 +357,7 @@ async fn granular_scopes(backend: Backend) {
     };
     let lab = server.create("minamiminowa", &observation("laboratory")).await;
     let vital = server.create("minamiminowa", &observation("vital-signs")).await;
-    let doctor = renraku::policy::Actor::Practitioner {
+    let doctor = renraku::identity::Actor::Practitioner {
         tenant: "ina".into(),
         practitioner: "demo-dr-tanaka".into(),
         role: "demo-role-dr-tanaka".into(),

@@ -175,7 +175,7 @@ async fn login_through_the_municipality_provider(backend: Backend) {
     assert!(stranger.text().contains("no professional"), "{}", stranger.text());
 
     // The trail has the sign-ins (one accepted, two refused) and the token events, in order.
-    let auditor = renraku::policy::Actor::MunicipalAuditor { tenant: "ina".into(), user: "auditor".into() };
+    let auditor = renraku::identity::Actor::MunicipalAuditor { tenant: "ina".into(), user: "auditor".into() };
     let token = server.token("ina", auditor, "user/AuditEvent.rs", None).await;
     let trail = server
         .get_with("/ina/fhir/AuditEvent?type=110114&_sort=date&_count=100", &[("authorization", &format!("Bearer {token}"))])

@@ -9,7 +9,7 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Event;
+use crate::audit::Event;
 use crate::config::TenantConfig;
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -25,16 +25,16 @@ struct Job {
 
 /// The handle requests use to record their events.
 #[derive(Clone)]
-pub struct Sink {
+pub struct Recorder {
     sender: mpsc::Sender<Job>,
 }
 
-impl Sink {
+impl Recorder {
     /// Starts the writer task on the current runtime.
-    pub fn start(store: Store) -> Sink {
+    pub fn start(store: Store) -> Recorder {
         let (sender, receiver) = mpsc::channel(4096);
         tokio::spawn(write_batches(store, receiver));
-        Sink { sender }
+        Recorder { sender }
     }
 
     /// Stores `events` durably; returns once they are committed.
@@ -87,7 +87,7 @@ async fn commit(store: &Store, tenants: &[TenantConfig], events: &[Event]) -> Re
     let started = std::time::Instant::now();
     let mut transaction = store.begin().await?;
     let locked = started.elapsed();
-    super::append(&mut transaction, tenants, events).await?;
+    crate::store::audit::append(&mut transaction, tenants, events).await?;
     transaction.commit().await?;
     tracing::trace!(target: "renraku::audit", lock_wait_us = locked.as_micros(), "audit batch lock wait");
     Ok(())

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::fhir::text::normalize;
-pub use crate::store::IndexEntry;
+pub use super::index::IndexEntry;
 use crate::fhir::dates::{format_instant, precision_range};
 
 const SEARCH_PARAMETERS_JSON: &str = include_str!("../../conformance/search-parameters.json");

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::policy::Permission;
+use crate::identity::Permission;
 
 /// The context a resource scope applies in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

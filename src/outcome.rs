@@ -121,7 +121,7 @@ impl Issue {
             "diagnostics": self.diagnostics,
         });
         if !self.expression.is_empty() {
-            crate::fhir::set(&mut issue, "expression", json!(self.expression));
+            set(&mut issue, "expression", json!(self.expression));
         }
         issue
     }
@@ -153,9 +153,16 @@ impl OperationOutcome {
         };
         let mut outcome = json!({ "resourceType": "OperationOutcome" });
         if let Some(request_id) = &self.request_id {
-            crate::fhir::set(&mut outcome, "id", json!(request_id));
+            set(&mut outcome, "id", json!(request_id));
         }
-        crate::fhir::set(&mut outcome, "issue", json!(issues));
+        set(&mut outcome, "issue", json!(issues));
         outcome
+    }
+}
+
+/// Sets `key` on a JSON object (the outcome and its issues are always objects).
+fn set(target: &mut Value, key: &str, value: Value) {
+    if let Some(object) = target.as_object_mut() {
+        object.insert(key.to_owned(), value);
     }
 }

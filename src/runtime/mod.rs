@@ -1,0 +1,219 @@
+//! The running gateway's parts, apart from what it does with them: the store, the
+//! validator and the search parameter registry, the clock and the configuration, the
+//! directories of municipalities and OAuth clients (the configuration file's and those
+//! administrators added), the audit recorder for reads, and the caches of facts and tokens.
+//! The FHIR interactions (`service`), sign-in and tokens (`auth`) and administration
+//! (`admin`) are built on it; it knows none of them.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::{Config, TenantConfig};
+use crate::error::{Error, Result};
+use crate::fhir::validate::Validator;
+use crate::identity::clients::ClientConfig;
+use crate::identity::Authenticated;
+use crate::policy;
+use crate::search::Registry;
+use crate::store::{self, Store};
+
+pub mod recorder;
+
+/// Everything a running gateway holds.
+pub struct Runtime {
+    pub store: Store,
+    pub validator: Arc<Validator>,
+    pub search_params: Arc<Registry>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<Config>,
+    /// The municipalities served: the configuration file's and those an administrator added.
+    tenants: std::sync::RwLock<Vec<TenantConfig>>,
+    /// The OAuth clients registered: the configuration file's (and the demo's).
+    clients: std::sync::RwLock<Vec<ClientConfig>>,
+    /// Where reads and failures hand their audit events (group commit).
+    pub(crate) recorder: recorder::Recorder,
+    /// The wide-area agreements as last read (refreshed when their generation changes).
+    pub(crate) agreements: policy::facts::AgreementCache,
+    /// The standing of the directory entries tokens act through (refreshed when the
+    /// directory's generation changes).
+    pub(crate) standing: policy::facts::StandingCache,
+    /// Verified access tokens (refreshed when the tokens' generation changes).
+    pub tokens: TokenCache,
+    /// A fault the test suite armed (see [`Failpoint`]).
+    #[cfg(feature = "test-support")]
+    failpoint: std::sync::Mutex<Option<Failpoint>>,
+}
+
+impl Runtime {
+    /// Assembles the runtime; `clients` are the OAuth clients registered before start (the
+    /// configuration file's, and the demo's in demo mode). Starts the audit recorder's task.
+    pub fn new(
+        store: Store,
+        validator: Arc<Validator>,
+        search_params: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+        clients: Vec<ClientConfig>,
+    ) -> Runtime {
+        let tenants = std::sync::RwLock::new(config.tenants.clone());
+        let recorder = recorder::Recorder::start(store.clone());
+        Runtime {
+            store,
+            validator,
+            search_params,
+            clock,
+            config,
+            tenants,
+            clients: std::sync::RwLock::new(clients),
+            recorder,
+            agreements: policy::facts::AgreementCache::default(),
+            standing: policy::facts::StandingCache::default(),
+            tokens: TokenCache::default(),
+            #[cfg(feature = "test-support")]
+            failpoint: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The client `client_id` registered at `tenant`.
+    pub fn client(&self, tenant: &str, client_id: &str) -> Option<ClientConfig> {
+        read_lock(&self.clients).iter().find(|c| c.tenant == tenant && c.client_id == client_id).cloned()
+    }
+
+    /// The clients registered at `tenant`.
+    pub fn clients_of(&self, tenant: &str) -> Vec<ClientConfig> {
+        read_lock(&self.clients).iter().filter(|c| c.tenant == tenant).cloned().collect()
+    }
+
+    /// The municipalities served now.
+    pub fn tenants(&self) -> Vec<TenantConfig> {
+        read_lock(&self.tenants).clone()
+    }
+
+    pub fn tenant(&self, slug: &str) -> Option<TenantConfig> {
+        read_lock(&self.tenants).iter().find(|t| t.slug == slug).cloned()
+    }
+
+    /// Adds a municipality to the directory (the caller stored it).
+    pub(crate) fn insert_tenant(&self, tenant: TenantConfig) -> Result<()> {
+        write_lock(&self.tenants)?.push(tenant);
+        Ok(())
+    }
+
+    /// Adds or replaces a client's registration in the directory (the caller stored it).
+    pub(crate) fn put_client(&self, client: ClientConfig) -> Result<()> {
+        let mut registered = write_lock(&self.clients)?;
+        registered.retain(|c| !(c.tenant == client.tenant && c.client_id == client.client_id));
+        registered.push(client);
+        Ok(())
+    }
+
+    /// Removes a client's registration from the directory (the caller deleted it).
+    pub(crate) fn forget_client(&self, tenant: &str, client_id: &str) -> Result<()> {
+        write_lock(&self.clients)?.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
+        Ok(())
+    }
+
+    /// Adds the municipalities and clients stored by earlier `add_tenant` and
+    /// `register_client` calls (at start-up).
+    pub async fn load_stored_tenants(&self) -> Result<()> {
+        let mut connection = self.store.connection().await?;
+        let clients = store::tenants::list_clients(&mut connection).await?;
+        let stored = store::tenants::list(&mut connection).await?;
+        let mut registered = write_lock(&self.clients)?;
+        for client in clients {
+            if !registered.iter().any(|c| c.tenant == client.tenant && c.client_id == client.client_id) {
+                registered.push(client);
+            }
+        }
+        drop(registered);
+        let mut tenants = write_lock(&self.tenants)?;
+        for tenant in stored {
+            if !tenants.iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
+                tenants.push(tenant);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "test-support")]
+    pub(crate) fn take_failpoint(&self, point: Failpoint) -> bool {
+        match self.failpoint.lock() {
+            Ok(mut armed) if *armed == Some(point) => {
+                *armed = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Arms a failpoint for the next audited interaction (tests only).
+    #[cfg(feature = "test-support")]
+    pub fn arm_failpoint(&self, point: Failpoint) {
+        if let Ok(mut armed) = self.failpoint.lock() {
+            *armed = Some(point);
+        }
+    }
+}
+
+/// Test-only fault injection: makes the next audited write or read fail at a chosen point.
+#[cfg(feature = "test-support")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// Storing a read's events fails (the read must fail too).
+    RecordEvents,
+    /// The process "crashes" (panics) after a write's event was appended, before the commit.
+    CrashBeforeCommit,
+    /// The database ends the write's transaction behind the driver's back (as a failed
+    /// COMMIT on a full disk does), and the write fails: the connection must not go back to
+    /// the pool in that state.
+    TransactionLostBeforeCommit,
+}
+
+/// Reads a registry (municipalities, clients). A writer that panicked leaves the list as it
+/// was before or after its one push or removal, so the value is still good to read.
+fn read_lock<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes a registry; a poisoned lock is an error, never a write silently dropped.
+fn write_lock<T>(lock: &std::sync::RwLock<T>) -> Result<std::sync::RwLockWriteGuard<'_, T>> {
+    lock.write().map_err(|_| Error::internal("a registry lock is poisoned (a writer panicked); restart the gateway"))
+}
+
+/// Verified tokens as last read, valid while the `tokens` generation is unchanged. Only
+/// tokens found live are kept (a token issued after a miss is simply read next time), and
+/// at most [`TokenCache::CAPACITY`] of them: a full cache starts again empty.
+#[derive(Debug, Default)]
+pub struct TokenCache(std::sync::Mutex<CachedTokens>);
+
+#[derive(Debug, Default)]
+struct CachedTokens {
+    generation: i64,
+    by_digest: std::collections::HashMap<String, CachedToken>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CachedToken {
+    pub(crate) tenant: String,
+    pub(crate) expires_at: String,
+    pub(crate) authenticated: Authenticated,
+}
+
+impl TokenCache {
+    pub const CAPACITY: usize = 100_000;
+
+    pub(crate) fn get(&self, generation: i64, digest: &str) -> Option<CachedToken> {
+        let cached = self.0.lock().ok()?;
+        (cached.generation == generation).then(|| cached.by_digest.get(digest).cloned()).flatten()
+    }
+
+    pub(crate) fn put(&self, generation: i64, digest: String, token: CachedToken) {
+        // A poisoned cache is only a cache: the database answers next time.
+        let Ok(mut cached) = self.0.lock() else { return };
+        if cached.generation != generation || cached.by_digest.len() >= Self::CAPACITY {
+            cached.by_digest.clear();
+            cached.generation = generation;
+        }
+        cached.by_digest.insert(digest, token);
+    }
+}
