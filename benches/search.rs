@@ -114,7 +114,8 @@ async fn main() {
         registry: &fhir.search_params,
         tenants: &fhir.config.tenants,
         now: fhir.clock.now(),
-        compile_query: &renraku::policy::NoQueries,
+        base_url: "",
+        limits: &fhir.config.limits,
         agreements: &renraku::policy::facts::AgreementCache::default(),
         standing: &renraku::policy::facts::StandingCache::default(),
     };

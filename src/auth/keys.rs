@@ -10,7 +10,6 @@ use chrono::{DateTime, Duration, Utc};
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use serde_json::{json, Value};
-use sqlx::AnyConnection;
 
 use crate::error::{Error, Result};
 use crate::fhir::dates::format_instant;
@@ -38,7 +37,7 @@ fn generate() -> Result<(String, String, Value)> {
     Ok((kid, pem, jwk))
 }
 
-async fn insert(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<SigningKey> {
+async fn insert(connection: &mut crate::store::Db, now: DateTime<Utc>) -> Result<SigningKey> {
     let (kid, pem, jwk) = tokio::task::spawn_blocking(generate).await.map_err(Error::internal)??;
     store::insert_signing_key(connection, &kid, &pem, &jwk.to_string(), &format_instant(now)).await?;
     tracing::info!(target: "renraku::auth", %kid, "signing key created");
@@ -46,7 +45,7 @@ async fn insert(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<Si
 }
 
 /// The key that signs now (made if there is none).
-pub async fn current(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<SigningKey> {
+pub async fn current(connection: &mut crate::store::Db, now: DateTime<Utc>) -> Result<SigningKey> {
     match store::newest_signing_key(connection).await? {
         Some((kid, private_pem)) => Ok(SigningKey { kid, private_pem }),
         None => insert(connection, now).await,
@@ -54,13 +53,13 @@ pub async fn current(connection: &mut AnyConnection, now: DateTime<Utc>) -> Resu
 }
 
 /// Makes a new signing key; the previous ones keep verifying for the grace period.
-pub async fn rotate(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<String> {
+pub async fn rotate(connection: &mut crate::store::Db, now: DateTime<Utc>) -> Result<String> {
     store::retire_signing_keys(connection, &format_instant(now + Duration::hours(RETIREMENT_GRACE_HOURS))).await?;
     Ok(insert(connection, now).await?.kid)
 }
 
 /// The published JWK Set: every key not yet past its retirement.
-pub async fn jwks(connection: &mut AnyConnection, now: DateTime<Utc>) -> Result<Value> {
+pub async fn jwks(connection: &mut crate::store::Db, now: DateTime<Utc>) -> Result<Value> {
     let keys: Vec<Value> = store::published_signing_keys(connection, &format_instant(now))
         .await?
         .iter()

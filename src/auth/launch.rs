@@ -16,7 +16,6 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::AnyConnection;
 
 use crate::identity::clients::{ClientConfig, ClientKind};
 use crate::identity::scopes::{ScopeContext, Scopes};
@@ -513,7 +512,7 @@ pub async fn refresh(fhir: &Fhir, tenant: &str, form: &[(String, String)]) -> Re
 async fn issue_app_tokens(
     fhir: &Fhir,
     tenant: &str,
-    connection: &mut AnyConnection,
+    connection: &mut crate::store::Db,
     now: DateTime<Utc>,
     record: GrantRecord,
     family: &str,
@@ -567,7 +566,7 @@ pub fn fhir_user(fhir: &Fhir, tenant: &str, actor: &Actor) -> Option<String> {
     }
 }
 
-async fn id_token(fhir: &Fhir, tenant: &str, connection: &mut AnyConnection, now: DateTime<Utc>, record: &GrantRecord) -> Result<String, OAuthError> {
+async fn id_token(fhir: &Fhir, tenant: &str, connection: &mut crate::store::Db, now: DateTime<Utc>, record: &GrantRecord) -> Result<String, OAuthError> {
     let key = keys::current(connection, now).await?;
     let subject = match &record.actor {
         Actor::Practitioner { practitioner, .. } => practitioner.clone(),

@@ -6,7 +6,6 @@
 
 use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::AnyConnection;
 
 use crate::identity::scopes::Scopes;
 use crate::error::{Error, Result};
@@ -44,25 +43,25 @@ fn random_token() -> String {
 }
 
 /// Issues a new access token.
-pub async fn issue(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant) -> Result<Issued> {
+pub async fn issue(connection: &mut crate::store::Db, now: DateTime<Utc>, grant: &TokenGrant) -> Result<Issued> {
     let token = random_token();
     insert(connection, now, grant, &token, None).await
 }
 
 /// Issues a new access token of an app's refresh-token family: revoking the family (a
 /// refresh token revoked, or reused) revokes this token too.
-pub async fn issue_in_family(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant, family: &str) -> Result<Issued> {
+pub async fn issue_in_family(connection: &mut crate::store::Db, now: DateTime<Utc>, grant: &TokenGrant, family: &str) -> Result<Issued> {
     let token = random_token();
     insert(connection, now, grant, &token, Some(family)).await
 }
 
 /// Stores `token` (chosen by the caller) for `grant`; only the demo's documented tokens
 /// are made this way.
-pub async fn store(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant, token: &str) -> Result<Issued> {
+pub async fn store(connection: &mut crate::store::Db, now: DateTime<Utc>, grant: &TokenGrant, token: &str) -> Result<Issued> {
     insert(connection, now, grant, token, None).await
 }
 
-async fn insert(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &TokenGrant, token: &str, family: Option<&str>) -> Result<Issued> {
+async fn insert(connection: &mut crate::store::Db, now: DateTime<Utc>, grant: &TokenGrant, token: &str, family: Option<&str>) -> Result<Issued> {
     let expires_at = now + grant.lifetime;
     let principal = serde_json::to_string(&grant.actor)?;
     let row = store::NewAccessToken {
@@ -83,7 +82,7 @@ async fn insert(connection: &mut AnyConnection, now: DateTime<Utc>, grant: &Toke
 /// Revokes a token, access or refresh; unknown tokens are ignored (RFC 7009). A refresh
 /// token takes its whole family with it: every refresh token rotated from the same
 /// authorization and every access token issued from them (RFC 7009 §2.1).
-pub async fn revoke(connection: &mut AnyConnection, token: &str) -> Result<()> {
+pub async fn revoke(connection: &mut crate::store::Db, token: &str) -> Result<()> {
     store::revoke_access_token(connection, &digest(token)).await?;
     if let Some(family) = store::refresh_family_of(connection, &digest(token)).await? {
         revoke_family(connection, &family).await?;
@@ -92,7 +91,7 @@ pub async fn revoke(connection: &mut AnyConnection, token: &str) -> Result<()> {
 }
 
 /// Revokes a refresh-token family and the access tokens issued from it.
-pub async fn revoke_family(connection: &mut AnyConnection, family: &str) -> Result<()> {
+pub async fn revoke_family(connection: &mut crate::store::Db, family: &str) -> Result<()> {
     store::revoke_family(connection, family).await
 }
 
@@ -100,7 +99,7 @@ pub async fn revoke_family(connection: &mut AnyConnection, family: &str) -> Resu
 /// gateway's own administrative endpoints, which check the principal themselves). Every
 /// failure is the same 401 to the client (the log says which), so probing learns nothing.
 pub async fn verify(
-    connection: &mut AnyConnection,
+    connection: &mut crate::store::Db,
     cache: &TokenCache,
     now: DateTime<Utc>,
     tenant: Option<&str>,
@@ -144,7 +143,7 @@ pub async fn verify(
 /// Records that `client_id` used the assertion `jti` (expiring at `expires_at`, seconds
 /// since the epoch). False if it was used before: a replay.
 pub async fn record_assertion(
-    connection: &mut AnyConnection,
+    connection: &mut crate::store::Db,
     now: DateTime<Utc>,
     client_id: &str,
     jti: &str,
@@ -167,7 +166,7 @@ pub struct TokenInfo {
 }
 
 /// The token's details if it is active (known, unexpired, unrevoked) and for `tenant`.
-pub async fn describe(connection: &mut AnyConnection, now: DateTime<Utc>, tenant: &str, token: &str) -> Result<Option<TokenInfo>> {
+pub async fn describe(connection: &mut crate::store::Db, now: DateTime<Utc>, tenant: &str, token: &str) -> Result<Option<TokenInfo>> {
     let Some(row) = store::access_token(connection, &digest(token)).await? else { return Ok(None) };
     if row.revoked || row.expires_at <= crate::fhir::dates::format_instant(now) || row.tenant != tenant {
         return Ok(None);

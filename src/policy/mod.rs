@@ -392,29 +392,15 @@ pub struct Environment<'a> {
     pub registry: &'a Registry,
     pub tenants: &'a [TenantConfig],
     pub now: DateTime<Utc>,
-    /// Turns granular scopes' queries into search criteria.
-    pub compile_query: &'a dyn CompileQuery,
+    /// The request's FHIR base URL and the search limits, against which granular scopes'
+    /// queries are parsed into search criteria.
+    pub base_url: &'a str,
+    pub limits: &'a crate::config::Limits,
     /// The agreements as last read (checked against their generation at every decision).
     pub agreements: &'a facts::AgreementCache,
     /// The actors' directory standing as last read (checked against the directory's
     /// generation at every decision).
     pub standing: &'a facts::StandingCache,
-}
-
-/// Turns a granular scope's query (`category=…`) on a type into search criteria; `None`
-/// when the query is not one the server can apply (the scope then grants nothing). The
-/// search parser implements it (`service::ScopeQueries`); the policy only asks.
-pub trait CompileQuery: Sync {
-    fn compile(&self, resource_type: &str, query: &str) -> Option<Vec<crate::search::Criterion>>;
-}
-
-/// Compiles no query at all: for decisions that involve no granular scope.
-pub struct NoQueries;
-
-impl CompileQuery for NoQueries {
-    fn compile(&self, _: &str, _: &str) -> Option<Vec<crate::search::Criterion>> {
-        None
-    }
 }
 
 /// Decides whether `principal` may perform `interaction` on `resource_type` (None for

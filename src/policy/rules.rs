@@ -94,7 +94,7 @@ fn apply_granular(
             .iter()
             .flat_map(|c| authenticated.scopes.granular_queries(*c, resource_type, permission))
             .collect();
-        let any_of: Vec<_> = queries.iter().filter_map(|q| environment.compile_query.compile(resource_type, q)).collect();
+        let any_of: Vec<_> = queries.iter().filter_map(|q| crate::search::parse::scope_query(environment.registry, resource_type, q, environment.base_url, environment.limits)).collect();
         (!any_of.is_empty()).then(|| Clause::Filtered { resource_type: resource_type.to_owned(), any_of, base: Box::new(base) })
     };
     let mut result = Vec::new();

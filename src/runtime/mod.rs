@@ -167,6 +167,9 @@ pub enum Failpoint {
     /// COMMIT on a full disk does), and the write fails: the connection must not go back to
     /// the pool in that state.
     TransactionLostBeforeCommit,
+    /// The next search first runs a statement that takes 30 s on the database (PostgreSQL),
+    /// standing in for an expensive query whose request is abandoned.
+    SlowStatement,
 }
 
 /// Reads a registry (municipalities, clients). A writer that panicked leaves the list as it

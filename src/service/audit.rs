@@ -279,7 +279,7 @@ impl Fhir {
     /// [`Fhir::commit_audited`] to append with the transaction's own event.
     pub(crate) async fn entry_events(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         context: &Context,
         entries: Vec<(Audit, Option<Value>)>,
     ) -> Result<Vec<Event>> {
@@ -337,7 +337,7 @@ impl Fhir {
     /// the data, the recipient, and the agreements and consents the disclosure rested on.
     async fn disclosures(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         context: &Context,
         audit: &Audit,
         crossings: BTreeMap<String, Crossing>,
@@ -347,7 +347,7 @@ impl Fhir {
             EventType::Security(subtype) | EventType::Administration(subtype) => subtype,
         };
         let tenants = self.tenants();
-        let environment = self.environment(&tenants, &crate::policy::NoQueries);
+        let environment = self.environment(&tenants, &context.base_url);
         let mut events = Vec::with_capacity(crossings.len());
         for (owner, crossing) in crossings {
             let basis = crate::policy::disclosure_basis(
@@ -487,7 +487,7 @@ impl Fhir {
     /// chain at the last removed event. The pruning is itself recorded in the chain. A chain
     /// that does not verify is not pruned.
     pub async fn prune_audit_trail(&self, directory: &std::path::Path) -> Result<Vec<PruneReport>> {
-        let cutoff = crate::service::search::format_instant(self.clock.now() - chrono::Duration::days(self.config.audit_retention_days));
+        let cutoff = crate::fhir::dates::format_instant(self.clock.now() - chrono::Duration::days(self.config.audit_retention_days));
         self.project_audit_events().await?;
         let verified = self.verify_audit_trail(None).await?;
         if let Some(broken) = verified.iter().find_map(|r| r.broken.as_ref()) {

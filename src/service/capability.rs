@@ -83,7 +83,7 @@ impl Fhir {
         json!({
             "resourceType": "CapabilityStatement",
             "status": "active",
-            "date": crate::service::search::format_instant(self.clock.now()),
+            "date": crate::fhir::dates::format_instant(self.clock.now()),
             "publisher": "Renraku",
             "kind": "instance",
             "software": { "name": "Renraku", "version": env!("CARGO_PKG_VERSION") },

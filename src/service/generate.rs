@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::identity::{Interaction, Principal};
-use crate::service::search::format_instant;
+use crate::fhir::dates::format_instant;
 use crate::service::Fhir;
 use crate::store::{self, BulkRow};
 

@@ -4,7 +4,8 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::identity::Interaction;
-use crate::service::search::{format_instant, precision_range, DEFAULT_COUNT, MAX_COUNT};
+use crate::fhir::dates::{format_instant, precision_range};
+use crate::service::search::{DEFAULT_COUNT, MAX_COUNT};
 use crate::service::Fhir;
 use crate::identity::Context;
 use crate::store::{self, HistoryFilter, VersionRow};

@@ -80,47 +80,41 @@ impl Fhir {
     }
 
     pub(crate) fn now(&self) -> String {
-        search::format_instant(self.clock.now())
+        crate::fhir::dates::format_instant(self.clock.now())
     }
 
     /// Asks the decision point, reading its facts through `connection` (inside a
     /// transaction, the facts include the transaction's own earlier writes).
     pub(crate) async fn decide(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         context: &Context,
         interaction: Interaction,
         resource_type: Option<&str>,
     ) -> Result<Grant> {
         let tenants = self.tenants();
-        let queries = self.scope_queries(context);
-        let environment = self.environment(&tenants, &queries);
+        let environment = self.environment(&tenants, &context.base_url);
         policy::decide(connection, &environment, &context.principal, &context.tenant, interaction, resource_type).await
     }
 
     /// Whether the caller may read `patient`'s `$access-report` (the rule is the policy's).
-    pub(crate) async fn decide_access_report(&self, connection: &mut sqlx::AnyConnection, context: &Context, patient: &str) -> Result<()> {
+    pub(crate) async fn decide_access_report(&self, connection: &mut crate::store::Db, context: &Context, patient: &str) -> Result<()> {
         let tenants = self.tenants();
-        let queries = self.scope_queries(context);
-        let environment = self.environment(&tenants, &queries);
+        let environment = self.environment(&tenants, &context.base_url);
         policy::decide_access_report(connection, &environment, &context.principal, &context.tenant, patient).await
     }
 
     /// What a decision reads besides the request and the facts.
-    pub(crate) fn environment<'a>(&'a self, tenants: &'a [TenantConfig], queries: &'a dyn policy::CompileQuery) -> policy::Environment<'a> {
+    pub(crate) fn environment<'a>(&'a self, tenants: &'a [TenantConfig], base_url: &'a str) -> policy::Environment<'a> {
         policy::Environment {
             registry: &self.search_params,
             tenants,
             now: self.clock.now(),
-            compile_query: queries,
+            base_url,
+            limits: &self.config.limits,
             agreements: &self.agreements,
             standing: &self.standing,
         }
-    }
-
-    /// The search parser, for compiling granular scopes at `context`'s base.
-    fn scope_queries<'a>(&'a self, context: &'a Context) -> ScopeQueries<'a> {
-        ScopeQueries { fhir: self, base_url: &context.base_url }
     }
 
     /// [`Fhir::decide`] on a connection of its own.
@@ -405,7 +399,7 @@ impl Fhir {
     /// silently, and showing the match would disclose it.
     pub(crate) async fn match_for_write(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         context: &Context,
         resource_type: &str,
         condition: &str,
@@ -438,7 +432,7 @@ impl Fhir {
     /// A patch is computed from the stored resource (and its `test` operations probe it),
     /// so the caller must be able to read what it patches: without the read permission the
     /// answer is 403, and a resource it cannot read is not there (404).
-    pub(crate) async fn require_readable(&self, connection: &mut sqlx::AnyConnection, context: &Context, resource_type: &str, id: &str) -> Result<()> {
+    pub(crate) async fn require_readable(&self, connection: &mut crate::store::Db, context: &Context, resource_type: &str, id: &str) -> Result<()> {
         let read = self.decide(connection, context, Interaction::Read, Some(resource_type)).await.map_err(|error| match error {
             Error::Forbidden(_) => {
                 Error::Forbidden(format!("a patch reads what it changes: the access token's scopes must allow 'r' on {resource_type}"))
@@ -455,7 +449,7 @@ impl Fhir {
     /// than one match is a 412.
     async fn match_one(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         context: &Context,
         grant: &Grant,
         resource_type: &str,
@@ -485,7 +479,7 @@ impl Fhir {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn update_in(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         grant: &policy::WriteGrant,
         resource_type: &str,
         id: &str,
@@ -539,7 +533,7 @@ impl Fhir {
 
     pub(crate) async fn patch_in(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         grant: &policy::WriteGrant,
         resource_type: &str,
         id: &str,
@@ -575,7 +569,7 @@ impl Fhir {
 
     pub(crate) async fn delete_in(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         grant: &policy::WriteGrant,
         resource_type: &str,
         id: &str,
@@ -620,7 +614,7 @@ impl Fhir {
     #[allow(clippy::too_many_arguments)]
     async fn write_version(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         grant: &policy::WriteGrant,
         resource_type: &str,
         id: &str,
@@ -732,7 +726,7 @@ impl Fhir {
     /// anything else to the municipality whose base received it.
     async fn owner_for_new(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         grant: &Grant,
         resource_type: &str,
         patients: &[String],
@@ -766,7 +760,7 @@ impl Fhir {
     /// registered the person (see [`Grant::may_manage_registration`]).
     async fn check_registration_change(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         grant: &Grant,
         resource_type: &str,
         current: Option<&CurrentRow>,
@@ -803,7 +797,7 @@ impl Fhir {
     /// wide-area agreement joins the two.
     async fn check_team_participants(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         grant: &Grant,
         owner: &str,
         team: &Value,
@@ -842,7 +836,7 @@ impl Fhir {
     /// transaction Bundle's entries are written, so entries may refer to each other.
     pub(crate) async fn check_references(
         &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut crate::store::Db,
         context: &Context,
         grant: &Grant,
         written: &[Stored],
@@ -915,7 +909,7 @@ fn registrar_of(content: &str) -> Option<String> {
 /// municipality: a role in another municipality's Organization would let that
 /// municipality's administrator borrow the Organization's access to persons. Missing and
 /// foreign Organizations get the same answer, so the check reveals nothing.
-async fn check_role_organization(connection: &mut sqlx::AnyConnection, owner: &str, role: &Value) -> Result<()> {
+async fn check_role_organization(connection: &mut crate::store::Db, owner: &str, role: &Value) -> Result<()> {
     let Some(reference) = role.pointer("/organization/reference").and_then(Value::as_str) else { return Ok(()) };
     let organization = policy::facts::local_reference(reference).and_then(|r| r.strip_prefix("Organization/").map(str::to_owned));
     let owned = match &organization {
@@ -932,24 +926,9 @@ async fn check_role_organization(connection: &mut sqlx::AnyConnection, owner: &s
     }
 }
 
-/// The search parser as the policy's compiler of granular scopes: a scope's query is
-/// parsed like a search at the request's base.
-pub(crate) struct ScopeQueries<'a> {
-    fhir: &'a Fhir,
-    base_url: &'a str,
-}
-
-impl policy::CompileQuery for ScopeQueries<'_> {
-    fn compile(&self, resource_type: &str, query: &str) -> Option<Vec<crate::search::Criterion>> {
-        let pairs = parse_query_string(query);
-        let parsed = search::parse(&self.fhir.search_params, resource_type, &pairs, false, self.base_url, &self.fhir.config.limits).ok()?;
-        (!parsed.criteria.is_empty()).then_some(parsed.criteria)
-    }
-}
-
 /// Serialises conditional interactions on one municipality's resources of one type, so
 /// that two conditional creates cannot both find nothing and both create.
-pub(crate) async fn lock_conditional(connection: &mut sqlx::AnyConnection, tenant: &str, resource_type: &str) -> Result<()> {
+pub(crate) async fn lock_conditional(connection: &mut crate::store::Db, tenant: &str, resource_type: &str) -> Result<()> {
     store::lock(connection, &format!("conditional:{tenant}:{resource_type}")).await
 }
 
@@ -1035,7 +1014,4 @@ fn check_id_syntax(id: &str, resource_type: &str) -> Result<()> {
     }
 }
 
-/// Splits `a=1&b=2` into decoded pairs (`+` is a space, as in forms).
-pub fn parse_query_string(query: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
-}
+pub use crate::search::parse::parse_query_string;

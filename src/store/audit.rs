@@ -6,7 +6,9 @@
 //! maintenance run by the operator's command line. They touch AuditEvent rows only; nothing
 //! here reads or writes any other resource type.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use super::Db;
 
 use super::query::BulkValue as V;
 use super::BulkRow;
@@ -17,7 +19,7 @@ use crate::error::Result;
 /// Takes the chain's head (creating it at the genesis), locking it until the transaction
 /// ends, and moves it `count` events on. Returns the new last sequence number and the digest
 /// of the event before the first new one.
-pub async fn advance_head(connection: &mut AnyConnection, chain: &str, count: i64) -> Result<(i64, String)> {
+pub async fn advance_head(connection: &mut Db, chain: &str, count: i64) -> Result<(i64, String)> {
     let row = sqlx::query(
         "INSERT INTO audit_heads (chain, seq, digest, anchor_seq, anchor_digest) VALUES ($1, $2, $3, 0, $3) \
          ON CONFLICT (chain) DO UPDATE SET seq = audit_heads.seq + $2 RETURNING seq, digest",
@@ -25,19 +27,19 @@ pub async fn advance_head(connection: &mut AnyConnection, chain: &str, count: i6
     .bind(chain)
     .bind(count)
     .bind(GENESIS)
-    .fetch_one(&mut *connection)
+    .fetch_one(&mut connection.0)
     .await?;
     Ok((row.try_get("seq")?, row.try_get("digest")?))
 }
 
-pub async fn set_head_digest(connection: &mut AnyConnection, chain: &str, digest: &str) -> Result<()> {
-    sqlx::query("UPDATE audit_heads SET digest = $1 WHERE chain = $2").bind(digest).bind(chain).execute(connection).await?;
+pub async fn set_head_digest(connection: &mut Db, chain: &str, digest: &str) -> Result<()> {
+    sqlx::query("UPDATE audit_heads SET digest = $1 WHERE chain = $2").bind(digest).bind(chain).execute(&mut connection.0).await?;
     Ok(())
 }
 
 /// Inserts chained events into the journal: one multi-row insert, the only write on the
 /// request path.
-pub async fn insert_events(connection: &mut AnyConnection, events: &[Chained]) -> Result<()> {
+pub async fn insert_events(connection: &mut Db, events: &[Chained]) -> Result<()> {
     let links: Vec<Vec<V>> = events
         .iter()
         .map(|event| {
@@ -66,12 +68,12 @@ pub struct Pending {
 }
 
 /// Up to `limit` journal rows that have no AuditEvent resource rows yet, in chain order.
-pub async fn pending(connection: &mut AnyConnection, limit: i64) -> Result<Vec<Pending>> {
+pub async fn pending(connection: &mut Db, limit: i64) -> Result<Vec<Pending>> {
     let rows = sqlx::query(
         "SELECT chain, event_id, recorded, content FROM audit_log WHERE projected = 0 ORDER BY chain, seq LIMIT $1",
     )
     .bind(limit)
-    .fetch_all(connection)
+    .fetch_all(&mut connection.0)
     .await?;
     rows.iter()
         .map(|row| {
@@ -87,7 +89,7 @@ pub async fn pending(connection: &mut AnyConnection, limit: i64) -> Result<Vec<P
 
 /// Which of these journaled events are not projected yet (read inside the projection's
 /// transaction: another projector may have written some since they were read).
-pub async fn still_pending(connection: &mut AnyConnection, event_ids: &[String]) -> Result<std::collections::BTreeSet<String>> {
+pub async fn still_pending(connection: &mut Db, event_ids: &[String]) -> Result<std::collections::BTreeSet<String>> {
     let mut found = std::collections::BTreeSet::new();
     for chunk in event_ids.chunks(500) {
         let mut sql = super::query::Sql::new("SELECT event_id FROM audit_log WHERE projected = 0 AND event_id IN (");
@@ -98,7 +100,7 @@ pub async fn still_pending(connection: &mut AnyConnection, event_ids: &[String])
             sql.bind(id.clone());
         }
         sql.push(")");
-        for row in sql.fetch_all(&mut *connection).await? {
+        for row in sql.fetch_all(connection).await? {
             found.insert(row.try_get("event_id")?);
         }
     }
@@ -107,7 +109,7 @@ pub async fn still_pending(connection: &mut AnyConnection, event_ids: &[String])
 
 /// Writes the AuditEvent resource, version and index rows of journal rows and marks them
 /// projected. The caller holds the projection lock (see [`project_pending`]).
-pub async fn project(connection: &mut AnyConnection, rows: &[(String, String, BulkRow)]) -> Result<()> {
+pub async fn project(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
     super::insert_new_rows(connection, rows).await?;
     for chunk in rows.chunks(500) {
         let mut sql = super::query::Sql::new("UPDATE audit_log SET projected = 1 WHERE event_id IN (");
@@ -118,15 +120,15 @@ pub async fn project(connection: &mut AnyConnection, rows: &[(String, String, Bu
             sql.bind(row.id.clone());
         }
         sql.push(")");
-        sql.execute(&mut *connection).await?;
+        sql.execute(connection).await?;
     }
     Ok(())
 }
 
 /// Every chain's head.
-pub async fn heads(connection: &mut AnyConnection) -> Result<Vec<Head>> {
+pub async fn heads(connection: &mut Db) -> Result<Vec<Head>> {
     let rows = sqlx::query("SELECT chain, seq, digest, anchor_seq, anchor_digest FROM audit_heads ORDER BY chain")
-        .fetch_all(connection)
+        .fetch_all(&mut connection.0)
         .await?;
     rows.iter()
         .map(|row| {
@@ -143,7 +145,7 @@ pub async fn heads(connection: &mut AnyConnection) -> Result<Vec<Head>> {
 
 /// Up to `limit` links of `chain` after sequence `after`, with the journal's content and,
 /// once projected, the AuditEvent's resource and version rows.
-pub async fn links(connection: &mut AnyConnection, chain: &str, after: i64, limit: i64) -> Result<Vec<Link>> {
+pub async fn links(connection: &mut Db, chain: &str, after: i64, limit: i64) -> Result<Vec<Link>> {
     let rows = sqlx::query(
         "SELECT l.seq, l.event_id, l.previous, l.digest, l.content, l.projected, r.content AS resource_content, \
          v.content AS version_content \
@@ -155,7 +157,7 @@ pub async fn links(connection: &mut AnyConnection, chain: &str, after: i64, limi
     .bind(chain)
     .bind(after)
     .bind(limit)
-    .fetch_all(connection)
+    .fetch_all(&mut connection.0)
     .await?;
     rows.iter()
         .map(|row| {
@@ -174,61 +176,61 @@ pub async fn links(connection: &mut AnyConnection, chain: &str, after: i64, limi
 }
 
 /// AuditEvent resources of `chain` that no link protects (inserted behind the trail's back).
-pub async fn unlinked_events(connection: &mut AnyConnection, chain: &str) -> Result<Vec<String>> {
+pub async fn unlinked_events(connection: &mut Db, chain: &str) -> Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT r.id FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.tenant = $1 \
          AND NOT EXISTS (SELECT 1 FROM audit_log l WHERE l.event_id = r.id) ORDER BY r.id LIMIT 10",
     )
     .bind(chain)
-    .fetch_all(connection)
+    .fetch_all(&mut connection.0)
     .await?;
     rows.iter().map(|row| Ok(row.try_get("id")?)).collect()
 }
 
 /// The last sequence number of the prefix of `chain` recorded before `before`.
-pub async fn expired_through(connection: &mut AnyConnection, chain: &str, before: &str) -> Result<Option<i64>> {
+pub async fn expired_through(connection: &mut Db, chain: &str, before: &str) -> Result<Option<i64>> {
     // The prefix ends just before the first event recorded at or after the cut-off.
     let first_kept: Option<i64> = sqlx::query("SELECT MIN(seq) AS seq FROM audit_log WHERE chain = $1 AND recorded >= $2")
         .bind(chain)
         .bind(before)
-        .fetch_one(&mut *connection)
+        .fetch_one(&mut connection.0)
         .await?
         .try_get("seq")?;
     let last: Option<i64> = match first_kept {
         Some(seq) => sqlx::query("SELECT MAX(seq) AS seq FROM audit_log WHERE chain = $1 AND seq < $2")
             .bind(chain)
             .bind(seq)
-            .fetch_one(&mut *connection)
+            .fetch_one(&mut connection.0)
             .await?
             .try_get("seq")?,
-        None => sqlx::query("SELECT MAX(seq) AS seq FROM audit_log WHERE chain = $1").bind(chain).fetch_one(&mut *connection).await?.try_get("seq")?,
+        None => sqlx::query("SELECT MAX(seq) AS seq FROM audit_log WHERE chain = $1").bind(chain).fetch_one(&mut connection.0).await?.try_get("seq")?,
     };
     Ok(last)
 }
 
 /// Removes the events of `chain` up to `through` (resource, version, index and link rows)
 /// and moves the chain's anchor to the last removed event.
-pub async fn prune(connection: &mut AnyConnection, chain: &str, through: i64, anchor_digest: &str) -> Result<u64> {
+pub async fn prune(connection: &mut Db, chain: &str, through: i64, anchor_digest: &str) -> Result<u64> {
     let ids = "SELECT event_id FROM audit_log WHERE chain = $1 AND seq <= $2";
     for table in ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri", "resource_versions", "resources"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = 'AuditEvent' AND id IN ({ids})"))
             .bind(chain)
             .bind(through)
-            .execute(&mut *connection)
+            .execute(&mut connection.0)
             .await?;
     }
-    let removed = sqlx::query("DELETE FROM audit_log WHERE chain = $1 AND seq <= $2").bind(chain).bind(through).execute(&mut *connection).await?;
+    let removed = sqlx::query("DELETE FROM audit_log WHERE chain = $1 AND seq <= $2").bind(chain).bind(through).execute(&mut connection.0).await?;
     sqlx::query("UPDATE audit_heads SET anchor_seq = $1, anchor_digest = $2 WHERE chain = $3")
         .bind(through)
         .bind(anchor_digest)
         .bind(chain)
-        .execute(&mut *connection)
+        .execute(&mut connection.0)
         .await?;
     Ok(removed.rows_affected())
 }
 
 /// The newest `limit` AuditEvents (of every chain) that name `patient`, newest first.
-pub async fn events_about_patient(connection: &mut AnyConnection, patient: &str, limit: i64) -> Result<Vec<String>> {
+pub async fn events_about_patient(connection: &mut Db, patient: &str, limit: i64) -> Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.deleted = 0 AND r.id IN ( \
            SELECT x.id FROM search_reference x WHERE x.resource_type = 'AuditEvent' AND x.param = 'patient' \
@@ -237,7 +239,7 @@ pub async fn events_about_patient(connection: &mut AnyConnection, patient: &str,
     )
     .bind(patient)
     .bind(limit)
-    .fetch_all(connection)
+    .fetch_all(&mut connection.0)
     .await?;
     rows.iter().map(|row| Ok(row.try_get("content")?)).collect()
 }
@@ -247,7 +249,7 @@ pub async fn events_about_patient(connection: &mut AnyConnection, patient: &str,
 /// gets the next sequence number and its predecessor's digest, and the chained events are
 /// journaled. Call it once per transaction, last before the commit, so the head lock is held
 /// briefly.
-pub async fn append(connection: &mut AnyConnection, tenants: &[crate::config::TenantConfig], events: &[Event]) -> Result<Vec<String>> {
+pub async fn append(connection: &mut Db, tenants: &[crate::config::TenantConfig], events: &[Event]) -> Result<Vec<String>> {
     let mut chains: Vec<&str> = events.iter().map(|e| e.chain.as_str()).collect();
     chains.sort_unstable();
     chains.dedup();

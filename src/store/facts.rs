@@ -7,15 +7,17 @@
 //! Practitioner an identity provider's subject is); ARCHITECTURE.md lists them among the
 //! deliberate bypasses.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use super::Db;
 
 use super::query::Sql;
 use crate::error::Result;
 use crate::policy::facts::{FactSource, Generations};
 use crate::policy::Grant;
 
-/// The policy's facts, read on a database connection (or inside a transaction).
-impl FactSource for AnyConnection {
+/// The policy's facts, read in a database session (a connection, or inside a transaction).
+impl FactSource for Db {
     async fn generations(&mut self) -> Result<Generations> {
         super::generations(self).await
     }
@@ -42,7 +44,7 @@ impl FactSource for AnyConnection {
 }
 
 /// `(id, tenant, content)` of every live resource of a type.
-pub(crate) async fn live_of_type(connection: &mut AnyConnection, resource_type: &str) -> Result<Vec<(String, String, String)>> {
+pub(crate) async fn live_of_type(connection: &mut Db, resource_type: &str) -> Result<Vec<(String, String, String)>> {
     let mut sql = Sql::new("SELECT id, tenant, content FROM resources WHERE deleted = 0 AND resource_type = ");
     sql.bind(resource_type.to_owned());
     rows(&sql, connection).await
@@ -51,7 +53,7 @@ pub(crate) async fn live_of_type(connection: &mut AnyConnection, resource_type: 
 /// `(id, tenant, content)` of live `source_type` resources whose `param` refers to one of
 /// `targets` (`(type, id)` pairs).
 pub(crate) async fn referring(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     source_type: &str,
     param: &str,
     targets: &[(String, String)],
@@ -70,7 +72,7 @@ pub(crate) async fn referring(
 
 /// The id of the live Practitioner of `tenant` whose `identifier` is `system|value`.
 pub(crate) async fn practitioner_by_identifier(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     tenant: &str,
     system: &str,
     value: &str,
@@ -82,28 +84,28 @@ pub(crate) async fn practitioner_by_identifier(
     .bind(tenant)
     .bind(system)
     .bind(value)
-    .fetch_optional(connection)
+    .fetch_optional(&mut connection.0)
     .await?;
     Ok(row.map(|row| row.try_get("id")).transpose()?)
 }
 
 /// The municipality owning a live resource, if there is one.
-pub(crate) async fn tenant_of(connection: &mut AnyConnection, resource_type: &str, id: &str) -> Result<Option<String>> {
+pub(crate) async fn tenant_of(connection: &mut Db, resource_type: &str, id: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT tenant FROM resources WHERE deleted = 0 AND resource_type = $1 AND id = $2")
         .bind(resource_type)
         .bind(id)
-        .fetch_optional(connection)
+        .fetch_optional(&mut connection.0)
         .await?;
     Ok(row.map(|row| row.try_get("tenant")).transpose()?)
 }
 
 /// `(tenant, content)` of a live resource, if there is one (the decision point's check that
 /// the directory entries a token acts through still stand).
-pub(crate) async fn live_resource(connection: &mut AnyConnection, resource_type: &str, id: &str) -> Result<Option<(String, String)>> {
+pub(crate) async fn live_resource(connection: &mut Db, resource_type: &str, id: &str) -> Result<Option<(String, String)>> {
     let row = sqlx::query("SELECT tenant, content FROM resources WHERE deleted = 0 AND resource_type = $1 AND id = $2")
         .bind(resource_type)
         .bind(id)
-        .fetch_optional(connection)
+        .fetch_optional(&mut connection.0)
         .await?;
     match row {
         Some(row) => Ok(Some((row.try_get("tenant")?, row.try_get::<Option<String>, _>("content")?.unwrap_or_default()))),
@@ -111,7 +113,7 @@ pub(crate) async fn live_resource(connection: &mut AnyConnection, resource_type:
     }
 }
 
-async fn rows(sql: &Sql, connection: &mut AnyConnection) -> Result<Vec<(String, String, String)>> {
+async fn rows(sql: &Sql, connection: &mut Db) -> Result<Vec<(String, String, String)>> {
     let mut found = Vec::new();
     for row in sql.fetch_all(connection).await? {
         let content: Option<String> = row.try_get("content")?;

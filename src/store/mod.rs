@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use ref_cast::RefCast;
 use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
 
 use crate::error::{Error, Result};
@@ -47,32 +48,141 @@ pub struct Store {
     write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
+/// A database session as the rest of the gateway holds it — inside a pooled [`Connection`]
+/// or an open [`Transaction`] — that only store functions can use: the connection inside is
+/// private to `src/store/`, so every statement that runs is one the store wrote, and every
+/// row of a resource is reached through a store function that takes a grant (or is one of
+/// the few named grant-less paths).
+#[derive(RefCast)]
+#[repr(transparent)]
+pub struct Db(AnyConnection);
+
+/// How long an abandoned session (a request dropped by its client or by
+/// `request_timeout_ms`) may take to finish what it was doing before it is closed instead
+/// of returned to the pool. A statement still running then is cancelled by PostgreSQL when
+/// it finds the socket closed (`client_connection_check_interval`).
+const ABANDONED_SETTLE: Duration = Duration::from_secs(1);
+
+/// A pooled connection for reads that need no transaction ([`Store::connection`]).
+pub struct Connection {
+    inner: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Db;
+
+    fn deref(&self) -> &Db {
+        Db::of(&self.inner)
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Db {
+        Db::of_mut(&mut self.inner)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(connection) = self.inner.take() {
+            settle(connection, None, None);
+        }
+    }
+}
+
 /// A write transaction. Dropping it without [`Transaction::commit`] rolls back. On SQLite
-/// it also holds the in-process write gate (see [`Store::begin`]).
+/// it also holds the in-process write gate (see [`Store::begin`]) until the rollback is done.
 pub struct Transaction {
-    inner: sqlx::Transaction<'static, sqlx::Any>,
-    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+    inner: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Transaction {
-    pub async fn commit(self) -> Result<()> {
-        self.inner.commit().await?;
+    pub async fn commit(mut self) -> Result<()> {
+        let Some(connection) = self.inner.as_mut() else { unreachable_session() };
+        sqlx::query("COMMIT").execute(&mut **connection).await?;
+        // Committed: the connection goes back to the pool as it is.
+        if let Some(connection) = self.inner.take() {
+            drop(connection);
+        }
         Ok(())
     }
 }
 
 impl std::ops::Deref for Transaction {
-    type Target = AnyConnection;
+    type Target = Db;
 
-    fn deref(&self) -> &AnyConnection {
-        &self.inner
+    fn deref(&self) -> &Db {
+        Db::of(&self.inner)
     }
 }
 
 impl std::ops::DerefMut for Transaction {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.inner
+    fn deref_mut(&mut self) -> &mut Db {
+        Db::of_mut(&mut self.inner)
     }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if let Some(connection) = self.inner.take() {
+            settle(connection, Some("ROLLBACK"), self.gate.take());
+        }
+    }
+}
+
+impl Db {
+    /// The session inside a [`Connection`] or [`Transaction`]. Its connection is taken out
+    /// only by `commit` and `drop`, which end the session, so it is always there.
+    fn of(held: &Option<sqlx::pool::PoolConnection<sqlx::Any>>) -> &Db {
+        match held {
+            Some(connection) => Db::ref_cast(connection),
+            None => unreachable_session(),
+        }
+    }
+
+    fn of_mut(held: &mut Option<sqlx::pool::PoolConnection<sqlx::Any>>) -> &mut Db {
+        match held {
+            Some(connection) => Db::ref_cast_mut(connection),
+            None => unreachable_session(),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_session() -> ! {
+    panic!("a store session was used after it ended")
+}
+
+/// Returns an abandoned or finished session's connection to the pool once it is idle (after
+/// `statement`, e.g. the ROLLBACK of an uncommitted transaction), or closes it when it does
+/// not become idle within [`ABANDONED_SETTLE`]: a request dropped mid-statement must not
+/// leave that statement running for the next user of the connection to wait behind. The
+/// write gate (SQLite) is released afterwards.
+fn settle(
+    mut connection: sqlx::pool::PoolConnection<sqlx::Any>,
+    statement: Option<&'static str>,
+    gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        connection.close_on_drop();
+        return;
+    };
+    runtime.spawn(async move {
+        let idle = tokio::time::timeout(ABANDONED_SETTLE, async {
+            match statement {
+                Some(statement) => sqlx::query(statement).execute(&mut *connection).await.map(|_| ()),
+                None => sqlx::Connection::ping(&mut *connection).await,
+            }
+        })
+        .await;
+        if !matches!(idle, Ok(Ok(()))) {
+            tracing::debug!(target: "renraku::store", "an abandoned database session did not settle; closing its connection");
+            connection.close_on_drop();
+        }
+        drop(connection);
+        drop(gate);
+    });
 }
 
 /// The current row of a resource.
@@ -182,6 +292,13 @@ impl Store {
                         // order (2 ms), and a read by id on a fresh database ranged over the
                         // tenant index (9 ms). Planning each time costs a fraction of that.
                         sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *connection).await?;
+                        // A statement whose session was abandoned (its connection closed, see
+                        // `settle`) is cancelled within a second instead of running on to the
+                        // statement timeout. PostgreSQL 14 and later; older servers keep the
+                        // statement timeout alone.
+                        if let Err(error) = sqlx::query("SET client_connection_check_interval = 1000").execute(&mut *connection).await {
+                            tracing::debug!(%error, "client_connection_check_interval is not available");
+                        }
                     }
                     if backend == Backend::Sqlite {
                         // WAL lets readers proceed during a write; FULL makes every commit
@@ -298,12 +415,14 @@ impl Store {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        Ok(Transaction { inner: self.pool.begin_with(statement).await?, _gate: gate })
+        let mut connection = self.pool.acquire().await?;
+        sqlx::query(statement).execute(&mut *connection).await?;
+        Ok(Transaction { inner: Some(connection), gate })
     }
 
     /// A pooled connection for reads that need no transaction.
-    pub async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
-        Ok(self.pool.acquire().await?)
+    pub async fn connection(&self) -> Result<Connection> {
+        Ok(Connection { inner: Some(self.pool.acquire().await?) })
     }
 
     /// Whether the database answers and takes a write (for `/healthz`): a committed
@@ -327,27 +446,37 @@ impl Store {
 /// `test-support`.
 #[cfg(feature = "test-support")]
 pub async fn end_transaction_behind_the_driver_for_tests(transaction: &mut Transaction) -> Result<()> {
-    sqlx::query("ROLLBACK").execute(&mut **transaction).await?;
+    sqlx::query("ROLLBACK").execute(&mut transaction.0).await?;
+    Ok(())
+}
+
+/// Runs a statement that takes `seconds` on PostgreSQL (`pg_sleep`), standing in for an
+/// expensive query; SQLite has no sleep, and nothing runs there.
+#[cfg(feature = "test-support")]
+pub async fn slow_statement_for_tests(connection: &mut Db, seconds: i32) -> Result<()> {
+    if connection.0.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_sleep($1)").bind(f64::from(seconds)).execute(&mut connection.0).await?;
+    }
     Ok(())
 }
 
 /// Serialises writers that share `name` until the surrounding transaction ends. Call it
 /// first in a transaction: on PostgreSQL it takes a row lock, on SQLite it takes the
 /// database write lock before anything has been read.
-pub async fn lock(connection: &mut AnyConnection, name: &str) -> Result<()> {
+pub async fn lock(connection: &mut Db, name: &str) -> Result<()> {
     sqlx::query(
         "INSERT INTO write_locks (name, counter) VALUES ($1, 1) \
          ON CONFLICT (name) DO UPDATE SET counter = write_locks.counter + 1",
     )
     .bind(name)
-    .execute(connection)
+    .execute(&mut connection.0)
     .await?;
     Ok(())
 }
 
 /// The current row of `resource_type/id` (live or deleted), if the grant's scope includes it.
 pub async fn current(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     grant: &Grant,
     resource_type: &str,
     id: &str,
@@ -366,11 +495,11 @@ pub async fn current(
 
 /// Whether any resource (in any tenant, deleted or not) holds this type and id. Used only to
 /// refuse a client-chosen id that is taken; it reveals nothing but "taken".
-pub async fn id_taken(connection: &mut AnyConnection, resource_type: &str, id: &str) -> Result<bool> {
+pub async fn id_taken(connection: &mut Db, resource_type: &str, id: &str) -> Result<bool> {
     let row = sqlx::query("SELECT 1 FROM resources WHERE resource_type = $1 AND id = $2")
         .bind(resource_type)
         .bind(id)
-        .fetch_optional(connection)
+        .fetch_optional(&mut connection.0)
         .await?;
     Ok(row.is_some())
 }
@@ -378,7 +507,7 @@ pub async fn id_taken(connection: &mut AnyConnection, resource_type: &str, id: &
 /// One historical version, if the grant's scope includes it (judged on that version's own
 /// content: a version about another person is not shown to this person's team).
 pub async fn version(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     grant: &Grant,
     resource_type: &str,
     id: &str,
@@ -398,7 +527,7 @@ pub async fn version(
 /// Inserts the first version of a new resource, with its index rows and its version's
 /// compartment rows. A unique violation (the id was taken by a concurrent writer) becomes a
 /// conflict.
-pub async fn insert(connection: &mut AnyConnection, grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
+pub async fn insert(connection: &mut Db, grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
     permit(connection, grant, new).await?;
     let result = sqlx::query(
         "INSERT INTO resources (resource_type, id, tenant, version_id, last_updated, deleted, content) \
@@ -411,7 +540,7 @@ pub async fn insert(connection: &mut AnyConnection, grant: &WriteGrant, new: &Ne
     .bind(new.last_updated)
     .bind(i64::from(new.content.is_none()))
     .bind(new.content)
-    .execute(&mut *connection)
+    .execute(&mut connection.0)
     .await;
     match result {
         Ok(_) => {}
@@ -429,7 +558,7 @@ pub async fn insert(connection: &mut AnyConnection, grant: &WriteGrant, new: &Ne
 /// (the caller answers 412 or retries). A deletion's version keeps the compartment of the
 /// version it deletes: whoever could see the resource sees that it was deleted.
 pub async fn replace(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     grant: &WriteGrant,
     new: &NewVersion<'_>,
     expected_version: i64,
@@ -454,7 +583,7 @@ pub async fn replace(
     .bind(new.resource_type)
     .bind(new.id)
     .bind(expected_version)
-    .execute(&mut *connection)
+    .execute(&mut connection.0)
     .await?;
     if result.rows_affected() != 1 {
         return Ok(false);
@@ -467,7 +596,7 @@ pub async fn replace(
 
 /// Refuses a version whose content the write grant does not cover (403), reported through
 /// the decision log.
-async fn permit(connection: &mut AnyConnection, grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
+async fn permit(connection: &mut Db, grant: &WriteGrant, new: &NewVersion<'_>) -> Result<()> {
     if permits(connection, grant, new.resource_type, new.id, new.tenant, new.index).await? {
         return Ok(());
     }
@@ -480,7 +609,7 @@ async fn permit(connection: &mut AnyConnection, grant: &WriteGrant, new: &NewVer
 /// looked up against each of the grant's reaches (before the version's own access links are
 /// written, so a team cannot admit its own writer), then the grant judges.
 async fn permits(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     grant: &WriteGrant,
     resource_type: &str,
     id: &str,
@@ -500,7 +629,7 @@ async fn permits(
 
 /// Writes a version row and its compartment rows: the version's own references to
 /// Patients, or (`inherit_from`) those of an earlier version of the same resource.
-async fn insert_version(connection: &mut AnyConnection, new: &NewVersion<'_>, inherit_from: Option<i64>) -> Result<()> {
+async fn insert_version(connection: &mut Db, new: &NewVersion<'_>, inherit_from: Option<i64>) -> Result<()> {
     sqlx::query(
         "INSERT INTO resource_versions (resource_type, id, version_id, tenant, last_updated, method, content) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -512,7 +641,7 @@ async fn insert_version(connection: &mut AnyConnection, new: &NewVersion<'_>, in
     .bind(new.last_updated)
     .bind(new.method)
     .bind(new.content)
-    .execute(&mut *connection)
+    .execute(&mut connection.0)
     .await?;
     match inherit_from {
         Some(earlier) => {
@@ -525,7 +654,7 @@ async fn insert_version(connection: &mut AnyConnection, new: &NewVersion<'_>, in
             .bind(new.resource_type)
             .bind(new.id)
             .bind(earlier)
-            .execute(&mut *connection)
+            .execute(&mut connection.0)
             .await?;
         }
         None => {
@@ -567,7 +696,7 @@ fn compartment_rows(resource_type: &str, id: &str, version_id: i64, index: &[Ind
 /// (`renraku reindex`, a changed set of search parameters): it writes the derived rows the
 /// access predicate reads without a grant, which is why it is named loudly.
 pub async fn reindex_unchecked_for_maintenance(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     resource_type: &str,
     id: &str,
     tenant: &str,
@@ -580,7 +709,7 @@ pub async fn reindex_unchecked_for_maintenance(
 /// write bumps the `agreements` generation in the same transaction, so every gateway's
 /// cache of agreements is refreshed at its next decision.
 async fn write_index(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     resource_type: &str,
     id: &str,
     tenant: &str,
@@ -590,7 +719,7 @@ async fn write_index(
         sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND id = $2"))
             .bind(resource_type)
             .bind(id)
-            .execute(&mut *connection)
+            .execute(&mut connection.0)
             .await?;
     }
     let mut rows = IndexRows::default();
@@ -624,9 +753,9 @@ pub const GENERATION_DIRECTORY: &str = "directory";
 pub const GENERATION_TOKENS: &str = "tokens";
 
 /// Every generation counter, by name (one read of a three-row table).
-pub async fn generations(connection: &mut AnyConnection) -> Result<Generations> {
+pub async fn generations(connection: &mut Db) -> Result<Generations> {
     let mut generations = Generations::default();
-    for row in sqlx::query("SELECT name, counter FROM generations").fetch_all(connection).await? {
+    for row in sqlx::query("SELECT name, counter FROM generations").fetch_all(&mut connection.0).await? {
         let name: String = row.try_get("name")?;
         let counter: i64 = row.try_get("counter")?;
         match name.as_str() {
@@ -641,8 +770,8 @@ pub async fn generations(connection: &mut AnyConnection) -> Result<Generations> 
 
 pub use crate::policy::facts::Generations;
 
-pub(crate) async fn bump_generation(connection: &mut AnyConnection, name: &str) -> Result<()> {
-    sqlx::query("UPDATE generations SET counter = counter + 1 WHERE name = $1").bind(name).execute(connection).await?;
+pub(crate) async fn bump_generation(connection: &mut Db, name: &str) -> Result<()> {
+    sqlx::query("UPDATE generations SET counter = counter + 1 WHERE name = $1").bind(name).execute(&mut connection.0).await?;
     Ok(())
 }
 
@@ -690,7 +819,7 @@ impl IndexRows {
         }
     }
 
-    async fn insert(&self, connection: &mut AnyConnection) -> Result<()> {
+    async fn insert(&self, connection: &mut Db) -> Result<()> {
         let tables: [(&str, &Vec<Vec<BulkValue>>); 7] = [
             ("search_string (resource_type, id, tenant, param, normalized, exact)", &self.strings),
             ("search_token (resource_type, id, tenant, param, system, code, text)", &self.tokens),
@@ -711,16 +840,16 @@ impl IndexRows {
 }
 
 /// A server setting (e.g. the search parameter fingerprint of the index).
-pub async fn setting(connection: &mut AnyConnection, name: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(connection).await?;
+pub async fn setting(connection: &mut Db, name: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT value FROM settings WHERE name = $1").bind(name).fetch_optional(&mut connection.0).await?;
     Ok(row.map(|row| row.try_get::<String, _>("value")).transpose()?)
 }
 
-pub async fn set_setting(connection: &mut AnyConnection, name: &str, value: &str) -> Result<()> {
+pub async fn set_setting(connection: &mut Db, name: &str, value: &str) -> Result<()> {
     sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2")
         .bind(name)
         .bind(value)
-        .execute(connection)
+        .execute(&mut connection.0)
         .await?;
     Ok(())
 }
@@ -728,7 +857,7 @@ pub async fn set_setting(connection: &mut AnyConnection, name: &str, value: &str
 /// A batch of current rows (live or deleted) after `(resource_type, id)`, for re-indexing.
 /// Maintenance only: it bypasses the access policy, which is why it is named loudly.
 pub async fn all_current_unchecked_for_maintenance(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     after: Option<(&str, &str)>,
     limit: i64,
 ) -> Result<Vec<CurrentRow>> {
@@ -740,21 +869,21 @@ pub async fn all_current_unchecked_for_maintenance(
     .bind(after_type)
     .bind(after_id)
     .bind(limit)
-    .fetch_all(connection)
+    .fetch_all(&mut connection.0)
     .await?;
     rows.iter().map(current_from_row).collect()
 }
 
 /// Every version of one resource, oldest first, for rebuilding their compartment rows.
 /// Maintenance only, like [`all_current_unchecked_for_maintenance`].
-pub async fn versions_unchecked_for_maintenance(connection: &mut AnyConnection, resource_type: &str, id: &str) -> Result<Vec<VersionRow>> {
+pub async fn versions_unchecked_for_maintenance(connection: &mut Db, resource_type: &str, id: &str) -> Result<Vec<VersionRow>> {
     let rows = sqlx::query(
         "SELECT seq, resource_type, id, version_id, tenant, last_updated, method, content FROM resource_versions \
          WHERE resource_type = $1 AND id = $2 ORDER BY version_id",
     )
     .bind(resource_type)
     .bind(id)
-    .fetch_all(connection)
+    .fetch_all(&mut connection.0)
     .await?;
     rows.iter().map(version_from_row).collect()
 }
@@ -762,7 +891,7 @@ pub async fn versions_unchecked_for_maintenance(connection: &mut AnyConnection, 
 /// Replaces one version's compartment rows with those of `index` (maintenance, see
 /// [`versions_unchecked_for_maintenance`]).
 pub async fn recompartment_unchecked_for_maintenance(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     resource_type: &str,
     id: &str,
     version_id: i64,
@@ -772,14 +901,14 @@ pub async fn recompartment_unchecked_for_maintenance(
         .bind(resource_type)
         .bind(id)
         .bind(version_id)
-        .execute(&mut *connection)
+        .execute(&mut connection.0)
         .await?;
     let rows = compartment_rows(resource_type, id, version_id, index);
     query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", &rows).await
 }
 
 /// Versions newest first, within the grant's tenants.
-pub async fn history(connection: &mut AnyConnection, grant: &Grant, filter: &HistoryFilter) -> Result<Vec<VersionRow>> {
+pub async fn history(connection: &mut Db, grant: &Grant, filter: &HistoryFilter) -> Result<Vec<VersionRow>> {
     let mut sql = query::Sql::new(
         "SELECT v.seq, v.resource_type, v.id, v.version_id, v.tenant, v.last_updated, v.method, v.content \
          FROM resource_versions v WHERE ",
@@ -811,7 +940,7 @@ fn history_where(sql: &mut query::Sql, grant: &Grant, filter: &HistoryFilter) {
 }
 
 /// Counts history versions matching the filter (ignoring the cursor and limit).
-pub async fn history_count(connection: &mut AnyConnection, grant: &Grant, filter: &HistoryFilter) -> Result<i64> {
+pub async fn history_count(connection: &mut Db, grant: &Grant, filter: &HistoryFilter) -> Result<i64> {
     let mut sql = query::Sql::new("SELECT COUNT(*) AS n FROM resource_versions v WHERE ");
     history_where(&mut sql, grant, filter);
     let rows = sql.fetch_all(connection).await?;
@@ -855,7 +984,7 @@ pub struct BulkRow {
 
 /// Writes many new resources (version 1) into the grant's home tenant with their version and
 /// index rows, using multi-row INSERTs. For data generation and imports; the caller validates.
-pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &WriteGrant, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
+pub async fn bulk_insert_new(connection: &mut Db, grant: &WriteGrant, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
     let tenant = grant.home_tenant();
     for row in rows {
         if !permits(connection, grant, &row.resource_type, &row.id, tenant, &row.index).await? {
@@ -869,7 +998,7 @@ pub async fn bulk_insert_new(connection: &mut AnyConnection, grant: &WriteGrant,
 /// Inserts new resources (version 1), each with its owning tenant and time, with their
 /// version and index rows. Callers: [`bulk_insert_new`] (under a grant) and the audit trail
 /// (`store::audit`, AuditEvents only).
-pub(crate) async fn insert_new_rows(connection: &mut AnyConnection, rows: &[(String, String, BulkRow)]) -> Result<()> {
+pub(crate) async fn insert_new_rows(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
     use query::BulkValue as V;
     let resources: Vec<Vec<V>> = rows
         .iter()

@@ -7,7 +7,9 @@
 //! scope to the resources they pass through as well.
 
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
+
+use super::Db;
 
 use crate::error::Result;
 use crate::policy::{Clause, Grant, Persons, ReachLevel, TypeSet};
@@ -318,8 +320,8 @@ impl Sql {
         query
     }
 
-    pub(crate) async fn execute(&self, connection: &mut AnyConnection) -> Result<()> {
-        self.query().execute(connection).await?;
+    pub(crate) async fn execute(&self, connection: &mut Db) -> Result<()> {
+        self.query().execute(&mut connection.0).await?;
         Ok(())
     }
 
@@ -328,8 +330,8 @@ impl Sql {
         &self.text
     }
 
-    pub(crate) async fn fetch_all(&self, connection: &mut AnyConnection) -> Result<Vec<AnyRow>> {
-        Ok(self.query().fetch_all(connection).await?)
+    pub(crate) async fn fetch_all(&self, connection: &mut Db) -> Result<Vec<AnyRow>> {
+        Ok(self.query().fetch_all(&mut connection.0).await?)
     }
 }
 
@@ -840,7 +842,7 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
 }
 
 /// The database's query plan for a search page, as text lines (for benchmark notes).
-pub async fn explain(connection: &mut AnyConnection, backend: super::Backend, grant: &Grant, query: &SearchQuery) -> Result<Vec<String>> {
+pub async fn explain(connection: &mut Db, backend: super::Backend, grant: &Grant, query: &SearchQuery) -> Result<Vec<String>> {
     let sql = search_sql(grant, query);
     let prefix = match backend {
         super::Backend::Sqlite => "EXPLAIN QUERY PLAN ",
@@ -856,7 +858,7 @@ pub async fn explain(connection: &mut AnyConnection, backend: super::Backend, gr
 }
 
 /// One page of matching current resources, in sort order, after (or before) the cursor.
-pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<Page> {
+pub async fn search(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> Result<Page> {
     let keys = query.keys();
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
     let sql = search_sql(grant, query);
@@ -887,7 +889,7 @@ pub async fn search(connection: &mut AnyConnection, grant: &Grant, query: &Searc
 }
 
 /// The current rows of `(type, id)` pairs, in the order given, within the grant.
-async fn current_many(connection: &mut AnyConnection, grant: &Grant, wanted: &[(String, String)]) -> Result<Vec<CurrentRow>> {
+async fn current_many(connection: &mut Db, grant: &Grant, wanted: &[(String, String)]) -> Result<Vec<CurrentRow>> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
@@ -919,7 +921,7 @@ async fn current_many(connection: &mut AnyConnection, grant: &Grant, wanted: &[(
 }
 
 /// How many current resources match (cursor and limit ignored).
-pub async fn count(connection: &mut AnyConnection, grant: &Grant, query: &SearchQuery) -> Result<i64> {
+pub async fn count(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> Result<i64> {
     // Over index rows (several per resource), the distinct ids are counted through a
     // subquery: PostgreSQL then hashes them instead of sorting them (4 ms instead of 8 ms
     // for the 15,000 rows of a common kana family name).
@@ -935,7 +937,7 @@ pub async fn count(connection: &mut AnyConnection, grant: &Grant, query: &Search
 /// Resources that the `source_type` resources `source_ids` refer to through `param`
 /// (to `target_type` if given), within the grant: `_include`.
 pub async fn referenced(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     grant: &Grant,
     source_type: &str,
     source_ids: &[String],
@@ -969,7 +971,7 @@ pub async fn referenced(
 /// `source_type` resources that refer through `param` to the `target_type` resources
 /// `target_ids`, within the grant: `_revinclude`.
 pub async fn referring(
-    connection: &mut AnyConnection,
+    connection: &mut Db,
     grant: &Grant,
     source_type: &str,
     param: Option<&str>,
@@ -1027,7 +1029,7 @@ pub enum BulkValue {
 
 /// Which of `persons` (Patient ids) `reach` reaches now, judged by the same SQL as every
 /// query's access predicate (for a write's check of the persons its content names).
-pub(crate) async fn reached(connection: &mut AnyConnection, reach: &crate::policy::Reach, persons: &[String]) -> Result<Vec<String>> {
+pub(crate) async fn reached(connection: &mut Db, reach: &crate::policy::Reach, persons: &[String]) -> Result<Vec<String>> {
     let mut found = Vec::new();
     for chunk in persons.chunks(100) {
         let mut sql = Sql::new("SELECT q.id FROM resources q WHERE q.resource_type = 'Patient' AND q.id IN (");
@@ -1044,7 +1046,7 @@ pub(crate) async fn reached(connection: &mut AnyConnection, reach: &crate::polic
 /// `INSERT INTO {target} VALUES (…), (…), …` in chunks of about a thousand parameters:
 /// far fewer round trips than one row per statement, and small enough that SQLite's
 /// parameter-name lookup (linear in the number of parameters) stays cheap.
-pub(crate) async fn insert_many(connection: &mut AnyConnection, target: &str, rows: &[Vec<BulkValue>]) -> Result<()> {
+pub(crate) async fn insert_many(connection: &mut Db, target: &str, rows: &[Vec<BulkValue>]) -> Result<()> {
     let Some(width) = rows.first().map(Vec::len) else { return Ok(()) };
     let per_statement = (1_000 / width.max(1)).max(1);
     for chunk in rows.chunks(per_statement) {

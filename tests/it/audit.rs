@@ -248,8 +248,8 @@ async fn the_trail_cannot_be_changed_through_any_api(backend: Backend) {
 
 /// Runs SQL against the gateway's database, as someone with direct access would.
 async fn tamper(server: &Server, sql: &str) {
-    let mut connection = server.fhir().store.connection().await.expect("connection");
-    let done = sqlx::query(sql).execute(&mut *connection).await.expect("tampering statement");
+    let mut connection = server.database_directly().await;
+    let done = sqlx::query(sql).execute(&mut connection).await.expect("tampering statement");
     assert!(done.rows_affected() >= 1, "{sql} changed nothing");
 }
 
@@ -271,8 +271,8 @@ async fn tampering_in_the_database_is_detected(backend: Backend) {
     let third = by_sequence(3);
     let restore = sqlx::query_scalar::<_, String>("SELECT content FROM resources WHERE resource_type = 'AuditEvent' AND id = $1");
     let original: String = {
-        let mut connection = server.fhir().store.connection().await.expect("connection");
-        restore.bind(&third).fetch_one(&mut *connection).await.expect("content")
+        let mut connection = server.database_directly().await;
+        restore.bind(&third).fetch_one(&mut connection).await.expect("content")
     };
     // An altered outcome.
     tamper(&server, &format!("UPDATE resources SET content = REPLACE(content, '\"outcome\":\"0\"', '\"outcome\":\"4\"') WHERE resource_type = 'AuditEvent' AND id = '{third}'")).await;

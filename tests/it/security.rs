@@ -19,6 +19,7 @@
 //! | M5 refresh tokens cannot be revoked | `m5_revoking_a_refresh_token_revokes_its_family` |
 //! | M6 a failed transaction leaves pooled connections broken | `m6_a_lost_transaction_does_not_poison_the_pool` |
 //! | M7 one query ties up the database | `m7_requests_stay_within_the_limits` |
+//! | M7 an abandoned statement runs on in PostgreSQL | `m7_abandoned_statements_are_cancelled_postgres` |
 //! | Low: NUL in an id answers 500 on PostgreSQL | `low_nul_characters_are_a_client_error` |
 //! | Low: two first starts on one database, one fails | `low_simultaneous_first_starts_both_start` |
 //! | Low: plain-text errors; `_revinclude=*` includes nothing | `low_every_error_is_an_outcome_and_revinclude_star_works` |
@@ -541,6 +542,50 @@ async fn m7_requests_stay_within_the_limits(backend: Backend) {
     expect_limit(&server.post("/ina/fhir", &too_many).await, "bundle_entries");
     // Within the limits, ordinary searches go on.
     server.get("/ina/fhir/Patient?name=a0&name=a1").await.expect(200);
+}
+
+/// M7: a statement whose request was abandoned — by `request_timeout_ms`, or by its client
+/// leaving — kept running in PostgreSQL until the statement timeout. Now its session is
+/// closed once it fails to settle within a second, and PostgreSQL cancels the statement.
+/// (SQLite runs in the gateway's process; there is no server-side statement to cancel.)
+#[tokio::test]
+async fn m7_abandoned_statements_are_cancelled_postgres() {
+    let server = Server::start_with(Backend::Postgres, |config| config.limits.request_timeout_ms = 1_000).await;
+    let (_, doctor) = team_world(&server).await;
+    let mut database = server.database_directly().await;
+    async fn sleeping(database: &mut sqlx::AnyConnection) -> i64 {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+        )
+        .fetch_one(database)
+        .await
+        .expect("pg_stat_activity")
+    }
+    async fn cancelled_within(database: &mut sqlx::AnyConnection, seconds: u64) -> bool {
+        for _ in 0..seconds * 10 {
+            if sleeping(database).await == 0 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+    // Abandoned by the request timeout: the client hears 503, the statement stops.
+    server.fhir().arm_failpoint(renraku::runtime::Failpoint::SlowStatement);
+    let reply = doctor.get(&server, "Observation?subject=Patient/p1").await;
+    reply.expect(503);
+    assert_eq!(reply.json()["resourceType"], "OperationOutcome");
+    assert!(cancelled_within(&mut database, 5).await, "the abandoned statement still runs");
+    // Abandoned by the client: the request's future is dropped, as when its connection closes.
+    server.fhir().arm_failpoint(renraku::runtime::Failpoint::SlowStatement);
+    let leaving = tokio::time::timeout(std::time::Duration::from_millis(300), doctor.get(&server, "Observation?subject=Patient/p1")).await;
+    assert!(leaving.is_err(), "the client left before the answer");
+    assert!(sleeping(&mut database).await <= 1);
+    assert!(cancelled_within(&mut database, 5).await, "the statement of the client that left still runs");
+    // The gateway serves on, and the pool holds no connection stuck behind the statement.
+    for _ in 0..20 {
+        doctor.get(&server, "Observation?subject=Patient/p1").await.expect(200);
+    }
 }
 
 /// Low: two gateways started at once on a new database: one exited with a migration error.

@@ -218,6 +218,13 @@ impl Server {
         self.fhir.clone()
     }
 
+    /// A connection of its own to the gateway's database, as someone with direct access to
+    /// the database (not through the gateway) would open one.
+    pub async fn database_directly(&self) -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        <sqlx::AnyConnection as sqlx::Connection>::connect(&self.config.database_url).await.expect("direct database connection")
+    }
+
     /// Issues an access token at `tenant`'s base for `actor` with `scopes` (space-separated).
     pub async fn token(&self, tenant: &str, actor: Actor, scopes: &str, patient: Option<&str>) -> String {
         issue_token(&self.fhir, tenant, actor, scopes, patient).await
