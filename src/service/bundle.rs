@@ -1,24 +1,23 @@
 //! Batch and transaction Bundles (`POST [base]`).
 //!
-//! A transaction is atomic: all entries run in one database transaction, in the order the
-//! specification requires (DELETE, POST, PUT/PATCH, then GET), with `urn:uuid:` full URLs
-//! resolved to the ids the server assigns and references to them rewritten, before any
-//! resource is validated. The first failing entry rolls everything back and its error names
-//! the entry (`Bundle.entry[n]…`). A batch runs each entry on its own; failures become that
-//! entry's response.
-
-use std::collections::HashMap;
+//! A transaction is atomic: its write entries run through the write pipeline
+//! (`service::writes`, the same steps as single writes) in one database transaction, in the
+//! order the specification requires (DELETE, POST, PUT/PATCH), with `urn:uuid:` full URLs
+//! resolved to the ids the server assigns and references to them rewritten before the
+//! resources are validated; its GET entries run after the commit. The first failing entry
+//! rolls everything back and its error names the entry (`Bundle.entry[n]…`). A batch runs
+//! each entry as its own interaction (a single write is a one-entry transaction); failures
+//! become that entry's response.
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::outcome::Issue;
-use crate::fhir::references;
 use crate::identity::Interaction;
 use crate::audit::{Action, Entity};
 use crate::service::audit::Audit;
-use crate::service::{parse_query_string, Fhir, Stored, Written};
+use crate::service::writes::{self, Change, Outcome, WriteEntry};
+use crate::service::{parse_query_string, Fhir, Stored};
 use crate::identity::Context;
 
 /// The HTTP method of an entry's request.
@@ -42,16 +41,6 @@ impl Method {
             "PATCH" => Some(Method::Patch),
             "DELETE" => Some(Method::Delete),
             _ => None,
-        }
-    }
-
-    /// Processing order within a transaction.
-    fn rank(self) -> u8 {
-        match self {
-            Method::Delete => 0,
-            Method::Post => 1,
-            Method::Put | Method::Patch => 2,
-            Method::Get | Method::Head => 3,
         }
     }
 }
@@ -111,12 +100,7 @@ impl Fhir {
         }
         let mut requests = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
-            let request = self.parse_entry(context, index, entry)?;
-            // A batch's entries answer for themselves (each is its own interaction).
-            if kind == "transaction" && !matches!(request.method, Method::Get | Method::Head) {
-                super::writable(&request.resource_type).map_err(|e| in_entry(e, &request))?;
-            }
-            requests.push(request);
+            requests.push(self.parse_entry(context, index, entry)?);
         }
         audit.entity(Entity::Detail { name: "entries".into(), value: requests.len().to_string() });
         match kind.as_str() {
@@ -180,181 +164,59 @@ impl Fhir {
         })
     }
 
-    async fn transaction(&self, context: &Context, audit: &mut Audit, mut requests: Vec<EntryRequest>) -> Result<Value> {
-        let count = requests.len();
-        let mut order: Vec<usize> = (0..count).collect();
-        order.sort_by_key(|&i| (requests.get(i).map_or(u8::MAX, |r| r.method.rank()), i));
-        let mut transaction = self.store.begin().await?;
-        // Resolve the ids of created resources first, so references can be rewritten.
-        let mut replacements: HashMap<String, String> = HashMap::new();
-        let mut matched_existing: HashMap<usize, Stored> = HashMap::new();
-        let mut assigned: HashMap<usize, String> = HashMap::new();
-        for &i in &order {
-            let Some(request) = requests.get(i) else { continue };
-            let grant_interaction = match request.method {
-                Method::Post => Interaction::Create,
-                Method::Put => Interaction::Update,
-                _ => continue,
-            };
-            let conditional = matches!((request.method, &request.if_none_exist, &request.query), (Method::Post, Some(_), _) | (Method::Put, _, Some(_)));
-            if conditional {
-                // Before the decision, as for single writes (see `Fhir::create`).
-                super::lock_conditional(&mut transaction, &context.tenant, &request.resource_type).await?;
-            }
-            self.decide(&mut transaction, context, grant_interaction, Some(&request.resource_type)).await.map_err(|e| in_entry(e, request))?;
-            let target_id = match (request.method, &request.if_none_exist, &request.query) {
-                (Method::Post, Some(condition), _) => {
-                    match self.match_for_write(&mut transaction, context, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
-                        Some(existing) => {
-                            let id = existing.id.clone();
-                            matched_existing.insert(i, super::stored_from_current(Some(existing), &request.resource_type, &id)?);
-                            id
-                        }
-                        None => uuid::Uuid::new_v4().to_string(),
-                    }
+    /// A transaction: its write entries run through the write pipeline in one database
+    /// transaction (see `service::writes`), committed with each entry's event; its reads
+    /// run after the commit.
+    async fn transaction(&self, context: &Context, audit: &mut Audit, requests: Vec<EntryRequest>) -> Result<Value> {
+        let mut writes = Vec::new();
+        let mut positions = Vec::new();
+        let mut reads = Vec::new();
+        for request in &requests {
+            match write_entry(request)? {
+                Some(entry) => {
+                    writes.push(entry);
+                    positions.push(request.index);
                 }
-                (Method::Post, None, _) => uuid::Uuid::new_v4().to_string(),
-                (Method::Put, _, Some(condition)) => {
-                    match self.match_for_write(&mut transaction, context, &request.resource_type, condition).await.map_err(|e| in_entry(e, request))? {
-                        Some(existing) => existing.id,
-                        None => request
-                            .resource
-                            .as_ref()
-                            .and_then(|r| r.get("id"))
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                    }
-                }
-                (Method::Put, _, None) => match &request.id {
-                    Some(id) => id.clone(),
-                    None => return Err(Error::bad_request_at("a PUT entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
-                },
-                _ => continue,
-            };
-            if let Some(full_url) = &request.full_url {
-                replacements.insert(full_url.clone(), format!("{}/{}", request.resource_type, target_id));
-            }
-            assigned.insert(i, target_id);
-        }
-        for request in &mut requests {
-            if let Some(resource) = request.resource.as_mut() {
-                references::rewrite(resource, &replacements);
+                None => reads.push(request),
             }
         }
-        let mut responses: Vec<Option<Value>> = vec![None; count];
-        let mut written: Vec<(usize, Stored)> = Vec::new();
-        let mut deferred_reads = Vec::new();
-        // Each entry's own event, with what it wrote (or deleted).
+        let mut responses: Vec<Option<Value>> = vec![None; requests.len()];
+        let (mut transaction, outcomes) = self.write_entries(context, writes).await?;
+        // Each entry's own event, with what it wrote, matched or deleted.
         let mut entry_audits: Vec<(Audit, Option<Value>)> = Vec::new();
-        for &i in &order {
-            let Some(request) = requests.get(i) else { continue };
-            let response = match request.method {
-                Method::Delete => {
-                    if request.id.is_none() && request.query.is_some() {
-                        super::lock_conditional(&mut transaction, &context.tenant, &request.resource_type).await?;
-                    }
-                    let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(&request.resource_type)).await.and_then(crate::policy::Grant::for_write).map_err(|e| in_entry(e, request))?;
-                    let id = match (&request.id, &request.query) {
-                        (Some(id), _) => Some(id.clone()),
-                        (None, Some(condition)) => self
-                            .match_for_write(&mut transaction, context, &request.resource_type, condition)
-                            .await
-                            .map_err(|e| in_entry(e, request))?
-                            .map(|row| row.id),
-                        (None, None) => return Err(Error::bad_request_at("a DELETE entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
+        for (&index, outcome) in positions.iter().zip(outcomes) {
+            let Some(request) = requests.get(index) else { continue };
+            let response = match outcome {
+                Outcome::Written { stored, created, .. } => {
+                    let (interaction, subtype) = match request.method {
+                        Method::Post => (Interaction::Create, "create"),
+                        Method::Patch => (Interaction::Patch, "patch"),
+                        _ => (Interaction::Update, "update"),
                     };
-                    if let Some(id) = id {
-                        let deleted = self
-                            .delete_in(&mut transaction, &grant, &request.resource_type, &id, request.if_match)
-                            .await
-                            .map_err(|e| in_entry(e, request))?;
+                    entry_audits.push((self.audit(context, interaction, subtype), Some(stored.resource.clone())));
+                    entry_response(&stored, if created { "201 Created" } else { "200 OK" })
+                }
+                Outcome::Deleted { target, deleted } => {
+                    if let Some(target) = target {
                         let mut entry_audit = self.audit(context, Interaction::Delete, "delete");
-                        entry_audit.entity(Entity::Resource(format!("{}/{id}", request.resource_type)));
+                        entry_audit.entity(Entity::Resource(target));
                         entry_audits.push((entry_audit, deleted));
                     }
                     json!({ "response": { "status": "204 No Content" } })
                 }
-                Method::Post => {
-                    if let Some(existing) = matched_existing.remove(&i) {
-                        entry_audits.push((self.audit(context, Interaction::Create, "create"), Some(existing.resource.clone())));
-                        entry_response(&existing, "200 OK")
-                    } else {
-                        let grant = self.decide(&mut transaction, context, Interaction::Create, Some(&request.resource_type)).await.and_then(crate::policy::Grant::for_write).map_err(|e| in_entry(e, request))?;
-                        let resource = request.resource.clone().unwrap_or(Value::Null);
-                        super::check_body_type(&resource, &request.resource_type).map_err(|e| in_entry(e, request))?;
-                        let validated = self.validator.validate(resource).map_err(|issues| in_entry(Error::Unprocessable(issues), request))?;
-                        let id = assigned.get(&i).cloned().unwrap_or_default();
-                        let stored = self
-                            .write_version(&mut transaction, &grant, &request.resource_type, &id, validated, None, "POST")
-                            .await
-                            .map_err(|e| in_entry(e, request))?;
-                        let response = entry_response(&stored, "201 Created");
-                        entry_audits.push((self.audit(context, Interaction::Create, "create"), Some(stored.resource.clone())));
-                        written.push((i, stored));
-                        response
-                    }
-                }
-                Method::Put => {
-                    let grant = self.decide(&mut transaction, context, Interaction::Update, Some(&request.resource_type)).await.and_then(crate::policy::Grant::for_write).map_err(|e| in_entry(e, request))?;
-                    let id = assigned.get(&i).cloned().unwrap_or_default();
-                    let mut resource = request.resource.clone().unwrap_or(Value::Null);
-                    if request.query.is_some() && resource.get("id").is_none() {
-                        if let Some(object) = resource.as_object_mut() {
-                            object.insert("id".into(), json!(id));
-                        }
-                    }
-                    super::check_body_type(&resource, &request.resource_type).map_err(|e| in_entry(e, request))?;
-                    super::check_body_id(&resource, &request.resource_type, &id).map_err(|e| in_entry(e, request))?;
-                    let validated = self.validator.validate(resource).map_err(|issues| in_entry(Error::Unprocessable(issues), request))?;
-                    let Written { stored, created } = self
-                        .update_in(&mut transaction, &grant, &request.resource_type, &id, validated, request.if_match, "PUT")
-                        .await
-                        .map_err(|e| in_entry(e, request))?;
-                    let response = entry_response(&stored, if created { "201 Created" } else { "200 OK" });
-                    entry_audits.push((self.audit(context, Interaction::Update, "update"), Some(stored.resource.clone())));
-                    written.push((i, stored));
-                    response
-                }
-                Method::Patch => {
-                    let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(&request.resource_type)).await.and_then(crate::policy::Grant::for_write).map_err(|e| in_entry(e, request))?;
-                    let id = request.id.clone().ok_or_else(|| Error::bad_request_at("a PATCH entry needs Type/id", format!("{}.request.url", request.path())))?;
-                    let patch = patch_document(request)?;
-                    self.require_readable(&mut transaction, context, &request.resource_type, &id).await.map_err(|e| in_entry(e, request))?;
-                    let Written { stored, .. } = self
-                        .patch_in(&mut transaction, &grant, &request.resource_type, &id, patch, request.if_match)
-                        .await
-                        .map_err(|e| in_entry(e, request))?;
-                    let response = entry_response(&stored, "200 OK");
-                    entry_audits.push((self.audit(context, Interaction::Patch, "patch"), Some(stored.resource.clone())));
-                    written.push((i, stored));
-                    response
-                }
-                Method::Get | Method::Head => {
-                    deferred_reads.push(i);
-                    continue;
-                }
             };
-            if let Some(slot) = responses.get_mut(i) {
+            if let Some(slot) = responses.get_mut(index) {
                 *slot = Some(response);
             }
         }
-        for (i, stored) in &written {
-            let prefix = format!("Bundle.entry[{i}].resource.");
-            let grant = self.decide(&mut transaction, context, Interaction::Read, Some(&stored.resource_type)).await?;
-            self.check_references(&mut transaction, context, &grant, std::slice::from_ref(stored), "")
-                .await
-                .map_err(|error| prefix_error(error, &prefix))?;
-        }
         let entry_events = self.entry_events(&mut transaction, context, entry_audits).await?;
         self.commit_audited(transaction, context, audit, &[], entry_events).await?;
-        for i in deferred_reads {
-            let Some(request) = requests.get(i) else { continue };
+        for request in reads {
             let response = match self.read_entry(context, request).await {
                 Ok(value) => value,
                 Err(error) => error_entry(&error, &context.request_id),
             };
-            if let Some(slot) = responses.get_mut(i) {
+            if let Some(slot) = responses.get_mut(request.index) {
                 *slot = Some(response);
             }
         }
@@ -477,35 +339,36 @@ fn error_entry(error: &Error, request_id: &str) -> Value {
 
 /// Locates an entry's error: issue expressions get the entry's resource path.
 fn in_entry(error: Error, request: &EntryRequest) -> Error {
-    let prefix = format!("{}.resource.", request.path());
-    match error {
-        Error::Unprocessable(_) | Error::BadRequest(_) => prefix_error(error, &prefix),
-        Error::NotFound(what) => Error::NotFound(format!("{what} (in {})", request.path())),
-        Error::PreconditionFailed(message) => Error::PreconditionFailed(format!("{}: {message}", request.path())),
-        Error::Conflict(message) => Error::Conflict(format!("{}: {message}", request.path())),
-        Error::Forbidden(message) => Error::Forbidden(format!("{}: {message}", request.path())),
-        other => other,
-    }
+    writes::in_entry(error, request.index)
 }
 
-/// `Patient.name[0]` in entry 2 becomes `Bundle.entry[2].resource.name[0]`.
-fn prefix_error(error: Error, prefix: &str) -> Error {
-    let relocate = |issue: Issue| {
-        let mut issue = issue;
-        for expression in &mut issue.expression {
-            if expression.starts_with("Bundle.entry[") {
-                continue;
-            }
-            let rest = expression.split_once('.').map(|(_, rest)| rest.to_owned()).unwrap_or_default();
-            *expression = format!("{prefix}{rest}").trim_end_matches('.').to_owned();
-        }
-        issue
+/// A transaction entry's write, for the write pipeline (None for a read).
+fn write_entry(request: &EntryRequest) -> Result<Option<WriteEntry>> {
+    let missing = |what: &str| Error::bad_request_at(format!("a {what}"), format!("{}.request.url", request.path()));
+    let change = match (request.method, &request.id, &request.query) {
+        (Method::Get | Method::Head, _, _) => return Ok(None),
+        (Method::Post, _, _) => Change::Create { if_none_exist: request.if_none_exist.clone() },
+        (Method::Put, Some(id), _) => Change::Update { id: id.clone() },
+        (Method::Put, None, Some(condition)) => Change::ConditionalUpdate { condition: condition.clone() },
+        (Method::Patch, Some(id), _) => Change::Patch { id: id.clone(), patch: patch_document(request)? },
+        (Method::Delete, Some(id), _) => Change::Delete { id: id.clone() },
+        (Method::Delete, None, Some(condition)) => Change::ConditionalDelete { condition: condition.clone() },
+        (Method::Put, None, None) => return Err(missing("PUT entry needs Type/id or a condition")),
+        (Method::Patch, None, _) => return Err(missing("PATCH entry needs Type/id")),
+        (Method::Delete, None, None) => return Err(missing("DELETE entry needs Type/id or a condition")),
     };
-    match error {
-        Error::Unprocessable(issues) => Error::Unprocessable(issues.into_iter().map(relocate).collect()),
-        Error::BadRequest(issue) => Error::BadRequest(relocate(issue)),
-        other => other,
-    }
+    let body = match request.method {
+        Method::Post | Method::Put => Some(request.resource.clone().unwrap_or(Value::Null)),
+        _ => None,
+    };
+    Ok(Some(WriteEntry {
+        resource_type: request.resource_type.clone(),
+        change,
+        body,
+        if_match: request.if_match,
+        full_url: request.full_url.clone(),
+        index: Some(request.index),
+    }))
 }
 
 /// Reads `W/"3"`, `"3"` or `3`.

@@ -21,6 +21,7 @@ use crate::store::{self, CurrentRow, NewVersion};
 use crate::runtime::Runtime;
 use crate::audit::Entity;
 use audit::Audit;
+use writes::{Change, Outcome, WriteEntry};
 
 pub use crate::fhir::MUNICIPALITY_TAG_SYSTEM;
 
@@ -31,6 +32,7 @@ pub mod generate;
 pub mod history;
 pub mod reindex;
 pub mod search;
+pub mod writes;
 
 /// A resource version as returned to clients, with what the HTTP layer needs for headers.
 #[derive(Debug, Clone)]
@@ -40,6 +42,16 @@ pub struct Stored {
     pub version_id: i64,
     pub last_updated: String,
     pub resource: Value,
+}
+
+impl Outcome {
+    /// What a create, update or patch wrote.
+    fn written(self) -> Result<Written> {
+        match self {
+            Outcome::Written { stored, created, .. } => Ok(Written { stored, created }),
+            Outcome::Deleted { .. } => Err(Error::internal("a create, update or patch deleted")),
+        }
+    }
 }
 
 /// The result of a write.
@@ -71,7 +83,7 @@ impl Fhir {
         Fhir { runtime }
     }
 
-    fn check_type(&self, resource_type: &str) -> Result<()> {
+    pub(crate) fn check_type(&self, resource_type: &str) -> Result<()> {
         if self.validator.is_resource_type(resource_type) {
             Ok(())
         } else {
@@ -190,30 +202,25 @@ impl Fhir {
         body: Value,
         condition: Option<&str>,
     ) -> Result<Written> {
-        writable(resource_type)?;
-        self.check_type(resource_type)?;
-        policy::precheck(&context.principal, &context.tenant, Interaction::Create, Some(resource_type))?;
-        check_body_type(&body, resource_type)?;
-        let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
-        let mut transaction = self.store.begin().await?;
-        if condition.is_some() {
-            // Before the decision: its facts must include whatever a concurrent conditional
-            // writer committed (a person registered a moment ago is this caller's match).
-            lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
-        }
-        let grant = self.decide(&mut transaction, context, Interaction::Create, Some(resource_type)).await?.for_write()?;
-        if let Some(condition) = condition {
-            if let Some(existing) = self.match_for_write(&mut transaction, context, resource_type, condition).await? {
-                let stored = stored_from_current(Some(existing), resource_type, "")?;
-                self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?;
-                return Ok(Written { stored, created: false });
+        let change = Change::Create { if_none_exist: condition.map(str::to_owned) };
+        self.write_one(context, audit, WriteEntry::single(resource_type, change, Some(body), None)).await?.written()
+    }
+
+    /// A single write: a transaction of one entry, committed with the interaction's event.
+    async fn write_one(&self, context: &Context, audit: &mut Audit, entry: WriteEntry) -> Result<Outcome> {
+        let (transaction, mut outcomes) = self.write_entries(context, vec![entry]).await?;
+        let outcome = outcomes.pop().ok_or_else(|| Error::internal("a single write had no outcome"))?;
+        match &outcome {
+            Outcome::Written { stored, .. } => self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?,
+            Outcome::Deleted { target, deleted } => {
+                if let Some(target) = target {
+                    audit.entity(Entity::Resource(target.clone()));
+                }
+                let deleted: Vec<&Value> = deleted.iter().collect();
+                self.commit_audited(transaction, context, audit, &deleted, Vec::new()).await?;
             }
         }
-        let id = uuid::Uuid::new_v4().to_string();
-        let stored = self.write_version(&mut transaction, &grant, resource_type, &id, validated, None, "POST").await?;
-        self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&stored), "").await?;
-        self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?;
-        Ok(Written { stored, created: true })
+        Ok(outcome)
     }
 
     /// `PUT [base]/[type]/[id]`: update, or create with the client's id.
@@ -240,18 +247,8 @@ impl Fhir {
         body: Value,
         if_match: Option<i64>,
     ) -> Result<Written> {
-        writable(resource_type)?;
-        self.check_type(resource_type)?;
-        policy::precheck(&context.principal, &context.tenant, Interaction::Update, Some(resource_type))?;
-        check_body_type(&body, resource_type)?;
-        check_body_id(&body, resource_type, id)?;
-        let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
-        let mut transaction = self.store.begin().await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Update, Some(resource_type)).await?.for_write()?;
-        let written = self.update_in(&mut transaction, &grant, resource_type, id, validated, if_match, "PUT").await?;
-        self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
-        self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
-        Ok(written)
+        let change = Change::Update { id: id.to_owned() };
+        self.write_one(context, audit, WriteEntry::single(resource_type, change, Some(body), if_match)).await?.written()
     }
 
     /// `PUT [base]/[type]?criteria`
@@ -279,35 +276,9 @@ impl Fhir {
         body: Value,
         if_match: Option<i64>,
     ) -> Result<Written> {
-        writable(resource_type)?;
-        self.check_type(resource_type)?;
-        policy::precheck(&context.principal, &context.tenant, Interaction::Update, Some(resource_type))?;
-        check_body_type(&body, resource_type)?;
-        let validated = self.validator.validate(body).map_err(Error::Unprocessable)?;
-        let mut transaction = self.store.begin().await?;
-        lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Update, Some(resource_type)).await?.for_write()?;
-        let existing = self.match_for_write(&mut transaction, context, resource_type, condition).await?;
-        let body_id = validated.as_value().get("id").and_then(Value::as_str).map(str::to_owned);
-        let written = match existing {
-            Some(existing) => {
-                if body_id.as_deref().is_some_and(|body_id| body_id != existing.id) {
-                    return Err(Error::bad_request_at(
-                        "the resource id does not match the resource found by the condition",
-                        format!("{resource_type}.id"),
-                    ));
-                }
-                self.update_in(&mut transaction, &grant, resource_type, &existing.id, validated, if_match, "PUT").await?
-            }
-            None => {
-                let id = body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                self.update_in(&mut transaction, &grant, resource_type, &id, validated, if_match, "PUT").await?
-            }
-        };
-        self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
         audit.entity(Entity::Query(condition.to_owned()));
-        self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
-        Ok(written)
+        let change = Change::ConditionalUpdate { condition: condition.to_owned() };
+        self.write_one(context, audit, WriteEntry::single(resource_type, change, Some(body), if_match)).await?.written()
     }
 
     /// `PATCH [base]/[type]/[id]` with a JSON Patch document.
@@ -334,16 +305,8 @@ impl Fhir {
         patch: Value,
         if_match: Option<i64>,
     ) -> Result<Written> {
-        writable(resource_type)?;
-        self.check_type(resource_type)?;
-        policy::precheck(&context.principal, &context.tenant, Interaction::Patch, Some(resource_type))?;
-        let mut transaction = self.store.begin().await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Patch, Some(resource_type)).await?.for_write()?;
-        self.require_readable(&mut transaction, context, resource_type, id).await?;
-        let written = self.patch_in(&mut transaction, &grant, resource_type, id, patch, if_match).await?;
-        self.check_references(&mut transaction, context, &grant, std::slice::from_ref(&written.stored), "").await?;
-        self.commit_audited(transaction, context, audit, &[&written.stored.resource], Vec::new()).await?;
-        Ok(written)
+        let change = Change::Patch { id: id.to_owned(), patch };
+        self.write_one(context, audit, WriteEntry::single(resource_type, change, None, if_match)).await?.written()
     }
 
     /// `DELETE [base]/[type]/[id]`. Deleting what does not exist (or is already deleted)
@@ -356,15 +319,8 @@ impl Fhir {
     }
 
     async fn delete_unaudited(&self, context: &Context, audit: &mut Audit, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<()> {
-        writable(resource_type)?;
-        self.check_type(resource_type)?;
-        policy::precheck(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
-        let mut transaction = self.store.begin().await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(resource_type)).await?.for_write()?;
-        let deleted = self.delete_in(&mut transaction, &grant, resource_type, id, if_match).await?;
-        audit.entity(Entity::Resource(format!("{resource_type}/{id}")));
-        let deleted: Vec<&Value> = deleted.iter().collect();
-        self.commit_audited(transaction, context, audit, &deleted, Vec::new()).await
+        let change = Change::Delete { id: id.to_owned() };
+        self.write_one(context, audit, WriteEntry::single(resource_type, change, None, if_match)).await.map(|_| ())
     }
 
     /// `DELETE [base]/[type]?criteria`: deletes the single match; more than one is a 412.
@@ -376,19 +332,8 @@ impl Fhir {
     }
 
     async fn conditional_delete_unaudited(&self, context: &Context, audit: &mut Audit, resource_type: &str, condition: &str) -> Result<()> {
-        writable(resource_type)?;
-        self.check_type(resource_type)?;
-        policy::precheck(&context.principal, &context.tenant, Interaction::Delete, Some(resource_type))?;
-        let mut transaction = self.store.begin().await?;
-        lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
-        let grant = self.decide(&mut transaction, context, Interaction::Delete, Some(resource_type)).await?.for_write()?;
-        let mut deleted = None;
-        if let Some(existing) = self.match_for_write(&mut transaction, context, resource_type, condition).await? {
-            audit.entity(Entity::Resource(format!("{resource_type}/{}", existing.id)));
-            deleted = self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await?;
-        }
-        let deleted: Vec<&Value> = deleted.iter().collect();
-        self.commit_audited(transaction, context, audit, &deleted, Vec::new()).await
+        let change = Change::ConditionalDelete { condition: condition.to_owned() };
+        self.write_one(context, audit, WriteEntry::single(resource_type, change, None, None)).await.map(|_| ())
     }
 
     /// The match of a conditional write (`If-None-Exist`, conditional update or delete),
@@ -612,7 +557,7 @@ impl Fhir {
     /// Stamps id and meta, stores the version and its index rows. `current` is the row this
     /// version replaces (None for a new resource); a lost compare-and-set is a 412.
     #[allow(clippy::too_many_arguments)]
-    async fn write_version(
+    pub(crate) async fn write_version(
         &self,
         connection: &mut crate::store::Db,
         grant: &policy::WriteGrant,
@@ -960,7 +905,7 @@ fn stamp(resource: &mut Value, id: &str, version_id: i64, last_updated: &str) {
     }
 }
 
-fn stored_from_current(row: Option<CurrentRow>, resource_type: &str, id: &str) -> Result<Stored> {
+pub(crate) fn stored_from_current(row: Option<CurrentRow>, resource_type: &str, id: &str) -> Result<Stored> {
     let row = row.ok_or_else(|| Error::NotFound(format!("{resource_type}/{id}")))?;
     match row.content {
         None => Err(Error::Gone(format!("{}/{}", row.resource_type, row.id))),
@@ -983,7 +928,7 @@ pub(crate) fn writable(resource_type: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_body_type(body: &Value, resource_type: &str) -> Result<()> {
+pub(crate) fn check_body_type(body: &Value, resource_type: &str) -> Result<()> {
     match body.get("resourceType").and_then(Value::as_str) {
         Some(found) if found == resource_type => Ok(()),
         Some(found) => Err(Error::bad_request_at(
@@ -994,7 +939,7 @@ fn check_body_type(body: &Value, resource_type: &str) -> Result<()> {
     }
 }
 
-fn check_body_id(body: &Value, resource_type: &str, id: &str) -> Result<()> {
+pub(crate) fn check_body_id(body: &Value, resource_type: &str, id: &str) -> Result<()> {
     match body.get("id") {
         Some(Value::String(found)) if found == id => Ok(()),
         Some(Value::String(found)) => Err(Error::bad_request_at(

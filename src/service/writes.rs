@@ -1,0 +1,331 @@
+//! The write pipeline. Every create, update, patch and delete — a single interaction
+//! (`POST [type]`, `PUT`, `PATCH`, `DELETE` and their conditional forms) or an entry of a
+//! transaction Bundle — is a [`WriteEntry`] and runs through [`Fhir::write_entries`]: a
+//! single write is a transaction of one entry, and each step has one implementation.
+//!
+//! 1. Before the transaction, what needs no facts ([`Fhir::check_entry`]): the type is
+//!    writable and known, the token's scopes reach it (`policy::precheck`), the body is of
+//!    the type (and, for an update, has the URL's id). Bodies are validated here as well,
+//!    unless the entries name one another by `fullUrl`: those are validated in step 3,
+//!    after their references were rewritten.
+//! 2. In the transaction, in the order DELETE, POST, PUT/PATCH: a conditional create or
+//!    update takes its type's conditional lock, is decided, and matched (`match_for_write`,
+//!    a search); every created entry gets its id, and `urn:uuid:` references are rewritten.
+//! 3. Each entry is decided once — inside the transaction, after the conditional lock, so
+//!    the decision and the data come from the same snapshot — and written under its grant
+//!    by the row functions (`write_version`, `update_in`, `patch_in`, `delete_in`).
+//! 4. What was written has its references checked against the read side of its own grant.
+//!
+//! The caller commits, with the audit of the interaction (or of each entry).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::fhir::references;
+use crate::fhir::validate::Validated;
+use crate::identity::{Context, Interaction};
+use crate::outcome::Issue;
+use crate::policy::{self, WriteGrant};
+use crate::service::{check_body_id, check_body_type, lock_conditional, stored_from_current, writable, Fhir, Stored, Written};
+use crate::store::Transaction;
+
+/// What one write does.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    /// `POST [type]`, with `If-None-Exist` when a condition is given.
+    Create { if_none_exist: Option<String> },
+    /// `PUT [type]/[id]`: update, or create with the client's id.
+    Update { id: String },
+    /// `PUT [type]?criteria`
+    ConditionalUpdate { condition: String },
+    /// `PATCH [type]/[id]` with a JSON Patch document.
+    Patch { id: String, patch: Value },
+    /// `DELETE [type]/[id]`
+    Delete { id: String },
+    /// `DELETE [type]?criteria`
+    ConditionalDelete { condition: String },
+}
+
+impl Change {
+    pub(crate) fn interaction(&self) -> Interaction {
+        match self {
+            Change::Create { .. } => Interaction::Create,
+            Change::Update { .. } | Change::ConditionalUpdate { .. } => Interaction::Update,
+            Change::Patch { .. } => Interaction::Patch,
+            Change::Delete { .. } | Change::ConditionalDelete { .. } => Interaction::Delete,
+        }
+    }
+
+    /// The order of a transaction's entries: deletes, creates, then updates and patches.
+    fn rank(&self) -> u8 {
+        match self {
+            Change::Delete { .. } | Change::ConditionalDelete { .. } => 0,
+            Change::Create { .. } => 1,
+            Change::Update { .. } | Change::ConditionalUpdate { .. } | Change::Patch { .. } => 2,
+        }
+    }
+}
+
+/// One write: a single interaction, or an entry of a transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct WriteEntry {
+    pub resource_type: String,
+    pub change: Change,
+    /// The resource of a create or update.
+    pub body: Option<Value>,
+    pub if_match: Option<i64>,
+    /// The entry's `fullUrl` (a transaction's entries refer to one another by it).
+    pub full_url: Option<String>,
+    /// The entry's index in its transaction Bundle; errors name it. None for a single write.
+    pub index: Option<usize>,
+}
+
+impl WriteEntry {
+    pub(crate) fn single(resource_type: &str, change: Change, body: Option<Value>, if_match: Option<i64>) -> WriteEntry {
+        WriteEntry { resource_type: resource_type.to_owned(), change, body, if_match, full_url: None, index: None }
+    }
+
+    /// Places an error of this entry: in a transaction, its issues' expressions become paths
+    /// in the Bundle and its messages name the entry.
+    pub(crate) fn locate(&self, error: Error) -> Error {
+        match self.index {
+            None => error,
+            Some(index) => in_entry(error, index),
+        }
+    }
+}
+
+/// What one entry did.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// A version was written (`created` for a new resource), or a conditional create found
+    /// its match (`created` false; nothing was written).
+    Written { stored: Stored, created: bool },
+    /// A delete: of `target` (`Type/id`; None when a conditional delete matched nothing),
+    /// with the version it deleted (None when there was nothing to delete).
+    Deleted { target: Option<String>, deleted: Option<Value> },
+}
+
+impl Fhir {
+    /// Step 1: the checks of an entry that need no facts.
+    pub(crate) fn check_entry(&self, context: &Context, entry: &WriteEntry) -> Result<()> {
+        let resource_type = entry.resource_type.as_str();
+        writable(resource_type)?;
+        self.check_type(resource_type)?;
+        policy::precheck(&context.principal, &context.tenant, entry.change.interaction(), Some(resource_type))?;
+        if let Some(body) = &entry.body {
+            check_body_type(body, resource_type)?;
+            if let Change::Update { id } = &entry.change {
+                check_body_id(body, resource_type, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `entries` in one new transaction (steps 1–4 above) and returns it uncommitted,
+    /// with each entry's outcome in the entries' order.
+    pub(crate) async fn write_entries(&self, context: &Context, mut entries: Vec<WriteEntry>) -> Result<(Transaction, Vec<Outcome>)> {
+        for entry in &entries {
+            self.check_entry(context, entry).map_err(|error| entry.locate(error))?;
+        }
+        let cross_references = entries.iter().any(|e| e.full_url.is_some());
+        let mut validated: Vec<Option<Validated>> = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            validated.push(match (&entry.body, cross_references) {
+                (Some(body), false) => Some(self.validate(entry, body.clone())?),
+                _ => None,
+            });
+        }
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by_key(|&i| (entries.get(i).map_or(u8::MAX, |e| e.change.rank()), i));
+        let mut transaction = self.store.begin().await?;
+
+        // Step 2: conditional matches and the ids of what is created.
+        let mut grants: Vec<Option<WriteGrant>> = entries.iter().map(|_| None).collect();
+        let mut matched: Vec<Option<Stored>> = vec![None; entries.len()];
+        let mut ids: Vec<Option<String>> = vec![None; entries.len()];
+        let mut replacements: HashMap<String, String> = HashMap::new();
+        for &i in &order {
+            let Some(entry) = entries.get(i) else { continue };
+            let located = |error| entry.locate(error);
+            let resource_type = entry.resource_type.as_str();
+            let id = match &entry.change {
+                Change::Create { if_none_exist: Some(condition) } => {
+                    // The lock before the decision: its facts must include whatever a
+                    // concurrent conditional writer committed (a person registered a moment
+                    // ago is this caller's match).
+                    lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
+                    let grant = self.decide_write(&mut transaction, context, entry).await?;
+                    put(&mut grants, i, grant);
+                    match self.match_for_write(&mut transaction, context, resource_type, condition).await.map_err(located)? {
+                        Some(existing) => {
+                            let stored = stored_from_current(Some(existing), resource_type, "")?;
+                            let id = stored.id.clone();
+                            put(&mut matched, i, stored);
+                            id
+                        }
+                        None => uuid::Uuid::new_v4().to_string(),
+                    }
+                }
+                Change::Create { if_none_exist: None } => uuid::Uuid::new_v4().to_string(),
+                Change::Update { id } => id.clone(),
+                Change::ConditionalUpdate { condition } => {
+                    lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
+                    let grant = self.decide_write(&mut transaction, context, entry).await?;
+                    put(&mut grants, i, grant);
+                    let existing = self.match_for_write(&mut transaction, context, resource_type, condition).await.map_err(located)?;
+                    let body_id = entry.body.as_ref().and_then(|b| b.get("id")).and_then(Value::as_str).map(str::to_owned);
+                    match existing {
+                        Some(existing) => {
+                            if body_id.as_deref().is_some_and(|body_id| body_id != existing.id) {
+                                return Err(located(Error::bad_request_at(
+                                    "the resource id does not match the resource found by the condition",
+                                    format!("{resource_type}.id"),
+                                )));
+                            }
+                            existing.id
+                        }
+                        None => body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                    }
+                }
+                Change::Patch { .. } | Change::Delete { .. } | Change::ConditionalDelete { .. } => continue,
+            };
+            if let Some(full_url) = &entry.full_url {
+                replacements.insert(full_url.clone(), format!("{resource_type}/{id}"));
+            }
+            put(&mut ids, i, id);
+        }
+        if !replacements.is_empty() {
+            for entry in &mut entries {
+                if let Some(body) = entry.body.as_mut() {
+                    references::rewrite(body, &replacements);
+                }
+            }
+        }
+
+        // Step 3: each entry decided once and written under its grant.
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; entries.len()];
+        let mut written: Vec<(usize, WriteGrant, Stored)> = Vec::new();
+        for &i in &order {
+            let Some(entry) = entries.get(i) else { continue };
+            let located = |error| entry.locate(error);
+            let resource_type = entry.resource_type.as_str();
+            if let Change::ConditionalDelete { .. } = entry.change {
+                lock_conditional(&mut transaction, &context.tenant, resource_type).await?;
+            }
+            let grant = match grants.get_mut(i).and_then(Option::take) {
+                Some(grant) => grant,
+                None => self.decide_write(&mut transaction, context, entry).await?,
+            };
+            if let Some(stored) = matched.get_mut(i).and_then(Option::take) {
+                put(&mut outcomes, i, Outcome::Written { stored, created: false });
+                continue;
+            }
+            let id = ids.get(i).cloned().flatten().unwrap_or_default();
+            let outcome = match &entry.change {
+                Change::Create { .. } | Change::Update { .. } | Change::ConditionalUpdate { .. } => {
+                    let validated = match validated.get_mut(i).and_then(Option::take) {
+                        Some(validated) => validated,
+                        None => self.validate(entry, entry.body.clone().unwrap_or(Value::Null))?,
+                    };
+                    let Written { stored, created } = if let Change::Create { .. } = entry.change {
+                        let stored = self.write_version(&mut transaction, &grant, resource_type, &id, validated, None, "POST").await.map_err(located)?;
+                        Written { stored, created: true }
+                    } else {
+                        self.update_in(&mut transaction, &grant, resource_type, &id, validated, entry.if_match, "PUT").await.map_err(located)?
+                    };
+                    written.push((i, grant, stored.clone()));
+                    Outcome::Written { stored, created }
+                }
+                Change::Patch { id, patch } => {
+                    self.require_readable(&mut transaction, context, resource_type, id).await.map_err(located)?;
+                    let Written { stored, created } =
+                        self.patch_in(&mut transaction, &grant, resource_type, id, patch.clone(), entry.if_match).await.map_err(located)?;
+                    written.push((i, grant, stored.clone()));
+                    Outcome::Written { stored, created }
+                }
+                Change::Delete { id } => {
+                    let deleted = self.delete_in(&mut transaction, &grant, resource_type, id, entry.if_match).await.map_err(located)?;
+                    Outcome::Deleted { target: Some(format!("{resource_type}/{id}")), deleted }
+                }
+                Change::ConditionalDelete { condition } => {
+                    match self.match_for_write(&mut transaction, context, resource_type, condition).await.map_err(located)? {
+                        Some(existing) => {
+                            let deleted = self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await.map_err(located)?;
+                            Outcome::Deleted { target: Some(format!("{resource_type}/{}", existing.id)), deleted }
+                        }
+                        None => Outcome::Deleted { target: None, deleted: None },
+                    }
+                }
+            };
+            put(&mut outcomes, i, outcome);
+        }
+
+        // Step 4: the references of what was written, against its own grant's read side.
+        for (i, grant, stored) in &written {
+            let located = |error| match entries.get(*i) {
+                Some(entry) => entry.locate(error),
+                None => error,
+            };
+            self.check_references(&mut transaction, context, grant, std::slice::from_ref(stored), "").await.map_err(located)?;
+        }
+        let outcomes = outcomes.into_iter().collect::<Option<Vec<Outcome>>>().ok_or_else(|| Error::internal("a write entry had no outcome"))?;
+        Ok((transaction, outcomes))
+    }
+
+    /// The entry's one decision, for its write interaction.
+    async fn decide_write(&self, transaction: &mut Transaction, context: &Context, entry: &WriteEntry) -> Result<WriteGrant> {
+        self.decide(transaction, context, entry.change.interaction(), Some(&entry.resource_type))
+            .await
+            .and_then(policy::Grant::for_write)
+            .map_err(|error| entry.locate(error))
+    }
+
+    fn validate(&self, entry: &WriteEntry, body: Value) -> Result<Validated> {
+        self.validator.validate(body).map_err(|issues| entry.locate(Error::Unprocessable(issues)))
+    }
+}
+
+/// Fills slot `i` of one of an entry list's parallel columns.
+fn put<T>(column: &mut [Option<T>], i: usize, value: T) {
+    if let Some(slot) = column.get_mut(i) {
+        *slot = Some(value);
+    }
+}
+
+/// Locates an error of entry `index`: issue expressions get the entry's resource path, and
+/// messages name the entry.
+pub(crate) fn in_entry(error: Error, index: usize) -> Error {
+    let entry = format!("Bundle.entry[{index}]");
+    let prefix = format!("{entry}.resource.");
+    match error {
+        Error::Unprocessable(_) | Error::BadRequest(_) => prefix_error(error, &prefix),
+        Error::NotFound(what) => Error::NotFound(format!("{what} (in {entry})")),
+        Error::PreconditionFailed(message) => Error::PreconditionFailed(format!("{entry}: {message}")),
+        Error::Conflict(message) => Error::Conflict(format!("{entry}: {message}")),
+        Error::Forbidden(message) => Error::Forbidden(format!("{entry}: {message}")),
+        other => other,
+    }
+}
+
+/// `Patient.name[0]` in entry 2 becomes `Bundle.entry[2].resource.name[0]`.
+fn prefix_error(error: Error, prefix: &str) -> Error {
+    let relocate = |issue: Issue| {
+        let mut issue = issue;
+        for expression in &mut issue.expression {
+            if expression.starts_with("Bundle.entry[") {
+                continue;
+            }
+            let rest = expression.split_once('.').map(|(_, rest)| rest.to_owned()).unwrap_or_default();
+            *expression = format!("{prefix}{rest}").trim_end_matches('.').to_owned();
+        }
+        issue
+    };
+    match error {
+        Error::Unprocessable(issues) => Error::Unprocessable(issues.into_iter().map(relocate).collect()),
+        Error::BadRequest(issue) => Error::BadRequest(relocate(issue)),
+        other => other,
+    }
+}
