@@ -397,7 +397,7 @@ pub fn active_consent_patient(content: &str, now: DateTime<Utc>) -> Option<Strin
 /// Status changes are writes, so only the periods need judging at request time, which the
 /// access predicate does against the decision's `now`. A period that cannot be read holds
 /// never (as [`period_covers`] judges it).
-pub fn access_links(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
+pub fn access_links(resource_type: &str, id: &str, resource: &Value) -> Vec<IndexEntry> {
     let link = |kind: &str, patient: &str, member: String, period: Option<(String, String)>| {
         period.map(|(valid_from, valid_to)| IndexEntry::AccessLink {
             kind: kind.to_owned(),
@@ -450,8 +450,26 @@ pub fn access_links(resource_type: &str, resource: &Value) -> Vec<IndexEntry> {
                 .into_iter()
                 .collect()
         }
+        "Patient" => {
+            let Some(registrar) = reference_of(resource, "managingOrganization").as_deref().and_then(local_reference) else {
+                return Vec::new();
+            };
+            if !registrar.starts_with("Organization/") {
+                return Vec::new();
+            }
+            link(crate::search::LINK_REGISTRATION, id, registrar, period_bounds(None)).into_iter().collect()
+        }
         _ => Vec::new(),
     }
+}
+
+/// The links a deleted version keeps: a Patient's registration (the registrar still sees
+/// the tombstone and the person's versions); a team's or consent's end with it.
+pub fn links_kept_on_delete(resource_type: &str, id: &str, deleted: &Value) -> Vec<IndexEntry> {
+    access_links(resource_type, id, deleted)
+        .into_iter()
+        .filter(|link| matches!(link, IndexEntry::AccessLink { kind, .. } if kind == crate::search::LINK_REGISTRATION))
+        .collect()
 }
 
 /// Since always, in the stored text form of `valid_from`.
@@ -568,12 +586,12 @@ mod tests {
             valid_to: valid_to.into(),
         };
         assert_eq!(
-            access_links("CareTeam", &team("active", "2027")),
+            access_links("CareTeam", "x", &team("active", "2027")),
             vec![link("PractitionerRole/r1", "2028-01-01T00:00:00.000000Z"), link("Organization/o1", FOREVER)]
         );
-        assert_eq!(access_links("CareTeam", &team("inactive", "2027")), Vec::new());
+        assert_eq!(access_links("CareTeam", "x", &team("inactive", "2027")), Vec::new());
         // A participation that ended before the team began links nobody.
-        assert_eq!(access_links("CareTeam", &team("active", "2026-01")), vec![link("Organization/o1", FOREVER)]);
+        assert_eq!(access_links("CareTeam", "x", &team("active", "2026-01")), vec![link("Organization/o1", FOREVER)]);
     }
 
     #[test]
@@ -591,9 +609,31 @@ mod tests {
             valid_from: ALWAYS_FROM.into(),
             valid_to: "2027-04-01T00:00:00.000000Z".into(),
         }];
-        assert_eq!(access_links("Consent", &consent("active", "permit", "2027-03-31")), expected);
-        assert_eq!(access_links("Consent", &consent("inactive", "permit", "2027-03-31")), Vec::new());
-        assert_eq!(access_links("Consent", &consent("active", "deny", "2027-03-31")), Vec::new());
-        assert_eq!(access_links("Consent", &consent("active", "permit", "garbage")), Vec::new());
+        assert_eq!(access_links("Consent", "x", &consent("active", "permit", "2027-03-31")), expected);
+        assert_eq!(access_links("Consent", "x", &consent("inactive", "permit", "2027-03-31")), Vec::new());
+        assert_eq!(access_links("Consent", "x", &consent("active", "deny", "2027-03-31")), Vec::new());
+        assert_eq!(access_links("Consent", "x", &consent("active", "permit", "garbage")), Vec::new());
+    }
+
+    #[test]
+    fn registrations_link_the_registrar_and_outlive_the_deletion() {
+        let patient = |registrar: &str| serde_json::json!({ "resourceType": "Patient", "managingOrganization": { "reference": registrar } });
+        let registration = vec![IndexEntry::AccessLink {
+            kind: "registration".into(),
+            patient: "p1".into(),
+            member: "Organization/office".into(),
+            valid_from: ALWAYS_FROM.into(),
+            valid_to: FOREVER.into(),
+        }];
+        assert_eq!(access_links("Patient", "p1", &patient("Organization/office")), registration);
+        assert_eq!(access_links("Patient", "p1", &patient("https://x/ina/fhir/Organization/office")), registration);
+        assert_eq!(access_links("Patient", "p1", &patient("Practitioner/someone")), Vec::new());
+        assert_eq!(access_links("Patient", "p1", &serde_json::json!({ "resourceType": "Patient" })), Vec::new());
+        // Kept by a deleted Patient; a deleted team or consent links nobody.
+        assert_eq!(links_kept_on_delete("Patient", "p1", &patient("Organization/office")), registration);
+        let team = serde_json::json!({ "resourceType": "CareTeam", "status": "active", "subject": { "reference": "Patient/p1" },
+                                       "participant": [{ "member": { "reference": "Organization/office" } }] });
+        assert_eq!(access_links("CareTeam", "t1", &team).len(), 1);
+        assert_eq!(links_kept_on_delete("CareTeam", "t1", &team), Vec::new());
     }
 }

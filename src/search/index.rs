@@ -13,12 +13,16 @@ pub enum IndexEntry {
     /// A link by which an actor (`member`: `PractitionerRole/…` or `Organization/…`) or,
     /// for a consent, the person's team (`member` empty) reaches a person, in `[valid_from,
     /// valid_to)` (fixed-width UTC text; see `migrations/*/0013_access_links.sql`). Derived by
-    /// the policy (`policy::facts::access_links`) from CareTeams and Consents; the access
+    /// the policy (`policy::facts::access_links`) from CareTeams, Consents and Patients; the access
     /// predicate joins these rows instead of binding the persons an actor reaches.
     AccessLink { kind: String, patient: String, member: String, valid_from: String, valid_to: String },
 }
 
 /// The `kind` of an [`IndexEntry::AccessLink`] that places an actor on a person's team.
 pub const LINK_TEAM: &str = "team";
+/// The `kind` of an [`IndexEntry::AccessLink`] recording who registered the person (the
+/// Patient's `managingOrganization`). Unlike the person's other index rows it outlives the
+/// Patient's deletion, so the registrar still sees the tombstone and the versions.
+pub const LINK_REGISTRATION: &str = "registration";
 /// The `kind` of an [`IndexEntry::AccessLink`] recording the person's active sharing consent.
 pub const LINK_CONSENT: &str = "consent";

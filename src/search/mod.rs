@@ -9,5 +9,5 @@ pub mod parse;
 pub mod registry;
 
 pub use criteria::{Criterion, Cursor, DatePrefix, IndexTable, KeyValue, Match, NumberPrefix, SearchQuery, SortKey};
-pub use index::{IndexEntry, LINK_CONSENT, LINK_TEAM};
+pub use index::{IndexEntry, LINK_CONSENT, LINK_REGISTRATION, LINK_TEAM};
 pub use registry::{ParamType, Registry};

@@ -174,10 +174,11 @@ impl Fhir {
                 meta.insert("meta".into(), json!({ "versionId": "1", "lastUpdated": last_updated }));
             }
             let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
-            let index = self.index_of(&resource_type, &resource);
+            let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let index = self.index_of(&resource_type, &id, &resource);
             rows.push(BulkRow {
                 resource_type,
-                id: resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                id,
                 content: serde_json::to_string(&resource)?,
                 index,
             });

@@ -534,6 +534,8 @@ impl Fhir {
                 return Ok(None);
             }
             let last_updated = self.now();
+            let deleted: Option<Value> = current.content.as_deref().and_then(|content| serde_json::from_str(content).ok());
+            let kept = deleted.as_ref().map(|d| policy::facts::links_kept_on_delete(resource_type, id, d)).unwrap_or_default();
             let new = NewVersion {
                 resource_type,
                 id,
@@ -542,11 +544,11 @@ impl Fhir {
                 last_updated: &last_updated,
                 method: "DELETE",
                 content: None,
-                index: &[],
+                index: &kept,
             };
             if store::replace(connection, grant, &new, current.version_id).await? {
                 // What was deleted, for the audit trail (its persons and owner).
-                return Ok(current.content.as_deref().and_then(|content| serde_json::from_str(content).ok()));
+                return Ok(deleted);
             }
             if if_match.is_some() {
                 return Err(Error::PreconditionFailed(format!("{resource_type}/{id} was changed concurrently")));
@@ -570,7 +572,7 @@ impl Fhir {
         let version_id = current.map_or(1, |current| current.version_id + 1);
         let last_updated = self.now();
         let mut resource = validated.into_inner();
-        let mut index = self.index_of(resource_type, &resource);
+        let mut index = self.index_of(resource_type, id, &resource);
         let patients = self.compartment_patients(resource_type, id, &index);
         let tenant = match current {
             Some(current) => current.tenant.clone(),
@@ -629,9 +631,9 @@ impl Fhir {
     /// A resource's index rows: its search parameters' values and the access links it
     /// establishes (CareTeam, Consent). Every writer of index rows (writes, reindex, data
     /// generation) extracts them here.
-    pub(crate) fn index_of(&self, resource_type: &str, resource: &Value) -> Vec<crate::search::IndexEntry> {
+    pub(crate) fn index_of(&self, resource_type: &str, id: &str, resource: &Value) -> Vec<crate::search::IndexEntry> {
         let mut index = self.search_params.extract(resource);
-        index.extend(policy::facts::access_links(resource_type, resource));
+        index.extend(policy::facts::access_links(resource_type, id, resource));
         index
     }
 

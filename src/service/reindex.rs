@@ -32,16 +32,28 @@ impl Fhir {
                 // Each version's compartment, from its own content (a deletion keeps the
                 // compartment of the version it deleted).
                 let mut entries = Vec::new();
+                let mut last_content = None;
                 for version in store::versions_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id).await? {
                     if let Some(content) = &version.content {
-                        entries = self.index_of(&row.resource_type, &serde_json::from_str(content)?);
+                        let resource: serde_json::Value = serde_json::from_str(content)?;
+                        entries = self.index_of(&row.resource_type, &row.id, &resource);
+                        last_content = Some(resource);
                     }
                     store::recompartment_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id, version.version_id, &entries)
                         .await?;
                 }
-                let Some(content) = &row.content else { continue };
+                let Some(content) = &row.content else {
+                    // A deleted resource keeps only the links that outlive its deletion.
+                    let kept = last_content
+                        .map(|deleted| crate::policy::facts::links_kept_on_delete(&row.resource_type, &row.id, &deleted))
+                        .unwrap_or_default();
+                    if !kept.is_empty() {
+                        store::reindex_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id, &row.tenant, &kept).await?;
+                    }
+                    continue;
+                };
                 let resource: serde_json::Value = serde_json::from_str(content)?;
-                let entries = self.index_of(&row.resource_type, &resource);
+                let entries = self.index_of(&row.resource_type, &row.id, &resource);
                 store::reindex_unchecked_for_maintenance(&mut transaction, &row.resource_type, &row.id, &row.tenant, &entries).await?;
                 indexed += 1;
             }
@@ -56,7 +68,7 @@ impl Fhir {
     /// rows besides them (bumped when the access links were added, so a database from
     /// before them is reindexed at its first start).
     fn index_fingerprint(&self) -> String {
-        format!("{}+access-links-1", self.search_params.fingerprint())
+        format!("{}+access-links-2", self.search_params.fingerprint())
     }
 
     /// Reindexes when the search parameters differ from those the index was built with.

@@ -110,12 +110,15 @@ impl Sql {
         if let Some(only) = &reach.only {
             self.push(&format!("{person} = ")).bind(only.clone()).push(" AND ");
         }
+        // The registration link (the Patient's managingOrganization), which outlives the
+        // Patient's deletion.
         let registered = |sql: &mut Sql, g: &str| {
             sql.push(&format!(
-                "EXISTS (SELECT 1 FROM search_reference {g} WHERE {g}.resource_type = 'Patient' AND {g}.id = {person} \
-                 AND {g}.param = 'organization' AND {g}.target_type = 'Organization' AND {g}.target_id = "
+                "EXISTS (SELECT 1 FROM access_links {g} WHERE {g}.patient = {person} AND {g}.kind = 'registration' \
+                 AND {g}.member = "
             ));
-            sql.bind(reach.organization.clone());
+            sql.bind(format!("Organization/{}", reach.organization));
+            sql.push(")");
         };
         let holds = |sql: &mut Sql, l: &str| {
             sql.push(&format!(" AND {l}.valid_from <= ")).bind(reach.now.clone());
@@ -123,9 +126,13 @@ impl Sql {
         };
         match reach.level {
             ReachLevel::Registration => {
-                let g = self.alias("g");
+                let (g, p) = (self.alias("g"), self.alias("p"));
                 registered(self, &g);
-                self.push(&format!(" AND {g}.tenant IN ("));
+                // The person is of one of the reach's municipalities (deleted or not).
+                self.push(&format!(
+                    " AND EXISTS (SELECT 1 FROM resources {p} WHERE {p}.resource_type = 'Patient' AND {p}.id = {person} \
+                     AND {p}.tenant IN ("
+                ));
                 self.bind_list(&reach.tenants);
                 self.push(")");
             }
@@ -149,7 +156,7 @@ impl Sql {
                 holds(self, &c);
                 self.push(" OR ");
                 registered(self, &g);
-                self.push("))");
+                self.push(")");
             }
         }
         self.push(")")
@@ -1147,8 +1154,8 @@ mod tests {
              AND t3.member IN ($4, $5) AND t3.valid_from <= $6 AND $7 < t3.valid_to) \
              AND (EXISTS (SELECT 1 FROM access_links c4 WHERE c4.patient = z1.target_id AND c4.kind = 'consent' \
              AND c4.member = '' AND c4.valid_from <= $8 AND $9 < c4.valid_to) \
-             OR EXISTS (SELECT 1 FROM search_reference g5 WHERE g5.resource_type = 'Patient' AND g5.id = z1.target_id \
-             AND g5.param = 'organization' AND g5.target_type = 'Organization' AND g5.target_id = $10)))))",
+             OR EXISTS (SELECT 1 FROM access_links g5 WHERE g5.patient = z1.target_id AND g5.kind = 'registration' \
+             AND g5.member = $10)))))",
             10,
         );
         let registered = Clause::Persons {
@@ -1160,9 +1167,9 @@ mod tests {
             vec![registered],
             None,
             Rows::Current,
-            "((r.resource_type = 'Patient' AND (EXISTS (SELECT 1 FROM search_reference g1 WHERE g1.resource_type = 'Patient' \
-             AND g1.id = r.id AND g1.param = 'organization' AND g1.target_type = 'Organization' AND g1.target_id = $1 \
-             AND g1.tenant IN ($2)))))",
+            "((r.resource_type = 'Patient' AND (EXISTS (SELECT 1 FROM access_links g1 WHERE g1.patient = r.id \
+             AND g1.kind = 'registration' AND g1.member = $1) AND EXISTS (SELECT 1 FROM resources p2 \
+             WHERE p2.resource_type = 'Patient' AND p2.id = r.id AND p2.tenant IN ($2)))))",
             2,
         );
     }

@@ -1,17 +1,19 @@
-//! Conditional create, update and delete.
+//! Conditional create, update and delete — as the unrestricted principal and as the care
+//! manager who registers the persons (`support::Who`).
 
 use axum::http::Method;
 use serde_json::json;
 
-use crate::both_backends;
-use crate::support::{Backend, Server};
+use crate::both_backends_as_both;
+use crate::support::{Backend, Server, Who, OFFICE};
 
+/// A person the care-management office registers (so the care manager may write them).
 fn patient_with_number(number: &str) -> serde_json::Value {
-    json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:renraku:test", "value": number }] })
+    json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:renraku:test", "value": number }], "managingOrganization": { "reference": OFFICE } })
 }
 
-async fn conditional_create(backend: Backend) {
-    let server = Server::start(backend).await;
+async fn conditional_create(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
     let condition = [("if-none-exist", "identifier=urn:renraku:test|001")];
     let first = server.send(Method::POST, "/ina/fhir/Patient", &condition, &patient_with_number("001")).await;
     first.expect(201);
@@ -26,8 +28,8 @@ async fn conditional_create(backend: Backend) {
     server.send(Method::POST, "/minowa/fhir/Patient", &condition, &patient_with_number("001")).await.expect(201);
 }
 
-async fn conditional_update(backend: Backend) {
-    let server = Server::start(backend).await;
+async fn conditional_update(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
     let created = server.put("/ina/fhir/Patient?identifier=urn:renraku:test|010", &patient_with_number("010")).await;
     created.expect(201);
     let id = created.json()["id"].as_str().expect("id").to_owned();
@@ -41,8 +43,8 @@ async fn conditional_update(backend: Backend) {
     server.put("/ina/fhir/Patient?identifier=urn:renraku:test|010", &body).await.expect(400);
 }
 
-async fn conditional_delete(backend: Backend) {
-    let server = Server::start(backend).await;
+async fn conditional_delete(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
     let id = server.create("ina", &patient_with_number("020")).await;
     server.create("ina", &patient_with_number("021")).await;
     server.create("ina", &patient_with_number("021")).await;
@@ -53,4 +55,4 @@ async fn conditional_delete(backend: Backend) {
     server.delete("/ina/fhir/Patient").await.expect(400);
 }
 
-both_backends!(conditional_create, conditional_update, conditional_delete);
+both_backends_as_both!(conditional_create, conditional_update, conditional_delete);

@@ -1,17 +1,19 @@
-//! Read, vread, create, update, patch, delete: versions and tombstones.
+//! Read, vread, create, update, patch, delete: versions and tombstones — as the unrestricted
+//! principal and as the care manager who registers the persons (`support::Who`).
 
 use axum::http::Method;
 use serde_json::json;
 
-use crate::both_backends;
-use crate::support::{Backend, Server};
+use crate::both_backends_as_both;
+use crate::support::{Backend, Server, Who, OFFICE};
 
+/// A person the care-management office registers (so the care manager may write them).
 fn patient(family: &str) -> serde_json::Value {
-    json!({ "resourceType": "Patient", "name": [{ "family": family }], "gender": "female" })
+    json!({ "resourceType": "Patient", "name": [{ "family": family }], "gender": "female", "managingOrganization": { "reference": OFFICE } })
 }
 
-async fn versions_and_tombstones(backend: Backend) {
-    let server = Server::start(backend).await;
+async fn versions_and_tombstones(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
     let created = server.post("/ina/fhir/Patient", &patient("佐藤")).await;
     created.expect(201);
     let id = created.json()["id"].as_str().expect("id").to_owned();
@@ -61,8 +63,8 @@ async fn versions_and_tombstones(backend: Backend) {
     assert_eq!(revived.json()["meta"]["versionId"], "4");
 }
 
-async fn update_as_create_with_client_id(backend: Backend) {
-    let server = Server::start(backend).await;
+async fn update_as_create_with_client_id(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
     let mut body = patient("田中");
     body["id"] = json!("tanaka-1");
     server.put("/ina/fhir/Patient/tanaka-1", &body).await.expect(201);
@@ -73,8 +75,8 @@ async fn update_as_create_with_client_id(backend: Backend) {
     server.put("/minowa/fhir/Patient/tanaka-1", &body).await.expect(409);
 }
 
-async fn server_ignores_client_id_on_create(backend: Backend) {
-    let server = Server::start(backend).await;
+async fn server_ignores_client_id_on_create(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
     let mut body = patient("伊藤");
     body["id"] = json!("chosen-by-client");
     let created = server.post("/ina/fhir/Patient", &body).await;
@@ -82,8 +84,8 @@ async fn server_ignores_client_id_on_create(backend: Backend) {
     assert_ne!(created.json()["id"], "chosen-by-client");
 }
 
-async fn tenants_do_not_see_each_other(backend: Backend) {
-    let server = Server::start(backend).await;
+async fn tenants_do_not_see_each_other(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
     let id = server.create("ina", &patient("渡辺")).await;
     server.get(&format!("/ina/fhir/Patient/{id}")).await.expect(200);
     let elsewhere = server.get(&format!("/minowa/fhir/Patient/{id}")).await;
@@ -95,8 +97,8 @@ async fn tenants_do_not_see_each_other(backend: Backend) {
     server.get("/nowhere/fhir/Patient").await.expect(404);
 }
 
-async fn json_patch(backend: Backend) {
-    let server = Server::start(backend).await;
+async fn json_patch(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
     let id = server.create("ina", &patient("高橋")).await;
     let path = format!("/ina/fhir/Patient/{id}");
     let patch = json!([{ "op": "replace", "path": "/gender", "value": "male" }, { "op": "add", "path": "/active", "value": true }]);
@@ -123,9 +125,9 @@ async fn json_patch(backend: Backend) {
     assert_eq!(server.get(&path).await.json()["meta"]["versionId"], "2");
 }
 
-async fn xml_in_and_out(backend: Backend) {
-    let server = Server::start(backend).await;
-    let xml = r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/><name><family value="小林"/></name><gender value="female"/></Patient>"#;
+async fn xml_in_and_out(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
+    let xml = r#"<Patient xmlns="http://hl7.org/fhir"><active value="true"/><name><family value="小林"/></name><gender value="female"/><managingOrganization><reference value="Organization/office"/></managingOrganization></Patient>"#;
     let created = server
         .request(Method::POST, "/ina/fhir/Patient", &[("content-type", "application/fhir+xml"), ("accept", "application/fhir+xml")], Some(xml.as_bytes().to_vec()))
         .await;
@@ -148,7 +150,7 @@ async fn xml_in_and_out(backend: Backend) {
     assert_eq!(bad.json()["resourceType"], "OperationOutcome");
 }
 
-both_backends!(
+both_backends_as_both!(
     versions_and_tombstones,
     update_as_create_with_client_id,
     server_ignores_client_id_on_create,

@@ -23,7 +23,7 @@
 //! | Low: NUL in an id answers 500 on PostgreSQL | `low_nul_characters_are_a_client_error` |
 //! | Low: two first starts on one database, one fails | `low_simultaneous_first_starts_both_start` |
 //! | Low: plain-text errors; `_revinclude=*` includes nothing | `low_every_error_is_an_outcome_and_revinclude_star_works` |
-//! | Concurrent conditional creates duplicate a person (structure issue) | `concurrency::concurrent_conditional_creates_as_the_care_manager` |
+//! | Concurrent conditional creates duplicate a person (structure issue) | `concurrency::concurrent_conditional_creates_make_one_resource` (as the care manager and unrestricted) |
 
 use axum::http::Method;
 use renraku::identity::Actor;

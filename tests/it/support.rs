@@ -51,6 +51,58 @@ macro_rules! both_backends {
     };
 }
 
+/// Generates each listed test for both backends and both kinds of principal: the suite's
+/// unrestricted principal and a real, policy-bound one ([`Who`]). Each test function takes
+/// `(Backend, Who)` and starts its server with [`Server::start_as`].
+#[macro_export]
+macro_rules! both_backends_as_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                mod $name {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn unrestricted() {
+                        super::super::$name($crate::support::Backend::Sqlite, $crate::support::Who::Unrestricted).await
+                    }
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn care_manager() {
+                        super::super::$name($crate::support::Backend::Sqlite, $crate::support::Who::CareManager).await
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                mod $name {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn unrestricted() {
+                        super::super::$name($crate::support::Backend::Postgres, $crate::support::Who::Unrestricted).await
+                    }
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn care_manager() {
+                        super::super::$name($crate::support::Backend::Postgres, $crate::support::Who::CareManager).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Who a test's requests at 伊那市's base speak for when they bring no token of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// The suite's unrestricted principal: everything in the municipality.
+    Unrestricted,
+    /// 伊那市's care manager (PractitionerRole `role-cm` of the care-management office
+    /// `Organization/office`, `user/*.cruds`): bound by the access rule, she reaches the
+    /// persons her office registers (`managingOrganization` = [`OFFICE`]) and, with a
+    /// support team she is on, their data.
+    CareManager,
+}
+
+/// The care-management office that registers the persons of tests run [`Who`]-wise.
+pub const OFFICE: &str = "Organization/office";
+
 pub const BASE: &str = "http://renraku.test";
 
 /// A running gateway and what must be cleaned up after it.
@@ -216,6 +268,17 @@ impl Server {
     /// The FHIR engine behind the router, for tests of project commands (e.g. generate).
     pub fn fhir(&self) -> Arc<renraku::service::Fhir> {
         self.fhir.clone()
+    }
+
+    /// A gateway whose requests at 伊那市's base speak for `who` (see [`Who`]); the office
+    /// and its care manager exist either way.
+    pub async fn start_as(backend: Backend, who: Who) -> Server {
+        let mut server = Server::start(backend).await;
+        let care_manager = crate::policy::practitioner(&server, "ina", "cm", "office", "user/*.cruds").await;
+        if who == Who::CareManager {
+            server.tokens.insert("ina".to_owned(), care_manager.token);
+        }
+        server
     }
 
     /// A connection of its own to the gateway's database, as someone with direct access to
