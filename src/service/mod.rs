@@ -440,6 +440,19 @@ impl Fhir {
                     if if_match.is_some() {
                         return Err(Error::PreconditionFailed(format!("{resource_type}/{id} does not exist")));
                     }
+                    // A person's data created with the client's id: for a caller bound by the
+                    // access rule, only an unguessable id (a UUID), whether or not the id is
+                    // taken — so a PUT cannot probe which ids a hidden person's record uses.
+                    let persons_data = resource_type == "Patient" || !self.search_params.person_params(resource_type).is_empty();
+                    if persons_data && !grant.is_unrestricted() && uuid::Uuid::try_parse(id).is_err() {
+                        return Err(Error::unprocessable(
+                            Issue::error(
+                                IssueCode::Value,
+                                format!("a {resource_type} created with PUT by a caller bound by the access rule needs a UUID as its id; POST it to have one assigned"),
+                            )
+                            .at(format!("{resource_type}.id")),
+                        ));
+                    }
                     if store::id_taken(connection, resource_type, id).await? {
                         // Someone bound by the policy learns no more than from a read: the
                         // resource is not known to them.

@@ -355,9 +355,9 @@ async fn cross_border_setting(server: &Server) -> (Caller, Caller) {
     operator.put(server, &agreement("agreement-ina-mm", &[INA, MINAMIMINOWA], "executed", &all)).await.expect(201);
     let care_manager = practitioner(server, "minamiminowa", "cm-mm", "mm-office", "user/*.cruds").await;
     let doctor = practitioner(server, "ina", "dr-ina", "ina-hospital", "user/*.cruds").await;
-    care_manager.put(server, &patient("p-yamada", "山田", "mm-office")).await.expect(201);
-    care_manager.put(server, &consent("consent-yamada", "p-yamada", "active", "mm-office")).await.expect(201);
-    admin_mm.put(server, &care_team("team-yamada", "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/role-dr-ina"])).await.expect(201);
+    server.setup(&care_manager.tenant, &patient("p-yamada", "山田", "mm-office")).await;
+    server.setup(&care_manager.tenant, &consent("consent-yamada", "p-yamada", "active", "mm-office")).await;
+    server.setup(&admin_mm.tenant, &care_team("team-yamada", "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/role-dr-ina"])).await;
     (care_manager, doctor)
 }
 
@@ -467,6 +467,10 @@ async fn auditors_read_their_trail_and_clinicians_do_not(backend: Backend) {
 async fn the_access_report(backend: Backend) {
     let server = Server::start(backend).await;
     let (care_manager, doctor) = cross_border_setting(&server).await;
+    // The care manager keeps the registration current (her own write is in the report too).
+    let mut registration = care_manager.get(&server, "Patient/p-yamada").await.json();
+    registration["gender"] = json!("female");
+    care_manager.put(&server, &registration).await.expect(200);
     doctor.get(&server, "Patient/p-yamada").await.expect(200);
     let report = care_manager.get(&server, "Patient/p-yamada/$access-report").await;
     report.expect(200);

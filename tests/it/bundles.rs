@@ -97,6 +97,10 @@ async fn failed_transaction_leaves_nothing(backend: Backend, who: Who) {
     assert_eq!(server.get("/ina/fhir/Patient").await.json()["total"], 0);
 }
 
+/// An id a client chose: a UUID (for a person's data, callers bound by the rule choose
+/// only those).
+const FIXED_ID: &str = "1f2e3d4c-5b6a-4798-8877-665544332211";
+
 async fn transaction_order_and_interactions(backend: Backend, who: Who) {
     let server = Server::start_as(backend, who).await;
     let old = server.create("ina", &json!({ "resourceType": "Patient", "gender": "male", "managingOrganization": { "reference": OFFICE } })).await;
@@ -107,8 +111,8 @@ async fn transaction_order_and_interactions(backend: Backend, who: Who) {
         "type": "transaction",
         "entry": [
             { "request": { "method": "GET", "url": format!("Patient?_id={old}") } },
-            { "resource": { "resourceType": "Patient", "id": "fixed-id", "gender": "other", "managingOrganization": { "reference": OFFICE } },
-              "request": { "method": "PUT", "url": "Patient/fixed-id" } },
+            { "resource": { "resourceType": "Patient", "id": FIXED_ID, "gender": "other", "managingOrganization": { "reference": OFFICE } },
+              "request": { "method": "PUT", "url": format!("Patient/{FIXED_ID}") } },
             { "resource": { "resourceType": "Binary", "contentType": "application/json-patch+json", "data": patch },
               "request": { "method": "PATCH", "url": format!("Patient/{target}") } },
             { "request": { "method": "DELETE", "url": format!("Patient/{old}") } }

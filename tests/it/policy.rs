@@ -70,6 +70,9 @@ pub fn entry_ids(bundle: &Value, mode: &str) -> Vec<String> {
 /// A professional's token, as the authorization server would issue it: for a Practitioner
 /// and PractitionerRole of the directory (made here, in `tenant`, if the test has not made
 /// them), since a token for someone the directory does not know is refused.
+/// The support team of the walk-through's person: an id its administrator chose (a UUID).
+const TEAM_YAMADA: &str = "3c0a9d1e-2f4b-4c6d-8e7f-0a1b2c3d4e5f";
+
 pub async fn practitioner(server: &Server, tenant: &str, name: &str, organization: &str, scopes: &str) -> Caller {
     let mut directory = vec![crate::policy::organization(organization, organization)];
     directory.extend(practitioner_resources(name, organization, "nurse"));
@@ -204,24 +207,35 @@ async fn wide_area_support(backend: Backend) {
     let doctor = practitioner(&server, "ina", "dr-ina", "ina-hospital", "user/*.cruds").await;
     let nurse = practitioner(&server, "minowa", "ns-minowa", "minowa-nursing", "user/*.cruds").await;
 
-    // The care-management office registers the person and records the signed consent.
-    let registered = care_manager.put(&server, &patient("p-yamada", "山田", "mm-care-office")).await;
+    // The care-management office registers the person (with an id it chose, a UUID, or one
+    // the server assigns) and records the signed consent.
+    let mut chosen = patient("5d1f3a2e-6b7c-4d8e-9f00-1a2b3c4d5e6f", "山田", "mm-care-office");
+    let registered = care_manager.put(&server, &chosen).await;
     registered.expect(201);
     let tags = registered.json()["meta"]["tag"].clone();
     assert_eq!(tags, json!([{ "system": OWNER_TAG, "code": MINAMIMINOWA, "display": "南箕輪村" }]));
-    care_manager.put(&server, &patient("p-other", "佐藤", "mm-care-office")).await.expect(201);
-    care_manager.put(&server, &consent("consent-yamada", "p-yamada", "active", "mm-care-office")).await.expect(201);
+    chosen.as_object_mut().map(|p| p.remove("id"));
+    care_manager.post(&server, &chosen).await.expect(201);
+    // A readable id of its own choosing is not for a caller bound by the rule (it could probe
+    // which ids hidden records use): refused whether taken or free. The fixtures with such ids
+    // are set up by the suite.
+    let readable = care_manager.put(&server, &patient("p-readable", "山田", "mm-care-office")).await;
+    readable.expect(422);
+    assert_eq!(readable.issue_expressions(), ["Patient.id"]);
+    server.setup("minamiminowa", &patient("p-yamada", "山田", "mm-care-office")).await;
+    server.setup("minamiminowa", &patient("p-other", "佐藤", "mm-care-office")).await;
+    server.setup("minamiminowa", &consent("consent-yamada", "p-yamada", "active", "mm-care-office")).await;
     // Nobody else may register a person for that office.
-    doctor.put(&server, &patient("p-forged", "偽", "mm-care-office")).await.expect(403);
+    doctor.put(&server, &patient("9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a", "偽", "mm-care-office")).await.expect(403);
 
     // The team: the care manager and the doctor of 伊那市 — refused until an agreement joins the two.
-    let team = care_team("team-yamada", "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/role-dr-ina"]);
+    let team = care_team(TEAM_YAMADA, "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/role-dr-ina"]);
     // To 南箕輪村's administrator, 伊那市's directory is not visible without an agreement:
     // the participant is a reference to nothing, exactly as a missing one would be.
     let refused = admin_mm.put(&server, &team).await;
     refused.expect(422);
     assert_eq!(refused.issue_expressions(), vec!["CareTeam.participant[1].member.reference"]);
-    let missing = admin_mm.put(&server, &care_team("team-yamada", "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/no-such-role"])).await;
+    let missing = admin_mm.put(&server, &care_team(TEAM_YAMADA, "p-yamada", &["PractitionerRole/role-cm-mm", "PractitionerRole/no-such-role"])).await;
     missing.expect(422);
     let diagnostics = |reply: &Reply| reply.json()["issue"][0]["diagnostics"].as_str().unwrap_or_default().replace("no-such-role", "role-dr-ina");
     assert_eq!(diagnostics(&refused), diagnostics(&missing), "a hidden participant and a missing one answer alike");
@@ -241,7 +255,9 @@ async fn wide_area_support(backend: Backend) {
     assert_eq!(post.json()["meta"]["tag"][0]["code"], MINAMIMINOWA, "the board belongs to the person's municipality");
     // Without a team, the registering office handles only the registration itself.
     care_manager.post(&server, &communication("p-other", "別の方の記録")).await.expect(403);
-    admin_mm.put(&server, &care_team("team-other", "p-other", &["PractitionerRole/role-cm-mm"])).await.expect(201);
+    let mut other_team = care_team("", "p-other", &["PractitionerRole/role-cm-mm"]);
+    other_team.as_object_mut().map(|t| t.remove("id"));
+    admin_mm.post(&server, &other_team).await.expect(201);
     care_manager.post(&server, &communication("p-other", "別の方の記録")).await.expect(201);
     // Search filters in the query: only the person the doctor supports, with an exact total.
     let bundle = doctor.get(&server, "Patient?_total=accurate").await;

@@ -215,7 +215,7 @@ async fn build(server: &Server, world: &World) {
             }
         }
         let admin = municipal_admin(server, tenant).await;
-        admin.put(server, &team).await.expect(201);
+        server.setup(&admin.tenant, &team).await;
         for observation in &person.observations {
             let body = json!({
                 "resourceType": "Observation", "id": observation, "status": "final",

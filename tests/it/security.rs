@@ -15,6 +15,7 @@
 //! | M1 agreement interactions collapse | `m1_each_agreement_interaction_is_its_own` |
 //! | M2 create/update permissions read data | `m2_matching_and_patching_need_read_permissions` |
 //! | M3 existence oracle through team participants | `policy::wide_area_support` (hidden = missing) |
+//! | M3 existence oracle through `PUT` to a chosen id | `m3_a_put_cannot_probe_for_hidden_ids` |
 //! | M4 a team member keeps access after withdrawal | `m4_consent_and_registration_are_the_registrars` |
 //! | M5 refresh tokens cannot be revoked | `m5_revoking_a_refresh_token_revokes_its_family` |
 //! | M6 a failed transaction leaves pooled connections broken | `m6_a_lost_transaction_does_not_poison_the_pool` |
@@ -46,15 +47,15 @@ async fn team_world(server: &Server) -> (Caller, Caller) {
     let doctor = practitioner(server, "ina", "dr", "hospital", "user/*.cruds").await;
     let mut person = patient("p1", "山田", "office");
     person["identifier"] = json!([{ "system": IDENTIFIER_SYSTEM, "value": "0001" }]);
-    care_manager.put(server, &person).await.expect(201);
-    care_manager.put(server, &consent("consent-p1", "p1", "active", "office")).await.expect(201);
+    server.setup(&care_manager.tenant, &person).await;
+    server.setup(&care_manager.tenant, &consent("consent-p1", "p1", "active", "office")).await;
     let team = care_team("team-p1", "p1", &["PractitionerRole/role-cm", "PractitionerRole/role-dr", "Organization/hospital"]);
     server.put("/ina/fhir/CareTeam/team-p1", &team).await.expect(201);
     let observation = json!({
         "resourceType": "Observation", "id": "obs-1", "status": "final", "code": { "text": "体温" },
         "subject": { "reference": "Patient/p1" }, "valueQuantity": { "value": 36.5, "unit": "Cel" }
     });
-    doctor.put(server, &observation).await.expect(201);
+    server.setup(&doctor.tenant, &observation).await;
     (care_manager, doctor)
 }
 
@@ -230,8 +231,8 @@ async fn h1_each_version_is_judged_by_its_own_content(backend: Backend) {
     let server = Server::start(backend).await;
     let (care_manager, doctor) = team_world(&server).await;
     // p2 has a team of her own, without the doctor; its nurse is not on p1's team.
-    care_manager.put(&server, &patient("p2", "佐藤", "office")).await.expect(201);
-    care_manager.put(&server, &consent("consent-p2", "p2", "active", "office")).await.expect(201);
+    server.setup(&care_manager.tenant, &patient("p2", "佐藤", "office")).await;
+    server.setup(&care_manager.tenant, &consent("consent-p2", "p2", "active", "office")).await;
     let nurse = practitioner(&server, "ina", "ns", "other-office", "user/*.cruds").await;
     server.put("/ina/fhir/CareTeam/team-p2", &care_team("team-p2", "p2", &["PractitionerRole/role-ns"])).await.expect(201);
     let mut observation = server.get("/ina/fhir/Observation/obs-1").await.json();
@@ -270,8 +271,8 @@ async fn h1_each_version_is_judged_by_its_own_content(backend: Backend) {
 async fn h2_patient_scopes_reach_only_the_patient_context(backend: Backend) {
     let server = Server::start(backend).await;
     let (care_manager, _) = team_world(&server).await;
-    care_manager.put(&server, &patient("p2", "佐藤", "office")).await.expect(201);
-    care_manager.put(&server, &consent("consent-p2", "p2", "active", "office")).await.expect(201);
+    server.setup(&care_manager.tenant, &patient("p2", "佐藤", "office")).await;
+    server.setup(&care_manager.tenant, &consent("consent-p2", "p2", "active", "office")).await;
     let team = care_team("team-p2", "p2", &["PractitionerRole/role-cm", "PractitionerRole/role-dr"]);
     server.put("/ina/fhir/CareTeam/team-p2", &team).await.expect(201);
     let category_system = "http://terminology.hl7.org/CodeSystem/observation-category";
@@ -307,8 +308,8 @@ async fn h3_time_ends_access_at_the_clock(backend: Backend) {
     let server = Server::start_with_clock(backend, |_| {}, clock.clone()).await;
     let (care_manager, doctor) = team_world(&server).await;
     // p3's team has the doctor (by role only) until tomorrow.
-    care_manager.put(&server, &patient("p3", "田中", "office")).await.expect(201);
-    care_manager.put(&server, &consent("consent-p3", "p3", "active", "office")).await.expect(201);
+    server.setup(&care_manager.tenant, &patient("p3", "田中", "office")).await;
+    server.setup(&care_manager.tenant, &consent("consent-p3", "p3", "active", "office")).await;
     let tomorrow = (clock.now() + chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
     let mut team = care_team("team-p3", "p3", &["PractitionerRole/role-cm", "PractitionerRole/role-dr"]);
     team["participant"][1]["period"] = json!({ "end": tomorrow });
@@ -339,9 +340,9 @@ async fn h4_data_about_a_person_outside_the_compartment_is_theirs(backend: Backe
             .await,
     };
     let resources = [
-        json!({ "resourceType": "Device", "id": "dev-1", "patient": { "reference": "Patient/p1" }, "deviceName": [{ "name": "在宅酸素", "type": "user-friendly-name" }] }),
-        json!({ "resourceType": "Binary", "id": "bin-1", "contentType": "text/plain", "securityContext": { "reference": "Patient/p1" }, "data": "5YaZ55yf" }),
-        json!({ "resourceType": "Bundle", "id": "bundle-1", "type": "collection", "entry": [{ "fullUrl": "urn:uuid:5f2b7c5e-0000-4000-8000-000000000001",
+        json!({ "resourceType": "Device", "id": DEVICE, "patient": { "reference": "Patient/p1" }, "deviceName": [{ "name": "在宅酸素", "type": "user-friendly-name" }] }),
+        json!({ "resourceType": "Binary", "id": BINARY, "contentType": "text/plain", "securityContext": { "reference": "Patient/p1" }, "data": "5YaZ55yf" }),
+        json!({ "resourceType": "Bundle", "id": BUNDLE, "type": "collection", "entry": [{ "fullUrl": "urn:uuid:5f2b7c5e-0000-4000-8000-000000000001",
                "resource": { "resourceType": "Observation", "status": "final", "code": { "text": "体温" }, "subject": { "reference": "Patient/p1" } } }] }),
     ];
     for resource in &resources {
@@ -355,12 +356,18 @@ async fn h4_data_about_a_person_outside_the_compartment_is_theirs(backend: Backe
         assert_eq!(listed["total"], 0, "{kind}: {listed}");
         // Nor may the outsider write such a resource about the person.
         let mut theirs = resource.clone();
-        theirs["id"] = json!(format!("{id}-outsider"));
+        theirs["id"] = json!(uuid::Uuid::new_v4().to_string());
         outsider.put(&server, &theirs).await.expect(403);
     }
     let everything = outsider.get(&server, "_history").await.text();
-    assert!(!everything.contains("dev-1") && !everything.contains("bin-1") && !everything.contains("bundle-1"), "{everything}");
+    assert!(!everything.contains(DEVICE) && !everything.contains(BINARY) && !everything.contains(BUNDLE), "{everything}");
 }
+
+/// The ids of H4's resources, which the doctor chooses (UUIDs, as callers bound by the rule
+/// must for a person's data).
+const DEVICE: &str = "5b1e2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+const BINARY: &str = "6c2f3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d5e";
+const BUNDLE: &str = "7d3a4e5f-6a7b-4c8d-8e9f-1a2b3c4d5e6f";
 
 /// M1: an agreement listing read, search-type, create and update also let vread, history
 /// and patch through.
@@ -374,13 +381,13 @@ async fn m1_each_agreement_interaction_is_its_own(backend: Backend) {
     server.put("/minamiminowa/fhir/Organization/mm-office", &organization("mm-office", "事業所")).await.expect(201);
     let care_manager = practitioner(&server, "minamiminowa", "cm-mm", "mm-office", "user/*.cruds").await;
     let doctor = practitioner(&server, "ina", "dr-ina", "ina-hospital", "user/*.cruds").await;
-    care_manager.put(&server, &patient("p-mm", "山田", "mm-office")).await.expect(201);
-    care_manager.put(&server, &consent("consent-mm", "p-mm", "active", "mm-office")).await.expect(201);
+    server.setup(&care_manager.tenant, &patient("p-mm", "山田", "mm-office")).await;
+    server.setup(&care_manager.tenant, &consent("consent-mm", "p-mm", "active", "mm-office")).await;
     let team = care_team("team-mm", "p-mm", &["PractitionerRole/role-cm-mm", "PractitionerRole/role-dr-ina"]);
     server.put("/minamiminowa/fhir/CareTeam/team-mm", &team).await.expect(201);
     let observation = json!({ "resourceType": "Observation", "id": "obs-mm", "status": "final", "code": { "text": "血圧" },
                               "subject": { "reference": "Patient/p-mm" } });
-    care_manager.put(&server, &observation).await.expect(201);
+    server.setup(&care_manager.tenant, &observation).await;
     // Listed: read, search, update.
     doctor.get(&server, "Observation/obs-mm").await.expect(200);
     assert_eq!(doctor.search_ids(&server, "Observation?subject=Patient/p-mm").await, vec!["Observation/obs-mm"]);
@@ -462,12 +469,42 @@ async fn m2_matching_and_patching_need_read_permissions(backend: Backend) {
     patch_as(doctor.token).await.expect(200);
 }
 
+/// M3: `PUT` to an id a hidden resource uses answered 404, to a free id 201 — an existence
+/// oracle for anyone allowed to create. A caller bound by the rule chooses a person's data's
+/// ids only as UUIDs (which it cannot guess): a readable id is refused alike, taken or free.
+async fn m3_a_put_cannot_probe_for_hidden_ids(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (_, doctor) = team_world(&server).await;
+    // The hospital's EHR (a system client) supports nobody here; obs-1 exists, obs-free does not.
+    let ehr = Caller {
+        tenant: "ina".into(),
+        token: server.token("ina", Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "other-office".into() }, "system/*.cruds", None).await,
+    };
+    let probe = |id: &str| {
+        json!({ "resourceType": "Observation", "id": id, "status": "final", "code": { "text": "体温" }, "subject": { "reference": "Patient/p1" } })
+    };
+    let taken = ehr.put(&server, &probe("obs-1")).await;
+    let free = ehr.put(&server, &probe("obs-free")).await;
+    for reply in [&taken, &free] {
+        reply.expect(422);
+        assert_eq!(reply.issue_expressions(), ["Observation.id"]);
+    }
+    let diagnostics = |reply: &Reply| reply.json()["issue"][0]["diagnostics"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(diagnostics(&taken), diagnostics(&free), "taken and free answer alike");
+    assert_eq!(server.get("/ina/fhir/Observation/obs-1").await.json()["valueQuantity"]["value"], 36.5, "nothing changed");
+    server.get("/ina/fhir/Observation/obs-free").await.expect(404);
+    // With a UUID the team member creates as before; the directory keeps readable ids.
+    doctor.put(&server, &probe("8a4b5c6d-7e8f-4091-a2b3-c4d5e6f70819")).await.expect(201);
+    server_admin(&server, "ina").await.put(&server, &organization("clinic", "診療所")).await.expect(201);
+}
+
 /// M4: a team member kept access after the consent's withdrawal by recording a consent of
 /// their own, or by moving the registration to their organization.
 async fn m4_consent_and_registration_are_the_registrars(backend: Backend) {
     let server = Server::start(backend).await;
     let (care_manager, doctor) = team_world(&server).await;
-    doctor.put(&server, &consent("consent-by-doctor", "p1", "active", "hospital")).await.expect(403);
+    // (A UUID: the id a caller bound by the rule may choose for a person's data.)
+    doctor.put(&server, &consent("7f3e2d1c-0b9a-4876-9543-210fedcba987", "p1", "active", "hospital")).await.expect(403);
     let mut moved = server.get("/ina/fhir/Patient/p1").await.json();
     moved["managingOrganization"] = json!({ "reference": "Organization/hospital" });
     doctor.put(&server, &moved).await.expect(403);
@@ -478,7 +515,12 @@ async fn m4_consent_and_registration_are_the_registrars(backend: Backend) {
     // The registrar withdraws the consent; the doctor's access ends.
     care_manager.put(&server, &consent("consent-p1", "p1", "inactive", "office")).await.expect(200);
     doctor.get(&server, "Observation/obs-1").await.expect(404);
-    doctor.put(&server, &consent("consent-p1", "p1", "active", "office")).await.expect(404);
+    // Re-activating it is refused: to the doctor the consent is now a record it cannot see,
+    // and a readable id it cannot see is refused exactly as a free one (422 naming the id).
+    let reactivated = doctor.put(&server, &consent("consent-p1", "p1", "active", "office")).await;
+    reactivated.expect(422);
+    assert_eq!(reactivated.issue_expressions(), ["Consent.id"]);
+    assert_eq!(server.get("/ina/fhir/Consent/consent-p1").await.json()["status"], "inactive");
 }
 
 /// M5: revoking a refresh token answered 200 and the token kept working.
@@ -637,6 +679,7 @@ both_backends!(
     h4_data_about_a_person_outside_the_compartment_is_theirs,
     m1_each_agreement_interaction_is_its_own,
     m2_matching_and_patching_need_read_permissions,
+    m3_a_put_cannot_probe_for_hidden_ids,
     m4_consent_and_registration_are_the_registrars,
     m5_revoking_a_refresh_token_revokes_its_family,
     m6_a_lost_transaction_does_not_poison_the_pool,

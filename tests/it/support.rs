@@ -111,6 +111,8 @@ pub struct Server {
     /// Per tenant, a token of the test suite's unrestricted principal (everything in that
     /// tenant), sent with every request that brings no Authorization header of its own.
     tokens: std::collections::HashMap<String, String>,
+    /// The unrestricted tokens, whoever the requests speak for (for [`Server::setup`]).
+    unrestricted: std::collections::HashMap<String, String>,
     fhir: Arc<renraku::service::Fhir>,
     config: Config,
     directory: Option<tempfile::TempDir>,
@@ -181,7 +183,7 @@ impl Server {
         let gateway = Gateway::start_with_clock(config.clone(), clock).await.expect("gateway starts");
         let fhir = gateway.state.fhir.clone();
         let tokens = unrestricted_tokens(&fhir, &config).await;
-        Server { router: gateway.router(), tokens, fhir, config, directory: Some(directory), database }
+        Server { router: gateway.router(), unrestricted: tokens.clone(), tokens, fhir, config, directory: Some(directory), database }
     }
 
     /// Stops this gateway and starts another on the same database with a changed
@@ -193,6 +195,7 @@ impl Server {
         let tokens = unrestricted_tokens(&gateway.state.fhir, &config).await;
         Server {
             router: gateway.router(),
+            unrestricted: tokens.clone(),
             tokens,
             fhir: gateway.state.fhir.clone(),
             config,
@@ -268,6 +271,20 @@ impl Server {
     /// The FHIR engine behind the router, for tests of project commands (e.g. generate).
     pub fn fhir(&self) -> Arc<renraku::service::Fhir> {
         self.fhir.clone()
+    }
+
+    /// Writes `resource` at `tenant`'s base with its own id as the unrestricted principal: a
+    /// test's world, set up before the principals it is about act in it (they choose ids
+    /// only as UUIDs for a person's data; see README "Ids").
+    pub async fn setup(&self, tenant: &str, resource: &Value) {
+        let path = format!(
+            "/{tenant}/fhir/{}/{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        );
+        let token = self.unrestricted.get(tenant).cloned().unwrap_or_default();
+        let reply = self.send(Method::PUT, &path, &[("authorization", &format!("Bearer {token}"))], resource).await;
+        assert!(matches!(reply.status.as_u16(), 200 | 201), "setting up {path}: {} {}", reply.status, reply.text());
     }
 
     /// A gateway whose requests at 伊那市's base speak for `who` (see [`Who`]); the office

@@ -82,9 +82,9 @@ async fn every_rule_names_its_element_for_the_care_manager(backend: Backend) {
     let server = Server::start(backend).await;
     server.put("/ina/fhir/Organization/office", &crate::policy::organization("office", "居宅介護支援事業所")).await.expect(201);
     let care_manager = crate::policy::practitioner(&server, "ina", "cm", "office", "user/*.cruds").await;
-    care_manager.put(&server, &crate::policy::patient("p1", "山田", "office")).await.expect(201);
-    care_manager.put(&server, &crate::policy::consent("consent-p1", "p1", "active", "office")).await.expect(201);
-    care_manager.put(&server, &crate::policy::care_team("team-p1", "p1", &["PractitionerRole/role-cm"])).await.expect(201);
+    server.setup("ina", &crate::policy::patient("p1", "山田", "office")).await;
+    server.setup("ina", &crate::policy::consent("consent-p1", "p1", "active", "office")).await;
+    server.setup("ina", &crate::policy::care_team("team-p1", "p1", &["PractitionerRole/role-cm"])).await;
     let mut checked = 0;
     for (mut body, status, expected) in cases() {
         if body.get("managingOrganization").is_some() {
