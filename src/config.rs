@@ -72,6 +72,9 @@ pub struct Limits {
     pub statement_timeout_ms: u64,
     /// How long one request may take before it is answered 503 and its work abandoned.
     pub request_timeout_ms: u64,
+    /// Bytes of a request's path and query. (Beyond 64 KiB the HTTP parser refuses a request
+    /// line with a bare 414 before the gateway sees it.)
+    pub url_bytes: usize,
 }
 
 impl Default for Limits {
@@ -90,6 +93,9 @@ impl Default for Limits {
             bundle_entries: 1000,
             statement_timeout_ms: 30_000,
             request_timeout_ms: 60_000,
+            // Searches that fit every other limit stay far below (50 parameters of 100
+            // values of short tokens); servers and proxies commonly stop at 8 to 16 KiB.
+            url_bytes: 16_384,
         }
     }
 }

@@ -62,6 +62,9 @@ pub enum Error {
     /// on PostgreSQL, expression or variable bounds on SQLite).
     #[error("too costly: {0}")]
     TooCostly(String),
+    /// The request's path and query are longer than `limits.url_bytes`.
+    #[error("the URL is too long: {length} bytes")]
+    UrlTooLong { length: usize, allowed: usize },
     /// The request took longer than `limits.request_timeout_ms` and was abandoned.
     #[error("request timed out")]
     Timeout { allowed_ms: u64 },
@@ -114,6 +117,7 @@ impl Error {
             Error::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
             Error::TooCostly(_) => StatusCode::BAD_REQUEST,
             Error::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UrlTooLong { .. } => StatusCode::URI_TOO_LONG,
             Error::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
             Error::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -156,6 +160,10 @@ impl Error {
                 format!("{what}: more than the server's limit {limit} = {allowed} allows"),
             )],
             Error::TooCostly(message) => vec![Issue::error(IssueCode::TooCostly, message.clone())],
+            Error::UrlTooLong { length, allowed } => vec![Issue::error(
+                IssueCode::TooCostly,
+                format!("the URL's path and query are {length} bytes: more than the server's limit url_bytes = {allowed} allows"),
+            )],
             Error::Timeout { allowed_ms } => vec![Issue::error(
                 IssueCode::Transient,
                 format!("the request took longer than the server's limit request_timeout_ms = {allowed_ms} and was abandoned"),

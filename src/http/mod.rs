@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
+        .layer(middleware::from_fn_with_state(state.clone(), url_limit))
         .layer(middleware::from_fn(outcome_for_plain_errors))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
@@ -138,6 +139,18 @@ async fn outcome_for_plain_errors(request: Request, next: Next) -> Response {
     }
     rebuilt.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
     rebuilt
+}
+
+/// Refuses a request whose path and query are longer than `limits.url_bytes` (414), before
+/// anything parses them.
+async fn url_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let allowed = state.config.limits.url_bytes;
+    let length = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if length > allowed {
+        let request_id = request_id_of(&request);
+        return ErrorReply { error: Error::UrlTooLong { length, allowed }, format: Format::Json, request_id }.into_response();
+    }
+    next.run(request).await
 }
 
 /// Abandons a request that takes longer than `limits.request_timeout_ms`: the client gets

@@ -392,7 +392,7 @@ impl Fhir {
 
     /// The single current resource matching a conditional interaction's criteria; more
     /// than one match is a 412.
-    async fn match_one(
+    pub(crate) async fn match_one(
         &self,
         connection: &mut crate::store::Db,
         context: &Context,

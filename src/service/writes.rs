@@ -10,7 +10,10 @@
 //!    after their references were rewritten.
 //! 2. In the transaction, in the order DELETE, POST, PUT/PATCH: a conditional create or
 //!    update takes its type's conditional lock, is decided, and matched (`match_for_write`,
-//!    a search); every created entry gets its id, and `urn:uuid:` references are rewritten.
+//!    a search); every created entry gets its id; a transaction's conditional references
+//!    (`Patient?identifier=…`) are resolved by a search under the caller's own search
+//!    decision (exactly one match, or the transaction fails naming the entry); then
+//!    `urn:uuid:` and conditional references are rewritten.
 //! 3. Each entry is decided once — inside the transaction, after the conditional lock, so
 //!    the decision and the data come from the same snapshot — and written under its grant
 //!    by the row functions (`write_version`, `update_in`, `patch_in`, `delete_in`).
@@ -130,10 +133,12 @@ impl Fhir {
         for entry in &entries {
             self.check_entry(context, entry).map_err(|error| entry.locate(error))?;
         }
-        let cross_references = entries.iter().any(|e| e.full_url.is_some());
+        // Entries whose references the pipeline rewrites are validated after the rewrite.
+        let rewritten = entries.iter().any(|e| e.full_url.is_some())
+            || entries.iter().any(|e| e.index.is_some() && e.body.as_ref().is_some_and(|b| !self.conditional_references(e, b).is_empty()));
         let mut validated: Vec<Option<Validated>> = Vec::with_capacity(entries.len());
         for entry in &entries {
-            validated.push(match (&entry.body, cross_references) {
+            validated.push(match (&entry.body, rewritten) {
                 (Some(body), false) => Some(self.validate(entry, body.clone())?),
                 _ => None,
             });
@@ -196,6 +201,23 @@ impl Fhir {
                 replacements.insert(full_url.clone(), format!("{resource_type}/{id}"));
             }
             put(&mut ids, i, id);
+        }
+        // A transaction's conditional references (`Patient?identifier=…`): each must match
+        // exactly one resource the caller may search and see, and becomes its reference.
+        for entry in &entries {
+            let (Some(_), Some(body)) = (entry.index, &entry.body) else { continue };
+            for (found, target_type, condition) in self.conditional_references(entry, body) {
+                if replacements.contains_key(&found.reference) {
+                    continue;
+                }
+                let resolved = self.resolve_conditional_reference(&mut transaction, context, &target_type, &condition).await;
+                let id = resolved
+                    .and_then(|id| {
+                        id.ok_or_else(|| Error::PreconditionFailed(format!("the conditional reference '{}' at {} matches no resource", found.reference, found.path)))
+                    })
+                    .map_err(|error| entry.locate(error))?;
+                replacements.insert(found.reference.clone(), format!("{target_type}/{id}"));
+            }
         }
         if !replacements.is_empty() {
             for entry in &mut entries {
@@ -273,6 +295,41 @@ impl Fhir {
         }
         let outcomes = outcomes.into_iter().collect::<Option<Vec<Outcome>>>().ok_or_else(|| Error::internal("a write entry had no outcome"))?;
         Ok((transaction, outcomes))
+    }
+
+    /// The conditional references (`Type?criteria`) of a transaction entry's body, with
+    /// their type and criteria.
+    fn conditional_references(&self, entry: &WriteEntry, body: &Value) -> Vec<(references::FoundReference, String, String)> {
+        references::collect(body, &entry.resource_type)
+            .into_iter()
+            .filter_map(|found| {
+                let (target_type, condition) = found.reference.split_once('?')?;
+                if target_type.contains('/') || !self.validator.is_resource_type(target_type) {
+                    return None;
+                }
+                let (target_type, condition) = (target_type.to_owned(), condition.to_owned());
+                Some((found, target_type, condition))
+            })
+            .collect()
+    }
+
+    /// The id of the one resource a conditional reference's search matches (None: none the
+    /// caller may see). Resolving is searching: it needs the search permission on the type,
+    /// and several matches are a 412.
+    async fn resolve_conditional_reference(
+        &self,
+        transaction: &mut Transaction,
+        context: &Context,
+        target_type: &str,
+        condition: &str,
+    ) -> Result<Option<String>> {
+        let search = self.decide(transaction, context, Interaction::Search, Some(target_type)).await.map_err(|error| match error {
+            Error::Forbidden(_) => Error::Forbidden(format!(
+                "a conditional reference is resolved by searching: the access token's scopes must allow 's' on {target_type}"
+            )),
+            other => other,
+        })?;
+        Ok(self.match_one(transaction, context, &search, target_type, condition).await?.map(|row| row.id))
     }
 
     /// The entry's one decision, for its write interaction.

@@ -55,6 +55,35 @@ async fn transaction_resolves_placeholders_atomically(backend: Backend, who: Who
     assert_eq!(server.get("/ina/fhir/Observation").await.json()["total"], 2);
 }
 
+/// Conditional references (`Patient?identifier=…`) in a transaction are resolved against
+/// what the caller may search before anything executes: one match is rewritten to it; none,
+/// or several, fail the transaction naming the entry.
+async fn conditional_references_are_resolved(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
+    let person = |number: &str| json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:renraku:test", "value": number }],
+                                        "managingOrganization": { "reference": OFFICE } });
+    let id = server.create("ina", &person("cond-1")).await;
+    server.create("ina", &person("twice")).await;
+    server.create("ina", &person("twice")).await;
+    let team_of = |reference: &str| json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [{ "resource": { "resourceType": "CareTeam", "status": "active", "subject": { "reference": reference },
+                                  "participant": [{ "member": { "reference": OFFICE } }] },
+                    "request": { "method": "POST", "url": "CareTeam" } }]
+    });
+    let reply = server.post("/ina/fhir", &team_of("Patient?identifier=urn:renraku:test|cond-1")).await;
+    reply.expect(200);
+    let team = &reply.json()["entry"][0]["resource"];
+    assert_eq!(team["subject"]["reference"], format!("Patient/{id}"), "{team}");
+    for (reference, what) in [("Patient?identifier=urn:renraku:test|nobody", "matches no resource"), ("Patient?identifier=urn:renraku:test|twice", "")] {
+        let refused = server.post("/ina/fhir", &team_of(reference)).await;
+        refused.expect(412);
+        let text = refused.text();
+        assert!(text.contains("Bundle.entry[0]") && text.contains(what), "{reference}: {text}");
+    }
+    assert_eq!(server.get(&format!("/ina/fhir/CareTeam?subject=Patient/{id}")).await.json()["total"], 1, "nothing else was written");
+}
+
 async fn failed_transaction_leaves_nothing(backend: Backend, who: Who) {
     let server = Server::start_as(backend, who).await;
     let bundle = json!({
@@ -172,6 +201,7 @@ async fn malformed_bundles_are_refused(backend: Backend, who: Who) {
 }
 
 both_backends_as_both!(
+    conditional_references_are_resolved,
     transaction_resolves_placeholders_atomically,
     failed_transaction_leaves_nothing,
     transaction_order_and_interactions,

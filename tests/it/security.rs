@@ -582,6 +582,11 @@ async fn m7_requests_stay_within_the_limits(backend: Backend) {
     let too_many = json!({ "resourceType": "Bundle", "type": "batch",
                            "entry": vec![json!({ "request": { "method": "GET", "url": "Patient/x" } }); 1001] });
     expect_limit(&server.post("/ina/fhir", &too_many).await, "bundle_entries");
+    // A URL longer than url_bytes: 414, an outcome naming the limit.
+    let long = server.get(&format!("/ina/fhir/Patient?name={}", "a".repeat(20_000))).await;
+    long.expect(414);
+    assert_eq!(long.json()["issue"][0]["code"], "too-costly");
+    assert!(long.text().contains("url_bytes"), "{}", long.text());
     // Within the limits, ordinary searches go on.
     server.get("/ina/fhir/Patient?name=a0&name=a1").await.expect(200);
 }
