@@ -63,6 +63,40 @@ async fn versions_and_tombstones(backend: Backend, who: Who) {
     assert_eq!(revived.json()["meta"]["versionId"], "4");
 }
 
+/// A person's data deleted: whoever could see it learns of the deletion — 410 on read, the
+/// earlier versions by vread, the DELETE in instance, type and system history — and nobody
+/// else does.
+async fn deleted_data_can_be_followed(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
+    let person = server.create("ina", &patient("佐藤")).await;
+    let team = json!({ "resourceType": "CareTeam", "status": "active", "subject": { "reference": format!("Patient/{person}") },
+                       "participant": [{ "member": { "reference": OFFICE } }] });
+    server.create("ina", &team).await;
+    let observation = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "体温" },
+                              "subject": { "reference": format!("Patient/{person}") }, "valueQuantity": { "value": 36.5, "unit": "Cel" } });
+    let id = server.create("ina", &observation).await;
+    server.delete(&format!("/ina/fhir/Observation/{id}")).await.expect(204);
+    let gone = server.get(&format!("/ina/fhir/Observation/{id}")).await;
+    gone.expect(410);
+    assert_eq!(gone.json()["resourceType"], "OperationOutcome");
+    server.get(&format!("/ina/fhir/Observation/{id}/_history/1")).await.expect(200);
+    server.get(&format!("/ina/fhir/Observation/{id}/_history/2")).await.expect(410);
+    let methods = |bundle: serde_json::Value| -> Vec<String> {
+        bundle["entry"].as_array().into_iter().flatten()
+            .filter(|e| e["request"]["url"].as_str().unwrap_or_default().contains(&id) || e["fullUrl"].as_str().unwrap_or_default().contains(&id))
+            .map(|e| e["request"]["method"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    for path in [format!("/ina/fhir/Observation/{id}/_history"), "/ina/fhir/Observation/_history".to_owned(), "/ina/fhir/_history?_count=100".to_owned()] {
+        let history = server.get(&path).await;
+        history.expect(200);
+        assert_eq!(methods(history.json()), ["DELETE", "POST"], "{path}");
+    }
+    // Someone who never saw it learns nothing: another municipality's view.
+    server.get(&format!("/minowa/fhir/Observation/{id}")).await.expect(404);
+    assert_eq!(methods(server.get("/minowa/fhir/_history").await.json()), Vec::<String>::new());
+}
+
 async fn update_as_create_with_client_id(backend: Backend, who: Who) {
     let server = Server::start_as(backend, who).await;
     // The unrestricted principal may choose any id; a caller bound by the access rule only a
@@ -169,6 +203,7 @@ async fn xml_in_and_out(backend: Backend, who: Who) {
 
 both_backends_as_both!(
     versions_and_tombstones,
+    deleted_data_can_be_followed,
     update_as_create_with_client_id,
     server_ignores_client_id_on_create,
     tenants_do_not_see_each_other,
