@@ -144,6 +144,9 @@ pub struct Grant {
     /// The operator's (and the test suite's) grant: everything in one municipality.
     unrestricted: bool,
     /// Who the grant was decided for, as the decision log names them.
+    /// Whether the holder may set which Practitioner a sign-in at a municipality's OpenID
+    /// Provider becomes (see [`Grant::may_map_sign_ins`]).
+    maps_sign_ins: bool,
     actor: String,
 }
 
@@ -342,6 +345,16 @@ impl Grant {
         self.unrestricted || (self.organization.is_some() && registrar.is_some() && self.organization.as_deref() == registrar)
     }
 
+    /// Whether the holder may change which Practitioner a sign-in becomes (a Practitioner's
+    /// identifier in a municipality's `login.subject_system`): the server administrator and
+    /// the operator. A municipal administrator keeps the directory and the support teams,
+    /// but cannot also decide who signs in as a practitioner — else one person could make
+    /// themselves a team member and read the person's records; the two duties stay with
+    /// two administrators, as for system clients.
+    pub fn may_map_sign_ins(&self) -> bool {
+        self.maps_sign_ins
+    }
+
     /// Whether a granular scope filters what may be written of `resource_type`: the write
     /// must then leave the resource matching the filter (the service checks it in the
     /// write's transaction, before committing).
@@ -450,6 +463,7 @@ async fn decide_inner(
             organization: None,
             agreements: Arc::new(agreements),
             unrestricted: true,
+            maps_sign_ins: true,
             actor: actor_label(principal),
         }
     };
@@ -506,6 +520,7 @@ async fn decide_inner(
         organization: authenticated.actor.organization().map(|o| format!("Organization/{o}")),
         agreements: Arc::new(world.agreements.clone()),
         unrestricted: false,
+        maps_sign_ins: matches!(authenticated.actor, Actor::ServerAdmin { .. }),
         actor: actor_label(principal),
     })
 }
@@ -552,6 +567,7 @@ pub fn duplicate_probe_unchecked(tenant: &str) -> Grant {
         organization: None,
         agreements: Arc::new(Vec::new()),
         unrestricted: true,
+        maps_sign_ins: false,
         actor: "duplicate-probe".to_owned(),
     }
 }
@@ -713,6 +729,7 @@ impl Grant {
             organization: None,
             agreements: Arc::new(Vec::new()),
             unrestricted: false,
+            maps_sign_ins: false,
             actor: "test".to_owned(),
         }
     }

@@ -602,6 +602,7 @@ impl Fhir {
             check_role_organization(connection, &tenant, &resource).await?;
         }
         self.check_registration_change(connection, grant, resource_type, current, managing_organization.as_deref(), &patients).await?;
+        self.check_sign_in_mapping(grant, resource_type, current, &resource)?;
         stamp(&mut resource, id, version_id, &last_updated);
         self.tag_owner(&mut resource, &tenant);
         // The owner's tag is in place now: its index row, and `_lastUpdated` is a column.
@@ -751,6 +752,46 @@ impl Fhir {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A Practitioner's sign-in identifiers (its identifiers in any municipality's
+    /// `login.subject_system`) are added or changed only by a grant that may map sign-ins
+    /// ([`Grant::may_map_sign_ins`]); removing one, and every other change of the entry, is
+    /// the writer's as before.
+    fn check_sign_in_mapping(&self, grant: &Grant, resource_type: &str, current: Option<&CurrentRow>, resource: &Value) -> Result<()> {
+        if resource_type != "Practitioner" || grant.may_map_sign_ins() {
+            return Ok(());
+        }
+        let systems: Vec<String> = self.tenants().into_iter().filter_map(|t| t.login.map(|l| l.subject_system)).collect();
+        let sign_ins = |practitioner: &Value| -> Vec<(String, String)> {
+            let mut found: Vec<(String, String)> = practitioner
+                .get("identifier")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|identifier| {
+                    let system = identifier.get("system").and_then(Value::as_str)?;
+                    let value = identifier.get("value").and_then(Value::as_str)?;
+                    systems.iter().any(|s| s == system).then(|| (system.to_owned(), value.to_owned()))
+                })
+                .collect();
+            found.sort();
+            found
+        };
+        let before = current
+            .and_then(|row| row.content.as_deref())
+            .and_then(|content| serde_json::from_str::<Value>(content).ok())
+            .map(|old| sign_ins(&old))
+            .unwrap_or_default();
+        // Removing a sign-in only takes access away; adding or changing one is the mapping.
+        if sign_ins(resource).iter().all(|sign_in| before.contains(sign_in)) {
+            return Ok(());
+        }
+        let error = Error::Forbidden(
+            "which Practitioner a sign-in becomes (an identifier in a municipality's login subject system) is set by the server administrator".into(),
+        );
+        grant.record_refusal("map a sign-in", resource_type, &error);
+        Err(error)
     }
 
     /// A support team may include a participant of another municipality only while a

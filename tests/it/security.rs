@@ -7,6 +7,7 @@
 //! | C1 unauthenticated crash by a deeply nested XML body | `c1_nested_bodies_are_refused_before_parsing` |
 //! | C2 an administrator borrows another municipality's Organization | `c2_clients_and_roles_stay_in_their_municipality` |
 //! | C2 one administrator alone makes a client with clinical reach | `smart::client_registration` (dual control) |
+//! | C2 an administrator maps her own sign-in to a practitioner | `c2_administrators_cannot_map_sign_ins` |
 //! | C3 consent-page CSRF takes over a professional's sign-in | `c3_sign_in_is_bound_to_the_browser`, `upstream_login` (callback) |
 //! | H1 old versions are judged by the resource's current compartment | `h1_each_version_is_judged_by_its_own_content` |
 //! | H2 a `patient/` scope lifts a granular `user/` restriction | `h2_patient_scopes_reach_only_the_patient_context` |
@@ -223,6 +224,49 @@ async fn h3_departed_professionals_lose_access_at_once(backend: Backend) {
     server.put("/ina/fhir/PractitionerRole/demo-role-dr-tanaka", &role).await.expect(200);
     let again = form(&server, "/ina/auth/token", &[("grant_type", "refresh_token"), ("refresh_token", &refresh_token), ("client_id", "demo-app")]).await;
     again.expect(400);
+}
+
+/// C2, by another door: a municipal administrator keeps the directory and the support teams.
+/// Had she also been able to say which Practitioner a sign-in at the municipality's OpenID
+/// Provider becomes, she could map her own account to a practitioner she puts on a team and
+/// read the person's records. Adding or changing a sign-in identifier is the server
+/// administrator's; she may still remove one, and edit the rest of the entry.
+async fn c2_administrators_cannot_map_sign_ins(backend: Backend) {
+    const SUBJECTS: &str = "https://idp.ina.example.jp/sub";
+    let server = Server::start_with(backend, |config| {
+        if let Some(ina) = config.tenants.iter_mut().find(|t| t.slug == "ina") {
+            ina.login = Some(renraku::config::UpstreamLogin {
+                issuer: "https://idp.ina.example.jp".into(),
+                client_id: "renraku".into(),
+                client_secret: None,
+                subject_system: SUBJECTS.into(),
+                require_mfa: true,
+                mfa_acr_values: Vec::new(),
+            });
+        }
+    })
+    .await;
+    let admin = municipal_admin(&server, "ina").await;
+    let operator = server_admin(&server, "ina").await;
+    let signing_in = |value: &str| json!([{ "system": SUBJECTS, "value": value }, { "system": "urn:oid:1.2.392.100495.20.3.31", "value": "123" }]);
+    let mut entry = json!({ "resourceType": "Practitioner", "id": "pr-new", "name": [{ "family": "伊藤" }] });
+    entry["identifier"] = signing_in("admin-own-account");
+    admin.put(&server, &entry).await.expect(403);
+    entry.as_object_mut().map(|e| e.remove("identifier"));
+    admin.put(&server, &entry).await.expect(201);
+    entry["identifier"] = signing_in("admin-own-account");
+    admin.put(&server, &entry).await.expect(403);
+    // The server administrator maps the professional's real account.
+    entry["identifier"] = signing_in("ito-0001");
+    operator.put(&server, &entry).await.expect(200);
+    // The municipality keeps the rest of the entry current, and may end a sign-in.
+    entry["name"] = json!([{ "family": "伊藤", "given": ["真"] }]);
+    admin.put(&server, &entry).await.expect(200);
+    entry["identifier"] = signing_in("admin-own-account");
+    admin.put(&server, &entry).await.expect(403);
+    entry["identifier"] = json!([{ "system": "urn:oid:1.2.392.100495.20.3.31", "value": "123" }]);
+    admin.put(&server, &entry).await.expect(200);
+    assert_eq!(server.get("/ina/fhir/Practitioner/pr-new").await.json()["identifier"].as_array().map(Vec::len), Some(1));
 }
 
 /// H1: an Observation filed for one person and corrected to another: the second person's
@@ -676,6 +720,7 @@ async fn low_nul_characters_are_a_client_error(backend: Backend) {
 both_backends!(
     c1_nested_bodies_are_refused_before_parsing,
     c2_clients_and_roles_stay_in_their_municipality,
+    c2_administrators_cannot_map_sign_ins,
     c3_sign_in_is_bound_to_the_browser,
     h1_each_version_is_judged_by_its_own_content,
     h2_patient_scopes_reach_only_the_patient_context,
