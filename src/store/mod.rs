@@ -770,7 +770,7 @@ pub async fn generations(connection: &mut Db) -> Result<Generations> {
 
 pub use crate::policy::facts::Generations;
 
-pub(crate) async fn bump_generation(connection: &mut Db, name: &str) -> Result<()> {
+async fn bump_generation(connection: &mut Db, name: &str) -> Result<()> {
     sqlx::query("UPDATE generations SET counter = counter + 1 WHERE name = $1").bind(name).execute(&mut connection.0).await?;
     Ok(())
 }
@@ -998,7 +998,7 @@ pub async fn bulk_insert_new(connection: &mut Db, grant: &WriteGrant, last_updat
 /// Inserts new resources (version 1), each with its owning tenant and time, with their
 /// version and index rows. Callers: [`bulk_insert_new`] (under a grant) and the audit trail
 /// (`store::audit`, AuditEvents only).
-pub(crate) async fn insert_new_rows(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
+async fn insert_new_rows(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
     use query::BulkValue as V;
     let resources: Vec<Vec<V>> = rows
         .iter()
