@@ -285,7 +285,8 @@ async fn patch(
 }
 
 async fn delete(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type, id)): Path<(String, String, String)>) -> Reply {
-    state.fhir.delete(&request.context, &resource_type, &id, request.if_match).await.map_err(|e| request.fail(e))?;
+    let cascade = crate::service::bundle::cascade_requested(Some(&request.raw_query));
+    state.fhir.delete(&request.context, &resource_type, &id, request.if_match, cascade).await.map_err(|e| request.fail(e))?;
     Ok(no_content(&request))
 }
 

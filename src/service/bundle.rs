@@ -196,8 +196,8 @@ impl Fhir {
                     entry_audits.push((self.audit(context, interaction, subtype), Some(stored.resource.clone())));
                     entry_response(&stored, if created { "201 Created" } else { "200 OK" })
                 }
-                Outcome::Deleted { target, deleted } => {
-                    if let Some(target) = target {
+                Outcome::Deleted { target, deleted, cascaded } => {
+                    for (target, deleted) in target.map(|t| (t, deleted)).into_iter().chain(cascaded) {
                         let mut entry_audit = self.audit(context, Interaction::Delete, "delete");
                         entry_audit.entity(Entity::Resource(target));
                         entry_audits.push((entry_audit, deleted));
@@ -254,7 +254,9 @@ impl Fhir {
                 },
                 Method::Delete => {
                     let deleted = match (&request.id, &request.query) {
-                        (Some(id), _) => self.delete(context, &request.resource_type, id, request.if_match).await,
+                        (Some(id), query) => {
+                            self.delete(context, &request.resource_type, id, request.if_match, cascade_requested(query.as_deref())).await
+                        }
                         (None, Some(query)) => self.conditional_delete(context, &request.resource_type, query).await,
                         (None, None) => Err(Error::bad_request_at("a DELETE entry needs Type/id or a condition", format!("{}.request.url", request.path()))),
                     };
@@ -342,6 +344,11 @@ fn in_entry(error: Error, request: &EntryRequest) -> Error {
     writes::in_entry(error, request.index)
 }
 
+/// Whether a DELETE's query asks to delete what refers to the target too (`_cascade=delete`).
+pub(crate) fn cascade_requested(query: Option<&str>) -> bool {
+    query.is_some_and(|query| parse_query_string(query).iter().any(|(name, value)| name == "_cascade" && value == "delete"))
+}
+
 /// A transaction entry's write, for the write pipeline (None for a read).
 fn write_entry(request: &EntryRequest) -> Result<Option<WriteEntry>> {
     let missing = |what: &str| Error::bad_request_at(format!("a {what}"), format!("{}.request.url", request.path()));
@@ -351,7 +358,7 @@ fn write_entry(request: &EntryRequest) -> Result<Option<WriteEntry>> {
         (Method::Put, Some(id), _) => Change::Update { id: id.clone() },
         (Method::Put, None, Some(condition)) => Change::ConditionalUpdate { condition: condition.clone() },
         (Method::Patch, Some(id), _) => Change::Patch { id: id.clone(), patch: patch_document(request)? },
-        (Method::Delete, Some(id), _) => Change::Delete { id: id.clone() },
+        (Method::Delete, Some(id), query) => Change::Delete { id: id.clone(), cascade: cascade_requested(query.as_deref()) },
         (Method::Delete, None, Some(condition)) => Change::ConditionalDelete { condition: condition.clone() },
         (Method::Put, None, None) => return Err(missing("PUT entry needs Type/id or a condition")),
         (Method::Patch, None, _) => return Err(missing("PATCH entry needs Type/id")),

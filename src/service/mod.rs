@@ -212,11 +212,11 @@ impl Fhir {
         let outcome = outcomes.pop().ok_or_else(|| Error::internal("a single write had no outcome"))?;
         match &outcome {
             Outcome::Written { stored, .. } => self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?,
-            Outcome::Deleted { target, deleted } => {
-                if let Some(target) = target {
+            Outcome::Deleted { target, deleted, cascaded } => {
+                for target in target.iter().chain(cascaded.iter().map(|(target, _)| target)) {
                     audit.entity(Entity::Resource(target.clone()));
                 }
-                let deleted: Vec<&Value> = deleted.iter().collect();
+                let deleted: Vec<&Value> = deleted.iter().chain(cascaded.iter().filter_map(|(_, last)| last.as_ref())).collect();
                 self.commit_audited(transaction, context, audit, &deleted, Vec::new()).await?;
             }
         }
@@ -310,16 +310,25 @@ impl Fhir {
     }
 
     /// `DELETE [base]/[type]/[id]`. Deleting what does not exist (or is already deleted)
-    /// succeeds without a new version, so a delete reveals nothing about existence.
-    pub async fn delete(&self, context: &Context, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<()> {
+    /// succeeds without a new version, so a delete reveals nothing about existence. What live
+    /// resources still refer to is not deleted (409) unless `cascade` (`_cascade=delete`).
+    pub async fn delete(&self, context: &Context, resource_type: &str, id: &str, if_match: Option<i64>, cascade: bool) -> Result<()> {
         let mut audit = self.audit(context, Interaction::Delete, "delete");
         audit.requested(Entity::Resource(format!("{resource_type}/{id}")));
-        let result = self.delete_unaudited(context, &mut audit, resource_type, id, if_match).await;
+        let result = self.delete_unaudited(context, &mut audit, resource_type, id, if_match, cascade).await;
         self.finish_write(audit, result).await
     }
 
-    async fn delete_unaudited(&self, context: &Context, audit: &mut Audit, resource_type: &str, id: &str, if_match: Option<i64>) -> Result<()> {
-        let change = Change::Delete { id: id.to_owned() };
+    async fn delete_unaudited(
+        &self,
+        context: &Context,
+        audit: &mut Audit,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<i64>,
+        cascade: bool,
+    ) -> Result<()> {
+        let change = Change::Delete { id: id.to_owned(), cascade };
         self.write_one(context, audit, WriteEntry::single(resource_type, change, None, if_match)).await.map(|_| ())
     }
 

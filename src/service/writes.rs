@@ -45,8 +45,8 @@ pub(crate) enum Change {
     ConditionalUpdate { condition: String },
     /// `PATCH [type]/[id]` with a JSON Patch document.
     Patch { id: String, patch: Value },
-    /// `DELETE [type]/[id]`
-    Delete { id: String },
+    /// `DELETE [type]/[id]`; with `cascade` (`_cascade=delete`) also whatever refers to it.
+    Delete { id: String, cascade: bool },
     /// `DELETE [type]?criteria`
     ConditionalDelete { condition: String },
 }
@@ -70,6 +70,9 @@ impl Change {
         }
     }
 }
+
+/// The most resources one `_cascade=delete` deletes.
+const CASCADE_LIMIT: i64 = 1000;
 
 /// One write: a single interaction, or an entry of a transaction.
 #[derive(Debug, Clone)]
@@ -107,8 +110,9 @@ pub(crate) enum Outcome {
     /// its match (`created` false; nothing was written).
     Written { stored: Stored, created: bool },
     /// A delete: of `target` (`Type/id`; None when a conditional delete matched nothing),
-    /// with the version it deleted (None when there was nothing to delete).
-    Deleted { target: Option<String>, deleted: Option<Value> },
+    /// with the version it deleted (None when there was nothing to delete), and what a
+    /// cascade deleted with it (each `Type/id` with its last version).
+    Deleted { target: Option<String>, deleted: Option<Value>, cascaded: Vec<(String, Option<Value>)> },
 }
 
 impl Fhir {
@@ -268,17 +272,19 @@ impl Fhir {
                     written.push((i, grant, stored.clone()));
                     Outcome::Written { stored, created }
                 }
-                Change::Delete { id } => {
+                Change::Delete { id, cascade } => {
+                    let cascaded = self.clear_referrers(&mut transaction, context, &grant, resource_type, id, *cascade).await.map_err(located)?;
                     let deleted = self.delete_in(&mut transaction, &grant, resource_type, id, entry.if_match).await.map_err(located)?;
-                    Outcome::Deleted { target: Some(format!("{resource_type}/{id}")), deleted }
+                    Outcome::Deleted { target: Some(format!("{resource_type}/{id}")), deleted, cascaded }
                 }
                 Change::ConditionalDelete { condition } => {
                     match self.match_for_write(&mut transaction, context, resource_type, condition).await.map_err(located)? {
                         Some(existing) => {
+                            self.clear_referrers(&mut transaction, context, &grant, resource_type, &existing.id, false).await.map_err(located)?;
                             let deleted = self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await.map_err(located)?;
-                            Outcome::Deleted { target: Some(format!("{resource_type}/{}", existing.id)), deleted }
+                            Outcome::Deleted { target: Some(format!("{resource_type}/{}", existing.id)), deleted, cascaded: Vec::new() }
                         }
-                        None => Outcome::Deleted { target: None, deleted: None },
+                        None => Outcome::Deleted { target: None, deleted: None, cascaded: Vec::new() },
                     }
                 }
             };
@@ -330,6 +336,87 @@ impl Fhir {
             other => other,
         })?;
         Ok(self.match_one(transaction, context, &search, target_type, condition).await?.map(|row| row.id))
+    }
+
+    /// Referential integrity of deleting `resource_type/id`: live resources that refer to it
+    /// make the delete a 409 (naming those the caller may see), unless `cascade`, which
+    /// deletes them first — each under the caller's own delete decision for its type, and
+    /// whatever refers to them in turn (at most [`CASCADE_LIMIT`] resources; one the caller
+    /// may not see or delete refuses the whole). Returns what the cascade deleted.
+    async fn clear_referrers(
+        &self,
+        transaction: &mut Transaction,
+        context: &Context,
+        grant: &WriteGrant,
+        resource_type: &str,
+        id: &str,
+        cascade: bool,
+    ) -> Result<Vec<(String, Option<Value>)>> {
+        // What the grant cannot see (or is deleted already) is not deleted either, and its
+        // delete answers 204 as for a missing resource: nothing about its referrers leaks.
+        if crate::store::current(transaction, grant, resource_type, id).await?.is_none_or(|row| row.deleted) {
+            return Ok(Vec::new());
+        }
+        let first = crate::store::facts::referrers(transaction, resource_type, id, CASCADE_LIMIT + 1).await?;
+        if first.is_empty() {
+            return Ok(Vec::new());
+        }
+        let read = grant.for_reading();
+        if !cascade {
+            let mut named = Vec::new();
+            for (referrer_type, referrer_id) in first.iter().take(10) {
+                if crate::store::current(transaction, &read, referrer_type, referrer_id).await?.is_some() {
+                    named.push(format!("{referrer_type}/{referrer_id}"));
+                }
+            }
+            let hidden = named.len() < first.len().min(10) || first.len() > 10;
+            let list = if named.is_empty() { "resources you may not see".to_owned() } else { named.join(", ") + if hidden { ", and others" } else { "" } };
+            return Err(Error::Conflict(format!(
+                "{resource_type}/{id} is referred to by {list}; delete those first, or delete with _cascade=delete"
+            )));
+        }
+        // Everything reachable backwards from the target, nearest last so it is deleted first.
+        let mut order: Vec<(String, String)> = Vec::new();
+        let mut pending = first;
+        while let Some((referrer_type, referrer_id)) = pending.pop() {
+            if order.iter().any(|(t, i)| *t == referrer_type && *i == referrer_id) || (referrer_type == resource_type && referrer_id == id) {
+                continue;
+            }
+            if order.len() as i64 >= CASCADE_LIMIT {
+                return Err(Error::Conflict(format!("deleting {resource_type}/{id} would cascade to more than {CASCADE_LIMIT} resources")));
+            }
+            pending.extend(crate::store::facts::referrers(transaction, &referrer_type, &referrer_id, CASCADE_LIMIT + 1).await?);
+            order.push((referrer_type, referrer_id));
+        }
+        // The data before the facts that admit the caller to it (a team, a consent): deleting
+        // a team first would hide the person's other data from its own member.
+        let mut order: Vec<(String, String)> = order.into_iter().rev().collect();
+        order.sort_by_key(|(t, _)| matches!(t.as_str(), "CareTeam" | "Consent"));
+        let mut grants: HashMap<String, WriteGrant> = HashMap::new();
+        for (referrer_type, referrer_id) in &order {
+            let delete_grant = match grants.get(referrer_type) {
+                Some(grant) => grant.clone(),
+                None => {
+                    let decided = self
+                        .decide(transaction, context, Interaction::Delete, Some(referrer_type))
+                        .await
+                        .and_then(policy::Grant::for_write)
+                        .map_err(|_| Error::Conflict(format!("{resource_type}/{id} is referred to by resources this caller may not delete")))?;
+                    grants.insert(referrer_type.clone(), decided.clone());
+                    decided
+                }
+            };
+            if crate::store::current(transaction, &delete_grant.for_reading(), referrer_type, referrer_id).await?.is_none() {
+                return Err(Error::Conflict(format!("{resource_type}/{id} is referred to by resources this caller may not see")));
+            }
+        }
+        let mut deleted = Vec::new();
+        for (referrer_type, referrer_id) in order {
+            let Some(delete_grant) = grants.get(&referrer_type) else { continue };
+            let last = self.delete_in(transaction, delete_grant, &referrer_type, &referrer_id, None).await?;
+            deleted.push((format!("{referrer_type}/{referrer_id}"), last));
+        }
+        Ok(deleted)
     }
 
     /// The entry's one decision, for its write interaction.

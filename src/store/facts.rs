@@ -70,6 +70,23 @@ pub(crate) async fn referring(
     rows(&sql, connection).await
 }
 
+/// `(type, id)` of up to `limit` live resources that refer to `target_type/target_id`
+/// through any reference parameter (AuditEvents, which record accesses, left out), for a
+/// delete's referential integrity. Only the pairs: the service names in a refusal only those
+/// the caller's read grant sees.
+pub(crate) async fn referrers(connection: &mut Db, target_type: &str, target_id: &str, limit: i64) -> Result<Vec<(String, String)>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT resource_type, id FROM search_reference WHERE target_type = $1 AND target_id = $2 \
+         AND resource_type <> 'AuditEvent' AND NOT (resource_type = $1 AND id = $2) ORDER BY resource_type, id LIMIT $3",
+    )
+    .bind(target_type)
+    .bind(target_id)
+    .bind(limit)
+    .fetch_all(&mut connection.0)
+    .await?;
+    rows.iter().map(|row| Ok((row.try_get("resource_type")?, row.try_get("id")?))).collect()
+}
+
 /// The id of the live Practitioner of `tenant` whose `identifier` is `system|value`.
 pub(crate) async fn practitioner_by_identifier(
     connection: &mut Db,

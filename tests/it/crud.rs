@@ -97,6 +97,46 @@ async fn deleted_data_can_be_followed(backend: Backend, who: Who) {
     assert_eq!(methods(server.get("/minowa/fhir/_history").await.json()), Vec::<String>::new());
 }
 
+/// Deleting what live resources still refer to would strand them: 409 naming the referrers
+/// the caller may see; `_cascade=delete` deletes them with it, each under the caller's own
+/// delete permission (one it may not delete refuses the whole, and nothing is deleted).
+async fn referred_resources_are_not_deleted_alone(backend: Backend, who: Who) {
+    let server = Server::start_as(backend, who).await;
+    let person = server.create("ina", &patient("佐藤")).await;
+    let team = json!({ "resourceType": "CareTeam", "status": "active", "subject": { "reference": format!("Patient/{person}") },
+                       "participant": [{ "member": { "reference": OFFICE } }] });
+    let team = server.create("ina", &team).await;
+    let observation = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "体温" },
+                              "subject": { "reference": format!("Patient/{person}") } });
+    let observation = server.create("ina", &observation).await;
+    let refused = server.delete(&format!("/ina/fhir/Patient/{person}")).await;
+    refused.expect(409);
+    let text = refused.text();
+    assert!(text.contains(&format!("Observation/{observation}")) && text.contains(&format!("CareTeam/{team}")), "{text}");
+    server.get(&format!("/ina/fhir/Patient/{person}")).await.expect(200);
+    // Someone who cannot see the person hears what a delete of nothing answers (204), and
+    // learns nothing of the referrers; nothing is deleted.
+    let stranger = crate::policy::practitioner(&server, "ina", "stranger", "elsewhere", "user/*.cruds").await;
+    stranger.delete(&server, &format!("Patient/{person}")).await.expect(204);
+    stranger.delete(&server, &format!("Patient/{person}?_cascade=delete")).await.expect(204);
+    server.get(&format!("/ina/fhir/Patient/{person}")).await.expect(200);
+    // A colleague of the office who may read Observations but not delete them cannot cascade.
+    let colleague = crate::policy::practitioner(&server, "ina", "cm2", "office", "user/Patient.cruds user/CareTeam.cruds user/Observation.rs").await;
+    let path = format!("Patient/{person}?_cascade=delete");
+    colleague.delete(&server, &path).await.expect(409);
+    server.get(&format!("/ina/fhir/Observation/{observation}")).await.expect(200);
+    server.get(&format!("/ina/fhir/CareTeam/{team}")).await.expect(200);
+    // With the permission, the cascade deletes the person's record together.
+    server.delete(&format!("/ina/fhir/Patient/{person}?_cascade=delete")).await.expect(204);
+    for gone in [format!("Patient/{person}"), format!("CareTeam/{team}")] {
+        server.get(&format!("/ina/fhir/{gone}")).await.expect(410);
+    }
+    // The clinical data went with the person and the team: to the registrar it is gone (a
+    // team member sees a person's data only while person and team exist), to the engine a
+    // tombstone. The audit trail has every deletion.
+    server.get(&format!("/ina/fhir/Observation/{observation}")).await.expect(if who == Who::Unrestricted { 410 } else { 404 });
+}
+
 async fn update_as_create_with_client_id(backend: Backend, who: Who) {
     let server = Server::start_as(backend, who).await;
     // The unrestricted principal may choose any id; a caller bound by the access rule only a
@@ -204,6 +244,7 @@ async fn xml_in_and_out(backend: Backend, who: Who) {
 both_backends_as_both!(
     versions_and_tombstones,
     deleted_data_can_be_followed,
+    referred_resources_are_not_deleted_alone,
     update_as_create_with_client_id,
     server_ignores_client_id_on_create,
     tenants_do_not_see_each_other,

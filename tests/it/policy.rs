@@ -79,7 +79,7 @@ pub async fn practitioner(server: &Server, tenant: &str, name: &str, organizatio
     for resource in directory {
         let path = format!("/{tenant}/fhir/{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default());
         if server.get(&path).await.status.as_u16() == 404 {
-            server.put(&path, &resource).await.expect(201);
+            server.setup(tenant, &resource).await;
         }
     }
     let actor = Actor::Practitioner {

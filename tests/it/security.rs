@@ -191,8 +191,13 @@ async fn h3_departed_professionals_lose_access_at_once(backend: Backend) {
     role["active"] = json!(true);
     server.put("/ina/fhir/PractitionerRole/role-dr", &role).await.expect(200);
     doctor.get(&server, "Observation/obs-1").await.expect(200);
-    server.delete("/ina/fhir/PractitionerRole/role-dr").await.expect(204);
+    // (The team still names the role: the delete takes the team with it; that alone would
+    // answer 404, the 401 is the token's standing.)
+    server.delete("/ina/fhir/PractitionerRole/role-dr").await.expect(409);
+    server.delete("/ina/fhir/PractitionerRole/role-dr?_cascade=delete").await.expect(204);
     doctor.get(&server, "Observation/obs-1").await.expect(401);
+    // The team again, without the departed doctor.
+    server.setup("ina", &care_team("team-p1", "p1", &["PractitionerRole/role-cm", "Organization/hospital"])).await;
     // A system client whose Organization was deactivated stops too.
     let hospital_ehr = Caller {
         tenant: "ina".into(),
