@@ -168,6 +168,7 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
         demo: false,
         extra_search_parameters: Vec::new(),
         audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
+        metrics_token: None,
         audit_off_for_benchmarks_only: !audited,
         limits: renraku::config::Limits::default(),
         clients: Vec::new(),

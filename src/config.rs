@@ -45,6 +45,8 @@ pub struct Config {
     pub audit_off_for_benchmarks_only: bool,
     /// What one request may ask of the server (`[limits]`).
     pub limits: Limits,
+    /// The bearer token `GET /metrics` requires; without one the endpoint is off (404).
+    pub metrics_token: Option<String>,
 }
 
 /// Bounds on what one request may ask of the server. Each has a safe default; exceeding one
@@ -146,6 +148,7 @@ pub struct FileConfig {
     pub body_limit_bytes: Option<usize>,
     pub search_parameters_dir: Option<PathBuf>,
     pub audit_retention_days: Option<i64>,
+    pub metrics_token: Option<String>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -166,6 +169,7 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub demo: bool,
     pub audit_retention_days: Option<i64>,
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +251,7 @@ impl Config {
             demo: overrides.demo,
             extra_search_parameters,
             limits: file.limits,
+            metrics_token: overrides.metrics_token.or(file.metrics_token).filter(|token| !token.is_empty()),
         })
     }
 

@@ -140,6 +140,9 @@ struct Settings {
     /// Days audit events are kept before `audit prune` removes them [default: 1827].
     #[arg(long, env = "RENRAKU_AUDIT_RETENTION_DAYS")]
     audit_retention_days: Option<i64>,
+    /// Bearer token for GET /metrics (Prometheus); without one the endpoint is off.
+    #[arg(long, env = "RENRAKU_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 impl Settings {
@@ -154,6 +157,7 @@ impl Settings {
             config_file: self.config,
             demo: self.demo,
             audit_retention_days: self.audit_retention_days,
+            metrics_token: self.metrics_token,
         }
     }
 }

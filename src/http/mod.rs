@@ -74,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .route("/{tenant}/fhir/{resource_type}/{id}/_history/{version}", get(vread).fallback(method_not_allowed));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/metrics", get(metrics))
         .route("/admin/tenants", get(admin::list_tenants).post(admin::add_tenant).fallback(method_not_allowed))
         .route("/admin/signing-keys/rotate", post(admin::rotate_signing_key).fallback(method_not_allowed))
         .route("/admin/clients", get(admin::list_clients).post(admin::register_client).fallback(method_not_allowed))
@@ -87,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), url_limit))
         .layer(middleware::from_fn(outcome_for_plain_errors))
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
 }
 
@@ -186,6 +189,51 @@ async fn not_found(request: Request) -> ErrorReply {
 
 async fn method_not_allowed(request: Request) -> ErrorReply {
     ErrorReply { error: Error::MethodNotAllowed, format: Format::Json, request_id: request_id_of(&request) }
+}
+
+/// Counts every answered request by route template, method and status, with its latency
+/// (outermost, so refusals of the other layers count too).
+async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.fhir.metrics.request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /livez`: the process is alive and answers (nothing else is checked).
+async fn livez() -> Response {
+    (StatusCode::OK, "alive").into_response()
+}
+
+/// `GET /metrics`: Prometheus' text format, for the bearer of `metrics_token`; off (404)
+/// without one. The pool, the audit journal's lag and the token cache are read now.
+async fn metrics(State(state): State<AppState>, request: Request) -> Response {
+    let request_id = request_id_of(&request);
+    let Some(expected) = state.config.metrics_token.as_deref() else {
+        return ErrorReply { error: Error::NotFound("/metrics".into()), format: Format::Json, request_id }.into_response();
+    };
+    let presented = request.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(expected) {
+        return ErrorReply { error: Error::Unauthorized("GET /metrics needs the metrics token".into()), format: Format::Json, request_id }
+            .into_response();
+    }
+    let fhir = &state.fhir;
+    let (open, idle) = fhir.store.pool_usage();
+    fhir.metrics.gauge("renraku_db_pool_connections", vec![metrics::Label::new("state", "open")], f64::from(open));
+    fhir.metrics.gauge("renraku_db_pool_connections", vec![metrics::Label::new("state", "idle")], idle as f64);
+    if let Ok(mut connection) = fhir.store.connection().await {
+        if let Ok(lag) = crate::store::audit::unprojected(&mut connection).await {
+            fhir.metrics.gauge("renraku_audit_journal_unprojected_events", Vec::new(), lag as f64);
+        }
+    }
+    let lookups = fhir.tokens.lookups();
+    for (source, counter) in [("cache", &lookups.hits), ("database", &lookups.misses)] {
+        let total = counter.load(std::sync::atomic::Ordering::Relaxed);
+        fhir.metrics.counter("renraku_token_lookups_total", vec![metrics::Label::new("source", source)], total);
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], fhir.metrics.render()).into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

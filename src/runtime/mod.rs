@@ -17,6 +17,7 @@ use crate::policy;
 use crate::search::Registry;
 use crate::store::{self, Store};
 
+pub mod metrics;
 pub mod recorder;
 
 /// Everything a running gateway holds.
@@ -39,6 +40,8 @@ pub struct Runtime {
     pub(crate) standing: policy::facts::StandingCache,
     /// Verified access tokens (refreshed when the tokens' generation changes).
     pub tokens: TokenCache,
+    /// What `GET /metrics` reports.
+    pub metrics: metrics::Metrics,
     /// A fault the test suite armed (see [`Failpoint`]).
     #[cfg(feature = "test-support")]
     failpoint: std::sync::Mutex<Option<Failpoint>>,
@@ -69,6 +72,7 @@ impl Runtime {
             agreements: policy::facts::AgreementCache::default(),
             standing: policy::facts::StandingCache::default(),
             tokens: TokenCache::default(),
+            metrics: metrics::Metrics::default(),
             #[cfg(feature = "test-support")]
             failpoint: std::sync::Mutex::new(None),
         }
@@ -187,7 +191,14 @@ fn write_lock<T>(lock: &std::sync::RwLock<T>) -> Result<std::sync::RwLockWriteGu
 /// tokens found live are kept (a token issued after a miss is simply read next time), and
 /// at most [`TokenCache::CAPACITY`] of them: a full cache starts again empty.
 #[derive(Debug, Default)]
-pub struct TokenCache(std::sync::Mutex<CachedTokens>);
+pub struct TokenCache(std::sync::Mutex<CachedTokens>, TokenLookups);
+
+/// How many lookups the token cache answered, and how many went to the database.
+#[derive(Debug, Default)]
+pub struct TokenLookups {
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+}
 
 #[derive(Debug, Default)]
 struct CachedTokens {
@@ -206,8 +217,15 @@ impl TokenCache {
     pub const CAPACITY: usize = 100_000;
 
     pub(crate) fn get(&self, generation: i64, digest: &str) -> Option<CachedToken> {
-        let cached = self.0.lock().ok()?;
-        (cached.generation == generation).then(|| cached.by_digest.get(digest).cloned()).flatten()
+        let found = self.0.lock().ok().and_then(|cached| (cached.generation == generation).then(|| cached.by_digest.get(digest).cloned()).flatten());
+        let counter = if found.is_some() { &self.1.hits } else { &self.1.misses };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        found
+    }
+
+    /// The lookups so far.
+    pub fn lookups(&self) -> &TokenLookups {
+        &self.1
     }
 
     pub(crate) fn put(&self, generation: i64, digest: String, token: CachedToken) {

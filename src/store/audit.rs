@@ -68,6 +68,12 @@ pub struct Pending {
 }
 
 /// Up to `limit` journal rows that have no AuditEvent resource rows yet, in chain order.
+/// How many journaled events are not yet projected as AuditEvent rows.
+pub async fn unprojected(connection: &mut Db) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE projected = 0").fetch_one(&mut connection.0).await?;
+    Ok(row.try_get("n")?)
+}
+
 pub async fn pending(connection: &mut Db, limit: i64) -> Result<Vec<Pending>> {
     let rows = sqlx::query(
         "SELECT chain, event_id, recorded, content FROM audit_log WHERE projected = 0 ORDER BY chain, seq LIMIT $1",

@@ -399,6 +399,11 @@ impl Store {
         Ok(())
     }
 
+    /// The pool's open connections and, of them, the idle ones.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -18,6 +18,7 @@ mod errors;
 mod history;
 mod nodes;
 mod openid_provider;
+mod operations;
 mod policy;
 mod policy_model;
 mod policy_table;

@@ -343,6 +343,7 @@ pub async fn new_database(backend: Backend) -> (Config, tempfile::TempDir, Optio
             demo: false,
             extra_search_parameters: Vec::new(),
             audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
+            metrics_token: None,
             audit_off_for_benchmarks_only: false,
             limits: renraku::config::Limits::default(),
         clients: Vec::new(),
