@@ -12,6 +12,15 @@ use renraku::Gateway;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text for people or as JSON objects for log collectors.
+    #[arg(long, global = true, env = "RENRAKU_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -178,12 +187,12 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RENRAKU_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RENRAKU_LOG").unwrap_or_else(|_| "info".into());
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().flatten_event(true).with_env_filter(filter).init(),
+    }
     let result = match cli.command {
         #[cfg(not(feature = "test-support"))]
         Command::Serve { settings } => serve(settings.overrides(), false).await,
@@ -317,14 +326,14 @@ async fn serve(overrides: Overrides, audit_off: bool) -> Result<(), String> {
         .map(|t| (format!("{} ({})", t.name, t.slug), gateway.state.config.base_url(&t.slug)))
         .collect();
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    println!("Renraku is listening on http://{listen}{}", if demo { " (demo mode)" } else { "" });
+    eprintln!("Renraku is listening on http://{listen}{}", if demo { " (demo mode)" } else { "" });
     for (name, base) in bases {
-        println!("  FHIR base for {name}: {base}");
+        eprintln!("  FHIR base for {name}: {base}");
     }
     if demo {
-        println!("  Demo access tokens (demo mode only; see README):");
+        eprintln!("  Demo access tokens (demo mode only; see README):");
         for (token, tenant, _, _, who) in renraku::demo::demo_tokens() {
-            println!("    {token:<26} at {tenant:<13} {who}");
+            eprintln!("    {token:<26} at {tenant:<13} {who}");
         }
     }
     // The peer address is recorded in the audit trail.

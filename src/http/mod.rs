@@ -191,14 +191,30 @@ async fn method_not_allowed(request: Request) -> ErrorReply {
     ErrorReply { error: Error::MethodNotAllowed, format: Format::Json, request_id: request_id_of(&request) }
 }
 
-/// Counts every answered request by route template, method and status, with its latency
-/// (outermost, so refusals of the other layers count too).
+/// Counts and logs every answered request by route template, method and status, with its
+/// latency (outermost, so refusals of the other layers count too).
 async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
+    let tenant = route.starts_with("/{tenant}/").then(|| request.uri().path().split('/').nth(1).unwrap_or_default().to_owned());
     let response = next.run(request).await;
-    state.fhir.metrics.request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state.fhir.metrics.request(&route, &method, status, elapsed.as_secs_f64());
+    // One line per request: the route template, not the URL (ids and search strings carry
+    // personal information); no content, no names.
+    let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    tracing::info!(
+        target: "renraku::request",
+        request_id,
+        tenant = tenant.as_deref().unwrap_or("-"),
+        method = %method,
+        route = %route,
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
     response
 }
 

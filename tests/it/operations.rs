@@ -75,4 +75,55 @@ async fn metrics_count_a_known_request_mix(backend: Backend) {
     assert!(lookups(&after) - lookups(&before) >= 6.0, "every authenticated request looked its token up: {} then {}\n{after}", lookups(&before), lookups(&after));
 }
 
+/// `--log-format json`: one JSON object per line, and per request a line with its id, the
+/// municipality, the route template and the status — never the URL's ids or search strings.
+/// (The log format is the process's, not the database's: one backend suffices.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_route_not_the_url() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let log_path = directory.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_renraku"))
+        .args(["serve", "--demo", "--log-format", "json", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(directory.path())
+        .env("RENRAKU_LOG", "info")
+        .stdout(log)
+        .spawn()
+        .expect("the renraku binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..300 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let search = http.get(format!("{base}/ina/fhir/Patient?name=%E3%82%84%E3%81%BE%E3%81%A0")).bearer_auth("demo-doctor-ina").send().await;
+    let status = search.map(|r| r.status().as_u16()).unwrap_or_default();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "the gateway became ready");
+    assert_eq!(status, 200);
+    let text = std::fs::read_to_string(&log_path).expect("the log");
+    let lines: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"))).collect();
+    assert!(!lines.is_empty());
+    let request = lines
+        .iter()
+        .find(|line| line["target"] == "renraku::request" && line["route"] == "/{tenant}/fhir/{resource_type}")
+        .unwrap_or_else(|| panic!("a request line: {text}"));
+    assert_eq!(request["tenant"], "ina");
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["method"], "GET");
+    assert!(request["request_id"].as_str().is_some_and(|id| id.len() == 36), "{request}");
+    assert!(request["latency_ms"].as_f64().is_some());
+    for private in ["やまだ", "%E3%82%84", "name="] {
+        assert!(!text.contains(private), "{private} in the log");
+    }
+}
+
 both_backends!(liveness_and_readiness, metrics_count_a_known_request_mix);
