@@ -109,6 +109,25 @@ impl Fhir {
         policy::decide(connection, &environment, &context.principal, &context.tenant, interaction, resource_type).await
     }
 
+    /// [`Fhir::decide`] for an interaction a write performs on the way (matching is a search,
+    /// a patch a read): a refusal by the token's scopes says `why` the permission is needed.
+    pub(crate) async fn decide_for(
+        &self,
+        connection: &mut crate::store::Db,
+        context: &Context,
+        interaction: Interaction,
+        resource_type: &str,
+        why: &str,
+    ) -> Result<Grant> {
+        self.decide(connection, context, interaction, Some(resource_type)).await.map_err(|error| match error {
+            Error::Forbidden(_) => Error::Forbidden(format!(
+                "{why}: the access token's scopes must allow '{}' on {resource_type}",
+                interaction.permission().letter()
+            )),
+            other => other,
+        })
+    }
+
     /// Whether the caller may read `patient`'s `$access-report` (the rule is the policy's).
     pub(crate) async fn decide_access_report(&self, connection: &mut crate::store::Db, context: &Context, patient: &str) -> Result<()> {
         let tenants = self.tenants();
@@ -358,12 +377,7 @@ impl Fhir {
         resource_type: &str,
         condition: &str,
     ) -> Result<Option<CurrentRow>> {
-        let search = self.decide(connection, context, Interaction::Search, Some(resource_type)).await.map_err(|error| match error {
-            Error::Forbidden(_) => Error::Forbidden(format!(
-                "a conditional write matches by searching: the access token's scopes must allow 's' on {resource_type}"
-            )),
-            other => other,
-        })?;
+        let search = self.decide_for(connection, context, Interaction::Search, resource_type, "a conditional write matches by searching").await?;
         let found = self.match_one(connection, context, &search, resource_type, condition).await?;
         if found.is_some() || search.is_unrestricted() {
             return Ok(found);
@@ -387,12 +401,7 @@ impl Fhir {
     /// so the caller must be able to read what it patches: without the read permission the
     /// answer is 403, and a resource it cannot read is not there (404).
     pub(crate) async fn require_readable(&self, connection: &mut crate::store::Db, context: &Context, resource_type: &str, id: &str) -> Result<()> {
-        let read = self.decide(connection, context, Interaction::Read, Some(resource_type)).await.map_err(|error| match error {
-            Error::Forbidden(_) => {
-                Error::Forbidden(format!("a patch reads what it changes: the access token's scopes must allow 'r' on {resource_type}"))
-            }
-            other => other,
-        })?;
+        let read = self.decide_for(connection, context, Interaction::Read, resource_type, "a patch reads what it changes").await?;
         match store::current(connection, &read, resource_type, id).await? {
             Some(_) => Ok(()),
             None => Err(Error::NotFound(format!("{resource_type}/{id}"))),

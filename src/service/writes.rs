@@ -329,12 +329,7 @@ impl Fhir {
         target_type: &str,
         condition: &str,
     ) -> Result<Option<String>> {
-        let search = self.decide(transaction, context, Interaction::Search, Some(target_type)).await.map_err(|error| match error {
-            Error::Forbidden(_) => Error::Forbidden(format!(
-                "a conditional reference is resolved by searching: the access token's scopes must allow 's' on {target_type}"
-            )),
-            other => other,
-        })?;
+        let search = self.decide_for(transaction, context, Interaction::Search, target_type, "a conditional reference is resolved by searching").await?;
         Ok(self.match_one(transaction, context, &search, target_type, condition).await?.map(|row| row.id))
     }
 
