@@ -119,6 +119,7 @@ async fn main() {
         limits: &fhir.config.limits,
         agreements: &renraku::policy::facts::AgreementCache::default(),
         standing: &renraku::policy::facts::StandingCache::default(),
+        decisions: &renraku::policy::cache::DecisionCache::default(),
     };
     let grant = policy::decide(&mut *connection, &environment, &Principal::Operator, "ina", Interaction::Search, Some("Communication"))
         .await

@@ -33,6 +33,7 @@ use crate::config::TenantConfig;
 use crate::error::{Error, Result};
 use crate::search::registry::Registry;
 
+pub mod cache;
 pub mod facts;
 pub mod rules;
 
@@ -105,8 +106,6 @@ pub struct Reach {
     pub organization: String,
     /// The persons' municipalities this reach covers.
     pub tenants: Vec<String>,
-    /// The decision's time, in stored text form, against which links' periods are judged.
-    pub now: String,
     /// Only this person (the token's patient context, whose `patient/` scopes reach more).
     pub only: Option<String>,
 }
@@ -128,10 +127,13 @@ pub struct Grant {
     /// The municipality that owns what this request creates, unless the resource belongs
     /// to a person of another municipality (see [`Grant::owner_for_new`]).
     home_tenant: String,
-    clauses: Vec<Clause>,
+    clauses: Arc<Vec<Clause>>,
     /// Clauses for reading, used to check that the references a write makes point at
     /// resources the caller may see.
-    read_clauses: Vec<Clause>,
+    read_clauses: Arc<Vec<Clause>>,
+    /// The decision's time, in stored text form, against which links' periods are judged
+    /// (a kept decision is stamped with each request's own; see [`cache`]).
+    now: String,
     /// Municipalities whose rows may be visible at all (a pre-filter that lets queries use
     /// the tenant-leading indexes).
     tenants: Vec<String>,
@@ -202,7 +204,7 @@ impl WriteGrant {
             }
         }
         let mut out = Vec::new();
-        for clause in &self.clauses {
+        for clause in self.clauses.iter() {
             collect(clause, &mut out);
         }
         out
@@ -286,6 +288,11 @@ impl Grant {
 
     pub fn clauses(&self) -> &[Clause] {
         &self.clauses
+    }
+
+    /// The decision's time (stored text form): links' periods are judged against it.
+    pub fn now(&self) -> &str {
+        &self.now
     }
 
     /// Municipalities whose rows may be visible at all.
@@ -414,6 +421,8 @@ pub struct Environment<'a> {
     /// The actors' directory standing as last read (checked against the directory's
     /// generation at every decision).
     pub standing: &'a facts::StandingCache,
+    /// Decisions already made, kept while the agreements they were made under hold.
+    pub decisions: &'a cache::DecisionCache,
 }
 
 /// Decides whether `principal` may perform `interaction` on `resource_type` (None for
@@ -456,8 +465,9 @@ async fn decide_inner(
         Grant {
             interaction,
             home_tenant: tenant.to_owned(),
-            clauses: everything,
-            read_clauses,
+            clauses: Arc::new(everything),
+            read_clauses: Arc::new(read_clauses),
+            now: crate::fhir::dates::format_instant(environment.now),
             tenants: all_tenants,
             registrar: None,
             organization: None,
@@ -485,8 +495,22 @@ async fn decide_inner(
         return Err(Error::Unauthorized(format!("the access token no longer speaks for anyone: {reason}")));
     }
     let world = facts::load(connection, environment, generations.agreements).await?;
+    let now = crate::fhir::dates::format_instant(environment.now);
+    let key = format!("{authenticated:?}\u{1f}{tenant}\u{1f}{interaction:?}\u{1f}{}", environment.base_url);
+    let basis = cache::Basis {
+        agreements_generation: generations.agreements,
+        municipalities: environment.tenants.len(),
+        in_force: world.agreements.iter().map(|a| a.active).collect(),
+    };
+    if let Some(grant) = environment.decisions.get(&key, &basis, &now) {
+        return Ok(grant);
+    }
     let clauses = rules::clauses(environment, authenticated, tenant, &world, interaction);
-    let read_clauses = rules::clauses(environment, authenticated, tenant, &world, Interaction::Read);
+    let read_clauses = if matches!(interaction, Interaction::Read) {
+        clauses.clone()
+    } else {
+        rules::clauses(environment, authenticated, tenant, &world, Interaction::Read)
+    };
     let mut tenants = BTreeSet::new();
     for clause in clauses.iter().chain(&read_clauses) {
         let mut clause = clause;
@@ -510,11 +534,12 @@ async fn decide_inner(
         }
         _ => None,
     };
-    Ok(Grant {
+    let grant = Grant {
         interaction,
         home_tenant: tenant.to_owned(),
-        clauses,
-        read_clauses,
+        clauses: Arc::new(clauses),
+        read_clauses: Arc::new(read_clauses),
+        now,
         tenants: tenants.into_iter().collect(),
         registrar,
         organization: authenticated.actor.organization().map(|o| format!("Organization/{o}")),
@@ -522,7 +547,9 @@ async fn decide_inner(
         unrestricted: false,
         maps_sign_ins: matches!(authenticated.actor, Actor::ServerAdmin { .. }),
         actor: actor_label(principal),
-    })
+    };
+    environment.decisions.put(key, basis, grant.clone());
+    Ok(grant)
 }
 
 /// The part of a decision that needs no facts: a token at all, for this municipality's
@@ -560,8 +587,9 @@ pub fn duplicate_probe_unchecked(tenant: &str) -> Grant {
     Grant {
         interaction: Interaction::Search,
         home_tenant: tenant.to_owned(),
-        clauses: everything.clone(),
-        read_clauses: everything,
+        clauses: Arc::new(everything.clone()),
+        read_clauses: Arc::new(everything),
+        now: String::new(),
         tenants: vec![tenant.to_owned()],
         registrar: None,
         organization: None,
@@ -722,8 +750,9 @@ impl Grant {
         Grant {
             interaction,
             home_tenant: "ina".to_owned(),
-            read_clauses: clauses.clone(),
-            clauses,
+            read_clauses: Arc::new(clauses.clone()),
+            clauses: Arc::new(clauses),
+            now: "2026-12-02T00:00:00.000000Z".to_owned(),
             tenants: vec!["ina".to_owned()],
             registrar: None,
             organization: None,

@@ -247,7 +247,6 @@ fn patient_clauses(
     let scopes = &authenticated.scopes;
     let mut person_tenants = vec![tenant.to_owned()];
     person_tenants.extend(world.partners(tenant));
-    let now = crate::fhir::dates::format_instant(environment.now);
     // Everyone the actor reaches under its own scopes; and, for a token with a patient
     // context, that person again under the `patient/` scopes too (which count for them alone).
     let mut passes: Vec<Option<String>> = vec![None];
@@ -287,7 +286,6 @@ fn patient_clauses(
                     members: members.clone(),
                     organization: organization.clone(),
                     tenants,
-                    now: now.clone(),
                     only: only.clone(),
                 };
                 let clause = Clause::Persons {

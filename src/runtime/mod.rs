@@ -38,6 +38,7 @@ pub struct Runtime {
     /// The standing of the directory entries tokens act through (refreshed when the
     /// directory's generation changes).
     pub(crate) standing: policy::facts::StandingCache,
+    pub(crate) decisions: policy::cache::DecisionCache,
     /// Verified access tokens (refreshed when the tokens' generation changes).
     pub tokens: TokenCache,
     /// What `GET /metrics` reports.
@@ -71,6 +72,7 @@ impl Runtime {
             recorder,
             agreements: policy::facts::AgreementCache::default(),
             standing: policy::facts::StandingCache::default(),
+            decisions: policy::cache::DecisionCache::default(),
             tokens: TokenCache::default(),
             metrics: metrics::Metrics::default(),
             #[cfg(feature = "test-support")]

@@ -145,6 +145,7 @@ impl Fhir {
             limits: &self.config.limits,
             agreements: &self.agreements,
             standing: &self.standing,
+            decisions: &self.decisions,
         }
     }
 

@@ -66,6 +66,12 @@ const ABANDONED_SETTLE: Duration = Duration::from_secs(1);
 /// A pooled connection for reads that need no transaction ([`Store::connection`]).
 pub struct Connection {
     inner: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    /// Whether dropping it must settle the session first (PostgreSQL: closing a connection
+    /// whose statement is still running makes the server cancel the statement). SQLite
+    /// cannot cancel a statement by closing: the pool's own check on release (a ping, which
+    /// waits for a statement still running) is all a dropped SQLite read needs, and one
+    /// round trip to the connection's thread fewer on every read.
+    settles: bool,
 }
 
 impl std::ops::Deref for Connection {
@@ -85,7 +91,9 @@ impl std::ops::DerefMut for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         if let Some(connection) = self.inner.take() {
-            settle(connection, None, None);
+            if self.settles {
+                settle(connection, None, None);
+            }
         }
     }
 }
@@ -267,6 +275,11 @@ impl Store {
                 Backend::Postgres => 16,
             })
             .acquire_timeout(Duration::from_secs(30))
+            // The pool already checks every connection when it is released (sqlx pings it);
+            // an embedded SQLite connection cannot break while idle, so checking it again on
+            // acquire only costs a round trip to its thread per request. A PostgreSQL one can
+            // (a server restart), and is checked.
+            .test_before_acquire(backend == Backend::Postgres)
             // A connection whose transaction could not be ended (a COMMIT or ROLLBACK that
             // failed, e.g. on a full disk) would refuse every later BEGIN: such a connection
             // is closed instead of going back to the pool. The queued rollback of a dropped
@@ -427,7 +440,7 @@ impl Store {
 
     /// A pooled connection for reads that need no transaction.
     pub async fn connection(&self) -> Result<Connection> {
-        Ok(Connection { inner: Some(self.pool.acquire().await?) })
+        Ok(Connection { inner: Some(self.pool.acquire().await?), settles: self.backend == Backend::Postgres })
     }
 
     /// Whether the database answers and takes a write (for `/healthz`): a committed
@@ -626,7 +639,7 @@ async fn permits(
     if !reaches.is_empty() {
         let persons = grant.persons_of(resource_type, id, index);
         for reach in reaches {
-            reached.push(if persons.is_empty() { Vec::new() } else { query::reached(connection, reach, &persons).await? });
+            reached.push(if persons.is_empty() { Vec::new() } else { query::reached(connection, reach, grant.now(), &persons).await? });
         }
     }
     Ok(grant.permits_row(resource_type, id, owner, index, &reached))
