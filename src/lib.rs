@@ -112,6 +112,9 @@ impl Gateway {
                 if let Err(error) = fhir.project_audit_events().await {
                     tracing::warn!(target: "renraku::audit", %error, "projecting audit events failed; retrying");
                 }
+                if let Err(error) = fhir.store.checkpoint().await {
+                    tracing::warn!(target: "renraku::store", %error, "checkpointing the write-ahead log failed; retrying");
+                }
             }
         });
         if config.demo {

@@ -322,7 +322,7 @@ pub async fn project_pending(store: &super::Store, registry: &crate::search::Reg
         rows.push((event.chain, event.recorded, row));
     }
     let prepared = started.elapsed();
-    let mut transaction = store.begin().await?;
+    let mut transaction = store.begin_derived().await?;
     let locked = started.elapsed();
     super::lock(&mut transaction, "audit-projection").await?;
     let ids: Vec<String> = rows.iter().map(|(_, _, row)| row.id.clone()).collect();

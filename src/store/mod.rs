@@ -46,6 +46,10 @@ pub struct Store {
     /// polling the database lock with the busy handler's sleeps (which made tail latency
     /// of concurrent writes hundreds of milliseconds). None on PostgreSQL.
     write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite: one connection whose commits do not wait for the disk, for writing what is
+    /// derived from durable rows and is derived again after a crash (the audit trail's
+    /// projection from its journal; see [`Store::begin_derived`]). None on PostgreSQL.
+    derived: Option<AnyPool>,
 }
 
 /// A database session as the rest of the gateway holds it — inside a pooled [`Connection`]
@@ -322,6 +326,10 @@ impl Store {
                             "PRAGMA synchronous = FULL",
                             "PRAGMA busy_timeout = 10000",
                             "PRAGMA foreign_keys = ON",
+                            // Checkpoints are run by a background task (`Store::checkpoint`),
+                            // not by whichever commit finds the log long, while it holds
+                            // the write lock; this only bounds the log if that task stalls.
+                            "PRAGMA wal_autocheckpoint = 20000",
                         ] {
                             sqlx::query(pragma).execute(&mut *connection).await?;
                         }
@@ -329,10 +337,33 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let write_gate = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
-        let store = Store { pool, backend, write_gate };
+        let derived = match backend {
+            Backend::Sqlite => Some(
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .test_before_acquire(false)
+                    .after_connect(|connection, _meta| {
+                        Box::pin(async move {
+                            // In WAL mode a NORMAL commit is not synced, but stays in order: any
+                            // later synced commit (a journal batch) syncs it too, and a crash
+                            // loses at most the newest such commits, whole.
+                            for pragma in
+                                ["PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000", "PRAGMA wal_autocheckpoint = 20000"]
+                            {
+                                sqlx::query(pragma).execute(&mut *connection).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options.clone())
+                    .await?,
+            ),
+            Backend::Postgres => None,
+        };
+        let store = Store { pool, backend, write_gate, derived };
         store.migrate().await?;
         Ok(store)
     }
@@ -438,6 +469,33 @@ impl Store {
         Ok(Transaction { inner: Some(connection), gate })
     }
 
+    /// A write transaction for rows derived from durable ones and derived again after a
+    /// crash (the audit trail's projection, which re-projects whatever a crash undid:
+    /// the journal rows' `projected` marks are written in the same transaction). On SQLite
+    /// its commit does not wait for the disk, so projecting holds the write lock briefly;
+    /// on PostgreSQL it is [`Store::begin`].
+    pub(crate) async fn begin_derived(&self) -> Result<Transaction> {
+        let Some(derived) = &self.derived else { return self.begin().await };
+        let gate = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        let mut connection = derived.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
+        Ok(Transaction { inner: Some(connection), gate })
+    }
+
+    /// Copies the SQLite write-ahead log into the database file as far as readers allow,
+    /// without taking the write lock (a passive checkpoint), so that no commit has to.
+    /// Nothing on PostgreSQL.
+    pub async fn checkpoint(&self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            let mut connection = self.pool.acquire().await?;
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *connection).await?;
+        }
+        Ok(())
+    }
+
     /// A pooled connection for reads that need no transaction.
     pub async fn connection(&self) -> Result<Connection> {
         Ok(Connection { inner: Some(self.pool.acquire().await?), settles: self.backend == Backend::Postgres })
@@ -455,6 +513,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(derived) = &self.derived {
+            derived.close().await;
+        }
         self.pool.close().await;
     }
 }
