@@ -46,7 +46,10 @@ class Gateway:
         if audit_off:
             arguments.append("--audit-off-for-benchmarks-only")
         environment = dict(os.environ, RENRAKU_LOG="warn")
-        self.process = subprocess.Popen(arguments, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL)
+        # The gateway's log lines (warnings and errors) go to gateway.log beside the database.
+        directory = settings[settings.index("--data-dir") + 1]
+        self.log = open(os.path.join(directory, "gateway.log"), "a")
+        self.process = subprocess.Popen(arguments, cwd=ROOT, env=environment, stdout=self.log)
         for _ in range(600):
             try:
                 with urllib.request.urlopen(self.base + "/healthz", timeout=1) as reply:

@@ -364,4 +364,80 @@ async fn random_worlds_match_the_reference_model(backend: Backend) {
     }
 }
 
-both_backends!(random_worlds_match_the_reference_model);
+both_backends!(random_worlds_match_the_reference_model, a_world_of_twenty_thousand_persons);
+
+/// The persons a large world adds in bulk: groups of generated persons, each group with one
+/// registrar and one support-team member drawn from the small world, and every person with
+/// an active sharing consent.
+const LARGE_GROUPS: usize = 8;
+const LARGE_GROUP_PERSONS: usize = 2_500;
+
+/// A world of 20,000 persons (issue #13): the random small world built through the API as
+/// above, plus [`LARGE_GROUPS`] groups written by the bulk generator in random municipalities,
+/// registered by random organizations and with random professionals or organizations on their
+/// teams (across borders too, where only agreements open them). Every asker's count of the
+/// persons it may search, and its reads of each group's first and last person, must match the
+/// reference model, whose verdict for a group is the verdict for any of its persons.
+async fn a_world_of_twenty_thousand_persons(backend: Backend) {
+    let seed = 7;
+    let world = generate(seed);
+    let server = Server::start(backend).await;
+    build(&server, &world).await;
+    let mut random = Random(seed * 1_000);
+    let mut groups = Vec::new();
+    for g in 0..LARGE_GROUPS {
+        let tenant = random.below(TENANTS.len());
+        let registrars: Vec<&String> = world.organizations.iter().filter(|(_, t)| *t == tenant).map(|(o, _)| o).collect();
+        let registrar = registrars[random.below(registrars.len())].clone();
+        let professional = &world.professionals[random.below(world.professionals.len())];
+        let member = if random.chance(70) {
+            format!("PractitionerRole/role-{}", professional.name)
+        } else {
+            format!("Organization/{}", professional.organization)
+        };
+        let group_seed = 100 + g as u64;
+        let volume = renraku::service::generate::Volume {
+            patients: LARGE_GROUP_PERSONS,
+            communications: 0,
+            seed: group_seed,
+            registrar: Some(registrar.clone()),
+            team_member: Some(member.clone()),
+        };
+        server.fhir().generate(TENANTS[tenant].0, volume).await.unwrap_or_else(|e| panic!("generate group {g}: {e}"));
+        let model = Person {
+            id: format!("gen{group_seed}"),
+            tenant,
+            registrar,
+            consent: Some(true),
+            team_active: true,
+            team: vec![member],
+            observations: Vec::new(),
+        };
+        groups.push(model);
+    }
+    let context = format!("seed {seed}, groups {groups:#?}, world {world:#?}");
+    let mut askers: Vec<Asker> = world.professionals.iter().map(Asker::professional).collect();
+    askers.extend(world.organizations.iter().map(|(organization, tenant)| Asker::system(organization, *tenant)));
+    for asker in &askers {
+        let tenant = TENANTS[asker.tenant].0;
+        let caller: Caller = match &asker.role {
+            Some(_) => practitioner(&server, tenant, &asker.name, &asker.organization, "user/*.cruds").await,
+            None => {
+                let actor = renraku::identity::Actor::System { tenant: tenant.into(), client: asker.name.clone(), organization: asker.organization.clone() };
+                Caller { tenant: tenant.into(), token: server.token(tenant, actor, "system/*.cruds", None).await }
+            }
+        };
+        let small = world.persons.iter().filter(|p| model_allows(&world, asker, p, "Patient", "search-type")).count();
+        let large: usize =
+            groups.iter().filter(|g| model_allows(&world, asker, g, "Patient", "search-type")).map(|_| LARGE_GROUP_PERSONS).sum();
+        let reply = caller.get(&server, "Patient?_summary=count").await;
+        assert_eq!(reply.expect(200).json()["total"].as_u64(), Some((small + large) as u64), "{}: persons counted; {context}", asker.name);
+        for group in &groups {
+            let expected = if model_allows(&world, asker, group, "Patient", "read") { 200 } else { 404 };
+            for n in [0, LARGE_GROUP_PERSONS - 1] {
+                let status = caller.get(&server, &format!("Patient/{}-p{n}", group.id)).await.status.as_u16();
+                assert_eq!(status, expected, "{}: read of {}-p{n}; {context}", asker.name, group.id);
+            }
+        }
+    }
+}
