@@ -326,10 +326,6 @@ impl Store {
                             "PRAGMA synchronous = FULL",
                             "PRAGMA busy_timeout = 10000",
                             "PRAGMA foreign_keys = ON",
-                            // Checkpoints are run by a background task (`Store::checkpoint`),
-                            // not by whichever commit finds the log long, while it holds
-                            // the write lock; this only bounds the log if that task stalls.
-                            "PRAGMA wal_autocheckpoint = 20000",
                         ] {
                             sqlx::query(pragma).execute(&mut *connection).await?;
                         }
@@ -351,7 +347,7 @@ impl Store {
                             // later synced commit (a journal batch) syncs it too, and a crash
                             // loses at most the newest such commits, whole.
                             for pragma in
-                                ["PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000", "PRAGMA wal_autocheckpoint = 20000"]
+                                ["PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]
                             {
                                 sqlx::query(pragma).execute(&mut *connection).await?;
                             }
@@ -486,8 +482,8 @@ impl Store {
     }
 
     /// Copies the SQLite write-ahead log into the database file as far as readers allow,
-    /// without taking the write lock (a passive checkpoint), so that no commit has to.
-    /// Nothing on PostgreSQL.
+    /// without taking the write lock (a passive checkpoint), so that fewer commits find the
+    /// log long and checkpoint it themselves. Nothing on PostgreSQL.
     pub async fn checkpoint(&self) -> Result<()> {
         if self.backend == Backend::Sqlite {
             let mut connection = self.pool.acquire().await?;
