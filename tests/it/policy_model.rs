@@ -149,6 +149,26 @@ impl Asker {
     fn system(organization: &str, tenant: usize) -> Asker {
         Asker { name: format!("{organization}-ehr"), tenant, organization: organization.to_owned(), role: None }
     }
+
+    /// A token for this asker: the professional's through their PractitionerRole, or the
+    /// organization's system client's.
+    async fn caller(&self, server: &Server) -> Caller {
+        let tenant = TENANTS[self.tenant].0;
+        match &self.role {
+            Some(_) => practitioner(server, tenant, &self.name, &self.organization, "user/*.cruds").await,
+            None => {
+                let actor = renraku::identity::Actor::System { tenant: tenant.into(), client: self.name.clone(), organization: self.organization.clone() };
+                Caller { tenant: tenant.into(), token: server.token(tenant, actor, "system/*.cruds", None).await }
+            }
+        }
+    }
+}
+
+/// Everyone who asks in a world: each professional and each organization's system client.
+fn askers_of(world: &World) -> Vec<Asker> {
+    let mut askers: Vec<Asker> = world.professionals.iter().map(Asker::professional).collect();
+    askers.extend(world.organizations.iter().map(|(organization, tenant)| Asker::system(organization, *tenant)));
+    askers
 }
 
 /// The reference model: may `asker` exercise `interaction` on `resource_type` data of `person`?
@@ -246,17 +266,9 @@ async fn check_world(backend: Backend, seed: u64) {
     let server = Server::start(backend).await;
     build(&server, &world).await;
     let context = format!("seed {seed}, world {world:#?}");
-    let mut askers: Vec<Asker> = world.professionals.iter().map(Asker::professional).collect();
-    askers.extend(world.organizations.iter().map(|(organization, tenant)| Asker::system(organization, *tenant)));
+    let askers = askers_of(&world);
     for professional in &askers {
-        let tenant = TENANTS[professional.tenant].0;
-        let caller: Caller = match &professional.role {
-            Some(_) => practitioner(&server, tenant, &professional.name, &professional.organization, "user/*.cruds").await,
-            None => {
-                let actor = renraku::identity::Actor::System { tenant: tenant.into(), client: professional.name.clone(), organization: professional.organization.clone() };
-                Caller { tenant: tenant.into(), token: server.token(tenant, actor, "system/*.cruds", None).await }
-            }
-        };
+        let caller = professional.caller(&server).await;
         let who = &professional.name;
         // Patient search and reads.
         let expected: BTreeSet<String> = world
@@ -416,17 +428,8 @@ async fn a_world_of_twenty_thousand_persons(backend: Backend) {
         groups.push(model);
     }
     let context = format!("seed {seed}, groups {groups:#?}, world {world:#?}");
-    let mut askers: Vec<Asker> = world.professionals.iter().map(Asker::professional).collect();
-    askers.extend(world.organizations.iter().map(|(organization, tenant)| Asker::system(organization, *tenant)));
-    for asker in &askers {
-        let tenant = TENANTS[asker.tenant].0;
-        let caller: Caller = match &asker.role {
-            Some(_) => practitioner(&server, tenant, &asker.name, &asker.organization, "user/*.cruds").await,
-            None => {
-                let actor = renraku::identity::Actor::System { tenant: tenant.into(), client: asker.name.clone(), organization: asker.organization.clone() };
-                Caller { tenant: tenant.into(), token: server.token(tenant, actor, "system/*.cruds", None).await }
-            }
-        };
+    for asker in &askers_of(&world) {
+        let caller = asker.caller(&server).await;
         let small = world.persons.iter().filter(|p| model_allows(&world, asker, p, "Patient", "search-type")).count();
         let large: usize =
             groups.iter().filter(|g| model_allows(&world, asker, g, "Patient", "search-type")).map(|_| LARGE_GROUP_PERSONS).sum();
