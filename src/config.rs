@@ -135,6 +135,55 @@ pub struct UpstreamLogin {
     /// `otp`, `hwk`, `swk`, `sms`, `fpt`, `face`.
     #[serde(default)]
     pub mfa_acr_values: Vec<String>,
+    /// Which sign-ins act as the municipality's administrator or auditor (or as the server
+    /// administrator), by a claim of the provider's id_token (`[tenants.login.roles]`).
+    #[serde(default)]
+    pub roles: RoleClaims,
+}
+
+/// How the provider's id_token names administrative roles. A sign-in holding one of these
+/// values in `claim` may act in that role through an app registered for it (the client's
+/// `roles`); administrative roles always need a second factor unless `require_mfa = false`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleClaims {
+    /// The claim holding the user's roles or groups: a string or an array of strings; a
+    /// dotted path reaches into objects (Keycloak's `realm_access.roles`).
+    #[serde(default = "default_role_claim")]
+    pub claim: String,
+    #[serde(default)]
+    pub municipal_admin: Vec<String>,
+    #[serde(default)]
+    pub municipal_auditor: Vec<String>,
+    /// Values that make the sign-in the server administrator. Only an operator's own
+    /// provider should be trusted with this: it gives every municipality's directory and
+    /// agreements.
+    #[serde(default)]
+    pub server_admin: Vec<String>,
+    /// Refuse an administrative role to a sign-in without a second factor (by `amr`/`acr`,
+    /// as for `require_mfa`), whatever the municipality requires of professionals.
+    #[serde(default = "default_true")]
+    pub require_mfa: bool,
+}
+
+fn default_role_claim() -> String {
+    "roles".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RoleClaims {
+    fn default() -> RoleClaims {
+        RoleClaims {
+            claim: default_role_claim(),
+            municipal_admin: Vec::new(),
+            municipal_auditor: Vec::new(),
+            server_admin: Vec::new(),
+            require_mfa: true,
+        }
+    }
 }
 
 /// What the configuration file may contain. Every field is optional.

@@ -95,7 +95,7 @@ impl Gateway {
         }
         let runtime = runtime::Runtime::new(store, validator, Arc::new(registry), clock, config.clone(), clients);
         let fhir = Arc::new(service::Fhir::new(runtime));
-        fhir.load_stored_tenants().await.map_err(|e| StartError::Validation(format!("tenants: {e}")))?;
+        fhir.refresh_registry().await.map_err(|e| StartError::Validation(format!("tenants: {e}")))?;
         let reindexed = fhir.reindex_if_changed().await.map_err(|e| StartError::Validation(format!("reindex: {e}")))?;
         if let Some(count) = reindexed.filter(|count| *count > 0) {
             tracing::info!(count, "search index rebuilt for changed search parameters");

@@ -81,6 +81,12 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Credentials for automation acting as an administrator: backend-services clients of a
+    /// municipality's administrator or auditor, or of the server administrator.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Print a signed client assertion (a JWT for SMART Backend Services' token request),
     /// valid for four minutes: a convenience for trying the token endpoint by hand.
     ClientAssertion {
@@ -118,6 +124,63 @@ enum AuditAction {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(clap::Subcommand)]
+enum AdminAction {
+    /// Administrator clients (SMART Backend Services, `client_credentials`).
+    #[command(subcommand)]
+    Client(AdminClientAction),
+}
+
+#[derive(clap::Subcommand)]
+enum AdminClientAction {
+    /// Register a client with a new key pair; its private key goes to --key-out (mode 0600),
+    /// the public key into the registration. Recorded in the audit trail.
+    Add {
+        #[command(flatten)]
+        settings: Settings,
+        /// The role its tokens carry.
+        #[arg(long, value_enum)]
+        role: AdminRole,
+        /// The municipality (slug) of a municipal administrator's or auditor's client.
+        #[arg(long, required_if_eq_any([("role", "municipal-admin"), ("role", "municipal-auditor")]))]
+        tenant: Option<String>,
+        #[arg(long)]
+        client_id: String,
+        /// Where to write the private key (PKCS#8 PEM); must not exist yet.
+        #[arg(long)]
+        key_out: PathBuf,
+        /// Space-separated system/ scopes [default: system/*.cruds; an auditor's
+        /// system/AuditEvent.rs].
+        #[arg(long)]
+        scopes: Option<String>,
+        /// A name shown in listings.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the clients registered at run time (every kind), one per line.
+    List {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Remove a client's registration; an administrator client's tokens are revoked with it.
+    Revoke {
+        #[command(flatten)]
+        settings: Settings,
+        /// The municipality (slug); omit for a server administrator's client.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        client_id: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AdminRole {
+    MunicipalAdmin,
+    MunicipalAuditor,
+    ServerAdmin,
 }
 
 #[derive(clap::Args)]
@@ -203,6 +266,7 @@ async fn run() -> ExitCode {
         Command::Reindex(settings) => reindex(settings.overrides()).await,
         Command::Audit { action: AuditAction::Verify { settings, chain } } => audit_verify(settings.overrides(), chain.as_deref()).await,
         Command::Audit { action: AuditAction::Prune { settings, out } } => audit_prune(settings.overrides(), &out).await,
+        Command::Admin { action: AdminAction::Client(action) } => admin_client(action).await,
         Command::ClientAssertion { client_id, audience, key, kid } => client_assertion(&client_id, &audience, &key, &kid),
         Command::Generate { settings, tenant, patients, communications, seed, registrar, team_member } => {
             let volume = renraku::service::generate::Volume { patients, communications, seed, registrar, team_member };
@@ -232,6 +296,76 @@ async fn generate(overrides: Overrides, tenant: &str, volume: renraku::service::
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+async fn admin_client(action: AdminClientAction) -> Result<(), String> {
+    use renraku::identity::clients::{Role, SERVER_CLIENTS};
+    match action {
+        AdminClientAction::Add { settings, role, tenant, client_id, key_out, scopes, name } => {
+            let (role, tenant) = match role {
+                AdminRole::ServerAdmin => (Role::ServerAdmin, SERVER_CLIENTS.to_owned()),
+                AdminRole::MunicipalAdmin => (Role::MunicipalAdmin, tenant.unwrap_or_default()),
+                AdminRole::MunicipalAuditor => (Role::MunicipalAuditor, tenant.unwrap_or_default()),
+            };
+            // The key file is claimed first, so an existing file is never overwritten and a
+            // failed registration leaves no key behind.
+            let mut file = create_private_file(&key_out)?;
+            let gateway = Gateway::start(Config::resolve(settings.overrides()).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+            let fhir = &gateway.state.fhir;
+            let context = operator_context(&gateway, &tenant);
+            let request = renraku::admin::AdministratorClient { client_id, tenant: tenant.clone(), role, scopes, name };
+            let registered = renraku::admin::register_administrator_client(fhir, &context, request).await;
+            let (client, private_pem) = match registered {
+                Ok(registered) => registered,
+                Err(error) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(&key_out);
+                    return Err(error.to_string());
+                }
+            };
+            std::io::Write::write_all(&mut file, private_pem.as_bytes()).map_err(|e| format!("{}: {e}", key_out.display()))?;
+            let kid = client.jwks.as_ref().and_then(|j| j.pointer("/keys/0/kid")).and_then(|k| k.as_str()).unwrap_or_default();
+            let endpoint = if tenant == SERVER_CLIENTS { "{tenant}".to_owned() } else { tenant.clone() };
+            println!("registered {} client '{}' at {tenant}", role.as_str(), client.client_id);
+            println!("  scopes:         {}", client.scopes);
+            println!("  private key:    {} (RS384, kid {kid}; keep it secret)", key_out.display());
+            println!("  token endpoint: {}/{endpoint}/auth/token", gateway.state.config.public_base_url);
+            Ok(())
+        }
+        AdminClientAction::List { settings } => {
+            let gateway = Gateway::start(Config::resolve(settings.overrides()).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+            for client in renraku::admin::stored_clients(&gateway.state.fhir).await.map_err(|e| e.to_string())? {
+                let roles: Vec<&str> = client.roles.iter().map(|r| r.as_str()).collect();
+                let kind = serde_json::to_value(client.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let waiting = if client.awaits_approval() { " (awaits approval)" } else { "" };
+                println!("{}\t{}\t{kind}\t{}\t{}{waiting}", client.tenant, client.client_id, roles.join(","), client.scopes);
+            }
+            Ok(())
+        }
+        AdminClientAction::Revoke { settings, tenant, client_id } => {
+            let tenant = tenant.unwrap_or_else(|| SERVER_CLIENTS.to_owned());
+            let gateway = Gateway::start(Config::resolve(settings.overrides()).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+            let context = operator_context(&gateway, &tenant);
+            renraku::admin::remove_client(&gateway.state.fhir, &context, &tenant, &client_id).await.map_err(|e| e.to_string())?;
+            println!("removed client '{client_id}' at {tenant}");
+            Ok(())
+        }
+    }
+}
+
+/// The operator at the command line, acting at `tenant`'s base (the server's for `_server`).
+fn operator_context(gateway: &Gateway, tenant: &str) -> renraku::identity::Context {
+    let base_url = gateway.state.config.base_url(tenant);
+    renraku::identity::Context::operator(tenant, base_url, &format!("cli-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Creates `path` for a private key: readable by its owner only, never replacing a file.
+fn create_private_file(path: &std::path::Path) -> Result<std::fs::File, String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn client_assertion(client_id: &str, audience: &str, key: &std::path::Path, kid: &str) -> Result<(), String> {

@@ -5,7 +5,7 @@
 
 use crate::config::TenantConfig;
 use crate::error::{Error, Result};
-use crate::identity::clients::{Approval, ClientConfig, ClientKind};
+use crate::identity::clients::{Approval, ClientConfig, ClientKind, Role, SERVER_CLIENTS};
 use crate::identity::{Context, Principal};
 use crate::outcome::{Issue, IssueCode};
 use crate::audit::Entity;
@@ -29,8 +29,9 @@ async fn add_tenant_unaudited(fhir: &Fhir, principal: &Principal, tenant: Tenant
     if fhir.tenants().iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
         return Err(Error::Conflict(format!("a municipality with the slug '{}' or the code '{}' exists", tenant.slug, tenant.code)));
     }
-    let mut connection = fhir.store.connection().await?;
-    store::tenants::insert(&mut connection, &tenant, &fhir.now()).await?;
+    let mut transaction = fhir.store.begin().await?;
+    store::tenants::insert(&mut transaction, &tenant, &fhir.now()).await?;
+    transaction.commit().await?;
     fhir.insert_tenant(tenant.clone())?;
     tracing::info!(target: "renraku::admin", slug = %tenant.slug, code = %tenant.code, "municipality added");
     Ok(tenant)
@@ -55,15 +56,21 @@ pub async fn register_client(fhir: &Fhir, context: &Context, client: ClientConfi
 }
 
 async fn register_client_unaudited(fhir: &Fhir, principal: &Principal, mut client: ClientConfig) -> Result<ClientConfig> {
-    policy::require_administrator(principal, Some(&client.tenant))?;
+    if client.kind == ClientKind::Administrator {
+        // Credentials for an administrative role come from the operator (the command line)
+        // or the server administrator, never from an administrator minting more of their own.
+        policy::require_administrator(principal, None)?;
+    } else {
+        policy::require_administrator(principal, Some(&client.tenant))?;
+    }
     client.check().map_err(Error::bad_request)?;
-    if fhir.tenant(&client.tenant).is_none() {
+    if client.tenant != SERVER_CLIENTS && fhir.tenant(&client.tenant).is_none() {
         return Err(Error::bad_request_at(format!("no municipality '{}' is served", client.tenant), "tenant"));
     }
-    if fhir.client(&client.tenant, &client.client_id).is_some() {
+    if fhir.current_client(&client.tenant, &client.client_id).await?.is_some() {
         return Err(Error::Conflict(format!("a client '{}' is already registered at '{}'", client.client_id, client.tenant)));
     }
-    let mut connection = fhir.store.connection().await?;
+    let mut connection = fhir.store.begin().await?;
     if client.kind == ClientKind::System {
         // A backend service acts for an Organization of its own municipality, never
         // another's; and it needs a second administrator before it gets a token.
@@ -81,6 +88,7 @@ async fn register_client_unaudited(fhir: &Fhir, principal: &Principal, mut clien
         client.approval = None;
     }
     store::tenants::insert_client(&mut connection, &client, &fhir.now()).await?;
+    connection.commit().await?;
     fhir.put_client(client.clone())?;
     tracing::info!(target: "renraku::admin", tenant = %client.tenant, client = %client.client_id, "client registered");
     Ok(client)
@@ -108,22 +116,26 @@ async fn approve_client_unaudited(fhir: &Fhir, principal: &Principal, tenant: &s
         ));
     }
     approval.approved_by = Some(approver);
-    let mut connection = fhir.store.connection().await?;
-    store::tenants::update_client(&mut connection, &client).await?;
+    let mut transaction = fhir.store.begin().await?;
+    store::tenants::update_client(&mut transaction, &client).await?;
+    transaction.commit().await?;
     fhir.put_client(client.clone())?;
     tracing::info!(target: "renraku::admin", tenant, client = client_id, "client approved");
     Ok(client)
 }
 
-/// `GET /admin/clients?tenant=…`: the clients the caller may manage.
-pub fn list_clients(fhir: &Fhir, principal: &Principal, tenant: &str) -> Result<Vec<ClientConfig>> {
-    policy::require_administrator(principal, Some(tenant))?;
+/// `GET /admin/clients?tenant=…`: the clients the caller may manage (`tenant=_server`: the
+/// server administrator's clients).
+pub async fn list_clients(fhir: &Fhir, principal: &Principal, tenant: &str) -> Result<Vec<ClientConfig>> {
+    policy::require_administrator(principal, if tenant == SERVER_CLIENTS { None } else { Some(tenant) })?;
+    fhir.refresh_registry().await?;
     Ok(fhir.clients_of(tenant))
 }
 
 /// `DELETE /admin/clients/{tenant}/{client_id}`: removes a registration made through the
 /// admin API (the configuration file's stay until the file changes). Tokens already
-/// issued to the client stay valid until they expire or are revoked.
+/// issued to an app or system client stay valid until they expire or are revoked; an
+/// administrator client's tokens are revoked with it (`renraku admin client revoke`).
 pub async fn remove_client(fhir: &Fhir, context: &Context, tenant: &str, client_id: &str) -> Result<()> {
     let result = remove_client_unaudited(fhir, &context.principal, tenant, client_id).await;
     let entities = vec![Entity::Detail { name: "client_id".into(), value: client_id.to_owned() }];
@@ -133,13 +145,65 @@ pub async fn remove_client(fhir: &Fhir, context: &Context, tenant: &str, client_
 }
 
 async fn remove_client_unaudited(fhir: &Fhir, principal: &Principal, tenant: &str, client_id: &str) -> Result<()> {
-    policy::require_administrator(principal, Some(tenant))?;
-    let mut connection = fhir.store.connection().await?;
-    if !store::tenants::delete_client(&mut connection, tenant, client_id).await? {
+    let registered = fhir.current_client(tenant, client_id).await?;
+    let administrator = registered.as_ref().is_some_and(|c| c.kind == ClientKind::Administrator);
+    policy::require_administrator(principal, if administrator || tenant == SERVER_CLIENTS { None } else { Some(tenant) })?;
+    let mut transaction = fhir.store.begin().await?;
+    if !store::tenants::delete_client(&mut transaction, tenant, client_id).await? {
         return Err(Error::NotFound(format!("the run-time registration of client '{client_id}' at '{tenant}'")));
     }
+    if let Some(actor) = registered.as_ref().filter(|_| administrator).and_then(|c| crate::auth::server::backend_actor(tenant, c)) {
+        store::auth::revoke_client_tokens(&mut transaction, client_id, &serde_json::to_string(&actor)?).await?;
+    }
+    transaction.commit().await?;
     fhir.forget_client(tenant, client_id)?;
     Ok(())
+}
+
+/// Every client registered at run time (the command line's listing; the operator's own).
+pub async fn stored_clients(fhir: &Fhir) -> Result<Vec<ClientConfig>> {
+    let mut connection = fhir.store.connection().await?;
+    store::tenants::list_clients(&mut connection).await
+}
+
+/// An administrator client's registration as `renraku admin client add` makes it.
+pub struct AdministratorClient {
+    pub client_id: String,
+    /// A municipality's slug, or [`SERVER_CLIENTS`] for the server administrator's clients.
+    pub tenant: String,
+    pub role: Role,
+    /// Space-separated `system/` scopes; `None` takes the role's default.
+    pub scopes: Option<String>,
+    pub name: String,
+}
+
+/// Registers an administrator client with a new RSA key pair (RS384): the registration
+/// keeps the public key, and the private key is returned, once, as PKCS#8 PEM for the
+/// operator to keep. Audited like every registration.
+pub async fn register_administrator_client(fhir: &Fhir, context: &Context, request: AdministratorClient) -> Result<(ClientConfig, String)> {
+    let (_, private_pem, mut jwk) = tokio::task::spawn_blocking(|| crate::auth::keys::new_rsa_key("RS384")).await.map_err(Error::internal)??;
+    // One key per client, named after it, so that a client assertion's `kid` is obvious.
+    crate::fhir::set(&mut jwk, "kid", serde_json::json!(request.client_id));
+    let default_scopes = match request.role {
+        Role::MunicipalAuditor => "system/AuditEvent.rs",
+        Role::Practitioner | Role::MunicipalAdmin | Role::ServerAdmin => "system/*.cruds",
+    };
+    let client = ClientConfig {
+        client_id: request.client_id,
+        tenant: request.tenant,
+        kind: ClientKind::Administrator,
+        name: request.name,
+        organization: None,
+        redirect_uris: Vec::new(),
+        scopes: request.scopes.unwrap_or_else(|| default_scopes.to_owned()),
+        jwks: Some(serde_json::json!({ "keys": [jwk] })),
+        jwks_url: None,
+        grant_types: Vec::new(),
+        roles: vec![request.role],
+        approval: None,
+    };
+    let client = register_client(fhir, context, client).await?;
+    Ok((client, private_pem))
 }
 
 /// `POST /admin/signing-keys/rotate`: a new key signs id_tokens from now on; the old ones

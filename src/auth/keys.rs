@@ -25,20 +25,22 @@ pub struct SigningKey {
     pub private_pem: String,
 }
 
-fn generate() -> Result<(String, String, Value)> {
+/// A new RSA key pair for `algorithm` (RS256, RS384): its key id, the private key as PKCS#8
+/// PEM, and the public key as a JWK. Slow (a moment of CPU): call it off the async workers.
+pub fn new_rsa_key(algorithm: &str) -> Result<(String, String, Value)> {
     let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(Error::internal)?;
     let pem = private.to_pkcs8_pem(LineEnding::LF).map_err(Error::internal)?.to_string();
     let encode = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let kid = uuid::Uuid::new_v4().simple().to_string();
     let jwk = json!({
-        "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+        "kty": "RSA", "use": "sig", "alg": algorithm, "kid": kid,
         "n": encode(private.n().to_bytes_be()), "e": encode(private.e().to_bytes_be())
     });
     Ok((kid, pem, jwk))
 }
 
 async fn insert(connection: &mut crate::store::Db, now: DateTime<Utc>) -> Result<SigningKey> {
-    let (kid, pem, jwk) = tokio::task::spawn_blocking(generate).await.map_err(Error::internal)??;
+    let (kid, pem, jwk) = tokio::task::spawn_blocking(|| new_rsa_key("RS256")).await.map_err(Error::internal)??;
     store::insert_signing_key(connection, &kid, &pem, &jwk.to_string(), &format_instant(now)).await?;
     tracing::info!(target: "renraku::auth", %kid, "signing key created");
     Ok(SigningKey { kid, private_pem: pem })

@@ -129,8 +129,9 @@ pub async fn begin(fhir: &Fhir, tenant: &str, params: &[(String, String)], brows
     let field = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let client_id = field("client_id").ok_or_else(|| Error::bad_request_at("client_id is missing", "client_id"))?;
     let client = fhir
-        .client(tenant, &client_id)
-        .filter(|c| c.kind != ClientKind::System)
+        .current_client(tenant, &client_id)
+        .await?
+        .filter(|c| !c.is_backend_service())
         .ok_or_else(|| Error::bad_request_at("no app with this client_id is registered here", "client_id"))?;
     let redirect_uri = field("redirect_uri").ok_or_else(|| Error::bad_request_at("redirect_uri is missing", "redirect_uri"))?;
     if !client.redirect_uris.contains(&redirect_uri) {
@@ -239,7 +240,7 @@ pub async fn upstream_callback(fhir: &Fhir, context: &Context, request_id: &str,
     let pending = pending(fhir, tenant, request_id, proof).await?;
     let login = fhir.tenant(tenant).and_then(|t| t.login).ok_or_else(|| Error::NotFound("the sign-in callback".into()))?;
     let upstream = pending.request.upstream.clone().ok_or_else(|| Error::bad_request("this sign-in did not start at the identity provider"))?;
-    let actor = match super::upstream::finish(fhir, tenant, &login, &upstream, code).await {
+    let actor = match super::upstream::finish(fhir, tenant, &login, &upstream, code, &pending.client.sign_in_roles()).await {
         Ok(actor) => actor,
         Err(error) => {
             let entities = vec![Entity::Detail { name: "provider".into(), value: login.issuer.clone() }];
@@ -407,8 +408,9 @@ async fn authenticate_app(fhir: &Fhir, tenant: &str, form: &[(String, String)], 
     }
     .ok_or_else(|| OAuthError::invalid_client("client_id is missing"))?;
     let client = fhir
-        .client(tenant, &client_id)
-        .filter(|c| c.kind != ClientKind::System)
+        .current_client(tenant, &client_id)
+        .await?
+        .filter(|c| !c.is_backend_service())
         .ok_or_else(|| OAuthError::invalid_client("no app with this client_id is registered here"))?;
     if !client.may_use(grant_type) {
         return Err(OAuthError::unauthorized_client(format!("this app may not use {grant_type}")));

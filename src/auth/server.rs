@@ -9,7 +9,7 @@ use chrono::Duration;
 use serde_json::{json, Value};
 
 use super::assertion;
-use crate::identity::clients::{ClientConfig, ClientKind};
+use crate::identity::clients::{ClientConfig, ClientKind, Role, SERVER_CLIENTS};
 use crate::identity::scopes::{ResourceScope, ScopeContext, Scopes};
 use super::tokens::{self, TokenGrant};
 use super::OAuthError;
@@ -125,13 +125,16 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
     let assertion = field("client_assertion").ok_or_else(|| OAuthError::invalid_client("client_assertion is missing"))?;
     let client_id = assertion::unverified_issuer(assertion)
         .ok_or_else(|| OAuthError::invalid_client("the client assertion is not a JWT with an iss claim"))?;
-    let client = fhir
-        .client(tenant, &client_id)
-        .ok_or_else(|| OAuthError::invalid_client("the client is not registered at this municipality"))?;
+    // A server administrator's client is registered once, for every municipality's endpoint.
+    let client = match fhir.current_client(tenant, &client_id).await? {
+        Some(client) => Some(client),
+        None => fhir.client(SERVER_CLIENTS, &client_id).filter(|c| c.kind == ClientKind::Administrator),
+    }
+    .ok_or_else(|| OAuthError::invalid_client("the client is not registered at this municipality"))?;
     if field("client_id").is_some_and(|given| given != client.client_id) {
         return Err(OAuthError::invalid_client("client_id does not match the assertion's issuer"));
     }
-    if client.kind != ClientKind::System || !client.may_use("client_credentials") {
+    if !client.is_backend_service() || !client.may_use("client_credentials") {
         return Err(OAuthError::unauthorized_client("this client may not use client_credentials"));
     }
     if client.awaits_approval() {
@@ -150,10 +153,10 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
     if granted.resources.is_empty() {
         return Err(OAuthError::invalid_scope("none of the requested scopes is a system/ scope this client may be granted"));
     }
-    let organization = client.organization.clone().unwrap_or_default();
+    let actor = backend_actor(tenant, &client).ok_or_else(|| OAuthError::unauthorized_client("this client's registration names no role it may act in"))?;
     let grant = TokenGrant {
         tenant: tenant.to_owned(),
-        actor: Actor::System { tenant: tenant.to_owned(), client: client.client_id.clone(), organization },
+        actor,
         scopes: granted.clone(),
         patient: None,
         client_id: client.client_id.clone(),
@@ -170,6 +173,24 @@ async fn client_credentials(fhir: &Fhir, tenant: &str, form: &[(String, String)]
         "expires_in": SYSTEM_TOKEN_SECONDS,
         "scope": granted.to_string(),
     }))
+}
+
+/// Whom a backend-services client's token speaks for: a system client's Organization, or
+/// an administrator client's role (its user named `client:{client_id}`, so the trail tells
+/// automation from people).
+pub fn backend_actor(tenant: &str, client: &ClientConfig) -> Option<Actor> {
+    let user = format!("client:{}", client.client_id);
+    match (client.kind, client.roles.as_slice()) {
+        (ClientKind::System, _) => Some(Actor::System {
+            tenant: tenant.to_owned(),
+            client: client.client_id.clone(),
+            organization: client.organization.clone().unwrap_or_default(),
+        }),
+        (ClientKind::Administrator, [Role::ServerAdmin]) => Some(Actor::ServerAdmin { user }),
+        (ClientKind::Administrator, [Role::MunicipalAdmin]) => Some(Actor::MunicipalAdmin { tenant: client.tenant.clone(), user }),
+        (ClientKind::Administrator, [Role::MunicipalAuditor]) => Some(Actor::MunicipalAuditor { tenant: client.tenant.clone(), user }),
+        _ => None,
+    }
 }
 
 /// The part of `requested` that `allowed` covers, in `context` only: each requested
@@ -265,6 +286,7 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         jwks: Some(jwks),
         jwks_url: None,
         grant_types: Vec::new(),
+        roles: Vec::new(),
         approval: None,
     }]
     .into_iter()
@@ -279,6 +301,7 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         jwks: None,
         jwks_url: None,
         grant_types: Vec::new(),
+        roles: Vec::new(),
         approval: None,
     }))
     .collect()

@@ -2,9 +2,12 @@
 //! `openidconnect` crate: discovery, authorization code with PKCE, nonce, id_token
 //! verification). The provider's `sub` is mapped to a Practitioner of the municipality's
 //! directory through `Practitioner.identifier` (system = the configured `subject_system`),
-//! and the professional acts in that Practitioner's active PractitionerRole. A municipality
-//! can require multi-factor sign-in: an id_token whose `amr`/`acr` shows no second factor is
-//! refused.
+//! and the professional acts in that Practitioner's active PractitionerRole. An app
+//! registered for administrative roles (an administration console) may instead make the
+//! sign-in the municipality's administrator or auditor, or the server administrator, when
+//! the id_token's configured role claim says so. A municipality can require multi-factor
+//! sign-in, and administrative roles require it by default: an id_token whose `amr`/`acr`
+//! shows no second factor is refused.
 
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
@@ -14,6 +17,7 @@ use serde_json::Value;
 
 use crate::config::UpstreamLogin;
 use crate::error::{Error, Result};
+use crate::identity::clients::Role;
 use crate::identity::Actor;
 use crate::service::Fhir;
 use crate::store::facts;
@@ -70,9 +74,11 @@ pub async fn start(fhir: &Fhir, tenant: &str, login: &UpstreamLogin, request_id:
 }
 
 /// Completes the sign-in at the callback: exchanges the code, verifies the id_token (issuer,
-/// audience, signature, expiry, nonce), checks the second factor if required, and maps the
-/// subject to a professional of this municipality.
-pub async fn finish(fhir: &Fhir, tenant: &str, login: &UpstreamLogin, state: &UpstreamState, code: &str) -> Result<Actor> {
+/// audience, signature, expiry, nonce), and becomes the first of the app's `roles` the
+/// sign-in qualifies for: an administrative role by the configured claim (with a second
+/// factor unless the configuration waives it), a professional by the subject's mapping to
+/// a Practitioner of this municipality (with a second factor if the municipality requires).
+pub async fn finish(fhir: &Fhir, tenant: &str, login: &UpstreamLogin, state: &UpstreamState, code: &str, roles: &[Role]) -> Result<Actor> {
     let http = http_client()?;
     let client = provider_client!(fhir, tenant, login, &http);
     let refused = |why: &str| Error::Forbidden(format!("sign-in refused: {why}"));
@@ -92,17 +98,68 @@ pub async fn finish(fhir: &Fhir, tenant: &str, login: &UpstreamLogin, state: &Up
         tracing::info!(target: "renraku::auth", error = %e, "upstream id_token refused");
         refused("the identity provider's id_token did not verify")
     })?;
-    if login.require_mfa {
-        let amr_shows = claims
-            .auth_method_refs()
-            .is_some_and(|amr| amr.iter().any(|m| MULTI_FACTOR_AMR.contains(&m.as_str())));
-        let acr_shows = claims.auth_context_ref().is_some_and(|acr| login.mfa_acr_values.iter().any(|v| v == acr.as_str()));
-        if !amr_shows && !acr_shows {
-            return Err(refused("this municipality requires a second factor (multi-factor authentication)"));
-        }
-    }
+    let amr_shows = claims.auth_method_refs().is_some_and(|amr| amr.iter().any(|m| MULTI_FACTOR_AMR.contains(&m.as_str())));
+    let acr_shows = claims.auth_context_ref().is_some_and(|acr| login.mfa_acr_values.iter().any(|v| v == acr.as_str()));
+    let second_factor = amr_shows || acr_shows;
     let subject = claims.subject().as_str().to_owned();
-    actor_for_subject(fhir, tenant, &login.subject_system, &subject).await
+    // The id_token verified above; its role claim is not one the library models.
+    let held = role_values(&verified_payload(&id_token.to_string()), &login.roles.claim);
+    let mut refusal = None;
+    for role in roles {
+        let qualifies = match role {
+            Role::Practitioner => true,
+            Role::MunicipalAdmin => held.iter().any(|v| login.roles.municipal_admin.contains(v)),
+            Role::MunicipalAuditor => held.iter().any(|v| login.roles.municipal_auditor.contains(v)),
+            Role::ServerAdmin => held.iter().any(|v| login.roles.server_admin.contains(v)),
+        };
+        if !qualifies {
+            continue;
+        }
+        let needs_second_factor = if role.is_administrative() { login.roles.require_mfa || login.require_mfa } else { login.require_mfa };
+        if needs_second_factor && !second_factor {
+            let why = if role.is_administrative() {
+                "an administrative role requires a second factor (multi-factor authentication)"
+            } else {
+                "this municipality requires a second factor (multi-factor authentication)"
+            };
+            refusal.get_or_insert_with(|| refused(why));
+            continue;
+        }
+        let actor = match role {
+            Role::Practitioner => match actor_for_subject(fhir, tenant, &login.subject_system, &subject).await {
+                Ok(actor) => actor,
+                Err(error) => {
+                    refusal.get_or_insert(error);
+                    continue;
+                }
+            },
+            Role::MunicipalAdmin => Actor::MunicipalAdmin { tenant: tenant.to_owned(), user: subject.clone() },
+            Role::MunicipalAuditor => Actor::MunicipalAuditor { tenant: tenant.to_owned(), user: subject.clone() },
+            Role::ServerAdmin => Actor::ServerAdmin { user: subject.clone() },
+        };
+        return Ok(actor);
+    }
+    Err(refusal.unwrap_or_else(|| refused("this account holds none of the roles this app is registered for")))
+}
+
+/// The claims of a JWT whose signature was verified by the caller (empty if unreadable).
+fn verified_payload(jwt: &str) -> Value {
+    use base64::Engine;
+    jwt.split('.')
+        .nth(1)
+        .and_then(|payload| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The values of the role claim at the dotted `path` (a string or an array of strings).
+fn role_values(claims: &Value, path: &str) -> Vec<String> {
+    let found = path.split('.').try_fold(claims, |value, key| value.get(key));
+    match found {
+        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The professional whose Practitioner carries `system|subject`, acting in their first

@@ -118,11 +118,12 @@ pub async fn add_tenant(State(state): State<AppState>, caller: AdminCaller, body
 
 /// `GET /admin/clients?tenant=…`
 pub async fn list_clients(State(state): State<AppState>, caller: AdminCaller) -> Response {
-    let result = (|| {
+    let result = async {
         let tenant = caller.query.iter().find(|(n, _)| n == "tenant").map(|(_, v)| v.clone());
         let tenant = tenant.ok_or_else(|| Error::bad_request_at("tenant is missing", "tenant"))?;
-        crate::admin::list_clients(&state.fhir, caller.principal()?, &tenant).map(|clients| json!({ "clients": clients }))
-    })();
+        crate::admin::list_clients(&state.fhir, caller.principal()?, &tenant).await.map(|clients| json!({ "clients": clients }))
+    }
+    .await;
     caller.reply(StatusCode::OK, result)
 }
 

@@ -68,8 +68,8 @@ fn with_browser_cookie(mut response: Response, state: &AppState, tenant: &str, s
     response
 }
 
-fn known(state: &AppState, tenant: &str) -> Result<(), Error> {
-    state.fhir.tenant(tenant).map(|_| ()).ok_or_else(|| Error::NotFound(format!("the authorization server of '{tenant}'")))
+async fn known(state: &AppState, tenant: &str) -> Result<(), Error> {
+    state.fhir.current_tenant(tenant).await?.map(|_| ()).ok_or_else(|| Error::NotFound(format!("the authorization server of '{tenant}'")))
 }
 
 /// The demo's sign-in choices at a municipality: its demo professionals.
@@ -91,7 +91,7 @@ pub async fn authorize(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(error) = known(&state, &tenant) {
+    if let Err(error) = known(&state, &tenant).await {
         return fail(&request_id, error);
     }
     let params = if method == axum::http::Method::POST {
@@ -150,7 +150,7 @@ pub async fn login(
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
-        known(&state, &tenant)?;
+        known(&state, &tenant).await?;
         if !state.config.demo {
             return Err(Error::NotFound("the demo sign-in".into()));
         }
@@ -220,7 +220,7 @@ pub async fn callback(
     uri: axum::http::Uri,
 ) -> Response {
     let result = async {
-        known(&state, &tenant)?;
+        known(&state, &tenant).await?;
         let params = parse_query_string(uri.query().unwrap_or_default());
         let field = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         let pending_id = field("state").ok_or_else(|| Error::bad_request_at("state is missing", "state"))?;
@@ -249,7 +249,7 @@ pub async fn consent(
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
-        known(&state, &tenant)?;
+        known(&state, &tenant).await?;
         let form = parse_query_string(&String::from_utf8_lossy(&body));
         let field = |name: &str| form.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
         let pending_id = field("request").unwrap_or_default();
@@ -277,7 +277,7 @@ pub async fn mint_launch(
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
-        known(&state, &tenant)?;
+        known(&state, &tenant).await?;
         let principal = super::request::principal(&state, &headers, Some(&tenant)).await?;
         let form = parse_query_string(&String::from_utf8_lossy(&body));
         let patient = form
@@ -306,7 +306,7 @@ pub async fn mint_launch(
 /// `GET /{tenant}/auth/jwks`
 pub async fn jwks(State(state): State<AppState>, Extension(request_id): Extension<RequestId>, Path(tenant): Path<String>) -> Response {
     let result = async {
-        known(&state, &tenant)?;
+        known(&state, &tenant).await?;
         let mut connection = state.fhir.store.connection().await?;
         keys::current(&mut connection, state.fhir.clock.now()).await?;
         keys::jwks(&mut connection, state.fhir.clock.now()).await
@@ -320,7 +320,7 @@ pub async fn jwks(State(state): State<AppState>, Extension(request_id): Extensio
 
 /// `GET /{tenant}/auth/.well-known/openid-configuration`
 pub async fn openid_configuration(State(state): State<AppState>, Extension(request_id): Extension<RequestId>, Path(tenant): Path<String>) -> Response {
-    match known(&state, &tenant) {
+    match known(&state, &tenant).await {
         Ok(()) => Json(server::openid_configuration(&state.fhir, &tenant)).into_response(),
         Err(error) => fail(&request_id, error),
     }

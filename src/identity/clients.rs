@@ -1,6 +1,8 @@
 //! The registry of OAuth clients, per municipality: backend-services (system) clients that
-//! authenticate with signed JWT assertions and act for an Organization, and app clients
-//! (public, or confidential with keys) that launch for a signed-in professional.
+//! authenticate with signed JWT assertions and act for an Organization, administrator
+//! clients (automation acting as a municipal administrator or auditor, or as the server
+//! administrator), and app clients (public, or confidential with keys) that launch for a
+//! signed-in user.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,6 +21,42 @@ pub enum ClientKind {
     Public,
     /// An app that authenticates with a JWT assertion (`private_key_jwt`).
     ConfidentialAsymmetric,
+    /// SMART Backend Services acting in an administrative role (its one `roles` entry): a
+    /// municipality's administrator or auditor, or the server administrator (registered
+    /// under [`SERVER_CLIENTS`]). Registered by the operator (`renraku admin client add`) or
+    /// the server administrator only.
+    Administrator,
+}
+
+/// The registry name under which clients of the server administrator are kept; such a
+/// client may use the token endpoint of every municipality.
+pub const SERVER_CLIENTS: &str = "_server";
+
+/// The role a token's holder acts in: what a sign-in or a client may become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A professional of the directory (a Practitioner in a PractitionerRole).
+    Practitioner,
+    MunicipalAdmin,
+    MunicipalAuditor,
+    ServerAdmin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Practitioner => "practitioner",
+            Role::MunicipalAdmin => "municipal-admin",
+            Role::MunicipalAuditor => "municipal-auditor",
+            Role::ServerAdmin => "server-admin",
+        }
+    }
+
+    /// Whether this is one of the administrative roles (everything but practitioner).
+    pub fn is_administrative(self) -> bool {
+        self != Role::Practitioner
+    }
 }
 
 /// One registered client.
@@ -50,6 +88,11 @@ pub struct ClientConfig {
     /// system clients, `authorization_code` and `refresh_token` for apps.
     #[serde(default)]
     pub grant_types: Vec<String>,
+    /// App clients: the roles a user signed in through the app may act in, tried in this
+    /// order against what the sign-in qualifies for (empty: `practitioner` only).
+    /// Administrator clients: the one role their tokens carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
     /// For system clients registered through the admin API: who registered the client and
     /// who approved it. Set by the server, never taken from a registration body; `None` for
     /// the configuration file's clients (the operator's own file needs no second pair of eyes).
@@ -120,6 +163,31 @@ impl ClientConfig {
                     return Err("redirect_uris: an app client needs at least one".into());
                 }
             }
+            ClientKind::Administrator => {
+                if self.jwks.is_none() && self.jwks_url.is_none() {
+                    return Err("jwks: an administrator client needs its public keys (jwks or jwks_url)".into());
+                }
+                match self.roles.as_slice() {
+                    [Role::ServerAdmin] if self.tenant != SERVER_CLIENTS => {
+                        return Err(format!("tenant: a server administrator's client is registered under '{SERVER_CLIENTS}'"))
+                    }
+                    [Role::MunicipalAdmin | Role::MunicipalAuditor] if self.tenant == SERVER_CLIENTS => {
+                        return Err("tenant: a municipal administrator's or auditor's client belongs to a municipality".into())
+                    }
+                    [Role::ServerAdmin | Role::MunicipalAdmin | Role::MunicipalAuditor] => {}
+                    _ => {
+                        return Err(
+                            "roles: an administrator client acts in exactly one of municipal-admin, municipal-auditor, server-admin".into()
+                        )
+                    }
+                }
+            }
+        }
+        if self.kind != ClientKind::Administrator && self.tenant == SERVER_CLIENTS {
+            return Err(format!("tenant: only administrator clients are registered under '{SERVER_CLIENTS}'"));
+        }
+        if matches!(self.kind, ClientKind::System) && !self.roles.is_empty() {
+            return Err("roles: a system client acts for its Organization, in no user role".into());
         }
         for grant_type in &self.grant_types {
             if !matches!(grant_type.as_str(), "client_credentials" | "authorization_code" | "refresh_token") {
@@ -140,16 +208,31 @@ impl ClientConfig {
         self.kind == ClientKind::System && self.approval.as_ref().is_some_and(|a| a.approved_by.is_none())
     }
 
+    /// Whether the client authenticates at the token endpoint with `client_credentials` and
+    /// acts on its own (system and administrator clients).
+    pub fn is_backend_service(&self) -> bool {
+        matches!(self.kind, ClientKind::System | ClientKind::Administrator)
+    }
+
+    /// The roles a user signed in through this app may act in, in order of preference.
+    pub fn sign_in_roles(&self) -> Vec<Role> {
+        if self.roles.is_empty() {
+            vec![Role::Practitioner]
+        } else {
+            self.roles.clone()
+        }
+    }
+
     /// Whether the client may use `grant_type`.
     pub fn may_use(&self, grant_type: &str) -> bool {
         if self.grant_types.is_empty() {
             return match self.kind {
-                ClientKind::System => grant_type == "client_credentials",
+                ClientKind::System | ClientKind::Administrator => grant_type == "client_credentials",
                 ClientKind::Public | ClientKind::ConfidentialAsymmetric => matches!(grant_type, "authorization_code" | "refresh_token"),
             };
         }
         let kind_allows = match self.kind {
-            ClientKind::System => grant_type == "client_credentials",
+            ClientKind::System | ClientKind::Administrator => grant_type == "client_credentials",
             ClientKind::Public | ClientKind::ConfidentialAsymmetric => grant_type != "client_credentials",
         };
         kind_allows && self.grant_types.iter().any(|g| g == grant_type)

@@ -145,10 +145,14 @@ impl Actor {
     }
 
     /// The scope contexts whose scopes this actor's tokens may use for the user's or
-    /// client's own reach (`patient/` scopes are handled separately).
+    /// client's own reach (`patient/` scopes are handled separately). Administrators and
+    /// auditors are people (`user/`) or automation registered for their role (`system/`).
     pub fn scope_contexts(&self) -> &'static [ScopeContext] {
         match self {
             Actor::System { .. } => &[ScopeContext::System],
+            Actor::MunicipalAdmin { .. } | Actor::MunicipalAuditor { .. } | Actor::ServerAdmin { .. } => {
+                &[ScopeContext::User, ScopeContext::System]
+            }
             _ => &[ScopeContext::User],
         }
     }

@@ -47,6 +47,8 @@ pub struct Generations {
     pub agreements: i64,
     pub directory: i64,
     pub tokens: i64,
+    /// Municipalities and OAuth clients registered at run time (`runtime::Runtime`'s directories).
+    pub registry: i64,
 }
 
 /// The identifier system of a municipality's 全国地方公共団体コード in agreements.

@@ -29,8 +29,13 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// The municipalities served: the configuration file's and those an administrator added.
     tenants: std::sync::RwLock<Vec<TenantConfig>>,
-    /// The OAuth clients registered: the configuration file's (and the demo's).
+    /// The OAuth clients registered: the configuration file's (and the demo's) and those
+    /// registered at run time.
     clients: std::sync::RwLock<Vec<ClientConfig>>,
+    /// The configuration file's (and the demo's) clients, which no run-time change removes.
+    configured_clients: Vec<ClientConfig>,
+    /// The `registry` generation the directories were last loaded at (-1: never).
+    registry_generation: std::sync::atomic::AtomicI64,
     /// Where reads and failures hand their audit events (group commit).
     pub(crate) recorder: recorder::Recorder,
     /// The wide-area agreements as last read (refreshed when their generation changes).
@@ -68,7 +73,9 @@ impl Runtime {
             clock,
             config,
             tenants,
-            clients: std::sync::RwLock::new(clients),
+            clients: std::sync::RwLock::new(clients.clone()),
+            configured_clients: clients,
+            registry_generation: std::sync::atomic::AtomicI64::new(-1),
             recorder,
             agreements: policy::facts::AgreementCache::default(),
             standing: policy::facts::StandingCache::default(),
@@ -119,26 +126,52 @@ impl Runtime {
         Ok(())
     }
 
-    /// Adds the municipalities and clients stored by earlier `add_tenant` and
-    /// `register_client` calls (at start-up).
-    pub async fn load_stored_tenants(&self) -> Result<()> {
+    /// Reloads the municipalities and clients registered at run time if the `registry`
+    /// generation moved since they were last read: another gateway on the same database, or
+    /// `renraku admin`, changed them. Cheap when nothing changed (one small read).
+    pub async fn refresh_registry(&self) -> Result<()> {
         let mut connection = self.store.connection().await?;
-        let clients = store::tenants::list_clients(&mut connection).await?;
-        let stored = store::tenants::list(&mut connection).await?;
-        let mut registered = write_lock(&self.clients)?;
-        for client in clients {
-            if !registered.iter().any(|c| c.tenant == client.tenant && c.client_id == client.client_id) {
-                registered.push(client);
+        let generation = store::generations(&mut connection).await?.registry;
+        if self.registry_generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+            return Ok(());
+        }
+        let stored_clients = store::tenants::list_clients(&mut connection).await?;
+        let stored_tenants = store::tenants::list(&mut connection).await?;
+        drop(connection);
+        let mut clients = self.configured_clients.clone();
+        for client in stored_clients {
+            if !clients.iter().any(|c| c.tenant == client.tenant && c.client_id == client.client_id) {
+                clients.push(client);
             }
         }
-        drop(registered);
-        let mut tenants = write_lock(&self.tenants)?;
-        for tenant in stored {
+        let mut tenants = self.config.tenants.clone();
+        for tenant in stored_tenants {
             if !tenants.iter().any(|t| t.slug == tenant.slug || t.code == tenant.code) {
                 tenants.push(tenant);
             }
         }
+        *write_lock(&self.clients)? = clients;
+        *write_lock(&self.tenants)? = tenants;
+        self.registry_generation.store(generation, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// The municipality `slug`, looking again in the database when this gateway does not
+    /// know it (it may have been added through another).
+    pub async fn current_tenant(&self, slug: &str) -> Result<Option<TenantConfig>> {
+        if let Some(tenant) = self.tenant(slug) {
+            return Ok(Some(tenant));
+        }
+        self.refresh_registry().await?;
+        Ok(self.tenant(slug))
+    }
+
+    /// The client `client_id` of `tenant` as registered now on any gateway: the token and
+    /// authorization endpoints ask this, so a registration removed through another gateway
+    /// gets no token here either.
+    pub async fn current_client(&self, tenant: &str, client_id: &str) -> Result<Option<ClientConfig>> {
+        self.refresh_registry().await?;
+        Ok(self.client(tenant, client_id))
     }
 
     #[cfg(feature = "test-support")]

@@ -89,6 +89,17 @@ pub async fn revoke_access_token(connection: &mut Db, digest: &str) -> Result<()
     super::bump_generation(connection, super::GENERATION_TOKENS).await
 }
 
+/// Revokes every access token a client holds for one actor (an administrator client's, when
+/// its registration is removed).
+pub async fn revoke_client_tokens(connection: &mut Db, client_id: &str, principal: &str) -> Result<()> {
+    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE client_id = $1 AND principal = $2")
+        .bind(client_id)
+        .bind(principal)
+        .execute(&mut connection.0)
+        .await?;
+    super::bump_generation(connection, super::GENERATION_TOKENS).await
+}
+
 /// The family of the refresh token with this digest, if there is one.
 pub async fn refresh_family_of(connection: &mut Db, digest: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT family FROM refresh_tokens WHERE digest = $1").bind(digest).fetch_optional(&mut connection.0).await?;

@@ -826,6 +826,8 @@ pub const GENERATION_AGREEMENTS: &str = "agreements";
 pub const GENERATION_DIRECTORY: &str = "directory";
 /// The generation counter of access tokens (bumped by every revocation and replacement).
 pub const GENERATION_TOKENS: &str = "tokens";
+/// Bumped by every change to the municipalities and OAuth clients registered at run time.
+pub const GENERATION_REGISTRY: &str = "registry";
 
 /// Every generation counter, by name (one read of a three-row table).
 pub async fn generations(connection: &mut Db) -> Result<Generations> {
@@ -837,6 +839,7 @@ pub async fn generations(connection: &mut Db) -> Result<Generations> {
             GENERATION_AGREEMENTS => generations.agreements = counter,
             GENERATION_DIRECTORY => generations.directory = counter,
             GENERATION_TOKENS => generations.tokens = counter,
+            GENERATION_REGISTRY => generations.registry = counter,
             _ => {}
         }
     }

@@ -1,5 +1,6 @@
 //! Municipalities and OAuth clients added at run time (the configuration file's are not
-//! stored).
+//! stored). Every write bumps the `registry` generation; callers run them in a transaction,
+//! so a gateway that sees the new counter also sees the change.
 
 use sqlx::Row;
 
@@ -24,7 +25,8 @@ pub async fn insert(connection: &mut Db, tenant: &TenantConfig, created_at: &str
         .bind(created_at)
         .execute(&mut connection.0)
         .await;
-    conflict_if_taken(result, || format!("a municipality with the slug '{}' or the code '{}' exists", tenant.slug, tenant.code))
+    conflict_if_taken(result, || format!("a municipality with the slug '{}' or the code '{}' exists", tenant.slug, tenant.code))?;
+    super::bump_generation(connection, super::GENERATION_REGISTRY).await
 }
 
 /// OAuth clients registered at run time.
@@ -42,7 +44,8 @@ pub async fn insert_client(connection: &mut Db, client: &crate::identity::client
         .bind(created_at)
         .execute(&mut connection.0)
         .await;
-    conflict_if_taken(result, || format!("a client '{}' is already registered at '{}'", client.client_id, client.tenant))
+    conflict_if_taken(result, || format!("a client '{}' is already registered at '{}'", client.client_id, client.tenant))?;
+    super::bump_generation(connection, super::GENERATION_REGISTRY).await
 }
 
 /// Replaces a stored registration (its approval changed).
@@ -53,13 +56,17 @@ pub async fn update_client(connection: &mut Db, client: &crate::identity::client
         .bind(&client.client_id)
         .execute(&mut connection.0)
         .await?;
-    Ok(())
+    super::bump_generation(connection, super::GENERATION_REGISTRY).await
 }
 
 /// Removes a run-time registration; false if there was none.
 pub async fn delete_client(connection: &mut Db, tenant: &str, client_id: &str) -> Result<bool> {
     let result = sqlx::query("DELETE FROM clients WHERE tenant = $1 AND client_id = $2").bind(tenant).bind(client_id).execute(&mut connection.0).await?;
-    Ok(result.rows_affected() > 0)
+    if result.rows_affected() == 0 {
+        return Ok(false);
+    }
+    super::bump_generation(connection, super::GENERATION_REGISTRY).await?;
+    Ok(true)
 }
 
 /// A unique violation becomes a 409 with `message`; other failures stay internal.

@@ -344,6 +344,7 @@ async fn confidential_app(backend: Backend) {
             jwks: Some(serde_json::from_str(include_str!("../../demo/keys/ehr-ina-jwks.json")).expect("jwks")),
             jwks_url: None,
             grant_types: vec!["authorization_code".into()],
+            roles: Vec::new(),
             approval: None,
         });
     })

@@ -22,6 +22,7 @@ mod operations;
 mod policy;
 mod policy_model;
 mod policy_table;
+mod production;
 mod http_semantics;
 mod scale;
 mod search;

@@ -14,10 +14,11 @@ use serde_json::{json, Value};
 
 use crate::support::{new_database, Backend};
 
-struct Node {
+/// A `renraku serve` process of the test's own.
+pub struct Node {
     child: Child,
-    base: String,
-    http: reqwest::Client,
+    pub base: String,
+    pub http: reqwest::Client,
 }
 
 impl Drop for Node {
@@ -29,11 +30,17 @@ impl Drop for Node {
 
 impl Node {
     async fn start(database_url: &str, data_dir: &std::path::Path) -> Node {
+        let data_dir = data_dir.to_string_lossy();
+        Node::serve(&["--demo", "--database-url", database_url, "--data-dir", &data_dir]).await
+    }
+
+    /// Starts `renraku serve` with `settings` on a free port and waits until it is ready.
+    pub async fn serve(settings: &[&str]) -> Node {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let listen = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_renraku"))
-            .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}"), "--database-url", database_url])
-            .arg("--data-dir")
-            .arg(data_dir)
+            .args(["serve", "--listen", &listen, "--public-base-url", &format!("http://{listen}")])
+            .args(settings)
             .env("RENRAKU_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -73,6 +80,23 @@ impl Node {
             .expect("a reply");
         let status = reply.status().as_u16();
         assert_eq!(status, 200, "PUT {path}: {}", reply.text().await.unwrap_or_default());
+    }
+}
+
+impl Node {
+    /// An administrative request's status.
+    async fn admin(&self, token: &str, method: reqwest::Method, path: &str, body: Option<&Value>) -> u16 {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        request.send().await.expect("a reply").status().as_u16()
+    }
+
+    /// The status of a request without credentials, redirects not followed.
+    async fn unauthenticated(&self, path: &str) -> u16 {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("a client");
+        client.get(format!("{}{path}", self.base)).send().await.expect("a reply").status().as_u16()
     }
 }
 
@@ -128,6 +152,24 @@ async fn a_change_through_one_gateway_acts_at_the_next_request_on_the_other() {
         a.put(writer, path, &before).await;
         assert_eq!(b.status(DOCTOR, PERSON).await, 200, "{what} undone");
     }
+
+    // A municipality and an app registered through A are served by B at its next request;
+    // the app removed through A gets nothing more from B (the `registry` generation).
+    let added = json!({ "slug": "tatsuno", "code": "203823", "name": "辰野町" });
+    assert_eq!(a.admin(OPERATOR, reqwest::Method::POST, "/admin/tenants", Some(&added)).await, 201);
+    let metadata = b.http.get(format!("{}/tatsuno/fhir/metadata", b.base)).send().await.expect("a reply");
+    assert_eq!(metadata.status().as_u16(), 200, "a municipality added through A");
+    let app = json!({
+        "client_id": "ina-new-app", "tenant": "ina", "kind": "public",
+        "redirect_uris": ["http://127.0.0.1:9000/callback"], "scopes": "openid user/*.rs"
+    });
+    assert_eq!(a.admin(OPERATOR, reqwest::Method::POST, "/admin/clients", Some(&app)).await, 201);
+    // A known app is sent back to its redirect URI (here with an error: no response_type);
+    // an unknown one is refused on the spot.
+    let authorize = "/ina/auth/authorize?client_id=ina-new-app&redirect_uri=http%3A%2F%2F127.0.0.1%3A9000%2Fcallback";
+    assert_eq!(b.unauthenticated(authorize).await, 303, "an app registered through A");
+    assert_eq!(a.admin(OPERATOR, reqwest::Method::DELETE, "/admin/clients/ina/ina-new-app", None).await, 204);
+    assert_eq!(b.unauthenticated(authorize).await, 400, "an app removed through A");
 
     // The token revoked through A (cached token, by generation).
     let revoked = a

@@ -247,6 +247,7 @@ async fn c2_administrators_cannot_map_sign_ins(backend: Backend) {
                 subject_system: SUBJECTS.into(),
                 require_mfa: true,
                 mfa_acr_values: Vec::new(),
+                roles: Default::default(),
             });
         }
     })

@@ -322,6 +322,7 @@ async fn keys_by_url(backend: Backend) {
             jwks: None,
             jwks_url: Some(registered_url),
             grant_types: Vec::new(),
+            roles: Vec::new(),
             approval: None,
         });
     })

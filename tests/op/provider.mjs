@@ -4,14 +4,18 @@
 //
 //   node tests/op/provider.mjs <port> <redirect_uri>
 //
-// POST /interaction/<uid> with `login=<account>` (and `mfa=1` for a second factor) signs in;
-// consent is given automatically. Accounts are whatever `login` says (the test decides).
+// POST /interaction/<uid> with `login=<account>` (and `mfa=1` for a second factor, and
+// `roles=a,b` for the account's `roles` claim) signs in; consent is given automatically.
+// Accounts are whatever `login` says (the test decides).
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2]);
 const redirectUri = process.argv[3];
 const issuer = `http://127.0.0.1:${port}`;
+
+// The roles each account signed in with last (the id_token's `roles` claim).
+const rolesOf = new Map();
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -23,7 +27,7 @@ const provider = new Provider(issuer, {
     token_endpoint_auth_method: 'client_secret_basic',
   }],
   async findAccount(ctx, id) {
-    return { accountId: id, async claims() { return { sub: id }; } };
+    return { accountId: id, async claims() { return { sub: id, roles: rolesOf.get(id) || [] }; } };
   },
   features: { devInteractions: { enabled: false } },
   pkce: { required: () => true },
@@ -31,7 +35,10 @@ const provider = new Provider(issuer, {
   acrValues: ['urn:renraku:pwd', 'urn:renraku:mfa'],
   // acr and amr go into every id_token (with the openid scope), so the relying party can
   // see whether a second factor was used.
-  claims: { openid: ['sub', 'acr', 'amr'] },
+  claims: { openid: ['sub', 'acr', 'amr', 'roles'] },
+  // End-user claims (here `roles`) in the id_token itself, as Entra ID and Keycloak can be
+  // configured to send them, not only from the userinfo endpoint.
+  conformIdTokenClaims: false,
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
 });
 
@@ -54,6 +61,7 @@ const server = http.createServer(async (req, res) => {
         }
         const form = await readBody(req);
         const mfa = form.get('mfa') === '1';
+        rolesOf.set(form.get('login'), (form.get('roles') || '').split(',').filter(Boolean));
         await provider.interactionFinished(req, res, {
           login: {
             accountId: form.get('login'),
