@@ -17,6 +17,9 @@ pub const DEFAULT_BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_AUDIT_RETENTION_DAYS: i64 = 5 * 365 + 2;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./renraku-data";
+/// Longer than `limits.request_timeout_ms`' default would be pointless; orchestrators
+/// commonly wait 30 s between SIGTERM and SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 25_000;
 
 /// The settings of a running gateway, fully resolved.
 #[derive(Debug, Clone)]
@@ -47,6 +50,9 @@ pub struct Config {
     pub limits: Limits,
     /// The bearer token `GET /metrics` requires; without one the endpoint is off (404).
     pub metrics_token: Option<String>,
+    /// After SIGTERM, how long requests in flight may take to finish before the gateway
+    /// stops anyway.
+    pub shutdown_grace_ms: u64,
 }
 
 /// Bounds on what one request may ask of the server. Each has a safe default; exceeding one
@@ -198,6 +204,7 @@ pub struct FileConfig {
     pub search_parameters_dir: Option<PathBuf>,
     pub audit_retention_days: Option<i64>,
     pub metrics_token: Option<String>,
+    pub shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -219,6 +226,7 @@ pub struct Overrides {
     pub demo: bool,
     pub audit_retention_days: Option<i64>,
     pub metrics_token: Option<String>,
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +309,7 @@ impl Config {
             extra_search_parameters,
             limits: file.limits,
             metrics_token: overrides.metrics_token.or(file.metrics_token).filter(|token| !token.is_empty()),
+            shutdown_grace_ms: overrides.shutdown_grace_ms.or(file.shutdown_grace_ms).unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
         })
     }
 

@@ -115,6 +115,7 @@ impl Gateway {
                 if let Err(error) = fhir.store.checkpoint().await {
                     tracing::warn!(target: "renraku::store", %error, "checkpointing the write-ahead log failed; retrying");
                 }
+                fhir.background_beat();
             }
         });
         if config.demo {
@@ -128,6 +129,49 @@ impl Gateway {
 
     pub fn router(&self) -> Router {
         app(self.state.clone())
+    }
+
+    /// Serves `listener` until `stop` completes, then stops accepting, lets the requests in
+    /// flight finish within `grace` and shuts down: see [`Gateway::shut_down`]. A request
+    /// acknowledged before the end is durable and audited either way (reads commit their
+    /// events before answering, writes in their own transaction).
+    pub async fn serve_until(self, listener: tokio::net::TcpListener, stop: impl std::future::Future<Output = ()> + Send + 'static, grace: std::time::Duration) -> std::io::Result<()> {
+        let (begun, begins) = tokio::sync::oneshot::channel::<()>();
+        let fhir = self.state.fhir.clone();
+        let signal = async move {
+            stop.await;
+            fhir.start_draining();
+            tracing::info!(target: "renraku::serve", "shutting down: no new connections; finishing the requests in flight");
+            let _ = begun.send(());
+        };
+        let service = self.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let served = std::future::IntoFuture::into_future(axum::serve(listener, service).with_graceful_shutdown(signal));
+        tokio::pin!(served);
+        let outcome = tokio::select! {
+            outcome = &mut served => Some(outcome),
+            _ = async {
+                let _ = begins.await;
+                tokio::time::sleep(grace).await;
+            } => None,
+        };
+        match outcome {
+            Some(outcome) => outcome?,
+            None => tracing::warn!(target: "renraku::serve", grace_ms = grace.as_millis(), "requests still in flight after the grace period were abandoned"),
+        }
+        self.shut_down().await;
+        Ok(())
+    }
+
+    /// Ends the gateway's work: the audit events journaled so far are projected, and the
+    /// database connections are closed.
+    pub async fn shut_down(&self) {
+        let fhir = &self.state.fhir;
+        fhir.start_draining();
+        if let Err(error) = fhir.project_audit_events().await {
+            tracing::warn!(target: "renraku::audit", %error, "projecting the last audit events failed; the next start projects them");
+        }
+        fhir.store.close().await;
+        tracing::info!(target: "renraku::serve", "shut down cleanly");
     }
 }
 

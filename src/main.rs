@@ -215,6 +215,9 @@ struct Settings {
     /// Bearer token for GET /metrics (Prometheus); without one the endpoint is off.
     #[arg(long, env = "RENRAKU_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+    /// After SIGTERM, milliseconds the requests in flight may take [default: 25000].
+    #[arg(long, env = "RENRAKU_SHUTDOWN_GRACE_MS")]
+    shutdown_grace_ms: Option<u64>,
 }
 
 impl Settings {
@@ -230,6 +233,7 @@ impl Settings {
             demo: self.demo,
             audit_retention_days: self.audit_retention_days,
             metrics_token: self.metrics_token,
+            shutdown_grace_ms: self.shutdown_grace_ms,
         }
     }
 }
@@ -451,6 +455,7 @@ async fn serve(overrides: Overrides, audit_off: bool) -> Result<(), String> {
     config.audit_off_for_benchmarks_only = audit_off;
     let listen = config.listen;
     let demo = config.demo;
+    let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
     let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
     let bases: Vec<(String, String)> = gateway
         .state
@@ -470,11 +475,28 @@ async fn serve(overrides: Overrides, audit_off: bool) -> Result<(), String> {
             eprintln!("    {token:<26} at {tenant:<13} {who}");
         }
     }
-    // The peer address is recorded in the audit trail.
-    axum::serve(listener, gateway.router().into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| e.to_string())
+    gateway.serve_until(listener, stop_signal(), grace).await.map_err(|e| e.to_string())
+}
+
+/// SIGTERM (what orchestrators send) or Ctrl-C.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut terminate) => {
+                    terminate.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

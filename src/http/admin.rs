@@ -39,6 +39,7 @@ impl FromRequestParts<AppState> for AdminCaller {
             Principal::Anonymous => Err(Error::Unauthorized("this request needs an access token (Authorization: Bearer …)".into())),
             principal => Ok(principal),
         });
+        super::request::PrincipalKind::note(&parts.extensions, principal.as_ref().ok());
         let query = crate::service::parse_query_string(parts.uri.query().unwrap_or_default());
         let mut context = super::request::call_context(state, crate::audit::SERVER_CHAIN, &parts.extensions);
         match &principal {

@@ -198,6 +198,9 @@ async fn count_request(State(state): State<AppState>, request: Request, next: Ne
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let tenant = route.starts_with("/{tenant}/").then(|| request.uri().path().split('/').nth(1).unwrap_or_default().to_owned());
+    let principal_kind = request::PrincipalKind::default();
+    let mut request = request;
+    request.extensions_mut().insert(principal_kind.clone());
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -209,6 +212,7 @@ async fn count_request(State(state): State<AppState>, request: Request, next: Ne
         target: "renraku::request",
         request_id,
         tenant = tenant.as_deref().unwrap_or("-"),
+        principal = principal_kind.get(),
         method = %method,
         route = %route,
         status,
@@ -252,13 +256,29 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], fhir.metrics.render()).into_response()
 }
 
+/// `GET /healthz`: readiness. 200 when the database answers and takes a write, every
+/// migration of this binary is applied, the background task (audit projection,
+/// checkpoints) ran within the last minute and the gateway is not shutting down; else 503.
+/// The body names each check either way (nothing more: it is unauthenticated).
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.fhir.store.ping().await {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        ErrorReply { error: Error::internal("database unreachable"), format: Format::Json, request_id: String::new() }
-            .into_response()
-    }
+    let fhir = &state.fhir;
+    let database = fhir.store.ping().await;
+    let migrations = database && fhir.store.migrations_applied().await;
+    let background = fhir.background_silence() < std::time::Duration::from_secs(60);
+    let accepting = !fhir.is_draining();
+    let ready = database && migrations && background && accepting;
+    let mark = |ok: bool| if ok { "ok" } else { "failing" };
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "checks": {
+            "database": mark(database),
+            "migrations": mark(migrations),
+            "background": mark(background),
+            "accepting": mark(accepting)
+        }
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metadata(request: FhirRequest, State(state): State<AppState>) -> Reply {

@@ -116,6 +116,7 @@ impl FromRequestParts<AppState> for FhirRequest {
             }
             Ok(principal)
         });
+        PrincipalKind::note(&parts.extensions, verified.as_ref().ok());
         context.principal = match verified {
             Ok(principal) => principal,
             Err(error) => {
@@ -168,6 +169,38 @@ fn is_purpose_code(code: &str) -> bool {
 
 /// The principal of a request's `Authorization: Bearer` token (anonymous without one), for
 /// `tenant`'s base (`None`: the gateway's administrative endpoints).
+/// Where the extractors note what kind of principal a request came from, for its log line
+/// (the request-logging layer puts an empty one in the request's extensions).
+#[derive(Clone, Default)]
+pub struct PrincipalKind(std::sync::Arc<std::sync::OnceLock<&'static str>>);
+
+impl PrincipalKind {
+    /// Notes `principal` (`None`: its credential was refused) in the request's slot, if any.
+    pub fn note(extensions: &axum::http::Extensions, principal: Option<&Principal>) {
+        let Some(slot) = extensions.get::<PrincipalKind>() else { return };
+        let kind = match principal {
+            None => "refused",
+            Some(Principal::Anonymous) => "anonymous",
+            Some(Principal::Operator) => "operator",
+            Some(Principal::Authenticated(authenticated)) => match &authenticated.actor {
+                crate::identity::Actor::Practitioner { .. } => "practitioner",
+                crate::identity::Actor::System { .. } => "system",
+                crate::identity::Actor::MunicipalAdmin { .. } => "municipal-admin",
+                crate::identity::Actor::MunicipalAuditor { .. } => "municipal-auditor",
+                crate::identity::Actor::ServerAdmin { .. } => "server-admin",
+                #[cfg(feature = "test-support")]
+                crate::identity::Actor::TestUnrestricted => "test-unrestricted",
+            },
+        };
+        let _ = slot.0.set(kind);
+    }
+
+    /// The kind noted, or `-` where no extractor verified a credential.
+    pub fn get(&self) -> &'static str {
+        self.0.get().copied().unwrap_or("-")
+    }
+}
+
 pub async fn principal(state: &AppState, headers: &HeaderMap, tenant: Option<&str>) -> Result<Principal, Error> {
     let Some(value) = header_text(headers, "authorization") else { return Ok(Principal::Anonymous) };
     let token = value

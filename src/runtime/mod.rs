@@ -48,6 +48,10 @@ pub struct Runtime {
     pub tokens: TokenCache,
     /// What `GET /metrics` reports.
     pub metrics: metrics::Metrics,
+    /// Set when shutdown begins: `/healthz` answers 503 so that load balancers stop sending.
+    draining: std::sync::atomic::AtomicBool,
+    /// When the background task (audit projection, checkpoints) last completed a round.
+    background_beat: std::sync::Mutex<std::time::Instant>,
     /// A fault the test suite armed (see [`Failpoint`]).
     #[cfg(feature = "test-support")]
     failpoint: std::sync::Mutex<Option<Failpoint>>,
@@ -82,6 +86,8 @@ impl Runtime {
             decisions: policy::cache::DecisionCache::default(),
             tokens: TokenCache::default(),
             metrics: metrics::Metrics::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            background_beat: std::sync::Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "test-support")]
             failpoint: std::sync::Mutex::new(None),
         }
@@ -124,6 +130,27 @@ impl Runtime {
     pub(crate) fn forget_client(&self, tenant: &str, client_id: &str) -> Result<()> {
         write_lock(&self.clients)?.retain(|c| !(c.tenant == tenant && c.client_id == client_id));
         Ok(())
+    }
+
+    /// Marks the gateway as shutting down (readiness fails from now on).
+    pub fn start_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The background task completed a round.
+    pub fn background_beat(&self) {
+        if let Ok(mut beat) = self.background_beat.lock() {
+            *beat = std::time::Instant::now();
+        }
+    }
+
+    /// How long ago the background task last completed a round.
+    pub fn background_silence(&self) -> std::time::Duration {
+        self.background_beat.lock().map(|beat| beat.elapsed()).unwrap_or(std::time::Duration::MAX)
     }
 
     /// Reloads the municipalities and clients registered at run time if the `registry`

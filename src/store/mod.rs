@@ -508,6 +508,21 @@ impl Store {
         probe.await.is_ok()
     }
 
+    /// Whether every migration this binary carries has been applied to the database (a
+    /// gateway whose database another, older binary migrated is not ready).
+    pub async fn migrations_applied(&self) -> bool {
+        let expected = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").iter().count(),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").iter().count(),
+        };
+        let applied = async {
+            let mut connection = self.connection().await?;
+            let row = sqlx::query("SELECT COUNT(*) AS applied FROM _sqlx_migrations WHERE success").fetch_one(&mut connection.0).await?;
+            Ok::<i64, crate::error::Error>(row.try_get("applied")?)
+        };
+        applied.await.is_ok_and(|applied| usize::try_from(applied).is_ok_and(|applied| applied >= expected))
+    }
+
     pub async fn close(&self) {
         if let Some(derived) = &self.derived {
             derived.close().await;

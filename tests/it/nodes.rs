@@ -34,6 +34,15 @@ impl Node {
         Node::serve(&["--demo", "--database-url", database_url, "--data-dir", &data_dir]).await
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("the process can be waited for")
+    }
+
     /// Starts `renraku serve` with `settings` on a free port and waits until it is ready.
     pub async fn serve(settings: &[&str]) -> Node {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();

@@ -1,9 +1,13 @@
 //! What operators use: liveness, readiness and the Prometheus metrics.
 
-use serde_json::json;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::support::{Backend, Server};
+use crate::nodes::Node;
+use crate::support::{new_database, Backend, Server};
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition (0 when absent).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -22,7 +26,18 @@ async fn liveness_and_readiness(backend: Backend) {
     let live = server.get_with("/livez", &[("authorization", "none")]).await;
     live.expect(200);
     assert_eq!(live.text(), "alive");
-    server.get_with("/healthz", &[("authorization", "none")]).await.expect(200);
+    let ready = server.get_with("/healthz", &[("authorization", "none")]).await;
+    ready.expect(200);
+    let checks = &ready.json()["checks"];
+    for check in ["database", "migrations", "background", "accepting"] {
+        assert_eq!(checks[check], "ok", "{check}");
+    }
+    // Once shutdown begins, the gateway is alive but no longer ready.
+    server.fhir().start_draining();
+    let draining = server.get_with("/healthz", &[("authorization", "none")]).await;
+    draining.expect(503);
+    assert_eq!(draining.json()["checks"]["accepting"], "failing");
+    server.get_with("/livez", &[("authorization", "none")]).await.expect(200);
     // Without a metrics token the endpoint is off.
     let off = server.get_with("/metrics", &[("authorization", "none")]).await;
     off.expect(404);
@@ -119,6 +134,7 @@ async fn json_logs_name_the_route_not_the_url() {
     assert_eq!(request["tenant"], "ina");
     assert_eq!(request["status"], 200);
     assert_eq!(request["method"], "GET");
+    assert_eq!(request["principal"], "practitioner");
     assert!(request["request_id"].as_str().is_some_and(|id| id.len() == 36), "{request}");
     assert!(request["latency_ms"].as_f64().is_some());
     for private in ["やまだ", "%E3%82%84", "name="] {
@@ -126,4 +142,95 @@ async fn json_logs_name_the_route_not_the_url() {
     }
 }
 
-both_backends!(liveness_and_readiness, metrics_count_a_known_request_mix);
+/// SIGTERM in the middle of a stream of writes and reads by a care manager: the gateway
+/// stops accepting, finishes what is in flight and exits cleanly, and every request it
+/// acknowledged is durable (the writes read back after a restart) and audited (its request
+/// id is in the municipality's trail).
+async fn sigterm_loses_nothing_acknowledged(backend: Backend) {
+    let (config, directory, database) = new_database(backend).await;
+    let data_dir = directory.path().to_string_lossy().into_owned();
+    let settings = ["--demo", "--database-url", config.database_url.as_str(), "--data-dir", data_dir.as_str()];
+    let mut node = Node::serve(&settings).await;
+    let base = node.base.clone();
+    // (request id, the created resource's location for writes)
+    let acknowledged: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            let (base, acknowledged) = (base.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for round in 0..10_000 {
+                    let request = if (worker + round) % 2 == 0 {
+                        let note = json!({
+                            "resourceType": "Communication", "status": "completed",
+                            "subject": { "reference": "Patient/demo-yamada-taro" },
+                            "payload": [{ "contentString": format!("訪問記録 {worker}-{round}") }]
+                        });
+                        http.post(format!("{base}/minamiminowa/fhir/Communication"))
+                            .header("content-type", "application/fhir+json")
+                            .body(note.to_string())
+                    } else {
+                        http.get(format!("{base}/minamiminowa/fhir/Patient/demo-yamada-taro"))
+                    };
+                    let Ok(reply) = request.bearer_auth("demo-care-manager").send().await else { break };
+                    if !reply.status().is_success() {
+                        continue;
+                    }
+                    let id = reply.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                    let location = reply.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    if let Ok(mut list) = acknowledged.lock() {
+                        list.push((id, location));
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let status = std::process::Command::new("kill").args(["-TERM", &node.pid().to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = node.wait();
+        (node, exit)
+    });
+    for worker in workers {
+        worker.await.expect("the worker ends when the gateway stops answering");
+    }
+    let (node, exit) = exit.await.expect("the gateway exits");
+    assert!(exit.success(), "a clean exit after SIGTERM: {exit:?}");
+    drop(node);
+    let acknowledged = acknowledged.lock().map(|list| list.clone()).unwrap_or_default();
+    assert!(acknowledged.len() >= 20, "the stream was under way: {} acknowledged", acknowledged.len());
+
+    // After a restart: every acknowledged write reads back, every acknowledged request is in
+    // the trail.
+    let node = Node::serve(&settings).await;
+    let http = reqwest::Client::new();
+    for (_, location) in &acknowledged {
+        let Some(location) = location else { continue };
+        // The first gateway's port is gone: the same path at the new one.
+        let path = location.split("/_history").next().and_then(|url| url.find("/minamiminowa/").map(|at| &url[at..])).unwrap_or_default();
+        let reply = http.get(format!("{}{path}", node.base)).bearer_auth("demo-care-manager").send().await.expect("a reply");
+        assert_eq!(reply.status().as_u16(), 200, "{path}");
+    }
+    let mut recorded: HashSet<String> = HashSet::new();
+    let mut next = Some(format!("{}/minamiminowa/fhir/AuditEvent?_count=1000", node.base));
+    while let Some(url) = next.take() {
+        let page: Value = http.get(&url).bearer_auth("demo-auditor-minamiminowa").send().await.expect("a reply").json().await.expect("a Bundle");
+        for entry in page["entry"].as_array().into_iter().flatten() {
+            for entity in entry["resource"]["entity"].as_array().into_iter().flatten() {
+                if entity["type"]["code"] == "XrequestId" {
+                    recorded.insert(entity["what"]["identifier"]["value"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        }
+        next = page["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_owned);
+    }
+    let missing: Vec<&String> = acknowledged.iter().map(|(id, _)| id).filter(|id| !recorded.contains(*id)).collect();
+    assert!(missing.is_empty(), "{} of {} acknowledged requests are not in the trail: {missing:?}", missing.len(), acknowledged.len());
+    drop(node);
+    if let Some(name) = database {
+        crate::support::drop_database(name);
+    }
+}
+
+both_backends!(liveness_and_readiness, metrics_count_a_known_request_mix, sigterm_loses_nothing_acknowledged);
