@@ -142,6 +142,9 @@ async fn json_logs_name_the_route_not_the_url() {
     }
 }
 
+/// A request the gateway answered with success: its request id, and a write's Location.
+type Acknowledged = (String, Option<String>);
+
 /// SIGTERM in the middle of a stream of writes and reads by a care manager: the gateway
 /// stops accepting, finishes what is in flight and exits cleanly, and every request it
 /// acknowledged is durable (the writes read back after a restart) and audited (its request
@@ -153,7 +156,7 @@ async fn sigterm_loses_nothing_acknowledged(backend: Backend) {
     let mut node = Node::serve(&settings).await;
     let base = node.base.clone();
     // (request id, the created resource's location for writes)
-    let acknowledged: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let acknowledged: Arc<Mutex<Vec<Acknowledged>>> = Arc::default();
     let workers: Vec<_> = (0..4)
         .map(|worker| {
             let (base, acknowledged) = (base.clone(), acknowledged.clone());
