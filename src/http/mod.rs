@@ -89,8 +89,43 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), url_limit))
         .layer(middleware::from_fn(outcome_for_plain_errors))
         .layer(middleware::from_fn(request_id))
+        .layer(cors(&state))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
+}
+
+/// CORS for the browser apps registered here, nothing for any other origin: a preflight
+/// from an app's origin is answered (without a token), a request from it gets the
+/// `Access-Control-Allow-*` headers, and other origins get none (the browser then refuses).
+fn cors(state: &AppState) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, Method};
+    let fhir = state.fhir.clone();
+    let allowed = tower_http::cors::AllowOrigin::predicate(move |origin, parts| {
+        origin.to_str().is_ok_and(|origin| fhir.allows_origin(origin, parts.uri.path()))
+    });
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::HeaderName::from_static("if-none-exist"),
+            header::HeaderName::from_static("prefer"),
+            header::HeaderName::from_static("x-purpose-of-use"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::CONTENT_LOCATION,
+            header::HeaderName::from_static("x-request-id"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
+        .vary([header::ORIGIN])
 }
 
 tokio::task_local! {

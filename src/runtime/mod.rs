@@ -103,6 +103,22 @@ impl Runtime {
         read_lock(&self.clients).iter().filter(|c| c.tenant == tenant).cloned().collect()
     }
 
+    /// Whether a browser page at `origin` may call `path` (CORS): the origin is that of a
+    /// redirect URI of an app registered at the path's municipality, or, for the paths
+    /// outside every municipality (`/admin/…`), of an app registered for administrative roles.
+    pub fn allows_origin(&self, origin: &str, path: &str) -> bool {
+        let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        let clients = read_lock(&self.clients);
+        let at_tenant = self.tenant(tenant).is_some();
+        clients
+            .iter()
+            .filter(|c| !c.is_backend_service())
+            .filter(|c| if at_tenant { c.tenant == tenant } else { c.roles.iter().any(|r| r.is_administrative()) })
+            .flat_map(|c| c.redirect_uris.iter())
+            .filter_map(|uri| url::Url::parse(uri).ok())
+            .any(|uri| uri.origin().ascii_serialization() == origin)
+    }
+
     /// The municipalities served now.
     pub fn tenants(&self) -> Vec<TenantConfig> {
         read_lock(&self.tenants).clone()

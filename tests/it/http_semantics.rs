@@ -141,4 +141,75 @@ async fn base_with_a_slash_and_lower_case_encodings(backend: Backend) {
     created.expect(201);
 }
 
-both_backends!(if_match_guards_updates, conditional_reads, prefer_return, summary_and_elements, capability_statement_tells_the_truth, base_with_a_slash_and_lower_case_encodings);
+/// CORS: browser apps registered at a municipality may call its base from their origin
+/// (preflight answered without a token, the answer carries the allow headers); any other
+/// origin, or an app of another municipality, gets no allow header at all.
+async fn cors_only_for_registered_app_origins(backend: Backend) {
+    let server = Server::start_with(backend, |config| {
+        config.clients.push(renraku::identity::clients::ClientConfig {
+            client_id: "care-app".into(),
+            tenant: "ina".into(),
+            kind: renraku::identity::clients::ClientKind::Public,
+            name: "在宅ケアアプリ".into(),
+            organization: None,
+            redirect_uris: vec!["https://app.care.example.jp/smart/callback".into()],
+            scopes: "openid user/*.rs".into(),
+            jwks: None,
+            jwks_url: None,
+            grant_types: Vec::new(),
+            roles: Vec::new(),
+            approval: None,
+        });
+    })
+    .await;
+    let app = "https://app.care.example.jp";
+    let preflight = |origin: &'static str, path: &'static str| {
+        let server = &server;
+        async move {
+            let headers = [
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "authorization, content-type"),
+                ("authorization", "none"),
+            ];
+            server.request(Method::OPTIONS, path, &headers, None).await
+        }
+    };
+    let allowed = preflight(app, "/ina/fhir/Observation").await;
+    allowed.expect(200);
+    assert_eq!(allowed.header("access-control-allow-origin").as_deref(), Some(app));
+    let methods = allowed.header("access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = allowed.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
+    assert!(headers.contains("authorization") && headers.contains("content-type"), "{headers}");
+    // The token endpoint too: a public app exchanges its code from the browser.
+    let token = preflight(app, "/ina/auth/token").await;
+    assert_eq!(token.header("access-control-allow-origin").as_deref(), Some(app));
+    // Another origin, another municipality's base, the admin API: nothing allowed.
+    for (origin, path) in [("https://evil.example", "/ina/fhir/Observation"), (app, "/minamiminowa/fhir/Observation"), (app, "/admin/tenants")] {
+        let refused = preflight(origin, path).await;
+        assert_eq!(refused.header("access-control-allow-origin"), None, "{origin} {path}");
+    }
+    // An actual request from the app's origin carries the headers and exposes Location.
+    let read = server.get_with("/ina/fhir/metadata", &[("origin", app)]).await;
+    read.expect(200);
+    assert_eq!(read.header("access-control-allow-origin").as_deref(), Some(app));
+    let elsewhere = server.get_with("/ina/fhir/metadata", &[("origin", "https://evil.example")]).await;
+    elsewhere.expect(200);
+    assert_eq!(elsewhere.header("access-control-allow-origin"), None);
+    let person = json!({ "resourceType": "Patient", "name": [{ "family": "春日" }] });
+    let created = server.send(Method::POST, "/ina/fhir/Patient", &[("origin", app)], &person).await;
+    created.expect(201);
+    let exposed = created.header("access-control-expose-headers").unwrap_or_default().to_ascii_lowercase();
+    assert!(exposed.contains("location") && exposed.contains("etag"), "{exposed}");
+}
+
+both_backends!(
+    if_match_guards_updates,
+    conditional_reads,
+    prefer_return,
+    summary_and_elements,
+    capability_statement_tells_the_truth,
+    base_with_a_slash_and_lower_case_encodings,
+    cors_only_for_registered_app_origins
+);
