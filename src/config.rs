@@ -231,19 +231,23 @@ pub struct Overrides {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("client {client_id}: {problem}")]
+    #[error("[[clients]] '{client_id}': {problem}")]
     Client { client_id: String, problem: String },
     #[error("cannot read configuration file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("configuration file {path} is not valid: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
-    #[error("listen address '{0}' is not a socket address such as 127.0.0.1:8080")]
+    #[error("listen: '{0}' is not a socket address such as 127.0.0.1:8080")]
     Listen(String),
-    #[error("tenant '{slug}': {problem}")]
+    #[error("[[tenants]] '{slug}': {problem}")]
     Tenant { slug: String, problem: String },
+    #[error("{path}: {source}")]
+    InFile { path: PathBuf, source: Box<ConfigError> },
+    #[error("[[clients]] '{client_id}': jwks_file {path}: {source}")]
+    KeyFile { client_id: String, path: PathBuf, source: std::io::Error },
     #[error("search parameter file {path}: {problem}")]
     SearchParameter { path: PathBuf, problem: String },
-    #[error("audit_retention_days must be zero or more, not {0}")]
+    #[error("audit_retention_days: must be zero or more, not {0}")]
     Retention(i64),
     #[error("no tenants are configured: add [[tenants]] to the configuration file, or start with --demo")]
     NoTenants,
@@ -276,11 +280,26 @@ impl Config {
         if tenants.is_empty() {
             return Err(ConfigError::NoTenants);
         }
-        validate_tenants(&tenants)?;
-        for client in &file.clients {
-            client.check().map_err(|problem| ConfigError::Client { client_id: client.client_id.clone(), problem })?;
+        // What the file says is wrong is reported with the file's name.
+        let in_file = |error: ConfigError| match &overrides.config_file {
+            Some(path) => ConfigError::InFile { path: path.clone(), source: Box::new(error) },
+            None => error,
+        };
+        validate_tenants(&tenants).map_err(in_file)?;
+        let mut clients = file.clients;
+        for client in &mut clients {
+            if let Some(path) = client.jwks_file.take() {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| in_file(ConfigError::KeyFile { client_id: client.client_id.clone(), path: path.clone(), source }))?;
+                let jwks = serde_json::from_str(&text).map_err(|e| {
+                    in_file(ConfigError::Client { client_id: client.client_id.clone(), problem: format!("jwks_file {}: not JSON: {e}", path.display()) })
+                })?;
+                client.jwks = Some(jwks);
+            }
+            client.check().map_err(|problem| in_file(ConfigError::Client { client_id: client.client_id.clone(), problem }))?;
             if !tenants.iter().any(|t| t.slug == client.tenant) {
-                return Err(ConfigError::Client { client_id: client.client_id.clone(), problem: format!("tenant: '{}' is not configured", client.tenant) });
+                let problem = format!("tenant: '{}' is not configured", client.tenant);
+                return Err(in_file(ConfigError::Client { client_id: client.client_id.clone(), problem }));
             }
         }
         let extra_search_parameters = match overrides.search_parameters_dir.or(file.search_parameters_dir) {
@@ -304,7 +323,7 @@ impl Config {
                 .or(file.body_limit_bytes)
                 .unwrap_or(DEFAULT_BODY_LIMIT_BYTES),
             tenants,
-            clients: file.clients,
+            clients,
             demo: overrides.demo,
             extra_search_parameters,
             limits: file.limits,
@@ -374,7 +393,7 @@ fn validate_tenants(tenants: &[TenantConfig]) -> Result<(), ConfigError> {
         let problem = |problem: &str| ConfigError::Tenant { slug: tenant.slug.clone(), problem: problem.to_owned() };
         check_tenant(tenant).map_err(|message| problem(&message))?;
         if !seen.insert(tenant.slug.as_str()) {
-            return Err(problem("the slug is configured twice"));
+            return Err(problem("slug: configured twice"));
         }
     }
     Ok(())
@@ -389,16 +408,16 @@ pub fn check_tenant(tenant: &TenantConfig) -> Result<(), String> {
         && tenant.slug.len() <= 40
         && tenant.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !slug_ok {
-        return Err("the slug must be 1 to 40 lower-case ASCII letters, digits and '-'".into());
+        return Err("slug: 1 to 40 lower-case ASCII letters, digits and '-'".into());
     }
     if RESERVED_SLUGS.contains(&tenant.slug.as_str()) {
-        return Err(format!("the slug '{}' is reserved", tenant.slug));
+        return Err(format!("slug: '{}' is reserved for the gateway's own paths", tenant.slug));
     }
     if !is_valid_local_government_code(&tenant.code) {
-        return Err("the code must be a six-digit 全国地方公共団体コード with a correct check digit".into());
+        return Err(format!("code: '{}' is not a six-digit 全国地方公共団体コード with a correct check digit", tenant.code));
     }
     if tenant.name.trim().is_empty() {
-        return Err("the name must not be empty".into());
+        return Err("name: must not be empty".into());
     }
     Ok(())
 }

@@ -198,6 +198,7 @@ pub async fn register_administrator_client(fhir: &Fhir, context: &Context, reque
         scopes: request.scopes.unwrap_or_else(|| default_scopes.to_owned()),
         jwks: Some(serde_json::json!({ "keys": [jwk] })),
         jwks_url: None,
+        jwks_file: None,
         grant_types: Vec::new(),
         roles: vec![request.role],
         approval: None,

@@ -81,6 +81,10 @@ pub struct ClientConfig {
     /// The client's public keys (a JWK Set), inline.
     #[serde(default)]
     pub jwks: Option<Value>,
+    /// A file holding the client's JWK Set (configuration file only: read at start-up into
+    /// `jwks`; an unreadable file stops the start).
+    #[serde(default, skip_serializing)]
+    pub jwks_file: Option<std::path::PathBuf>,
     /// Where the client publishes its JWK Set; also the only `jku` its assertions may name.
     #[serde(default)]
     pub jwks_url: Option<String>,

@@ -343,6 +343,7 @@ async fn confidential_app(backend: Backend) {
             scopes: "openid fhirUser offline_access user/*.rs".into(),
             jwks: Some(serde_json::from_str(include_str!("../../demo/keys/ehr-ina-jwks.json")).expect("jwks")),
             jwks_url: None,
+            jwks_file: None,
             grant_types: vec!["authorization_code".into()],
             roles: Vec::new(),
             approval: None,

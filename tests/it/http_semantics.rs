@@ -156,6 +156,7 @@ async fn cors_only_for_registered_app_origins(backend: Backend) {
             scopes: "openid user/*.rs".into(),
             jwks: None,
             jwks_url: None,
+            jwks_file: None,
             grant_types: Vec::new(),
             roles: Vec::new(),
             approval: None,

@@ -142,6 +142,58 @@ async fn json_logs_name_the_route_not_the_url() {
     }
 }
 
+/// A configuration file that is wrong stops start-up with a message naming the file, the
+/// key and the reason (exit status 1, nothing served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_name_the_file_the_key_and_the_reason() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let tenant = "[[tenants]]\nslug = \"ina\"\ncode = \"202096\"\nname = \"伊那市\"\n";
+    let missing_keys = directory.path().join("no-such-keys.json");
+    let client = |extra: &str| {
+        format!("{tenant}\n[[clients]]\nclient_id = \"ehr\"\ntenant = \"ina\"\nkind = \"system\"\norganization = \"hospital\"\n{extra}")
+    };
+    // (the file's text, what the message must name besides the file)
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (format!("lisen = \"127.0.0.1:8080\"\n{tenant}"), vec!["unknown field `lisen`", "line 1"]),
+        ("[[tenants]]\nslug = \"ina\"\ncode = \"202095\"\nname = \"伊那市\"\n".to_owned(), vec!["[[tenants]] 'ina'", "code: '202095'", "check digit"]),
+        ("[[tenants]]\nslug = \"admin\"\ncode = \"202096\"\nname = \"伊那市\"\n".to_owned(), vec!["slug: 'admin' is reserved"]),
+        (format!("{tenant}\n[limits]\nbundle_entries = \"many\"\n"), vec!["bundle_entries", "invalid type"]),
+        (client(&format!("jwks_file = \"{}\"\n", missing_keys.display())), vec!["[[clients]] 'ehr'", "jwks_file", "no-such-keys.json", "No such file"]),
+        (client("jwks = { keys = [] }\ntenant = \"nowhere\"\n"), vec!["duplicate key", "tenant"]),
+        (client("jwks = { keys = [] }\nscopes = \"system/*.cruds\"\n").replace("tenant = \"ina\"\nkind", "tenant = \"minowa\"\nkind"), vec!["[[clients]] 'ehr'", "tenant: 'minowa' is not configured"]),
+    ];
+    for (index, (text, expected)) in cases.iter().enumerate() {
+        let file = directory.path().join(format!("renraku-{index}.toml"));
+        std::fs::write(&file, text).expect("the file is written");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_renraku"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(directory.path())
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "case {index} must not start: {stderr}");
+        assert!(stderr.contains(&file.display().to_string()), "case {index} names the file: {stderr}");
+        for part in expected {
+            assert!(stderr.contains(part), "case {index} names {part:?}: {stderr}");
+        }
+    }
+    // The same client with a key file that exists starts (a command that starts the gateway
+    // on the configuration and ends).
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/keys/ehr-ina-jwks.json");
+    let file = directory.path().join("renraku-good.toml");
+    std::fs::write(&file, client(&format!("jwks_file = \"{}\"\n", keys.display()))).expect("the file is written");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_renraku"))
+        .args(["admin", "client", "list", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(directory.path())
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
 /// A request the gateway answered with success: its request id, and a write's Location.
 type Acknowledged = (String, Option<String>);
 

@@ -321,6 +321,7 @@ async fn keys_by_url(backend: Backend) {
             scopes: "system/*.rs".into(),
             jwks: None,
             jwks_url: Some(registered_url),
+            jwks_file: None,
             grant_types: Vec::new(),
             roles: Vec::new(),
             approval: None,

@@ -285,6 +285,7 @@ async fn administrators_sign_in_through_the_provider(backend: Backend) {
             scopes: "openid user/*.cruds".into(),
             jwks: None,
             jwks_url: None,
+            jwks_file: None,
             grant_types: Vec::new(),
             roles: vec![renraku::identity::clients::Role::MunicipalAdmin, renraku::identity::clients::Role::MunicipalAuditor],
             approval: None,
