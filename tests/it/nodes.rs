@@ -196,3 +196,79 @@ async fn a_change_through_one_gateway_acts_at_the_next_request_on_the_other() {
         crate::support::drop_database(name);
     }
 }
+
+/// Writers on two gateways at once: conditional creates of one person through both make
+/// exactly one Patient; reads and writes through both keep every municipality's audit chain
+/// gap-free, and both projectors together project each event once (the chains verify,
+/// journal against projection, with `renraku audit verify`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_write_one_person_once_and_one_unbroken_trail() {
+    let (config, directory, database) = new_database(Backend::Postgres).await;
+    let a = Node::start(&config.database_url, directory.path()).await;
+    let b = Node::start(&config.database_url, directory.path()).await;
+    let person = json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "urn:example:registration", "value": "NODES-1" }],
+        "name": [{ "family": "唐沢", "given": ["清"] }],
+        "managingOrganization": { "reference": "Organization/demo-mm-care-office" }
+    });
+    let mut attempts = Vec::new();
+    for round in 0..16 {
+        let node = if round % 2 == 0 { &a } else { &b };
+        let request = node
+            .http
+            .post(format!("{}/minamiminowa/fhir/Patient", node.base))
+            .bearer_auth(CARE_MANAGER)
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", "identifier=urn:example:registration|NODES-1")
+            .body(person.to_string());
+        attempts.push(request);
+        // Reads and board posts through both gateways at the same time, as the doctor.
+        let note = json!({
+            "resourceType": "Communication", "status": "completed",
+            "subject": { "reference": "Patient/demo-yamada-taro" },
+            "payload": [{ "contentString": format!("往診予定 {round}") }]
+        });
+        let writer = node
+            .http
+            .post(format!("{}/ina/fhir/Communication", node.base))
+            .bearer_auth(DOCTOR)
+            .header("content-type", "application/fhir+json")
+            .body(note.to_string());
+        attempts.push(writer);
+        let reader = node.http.get(format!("{}{PERSON}", node.base)).bearer_auth(DOCTOR);
+        attempts.push(reader);
+    }
+    let statuses = send_all_at_once(attempts).await;
+    assert!(statuses.iter().all(|s| matches!(s, 200 | 201)), "{statuses:?}");
+    let found = a.read(CARE_MANAGER, "/minamiminowa/fhir/Patient?identifier=urn:example:registration|NODES-1").await;
+    assert_eq!(found["total"], 1, "one person, whichever gateway created it: {found}");
+    drop((a, b));
+    let output = Command::new(env!("CARGO_BIN_EXE_renraku"))
+        .args(["audit", "verify", "--database-url", &config.database_url])
+        .arg("--data-dir")
+        .arg(directory.path())
+        .arg("--demo")
+        .env("RENRAKU_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report}{}", String::from_utf8_lossy(&output.stderr));
+    for chain in ["ina:", "minamiminowa:"] {
+        assert!(report.contains(chain), "{report}");
+    }
+    if let Some(name) = database {
+        crate::support::drop_database(name);
+    }
+}
+
+/// Sends the requests concurrently; their statuses, in order (0 where none came).
+async fn send_all_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<u16> {
+    let handles: Vec<_> =
+        requests.into_iter().map(|request| tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()).unwrap_or_default() })).collect();
+    let mut statuses = Vec::new();
+    for handle in handles {
+        statuses.push(handle.await.unwrap_or_default());
+    }
+    statuses
+}
