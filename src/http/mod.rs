@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         // searches there.
         .route("/{tenant}/fhir/", get(system_search).post(bundle).fallback(method_not_allowed))
         .route("/{tenant}/fhir/metadata", get(metadata).fallback(method_not_allowed))
+        .route("/{tenant}/fhir/openapi.json", get(openapi).fallback(method_not_allowed))
         .route("/{tenant}/fhir/.well-known/smart-configuration", get(oauth::smart_configuration).fallback(method_not_allowed))
         .route("/{tenant}/auth/token", post(oauth::token).fallback(method_not_allowed))
         .route("/{tenant}/auth/introspect", post(oauth::introspect).fallback(method_not_allowed))
@@ -314,6 +315,11 @@ async fn healthz(State(state): State<AppState>) -> Response {
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
+}
+
+/// `GET [base]/openapi.json`: plain JSON (an OpenAPI document is no FHIR resource).
+async fn openapi(request: FhirRequest, State(state): State<AppState>) -> Response {
+    axum::Json(state.fhir.openapi(&request.context)).into_response()
 }
 
 async fn metadata(request: FhirRequest, State(state): State<AppState>) -> Reply {

@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for FhirRequest {
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let raw_query = parts.uri.query().unwrap_or_default().to_owned();
         let query = parse_query_string(&raw_query);
-        let format_param = query.iter().find(|(name, _)| name == "_format").map(|(_, value)| value.clone());
+        let format_param = query.iter().find(|(name, _)| name == "_format").map(|(_, value)| value.clone()).filter(|value| !value.is_empty());
         let fail = |error: Error| ErrorReply { error, format: Format::Json, request_id: request_id.clone() };
         let format = negotiate(format_param.as_deref(), parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
             .map_err(fail)?;

@@ -31,12 +31,19 @@ pub const DIRECTORY_TYPES: [&str; 6] =
 pub const REGISTRATION_TYPES: [&str; 3] = ["Patient", "Consent", "CareTeam"];
 
 pub fn kind(environment: &Environment<'_>, resource_type: &str) -> Kind {
+    kind_in(environment.registry, resource_type)
+}
+
+/// The kind of `resource_type` by the search parameters of `registry`: agreements, the trail
+/// and the directory first (a Contract may name a Patient as its subject, yet it is an
+/// agreement), then a person's data — Patient, and every type that can refer to one.
+pub fn kind_in(registry: &crate::search::Registry, resource_type: &str) -> Kind {
     match resource_type {
         "Contract" => Kind::Agreement,
         "AuditEvent" => Kind::Audit,
         t if DIRECTORY_TYPES.contains(&t) => Kind::Directory,
         "Patient" => Kind::PatientData,
-        t if !environment.registry.person_params(t).is_empty() => Kind::PatientData,
+        t if !registry.person_params(t).is_empty() => Kind::PatientData,
         _ => Kind::Other,
     }
 }

@@ -37,6 +37,7 @@ impl Metrics {
         let labels = vec![
             Label::new("route", route.to_owned()),
             Label::new("method", method.to_owned()),
+            Label::new("interaction", interaction(route, method)),
             Label::new("status", status.to_string()),
         ];
         self.recorder.register_counter(&Key::from_parts("renraku_http_requests_total", labels), &METADATA).increment(1);
@@ -57,5 +58,38 @@ impl Metrics {
     /// The text exposition of everything recorded.
     pub fn render(&self) -> String {
         self.recorder.handle().render()
+    }
+}
+
+/// The FHIR interaction (or the gateway's own kind of request) a route template and method
+/// stand for, so that dashboards can group by `read`, `search-type`, `create`, … .
+pub fn interaction(route: &str, method: &str) -> &'static str {
+    let Some(fhir) = route.strip_prefix("/{tenant}/fhir") else {
+        return match route {
+            "/healthz" | "/livez" | "/metrics" => "operations",
+            _ if route.starts_with("/admin/") => "administration",
+            _ if route.starts_with("/{tenant}/auth/") => "authorization",
+            _ => "other",
+        };
+    };
+    match (fhir, method) {
+        ("" | "/", "POST") => "batch-transaction",
+        ("" | "/", _) => "search-system",
+        ("/metadata", _) => "capabilities",
+        ("/openapi.json", _) => "openapi",
+        ("/_history", _) => "history-system",
+        ("/{resource_type}", "GET") | ("/{resource_type}/_search", _) => "search-type",
+        ("/{resource_type}", "POST") => "create",
+        ("/{resource_type}", "PUT") => "conditional-update",
+        ("/{resource_type}", "DELETE") => "conditional-delete",
+        ("/{resource_type}/_history", _) => "history-type",
+        ("/{resource_type}/{id}", "GET") => "read",
+        ("/{resource_type}/{id}", "PUT") => "update",
+        ("/{resource_type}/{id}", "PATCH") => "patch",
+        ("/{resource_type}/{id}", "DELETE") => "delete",
+        ("/{resource_type}/{id}/_history", _) => "history-instance",
+        ("/{resource_type}/{id}/_history/{version}", _) => "vread",
+        ("/{resource_type}/{id}/{compartment_type}", _) => "search-compartment",
+        _ => "other",
     }
 }

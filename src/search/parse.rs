@@ -613,7 +613,9 @@ mod tests {
         check("Patient", "_count=10&_sort=-_lastUpdated", Ok(&[]));
         check("Patient", "nickname=x", Err("nickname"));
         check("Patient", "gender:fuzzy=x", Err("gender:fuzzy"));
-        check("Observation", "subject.name=x", Ok(&["subject->Patient (search_string name [StringRange { low: \"x\", high: \"x\\u{10ffff}\" }])"]));
+        check("Observation", "subject:Patient.name=x", Ok(&["subject->Patient (search_string name [StringRange { low: \"x\", high: \"x\\u{10ffff}\" }])"]));
+        // R4's Observation.subject may be a Patient or a Location, both of which have `name`.
+        check("Observation", "subject.name=x", Err("subject.name"));
         check("Observation", "performer.name=x", Err("performer.name"));
         check("Patient", "_count=-1", Err("_count"));
         check("Observation", "subject:Patient.organization.partof.partof.partof.name=x", Err("chain_depth"));

@@ -1,6 +1,6 @@
 //! Search parameters as data: the SearchParameter resources in
-//! `conformance/search-parameters.json` (the R4 definitions for the resource types we serve,
-//! plus our own), compiled into a registry, and the extraction of index values from a
+//! `conformance/search-parameters.json` (every R4 definition) and
+//! `conformance/search-parameters-renraku.json` (our own), compiled into a registry, and the extraction of index values from a
 //! resource by evaluating each parameter's expression.
 //!
 //! Expressions are evaluated by a small FHIRPath subset that covers what the R4 search
@@ -17,7 +17,10 @@ use crate::fhir::text::normalize;
 pub use super::index::IndexEntry;
 use crate::fhir::dates::{format_instant, precision_range};
 
+/// Every SearchParameter of FHIR R4 (hl7.fhir.r4.core 4.0.1; `conformance/README.md`).
 const SEARCH_PARAMETERS_JSON: &str = include_str!("../../conformance/search-parameters.json");
+/// Renraku's own SearchParameters.
+const RENRAKU_SEARCH_PARAMETERS_JSON: &str = include_str!("../../conformance/search-parameters-renraku.json");
 const PATIENT_COMPARTMENT_JSON: &str = include_str!("../../conformance/compartmentdefinition-patient.json");
 const NARROW_INDEXES_JSON: &str = include_str!("../../conformance/capabilitystatement-narrow-indexes.json");
 
@@ -106,11 +109,11 @@ impl Registry {
     /// Compiles the embedded SearchParameter bundle (plus any extra SearchParameters).
     pub fn load(extra: &[Value]) -> Result<Registry, String> {
         let bundle: Value = serde_json::from_str(SEARCH_PARAMETERS_JSON).map_err(|e| format!("search parameters: {e}"))?;
+        let own: Value = serde_json::from_str(RENRAKU_SEARCH_PARAMETERS_JSON).map_err(|e| format!("search parameters: {e}"))?;
         let mut registry = Registry::default();
-        let definitions: Vec<&Value> = bundle
-            .get("entry")
-            .and_then(Value::as_array)
+        let definitions: Vec<&Value> = [&bundle, &own]
             .into_iter()
+            .filter_map(|bundle| bundle.get("entry").and_then(Value::as_array))
             .flatten()
             .filter_map(|entry| entry.get("resource"))
             .chain(extra.iter())

@@ -29,6 +29,7 @@ pub mod audit;
 pub mod bundle;
 pub mod capability;
 pub mod generate;
+pub mod openapi;
 pub mod history;
 pub mod reindex;
 pub mod search;
@@ -462,7 +463,7 @@ impl Fhir {
                     // A person's data created with the client's id: for a caller bound by the
                     // access rule, only an unguessable id (a UUID), whether or not the id is
                     // taken — so a PUT cannot probe which ids a hidden person's record uses.
-                    let persons_data = resource_type == "Patient" || !self.search_params.person_params(resource_type).is_empty();
+                    let persons_data = crate::policy::rules::kind_in(&self.search_params, resource_type) == crate::policy::rules::Kind::PatientData;
                     if persons_data && !grant.is_unrestricted() && uuid::Uuid::try_parse(id).is_err() {
                         return Err(Error::unprocessable(
                             Issue::error(

@@ -54,7 +54,7 @@ async fn responses_are_valid_r4(backend: Backend) {
     }
 }
 
-both_backends!(responses_are_valid_r4);
+both_backends!(responses_are_valid_r4, openapi_describes_what_the_capability_statement_lists);
 
 /// The conformance resources we publish (code systems, the agreement and patient profiles)
 /// are themselves valid R4 resources.
@@ -79,4 +79,64 @@ fn published_conformance_resources_are_valid_r4() {
         }
     }
     assert!(checked >= 5, "only {checked} files checked");
+}
+
+/// `[base]/openapi.json` is generated from the CapabilityStatement: every type and
+/// interaction it lists is a path and method (and nothing it does not list), every search
+/// parameter a query parameter, and every operation documents its errors as
+/// OperationOutcomes; the administration API is described at the public origin.
+async fn openapi_describes_what_the_capability_statement_lists(backend: Backend) {
+    let server = Server::start(backend).await;
+    let capability = server.get_with("/ina/fhir/metadata", &[("authorization", "none")]).await.json();
+    let document = server.get_with("/ina/fhir/openapi.json", &[("authorization", "none")]).await;
+    document.expect(200);
+    let document = document.json();
+    assert_eq!(document["openapi"], "3.0.3");
+    assert_eq!(document["servers"][0]["url"], format!("{}/ina/fhir", crate::support::BASE));
+    let paths = document["paths"].as_object().expect("paths");
+    let resources = capability["rest"][0]["resource"].as_array().expect("resources");
+    assert!(resources.len() > 100);
+    // (interaction code, path under the type, method)
+    let table = [
+        ("search-type", "", "get"),
+        ("create", "", "post"),
+        ("read", "/{id}", "get"),
+        ("update", "/{id}", "put"),
+        ("patch", "/{id}", "patch"),
+        ("delete", "/{id}", "delete"),
+        ("vread", "/{id}/_history/{version}", "get"),
+        ("history-instance", "/{id}/_history", "get"),
+        ("history-type", "/_history", "get"),
+    ];
+    for resource in resources {
+        let resource_type = resource["type"].as_str().unwrap_or_default();
+        let listed = |code: &str| resource["interaction"].as_array().is_some_and(|all| all.iter().any(|i| i["code"] == code));
+        for (code, suffix, method) in table {
+            let described = paths.get(&format!("/{resource_type}{suffix}")).is_some_and(|item| item.get(method).is_some());
+            assert_eq!(described, listed(code), "{resource_type} {code}");
+        }
+        if listed("search-type") {
+            let names: Vec<&str> = paths[&format!("/{resource_type}")]["get"]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            for parameter in resource["searchParam"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().unwrap_or_default();
+                assert!(names.contains(&name), "{resource_type}?{name}");
+            }
+        }
+    }
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().into_iter().flatten().filter(|(m, _)| *m != "servers") {
+            let responses = operation["responses"].as_object().expect("responses");
+            for status in ["400", "401", "403", "404", "500"] {
+                assert_eq!(responses[status]["$ref"], "#/components/responses/Error", "{method} {path} {status}");
+            }
+        }
+    }
+    assert!(paths["/AuditEvent"].get("post").is_none(), "the trail is read-only");
+    assert_eq!(paths["/admin/clients"]["servers"][0]["url"], crate::support::BASE);
+    assert!(paths["/admin/clients"].get("post").is_some());
 }

@@ -58,9 +58,9 @@ async fn metrics_count_a_known_request_mix(backend: Backend) {
     server.get_with("/metrics", &[("authorization", "Bearer wrong")]).await.expect(401);
     let person = server.create("ina", &json!({ "resourceType": "Patient", "name": [{ "family": "山田" }] })).await;
     let before = scrape().await;
-    let read = [("route", "/{tenant}/fhir/{resource_type}/{id}"), ("method", "GET"), ("status", "200")];
+    let read = [("route", "/{tenant}/fhir/{resource_type}/{id}"), ("method", "GET"), ("interaction", "read"), ("status", "200")];
     let missing = [("route", "/{tenant}/fhir/{resource_type}/{id}"), ("method", "GET"), ("status", "404")];
-    let searched = [("route", "/{tenant}/fhir/{resource_type}"), ("method", "GET"), ("status", "200")];
+    let searched = [("route", "/{tenant}/fhir/{resource_type}"), ("method", "GET"), ("interaction", "search-type"), ("status", "200")];
     for _ in 0..3 {
         server.get(&format!("/ina/fhir/Patient/{person}")).await.expect(200);
     }
