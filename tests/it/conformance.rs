@@ -54,7 +54,7 @@ async fn responses_are_valid_r4(backend: Backend) {
     }
 }
 
-both_backends!(responses_are_valid_r4, openapi_describes_what_the_capability_statement_lists);
+both_backends!(responses_are_valid_r4, openapi_describes_what_the_capability_statement_lists, every_r4_type_and_only_those, a_persons_record_of_every_kind);
 
 /// The conformance resources we publish (code systems, the agreement and patient profiles)
 /// are themselves valid R4 resources.
@@ -139,4 +139,79 @@ async fn openapi_describes_what_the_capability_statement_lists(backend: Backend)
     assert!(paths["/AuditEvent"].get("post").is_none(), "the trail is read-only");
     assert_eq!(paths["/admin/clients"]["servers"][0]["url"], crate::support::BASE);
     assert!(paths["/admin/clients"].get("post").is_some());
+}
+
+/// The CapabilityStatement lists the 146 resource types of R4 and nothing else; a type that
+/// is not R4 (a server vendor's `Bot`, `User`, …) is an unknown type, not a 422 about a
+/// JSON pointer.
+async fn every_r4_type_and_only_those(backend: Backend) {
+    let server = Server::start(backend).await;
+    let capability = server.get_with("/ina/fhir/metadata", &[("authorization", "none")]).await.json();
+    let types: Vec<&str> = capability["rest"][0]["resource"].as_array().into_iter().flatten().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(types.len(), 146, "{types:?}");
+    for r4 in ["Immunization", "Procedure", "CarePlan", "Goal", "ExplanationOfBenefit", "MedicinalProductPharmaceutical", "VerificationResult"] {
+        assert!(types.contains(&r4), "{r4}");
+    }
+    for vendor in ["AccessPolicy", "Bot", "Project", "User", "ViewDefinition", "ClientApplication"] {
+        assert!(!types.contains(&vendor), "{vendor}");
+        let posted = server.post(&format!("/ina/fhir/{vendor}"), &json!({ "resourceType": vendor })).await;
+        assert!(matches!(posted.status.as_u16(), 400 | 404), "{vendor}: {}", posted.status);
+        assert_eq!(posted.json()["resourceType"], "OperationOutcome");
+        assert!(!posted.text().contains("pointer"), "{}", posted.text());
+    }
+    // Elements a vendor added to R4 are unknown elements.
+    let patient = json!({ "resourceType": "Patient", "meta": { "project": "p1" } });
+    let refused = server.post("/ina/fhir/Patient", &patient).await;
+    refused.expect(422);
+    assert!(refused.issue_expressions().iter().any(|e| e.contains("meta")), "{}", refused.text());
+}
+
+/// Every kind of a person's record that R4 has is written, searched by its patient
+/// parameter and read back by the person's care manager (on the team), read across the
+/// border by the team's doctor under the agreement, and invisible to a nurse outside both.
+async fn a_persons_record_of_every_kind(backend: Backend) {
+    let server = Server::start_with(backend, |config| config.demo = true).await;
+    let person = json!({ "reference": "Patient/demo-yamada-taro" });
+    let text = |t: &str| json!({ "text": t });
+    // (type, the parameter that names the person, the resource)
+    let records = [
+        ("Immunization", "patient", json!({ "resourceType": "Immunization", "status": "completed", "vaccineCode": text("インフルエンザ HA ワクチン"), "patient": person, "occurrenceDateTime": "2026-11-02" })),
+        ("Procedure", "subject", json!({ "resourceType": "Procedure", "status": "completed", "code": text("褥瘡処置"), "subject": person })),
+        ("DiagnosticReport", "subject", json!({ "resourceType": "DiagnosticReport", "status": "final", "code": text("血液検査"), "subject": person })),
+        ("CarePlan", "subject", json!({ "resourceType": "CarePlan", "status": "active", "intent": "plan", "title": "居宅サービス計画", "subject": person })),
+        ("Goal", "subject", json!({ "resourceType": "Goal", "lifecycleStatus": "active", "description": text("自宅で入浴できる"), "subject": person })),
+        ("MedicationDispense", "subject", json!({ "resourceType": "MedicationDispense", "status": "completed", "medicationCodeableConcept": text("アムロジピン"), "subject": person })),
+        ("MedicationAdministration", "subject", json!({ "resourceType": "MedicationAdministration", "status": "completed", "medicationCodeableConcept": text("アムロジピン"), "subject": person, "effectiveDateTime": "2026-11-02T08:00:00+09:00" })),
+        ("ServiceRequest", "subject", json!({ "resourceType": "ServiceRequest", "status": "active", "intent": "order", "code": text("訪問看護"), "subject": person })),
+        ("Coverage", "beneficiary", json!({ "resourceType": "Coverage", "status": "active", "beneficiary": person, "payor": [{ "reference": "Organization/demo-mm-care-office" }] })),
+        ("EpisodeOfCare", "patient", json!({ "resourceType": "EpisodeOfCare", "status": "active", "patient": person })),
+        ("FamilyMemberHistory", "patient", json!({ "resourceType": "FamilyMemberHistory", "status": "completed", "patient": person, "relationship": text("長女") })),
+        ("Flag", "subject", json!({ "resourceType": "Flag", "status": "active", "code": text("転倒リスク"), "subject": person })),
+        ("RiskAssessment", "subject", json!({ "resourceType": "RiskAssessment", "status": "final", "subject": person })),
+        ("NutritionOrder", "patient", json!({ "resourceType": "NutritionOrder", "status": "active", "intent": "order", "patient": person, "dateTime": "2026-11-02" })),
+    ];
+    let as_who = |token: &'static str| [("authorization", format!("Bearer {token}"))];
+    for (resource_type, parameter, record) in &records {
+        let care_manager = as_who("demo-care-manager");
+        let headers: Vec<(&str, &str)> = care_manager.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let created = server.send(axum::http::Method::POST, &format!("/minamiminowa/fhir/{resource_type}"), &headers, record).await;
+        created.expect(201);
+        let id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+        let query = format!("/minamiminowa/fhir/{resource_type}?{parameter}=Patient/demo-yamada-taro");
+        let found = server.get_with(&query, &headers).await;
+        found.expect(200);
+        assert_eq!(found.json()["total"], 1, "{resource_type}?{parameter}");
+        server.get_with(&format!("/minamiminowa/fhir/{resource_type}/{id}"), &headers).await.expect(200);
+        // The doctor on the team, across the border under the agreement.
+        let doctor = [("authorization", "Bearer demo-doctor-ina")];
+        let across = server.get_with(&format!("/ina/fhir/{resource_type}?{parameter}=Patient/demo-yamada-taro"), &doctor).await;
+        across.expect(200);
+        assert_eq!(across.json()["total"], 1, "{resource_type} across the border");
+        // A nurse of a municipality without an agreement, on no team: nothing, not even its existence.
+        let nurse = [("authorization", "Bearer demo-nurse-minowa")];
+        let outside = server.get_with(&format!("/minowa/fhir/{resource_type}?{parameter}=Patient/demo-yamada-taro"), &nurse).await;
+        outside.expect(200);
+        assert_eq!(outside.json()["total"], 0, "{resource_type} outside");
+        server.get_with(&format!("/minowa/fhir/{resource_type}/{id}"), &nurse).await.expect(404);
+    }
 }
