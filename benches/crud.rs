@@ -170,6 +170,7 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
         audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
         metrics_token: None,
             shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
+            unknown_profiles: renraku::config::UnknownProfiles::default(),
         audit_off_for_benchmarks_only: !audited,
         limits: renraku::config::Limits::default(),
         clients: Vec::new(),

@@ -61,6 +61,7 @@ async fn main() {
         audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
         metrics_token: None,
             shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
+            unknown_profiles: renraku::config::UnknownProfiles::default(),
         // BENCH_AUDIT=off measures the search engine alone (every query is audited otherwise).
         audit_off_for_benchmarks_only: std::env::var("BENCH_AUDIT").is_ok_and(|v| v == "off"),
         limits: renraku::config::Limits::default(),

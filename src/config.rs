@@ -53,6 +53,19 @@ pub struct Config {
     /// After SIGTERM, how long requests in flight may take to finish before the gateway
     /// stops anyway.
     pub shutdown_grace_ms: u64,
+    /// What a `meta.profile` this server does not know does to a write.
+    pub unknown_profiles: UnknownProfiles,
+}
+
+/// `unknown_profiles` in the configuration file.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownProfiles {
+    /// Accepted, unchecked, with a warning in the OperationOutcome (`Prefer: return=OperationOutcome`).
+    #[default]
+    Warn,
+    /// Refused with a 422 naming the profile.
+    Error,
 }
 
 /// Bounds on what one request may ask of the server. Each has a safe default; exceeding one
@@ -205,6 +218,7 @@ pub struct FileConfig {
     pub audit_retention_days: Option<i64>,
     pub metrics_token: Option<String>,
     pub shutdown_grace_ms: Option<u64>,
+    pub unknown_profiles: Option<UnknownProfiles>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -329,6 +343,7 @@ impl Config {
             limits: file.limits,
             metrics_token: overrides.metrics_token.or(file.metrics_token).filter(|token| !token.is_empty()),
             shutdown_grace_ms: overrides.shutdown_grace_ms.or(file.shutdown_grace_ms).unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            unknown_profiles: file.unknown_profiles.unwrap_or_default(),
         })
     }
 

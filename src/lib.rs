@@ -83,7 +83,8 @@ impl Gateway {
                 }
             });
         }
-        let validator = Arc::new(fhir::validate::Validator::load().map_err(StartError::Validation)?);
+        let validator = fhir::validate::Validator::load().map_err(StartError::Validation)?;
+        let validator = Arc::new(validator.refusing_unknown_profiles(config.unknown_profiles == config::UnknownProfiles::Error));
         let registry = search::Registry::load(&config.extra_search_parameters).map_err(StartError::Validation)?;
         for skipped in &registry.skipped {
             tracing::debug!(%skipped, "search parameter not compiled");

@@ -30,6 +30,8 @@ pub enum IssueCode {
     Required,
     Value,
     Invariant,
+    /// A code that is not in the value set its element requires.
+    CodeInvalid,
     Processing,
     NotSupported,
     Duplicate,
@@ -54,6 +56,7 @@ impl IssueCode {
             IssueCode::Required => "required",
             IssueCode::Value => "value",
             IssueCode::Invariant => "invariant",
+            IssueCode::CodeInvalid => "code-invalid",
             IssueCode::Processing => "processing",
             IssueCode::NotSupported => "not-supported",
             IssueCode::Duplicate => "duplicate",
@@ -89,6 +92,10 @@ impl Issue {
 
     pub fn fatal(code: IssueCode, diagnostics: impl Into<String>) -> Self {
         Issue { severity: Severity::Fatal, code, diagnostics: diagnostics.into(), expression: Vec::new() }
+    }
+
+    pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Issue { severity: Severity::Warning, code, diagnostics: diagnostics.into(), expression: Vec::new() }
     }
 
     pub fn information(diagnostics: impl Into<String>) -> Self {

@@ -23,6 +23,49 @@ use crate::fhir::profiles::Profiles;
 
 const SCHEMA_JSON: &str = include_str!("../../profiles/base/fhir.schema.json");
 const REQUIRED_PRIMITIVES_JSON: &str = include_str!("../../profiles/base/required-primitives.json");
+const REQUIRED_BINDINGS_JSON: &str = include_str!("../../profiles/base/required-bindings.json");
+
+/// An element bound to a value set with strength `required` (from the R4 definitions,
+/// `profiles/base/required-bindings.json`): the codes allowed, by code system.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct RequiredBinding {
+    #[serde(rename = "type")]
+    element_type: String,
+    #[serde(rename = "valueSet")]
+    value_set: String,
+    codes: HashMap<String, BTreeSet<String>>,
+}
+
+impl RequiredBinding {
+    fn allows(&self, system: Option<&str>, code: &str) -> bool {
+        match system {
+            Some(system) => self.codes.get(system).is_some_and(|codes| codes.contains(code)),
+            None => self.codes.values().any(|codes| codes.contains(code)),
+        }
+    }
+
+    /// Whether one value of the element (a code string, a Coding or a CodeableConcept) is
+    /// from the value set.
+    fn admits(&self, value: &Value) -> bool {
+        let coding_admitted = |coding: &Value| match (coding.get("system").and_then(Value::as_str), coding.get("code").and_then(Value::as_str)) {
+            (Some(system), Some(code)) => self.allows(Some(system), code),
+            _ => false,
+        };
+        match self.element_type.as_str() {
+            "code" => value.as_str().is_none_or(|code| self.allows(None, code)),
+            "Coding" => coding_admitted(value),
+            _ => value.get("coding").and_then(Value::as_array).is_some_and(|codings| codings.iter().any(coding_admitted)),
+        }
+    }
+
+    /// A few of the allowed codes, for the message.
+    fn examples(&self) -> String {
+        let codes: Vec<&str> = self.codes.values().flatten().map(String::as_str).collect();
+        let shown: Vec<&str> = codes.iter().take(8).copied().collect();
+        let more = if codes.len() > shown.len() { format!(", … ({} codes)", codes.len()) } else { String::new() };
+        format!("{}{more}", shown.join(", "))
+    }
+}
 
 /// A resource that passed validation. Only [`Validator::validate`] makes one, so code that
 /// takes a `Validated` cannot be handed unchecked content.
@@ -45,9 +88,20 @@ pub struct Validator {
     /// embedded resources are validated separately against their own type.
     schema: Value,
     required_primitives: HashMap<String, Vec<String>>,
+    /// `Definition.element` → its required binding.
+    required_bindings: HashMap<String, RequiredBinding>,
     resource_types: BTreeSet<String>,
     compiled: RwLock<HashMap<String, Arc<jsonschema::Validator>>>,
     profiles: Profiles,
+    /// Whether a `meta.profile` this server does not know refuses the write (the
+    /// `unknown_profiles = "error"` setting) instead of being accepted with a warning.
+    unknown_profile_is_error: bool,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Validator").field("resource_types", &self.resource_types.len()).finish_non_exhaustive()
+    }
 }
 
 impl Validator {
@@ -57,6 +111,15 @@ impl Validator {
         let profiles = Profiles::load(&schema)?;
         let required_primitives: HashMap<String, Vec<String>> =
             serde_json::from_str(REQUIRED_PRIMITIVES_JSON).map_err(|e| format!("required primitives: {e}"))?;
+        let bindings: Value = serde_json::from_str(REQUIRED_BINDINGS_JSON).map_err(|e| format!("required bindings: {e}"))?;
+        let mut required_bindings: HashMap<String, RequiredBinding> =
+            serde_json::from_value(bindings.get("bindings").cloned().unwrap_or(Value::Null)).map_err(|e| format!("required bindings: {e}"))?;
+        // Codes the schema already enumerates are reported by the schema, once.
+        required_bindings.retain(|key, _| {
+            let (definition, element) = key.split_once('.').unwrap_or((key, ""));
+            let property = schema.pointer(&format!("/definitions/{definition}/properties/{element}"));
+            property.is_none_or(|p| p.get("enum").is_none() && p.pointer("/items/enum").is_none())
+        });
         let resource_types: BTreeSet<String> = schema
             .pointer("/discriminator/mapping")
             .and_then(Value::as_object)
@@ -72,7 +135,39 @@ impl Validator {
             root.remove("oneOf");
             root.remove("discriminator");
         }
-        Ok(Validator { schema, required_primitives, resource_types, compiled: RwLock::new(HashMap::new()), profiles })
+        Ok(Validator {
+            schema,
+            required_primitives,
+            required_bindings,
+            resource_types,
+            compiled: RwLock::new(HashMap::new()),
+            profiles,
+            unknown_profile_is_error: false,
+        })
+    }
+
+    /// The same validator, refusing resources that claim a profile it does not know.
+    pub fn refusing_unknown_profiles(mut self, refuse: bool) -> Validator {
+        self.unknown_profile_is_error = refuse;
+        self
+    }
+
+    /// Warnings about `resource` that do not stop a write: the profiles it claims that this
+    /// server does not know, so did not check (empty where unknown profiles are refused).
+    pub fn warnings(&self, resource: &Value) -> Vec<Issue> {
+        if self.unknown_profile_is_error {
+            return Vec::new();
+        }
+        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        let profiles = resource.pointer("/meta/profile").and_then(Value::as_array).into_iter().flatten();
+        profiles
+            .enumerate()
+            .filter_map(|(index, profile)| profile.as_str().filter(|url| self.profiles.get(url).is_none()).map(|url| (index, url)))
+            .map(|(index, url)| {
+                Issue::warning(IssueCode::NotSupported, format!("the profile '{url}' is not known to this server and was not checked"))
+                    .at(format!("{resource_type}.meta.profile[{index}]"))
+            })
+            .collect()
     }
 
     /// Whether `name` is an R4 resource type.
@@ -170,6 +265,23 @@ impl Validator {
         }
         let properties = self.schema.pointer(&format!("/definitions/{definition}/properties"));
         for (key, child) in object {
+            if let Some(binding) = self.required_bindings.get(&format!("{definition}.{key}")) {
+                let values: Vec<(String, &Value)> = match child {
+                    Value::Array(items) => items.iter().enumerate().map(|(index, item)| (format!("{path}.{key}[{index}]"), item)).collect(),
+                    single => vec![(format!("{path}.{key}"), single)],
+                };
+                for (value_path, value) in values.into_iter().filter(|(_, value)| !binding.admits(value)) {
+                    let shown = value.as_str().map_or_else(|| "the value".to_owned(), |code| format!("'{code}'"));
+                    let value_set = binding.value_set.split('|').next().unwrap_or_default();
+                    issues.push(
+                        Issue::error(
+                            IssueCode::CodeInvalid,
+                            format!("{shown} is not from the required value set {value_set} ({})", binding.examples()),
+                        )
+                        .at(value_path),
+                    );
+                }
+            }
             let Some(property) = properties.and_then(|p| p.get(key)) else { continue };
             let reference = property
                 .get("$ref")
@@ -200,6 +312,7 @@ impl Validator {
             let Some(url) = profile.as_str() else { continue };
             match self.profiles.get(url) {
                 Some(compiled) => compiled.check(resource_type, resource, issues),
+                None if !self.unknown_profile_is_error => {}
                 None => issues.push(
                     Issue::error(
                         IssueCode::NotSupported,

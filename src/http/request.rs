@@ -48,6 +48,8 @@ pub struct FhirRequest {
     pub if_modified_since: Option<chrono::DateTime<chrono::Utc>>,
     pub if_none_exist: Option<String>,
     pub headers: HeaderMap,
+    /// For the warnings a written resource earns (`Prefer: return=OperationOutcome`).
+    pub validator: std::sync::Arc<crate::fhir::validate::Validator>,
 }
 
 impl FromRequestParts<AppState> for FhirRequest {
@@ -140,6 +142,7 @@ impl FromRequestParts<AppState> for FhirRequest {
             if_modified_since,
             if_none_exist: header_text(&parts.headers, "if-none-exist"),
             headers: parts.headers.clone(),
+            validator: state.fhir.validator.clone(),
         })
     }
 }

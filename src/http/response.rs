@@ -106,13 +106,11 @@ impl FhirRequest {
         let body = if is_write {
             match self.prefer_return {
                 Return::Minimal => None,
-                Return::OperationOutcome => Some(
-                    OperationOutcome::new(vec![Issue::information(format!(
-                        "{}/{} version {} stored",
-                        stored.resource_type, stored.id, stored.version_id
-                    ))])
-                    .to_json(),
-                ),
+                Return::OperationOutcome => {
+                    let mut issues = vec![Issue::information(format!("{}/{} version {} stored", stored.resource_type, stored.id, stored.version_id))];
+                    issues.extend(self.validator.warnings(&stored.resource));
+                    Some(OperationOutcome::new(issues).to_json())
+                }
                 Return::Representation => Some(stored.resource),
             }
         } else {

@@ -345,6 +345,7 @@ pub async fn new_database(backend: Backend) -> (Config, tempfile::TempDir, Optio
             audit_retention_days: renraku::config::DEFAULT_AUDIT_RETENTION_DAYS,
             metrics_token: None,
             shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
+            unknown_profiles: renraku::config::UnknownProfiles::default(),
             audit_off_for_benchmarks_only: false,
             limits: renraku::config::Limits::default(),
         clients: Vec::new(),

@@ -29,7 +29,9 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
         (json!({ "resourceType": "Patient", "contained": [{ "resourceType": "Practitioner", "id": "p1", "gender": "x" }] }), 422, vec!["Patient.contained[0].gender"]),
         (json!({ "resourceType": "Patient", "managingOrganization": { "reference": "Organization/does-not-exist" } }), 422, vec!["Patient.managingOrganization.reference"]),
         (json!({ "resourceType": "Patient", "generalPractitioner": [{ "reference": "#missing" }] }), 422, vec!["Patient.generalPractitioner[0].reference"]),
-        (json!({ "resourceType": "Patient", "meta": { "profile": ["http://example.org/unknown-profile"] } }), 422, vec!["Patient.meta.profile[0]"]),
+        // A profile the server does not know is accepted unchecked (with a warning; see
+        // `unknown_profiles_warn_or_refuse`).
+        (json!({ "resourceType": "Patient", "meta": { "profile": ["http://example.org/unknown-profile"] } }), 201, vec![]),
         (
             json!({ "resourceType": "Patient", "meta": { "profile": ["https://renraku.example.jp/fhir/StructureDefinition/renraku-patient"] }, "active": true, "identifier": [{ "value": "1" }], "name": [{ "given": ["太郎"] }] }),
             422,
@@ -40,6 +42,19 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
             422,
             vec!["Patient.identifier", "Patient.active"],
         ),
+        // Required bindings from the R4 definitions, for codes the schema does not enumerate.
+        (json!({ "resourceType": "Communication", "status": "not-a-status" }), 422, vec!["Communication.status"]),
+        (json!({ "resourceType": "Communication", "status": "completed", "priority": "foo" }), 422, vec!["Communication.priority"]),
+        (
+            json!({ "resourceType": "Condition", "clinicalStatus": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "sleeping" }] }, "subject": { "reference": "Patient/x" } }),
+            422,
+            vec!["Condition.clinicalStatus"],
+        ),
+        (json!({ "resourceType": "Condition", "clinicalStatus": { "text": "治療中" }, "subject": { "reference": "Patient/x" } }), 422, vec!["Condition.clinicalStatus"]),
+        (json!({ "resourceType": "CareTeam", "status": "proposed", "participant": [{ "member": { "reference": "Organization/x" } }], "category": [{ "text": "x" }], "subject": { "reference": "Patient/x" }, "name": "t", "note": [{ "text": "n" }], "telecom": [{ "system": "email", "value": "a@b", "use": "sometimes" }] }), 422, vec!["CareTeam.telecom[0].use"]),
+        // Extensible and preferred bindings are not errors: any code.
+        (json!({ "resourceType": "Communication", "status": "completed", "category": [{ "coding": [{ "system": "urn:example:own", "code": "board" }] }] }), 201, vec![]),
+        (json!({ "resourceType": "Communication", "status": "completed", "priority": "urgent" }), 201, vec![]),
         // Valid resources pass, including the `_element` form of a required primitive.
         (json!({ "resourceType": "Patient", "gender": "other", "birthDate": "1940", "name": [{ "family": "中村" }] }), 201, vec![]),
         (json!({ "resourceType": "Observation", "_status": { "extension": [{ "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown" }] }, "code": { "text": "t" } }), 201, vec![]),
@@ -92,7 +107,7 @@ async fn every_rule_names_its_element_for_the_care_manager(backend: Backend) {
         }
         match body["resourceType"].as_str() {
             Some("Patient") => body["managingOrganization"] = json!({ "reference": "Organization/office" }),
-            Some("Observation") => body["subject"] = json!({ "reference": "Patient/p1" }),
+            Some("Observation" | "Communication" | "Condition") => body["subject"] = json!({ "reference": "Patient/p1" }),
             _ => {}
         }
         let reply = care_manager.post(&server, &body).await;
@@ -119,4 +134,28 @@ async fn resource_type_and_id_must_match_the_url(backend: Backend) {
     assert_eq!(server.get("/ina/fhir/Patient").await.json()["total"], 0);
 }
 
-both_backends!(every_rule_names_its_element, every_rule_names_its_element_for_the_care_manager, resource_type_and_id_must_match_the_url);
+/// A `meta.profile` the server does not know: by default the resource is stored unchecked
+/// and `Prefer: return=OperationOutcome` shows a warning naming the profile (what JP Core
+/// and the core vital-signs examples need to load); with `unknown_profiles = "error"` it is
+/// a 422 naming the profile.
+async fn unknown_profiles_warn_or_refuse(backend: Backend) {
+    let observation = json!({
+        "resourceType": "Observation",
+        "meta": { "profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns", "http://jpfhir.jp/fhir/core/StructureDefinition/JP_Observation_VitalSigns"] },
+        "status": "final", "code": { "text": "体温" }, "valueQuantity": { "value": 36.5, "unit": "Cel" }
+    });
+    let server = Server::start(backend).await;
+    let stored = server.send(axum::http::Method::POST, "/ina/fhir/Observation", &[("prefer", "return=OperationOutcome")], &observation).await;
+    stored.expect(201);
+    let outcome = stored.json();
+    let warnings: Vec<&Value> = outcome["issue"].as_array().into_iter().flatten().filter(|i| i["severity"] == "warning").collect();
+    assert_eq!(warnings.len(), 2, "{outcome}");
+    assert_eq!(warnings[1]["expression"][0], "Observation.meta.profile[1]");
+    assert!(warnings[1]["diagnostics"].as_str().unwrap_or_default().contains("JP_Observation_VitalSigns"));
+    let strict = Server::start_with(backend, |config| config.unknown_profiles = renraku::config::UnknownProfiles::Error).await;
+    let refused = strict.post("/ina/fhir/Observation", &observation).await;
+    refused.expect(422);
+    assert_eq!(refused.issue_expressions(), vec!["Observation.meta.profile[0]", "Observation.meta.profile[1]"]);
+}
+
+both_backends!(unknown_profiles_warn_or_refuse, every_rule_names_its_element, every_rule_names_its_element_for_the_care_manager, resource_type_and_id_must_match_the_url);
