@@ -33,4 +33,16 @@ if (found.sort().join() !== [...ids].sort().join()) fail(`paging found ${found} 
 const history = await client.history({ resourceType: 'Patient', id: ids[0] });
 if (history.total !== 2) fail('history should have two versions');
 await client.delete({ resourceType: 'Patient', id: ids[1] });
-console.log('fhir-kit-client: capabilities/create/read/update/search/page/history/delete OK');
+// A transaction and a batch (the client posts them to the base), and a search across types.
+const entry = (value) => ({
+  fullUrl: `urn:uuid:${crypto.randomUUID()}`,
+  resource: { resourceType: 'Patient', identifier: [{ system, value }], name: [{ family: '伊藤' }], managingOrganization: { reference: `Organization/${organization}` } },
+  request: { method: 'POST', url: 'Patient', ifNoneExist: `identifier=${system}|${value}` },
+});
+const transaction = await client.transaction({ body: { resourceType: 'Bundle', type: 'transaction', entry: [entry('t1'), entry('t2')] } });
+if (transaction.entry.map((e) => e.response.status.slice(0, 3)).join() !== '201,201') fail(`transaction: ${JSON.stringify(transaction)}`);
+const batch = await client.batch({ body: { resourceType: 'Bundle', type: 'batch', entry: [entry('t1'), { request: { method: 'GET', url: 'Patient/does-not-exist' } }] } });
+if (batch.entry.map((e) => e.response.status.slice(0, 3)).join() !== '200,404') fail(`batch: ${JSON.stringify(batch)}`);
+const across = await client.search({ searchParams: { _type: 'Patient', identifier: `${system}|t1` } });
+if ((across.entry || []).length !== 1) fail(`system search: ${JSON.stringify(across)}`);
+console.log('fhir-kit-client: capabilities/create/read/update/search/page/history/delete/transaction/batch/system search OK');

@@ -1,10 +1,12 @@
 """Standard Python FHIR clients against a running Renraku (manual interoperability check).
 
-    pip install fhirclient "fhir.resources==6.5.0" requests     # 6.5 is the R4 line
+    pip install fhirclient fhirpy "fhir.resources==6.5.0" requests     # 6.5 is the R4 line
     python3 tests/clients/python_clients.py http://127.0.0.1:8080/ina/fhir
 
-fhirclient (SMART Health IT, R4 models) creates, reads, updates, searches and pages;
-fhir.resources (pydantic R4 models) parses every response body the session produced.
+fhirclient (SMART Health IT, R4 models) creates, reads, updates, searches and pages, and
+posts a transaction and a batch to the base (`[base]/`, as it does); fhirpy (beda.software)
+creates, searches across types (`[base]?_type=`), and sends a transaction; fhir.resources
+(pydantic R4 models) parses every response body the session produced.
 Exits non-zero on the first failure.
 """
 import sys
@@ -69,6 +71,42 @@ assert sorted(p.id for p in found) == sorted(created_ids), (len(found), created_
 bundle = record(requests_session.get(f"{base}/Patient", params={"identifier": f"{system}|", "_count": 2}))
 record(requests_session.get(f"{base}/Patient/{created_ids[0]}"))
 record(requests_session.get(f"{base}/Patient/{created_ids[0]}/_history"))
+# Transactions and batches as fhirclient sends them: to the base with its trailing slash.
+def person_entry(value):
+    return {
+        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+        "resource": {"resourceType": "Patient", "identifier": [{"system": system, "value": value}], "name": [{"family": "鈴木"}],
+                     "managingOrganization": {"reference": f"Organization/{organization}"}},
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={system}|{value}"},
+    }
+
+
+transaction = smart.server.post_json("", {"resourceType": "Bundle", "type": "transaction", "entry": [person_entry("t1"), person_entry("t2")]}).json()
+seen.append(transaction)
+assert transaction["type"] == "transaction-response", transaction
+assert [e["response"]["status"][:3] for e in transaction["entry"]] == ["201", "201"], transaction
+batch = smart.server.post_json("", {"resourceType": "Bundle", "type": "batch", "entry": [
+    person_entry("t1"),  # exists: the conditional create answers 200
+    {"request": {"method": "GET", "url": f"Patient?identifier={system}|t2"}},
+    {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+]}).json()
+seen.append(batch)
+assert [e["response"]["status"][:3] for e in batch["entry"]] == ["200", "200", "404"], batch
+
+# fhirpy: create, system search, a transaction.
+from fhirpy import SyncFHIRClient  # noqa: E402
+
+fhirpy = SyncFHIRClient(base, authorization=f"Bearer {token}")
+made = fhirpy.resource("Patient", identifier=[{"system": system, "value": "py1"}], name=[{"family": "高橋"}],
+                       managingOrganization={"reference": f"Organization/{organization}"})
+made.save()
+across = fhirpy.resources("Patient").search(identifier=f"{system}|py1").fetch_all()
+assert [p.id for p in across] == [made.id], across
+system_search = record(requests_session.get(f"{base}/", params={"_type": "Patient", "identifier": f"{system}|py1"}))
+assert [e["resource"]["id"] for e in system_search["entry"]] == [made.id], system_search
+answer = fhirpy.execute("", method="post", data={"resourceType": "Bundle", "type": "transaction", "entry": [person_entry("py2")]})
+assert answer["entry"][0]["response"]["status"].startswith("201"), answer
+
 outcome = requests_session.post(f"{base}/Patient", json={"resourceType": "Patient", "gender": "robot"},
                         headers={"Content-Type": "application/fhir+json"})
 assert outcome.status_code == 422
@@ -78,4 +116,5 @@ from fhir.resources import construct_fhir_element  # noqa: E402  (fhir.resources
 
 for body in seen:
     construct_fhir_element(body["resourceType"], body)
-print(f"python clients: fhirclient create/read/update/search/page OK; fhir.resources parsed {len(seen)} responses")
+print(f"python clients: fhirclient create/read/update/search/page/transaction/batch OK; fhirpy create/search/system search/transaction OK; "
+      f"fhir.resources parsed {len(seen)} responses")
