@@ -63,7 +63,7 @@ pub fn demo_tokens() -> Vec<(&'static str, &'static str, Actor, &'static str, &'
         (
             "demo-ehr-ina",
             "ina",
-            Actor::System { tenant: "ina".into(), client: "demo-ehr-ina".into(), organization: "demo-ina-central-hospital".into() },
+            Actor::System { tenant: "ina".into(), client: "demo-ehr-ina".into(), organization: "demo-ina-central-hospital".into(), maintains_directory: false },
             "system/*.cruds",
             "伊那中央病院's EHR, a backend-services client acting for the hospital",
         ),

@@ -201,6 +201,7 @@ pub async fn register_administrator_client(fhir: &Fhir, context: &Context, reque
         jwks_file: None,
         grant_types: Vec::new(),
         roles: vec![request.role],
+        maintains_directory: false,
         approval: None,
     };
     let client = register_client(fhir, context, client).await?;

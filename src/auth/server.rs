@@ -185,6 +185,7 @@ pub fn backend_actor(tenant: &str, client: &ClientConfig) -> Option<Actor> {
             tenant: tenant.to_owned(),
             client: client.client_id.clone(),
             organization: client.organization.clone().unwrap_or_default(),
+            maintains_directory: client.maintains_directory,
         }),
         (ClientKind::Administrator, [Role::ServerAdmin]) => Some(Actor::ServerAdmin { user }),
         (ClientKind::Administrator, [Role::MunicipalAdmin]) => Some(Actor::MunicipalAdmin { tenant: client.tenant.clone(), user }),
@@ -288,23 +289,18 @@ pub fn demo_clients() -> Vec<ClientConfig> {
         jwks_file: None,
         grant_types: Vec::new(),
         roles: Vec::new(),
+        maintains_directory: false,
         approval: None,
     }]
     .into_iter()
-    .chain(["ina", "minamiminowa", "minowa"].into_iter().map(|tenant| ClientConfig {
-        client_id: "demo-app".into(),
-        tenant: tenant.into(),
-        kind: ClientKind::Public,
-        name: "連絡帳アプリ（デモ）".into(),
-        organization: None,
-        redirect_uris: vec![DEMO_APP_REDIRECT.into(), "http://localhost:9000/callback".into()],
-        scopes: "openid fhirUser profile launch launch/patient offline_access online_access patient/*.cruds user/*.cruds".into(),
-        jwks: None,
-        jwks_url: None,
-        jwks_file: None,
-        grant_types: Vec::new(),
-        roles: Vec::new(),
-        approval: None,
+    .chain(["ina", "minamiminowa", "minowa"].into_iter().map(|tenant| {
+        ClientConfig::public_app(
+            "demo-app",
+            tenant,
+            "連絡帳アプリ（デモ）",
+            &[DEMO_APP_REDIRECT, "http://localhost:9000/callback"],
+            "openid fhirUser profile launch launch/patient offline_access online_access patient/*.cruds user/*.cruds",
+        )
     }))
     .collect()
 }

@@ -92,6 +92,11 @@ pub struct ClientConfig {
     /// system clients, `authorization_code` and `refresh_token` for apps.
     #[serde(default)]
     pub grant_types: Vec<String>,
+    /// System clients: whether the client keeps its Organization's own directory entries
+    /// (creates and updates its Practitioners, and the PractitionerRoles, Locations and
+    /// HealthcareServices that name the Organization), within its `scopes`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintains_directory: bool,
     /// App clients: the roles a user signed in through the app may act in, tried in this
     /// order against what the sign-in qualifies for (empty: `practitioner` only).
     /// Administrator clients: the one role their tokens carry.
@@ -136,6 +141,27 @@ impl Approval {
 }
 
 impl ClientConfig {
+    /// A public app (authorization code with PKCE) registered at `tenant`, serving
+    /// professionals, with nothing else set.
+    pub fn public_app(client_id: &str, tenant: &str, name: &str, redirect_uris: &[&str], scopes: &str) -> ClientConfig {
+        ClientConfig {
+            client_id: client_id.to_owned(),
+            tenant: tenant.to_owned(),
+            kind: ClientKind::Public,
+            name: name.to_owned(),
+            organization: None,
+            redirect_uris: redirect_uris.iter().map(|uri| (*uri).to_owned()).collect(),
+            scopes: scopes.to_owned(),
+            jwks: None,
+            jwks_url: None,
+            jwks_file: None,
+            grant_types: Vec::new(),
+            roles: Vec::new(),
+            maintains_directory: false,
+            approval: None,
+        }
+    }
+
     /// Checks a registration; the message names the field at fault.
     pub fn check(&self) -> Result<(), String> {
         let id_ok = !self.client_id.is_empty()
@@ -189,6 +215,9 @@ impl ClientConfig {
         }
         if self.kind != ClientKind::Administrator && self.tenant == SERVER_CLIENTS {
             return Err(format!("tenant: only administrator clients are registered under '{SERVER_CLIENTS}'"));
+        }
+        if self.maintains_directory && self.kind != ClientKind::System {
+            return Err("maintains_directory: only a system client keeps its Organization's directory".into());
         }
         if matches!(self.kind, ClientKind::System) && !self.roles.is_empty() {
             return Err("roles: a system client acts for its Organization, in no user role".into());

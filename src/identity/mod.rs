@@ -106,8 +106,16 @@ pub enum Actor {
     /// A professional signed in through an app, acting in one PractitionerRole of one
     /// Organization of their municipality.
     Practitioner { tenant: String, practitioner: String, role: String, organization: String },
-    /// A backend-services client (an EHR, a vendor's system) acting for one Organization.
-    System { tenant: String, client: String, organization: String },
+    /// A backend-services client (an EHR, a vendor's system) acting for one Organization;
+    /// `maintains_directory` when its registration lets it keep that Organization's own
+    /// directory entries (Practitioners, PractitionerRoles, Locations, HealthcareServices).
+    System {
+        tenant: String,
+        client: String,
+        organization: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        maintains_directory: bool,
+    },
     /// A municipality's administrator: directory, support-team membership, agreements they
     /// are party to; no clinical content.
     MunicipalAdmin { tenant: String, user: String },

@@ -137,6 +137,43 @@ fn apply_granular(
     result
 }
 
+/// What a system client registered to keep its Organization's directory may write, in its
+/// own municipality: the PractitionerRoles, Locations and HealthcareServices that name the
+/// Organization (before and after the write: the filter is checked on the written row), the
+/// Practitioners one of those roles names, and new Practitioners (a Practitioner grants
+/// nothing until a role of some Organization names it). Who signs in as a Practitioner stays
+/// the server administrator's (`Grant::may_map_sign_ins`).
+fn own_directory(
+    environment: &Environment<'_>,
+    organization: &str,
+    tenant: &str,
+    interaction: Interaction,
+    scoped: &dyn Fn(&[&str]) -> Vec<String>,
+) -> Vec<Clause> {
+    let named = format!("organization=Organization/{organization}");
+    let practitioners = format!("_has:PractitionerRole:practitioner:organization=Organization/{organization}");
+    let filters = [
+        ("PractitionerRole", named.as_str()),
+        ("Location", named.as_str()),
+        ("HealthcareService", named.as_str()),
+        ("Practitioner", practitioners.as_str()),
+    ];
+    let mut clauses = Vec::new();
+    for (resource_type, query) in filters {
+        if scoped(&[resource_type]).is_empty() {
+            continue;
+        }
+        let base = Clause::Tenants { types: TypeSet::Only(vec![resource_type.to_owned()]), tenants: vec![tenant.to_owned()] };
+        if resource_type == "Practitioner" && interaction == Interaction::Create {
+            clauses.push(base);
+            continue;
+        }
+        let criteria = crate::search::parse::scope_query(environment.registry, resource_type, query, environment.base_url, environment.limits);
+        clauses.extend(criteria.map(|criteria| Clause::Filtered { resource_type: resource_type.to_owned(), any_of: vec![criteria], base: Box::new(base) }));
+    }
+    clauses
+}
+
 /// The clauses `authenticated` gets for `permission` at `tenant`'s base.
 pub fn clauses(
     environment: &Environment<'_>,
@@ -179,6 +216,11 @@ pub fn clauses(
                 TypeSet::Only(named)
             };
             clauses.push(Clause::Tenants { types: other, tenants: vec![tenant.to_owned()] });
+            if let Actor::System { organization, maintains_directory: true, .. } = &authenticated.actor {
+                if !reading {
+                    clauses.extend(own_directory(environment, organization, tenant, interaction, &scoped));
+                }
+            }
         }
         Actor::MunicipalAdmin { .. } => {
             clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&DIRECTORY_TYPES)), tenants: vec![tenant.to_owned()] });

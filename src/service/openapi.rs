@@ -231,6 +231,7 @@ fn administration_paths(origin: &str) -> Vec<(String, Value)> {
             "organization": { "type": "string" }, "scopes": { "type": "string" },
             "redirect_uris": { "type": "array", "items": { "type": "string" } },
             "roles": { "type": "array", "items": { "type": "string", "enum": ["practitioner", "municipal-admin", "municipal-auditor", "server-admin"] } },
+            "maintains_directory": { "type": "boolean" },
             "jwks": { "type": "object" }, "jwks_url": { "type": "string" }
         }
     });

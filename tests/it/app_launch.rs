@@ -346,6 +346,7 @@ async fn confidential_app(backend: Backend) {
             jwks_file: None,
             grant_types: vec!["authorization_code".into()],
             roles: Vec::new(),
+            maintains_directory: false,
             approval: None,
         });
     })

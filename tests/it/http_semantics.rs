@@ -146,21 +146,8 @@ async fn base_with_a_slash_and_lower_case_encodings(backend: Backend) {
 /// origin, or an app of another municipality, gets no allow header at all.
 async fn cors_only_for_registered_app_origins(backend: Backend) {
     let server = Server::start_with(backend, |config| {
-        config.clients.push(renraku::identity::clients::ClientConfig {
-            client_id: "care-app".into(),
-            tenant: "ina".into(),
-            kind: renraku::identity::clients::ClientKind::Public,
-            name: "在宅ケアアプリ".into(),
-            organization: None,
-            redirect_uris: vec!["https://app.care.example.jp/smart/callback".into()],
-            scopes: "openid user/*.rs".into(),
-            jwks: None,
-            jwks_url: None,
-            jwks_file: None,
-            grant_types: Vec::new(),
-            roles: Vec::new(),
-            approval: None,
-        });
+        let app = renraku::identity::clients::ClientConfig::public_app;
+        config.clients.push(app("care-app", "ina", "在宅ケアアプリ", &["https://app.care.example.jp/smart/callback"], "openid user/*.rs"));
     })
     .await;
     let app = "https://app.care.example.jp";

@@ -465,7 +465,70 @@ async fn administrator_adds_a_municipality(backend: Backend) {
     local.get(&server, "Organization/tatsuno-office").await.expect(200);
 }
 
-both_backends!(wide_area_support, credentials_and_scopes, ownership_cannot_be_forged, demo_walk_through, administrator_adds_a_municipality, registration_in_one_transaction);
+/// A hospital's EHR registered to keep its Organization's directory (`maintains_directory`):
+/// it writes its own Practitioners, PractitionerRoles, Locations and HealthcareServices, and
+/// nothing of another Organization's; without the registration it writes none.
+async fn a_system_client_keeps_its_organizations_directory(backend: Backend) {
+    let server = Server::start(backend).await;
+    server.setup("ina", &organization("hospital", "伊那中央病院")).await;
+    server.setup("ina", &organization("clinic", "上伊那クリニック")).await;
+    for resource in practitioner_resources("dr-clinic", "clinic", "doctor") {
+        server.setup("ina", &resource).await;
+    }
+    let system = |maintains_directory| Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "hospital".into(), maintains_directory };
+    let ehr = Caller { tenant: "ina".into(), token: server.token("ina", system(true), "system/*.cruds", None).await };
+    let plain = Caller { tenant: "ina".into(), token: server.token("ina", system(false), "system/*.cruds", None).await };
+    let role = |id: &str, practitioner: &str, organization: &str| {
+        json!({ "resourceType": "PractitionerRole", "id": id, "active": true,
+                "practitioner": { "reference": format!("Practitioner/{practitioner}") },
+                "organization": { "reference": format!("Organization/{organization}") } })
+    };
+    let person = |id: &str, family: &str| json!({ "resourceType": "Practitioner", "id": id, "active": true, "name": [{ "family": family }] });
+    // A new Practitioner is created (POST: the server names it), then given a role.
+    let created = ehr.post(&server, &json!({ "resourceType": "Practitioner", "active": true, "name": [{ "family": "小林" }] })).await;
+    created.expect(201);
+    let new_id = created.json()["id"].as_str().unwrap_or_default().to_owned();
+    let dr_new = new_id.as_str();
+    // (what, writer, resource, expected status), in order.
+    let table: Vec<(&str, &Caller, Value, u16)> = vec![
+        ("its role at the hospital", &ehr, role("role-dr-new", dr_new, "hospital"), 201),
+        ("a ward of the hospital", &ehr, json!({ "resourceType": "Location", "id": "ward-3", "name": "3階病棟", "managingOrganization": { "reference": "Organization/hospital" } }), 201),
+        ("a service of the hospital", &ehr, json!({ "resourceType": "HealthcareService", "id": "home-visits", "name": "訪問診療", "providedBy": { "reference": "Organization/hospital" } }), 201),
+        ("its Practitioner, renamed", &ehr, person(dr_new, "小林（旧姓 高木）"), 200),
+        ("a role at another organization", &ehr, role("role-elsewhere", dr_new, "clinic"), 403),
+        ("its role moved to another organization", &ehr, role("role-dr-new", dr_new, "clinic"), 403),
+        // The write grant does not cover them: to the write they do not exist (404), and
+        // nothing is created in their place.
+        ("another organization's Practitioner", &ehr, person("dr-clinic", "改ざん"), 404),
+        ("another organization's role", &ehr, role("role-dr-clinic", "dr-clinic", "hospital"), 404),
+        ("a ward of another organization", &ehr, json!({ "resourceType": "Location", "id": "clinic-room", "name": "診察室", "managingOrganization": { "reference": "Organization/clinic" } }), 403),
+        ("without the registration, a role at its own organization", &plain, role("role-plain", dr_new, "hospital"), 403),
+        ("without the registration, a Practitioner", &plain, person("dr-plain", "森"), 403),
+    ];
+    for (what, writer, resource, expected) in table {
+        let reply = writer.put(&server, &resource).await;
+        assert_eq!(reply.status.as_u16(), expected, "{what}: {}", reply.text());
+    }
+    plain.post(&server, &json!({ "resourceType": "Practitioner", "name": [{ "family": "森" }] })).await.expect(403);
+    // What it wrote is there, and the other organization's entries are as they were.
+    assert_eq!(ehr.get(&server, "PractitionerRole/role-dr-new").await.json()["organization"]["reference"], "Organization/hospital");
+    assert_eq!(ehr.get(&server, "Practitioner/dr-clinic").await.json()["name"][0]["family"], "dr-clinic");
+    ehr.delete(&server, "Location/ward-3").await.expect(204);
+    // Another organization's role: the delete reaches nothing it may write (204 as for
+    // anything it cannot see, as the README says) and the role stays.
+    ehr.delete(&server, "PractitionerRole/role-dr-clinic").await.expect(204);
+    assert_eq!(ehr.get(&server, "PractitionerRole/role-dr-clinic").await.json()["organization"]["reference"], "Organization/clinic");
+}
+
+both_backends!(
+    wide_area_support,
+    credentials_and_scopes,
+    ownership_cannot_be_forged,
+    demo_walk_through,
+    administrator_adds_a_municipality,
+    registration_in_one_transaction,
+    a_system_client_keeps_its_organizations_directory
+);
 
 /// A registering office records a new person, the consent, the team and a first note in
 /// one transaction: each entry is decided on the facts the earlier entries wrote.

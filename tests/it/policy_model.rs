@@ -157,7 +157,7 @@ impl Asker {
         match &self.role {
             Some(_) => practitioner(server, tenant, &self.name, &self.organization, "user/*.cruds").await,
             None => {
-                let actor = renraku::identity::Actor::System { tenant: tenant.into(), client: self.name.clone(), organization: self.organization.clone() };
+                let actor = renraku::identity::Actor::System { tenant: tenant.into(), client: self.name.clone(), organization: self.organization.clone(), maintains_directory: false };
                 Caller { tenant: tenant.into(), token: server.token(tenant, actor, "system/*.cruds", None).await }
             }
         }

@@ -83,7 +83,7 @@ async fn caller(server: &Server, actor: &str) -> Caller {
         "practitioner not on the team" => Actor::Practitioner {
             tenant: "ina".into(), practitioner: "pro-b".into(), role: "role-pro-b".into(), organization: "org-b".into(),
         },
-        "system client of a team organization" => Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "org-c".into() },
+        "system client of a team organization" => Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "org-c".into(), maintains_directory: false },
         "municipal administrator" => Actor::MunicipalAdmin { tenant: "ina".into(), user: "admin".into() },
         "municipal auditor" => Actor::MunicipalAuditor { tenant: "ina".into(), user: "auditor".into() },
         "server administrator" => Actor::ServerAdmin { user: "operator".into() },

@@ -165,7 +165,7 @@ async fn from_an_empty_database_to_a_first_person(backend: Backend) {
     let jwks: Value = serde_json::from_str(&std::fs::read_to_string(demo_key("ehr-ina-jwks.json")).expect("the test key set")).expect("JSON");
     let care_system = json!({
         "client_id": "mm-care-system", "tenant": "minamiminowa", "kind": "system", "name": "居宅介護支援システム",
-        "organization": "mm-care-office", "scopes": "system/*.cruds", "jwks": jwks
+        "organization": "mm-care-office", "scopes": "system/*.cruds", "maintains_directory": true, "jwks": jwks
     });
     let (status, answer) = call(&node, &admin, reqwest::Method::POST, "/admin/clients", Some(&care_system)).await;
     assert_eq!(status, 201, "{answer}");
@@ -179,6 +179,9 @@ async fn from_an_empty_database_to_a_first_person(backend: Backend) {
     let (status, answer) = call(&node, &ops, reqwest::Method::POST, "/admin/clients/minamiminowa/mm-care-system/approve", None).await;
     assert_eq!(status, 200, "{answer}");
     let care = bearer(&node, "mm-care-system", &care_key, "ehr-ina-es384", "minamiminowa", "system/*.cruds").await;
+    // Registered to keep its office's directory: it adds the office's satellite location.
+    let satellite = json!({ "resourceType": "Location", "name": "北殿サテライト", "managingOrganization": { "reference": "Organization/mm-care-office" } });
+    assert_eq!(call(&node, &care, reqwest::Method::POST, "/minamiminowa/fhir/Location", Some(&satellite)).await.0, 201);
 
     // 6. The first person: registered by the office, with the signed consent and the team.
     let person = "urn:uuid:0d6a5f7e-0000-4000-8000-000000000001";

@@ -202,7 +202,7 @@ async fn h3_departed_professionals_lose_access_at_once(backend: Backend) {
     let hospital_ehr = Caller {
         tenant: "ina".into(),
         token: server
-            .token("ina", Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "hospital".into() }, "system/*.rs", None)
+            .token("ina", Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "hospital".into(), maintains_directory: false }, "system/*.rs", None)
             .await,
     };
     hospital_ehr.get(&server, "Observation/obs-1").await.expect(200);
@@ -386,7 +386,7 @@ async fn h4_data_about_a_person_outside_the_compartment_is_theirs(backend: Backe
     let outsider = Caller {
         tenant: "ina".into(),
         token: server
-            .token("ina", Actor::System { tenant: "ina".into(), client: "other-ehr".into(), organization: "other-office".into() }, "system/*.cruds", None)
+            .token("ina", Actor::System { tenant: "ina".into(), client: "other-ehr".into(), organization: "other-office".into(), maintains_directory: false }, "system/*.cruds", None)
             .await,
     };
     let resources = [
@@ -467,7 +467,7 @@ async fn m2_matching_and_patching_need_read_permissions(backend: Backend) {
         let organization = organization.to_owned();
         let scopes = scopes.to_owned();
         async move {
-            let actor = Actor::System { tenant: "ina".into(), client: format!("{organization}-ehr"), organization };
+            let actor = Actor::System { tenant: "ina".into(), client: format!("{organization}-ehr"), organization, maintains_directory: false };
             Caller { tenant: "ina".into(), token: server.token("ina", actor, &scopes, None).await }
         }
     };
@@ -528,7 +528,7 @@ async fn m3_a_put_cannot_probe_for_hidden_ids(backend: Backend) {
     // The hospital's EHR (a system client) supports nobody here; obs-1 exists, obs-free does not.
     let ehr = Caller {
         tenant: "ina".into(),
-        token: server.token("ina", Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "other-office".into() }, "system/*.cruds", None).await,
+        token: server.token("ina", Actor::System { tenant: "ina".into(), client: "ehr".into(), organization: "other-office".into(), maintains_directory: false }, "system/*.cruds", None).await,
     };
     let probe = |id: &str| {
         json!({ "resourceType": "Observation", "id": id, "status": "final", "code": { "text": "体温" }, "subject": { "reference": "Patient/p1" } })

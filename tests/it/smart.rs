@@ -214,7 +214,7 @@ async fn introspection_and_revocation(backend: Backend) {
     // An expired token is refused like a revoked one.
     let grant = renraku::auth::tokens::TokenGrant {
         tenant: "ina".into(),
-        actor: renraku::identity::Actor::System { tenant: "ina".into(), client: "demo-ehr-ina".into(), organization: "demo-ina-central-hospital".into() },
+        actor: renraku::identity::Actor::System { tenant: "ina".into(), client: "demo-ehr-ina".into(), organization: "demo-ina-central-hospital".into(), maintains_directory: false },
         scopes: renraku::identity::scopes::Scopes::parse("system/*.rs").expect("scopes"),
         patient: None,
         client_id: "demo-ehr-ina".into(),
@@ -324,6 +324,7 @@ async fn keys_by_url(backend: Backend) {
             jwks_file: None,
             grant_types: Vec::new(),
             roles: Vec::new(),
+            maintains_directory: false,
             approval: None,
         });
     })

@@ -275,21 +275,9 @@ async fn administrators_sign_in_through_the_provider(backend: Backend) {
                 ..ina_login(issuer)
             });
         }
-        config.clients.push(renraku::identity::clients::ClientConfig {
-            client_id: "admin-console".into(),
-            tenant: "ina".into(),
-            kind: renraku::identity::clients::ClientKind::Public,
-            name: "管理コンソール".into(),
-            organization: None,
-            redirect_uris: vec![REDIRECT.into()],
-            scopes: "openid user/*.cruds".into(),
-            jwks: None,
-            jwks_url: None,
-            jwks_file: None,
-            grant_types: Vec::new(),
-            roles: vec![renraku::identity::clients::Role::MunicipalAdmin, renraku::identity::clients::Role::MunicipalAuditor],
-            approval: None,
-        });
+        use renraku::identity::clients::{ClientConfig, Role};
+        let console = ClientConfig::public_app("admin-console", "ina", "管理コンソール", &[REDIRECT], "openid user/*.cruds");
+        config.clients.push(ClientConfig { roles: vec![Role::MunicipalAdmin, Role::MunicipalAuditor], ..console });
     })
     .await;
     let verifier = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
