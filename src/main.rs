@@ -338,7 +338,8 @@ async fn admin_client(action: AdminClientAction) -> Result<(), String> {
         }
         AdminClientAction::List { settings } => {
             let gateway = Gateway::start(Config::resolve(settings.overrides()).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-            for client in renraku::admin::stored_clients(&gateway.state.fhir).await.map_err(|e| e.to_string())? {
+            let context = operator_context(&gateway, renraku::identity::clients::SERVER_CLIENTS);
+            for client in renraku::admin::stored_clients(&gateway.state.fhir, &context).await.map_err(|e| e.to_string())? {
                 let roles: Vec<&str> = client.roles.iter().map(|r| r.as_str()).collect();
                 let kind = serde_json::to_value(client.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
                 let waiting = if client.awaits_approval() { " (awaits approval)" } else { "" };

@@ -57,8 +57,14 @@ pub async fn register_client(fhir: &Fhir, context: &Context, client: ClientConfi
 
 async fn register_client_unaudited(fhir: &Fhir, principal: &Principal, mut client: ClientConfig) -> Result<ClientConfig> {
     if client.kind == ClientKind::Administrator {
-        // Credentials for an administrative role come from the operator (the command line)
-        // or the server administrator, never from an administrator minting more of their own.
+        // Credentials for an administrative role come from the operator (the command line,
+        // with the database in hand) alone: an administrator who could mint them would have a
+        // second administrator of their own for every dual-control approval.
+        if *principal != Principal::Operator {
+            return Err(Error::Forbidden("administrator clients are registered by the operator (renraku admin client add)".into()));
+        }
+    } else if client.roles.iter().any(|role| role.is_administrative()) {
+        // Which roles an app's sign-ins may take is role mapping: the server administrator's.
         policy::require_administrator(principal, None)?;
     } else {
         policy::require_administrator(principal, Some(&client.tenant))?;
@@ -107,7 +113,7 @@ pub async fn approve_client(fhir: &Fhir, context: &Context, tenant: &str, client
 async fn approve_client_unaudited(fhir: &Fhir, principal: &Principal, tenant: &str, client_id: &str) -> Result<ClientConfig> {
     policy::require_administrator(principal, Some(tenant))?;
     let not_found = || Error::NotFound(format!("a registration of client '{client_id}' at '{tenant}' awaiting approval"));
-    let mut client = fhir.client(tenant, client_id).filter(ClientConfig::awaits_approval).ok_or_else(not_found)?;
+    let mut client = fhir.current_client(tenant, client_id).await?.filter(ClientConfig::awaits_approval).ok_or_else(not_found)?;
     let approver = policy::administrator_of(principal).ok_or_else(|| Error::Forbidden("only an administrator approves clients".into()))?;
     let approval = client.approval.as_mut().ok_or_else(not_found)?;
     if !approval.may_be_approved_by(&approver, tenant) {
@@ -160,10 +166,17 @@ async fn remove_client_unaudited(fhir: &Fhir, principal: &Principal, tenant: &st
     Ok(())
 }
 
-/// Every client registered at run time (the command line's listing; the operator's own).
-pub async fn stored_clients(fhir: &Fhir) -> Result<Vec<ClientConfig>> {
-    let mut connection = fhir.store.connection().await?;
-    store::tenants::list_clients(&mut connection).await
+/// Every client registered at run time (the command line's listing, as the operator),
+/// recorded in the server's chain like every administrative action.
+pub async fn stored_clients(fhir: &Fhir, context: &Context) -> Result<Vec<ClientConfig>> {
+    let listed = async {
+        let mut connection = fhir.store.connection().await?;
+        store::tenants::list_clients(&mut connection).await
+    }
+    .await;
+    let entities = vec![Entity::Detail { name: "clients".into(), value: listed.as_ref().map_or(0, Vec::len).to_string() }];
+    fhir.record_administration(context, crate::audit::SERVER_CHAIN, "client-list", listed.as_ref().map(|_| ()), entities).await?;
+    listed
 }
 
 /// An administrator client's registration as `renraku admin client add` makes it.

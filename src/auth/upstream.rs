@@ -102,6 +102,10 @@ pub async fn finish(fhir: &Fhir, tenant: &str, login: &UpstreamLogin, state: &Up
     let acr_shows = claims.auth_context_ref().is_some_and(|acr| login.mfa_acr_values.iter().any(|v| v == acr.as_str()));
     let second_factor = amr_shows || acr_shows;
     let subject = claims.subject().as_str().to_owned();
+    // Administrators and auditors are recorded as the provider's subject at its issuer, so
+    // that no subject can look like an administrator client (`client:{id}`) or another
+    // provider's user.
+    let user = format!("{}|{subject}", login.issuer);
     // The id_token verified above; its role claim is not one the library models.
     let held = role_values(&verified_payload(&id_token.to_string()), &login.roles.claim);
     let mut refusal = None;
@@ -133,9 +137,9 @@ pub async fn finish(fhir: &Fhir, tenant: &str, login: &UpstreamLogin, state: &Up
                     continue;
                 }
             },
-            Role::MunicipalAdmin => Actor::MunicipalAdmin { tenant: tenant.to_owned(), user: subject.clone() },
-            Role::MunicipalAuditor => Actor::MunicipalAuditor { tenant: tenant.to_owned(), user: subject.clone() },
-            Role::ServerAdmin => Actor::ServerAdmin { user: subject.clone() },
+            Role::MunicipalAdmin => Actor::MunicipalAdmin { tenant: tenant.to_owned(), user: user.clone() },
+            Role::MunicipalAuditor => Actor::MunicipalAuditor { tenant: tenant.to_owned(), user: user.clone() },
+            Role::ServerAdmin => Actor::ServerAdmin { user: user.clone() },
         };
         return Ok(actor);
     }

@@ -129,9 +129,22 @@ pub enum Administrator {
     Municipal { tenant: String, user: String },
 }
 
+impl Administrator {
+    /// The user (sign-in subject, or `client:{id}` for an administrator client).
+    pub fn user(&self) -> &str {
+        match self {
+            Administrator::Server { user } | Administrator::Municipal { user, .. } => user,
+        }
+    }
+}
+
 impl Approval {
     /// Whether `approver` may approve this registration: the other side of the pair.
     pub fn may_be_approved_by(&self, approver: &Administrator, client_tenant: &str) -> bool {
+        // One person holding both roles (the same sign-in subject) is still one person.
+        if self.registered_by.user() == approver.user() {
+            return false;
+        }
         match (&self.registered_by, approver) {
             (Administrator::Municipal { .. }, Administrator::Server { .. }) => true,
             (Administrator::Server { .. }, Administrator::Municipal { tenant, .. }) => tenant == client_tenant,
@@ -274,5 +287,31 @@ impl ClientConfig {
     /// The scopes the client may be granted.
     pub fn allowed_scopes(&self) -> Scopes {
         Scopes::parse(&self.scopes).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dual control: the other kind of administrator approves, never the same person.
+    #[test]
+    fn approvals_need_the_other_administrator() {
+        let server = |user: &str| Administrator::Server { user: user.into() };
+        let municipal = |tenant: &str, user: &str| Administrator::Municipal { tenant: tenant.into(), user: user.into() };
+        let cases = [
+            (municipal("ina", "a"), server("b"), true),
+            (municipal("ina", "a"), municipal("ina", "b"), false),
+            (server("a"), municipal("ina", "b"), true),
+            (server("a"), municipal("minowa", "b"), false),
+            (server("a"), server("b"), false),
+            // One person holding both roles at one provider is one person.
+            (municipal("ina", "https://idp|kato"), server("https://idp|kato"), false),
+            (server("https://idp|kato"), municipal("ina", "https://idp|kato"), false),
+        ];
+        for (registered_by, approver, expected) in cases {
+            let approval = Approval { registered_by: registered_by.clone(), approved_by: None };
+            assert_eq!(approval.may_be_approved_by(&approver, "ina"), expected, "{registered_by:?} approved by {approver:?}");
+        }
     }
 }

@@ -149,6 +149,9 @@ pub struct Grant {
     /// Whether the holder may set which Practitioner a sign-in at a municipality's OpenID
     /// Provider becomes (see [`Grant::may_map_sign_ins`]).
     maps_sign_ins: bool,
+    /// For a system client keeping its own Organization's directory: that Organization
+    /// (`Organization/{id}`), whose roles may name only Practitioners of no other Organization.
+    keeps_own_directory: Option<String>,
     actor: String,
 }
 
@@ -362,6 +365,12 @@ impl Grant {
         self.maps_sign_ins
     }
 
+    /// The Organization a system client keeps the directory of, when this grant is such a
+    /// client's (its PractitionerRoles may name only Practitioners of no other Organization).
+    pub fn keeps_own_directory(&self) -> Option<&str> {
+        self.keeps_own_directory.as_deref()
+    }
+
     /// Whether a granular scope filters what may be written of `resource_type`: the write
     /// must then leave the resource matching the filter (the service checks it in the
     /// write's transaction, before committing).
@@ -474,6 +483,7 @@ async fn decide_inner(
             agreements: Arc::new(agreements),
             unrestricted: true,
             maps_sign_ins: true,
+            keeps_own_directory: None,
             actor: actor_label(principal),
         }
     };
@@ -546,6 +556,10 @@ async fn decide_inner(
         agreements: Arc::new(world.agreements.clone()),
         unrestricted: false,
         maps_sign_ins: matches!(authenticated.actor, Actor::ServerAdmin { .. }),
+        keeps_own_directory: match &authenticated.actor {
+            Actor::System { organization, maintains_directory: true, .. } => Some(format!("Organization/{organization}")),
+            _ => None,
+        },
         actor: actor_label(principal),
     };
     environment.decisions.put(key, basis, grant.clone());
@@ -596,6 +610,7 @@ pub fn duplicate_probe_unchecked(tenant: &str) -> Grant {
         agreements: Arc::new(Vec::new()),
         unrestricted: true,
         maps_sign_ins: false,
+        keeps_own_directory: None,
         actor: "duplicate-probe".to_owned(),
     }
 }
@@ -759,6 +774,7 @@ impl Grant {
             agreements: Arc::new(Vec::new()),
             unrestricted: false,
             maps_sign_ins: false,
+            keeps_own_directory: None,
             actor: "test".to_owned(),
         }
     }

@@ -139,10 +139,11 @@ fn apply_granular(
 
 /// What a system client registered to keep its Organization's directory may write, in its
 /// own municipality: the PractitionerRoles, Locations and HealthcareServices that name the
-/// Organization (before and after the write: the filter is checked on the written row), the
-/// Practitioners one of those roles names, and new Practitioners (a Practitioner grants
-/// nothing until a role of some Organization names it). Who signs in as a Practitioner stays
-/// the server administrator's (`Grant::may_map_sign_ins`).
+/// Organization (before and after the write: the filter is checked on the written row), and
+/// new Practitioners (a Practitioner grants nothing until a role names it). It does not
+/// change existing Practitioners (one may also work elsewhere), and a role it writes may name
+/// only a Practitioner no other Organization's role names (`Grant::keeps_own_directory`,
+/// checked by the service). Who signs in as a Practitioner stays the server administrator's.
 fn own_directory(
     environment: &Environment<'_>,
     organization: &str,
@@ -151,23 +152,16 @@ fn own_directory(
     scoped: &dyn Fn(&[&str]) -> Vec<String>,
 ) -> Vec<Clause> {
     let named = format!("organization=Organization/{organization}");
-    let practitioners = format!("_has:PractitionerRole:practitioner:organization=Organization/{organization}");
-    let filters = [
-        ("PractitionerRole", named.as_str()),
-        ("Location", named.as_str()),
-        ("HealthcareService", named.as_str()),
-        ("Practitioner", practitioners.as_str()),
-    ];
+    let filters = [("PractitionerRole", named.as_str()), ("Location", named.as_str()), ("HealthcareService", named.as_str())];
     let mut clauses = Vec::new();
+    if interaction == Interaction::Create && !scoped(&["Practitioner"]).is_empty() {
+        clauses.push(Clause::Tenants { types: TypeSet::Only(vec!["Practitioner".to_owned()]), tenants: vec![tenant.to_owned()] });
+    }
     for (resource_type, query) in filters {
         if scoped(&[resource_type]).is_empty() {
             continue;
         }
         let base = Clause::Tenants { types: TypeSet::Only(vec![resource_type.to_owned()]), tenants: vec![tenant.to_owned()] };
-        if resource_type == "Practitioner" && interaction == Interaction::Create {
-            clauses.push(base);
-            continue;
-        }
         let criteria = crate::search::parse::scope_query(environment.registry, resource_type, query, environment.base_url, environment.limits);
         clauses.extend(criteria.map(|criteria| Clause::Filtered { resource_type: resource_type.to_owned(), any_of: vec![criteria], base: Box::new(base) }));
     }

@@ -36,6 +36,8 @@ pub struct Runtime {
     configured_clients: Vec<ClientConfig>,
     /// The `registry` generation the directories were last loaded at (-1: never).
     registry_generation: std::sync::atomic::AtomicI64,
+    /// Serialises reloads, so that an older reload never replaces a newer one.
+    registry_reload: tokio::sync::Mutex<()>,
     /// Where reads and failures hand their audit events (group commit).
     pub(crate) recorder: recorder::Recorder,
     /// The wide-area agreements as last read (refreshed when their generation changes).
@@ -80,6 +82,7 @@ impl Runtime {
             clients: std::sync::RwLock::new(clients.clone()),
             configured_clients: clients,
             registry_generation: std::sync::atomic::AtomicI64::new(-1),
+            registry_reload: tokio::sync::Mutex::new(()),
             recorder,
             agreements: policy::facts::AgreementCache::default(),
             standing: policy::facts::StandingCache::default(),
@@ -116,6 +119,9 @@ impl Runtime {
             .filter(|c| if at_tenant { c.tenant == tenant } else { c.roles.iter().any(|r| r.is_administrative()) })
             .flat_map(|c| c.redirect_uris.iter())
             .filter_map(|uri| url::Url::parse(uri).ok())
+            // A native app's custom-scheme redirect has an opaque origin ("null"), which any
+            // sandboxed page also sends: only web origins count.
+            .filter(|uri| matches!(uri.scheme(), "https" | "http"))
             .any(|uri| uri.origin().ascii_serialization() == origin)
     }
 
@@ -173,6 +179,7 @@ impl Runtime {
     /// generation moved since they were last read: another gateway on the same database, or
     /// `renraku admin`, changed them. Cheap when nothing changed (one small read).
     pub async fn refresh_registry(&self) -> Result<()> {
+        let _reloading = self.registry_reload.lock().await;
         let mut connection = self.store.connection().await?;
         let generation = store::generations(&mut connection).await?.registry;
         if self.registry_generation.load(std::sync::atomic::Ordering::Acquire) == generation {

@@ -162,7 +162,7 @@ impl Fhir {
     }
 
     /// Records an administrative action outside the FHIR API (`subtype`: `tenant-add`,
-    /// `client-register`, `client-remove`, `signing-key-rotate`) in `chain`.
+    /// `client-register`, `client-remove`, `client-list`, `signing-key-rotate`) in `chain`.
     pub async fn record_administration(
         &self,
         context: &Context,
@@ -174,6 +174,7 @@ impl Fhir {
         let action = match subtype {
             "client-remove" => Action::Delete,
             "signing-key-rotate" => Action::Update,
+            "client-list" => Action::Read,
             _ => Action::Create,
         };
         let mut event = self.event(context, EventType::Administration(subtype), action);

@@ -620,6 +620,7 @@ impl Fhir {
         }
         if resource_type == "PractitionerRole" {
             check_role_organization(connection, &tenant, &resource).await?;
+            check_role_keeps_to_its_organization(connection, grant, id, &resource).await?;
         }
         self.check_registration_change(connection, grant, resource_type, current, managing_organization.as_deref(), &patients).await?;
         self.check_sign_in_mapping(grant, resource_type, current, &resource)?;
@@ -945,6 +946,35 @@ async fn check_role_organization(connection: &mut crate::store::Db, owner: &str,
                 .at("PractitionerRole.organization"),
         ))
     }
+}
+
+/// A system client keeping its own Organization's directory may give a role only to a
+/// Practitioner whom no other Organization's role names: else it could make another
+/// organization's professional act for its own, or claim their entry.
+async fn check_role_keeps_to_its_organization(connection: &mut crate::store::Db, grant: &Grant, id: &str, role: &Value) -> Result<()> {
+    let Some(own) = grant.keeps_own_directory() else { return Ok(()) };
+    let Some(practitioner) = role
+        .pointer("/practitioner/reference")
+        .and_then(Value::as_str)
+        .and_then(policy::facts::local_reference)
+        .and_then(|r| r.strip_prefix("Practitioner/").map(str::to_owned))
+    else {
+        return Ok(());
+    };
+    let targets = [("Practitioner".to_owned(), practitioner)];
+    let roles = store::facts::referring(connection, "PractitionerRole", "practitioner", &targets).await?;
+    let elsewhere = roles.iter().filter(|(other, _, _)| other != id).any(|(_, _, content)| {
+        let organization = serde_json::from_str::<Value>(content)
+            .ok()
+            .and_then(|other| other.pointer("/organization/reference").and_then(Value::as_str).and_then(policy::facts::local_reference));
+        organization.as_deref() != Some(own)
+    });
+    if elsewhere {
+        let error = Error::Forbidden("this Practitioner has a role at another Organization; only that Organization's administrator or the municipality's may add one".into());
+        grant.record_refusal("give another organization's Practitioner a role", "PractitionerRole", &error);
+        return Err(error);
+    }
+    Ok(())
 }
 
 /// Serialises conditional interactions on one municipality's resources of one type, so

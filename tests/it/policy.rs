@@ -494,7 +494,10 @@ async fn a_system_client_keeps_its_organizations_directory(backend: Backend) {
         ("its role at the hospital", &ehr, role("role-dr-new", dr_new, "hospital"), 201),
         ("a ward of the hospital", &ehr, json!({ "resourceType": "Location", "id": "ward-3", "name": "3階病棟", "managingOrganization": { "reference": "Organization/hospital" } }), 201),
         ("a service of the hospital", &ehr, json!({ "resourceType": "HealthcareService", "id": "home-visits", "name": "訪問診療", "providedBy": { "reference": "Organization/hospital" } }), 201),
-        ("its Practitioner, renamed", &ehr, person(dr_new, "小林（旧姓 高木）"), 200),
+        // An existing Practitioner may also work elsewhere: the client does not change it.
+        ("its Practitioner, renamed", &ehr, person(dr_new, "小林（旧姓 高木）"), 404),
+        // Nor may it give another organization's professional a role at its own.
+        ("a role at the hospital for the clinic's doctor", &ehr, role("role-grab", "dr-clinic", "hospital"), 403),
         ("a role at another organization", &ehr, role("role-elsewhere", dr_new, "clinic"), 403),
         ("its role moved to another organization", &ehr, role("role-dr-new", dr_new, "clinic"), 403),
         // The write grant does not cover them: to the write they do not exist (404), and

@@ -176,6 +176,16 @@ async fn from_an_empty_database_to_a_first_person(backend: Backend) {
     // An administrator client cannot be minted through the API by a municipal administrator.
     let more_admin = json!({ "client_id": "mm-admin-2", "tenant": "minamiminowa", "kind": "administrator", "roles": ["municipal-admin"], "jwks": jwks });
     assert_eq!(call(&node, &admin, reqwest::Method::POST, "/admin/clients", Some(&more_admin)).await.0, 403);
+    // Nor by the server administrator: administrator clients come from the operator alone.
+    assert_eq!(call(&node, &ops, reqwest::Method::POST, "/admin/clients", Some(&more_admin)).await.0, 403);
+    // An app whose sign-ins may take administrative roles is role mapping: the server
+    // administrator's, not the municipality's.
+    let console = json!({
+        "client_id": "mm-console", "tenant": "minamiminowa", "kind": "public", "redirect_uris": ["https://console.example.jp/cb"],
+        "scopes": "openid user/*.cruds", "roles": ["server-admin"]
+    });
+    assert_eq!(call(&node, &admin, reqwest::Method::POST, "/admin/clients", Some(&console)).await.0, 403);
+    assert_eq!(call(&node, &ops, reqwest::Method::POST, "/admin/clients", Some(&console)).await.0, 201);
     let (status, answer) = call(&node, &ops, reqwest::Method::POST, "/admin/clients/minamiminowa/mm-care-system/approve", None).await;
     assert_eq!(status, 200, "{answer}");
     let care = bearer(&node, "mm-care-system", &care_key, "ehr-ina-es384", "minamiminowa", "system/*.cruds").await;

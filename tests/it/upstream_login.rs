@@ -311,7 +311,7 @@ async fn administrators_sign_in_through_the_provider(backend: Backend) {
         )
         .await
         .json();
-    assert_eq!(introspected["sub"], "admin-kobayashi");
+    assert_eq!(introspected["sub"], format!("{}|admin-kobayashi", provider.issuer));
 
     // Without a second factor the administrative role is refused, though this
     // municipality's professionals need none.
@@ -341,7 +341,7 @@ async fn administrators_sign_in_through_the_provider(backend: Backend) {
         .filter(|e| e["resource"]["outcome"] == "0")
         .filter_map(|e| e["resource"]["agent"][0]["altId"].as_str().map(str::to_owned))
         .collect();
-    assert!(signed_in.iter().any(|who| who == "admin-kobayashi"), "{signed_in:?}");
+    assert!(signed_in.iter().any(|who| who == &format!("{}|admin-kobayashi", provider.issuer)), "{signed_in:?}");
     server.get_with("/admin/clients?tenant=ina", &[("authorization", &bearer)]).await.expect(403);
     server.get_with("/ina/fhir/Organization/demo-ina-central-hospital", &[("authorization", &bearer)]).await.expect(404);
 }
