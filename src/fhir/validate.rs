@@ -253,6 +253,7 @@ impl Validator {
     /// embedded resources validated as resources.
     fn walk(&self, definition: &str, value: &Value, path: &str, issues: &mut Vec<Issue>) {
         let Some(object) = value.as_object() else { return };
+        check_datatype_invariants(definition, object, path, issues);
         if let Some(required) = self.required_primitives.get(definition) {
             for name in required {
                 if !object.contains_key(name) && !object.contains_key(&format!("_{name}")) {
@@ -460,6 +461,56 @@ pub(crate) fn schema_issue(root_path: &str, error: &jsonschema::ValidationError<
 
 fn quote_list(names: &[String]) -> String {
     names.iter().map(|name| format!("'{name}'")).collect::<Vec<_>>().join(", ")
+}
+
+/// The R4 invariants of the data types that the schema cannot express and that matter for
+/// what is stored, checked as their FHIRPath says (the general FHIRPath evaluation of every
+/// invariant is not here yet):
+/// - `per-1`: a Period's start is not after its end (`start <= end`; of two partial dates
+///   only a start wholly after the end's precision fails);
+/// - `ext-1`: an extension has nested extensions or a value, not both;
+/// - an extension's `url` is absolute, except the simple name of a complex extension's
+///   part (the R4 extensibility rules).
+fn check_datatype_invariants(definition: &str, object: &serde_json::Map<String, Value>, path: &str, issues: &mut Vec<Issue>) {
+    match definition {
+        "Period" => {
+            let bound = |name: &str| object.get(name).and_then(Value::as_str).and_then(crate::fhir::dates::precision_range);
+            if let (Some((start_low, _)), Some((_, end_high))) = (bound("start"), bound("end")) {
+                if start_low >= end_high {
+                    issues.push(Issue::error(IssueCode::Invariant, "per-1: the period's start is after its end").at(path));
+                }
+            }
+        }
+        "Extension" => {
+            let nested = object.get("extension").and_then(Value::as_array).is_some_and(|items| !items.is_empty());
+            let valued = object.keys().any(|key| key.starts_with("value") || key.starts_with("_value"));
+            if nested == valued {
+                let why = if nested { "has both nested extensions and a value" } else { "has neither nested extensions nor a value" };
+                issues.push(Issue::error(IssueCode::Invariant, format!("ext-1: the extension {why}")).at(path));
+            }
+            for (index, part) in object.get("extension").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let url = part.get("url").and_then(Value::as_str).unwrap_or_default();
+                if url.is_empty() {
+                    issues.push(Issue::error(IssueCode::Required, "a complex extension's part needs a url").at(format!("{path}.extension[{index}].url")));
+                }
+            }
+        }
+        _ => {
+            for key in ["extension", "modifierExtension"] {
+                for (index, extension) in object.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+                    let url = extension.get("url").and_then(Value::as_str).unwrap_or_default();
+                    let absolute = url.split_once(':').is_some_and(|(scheme, rest)| {
+                        !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)) && !rest.is_empty()
+                    });
+                    if !absolute {
+                        issues.push(
+                            Issue::error(IssueCode::Value, format!("an extension's url must be an absolute URI, not '{url}'")).at(format!("{path}.{key}[{index}].url")),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

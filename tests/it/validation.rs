@@ -52,6 +52,14 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
         ),
         (json!({ "resourceType": "Condition", "clinicalStatus": { "text": "治療中" }, "subject": { "reference": "Patient/x" } }), 422, vec!["Condition.clinicalStatus"]),
         (json!({ "resourceType": "CareTeam", "status": "proposed", "participant": [{ "member": { "reference": "Organization/x" } }], "category": [{ "text": "x" }], "subject": { "reference": "Patient/x" }, "name": "t", "note": [{ "text": "n" }], "telecom": [{ "system": "email", "value": "a@b", "use": "sometimes" }] }), 422, vec!["CareTeam.telecom[0].use"]),
+        // Invariants of the data types: per-1, ext-1, extension urls.
+        (json!({ "resourceType": "Encounter", "status": "finished", "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH" }, "period": { "start": "2026-11-02T10:00:00+09:00", "end": "2026-11-02T09:00:00+09:00" } }), 422, vec!["Encounter.period"]),
+        (json!({ "resourceType": "Patient", "extension": [{ "url": "http://example.org/ext", "valueString": "a", "extension": [{ "url": "part", "valueString": "b" }] }] }), 422, vec!["Patient.extension[0]"]),
+        (json!({ "resourceType": "Patient", "extension": [{ "url": "birthPlaceNickname", "valueString": "a" }] }), 422, vec!["Patient.extension[0].url"]),
+        (json!({ "resourceType": "Patient", "extension": [{ "url": "", "valueString": "a" }] }), 422, vec!["Patient.extension[0].url"]),
+        // A complex extension's parts carry simple names, and a period of one day is fine.
+        (json!({ "resourceType": "Patient", "extension": [{ "url": "http://example.org/ext", "extension": [{ "url": "part", "valueString": "b" }] }] }), 201, vec![]),
+        (json!({ "resourceType": "Encounter", "status": "finished", "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH" }, "period": { "start": "2026-11-02", "end": "2026-11-02T17:00:00+09:00" } }), 201, vec![]),
         // Extensible and preferred bindings are not errors: any code.
         (json!({ "resourceType": "Communication", "status": "completed", "category": [{ "coding": [{ "system": "urn:example:own", "code": "board" }] }] }), 201, vec![]),
         (json!({ "resourceType": "Communication", "status": "completed", "priority": "urgent" }), 201, vec![]),
@@ -107,7 +115,7 @@ async fn every_rule_names_its_element_for_the_care_manager(backend: Backend) {
         }
         match body["resourceType"].as_str() {
             Some("Patient") => body["managingOrganization"] = json!({ "reference": "Organization/office" }),
-            Some("Observation" | "Communication" | "Condition") => body["subject"] = json!({ "reference": "Patient/p1" }),
+            Some("Observation" | "Communication" | "Condition" | "Encounter") => body["subject"] = json!({ "reference": "Patient/p1" }),
             _ => {}
         }
         let reply = care_manager.post(&server, &body).await;
