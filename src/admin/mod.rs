@@ -139,9 +139,8 @@ pub async fn list_clients(fhir: &Fhir, principal: &Principal, tenant: &str) -> R
 }
 
 /// `DELETE /admin/clients/{tenant}/{client_id}`: removes a registration made through the
-/// admin API (the configuration file's stay until the file changes). Tokens already
-/// issued to an app or system client stay valid until they expire or are revoked; an
-/// administrator client's tokens are revoked with it (`renraku admin client revoke`).
+/// admin API (the configuration file's stay until the file changes) and revokes every
+/// access token issued to the client (its refresh tokens then fail: the client is unknown).
 pub async fn remove_client(fhir: &Fhir, context: &Context, tenant: &str, client_id: &str) -> Result<()> {
     let result = remove_client_unaudited(fhir, &context.principal, tenant, client_id).await;
     let entities = vec![Entity::Detail { name: "client_id".into(), value: client_id.to_owned() }];
@@ -158,8 +157,11 @@ async fn remove_client_unaudited(fhir: &Fhir, principal: &Principal, tenant: &st
     if !store::tenants::delete_client(&mut transaction, tenant, client_id).await? {
         return Err(Error::NotFound(format!("the run-time registration of client '{client_id}' at '{tenant}'")));
     }
+    // A removed client's tokens stop working at the next request, on every gateway.
     if let Some(actor) = registered.as_ref().filter(|_| administrator).and_then(|c| crate::auth::server::backend_actor(tenant, c)) {
         store::auth::revoke_client_tokens(&mut transaction, client_id, &serde_json::to_string(&actor)?).await?;
+    } else {
+        store::auth::revoke_tokens_of_client(&mut transaction, tenant, client_id).await?;
     }
     transaction.commit().await?;
     fhir.forget_client(tenant, client_id)?;

@@ -100,6 +100,17 @@ pub async fn revoke_client_tokens(connection: &mut Db, client_id: &str, principa
     super::bump_generation(connection, super::GENERATION_TOKENS).await
 }
 
+/// Revokes every access token issued to a client at a municipality (its registration was
+/// removed; its refresh tokens fail at the token endpoint, which no longer knows the client).
+pub async fn revoke_tokens_of_client(connection: &mut Db, tenant: &str, client_id: &str) -> Result<()> {
+    sqlx::query("UPDATE access_tokens SET revoked = 1 WHERE tenant = $1 AND client_id = $2")
+        .bind(tenant)
+        .bind(client_id)
+        .execute(&mut connection.0)
+        .await?;
+    super::bump_generation(connection, super::GENERATION_TOKENS).await
+}
+
 /// The family of the refresh token with this digest, if there is one.
 pub async fn refresh_family_of(connection: &mut Db, digest: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT family FROM refresh_tokens WHERE digest = $1").bind(digest).fetch_optional(&mut connection.0).await?;

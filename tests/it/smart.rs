@@ -292,12 +292,17 @@ async fn client_registration(backend: Backend) {
     let bearer = format!("Bearer {}", issued.json()["access_token"].as_str().unwrap_or_default());
     server.get_with("/minamiminowa/fhir/Patient/demo-yamada-taro", &[("authorization", &bearer)]).await.expect(200);
     let server = server.restart_with(|_| {}).await;
-    request_token(&server, "minamiminowa", assertion_for()).await.expect(200);
+    let reissued = request_token(&server, "minamiminowa", assertion_for()).await;
+    reissued.expect(200);
+    let bearer = format!("Bearer {}", reissued.json()["access_token"].as_str().unwrap_or_default());
+    server.get_with("/minamiminowa/fhir/Patient/demo-yamada-taro", &[("authorization", &bearer)]).await.expect(200);
     let removed = server
         .request(Method::DELETE, "/admin/clients/minamiminowa/mm-care-system", &[("authorization", "Bearer demo-admin-minamiminowa")], None)
         .await;
     removed.expect(204);
     expect_oauth_error(&request_token(&server, "minamiminowa", assertion_for()).await, 401, "invalid_client");
+    // The token it held stops working with the registration.
+    server.get_with("/minamiminowa/fhir/Patient/demo-yamada-taro", &[("authorization", &bearer)]).await.expect(401);
 }
 
 /// A client whose keys are published at a URL: fetched at each token request.
