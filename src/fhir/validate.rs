@@ -88,8 +88,8 @@ pub struct Validator {
     /// embedded resources are validated separately against their own type.
     schema: Value,
     required_primitives: HashMap<String, Vec<String>>,
-    /// `Definition.element` → its required binding.
-    required_bindings: HashMap<String, RequiredBinding>,
+    /// Schema definition → element → its required binding (looked up once per object walked).
+    required_bindings: HashMap<String, HashMap<String, RequiredBinding>>,
     resource_types: BTreeSet<String>,
     compiled: RwLock<HashMap<String, Arc<jsonschema::Validator>>>,
     profiles: Profiles,
@@ -112,14 +112,17 @@ impl Validator {
         let required_primitives: HashMap<String, Vec<String>> =
             serde_json::from_str(REQUIRED_PRIMITIVES_JSON).map_err(|e| format!("required primitives: {e}"))?;
         let bindings: Value = serde_json::from_str(REQUIRED_BINDINGS_JSON).map_err(|e| format!("required bindings: {e}"))?;
-        let mut required_bindings: HashMap<String, RequiredBinding> =
+        let listed: HashMap<String, RequiredBinding> =
             serde_json::from_value(bindings.get("bindings").cloned().unwrap_or(Value::Null)).map_err(|e| format!("required bindings: {e}"))?;
-        // Codes the schema already enumerates are reported by the schema, once.
-        required_bindings.retain(|key, _| {
-            let (definition, element) = key.split_once('.').unwrap_or((key, ""));
+        let mut required_bindings: HashMap<String, HashMap<String, RequiredBinding>> = HashMap::new();
+        for (key, binding) in listed {
+            let (definition, element) = key.split_once('.').unwrap_or((key.as_str(), ""));
+            // Codes the schema already enumerates are reported by the schema, once.
             let property = schema.pointer(&format!("/definitions/{definition}/properties/{element}"));
-            property.is_none_or(|p| p.get("enum").is_none() && p.pointer("/items/enum").is_none())
-        });
+            if property.is_none_or(|p| p.get("enum").is_none() && p.pointer("/items/enum").is_none()) {
+                required_bindings.entry(definition.to_owned()).or_default().insert(element.to_owned(), binding);
+            }
+        }
         let resource_types: BTreeSet<String> = schema
             .pointer("/discriminator/mapping")
             .and_then(Value::as_object)
@@ -265,8 +268,9 @@ impl Validator {
             }
         }
         let properties = self.schema.pointer(&format!("/definitions/{definition}/properties"));
+        let bindings = self.required_bindings.get(definition);
         for (key, child) in object {
-            if let Some(binding) = self.required_bindings.get(&format!("{definition}.{key}")) {
+            if let Some(binding) = bindings.and_then(|bindings| bindings.get(key)) {
                 let values: Vec<(String, &Value)> = match child {
                     Value::Array(items) => items.iter().enumerate().map(|(index, item)| (format!("{path}.{key}[{index}]"), item)).collect(),
                     single => vec![(format!("{path}.{key}"), single)],
