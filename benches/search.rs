@@ -62,6 +62,7 @@ async fn main() {
         metrics_token: None,
             shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
             unknown_profiles: renraku::config::UnknownProfiles::default(),
+            binary: Default::default(),
         // BENCH_AUDIT=off measures the search engine alone (every query is audited otherwise).
         audit_off_for_benchmarks_only: std::env::var("BENCH_AUDIT").is_ok_and(|v| v == "off"),
         limits: renraku::config::Limits::default(),

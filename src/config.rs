@@ -21,6 +21,42 @@ pub const DEFAULT_DATA_DIR: &str = "./renraku-data";
 /// commonly wait 30 s between SIGTERM and SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 25_000;
 
+/// Fifty mebibytes: a few minutes of phone video.
+pub const DEFAULT_BINARY_LIMIT_BYTES: usize = 50 * 1024 * 1024;
+
+/// `[binary]` in the configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinarySettings {
+    /// The largest content a Binary may hold (raw upload or decoded `data`).
+    pub limit_bytes: usize,
+    /// The media types a Binary may declare (`contentType`, without parameters).
+    pub media_types: Vec<String>,
+}
+
+impl Default for BinarySettings {
+    fn default() -> Self {
+        let types = [
+            "image/jpeg",
+            "image/png",
+            "image/gif",
+            "image/webp",
+            "image/heic",
+            "image/heif",
+            "image/tiff",
+            "application/pdf",
+            "video/mp4",
+            "video/quicktime",
+            "audio/mpeg",
+            "audio/mp4",
+            "audio/x-m4a",
+            "audio/wav",
+            "text/plain",
+        ];
+        BinarySettings { limit_bytes: DEFAULT_BINARY_LIMIT_BYTES, media_types: types.iter().map(|t| (*t).to_owned()).collect() }
+    }
+}
+
 /// The settings of a running gateway, fully resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -55,6 +91,8 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// What a `meta.profile` this server does not know does to a write.
     pub unknown_profiles: UnknownProfiles,
+    /// What a Binary may hold (`[binary]`): its size limit and the media types allowed.
+    pub binary: BinarySettings,
 }
 
 /// `unknown_profiles` in the configuration file.
@@ -222,6 +260,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub binary: BinarySettings,
+    #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
@@ -344,6 +384,7 @@ impl Config {
             metrics_token: overrides.metrics_token.or(file.metrics_token).filter(|token| !token.is_empty()),
             shutdown_grace_ms: overrides.shutdown_grace_ms.or(file.shutdown_grace_ms).unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
             unknown_profiles: file.unknown_profiles.unwrap_or_default(),
+            binary: file.binary,
         })
     }
 

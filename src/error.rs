@@ -48,6 +48,13 @@ pub enum Error {
     /// The body's media type is not one this server reads.
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
+    /// Content of a kind the server does not store (a Binary's media type outside the
+    /// allow-list, bytes that are not what they claim, a program).
+    #[error("unsupported content: {0}")]
+    UnsupportedContent(String),
+    /// A `Range` that lies outside the content (`size` bytes).
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
     /// The client accepts no format this server writes.
     #[error("not acceptable: {0}")]
     NotAcceptable(String),
@@ -111,7 +118,8 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::MethodNotAllowed | Error::ReadOnly(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::UnsupportedMediaType(_) | Error::UnsupportedContent(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
@@ -146,6 +154,11 @@ impl Error {
                 format!(
                     "the media type '{media_type}' is not supported; send application/fhir+json or application/fhir+xml"
                 ),
+            )],
+            Error::UnsupportedContent(message) => vec![Issue::error(IssueCode::NotSupported, message.clone())],
+            Error::RangeNotSatisfiable { size } => vec![Issue::error(
+                IssueCode::Value,
+                format!("the requested range lies outside the content, which is {size} bytes long"),
             )],
             Error::NotAcceptable(accept) => vec![Issue::error(
                 IssueCode::NotSupported,

@@ -1,6 +1,8 @@
 //! FHIR knowledge with no HTTP and no SQL in it: wire formats, validation, profiles,
 //! references and partial representations (OperationOutcome is `crate::outcome`).
 
+pub mod binary;
+pub mod board;
 pub mod dates;
 pub mod elements;
 pub mod format;

@@ -80,20 +80,21 @@ pub fn classify(reference: &str, base_url: &str, is_resource_type: impl Fn(&str)
 }
 
 /// Replaces every `reference` whose value is a key of `replacements` (transaction full
-/// URLs such as `urn:uuid:…`) with the mapped `Type/id`. Returns how many were replaced.
+/// URLs such as `urn:uuid:…`, conditional references) with the mapped `Type/id`, and every
+/// other string that is one of the transaction's `urn:` full URLs (an `Attachment.url`, a
+/// `uri` element), as the specification asks of transactions. Returns how many were replaced.
 pub fn rewrite(value: &mut Value, replacements: &HashMap<String, String>) -> usize {
     let mut count = 0;
     match value {
         Value::Object(object) => {
             for (key, child) in object.iter_mut() {
-                if key == "reference" {
-                    if let Value::String(reference) = child {
-                        if let Some(replacement) = replacements.get(reference.as_str()) {
-                            *reference = replacement.clone();
-                            count += 1;
-                        }
-                        continue;
+                if let Value::String(text) = child {
+                    let replaceable = key == "reference" || text.starts_with("urn:uuid:") || text.starts_with("urn:oid:");
+                    if let Some(replacement) = replaceable.then(|| replacements.get(text.as_str())).flatten() {
+                        *text = replacement.clone();
+                        count += 1;
                     }
+                    continue;
                 }
                 count += rewrite(child, replacements);
             }

@@ -311,8 +311,15 @@ impl Validator {
     }
 
     fn check_profiles(&self, resource: &Value, issues: &mut Vec<Issue>) {
-        let Some(profiles) = resource.pointer("/meta/profile").and_then(Value::as_array) else { return };
         let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        // Board posts, replies and chat messages meet the board's profile whatever they claim.
+        if resource_type == "Communication" && crate::fhir::board::kind_of(resource).is_some() {
+            let claimed = resource.pointer("/meta/profile").and_then(Value::as_array).is_some_and(|p| p.iter().any(|u| u == crate::fhir::board::BOARD_PROFILE));
+            if let (false, Some(compiled)) = (claimed, self.profiles.get(crate::fhir::board::BOARD_PROFILE)) {
+                compiled.check(resource_type, resource, issues);
+            }
+        }
+        let Some(profiles) = resource.pointer("/meta/profile").and_then(Value::as_array) else { return };
         for (index, profile) in profiles.iter().enumerate() {
             let Some(url) = profile.as_str() else { continue };
             match self.profiles.get(url) {

@@ -22,6 +22,7 @@ use crate::service::history::Level;
 use crate::service::Fhir;
 
 pub mod admin;
+pub mod binary;
 pub mod oauth;
 pub mod pages;
 pub mod request;
@@ -71,7 +72,10 @@ pub fn router(state: AppState) -> Router {
             get(read).put(update).patch(patch).delete(delete).fallback(method_not_allowed),
         )
         .route("/{tenant}/fhir/{resource_type}/{id}/_history", get(history_instance).fallback(method_not_allowed))
-        .route("/{tenant}/fhir/{resource_type}/{id}/{compartment_type}", get(compartment).fallback(method_not_allowed))
+        .route(
+            "/{tenant}/fhir/{resource_type}/{id}/{compartment_type}",
+            get(compartment).post(instance_operation).fallback(method_not_allowed),
+        )
         .route("/{tenant}/fhir/{resource_type}/{id}/_history/{version}", get(vread).fallback(method_not_allowed));
     Router::new()
         .route("/healthz", get(healthz))
@@ -326,7 +330,15 @@ async fn metadata(request: FhirRequest, State(state): State<AppState>) -> Reply 
     Ok(request.reply(StatusCode::OK, state.fhir.capability_statement(&request.context)))
 }
 
-async fn read(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type, id)): Path<(String, String, String)>) -> Reply {
+async fn read(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type, id)): Path<(String, String, String)>,
+) -> Result<Response, ErrorReply> {
+    if resource_type == "Patient" && id == "$unread" {
+        let counts = state.fhir.unread(&request.context, None).await.map_err(|e| request.fail(e))?;
+        return Ok(request.reply(StatusCode::OK, counts).into_response());
+    }
     let stored = state.fhir.read(&request.context, &resource_type, &id).await.map_err(|e| request.fail(e))?;
     let unchanged_etag = request.if_none_match == Some(stored.version_id);
     let unchanged_since = request.if_modified_since.is_some_and(|since| {
@@ -337,22 +349,35 @@ async fn read(request: FhirRequest, State(state): State<AppState>, Path((_, reso
     if unchanged_etag || (request.if_none_match.is_none() && unchanged_since) {
         let mut reply = request.resource_reply(StatusCode::NOT_MODIFIED, stored, false)?;
         reply.body = None;
-        return Ok(reply);
+        return Ok(reply.into_response());
     }
-    request.resource_reply(StatusCode::OK, stored, false)
+    binary_or_resource(&request, &state, stored).await
+}
+
+/// A read's answer: a Binary as its raw content when the client did not ask for a FHIR
+/// format, else (a Binary with its content as `data`) the resource.
+async fn binary_or_resource(request: &FhirRequest, state: &AppState, stored: crate::service::Stored) -> Result<Response, ErrorReply> {
+    if stored.resource_type != "Binary" {
+        return Ok(request.resource_reply(StatusCode::OK, stored, false)?.into_response());
+    }
+    let content = state.fhir.binary_content(&stored).await.map_err(|e| request.fail(e))?;
+    if request.native {
+        return binary::native_reply(&stored, content.unwrap_or_default(), &request.headers).map_err(|e| request.fail(e));
+    }
+    Ok(request.resource_reply(StatusCode::OK, binary::with_data(stored, content), false)?.into_response())
 }
 
 async fn vread(
     request: FhirRequest,
     State(state): State<AppState>,
     Path((_, resource_type, id, version)): Path<(String, String, String, String)>,
-) -> Reply {
+) -> Result<Response, ErrorReply> {
     let stored = state.fhir.vread(&request.context, &resource_type, &id, &version).await.map_err(|e| request.fail(e))?;
-    request.resource_reply(StatusCode::OK, stored, false)
+    binary_or_resource(&request, &state, stored).await
 }
 
 async fn create(request: FhirRequest, State(state): State<AppState>, Path((_, resource_type)): Path<(String, String)>, body: RawBody) -> Reply {
-    let resource = body.resource(&state.config.limits).map_err(|e| request.fail(e))?;
+    let resource = resource_of(&request, &state, &resource_type, &body, None)?;
     let written = state
         .fhir
         .create(&request.context, &resource_type, resource, request.if_none_exist.as_deref())
@@ -368,7 +393,7 @@ async fn update(
     Path((_, resource_type, id)): Path<(String, String, String)>,
     body: RawBody,
 ) -> Reply {
-    let resource = body.resource(&state.config.limits).map_err(|e| request.fail(e))?;
+    let resource = resource_of(&request, &state, &resource_type, &body, Some(&id))?;
     let written = state
         .fhir
         .update(&request.context, &resource_type, &id, resource, request.if_match)
@@ -424,6 +449,15 @@ async fn conditional_delete(request: FhirRequest, State(state): State<AppState>,
     Ok(no_content(&request))
 }
 
+/// The resource a create or update sends: its body parsed, or for a Binary sent in its
+/// native form (an image, a PDF) the Binary that stands for the content.
+fn resource_of(request: &FhirRequest, state: &AppState, resource_type: &str, body: &RawBody, id: Option<&str>) -> Result<serde_json::Value, ErrorReply> {
+    if resource_type == "Binary" && binary::is_native(body) {
+        return binary::from_native(&state.config.binary, body, &request.headers, id).map_err(|e| request.fail(e));
+    }
+    body.resource(&state.config.limits).map_err(|e| request.fail(e))
+}
+
 fn no_content(request: &FhirRequest) -> response::FhirReply {
     let mut reply = request.reply(StatusCode::NO_CONTENT, serde_json::Value::Null);
     reply.body = None;
@@ -460,10 +494,29 @@ async fn compartment(
         state.fhir.everything(&request.context, &id, &request.query).await
     } else if compartment_type == "$access-report" {
         state.fhir.access_report(&request.context, &id, &request.query).await
+    } else if compartment_type == "$read-status" {
+        state.fhir.read_status(&request.context, &id, &request.query).await
+    } else if compartment_type == "$unread" {
+        state.fhir.unread(&request.context, Some(&id)).await
     } else {
         state.fhir.compartment_search(&request.context, &id, &compartment_type, &request.query).await
     };
     Ok(request.reply(StatusCode::OK, result.map_err(|e| request.fail(e))?))
+}
+
+/// `POST [base]/Patient/[id]/$mark-read` (the one instance operation taking a body).
+async fn instance_operation(
+    request: FhirRequest,
+    State(state): State<AppState>,
+    Path((_, resource_type, id, operation)): Path<(String, String, String, String)>,
+    body: RawBody,
+) -> Reply {
+    if resource_type != "Patient" || operation != "$mark-read" {
+        return Err(request.fail(Error::MethodNotAllowed));
+    }
+    let parameters = body.resource(&state.config.limits).map_err(|e| request.fail(e))?;
+    let outcome = state.fhir.mark_read(&request.context, &id, parameters).await.map_err(|e| request.fail(e))?;
+    Ok(request.reply(StatusCode::OK, outcome))
 }
 
 /// `GET [base]?_type=…`: search across resource types.

@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method};
 use serde_json::Value;
 
 use crate::auth::tokens;
@@ -47,6 +47,8 @@ pub struct FhirRequest {
     pub if_none_match: Option<i64>,
     pub if_modified_since: Option<chrono::DateTime<chrono::Utc>>,
     pub if_none_exist: Option<String>,
+    /// A Binary path whose `Accept` names no FHIR format: the content itself is wanted.
+    pub native: bool,
     pub headers: HeaderMap,
     /// For the warnings a written resource earns (`Prefer: return=OperationOutcome`).
     pub validator: std::sync::Arc<crate::fhir::validate::Validator>,
@@ -61,8 +63,16 @@ impl FromRequestParts<AppState> for FhirRequest {
         let query = parse_query_string(&raw_query);
         let format_param = query.iter().find(|(name, _)| name == "_format").map(|(_, value)| value.clone()).filter(|value| !value.is_empty());
         let fail = |error: Error| ErrorReply { error, format: Format::Json, request_id: request_id.clone() };
-        let format = negotiate(format_param.as_deref(), parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
-            .map_err(fail)?;
+        let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let binary = crate::http::binary::is_binary_path(parts.uri.path());
+        // A Binary is read in its native form unless a FHIR format is asked for, whatever
+        // else `Accept` names (`image/jpeg`, `*/*`).
+        let native = binary && format_param.is_none() && !accept.is_some_and(names_fhir_format);
+        let format = match negotiate(format_param.as_deref(), accept) {
+            Ok(format) => format,
+            Err(_) if native => Format::Json,
+            Err(error) => return Err(fail(error)),
+        };
         let fail = |error: Error| ErrorReply { error, format, request_id: request_id.clone() };
         // No FHIR id, parameter or string holds a NUL character (PostgreSQL text cannot
         // either): a URL carrying one is refused here, alike on both backends.
@@ -141,6 +151,7 @@ impl FromRequestParts<AppState> for FhirRequest {
             if_none_match,
             if_modified_since,
             if_none_exist: header_text(&parts.headers, "if-none-exist"),
+            native,
             headers: parts.headers.clone(),
             validator: state.fhir.validator.clone(),
         })
@@ -235,6 +246,11 @@ fn preference<'a>(prefer: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, value)| value.trim().trim_matches('"'))
 }
 
+/// Whether an `Accept` header names a FHIR format (or plain JSON or XML).
+fn names_fhir_format(accept: &str) -> bool {
+    accept.split(',').any(|item| Format::from_mime(item.split(';').next().unwrap_or_default().trim()).is_some())
+}
+
 /// Chooses the response format: `_format` wins, then `Accept`; JSON when either says
 /// nothing FHIR-specific (browsers send `text/html,…,*/*`).
 pub fn negotiate(format_param: Option<&str>, accept: Option<&str>) -> Result<Format, Error> {
@@ -271,11 +287,19 @@ impl FromRequest<AppState> for RawBody {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge { limit_bytes: state.config.body_limit_bytes }
+        // A Binary's body has its own, larger limit (`[binary] limit_bytes`); the content's
+        // own size is checked against it exactly once the body is read.
+        let limit = if crate::http::binary::is_binary_path(request.uri().path()) {
+            crate::http::binary::body_limit(&state.config.binary)
+        } else {
+            state.config.body_limit_bytes
+        };
+        let body = http_body_util::Limited::new(request.into_body(), limit);
+        let bytes = http_body_util::BodyExt::collect(body).await.map(http_body_util::Collected::to_bytes).map_err(|error| {
+            let error = if error.is::<http_body_util::LengthLimitError>() {
+                Error::PayloadTooLarge { limit_bytes: limit }
             } else {
-                Error::bad_request(format!("the request body could not be read: {rejection}"))
+                Error::bad_request(format!("the request body could not be read: {error}"))
             };
             ErrorReply { error, format: Format::Json, request_id }
         })?;

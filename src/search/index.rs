@@ -16,6 +16,9 @@ pub enum IndexEntry {
     /// the policy (`policy::facts::access_links`) from CareTeams, Consents and Patients; the access
     /// predicate joins these rows instead of binding the persons an actor reaches.
     AccessLink { kind: String, patient: String, member: String, valid_from: String, valid_to: String },
+    /// A board post, reply or chat message of a person (`crate::fhir::board`), which read
+    /// state and unread counts join (`migrations/*/0016_board.sql`).
+    BoardItem { patient: String, kind: String, sent: String, sender: String, parent: String },
 }
 
 /// The `kind` of an [`IndexEntry::AccessLink`] that places an actor on a person's team.

@@ -377,9 +377,15 @@ impl Fhir {
     }
 
     /// The persons whose compartments a resource is in.
-    fn patients_of(&self, resource_type: &str, id: &str, resource: &Value) -> Vec<String> {
+    pub(crate) fn patients_of(&self, resource_type: &str, id: &str, resource: &Value) -> Vec<String> {
         if resource_type == "Patient" {
             return vec![id.to_owned()];
+        }
+        if resource_type == "Binary" {
+            let recorded = crate::fhir::binary::persons(resource);
+            if !recorded.is_empty() {
+                return recorded;
+            }
         }
         let params = self.search_params.person_params(resource_type);
         if params.is_empty() {

@@ -72,7 +72,10 @@ impl Fhir {
             if resource_type == "Patient" {
                 let operations = json!([
                     { "name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything" },
-                    { "name": "access-report", "definition": "https://renraku.example.jp/fhir/OperationDefinition/Patient-access-report" }
+                    { "name": "access-report", "definition": "https://renraku.example.jp/fhir/OperationDefinition/Patient-access-report" },
+                    { "name": "mark-read", "definition": "https://renraku.example.jp/fhir/OperationDefinition/Patient-mark-read" },
+                    { "name": "read-status", "definition": "https://renraku.example.jp/fhir/OperationDefinition/Patient-read-status" },
+                    { "name": "unread", "definition": "https://renraku.example.jp/fhir/OperationDefinition/Patient-unread" }
                 ]);
                 crate::fhir::set(&mut resource, "operation", operations);
             }

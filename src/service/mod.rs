@@ -26,6 +26,8 @@ use writes::{Change, Outcome, WriteEntry};
 pub use crate::fhir::MUNICIPALITY_TAG_SYSTEM;
 
 pub mod audit;
+pub mod binary;
+pub mod board;
 pub mod bundle;
 pub mod capability;
 pub mod generate;
@@ -605,6 +607,9 @@ impl Fhir {
         let version_id = current.map_or(1, |current| current.version_id + 1);
         let last_updated = self.now();
         let mut resource = validated.into_inner();
+        if resource_type == "Binary" {
+            self.prepare_binary(connection, grant, &mut resource, current).await?;
+        }
         let mut index = self.index_of(resource_type, id, &resource);
         let patients = self.compartment_patients(resource_type, id, &index);
         let tenant = match current {
@@ -669,6 +674,26 @@ impl Fhir {
     pub(crate) fn index_of(&self, resource_type: &str, id: &str, resource: &Value) -> Vec<crate::search::IndexEntry> {
         let mut index = self.search_params.extract(resource);
         index.extend(policy::facts::access_links(resource_type, id, resource));
+        if resource_type == "Communication" {
+            index.extend(crate::fhir::board::item_of(resource).map(|item| crate::search::IndexEntry::BoardItem {
+                patient: item.patient,
+                kind: item.kind,
+                sent: item.sent,
+                sender: item.sender,
+                parent: item.parent,
+            }));
+        }
+        if resource_type == "Binary" {
+            // The persons recorded from its securityContext (`fhir::binary`) make it their data.
+            index.extend(crate::fhir::binary::persons(resource).into_iter().map(|patient| crate::search::IndexEntry::Reference {
+                param: "security-context".into(),
+                target_type: "Patient".into(),
+                target_id: patient,
+                url: String::new(),
+                identifier_system: String::new(),
+                identifier_value: String::new(),
+            }));
+        }
         index
     }
 

@@ -148,7 +148,9 @@ impl Fhir {
             });
         }
         let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_by_key(|&i| (entries.get(i).map_or(u8::MAX, |e| e.change.rank()), i));
+        // A Binary after the rest of its rank: the resource its securityContext names may be
+        // created by the same transaction.
+        order.sort_by_key(|&i| (entries.get(i).map_or(u8::MAX, |e| e.change.rank()), entries.get(i).is_some_and(|e| e.resource_type == "Binary"), i));
         let mut transaction = self.store.begin().await?;
 
         // Step 2: conditional matches and the ids of what is created.

@@ -24,6 +24,8 @@ use crate::search::IndexEntry;
 
 pub mod audit;
 pub mod auth;
+pub(crate) mod binary;
+pub(crate) mod board;
 pub(crate) mod facts;
 pub mod query;
 pub mod tenants;
@@ -806,6 +808,10 @@ async fn write_index(
     entries: &[IndexEntry],
 ) -> Result<()> {
     for table in INDEX_TABLES {
+        // Only Communications are board items: other writes skip that table.
+        if table == "board_items" && resource_type != "Communication" {
+            continue;
+        }
         sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND id = $2"))
             .bind(resource_type)
             .bind(id)
@@ -831,8 +837,8 @@ fn generation_of(resource_type: &str) -> Option<&'static str> {
 }
 
 /// Every table holding rows derived from a resource's current content.
-const INDEX_TABLES: [&str; 7] =
-    ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri", "access_links"];
+const INDEX_TABLES: [&str; 8] =
+    ["search_string", "search_token", "search_reference", "search_date", "search_number", "search_uri", "access_links", "board_items"];
 
 /// The generation counter of the wide-area agreements (bumped by every Contract write).
 pub const GENERATION_AGREEMENTS: &str = "agreements";
@@ -878,6 +884,7 @@ struct IndexRows {
     numbers: Vec<Vec<BulkValue>>,
     uris: Vec<Vec<BulkValue>>,
     links: Vec<Vec<BulkValue>>,
+    board: Vec<Vec<BulkValue>>,
 }
 
 impl IndexRows {
@@ -906,6 +913,9 @@ impl IndexRows {
                 IndexEntry::AccessLink { kind, patient, member, valid_from, valid_to } => {
                     (&mut self.links, vec![text(kind), text(patient), text(member), text(valid_from), text(valid_to)])
                 }
+                IndexEntry::BoardItem { patient, kind, sent, sender, parent } => {
+                    (&mut self.board, vec![text(patient), text(kind), text(sent), text(sender), text(parent)])
+                }
             };
             values.extend(more);
             table.push(values);
@@ -913,7 +923,7 @@ impl IndexRows {
     }
 
     async fn insert(&self, connection: &mut Db) -> Result<()> {
-        let tables: [(&str, &Vec<Vec<BulkValue>>); 7] = [
+        let tables: [(&str, &Vec<Vec<BulkValue>>); 8] = [
             ("search_string (resource_type, id, tenant, param, normalized, exact)", &self.strings),
             ("search_token (resource_type, id, tenant, param, system, code, text)", &self.tokens),
             (
@@ -924,6 +934,7 @@ impl IndexRows {
             ("search_number (resource_type, id, tenant, param, value, system, code)", &self.numbers),
             ("search_uri (resource_type, id, tenant, param, uri)", &self.uris),
             ("access_links (resource_type, id, kind, patient, member, valid_from, valid_to)", &self.links),
+            ("board_items (resource_type, id, tenant, patient, kind, sent, sender, parent)", &self.board),
         ];
         for (target, rows) in tables {
             query::insert_many(connection, target, rows).await?;

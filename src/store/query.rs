@@ -110,7 +110,7 @@ impl Sql {
     }
 
     /// `$a, $b, …)` — binds each value and closes the parenthesis.
-    fn bind_list(&mut self, values: &[String]) -> &mut Self {
+    pub(crate) fn bind_list(&mut self, values: &[String]) -> &mut Self {
         for (index, value) in values.iter().enumerate() {
             if index > 0 {
                 self.push(", ");
@@ -357,6 +357,12 @@ impl Sql {
         let text = self.text_for(connection);
         self.query(&text).execute(&mut connection.0).await?;
         Ok(())
+    }
+
+    /// Executes the statement; returns how many rows it changed.
+    pub(crate) async fn execute_counting(&self, connection: &mut Db) -> Result<u64> {
+        let text = self.text_for(connection);
+        Ok(self.query(&text).execute(&mut connection.0).await?.rows_affected())
     }
 
     /// The statement text (for EXPLAIN in benchmarks).

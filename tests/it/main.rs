@@ -8,7 +8,9 @@
 mod support;
 
 mod app_launch;
+mod attachments;
 mod audit;
+mod board;
 mod bundles;
 mod concurrency;
 mod conditional;

@@ -22,6 +22,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A caller holding one of the demo's documented tokens (`renraku serve --demo`).
+    pub fn demo(tenant: &str, token: &str) -> Caller {
+        Caller { tenant: tenant.into(), token: token.into() }
+    }
+
     fn auth(&self) -> String {
         format!("Bearer {}", self.token)
     }

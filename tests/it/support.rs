@@ -346,6 +346,7 @@ pub async fn new_database(backend: Backend) -> (Config, tempfile::TempDir, Optio
             metrics_token: None,
             shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
             unknown_profiles: renraku::config::UnknownProfiles::default(),
+            binary: Default::default(),
             audit_off_for_benchmarks_only: false,
             limits: renraku::config::Limits::default(),
         clients: Vec::new(),

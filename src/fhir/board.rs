@@ -1,0 +1,101 @@
+//! The board (掲示板) and chat of a person's support team, as FHIR Communications.
+//!
+//! - A **board post**: `category` = [`KIND_SYSTEM`]`|board`, `subject` = the person,
+//!   `sender` = the author's PractitionerRole (or Organization), `sent`, `payload` (text,
+//!   attachments as `contentAttachment` with `url` = `Binary/…`). A **reply** is a board
+//!   item whose `inResponseTo` names the post (threads are one level deep: a reply to a
+//!   reply names the same post).
+//! - A **chat message**: `category` = `…|chat`, the same elements, `recipient` = the team
+//!   members it is addressed to (absent: the whole team).
+//!
+//! Both are checked against the profile `renraku-board-message` whatever their
+//! `meta.profile` says (`Validator::validate`). Each board or chat item is also a
+//! [`BoardItem`] row (`board_items`), derived at every write like the search index, which
+//! read state (既読) and unread counts join.
+
+use serde_json::Value;
+
+/// The code system of board and chat categories (`conformance/codesystem-communication-kind.json`).
+pub const KIND_SYSTEM: &str = "https://renraku.example.jp/fhir/CodeSystem/communication-kind";
+/// The profile every board post, reply and chat message is checked against.
+pub const BOARD_PROFILE: &str = "https://renraku.example.jp/fhir/StructureDefinition/renraku-board-message";
+
+/// What a board or chat item is, for read state and unread counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardItem {
+    /// The person (Patient id) whose board or chat it is on.
+    pub patient: String,
+    /// `board` or `chat`.
+    pub kind: String,
+    /// `sent`, as a stored instant (fixed-width UTC text, comparable as text).
+    pub sent: String,
+    /// Who sent it (`PractitionerRole/…`, `Organization/…`), as written.
+    pub sender: String,
+    /// For a reply, the post it answers (a Communication id); empty otherwise.
+    pub parent: String,
+}
+
+/// The board kind of a Communication (`board` or `chat`), if it is one.
+pub fn kind_of(resource: &Value) -> Option<&'static str> {
+    let categories = resource.get("category").and_then(Value::as_array)?;
+    categories
+        .iter()
+        .flat_map(|category| category.get("coding").and_then(Value::as_array).into_iter().flatten())
+        .filter(|coding| coding.get("system").and_then(Value::as_str) == Some(KIND_SYSTEM))
+        .find_map(|coding| match coding.get("code").and_then(Value::as_str) {
+            Some("board") => Some("board"),
+            Some("chat") => Some("chat"),
+            _ => None,
+        })
+}
+
+/// The board item a Communication is, if it is a live board post, reply or chat message of
+/// one person (one entered in error is nobody's unread item).
+pub fn item_of(resource: &Value) -> Option<BoardItem> {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Communication") {
+        return None;
+    }
+    let kind = kind_of(resource)?;
+    if resource.get("status").and_then(Value::as_str) == Some("entered-in-error") {
+        return None;
+    }
+    let patient = resource.pointer("/subject/reference").and_then(Value::as_str)?.strip_prefix("Patient/")?.to_owned();
+    let sent_text = resource.get("sent").and_then(Value::as_str)?;
+    let (sent, _) = crate::fhir::dates::precision_range(sent_text)?;
+    let sender = resource.pointer("/sender/reference").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let parent = resource
+        .get("inResponseTo")
+        .and_then(Value::as_array)
+        .and_then(|items| items.first())
+        .and_then(|item| item.get("reference").and_then(Value::as_str))
+        .and_then(|reference| reference.strip_prefix("Communication/"))
+        .unwrap_or_default()
+        .to_owned();
+    Some(BoardItem { patient, kind: kind.to_owned(), sent: crate::fhir::dates::format_instant(sent), sender, parent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn board_items() {
+        let reply = json!({
+            "resourceType": "Communication", "status": "completed",
+            "category": [{ "coding": [{ "system": KIND_SYSTEM, "code": "board" }] }],
+            "subject": { "reference": "Patient/p1" }, "sender": { "reference": "PractitionerRole/r1" },
+            "sent": "2026-11-20T10:00:00+09:00", "inResponseTo": [{ "reference": "Communication/c0" }],
+            "payload": [{ "contentString": "了解しました" }]
+        });
+        let item = item_of(&reply).unwrap();
+        assert_eq!((item.patient.as_str(), item.kind.as_str(), item.parent.as_str()), ("p1", "board", "c0"));
+        assert!(item.sent.starts_with("2026-11-20T01:00:00"), "{}", item.sent);
+        let mut withdrawn = reply.clone();
+        withdrawn["status"] = json!("entered-in-error");
+        assert_eq!(item_of(&withdrawn), None);
+        let mut note = reply;
+        note["category"] = json!([{ "text": "申し送り" }]);
+        assert_eq!(item_of(&note), None);
+    }
+}

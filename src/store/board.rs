@@ -1,0 +1,135 @@
+//! Read state (既読) of board and chat items: marks by item, "read through" by person, and
+//! the counts joined against `board_items` (index rows derived from the Communications).
+//!
+//! Marks are facts about a reader, not resource rows: they are written only for items the
+//! service has just read under the caller's grant, and unread counts judge each item by the
+//! caller's grant in the SQL ([`unread`]) — so nothing here reveals an item the caller
+//! cannot see.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::query::Sql;
+use super::Db;
+use crate::error::Result;
+use crate::policy::Grant;
+
+/// What the team has done with one item.
+#[derive(Debug, Clone, Default)]
+pub struct ItemState {
+    /// The item's sender, as written.
+    pub sender: String,
+    /// Replies to it (board items naming it in `inResponseTo`).
+    pub replies: i64,
+    /// Who read it (actor references), with when they first did.
+    pub readers: BTreeMap<String, String>,
+}
+
+/// Marks `items` (Communication ids on `patient`'s board or chat) read by `reader`; items
+/// that are not board items of that person are ignored. Returns how many marks are new.
+pub async fn mark(connection: &mut Db, reader: &str, patient: &str, items: &[String], now: &str) -> Result<u64> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let mut sql = Sql::new("INSERT INTO read_marks (item, reader, patient, read_at) SELECT b.id, ");
+    sql.bind(reader).push(", b.patient, ").bind(now);
+    sql.push(" FROM board_items b WHERE b.resource_type = 'Communication' AND b.patient = ").bind(patient);
+    sql.push(" AND b.id IN (").bind_list(items);
+    sql.push(" ON CONFLICT (item, reader) DO NOTHING");
+    sql.execute_counting(connection).await
+}
+
+/// Marks everything on `patient`'s board and chat sent up to `through` (a stored instant)
+/// read by `reader`; a later mark never moves the point back.
+pub async fn mark_through(connection: &mut Db, reader: &str, patient: &str, through: &str, now: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO read_through (patient, reader, through, read_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (patient, reader) DO UPDATE SET \
+         through = CASE WHEN excluded.through > read_through.through THEN excluded.through ELSE read_through.through END, \
+         read_at = CASE WHEN excluded.through > read_through.through THEN excluded.read_at ELSE read_through.read_at END",
+    )
+    .bind(patient)
+    .bind(reader)
+    .bind(through)
+    .bind(now)
+    .execute(&mut connection.0)
+    .await?;
+    Ok(())
+}
+
+/// The state of `items` (board items of `patient`): sender, replies, and readers by mark
+/// or by a "read through" point at or after the item's `sent`.
+pub async fn states(connection: &mut Db, patient: &str, items: &[String]) -> Result<BTreeMap<String, ItemState>> {
+    let mut states: BTreeMap<String, ItemState> = BTreeMap::new();
+    if items.is_empty() {
+        return Ok(states);
+    }
+    let list = |sql: &mut Sql| {
+        sql.push("(").bind_list(items);
+    };
+    let mut own = Sql::new("SELECT b.id, b.sender FROM board_items b WHERE b.resource_type = 'Communication' AND b.patient = ");
+    own.bind(patient).push(" AND b.id IN ");
+    list(&mut own);
+    for row in own.fetch_all(connection).await? {
+        let id: String = row.try_get("id")?;
+        states.entry(id).or_default().sender = row.try_get("sender")?;
+    }
+    let mut replies = Sql::new("SELECT b.parent, COUNT(*) AS n FROM board_items b WHERE b.patient = ");
+    replies.bind(patient).push(" AND b.parent IN ");
+    list(&mut replies);
+    replies.push(" GROUP BY b.parent");
+    for row in replies.fetch_all(connection).await? {
+        let parent: String = row.try_get("parent")?;
+        if let Some(state) = states.get_mut(&parent) {
+            state.replies = row.try_get("n")?;
+        }
+    }
+    let mut marked = Sql::new("SELECT m.item, m.reader, m.read_at FROM read_marks m WHERE m.patient = ");
+    marked.bind(patient).push(" AND m.item IN ");
+    list(&mut marked);
+    let mut through = Sql::new(
+        "SELECT b.id AS item, t.reader, t.read_at FROM board_items b JOIN read_through t ON t.patient = b.patient AND t.through >= b.sent \
+         WHERE b.resource_type = 'Communication' AND b.patient = ",
+    );
+    through.bind(patient).push(" AND b.id IN ");
+    list(&mut through);
+    for query in [marked, through] {
+        for row in query.fetch_all(connection).await? {
+            let item: String = row.try_get("item")?;
+            let reader: String = row.try_get("reader")?;
+            let read_at: String = row.try_get("read_at")?;
+            if let Some(state) = states.get_mut(&item) {
+                let earliest = state.readers.entry(reader).or_insert_with(|| read_at.clone());
+                if read_at < *earliest {
+                    *earliest = read_at;
+                }
+            }
+        }
+    }
+    Ok(states)
+}
+
+/// `reader`'s unread board and chat items, by person and kind: items the grant lets the
+/// caller read (judged row by row in the SQL), not sent by the reader, neither marked nor
+/// before the reader's "read through" point. Only `patient`'s when given.
+pub async fn unread(connection: &mut Db, grant: &Grant, reader: &str, patient: Option<&str>) -> Result<Vec<(String, String, i64)>> {
+    let mut sql = Sql::new(
+        "SELECT b.patient, b.kind, COUNT(*) AS n FROM board_items b JOIN resources r ON r.resource_type = b.resource_type AND r.id = b.id \
+         WHERE b.resource_type = 'Communication' AND r.deleted = 0 AND ",
+    );
+    sql.tenant_scope("r.tenant", grant);
+    sql.push(" AND ");
+    sql.access_scope("r", grant, Some(&["Communication".to_owned()]));
+    sql.push(" AND b.sender <> ").bind(reader);
+    sql.push(" AND NOT EXISTS (SELECT 1 FROM read_marks m WHERE m.item = b.id AND m.reader = ").bind(reader).push(")");
+    sql.push(" AND NOT EXISTS (SELECT 1 FROM read_through t WHERE t.patient = b.patient AND t.reader = ")
+        .bind(reader)
+        .push(" AND t.through >= b.sent)");
+    if let Some(patient) = patient {
+        sql.push(" AND b.patient = ").bind(patient);
+    }
+    sql.push(" GROUP BY b.patient, b.kind ORDER BY b.patient, b.kind");
+    let rows = sql.fetch_all(connection).await?;
+    rows.iter().map(|row| Ok((row.try_get("patient")?, row.try_get("kind")?, row.try_get("n")?))).collect()
+}

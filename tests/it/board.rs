@@ -1,0 +1,168 @@
+//! The board (掲示板) and chat of a support team spanning three municipalities (issue #16):
+//! posts and replies listed newest first and by thread, the board profile enforced, read
+//! state (既読 n/m with names) and unread counts per member, and a member who leaves.
+
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::policy::{agreement, Caller};
+use crate::support::{Backend, Reply, Server};
+
+both_backends!(a_team_talks_on_the_board_and_sees_who_has_read_what);
+
+const PERSON: &str = "demo-yamada-taro";
+const KIND: &str = "https://renraku.example.jp/fhir/CodeSystem/communication-kind";
+
+fn message(kind: &str, sender: &str, sent: &str, text: &str, parent: Option<&str>) -> Value {
+    let mut message = json!({
+        "resourceType": "Communication", "status": "completed",
+        "category": [{ "coding": [{ "system": KIND, "code": kind }] }],
+        "subject": { "reference": format!("Patient/{PERSON}") },
+        "sender": { "reference": format!("PractitionerRole/{sender}") },
+        "sent": sent,
+        "payload": [{ "contentString": text }]
+    });
+    if let Some(parent) = parent {
+        message["inResponseTo"] = json!([{ "reference": format!("Communication/{parent}") }]);
+    }
+    message
+}
+
+async fn posted(server: &Server, caller: &Caller, body: Value) -> String {
+    let reply = caller.post(server, &body).await;
+    reply.expect(201);
+    reply.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// `name` → value of the first part called so, in one `item` of a `$read-status` answer.
+fn item_parts(status: &Value, communication: &str) -> Vec<Value> {
+    status["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|item| item["part"][0]["valueReference"]["reference"] == format!("Communication/{communication}"))
+        .and_then(|item| item["part"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn integer(parts: &[Value], name: &str) -> i64 {
+    parts.iter().find(|p| p["name"] == name).and_then(|p| p["valueInteger"].as_i64()).unwrap_or(-1)
+}
+
+fn names(parts: &[Value], name: &str) -> Vec<String> {
+    let mut found: Vec<String> = parts
+        .iter()
+        .filter(|p| p["name"] == name)
+        .map(|p| {
+            let reference = if name == "reader" { &p["part"][0]["valueReference"] } else { &p["valueReference"] };
+            reference["display"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+async fn unread(server: &Server, caller: &Caller, path: &str) -> Value {
+    let reply = caller.get(server, path).await;
+    reply.expect(200);
+    reply.json()
+}
+
+fn counts(unread: &Value) -> (i64, i64, i64) {
+    let total = unread["parameter"][0]["valueInteger"].as_i64().unwrap_or(-1);
+    let person = unread["parameter"].as_array().into_iter().flatten().find(|p| p["name"] == "person");
+    let part = |name: &str| person.and_then(|p| p["part"].as_array()).into_iter().flatten().find(|x| x["name"] == name).and_then(|x| x["valueInteger"].as_i64()).unwrap_or(0);
+    (total, part("board"), part("chat"))
+}
+
+async fn mark(server: &Server, caller: &Caller, parameters: Vec<Value>) -> Reply {
+    let body = json!({ "resourceType": "Parameters", "parameter": parameters });
+    server
+        .send(axum::http::Method::POST, &format!("/{}/fhir/Patient/{PERSON}/$mark-read", caller.tenant), &[("authorization", &format!("Bearer {}", caller.token))], &body)
+        .await
+}
+
+async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) {
+    let server = Server::start_with(backend, |config| config.demo = true).await;
+    let care_manager = Caller::demo("minamiminowa", "demo-care-manager");
+    let doctor = Caller::demo("ina", "demo-doctor-ina");
+    let nurse = Caller::demo("minowa", "demo-nurse-minowa");
+    let operator = Caller::demo("minamiminowa", "demo-operator");
+    let admin = Caller::demo("minamiminowa", "demo-admin-minamiminowa");
+    let outsider = Caller::demo("ina", "demo-ehr-ina");
+
+    // 箕輪町 joins under a second agreement; the visiting nurse joins the team.
+    operator
+        .put(&server, &agreement("agreement-minowa", &["203858", "203831"], "executed", &["read", "search-type", "create", "update"]))
+        .await
+        .expect(201);
+    let mut team = admin.get(&server, "CareTeam/demo-team-yamada").await.json();
+    team["participant"].as_array_mut().unwrap().push(json!({ "member": { "reference": "PractitionerRole/demo-role-ns-sato" } }));
+    admin.put(&server, &team).await.expect(200);
+
+    // A post, a reply under it, a later post by the nurse, and a chat message.
+    let post = posted(&server, &care_manager, message("board", "demo-role-cm-suzuki", "2026-11-25T09:00:00+09:00", "デイサービスを週2回に増やします。", None)).await;
+    let reply = posted(&server, &doctor, message("board", "demo-role-dr-tanaka", "2026-11-25T12:00:00+09:00", "了解しました。", Some(&post))).await;
+    let later = posted(&server, &nurse, message("board", "demo-role-ns-sato", "2026-11-26T10:00:00+09:00", "仙骨部に発赤があります。", None)).await;
+    let chat = posted(&server, &doctor, message("chat", "demo-role-dr-tanaka", "2026-11-26T11:00:00+09:00", "明日伺います。", None)).await;
+
+    // The board, newest first (posts only), and a thread.
+    let board = format!("Communication?subject=Patient/{PERSON}&category={KIND}|board&in-response-to:missing=true&_sort=-sent");
+    assert_eq!(doctor.search_ids(&server, &board).await, vec![format!("Communication/{later}"), format!("Communication/{post}")]);
+    assert_eq!(nurse.search_ids(&server, &format!("Communication?in-response-to=Communication/{post}")).await, vec![format!("Communication/{reply}")]);
+
+    // A board message meets the board's profile: it has a sender.
+    let mut anonymous = message("board", "demo-role-dr-tanaka", "2026-11-26T12:00:00+09:00", "誰?", None);
+    anonymous.as_object_mut().unwrap().remove("sender");
+    let refused = doctor.post(&server, &anonymous).await;
+    refused.expect(422);
+    assert!(refused.issue_expressions().iter().any(|e| e.starts_with("Communication.sender")), "{}", refused.text());
+
+    // Nobody has read the first post yet: 既読 0/2, the doctor and the nurse unread, by name.
+    let status_path = format!("Patient/{PERSON}/$read-status?communication={post},{later}");
+    let status = unread(&server, &care_manager, &status_path).await;
+    let first = item_parts(&status, &post);
+    assert_eq!((integer(&first, "replies"), integer(&first, "readCount"), integer(&first, "teamSize")), (1, 0, 2));
+    assert_eq!(names(&first, "unread"), vec!["佐藤 美咲".to_owned(), "田中 一郎".to_owned()]);
+
+    // The doctor reads the post; the nurse reads everything up to now.
+    mark(&server, &doctor, vec![json!({ "name": "communication", "valueReference": { "reference": format!("Communication/{post}") } })]).await.expect(200);
+    mark(&server, &nurse, vec![json!({ "name": "through", "valueInstant": "2026-11-26T23:00:00+09:00" })]).await.expect(200);
+    let status = unread(&server, &care_manager, &status_path).await;
+    let first = item_parts(&status, &post);
+    assert_eq!((integer(&first, "readCount"), integer(&first, "teamSize")), (2, 2));
+    assert_eq!(names(&first, "reader"), vec!["佐藤 美咲".to_owned(), "田中 一郎".to_owned()]);
+    // The doctor of 伊那市 sees the same counts; the nurse of 箕輪町 by reference only, since
+    // no agreement joins 伊那市 and 箕輪町 and names come from the directory each may read.
+    let seen_by_doctor = item_parts(&unread(&server, &doctor, &status_path).await, &post);
+    assert_eq!(integer(&seen_by_doctor, "readCount"), 2);
+    assert_eq!(names(&seen_by_doctor, "reader"), vec![String::new(), "田中 一郎".to_owned()]);
+    assert!(names(&first, "unread").is_empty());
+    let second = item_parts(&status, &later);
+    assert_eq!((integer(&second, "readCount"), integer(&second, "teamSize")), (0, 2), "the nurse's own post is not hers to read");
+
+    // Unread counts, per member: the care manager has the reply, the nurse's post and the chat.
+    assert_eq!(counts(&unread(&server, &care_manager, &format!("Patient/{PERSON}/$unread")).await), (3, 2, 1));
+    assert_eq!(counts(&unread(&server, &care_manager, "Patient/$unread").await), (3, 2, 1));
+    assert_eq!(counts(&unread(&server, &doctor, "Patient/$unread").await), (1, 1, 0));
+    assert_eq!(counts(&unread(&server, &nurse, "Patient/$unread").await), (0, 0, 0));
+    mark(&server, &care_manager, vec![json!({ "name": "communication", "valueReference": { "reference": format!("Communication/{chat}") } })]).await.expect(200);
+    assert_eq!(counts(&unread(&server, &care_manager, "Patient/$unread").await), (2, 2, 0));
+
+    // Someone outside the team learns nothing, and marks nothing.
+    mark(&server, &outsider, vec![json!({ "name": "communication", "valueReference": { "reference": format!("Communication/{post}") } })]).await.expect(404);
+    outsider.get(&server, &status_path).await.expect(404);
+    assert_eq!(counts(&unread(&server, &outsider, "Patient/$unread").await), (0, 0, 0));
+
+    // The nurse leaves the team: her read stays counted, and she sees nothing any more.
+    let mut team = admin.get(&server, "CareTeam/demo-team-yamada").await.json();
+    team["participant"].as_array_mut().unwrap().retain(|p| p["member"]["reference"] != "PractitionerRole/demo-role-ns-sato");
+    admin.put(&server, &team).await.expect(200);
+    let status = unread(&server, &care_manager, &status_path).await;
+    let first = item_parts(&status, &post);
+    assert_eq!((integer(&first, "readCount"), integer(&first, "teamSize")), (2, 1));
+    let nurse_read = first.iter().find(|p| p["name"] == "reader" && p["part"][0]["valueReference"]["reference"] == "PractitionerRole/demo-role-ns-sato").cloned();
+    assert_eq!(nurse_read.map(|r| r["part"][2]["valueBoolean"].clone()), Some(json!(false)));
+    nurse.get(&server, &status_path).await.expect(404);
+    assert!(nurse.search_ids(&server, &board).await.is_empty());
+}
