@@ -171,6 +171,7 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
         metrics_token: None,
         shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
         unknown_profiles: renraku::config::UnknownProfiles::default(),
+        binary: Default::default(),
         audit_off_for_benchmarks_only: !audited,
         limits: renraku::config::Limits::default(),
         clients: Vec::new(),

@@ -111,11 +111,15 @@ pub fn digest(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A Binary's `data` that is not base64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotBase64;
+
 /// Decodes a Binary's `data` (base64, whitespace allowed). None when there is no `data`.
-pub fn decode_data(resource: &Value) -> Result<Option<Vec<u8>>, ()> {
+pub fn decode_data(resource: &Value) -> Result<Option<Vec<u8>>, NotBase64> {
     let Some(data) = resource.get("data") else { return Ok(None) };
-    let text: String = data.as_str().ok_or(())?.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(text).map(Some).map_err(|_| ())
+    let text: String = data.as_str().ok_or(NotBase64)?.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(text).map(Some).map_err(|_| NotBase64)
 }
 
 /// The base64 form of content, for a Binary read in its FHIR form.

@@ -25,7 +25,7 @@ impl Fhir {
         current: Option<&CurrentRow>,
     ) -> Result<()> {
         let persons = self.binary_persons(connection, grant, resource).await?;
-        let bytes = binary::decode_data(resource).map_err(|()| {
+        let bytes = binary::decode_data(resource).map_err(|_| {
             Error::unprocessable(Issue::error(IssueCode::Value, "Binary.data is not base64").at("Binary.data"))
         })?;
         let content = match bytes {
