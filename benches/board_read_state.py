@@ -135,7 +135,8 @@ def main():
         assert len(status["parameter"]) == 20, status
         unread = call(base, "GET", f"{mm}/Patient/$unread", CM)
         rows = [
-            timed("board page of 20, newest first (search)", 100, lambda: call(base, "GET", page_query, CM)),
+            timed("board page of 20, newest first (search, with its total)", 100, lambda: call(base, "GET", page_query, CM)),
+            timed("the same page with `_total=none`", 100, lambda: call(base, "GET", page_query + "&_total=none", CM)),
             timed("`$read-status` of that page (replies, 既読 n/12, names)", 100,
                   lambda: call(base, "GET", f"{mm}/Patient/{PERSON}/$read-status?communication={page_ids}", CM)),
             timed("`$unread` for the person", 100, lambda: call(base, "GET", f"{mm}/Patient/{PERSON}/$unread", CM)),

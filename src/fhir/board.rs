@@ -35,6 +35,35 @@ pub struct BoardItem {
     pub parent: String,
 }
 
+/// A change on a person's board or chat, announced once it has committed
+/// (`Runtime::board_events`): the seam through which notifications (issue #17) learn of new
+/// posts, replies and chat messages and of read state. It names ids only; whoever acts on it
+/// reads the item under their own grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardEvent {
+    /// The municipality at whose base the change was made.
+    pub tenant: String,
+    /// The person (Patient id) whose board or chat it is.
+    pub patient: String,
+    pub change: BoardChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoardChange {
+    /// A new board post, reply (`reply_to`: the post) or chat message (`kind` = `chat`).
+    Posted { item: String, kind: String, reply_to: Option<String> },
+    /// `reader` marked `items` read, or everything up to `through`.
+    Read { reader: String, items: Vec<String>, through: Option<String> },
+}
+
+/// The event announcing a newly created Communication, if it is a board or chat item.
+pub fn posted(tenant: &str, resource: &Value) -> Option<BoardEvent> {
+    let item = item_of(resource)?;
+    let id = resource.get("id").and_then(Value::as_str)?.to_owned();
+    let reply_to = (!item.parent.is_empty()).then(|| item.parent.clone());
+    Some(BoardEvent { tenant: tenant.to_owned(), patient: item.patient, change: BoardChange::Posted { item: id, kind: item.kind, reply_to } })
+}
+
 /// The board kind of a Communication (`board` or `chat`), if it is one.
 pub fn kind_of(resource: &Value) -> Option<&'static str> {
     let categories = resource.get("category").and_then(Value::as_array)?;

@@ -374,6 +374,17 @@ impl Grant {
     /// Whether a granular scope filters what may be written of `resource_type`: the write
     /// must then leave the resource matching the filter (the service checks it in the
     /// write's transaction, before committing).
+    /// Whether every clause that can cover rows of `resource_type` judges them by their
+    /// persons alone (no granular filter, no id list, no municipality-wide clause): then a
+    /// person's rows of the type are all visible or none is, and one of them stands for all.
+    pub fn judges_by_person(&self, resource_type: &str) -> bool {
+        self.clauses.iter().all(|clause| match clause {
+            Clause::Persons { .. } => true,
+            Clause::Tenants { types, .. } => !types.contains(resource_type),
+            Clause::Ids { resource_type: t, .. } | Clause::Filtered { resource_type: t, .. } => t != resource_type,
+        })
+    }
+
     pub fn filters(&self, resource_type: &str) -> bool {
         self.clauses.iter().any(|c| matches!(c, Clause::Filtered { resource_type: t, .. } if t == resource_type))
     }

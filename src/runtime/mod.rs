@@ -50,6 +50,9 @@ pub struct Runtime {
     pub tokens: TokenCache,
     /// What `GET /metrics` reports.
     pub metrics: metrics::Metrics,
+    /// Board and chat changes, each sent after its transaction committed (the seam for
+    /// notifications; nobody need listen).
+    pub board_events: tokio::sync::broadcast::Sender<crate::fhir::board::BoardEvent>,
     /// Set when shutdown begins: `/healthz` answers 503 so that load balancers stop sending.
     draining: std::sync::atomic::AtomicBool,
     /// When the background task (audit projection, checkpoints) last completed a round.
@@ -89,6 +92,7 @@ impl Runtime {
             decisions: policy::cache::DecisionCache::default(),
             tokens: TokenCache::default(),
             metrics: metrics::Metrics::default(),
+            board_events: tokio::sync::broadcast::channel(1024).0,
             draining: std::sync::atomic::AtomicBool::new(false),
             background_beat: std::sync::Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "test-support")]

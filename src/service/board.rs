@@ -79,11 +79,26 @@ impl Fhir {
             store::board::mark_through(&mut transaction, &reader, patient, through, &now).await?;
         }
         transaction.commit().await?;
+        let _ = self.board_events.send(crate::fhir::board::BoardEvent {
+            tenant: context.tenant.clone(),
+            patient: patient.to_owned(),
+            change: crate::fhir::board::BoardChange::Read { reader, items: ids, through },
+        });
         let outcome = json!({
             "resourceType": "Parameters",
             "parameter": [{ "name": "marked", "valueInteger": marked }]
         });
         Ok((outcome, items))
+    }
+
+    /// Announces newly created board and chat items (after their transaction committed).
+    pub(crate) fn announce_posted<'a>(&self, context: &Context, created: impl IntoIterator<Item = &'a Value>) {
+        for resource in created {
+            if let Some(event) = crate::fhir::board::posted(&context.tenant, resource) {
+                // Nobody listening is no error: the event is a seam, not a queue.
+                let _ = self.board_events.send(event);
+            }
+        }
     }
 
     /// `GET [base]/Patient/[id]/$read-status?communication=…`
@@ -115,13 +130,11 @@ impl Fhir {
         let items = self.visible_items(&mut connection, context, patient, &ids).await?;
         let states = store::board::states(&mut connection, patient, &ids).await?;
         let team = self.team_of(&mut connection, context, patient).await?;
-        let mut names: BTreeMap<String, String> = BTreeMap::new();
-        for member in team.iter().chain(states.values().flat_map(|s| s.readers.keys())) {
-            if !names.contains_key(member) {
-                let name = self.display_name(&mut connection, context, member).await?;
-                names.insert(member.clone(), name);
-            }
-        }
+        let mut members: Vec<String> = team.clone();
+        members.extend(states.values().flat_map(|s| s.readers.keys().cloned()));
+        members.sort();
+        members.dedup();
+        let names = self.display_names(&mut connection, context, &members).await?;
         let reference = |who: &str| json!({ "reference": who, "display": names.get(who).cloned().unwrap_or_default() });
         let mut parameters = Vec::new();
         for id in &ids {
@@ -185,24 +198,44 @@ impl Fhir {
         Ok(json!({ "resourceType": "Parameters", "parameter": parameters }))
     }
 
-    /// The Communications `ids` of `patient` as the caller's read decision sees them: any
-    /// the caller cannot see, or of another person, is a 404 exactly as a missing one.
+    /// The Communications `ids` of `patient` as the caller's read decision sees them (one
+    /// query): any the caller cannot see, or of another person, is a 404 exactly as a
+    /// missing one. Returned in the order of `ids`.
     async fn visible_items(&self, connection: &mut store::Db, context: &Context, patient: &str, ids: &[String]) -> Result<Vec<Value>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let grant = self.decide(connection, context, Interaction::Read, Some("Communication")).await?;
+        let found = self.rows_by_id(connection, &grant, "Communication", ids).await?;
         let mut items = Vec::with_capacity(ids.len());
         for id in ids {
-            let row = store::current(connection, &grant, "Communication", id).await?;
-            let content: Option<Value> = row.filter(|row| !row.deleted).and_then(|row: CurrentRow| row.content).and_then(|c| serde_json::from_str(&c).ok());
-            let of_person = content.as_ref().and_then(crate::fhir::board::item_of).is_some_and(|item| item.patient == patient);
+            let content = found.get(id).filter(|item| crate::fhir::board::item_of(item).is_some_and(|item| item.patient == patient));
             match content {
-                Some(content) if of_person => items.push(content),
-                _ => return Err(Error::NotFound(format!("Communication/{id} on the board of Patient/{patient}"))),
+                Some(content) => items.push(content.clone()),
+                None => return Err(Error::NotFound(format!("Communication/{id} on the board of Patient/{patient}"))),
             }
         }
         Ok(items)
+    }
+
+    /// The live resources `ids` of one type that `grant` sees, by id, in one query.
+    async fn rows_by_id(&self, connection: &mut store::Db, grant: &crate::policy::Grant, resource_type: &str, ids: &[String]) -> Result<BTreeMap<String, Value>> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let query = crate::search::SearchQuery {
+            resource_types: vec![resource_type.to_owned()],
+            criteria: vec![crate::search::Criterion::Id(ids.to_vec())],
+            sort: Vec::new(),
+            cursor: None,
+            limit: i64::try_from(ids.len()).unwrap_or(i64::MAX),
+        };
+        let rows = store::query::search(connection, grant, &query).await?.rows;
+        Ok(rows
+            .into_iter()
+            .filter(|row| !row.deleted)
+            .filter_map(|row: CurrentRow| Some((row.id, serde_json::from_str(row.content.as_deref()?).ok()?)))
+            .collect())
     }
 
     /// The members of the person's active support teams the caller may see.
@@ -224,32 +257,49 @@ impl Fhir {
         Ok(members)
     }
 
-    /// A team member's name as the directory has it (a PractitionerRole's Practitioner, an
-    /// Organization); empty where the caller may not see the entry.
-    async fn display_name(&self, connection: &mut store::Db, context: &Context, member: &str) -> Result<String> {
-        let Some((member_type, id)) = member.split_once('/') else { return Ok(String::new()) };
-        let Some(entry) = self.directory_entry(connection, context, member_type, id).await? else { return Ok(String::new()) };
-        if member_type == "Organization" {
-            return Ok(entry.get("name").and_then(Value::as_str).unwrap_or_default().to_owned());
-        }
-        let Some((_, practitioner)) = entry.pointer("/practitioner/reference").and_then(Value::as_str).and_then(|r| r.split_once('/')) else {
-            return Ok(String::new());
+    /// Team members' names as the directory has them (a PractitionerRole's Practitioner, an
+    /// Organization), in three queries whatever their number; a member whose entry the
+    /// caller may not see is left out (named by reference only).
+    async fn display_names(&self, connection: &mut store::Db, context: &Context, members: &[String]) -> Result<BTreeMap<String, String>> {
+        let of_type = |prefix: &str| -> Vec<String> {
+            members.iter().filter_map(|m| m.strip_prefix(prefix)).map(str::to_owned).collect()
         };
-        let Some(person) = self.directory_entry(connection, context, "Practitioner", practitioner).await? else { return Ok(String::new()) };
-        let name = person.get("name").and_then(Value::as_array).and_then(|names| names.first()).cloned().unwrap_or_default();
-        if let Some(text) = name.get("text").and_then(Value::as_str) {
-            return Ok(text.to_owned());
+        let mut names = BTreeMap::new();
+        for (organization, entry) in self.directory_entries(connection, context, "Organization", &of_type("Organization/")).await? {
+            names.insert(format!("Organization/{organization}"), entry.get("name").and_then(Value::as_str).unwrap_or_default().to_owned());
         }
-        let family = name.get("family").and_then(Value::as_str).unwrap_or_default();
-        let given: Vec<&str> = name.get("given").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-        Ok(std::iter::once(family).chain(given).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" "))
+        let roles = self.directory_entries(connection, context, "PractitionerRole", &of_type("PractitionerRole/")).await?;
+        let practitioner_of = |role: &Value| {
+            role.pointer("/practitioner/reference").and_then(Value::as_str).and_then(|r| r.strip_prefix("Practitioner/")).map(str::to_owned)
+        };
+        let wanted: Vec<String> = roles.values().filter_map(practitioner_of).collect();
+        let practitioners = self.directory_entries(connection, context, "Practitioner", &wanted).await?;
+        for (role, entry) in &roles {
+            if let Some(person) = practitioner_of(entry).and_then(|id| practitioners.get(&id)) {
+                names.insert(format!("PractitionerRole/{role}"), person_name(person));
+            }
+        }
+        Ok(names)
     }
 
-    async fn directory_entry(&self, connection: &mut store::Db, context: &Context, resource_type: &str, id: &str) -> Result<Option<Value>> {
-        let Ok(grant) = self.decide(connection, context, Interaction::Read, Some(resource_type)).await else { return Ok(None) };
-        let row = store::current(connection, &grant, resource_type, id).await?.filter(|row| !row.deleted);
-        Ok(row.and_then(|row| row.content).and_then(|content| serde_json::from_str(&content).ok()))
+    async fn directory_entries(&self, connection: &mut store::Db, context: &Context, resource_type: &str, ids: &[String]) -> Result<BTreeMap<String, Value>> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let Ok(grant) = self.decide(connection, context, Interaction::Read, Some(resource_type)).await else { return Ok(BTreeMap::new()) };
+        self.rows_by_id(connection, &grant, resource_type, ids).await
     }
+}
+
+/// A Practitioner's name: its text, else family and given names.
+fn person_name(practitioner: &Value) -> String {
+    let name = practitioner.get("name").and_then(Value::as_array).and_then(|names| names.first()).cloned().unwrap_or_default();
+    if let Some(text) = name.get("text").and_then(Value::as_str) {
+        return text.to_owned();
+    }
+    let family = name.get("family").and_then(Value::as_str).unwrap_or_default();
+    let given: Vec<&str> = name.get("given").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    std::iter::once(family).chain(given).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// Whose read state a request keeps: a practitioner's PractitionerRole, a system client's

@@ -184,6 +184,7 @@ impl Fhir {
         let (mut transaction, outcomes) = self.write_entries(context, writes).await?;
         // Each entry's own event, with what it wrote, matched or deleted.
         let mut entry_audits: Vec<(Audit, Option<Value>)> = Vec::new();
+        let mut created_resources: Vec<Value> = Vec::new();
         for (&index, outcome) in positions.iter().zip(outcomes) {
             let Some(request) = requests.get(index) else { continue };
             let response = match outcome {
@@ -194,6 +195,9 @@ impl Fhir {
                         _ => (Interaction::Update, "update"),
                     };
                     entry_audits.push((self.audit(context, interaction, subtype), Some(stored.resource.clone())));
+                    if created && stored.resource_type == "Communication" {
+                        created_resources.push(stored.resource.clone());
+                    }
                     entry_response(&stored, if created { "201 Created" } else { "200 OK" })
                 }
                 Outcome::Deleted { target, deleted, cascaded } => {
@@ -211,6 +215,7 @@ impl Fhir {
         }
         let entry_events = self.entry_events(&mut transaction, context, entry_audits).await?;
         self.commit_audited(transaction, context, audit, &[], entry_events).await?;
+        self.announce_posted(context, &created_resources);
         for request in reads {
             let response = match self.read_entry(context, request).await {
                 Ok(value) => value,

@@ -234,7 +234,12 @@ impl Fhir {
         let (transaction, mut outcomes) = self.write_entries(context, vec![entry]).await?;
         let outcome = outcomes.pop().ok_or_else(|| Error::internal("a single write had no outcome"))?;
         match &outcome {
-            Outcome::Written { stored, .. } => self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?,
+            Outcome::Written { stored, created } => {
+                self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?;
+                if *created {
+                    self.announce_posted(context, [&stored.resource]);
+                }
+            }
             Outcome::Deleted { target, deleted, cascaded } => {
                 for target in target.iter().chain(cascaded.iter().map(|(target, _)| target)) {
                     audit.entity(Entity::Resource(target.clone()));

@@ -134,6 +134,11 @@ impl Fhir {
     /// Runs `entries` in one new transaction (steps 1–4 above) and returns it uncommitted,
     /// with each entry's outcome in the entries' order.
     pub(crate) async fn write_entries(&self, context: &Context, mut entries: Vec<WriteEntry>) -> Result<(Transaction, Vec<Outcome>)> {
+        for entry in &mut entries {
+            if let Some(body) = entry.body.as_mut() {
+                sign_board_message(&context.principal, &entry.resource_type, body).map_err(|error| entry.locate(error))?;
+            }
+        }
         for entry in &entries {
             self.check_entry(context, entry).map_err(|error| entry.locate(error))?;
         }
@@ -426,6 +431,29 @@ impl Fhir {
 
     fn validate(&self, entry: &WriteEntry, body: Value) -> Result<Validated> {
         self.validator.validate(body).map_err(|issues| entry.locate(Error::Unprocessable(issues)))
+    }
+}
+
+/// A board or chat message is sent by the practitioner who writes it: a missing `sender`
+/// becomes their PractitionerRole, another one is refused (nobody posts in a colleague's
+/// name, nor edits a colleague's post by writing it again).
+fn sign_board_message(principal: &crate::identity::Principal, resource_type: &str, body: &mut Value) -> Result<()> {
+    if resource_type != "Communication" || crate::fhir::board::kind_of(body).is_none() {
+        return Ok(());
+    }
+    let crate::identity::Principal::Authenticated(authenticated) = principal else { return Ok(()) };
+    let crate::identity::Actor::Practitioner { role, .. } = &authenticated.actor else { return Ok(()) };
+    let own = format!("PractitionerRole/{role}");
+    match body.pointer("/sender/reference").and_then(Value::as_str) {
+        None if body.get("sender").is_none() => {
+            crate::fhir::set(body, "sender", serde_json::json!({ "reference": own }));
+            Ok(())
+        }
+        Some(sender) if sender == own => Ok(()),
+        _ => Err(Error::unprocessable(
+            Issue::error(crate::outcome::IssueCode::BusinessRule, format!("a board or chat message is sent by its writer: {own}"))
+                .at("Communication.sender"),
+        )),
     }
 }
 

@@ -111,24 +111,43 @@ pub async fn states(connection: &mut Db, patient: &str, items: &[String]) -> Res
 }
 
 /// `reader`'s unread board and chat items, by person and kind: items the grant lets the
-/// caller read (judged row by row in the SQL), not sent by the reader, neither marked nor
-/// before the reader's "read through" point. Only `patient`'s when given.
+/// caller read, not sent by the reader, neither marked nor sent at or before the reader's
+/// "read through" point for the person. Only `patient`'s when given: then, when the grant
+/// judges Communications by their person alone (`Grant::judges_by_person`), the person's
+/// newest item is judged once for all of them and only the items after the reader's point
+/// are counted (an index range); otherwise every item is judged in the SQL.
 pub async fn unread(connection: &mut Db, grant: &Grant, reader: &str, patient: Option<&str>) -> Result<Vec<(String, String, i64)>> {
-    let mut sql = Sql::new(
-        "SELECT b.patient, b.kind, COUNT(*) AS n FROM board_items b JOIN resources r ON r.resource_type = b.resource_type AND r.id = b.id \
-         WHERE b.resource_type = 'Communication' AND r.deleted = 0 AND ",
-    );
-    sql.tenant_scope("r.tenant", grant);
-    sql.push(" AND ");
-    sql.access_scope("r", grant, Some(&["Communication".to_owned()]));
+    let types = ["Communication".to_owned()];
+    let mut sql = Sql::new("SELECT b.patient, b.kind, COUNT(*) AS n FROM board_items b ");
+    match patient {
+        Some(patient) if grant.judges_by_person("Communication") => {
+            sql.push("WHERE b.resource_type = 'Communication' AND b.patient = ").bind(patient);
+            sql.push(" AND b.sent > COALESCE((SELECT t.through FROM read_through t WHERE t.patient = ").bind(patient);
+            sql.push(" AND t.reader = ").bind(reader).push("), '')");
+            sql.push(" AND EXISTS (SELECT 1 FROM resources r WHERE r.resource_type = 'Communication' AND r.deleted = 0 AND r.id = \
+                      (SELECT n.id FROM board_items n WHERE n.resource_type = 'Communication' AND n.patient = ")
+                .bind(patient)
+                .push(" ORDER BY n.sent DESC, n.id LIMIT 1) AND ");
+            sql.tenant_scope("r.tenant", grant);
+            sql.push(" AND ");
+            sql.access_scope("r", grant, Some(&types));
+            sql.push(")");
+        }
+        _ => {
+            sql.push("JOIN resources r ON r.resource_type = b.resource_type AND r.id = b.id WHERE b.resource_type = 'Communication' AND r.deleted = 0 AND ");
+            sql.tenant_scope("r.tenant", grant);
+            sql.push(" AND ");
+            sql.access_scope("r", grant, Some(&types));
+            sql.push(" AND NOT EXISTS (SELECT 1 FROM read_through t WHERE t.patient = b.patient AND t.reader = ")
+                .bind(reader)
+                .push(" AND t.through >= b.sent)");
+            if let Some(patient) = patient {
+                sql.push(" AND b.patient = ").bind(patient);
+            }
+        }
+    }
     sql.push(" AND b.sender <> ").bind(reader);
     sql.push(" AND NOT EXISTS (SELECT 1 FROM read_marks m WHERE m.item = b.id AND m.reader = ").bind(reader).push(")");
-    sql.push(" AND NOT EXISTS (SELECT 1 FROM read_through t WHERE t.patient = b.patient AND t.reader = ")
-        .bind(reader)
-        .push(" AND t.through >= b.sent)");
-    if let Some(patient) = patient {
-        sql.push(" AND b.patient = ").bind(patient);
-    }
     sql.push(" GROUP BY b.patient, b.kind ORDER BY b.patient, b.kind");
     let rows = sql.fetch_all(connection).await?;
     rows.iter().map(|row| Ok((row.try_get("patient")?, row.try_get("kind")?, row.try_get("n")?))).collect()

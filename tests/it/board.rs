@@ -2,6 +2,7 @@
 //! posts and replies listed newest first and by thread, the board profile enforced, read
 //! state (既読 n/m with names) and unread counts per member, and a member who leaves.
 
+use renraku::fhir::board::BoardChange;
 use serde_json::{json, Value};
 
 use crate::both_backends;
@@ -100,23 +101,52 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     team["participant"].as_array_mut().unwrap().push(json!({ "member": { "reference": "PractitionerRole/demo-role-ns-sato" } }));
     admin.put(&server, &team).await.expect(200);
 
+    // What notifications will build on: each change announced once it committed.
+    let mut events = server.fhir().board_events.subscribe();
     // A post, a reply under it, a later post by the nurse, and a chat message.
     let post = posted(&server, &care_manager, message("board", "demo-role-cm-suzuki", "2026-11-25T09:00:00+09:00", "デイサービスを週2回に増やします。", None)).await;
     let reply = posted(&server, &doctor, message("board", "demo-role-dr-tanaka", "2026-11-25T12:00:00+09:00", "了解しました。", Some(&post))).await;
     let later = posted(&server, &nurse, message("board", "demo-role-ns-sato", "2026-11-26T10:00:00+09:00", "仙骨部に発赤があります。", None)).await;
     let chat = posted(&server, &doctor, message("chat", "demo-role-dr-tanaka", "2026-11-26T11:00:00+09:00", "明日伺います。", None)).await;
 
+    let announced: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let announced_posts: Vec<(String, String, Option<String>)> = announced
+        .iter()
+        .filter_map(|event| match &event.change {
+            BoardChange::Posted { item, kind, reply_to } => Some((item.clone(), kind.clone(), reply_to.clone())),
+            BoardChange::Read { .. } => None,
+        })
+        .collect();
+    assert_eq!(announced_posts, vec![
+        (post.clone(), "board".to_owned(), None),
+        (reply.clone(), "board".to_owned(), Some(post.clone())),
+        (later.clone(), "board".to_owned(), None),
+        (chat.clone(), "chat".to_owned(), None),
+    ]);
+    assert!(announced.iter().all(|event| event.patient == PERSON));
+
     // The board, newest first (posts only), and a thread.
     let board = format!("Communication?subject=Patient/{PERSON}&category={KIND}|board&in-response-to:missing=true&_sort=-sent");
     assert_eq!(doctor.search_ids(&server, &board).await, vec![format!("Communication/{later}"), format!("Communication/{post}")]);
     assert_eq!(nurse.search_ids(&server, &format!("Communication?in-response-to=Communication/{post}")).await, vec![format!("Communication/{reply}")]);
 
-    // A board message meets the board's profile: it has a sender.
-    let mut anonymous = message("board", "demo-role-dr-tanaka", "2026-11-26T12:00:00+09:00", "誰?", None);
-    anonymous.as_object_mut().unwrap().remove("sender");
-    let refused = doctor.post(&server, &anonymous).await;
+    // A board message meets the board's profile (it says when it was sent), and is sent by
+    // its writer: a missing sender is the writer's role, another's is refused.
+    let mut undated = message("board", "demo-role-dr-tanaka", "2026-11-26T12:00:00+09:00", "いつ?", None);
+    undated.as_object_mut().unwrap().remove("sent");
+    let refused = doctor.post(&server, &undated).await;
     refused.expect(422);
-    assert!(refused.issue_expressions().iter().any(|e| e.starts_with("Communication.sender")), "{}", refused.text());
+    assert_eq!(refused.issue_expressions(), ["Communication.sent"]);
+    let forged = doctor.post(&server, &message("board", "demo-role-cm-suzuki", "2026-11-26T12:00:00+09:00", "代筆", None)).await;
+    forged.expect(422);
+    assert_eq!(forged.issue_expressions(), ["Communication.sender"]);
+    let mut unsigned = message("chat", "x", "2026-11-26T12:00:00+09:00", "署名なし", None);
+    unsigned.as_object_mut().unwrap().remove("sender");
+    let signed = doctor.post(&server, &unsigned).await;
+    signed.expect(201);
+    assert_eq!(signed.json()["sender"]["reference"], "PractitionerRole/demo-role-dr-tanaka");
+    let unsigned_chat = signed.json()["id"].as_str().unwrap().to_owned();
+    mark(&server, &care_manager, vec![json!({ "name": "communication", "valueReference": { "reference": format!("Communication/{unsigned_chat}") } })]).await.expect(200);
 
     // Nobody has read the first post yet: 既読 0/2, the doctor and the nurse unread, by name.
     let status_path = format!("Patient/{PERSON}/$read-status?communication={post},{later}");
@@ -127,6 +157,8 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
 
     // The doctor reads the post; the nurse reads everything up to now.
     mark(&server, &doctor, vec![json!({ "name": "communication", "valueReference": { "reference": format!("Communication/{post}") } })]).await.expect(200);
+    let read = std::iter::from_fn(|| events.try_recv().ok()).last().map(|event| event.change);
+    assert_eq!(read, Some(BoardChange::Read { reader: "PractitionerRole/demo-role-dr-tanaka".into(), items: vec![post.clone()], through: None }));
     mark(&server, &nurse, vec![json!({ "name": "through", "valueInstant": "2026-11-26T23:00:00+09:00" })]).await.expect(200);
     let status = unread(&server, &care_manager, &status_path).await;
     let first = item_parts(&status, &post);
@@ -153,6 +185,7 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     mark(&server, &outsider, vec![json!({ "name": "communication", "valueReference": { "reference": format!("Communication/{post}") } })]).await.expect(404);
     outsider.get(&server, &status_path).await.expect(404);
     assert_eq!(counts(&unread(&server, &outsider, "Patient/$unread").await), (0, 0, 0));
+    assert_eq!(counts(&unread(&server, &outsider, &format!("Patient/{PERSON}/$unread")).await), (0, 0, 0));
 
     // The nurse leaves the team: her read stays counted, and she sees nothing any more.
     let mut team = admin.get(&server, "CareTeam/demo-team-yamada").await.json();
@@ -164,5 +197,9 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     let nurse_read = first.iter().find(|p| p["name"] == "reader" && p["part"][0]["valueReference"]["reference"] == "PractitionerRole/demo-role-ns-sato").cloned();
     assert_eq!(nurse_read.map(|r| r["part"][2]["valueBoolean"].clone()), Some(json!(false)));
     nurse.get(&server, &status_path).await.expect(404);
+    let after_marks = message("board", "demo-role-cm-suzuki", "2026-11-27T09:00:00+09:00", "週末の予定です。", None);
+    posted(&server, &care_manager, after_marks).await;
+    assert_eq!(counts(&unread(&server, &nurse, &format!("Patient/{PERSON}/$unread")).await), (0, 0, 0));
+    assert_eq!(counts(&unread(&server, &doctor, &format!("Patient/{PERSON}/$unread")).await), (2, 2, 0));
     assert!(nurse.search_ids(&server, &board).await.is_empty());
 }
