@@ -78,8 +78,8 @@ pub fn demo_tokens() -> Vec<(&'static str, &'static str, Actor, &'static str, &'
             "demo-auditor-minamiminowa",
             "minamiminowa",
             Actor::MunicipalAuditor { tenant: "minamiminowa".into(), user: "demo-auditor-minamiminowa".into() },
-            "user/AuditEvent.rs",
-            "南箕輪村's auditor: reads the municipality's audit trail and nothing else",
+            "user/AuditEvent.rs user/DocumentReference.rs user/Binary.rs",
+            "南箕輪村's auditor: reads the municipality's audit trail and its consent papers, nothing else",
         ),
         (
             "demo-operator",

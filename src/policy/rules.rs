@@ -30,6 +30,32 @@ pub const DIRECTORY_TYPES: [&str; 6] =
 /// team or consent exists: enough to record the person, the consent and form the team.
 pub const REGISTRATION_TYPES: [&str; 3] = ["Patient", "Consent", "CareTeam"];
 
+/// The searches that pick out a person's consent papers (同意書: a DocumentReference of LOINC
+/// 59284-0, and the Binary it holds), which the registrar and the municipality's auditors
+/// read even when the registrar is not on the team or the consent was withdrawn.
+const CONSENT_PAPERS: [(&str, &str); 2] = [
+    ("DocumentReference", "type=http://loinc.org|59284-0"),
+    ("Binary", "security-context:DocumentReference.type=http://loinc.org|59284-0"),
+];
+
+/// `base`'s rows of each consent-paper type, narrowed to the consent papers; `base_for` gives
+/// the base clause for one type.
+fn consent_papers(environment: &Environment<'_>, scoped: &dyn Fn(&[&str]) -> Vec<String>, base_for: &dyn Fn(&str) -> Clause) -> Vec<Clause> {
+    let mut clauses = Vec::new();
+    for (resource_type, query) in CONSENT_PAPERS {
+        if scoped(&[resource_type]).is_empty() {
+            continue;
+        }
+        let criteria = crate::search::parse::scope_query(environment.registry, resource_type, query, environment.base_url, environment.limits);
+        clauses.extend(criteria.map(|criteria| Clause::Filtered {
+            resource_type: resource_type.to_owned(),
+            any_of: vec![criteria],
+            base: Box::new(base_for(resource_type)),
+        }));
+    }
+    clauses
+}
+
 pub fn kind(environment: &Environment<'_>, resource_type: &str) -> Kind {
     kind_in(environment.registry, resource_type)
 }
@@ -233,6 +259,8 @@ pub fn clauses(
         Actor::MunicipalAuditor { .. } => {
             if reading {
                 clauses.push(Clause::Tenants { types: TypeSet::Only(scoped(&["AuditEvent"])), tenants: vec![tenant.to_owned()] });
+                let home = |resource_type: &str| Clause::Tenants { types: TypeSet::Only(vec![resource_type.to_owned()]), tenants: vec![tenant.to_owned()] };
+                clauses.extend(consent_papers(environment, &scoped, &home));
             }
         }
         Actor::ServerAdmin { .. } => {
@@ -342,6 +370,29 @@ fn patient_clauses(
                 };
                 clauses.extend(apply_granular(environment, authenticated, permission, &contexts_for_person, vec![clause]));
             }
+        }
+        // The registrar reads the consent papers of the persons it registered, on the team
+        // or not, consent withdrawn or not (the record of what was agreed).
+        if matches!(permission, Permission::Read | Permission::Search) {
+            let scoped = |types: &[&str]| -> Vec<String> {
+                types
+                    .iter()
+                    .filter(|t| contexts_for_person.iter().any(|c| scopes.permits(*c, t, permission)))
+                    .map(|t| (*t).to_owned())
+                    .collect()
+            };
+            let registered = |resource_type: &str| Clause::Persons {
+                persons: Persons::Reached(Reach {
+                    level: ReachLevel::Registration,
+                    members: members.clone(),
+                    organization: organization.clone(),
+                    tenants: vec![tenant.to_owned()],
+                    only: only.clone(),
+                }),
+                include_patient: false,
+                params_by_type: vec![(resource_type.to_owned(), environment.registry.person_params(resource_type).to_vec())],
+            };
+            clauses.extend(consent_papers(environment, &scoped, &registered));
         }
     }
     clauses

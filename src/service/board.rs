@@ -128,7 +128,7 @@ impl Fhir {
         check_count(&ids)?;
         let mut connection = self.store.connection().await?;
         let items = self.visible_items(&mut connection, context, patient, &ids).await?;
-        let states = store::board::states(&mut connection, patient, &ids).await?;
+        let states = store::board::states(&mut connection, &ids).await?;
         let team = self.team_of(&mut connection, context, patient).await?;
         let mut members: Vec<String> = team.clone();
         members.extend(states.values().flat_map(|s| s.readers.keys().cloned()));

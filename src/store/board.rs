@@ -58,9 +58,9 @@ pub async fn mark_through(connection: &mut Db, reader: &str, patient: &str, thro
     Ok(())
 }
 
-/// The state of `items` (board items of `patient`): sender, replies, and readers by mark
-/// or by a "read through" point at or after the item's `sent`.
-pub async fn states(connection: &mut Db, patient: &str, items: &[String]) -> Result<BTreeMap<String, ItemState>> {
+/// The state of `items` (board items the caller has just read under its grant): sender,
+/// replies, and readers by mark or by a "read through" point at or after the item's `sent`.
+pub async fn states(connection: &mut Db, items: &[String]) -> Result<BTreeMap<String, ItemState>> {
     let mut states: BTreeMap<String, ItemState> = BTreeMap::new();
     if items.is_empty() {
         return Ok(states);
@@ -68,15 +68,15 @@ pub async fn states(connection: &mut Db, patient: &str, items: &[String]) -> Res
     let list = |sql: &mut Sql| {
         sql.push("(").bind_list(items);
     };
-    let mut own = Sql::new("SELECT b.id, b.sender FROM board_items b WHERE b.resource_type = 'Communication' AND b.patient = ");
-    own.bind(patient).push(" AND b.id IN ");
+    // The items are looked up by id alone (the caller already read them as this person's):
+    // a condition on the person would lead the planner through the person's every item.
+    let mut own = Sql::new("SELECT b.id, b.sender FROM board_items b WHERE b.resource_type = 'Communication' AND b.id IN ");
     list(&mut own);
     for row in own.fetch_all(connection).await? {
         let id: String = row.try_get("id")?;
         states.entry(id).or_default().sender = row.try_get("sender")?;
     }
-    let mut replies = Sql::new("SELECT b.parent, COUNT(*) AS n FROM board_items b WHERE b.patient = ");
-    replies.bind(patient).push(" AND b.parent IN ");
+    let mut replies = Sql::new("SELECT b.parent, COUNT(*) AS n FROM board_items b WHERE b.parent IN ");
     list(&mut replies);
     replies.push(" GROUP BY b.parent");
     for row in replies.fetch_all(connection).await? {
@@ -85,14 +85,12 @@ pub async fn states(connection: &mut Db, patient: &str, items: &[String]) -> Res
             state.replies = row.try_get("n")?;
         }
     }
-    let mut marked = Sql::new("SELECT m.item, m.reader, m.read_at FROM read_marks m WHERE m.patient = ");
-    marked.bind(patient).push(" AND m.item IN ");
+    let mut marked = Sql::new("SELECT m.item, m.reader, m.read_at FROM read_marks m WHERE m.item IN ");
     list(&mut marked);
     let mut through = Sql::new(
         "SELECT b.id AS item, t.reader, t.read_at FROM board_items b JOIN read_through t ON t.patient = b.patient AND t.through >= b.sent \
-         WHERE b.resource_type = 'Communication' AND b.patient = ",
+         WHERE b.resource_type = 'Communication' AND b.id IN ",
     );
-    through.bind(patient).push(" AND b.id IN ");
     list(&mut through);
     for query in [marked, through] {
         for row in query.fetch_all(connection).await? {

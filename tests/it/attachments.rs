@@ -220,7 +220,7 @@ async fn the_consent_paper_is_kept_with_the_registration(backend: Backend) {
     let reply = server.send(Method::POST, "/minamiminowa/fhir", &[("authorization", "Bearer demo-care-manager")], &bundle).await;
     reply.expect(200);
     let id_of = |index: usize| reply.json()["entry"][index]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_owned();
-    let (consent, binary, document) = (id_of(1), id_of(3), id_of(4));
+    let (patient, consent, binary, document) = (id_of(0), id_of(1), id_of(3), id_of(4));
     let stored = care_manager.get(&server, &format!("Consent/{consent}")).await.json();
     assert_eq!(stored["sourceReference"]["reference"], format!("DocumentReference/{document}"));
     let url = doctor.get(&server, &format!("DocumentReference/{document}")).await.json()["content"][0]["attachment"]["url"].clone();
@@ -236,6 +236,31 @@ async fn the_consent_paper_is_kept_with_the_registration(backend: Backend) {
     kept.expect(200);
     assert_eq!(kept.body, paper);
     assert_eq!(kept.header("content-type").as_deref(), Some("application/pdf"));
+
+    // The municipality's auditor reads the paper (and no other document of the person); the
+    // registrar's care manager keeps it after leaving the team, and nothing else clinical.
+    let auditor = Caller::demo("minamiminowa", "demo-auditor-minamiminowa");
+    auditor.get(&server, &format!("DocumentReference/{document}")).await.expect(200);
+    assert_eq!(download(&server, &auditor, &format!("Binary/{binary}"), &[]).await.body, paper);
+    let note = json!({ "resourceType": "DocumentReference", "status": "current",
+                       "type": { "coding": [{ "system": "http://loinc.org", "code": "34133-9", "display": "Summary of episode note" }] },
+                       "subject": { "reference": format!("Patient/{patient}") },
+                       "content": [{ "attachment": { "contentType": "text/plain", "data": base64_of("退院時サマリー".as_bytes()) } }] });
+    let mut consent_again = withdrawn.clone();
+    consent_again["status"] = json!("active");
+    care_manager.put(&server, &consent_again).await.expect(200);
+    let note_id = care_manager.post(&server, &note).await.json()["id"].as_str().unwrap().to_owned();
+    auditor.get(&server, &format!("DocumentReference/{note_id}")).await.expect(404);
+    assert_eq!(auditor.search_ids(&server, "DocumentReference").await, vec![format!("DocumentReference/{document}")]);
+    auditor.get(&server, &format!("Patient/{patient}")).await.expect(403);
+    let admin = Caller::demo("minamiminowa", "demo-admin-minamiminowa");
+    let team_id = reply.json()["entry"][2]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_owned();
+    let mut team = admin.get(&server, &format!("CareTeam/{team_id}")).await.json();
+    team["participant"].as_array_mut().unwrap().retain(|p| p["member"]["reference"] != "PractitionerRole/demo-role-cm-suzuki");
+    admin.put(&server, &team).await.expect(200);
+    care_manager.get(&server, &format!("DocumentReference/{note_id}")).await.expect(404);
+    care_manager.get(&server, &format!("DocumentReference/{document}")).await.expect(200);
+    assert_eq!(download(&server, &care_manager, &format!("Binary/{binary}"), &[]).await.body, paper);
 }
 
 fn base64_of(bytes: &[u8]) -> String {
