@@ -295,6 +295,18 @@ async fn check_world(backend: Backend, seed: u64) {
                 assert_eq!(history, expected, "{who}: history of Observation/{observation}; {context}");
             }
         }
+        // A person's own timeline (`subject=Patient/x`, judged once per search for a reached
+        // person) finds exactly what the rule lets the caller search of that person.
+        for person in &world.persons {
+            let found: BTreeSet<String> =
+                caller.search_ids(&server, &format!("Observation?subject=Patient/{}&_count=100", person.id)).await.into_iter().collect();
+            let expected: BTreeSet<String> = if model_allows(&world, professional, person, "Observation", "search-type") {
+                person.observations.iter().map(|o| format!("Observation/{o}")).collect()
+            } else {
+                BTreeSet::new()
+            };
+            assert_eq!(found, expected, "{who}: Observation?subject=Patient/{}; {context}", person.id);
+        }
         // Observation search with _include of the subject: matches and includes each follow the rule.
         let reply = caller.get(&server, "Observation?_include=Observation:subject&_count=100&_total=accurate").await;
         reply.expect(200);
