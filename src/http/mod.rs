@@ -336,7 +336,7 @@ async fn read(
     Path((_, resource_type, id)): Path<(String, String, String)>,
 ) -> Result<Response, ErrorReply> {
     if resource_type == "Patient" && id == "$unread" {
-        let counts = state.fhir.unread(&request.context, None).await.map_err(|e| request.fail(e))?;
+        let counts = state.fhir.unread(&request.context, None, &request.query).await.map_err(|e| request.fail(e))?;
         return Ok(request.reply(StatusCode::OK, counts).into_response());
     }
     let stored = state.fhir.read(&request.context, &resource_type, &id).await.map_err(|e| request.fail(e))?;
@@ -497,7 +497,7 @@ async fn compartment(
     } else if compartment_type == "$read-status" {
         state.fhir.read_status(&request.context, &id, &request.query).await
     } else if compartment_type == "$unread" {
-        state.fhir.unread(&request.context, Some(&id)).await
+        state.fhir.unread(&request.context, Some(&id), &request.query).await
     } else {
         state.fhir.compartment_search(&request.context, &id, &compartment_type, &request.query).await
     };

@@ -162,21 +162,37 @@ impl Fhir {
         Ok((json!({ "resourceType": "Parameters", "parameter": parameters }), items))
     }
 
-    /// `GET [base]/Patient/[id]/$unread` (one person) and `GET [base]/Patient/$unread` (all).
-    pub async fn unread(&self, context: &Context, patient: Option<&str>) -> Result<Value> {
+    /// `GET [base]/Patient/[id]/$unread` (one person; with `items=true` also the newest 100
+    /// unread items themselves) and `GET [base]/Patient/$unread` (all).
+    pub async fn unread(&self, context: &Context, patient: Option<&str>, query: &[(String, String)]) -> Result<Value> {
         let mut audit = self.audit(context, Interaction::Search, "$unread");
         if let Some(patient) = patient {
             audit.requested(Entity::Patient(format!("Patient/{patient}")));
         }
-        let result = self.unread_unaudited(context, patient).await;
+        let result = self.unread_unaudited(context, patient, query).await;
         self.finish_read(context, audit, result, |_| Vec::new()).await
     }
 
-    async fn unread_unaudited(&self, context: &Context, patient: Option<&str>) -> Result<Value> {
+    async fn unread_unaudited(&self, context: &Context, patient: Option<&str>, query: &[(String, String)]) -> Result<Value> {
+        let mut list = false;
+        for (name, value) in query {
+            match (name.as_str(), value.as_str(), patient) {
+                ("items", "true", Some(_)) => list = true,
+                ("items", "false", _) | ("_format" | "_pretty", _, _) => {}
+                ("items", _, Some(_)) => return Err(Error::bad_request_at("items is true or false", "items")),
+                (other, _, _) => {
+                    return Err(Error::bad_request_at(format!("$unread takes 'items' (for one person), not '{other}'"), other.to_owned()))
+                }
+            }
+        }
         let reader = reader_of(&context.principal)?;
         let mut connection = self.store.connection().await?;
         let grant = self.decide(&mut connection, context, Interaction::Search, Some("Communication")).await?;
         let rows = store::board::unread(&mut connection, &grant, &reader, patient).await?;
+        let items = match (list, patient) {
+            (true, Some(patient)) => store::board::unread_items(&mut connection, &grant, &reader, patient, MAX_ITEMS as i64).await?,
+            _ => Vec::new(),
+        };
         let mut by_person: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         for (person, kind, count) in rows {
             let counts = by_person.entry(person).or_default();
@@ -195,6 +211,7 @@ impl Fhir {
                 { "name": "chat", "valueInteger": chat }
             ]}));
         }
+        parameters.extend(items.into_iter().map(|id| json!({ "name": "item", "valueReference": { "reference": format!("Communication/{id}") } })));
         Ok(json!({ "resourceType": "Parameters", "parameter": parameters }))
     }
 

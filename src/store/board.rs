@@ -115,17 +115,38 @@ pub async fn states(connection: &mut Db, items: &[String]) -> Result<BTreeMap<St
 /// newest item is judged once for all of them and only the items after the reader's point
 /// are counted (an index range); otherwise every item is judged in the SQL.
 pub async fn unread(connection: &mut Db, grant: &Grant, reader: &str, patient: Option<&str>) -> Result<Vec<(String, String, i64)>> {
+    let mut sql = Sql::new("SELECT b.patient, b.kind, COUNT(*) AS n");
+    push_unread(&mut sql, grant, reader, patient);
+    sql.push(" GROUP BY b.patient, b.kind ORDER BY b.patient, b.kind");
+    let rows = sql.fetch_all(connection).await?;
+    rows.iter().map(|row| Ok((row.try_get("patient")?, row.try_get("kind")?, row.try_get("n")?))).collect()
+}
+
+/// The newest `limit` of `reader`'s unread items on `patient`'s board and chat (ids), by the
+/// same rule as [`unread`].
+pub async fn unread_items(connection: &mut Db, grant: &Grant, reader: &str, patient: &str, limit: i64) -> Result<Vec<String>> {
+    let mut sql = Sql::new("SELECT b.id");
+    push_unread(&mut sql, grant, reader, Some(patient));
+    sql.push(" ORDER BY b.sent DESC, b.id LIMIT ").bind_i64(limit);
+    let rows = sql.fetch_all(connection).await?;
+    rows.iter().map(|row| Ok(row.try_get("id")?)).collect()
+}
+
+/// `FROM board_items b … WHERE …`: the unread items of [`unread`].
+fn push_unread(sql: &mut Sql, grant: &Grant, reader: &str, patient: Option<&str>) {
     let types = ["Communication".to_owned()];
-    let mut sql = Sql::new("SELECT b.patient, b.kind, COUNT(*) AS n FROM board_items b ");
+    sql.push(" FROM board_items b ");
     match patient {
         Some(patient) if grant.judges_by_person("Communication") => {
             sql.push("WHERE b.resource_type = 'Communication' AND b.patient = ").bind(patient);
             sql.push(" AND b.sent > COALESCE((SELECT t.through FROM read_through t WHERE t.patient = ").bind(patient);
             sql.push(" AND t.reader = ").bind(reader).push("), '')");
-            sql.push(" AND EXISTS (SELECT 1 FROM resources r WHERE r.resource_type = 'Communication' AND r.deleted = 0 AND r.id = \
-                      (SELECT n.id FROM board_items n WHERE n.resource_type = 'Communication' AND n.patient = ")
-                .bind(patient)
-                .push(" ORDER BY n.sent DESC, n.id LIMIT 1) AND ");
+            sql.push(
+                " AND EXISTS (SELECT 1 FROM resources r WHERE r.resource_type = 'Communication' AND r.deleted = 0 AND r.id = \
+                 (SELECT n.id FROM board_items n WHERE n.resource_type = 'Communication' AND n.patient = ",
+            )
+            .bind(patient)
+            .push(" ORDER BY n.sent DESC, n.id LIMIT 1) AND ");
             sql.tenant_scope("r.tenant", grant);
             sql.push(" AND ");
             sql.access_scope("r", grant, Some(&types));
@@ -146,7 +167,4 @@ pub async fn unread(connection: &mut Db, grant: &Grant, reader: &str, patient: O
     }
     sql.push(" AND b.sender <> ").bind(reader);
     sql.push(" AND NOT EXISTS (SELECT 1 FROM read_marks m WHERE m.item = b.id AND m.reader = ").bind(reader).push(")");
-    sql.push(" GROUP BY b.patient, b.kind ORDER BY b.patient, b.kind");
-    let rows = sql.fetch_all(connection).await?;
-    rows.iter().map(|row| Ok((row.try_get("patient")?, row.try_get("kind")?, row.try_get("n")?))).collect()
 }

@@ -196,45 +196,6 @@ impl Sql {
         self.scope(alias, grant, types, Rows::Current)
     }
 
-    /// [`Sql::access_scope`] for a search whose every match refers, through the compartment
-    /// parameter `pinned.0`, to the one person `pinned.1` (`Communication?subject=Patient/x`):
-    /// whether that person is reached under a Persons clause covering the type through that
-    /// parameter is asked once for the statement (an uncorrelated subquery, which both
-    /// databases evaluate once), before the row-by-row predicate. It only admits rows that
-    /// predicate admits too (such a row refers to the reached person through a parameter of
-    /// the clause), so a person's timeline costs one judgement, not one per row.
-    pub(crate) fn access_scope_pinned(&mut self, alias: &str, grant: &Grant, types: &[String], pinned: Option<(&str, &str)>) -> &mut Self {
-        let Some((param, person)) = pinned else { return self.access_scope(alias, grant, Some(types)) };
-        let [resource_type] = types else { return self.access_scope(alias, grant, Some(types)) };
-        let covering: Vec<&Persons> = grant
-            .clauses()
-            .iter()
-            .filter_map(|clause| match clause {
-                Clause::Persons { persons, params_by_type, .. }
-                    if params_by_type.iter().any(|(t, params)| t == resource_type && params.iter().any(|p| p == param)) =>
-                {
-                    Some(persons)
-                }
-                _ => None,
-            })
-            .collect();
-        if covering.is_empty() {
-            return self.access_scope(alias, grant, Some(types));
-        }
-        let pin = self.alias("pin");
-        self.push(&format!("(EXISTS (SELECT 1 FROM resources {pin} WHERE {pin}.resource_type = 'Patient' AND {pin}.id = "));
-        self.bind(person.to_owned()).push(" AND (");
-        for (index, persons) in covering.into_iter().enumerate() {
-            if index > 0 {
-                self.push(" OR ");
-            }
-            self.push_persons(&format!("{pin}.id"), persons, grant.now());
-        }
-        self.push(")) OR ");
-        self.access_scope(alias, grant, Some(types));
-        self.push(")")
-    }
-
     /// The grant's predicate over a version row `alias` (`resource_versions`, which also has
     /// `version_id`): each version is judged by its own content — its own compartment rows —
     /// not by the resource's current state. Under a granular scope's filter (which the index
@@ -829,7 +790,7 @@ impl SearchQuery {
                 sql.push(&format!(" FROM {} d WHERE ", table.name()));
                 sql.tenant_scope("d.tenant", grant);
                 sql.push(" AND ");
-                sql.access_scope_pinned("d", grant, std::slice::from_ref(resource_type), self.pinned_person());
+                sql.access_scope("d", grant, Some(std::slice::from_ref(resource_type)));
                 sql.push(" AND d.resource_type = ").bind(resource_type.clone());
                 sql.push(" AND d.param = ").bind(param.to_owned()).push(" AND (");
                 push_or(sql, matches, |sql, m| push_match(sql, "d", m));
@@ -861,27 +822,10 @@ impl SearchQuery {
         keys
     }
 
-    /// The parameter and the Patient id every match refers to, when a criterion pins the
-    /// search (of one type) to one person: `subject=Patient/x`.
-    fn pinned_person(&self) -> Option<(&str, &str)> {
-        if self.resource_types.len() != 1 {
-            return None;
-        }
-        self.criteria.iter().find_map(|criterion| match criterion {
-            Criterion::Index { table: IndexTable::Reference, param, matches, negate: false } => match matches.as_slice() {
-                [Match::Reference { target_type: Some(target_type), target_id }] if target_type == "Patient" => {
-                    Some((param.as_str(), target_id.as_str()))
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-    }
-
     fn base(&self, sql: &mut Sql, grant: &Grant) {
         sql.tenant_scope("r.tenant", grant);
         sql.push(" AND ");
-        sql.access_scope_pinned("r", grant, &self.resource_types, self.pinned_person());
+        sql.access_scope("r", grant, Some(&self.resource_types));
         sql.push(" AND r.resource_type IN (");
         for (index, resource_type) in self.resource_types.iter().enumerate() {
             if index > 0 {

@@ -174,7 +174,11 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     assert_eq!((integer(&second, "readCount"), integer(&second, "teamSize")), (0, 2), "the nurse's own post is not hers to read");
 
     // Unread counts, per member: the care manager has the reply, the nurse's post and the chat.
-    assert_eq!(counts(&unread(&server, &care_manager, &format!("Patient/{PERSON}/$unread")).await), (3, 2, 1));
+    let listed = unread(&server, &care_manager, &format!("Patient/{PERSON}/$unread?items=true")).await;
+    assert_eq!(counts(&listed), (3, 2, 1));
+    let items: Vec<String> = listed["parameter"].as_array().into_iter().flatten().filter(|p| p["name"] == "item")
+        .map(|p| p["valueReference"]["reference"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(items, vec![format!("Communication/{chat}"), format!("Communication/{later}"), format!("Communication/{reply}")], "newest first");
     assert_eq!(counts(&unread(&server, &care_manager, "Patient/$unread").await), (3, 2, 1));
     assert_eq!(counts(&unread(&server, &doctor, "Patient/$unread").await), (1, 1, 0));
     assert_eq!(counts(&unread(&server, &nurse, "Patient/$unread").await), (0, 0, 0));
