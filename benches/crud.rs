@@ -172,6 +172,7 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
         shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
         unknown_profiles: renraku::config::UnknownProfiles::default(),
         binary: Default::default(),
+        subscriptions: Default::default(),
         audit_off_for_benchmarks_only: !audited,
         limits: renraku::config::Limits::default(),
         clients: Vec::new(),

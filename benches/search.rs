@@ -63,6 +63,7 @@ async fn main() {
             shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
             unknown_profiles: renraku::config::UnknownProfiles::default(),
             binary: Default::default(),
+            subscriptions: renraku::config::SubscriptionSettings::demo(),
         // BENCH_AUDIT=off measures the search engine alone (every query is audited otherwise).
         audit_off_for_benchmarks_only: std::env::var("BENCH_AUDIT").is_ok_and(|v| v == "off"),
         limits: renraku::config::Limits::default(),

@@ -57,6 +57,55 @@ impl Default for BinarySettings {
     }
 }
 
+/// `[subscriptions]` in the configuration file: where notifications may go and how failed
+/// deliveries are retried.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionSettings {
+    /// Hosts a rest-hook endpoint may name with plain `http` (all others need `https`).
+    pub http_hosts: Vec<String>,
+    /// Hosts a rest-hook endpoint may name although they are, or resolve to, loopback,
+    /// private, link-local or otherwise non-public addresses (refused by default: SSRF).
+    pub private_hosts: Vec<String>,
+    /// How long a receiver has to answer when the subscription does not say (ms).
+    pub timeout_ms: u64,
+    /// The first retry's delay; each further failure doubles it, up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// After this many failures in a row a subscription's status is `error` (it is still
+    /// retried at `retry_max_ms`, and is `active` again after a delivery succeeds).
+    pub failures_before_error: u32,
+    /// How long a websocket binding token lives (never longer than the access token it was
+    /// issued to), in seconds.
+    pub binding_token_seconds: u64,
+    /// How often each gateway looks for work besides being woken by its own writes (ms);
+    /// bounds how late a write on another gateway is delivered.
+    pub poll_ms: u64,
+}
+
+impl Default for SubscriptionSettings {
+    fn default() -> Self {
+        SubscriptionSettings {
+            http_hosts: Vec::new(),
+            private_hosts: Vec::new(),
+            timeout_ms: 10_000,
+            retry_base_ms: 1_000,
+            retry_max_ms: 300_000,
+            failures_before_error: 5,
+            binding_token_seconds: 300,
+            poll_ms: 250,
+        }
+    }
+}
+
+impl SubscriptionSettings {
+    /// The demo's: receivers on this machine (loopback, plain http) are allowed.
+    pub fn demo() -> SubscriptionSettings {
+        let loopback: Vec<String> = ["127.0.0.1", "localhost", "[::1]"].iter().map(|h| (*h).to_owned()).collect();
+        SubscriptionSettings { http_hosts: loopback.clone(), private_hosts: loopback, ..SubscriptionSettings::default() }
+    }
+}
+
 /// The settings of a running gateway, fully resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -93,6 +142,8 @@ pub struct Config {
     pub unknown_profiles: UnknownProfiles,
     /// What a Binary may hold (`[binary]`): its size limit and the media types allowed.
     pub binary: BinarySettings,
+    /// Notifications (`[subscriptions]`).
+    pub subscriptions: SubscriptionSettings,
 }
 
 /// `unknown_profiles` in the configuration file.
@@ -261,6 +312,7 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub binary: BinarySettings,
+    pub subscriptions: Option<SubscriptionSettings>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
@@ -385,6 +437,11 @@ impl Config {
             shutdown_grace_ms: overrides.shutdown_grace_ms.or(file.shutdown_grace_ms).unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
             unknown_profiles: file.unknown_profiles.unwrap_or_default(),
             binary: file.binary,
+            subscriptions: match file.subscriptions {
+                Some(settings) => settings,
+                None if overrides.demo => SubscriptionSettings::demo(),
+                None => SubscriptionSettings::default(),
+            },
         })
     }
 

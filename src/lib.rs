@@ -94,7 +94,7 @@ impl Gateway {
         if config.demo {
             clients.extend(auth::server::demo_clients());
         }
-        let runtime = runtime::Runtime::new(store, validator, Arc::new(registry), clock, config.clone(), clients);
+        let runtime = runtime::Runtime::new(store, validator, Arc::new(registry), clock, config.clone(), clients).map_err(StartError::Validation)?;
         let fhir = Arc::new(service::Fhir::new(runtime));
         fhir.refresh_registry().await.map_err(|e| StartError::Validation(format!("tenants: {e}")))?;
         let reindexed = fhir.reindex_if_changed().await.map_err(|e| StartError::Validation(format!("reindex: {e}")))?;
@@ -117,6 +117,27 @@ impl Gateway {
                     tracing::warn!(target: "renraku::store", %error, "checkpointing the write-ahead log failed; retrying");
                 }
                 fhir.background_beat();
+            }
+        });
+        // Notifications: each gateway delivers what is due, woken by its own writes and
+        // looking every `poll_ms` for what other gateways wrote (and for retries, heartbeats).
+        let deliverer = Arc::downgrade(&fhir);
+        let poll = std::time::Duration::from_millis(config.subscriptions.poll_ms.max(10));
+        tokio::spawn(async move {
+            loop {
+                let Some(fhir) = deliverer.upgrade() else { break };
+                if fhir.is_draining() {
+                    break;
+                }
+                if let Err(error) = fhir.deliver_due().await {
+                    tracing::warn!(target: "renraku::notify", %error, "delivering notifications failed; retrying");
+                }
+                let woken = fhir.clone();
+                drop(fhir);
+                tokio::select! {
+                    () = woken.subscriptions.wake.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
             }
         });
         if config.demo {

@@ -8,6 +8,7 @@ pub mod elements;
 pub mod format;
 pub mod profiles;
 pub mod references;
+pub mod subscription;
 pub mod text;
 pub mod validate;
 

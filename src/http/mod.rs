@@ -27,6 +27,7 @@ pub mod oauth;
 pub mod pages;
 pub mod request;
 pub mod response;
+pub mod subscriptions;
 
 use request::{ClientAddress, FhirRequest, RawBody, RequestId};
 use response::{ErrorReply, Reply};
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{tenant}/auth/smart-style.json", get(pages::smart_style).fallback(method_not_allowed))
         .route("/{tenant}/auth/.well-known/openid-configuration", get(pages::openid_configuration).fallback(method_not_allowed))
         .route("/{tenant}/fhir/_history", get(history_system).fallback(method_not_allowed))
+        .route("/{tenant}/fhir/websocket", get(subscriptions::websocket).fallback(method_not_allowed))
         .route(
             "/{tenant}/fhir/{resource_type}",
             get(search).post(create).put(conditional_update).delete(conditional_delete).fallback(method_not_allowed),
@@ -287,6 +289,9 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
         if let Ok(lag) = crate::store::audit::unprojected(&mut connection).await {
             fhir.metrics.gauge("renraku_audit_journal_unprojected_events", Vec::new(), lag as f64);
         }
+        if let Ok(depth) = crate::store::subscriptions::depth(&mut connection).await {
+            fhir.metrics.gauge("renraku_notification_outbox_depth", Vec::new(), depth as f64);
+        }
     }
     let lookups = fhir.tokens.lookups();
     for (source, counter) in [("cache", &lookups.hits), ("database", &lookups.misses)] {
@@ -487,6 +492,9 @@ async fn compartment(
     State(state): State<AppState>,
     Path((_, resource_type, id, compartment_type)): Path<(String, String, String, String)>,
 ) -> Reply {
+    if resource_type == "Subscription" && compartment_type.starts_with('$') {
+        return subscriptions::operation(&request, &state, &id, &compartment_type).await;
+    }
     if resource_type != "Patient" {
         return Err(request.fail(Error::NotFound(format!("the compartment {resource_type}/{id}/{compartment_type}"))));
     }
@@ -511,6 +519,9 @@ async fn instance_operation(
     Path((_, resource_type, id, operation)): Path<(String, String, String, String)>,
     body: RawBody,
 ) -> Reply {
+    if resource_type == "Subscription" && operation == "$get-ws-binding-token" {
+        return subscriptions::operation(&request, &state, &id, &operation).await;
+    }
     if resource_type != "Patient" || operation != "$mark-read" {
         return Err(request.fail(Error::MethodNotAllowed));
     }

@@ -194,6 +194,25 @@ fn own_directory(
     clauses
 }
 
+/// A practitioner's or system client's own Subscriptions, in its municipality: those whose
+/// owner (stamped by the server, `fhir::subscription::OWNER_EXTENSION`) is its
+/// PractitionerRole or, for a system client, its Organization. Nobody else sees another's
+/// endpoint and headers, or changes whom its notifications act for.
+fn own_subscriptions(environment: &Environment<'_>, actor: &Actor, tenant: &str, scoped: &dyn Fn(&[&str]) -> Vec<String>) -> Vec<Clause> {
+    let owner = match actor {
+        Actor::Practitioner { role, .. } => format!("PractitionerRole/{role}"),
+        Actor::System { organization, .. } => format!("Organization/{organization}"),
+        _ => return Vec::new(),
+    };
+    if scoped(&["Subscription"]).is_empty() {
+        return Vec::new();
+    }
+    let base = Clause::Tenants { types: TypeSet::Only(vec!["Subscription".to_owned()]), tenants: vec![tenant.to_owned()] };
+    let query = format!("owner={owner}");
+    let criteria = crate::search::parse::scope_query(environment.registry, "Subscription", &query, environment.base_url, environment.limits);
+    criteria.map(|criteria| Clause::Filtered { resource_type: "Subscription".to_owned(), any_of: vec![criteria], base: Box::new(base) }).into_iter().collect()
+}
+
 /// The clauses `authenticated` gets for `permission` at `tenant`'s base.
 pub fn clauses(
     environment: &Environment<'_>,
@@ -224,7 +243,7 @@ pub fn clauses(
             }
             let mut excluded = patient_data_types(environment);
             excluded.extend(DIRECTORY_TYPES.iter().map(|t| (*t).to_owned()));
-            excluded.extend(["Contract".to_owned(), "AuditEvent".to_owned()]);
+            excluded.extend(["Contract".to_owned(), "AuditEvent".to_owned(), "Subscription".to_owned()]);
             let other = if contexts.iter().any(|c| scopes.permits_all_types(*c, permission)) {
                 TypeSet::AllExcept(excluded)
             } else {
@@ -236,6 +255,7 @@ pub fn clauses(
                 TypeSet::Only(named)
             };
             clauses.push(Clause::Tenants { types: other, tenants: vec![tenant.to_owned()] });
+            clauses.extend(own_subscriptions(environment, &authenticated.actor, tenant, &scoped));
             if let Actor::System { organization, maintains_directory: true, .. } = &authenticated.actor {
                 if !reading {
                     clauses.extend(own_directory(environment, organization, tenant, interaction, &scoped));

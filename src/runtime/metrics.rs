@@ -45,6 +45,18 @@ impl Metrics {
         self.recorder.register_histogram(&Key::from_parts("renraku_http_request_duration_seconds", labels), &METADATA).record(seconds);
     }
 
+    /// A notification sent (`delivered`) or not (`failed`), by channel.
+    pub fn notification(&self, channel: &str, outcome: &'static str) {
+        let labels = vec![Label::new("channel", channel.to_owned()), Label::new("outcome", outcome)];
+        self.recorder.register_counter(&Key::from_parts("renraku_notifications_total", labels), &METADATA).increment(1);
+    }
+
+    /// From an event's commit to its receiver's acknowledgement, by channel.
+    pub fn notification_latency(&self, channel: &str, seconds: f64) {
+        let labels = vec![Label::new("channel", channel.to_owned())];
+        self.recorder.register_histogram(&Key::from_parts("renraku_notification_latency_seconds", labels), &METADATA).record(seconds);
+    }
+
     /// A counter kept elsewhere (the token cache's), set to its total when scraped.
     pub fn counter(&self, name: &'static str, labels: Vec<Label>, total: u64) {
         self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA).absolute(total);

@@ -19,6 +19,7 @@ use crate::store::{self, Store};
 
 pub mod metrics;
 pub mod recorder;
+pub mod subscriptions;
 
 /// Everything a running gateway holds.
 pub struct Runtime {
@@ -53,6 +54,8 @@ pub struct Runtime {
     /// Board and chat changes, each sent after its transaction committed (the seam for
     /// notifications; nobody need listen).
     pub board_events: tokio::sync::broadcast::Sender<crate::fhir::board::BoardEvent>,
+    /// Notifications: topics, websocket bindings, the delivery HTTP client.
+    pub subscriptions: subscriptions::Hub,
     /// Set when shutdown begins: `/healthz` answers 503 so that load balancers stop sending.
     draining: std::sync::atomic::AtomicBool,
     /// When the background task (audit projection, checkpoints) last completed a round.
@@ -72,10 +75,11 @@ impl Runtime {
         clock: Arc<dyn Clock>,
         config: Arc<Config>,
         clients: Vec<ClientConfig>,
-    ) -> Runtime {
+    ) -> std::result::Result<Runtime, String> {
         let tenants = std::sync::RwLock::new(config.tenants.clone());
+        let hub = subscriptions::Hub::new(&config.subscriptions)?;
         let recorder = recorder::Recorder::start(store.clone());
-        Runtime {
+        Ok(Runtime {
             store,
             validator,
             search_params,
@@ -93,11 +97,12 @@ impl Runtime {
             tokens: TokenCache::default(),
             metrics: metrics::Metrics::default(),
             board_events: tokio::sync::broadcast::channel(1024).0,
+            subscriptions: hub,
             draining: std::sync::atomic::AtomicBool::new(false),
             background_beat: std::sync::Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "test-support")]
             failpoint: std::sync::Mutex::new(None),
-        }
+        })
     }
 
     /// The client `client_id` registered at `tenant`.
@@ -263,6 +268,9 @@ pub enum Failpoint {
     /// The next search first runs a statement that takes 30 s on the database (PostgreSQL),
     /// standing in for an expensive query whose request is abandoned.
     SlowStatement,
+    /// Deliveries pause (the gateway stands in for one that crashed after committing a
+    /// write and before notifying anyone); stays armed.
+    PauseDeliveries,
 }
 
 /// Reads a registry (municipalities, clients). A writer that panicked leaves the list as it

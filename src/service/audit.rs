@@ -251,6 +251,7 @@ impl Fhir {
         if self.config.audit_off_for_benchmarks_only {
             transaction.commit().await?;
             audit.committed = true;
+            self.wake_deliveries();
             return Ok(());
         }
         let crossings = self.describe_returned(context, audit, written);
@@ -273,6 +274,8 @@ impl Fhir {
         }
         transaction.commit().await?;
         audit.committed = true;
+        // Whatever the write enqueued for subscriptions is delivered now, not at the next poll.
+        self.wake_deliveries();
         Ok(())
     }
 

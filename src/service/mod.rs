@@ -35,6 +35,7 @@ pub mod openapi;
 pub mod history;
 pub mod reindex;
 pub mod search;
+pub mod subscriptions;
 pub mod writes;
 
 /// A resource version as returned to clients, with what the HTTP layer needs for headers.

@@ -138,6 +138,18 @@ impl Fhir {
             if let Some(body) = entry.body.as_mut() {
                 sign_board_message(&context.principal, &entry.resource_type, body).map_err(|error| entry.locate(error))?;
             }
+            if entry.resource_type == "Subscription" {
+                if let Change::Patch { .. } = entry.change {
+                    let refused = Error::unprocessable(crate::outcome::Issue::error(
+                        crate::outcome::IssueCode::NotSupported,
+                        "a Subscription is changed whole (PUT), so that what it asks for is checked again",
+                    ));
+                    return Err(entry.locate(refused));
+                }
+                if let Some(body) = entry.body.as_mut() {
+                    self.prepare_subscription(context, body).map_err(|error| entry.locate(error))?;
+                }
+            }
         }
         for entry in &entries {
             self.check_entry(context, entry).map_err(|error| entry.locate(error))?;
@@ -269,6 +281,9 @@ impl Fhir {
                     } else {
                         self.update_in(&mut transaction, &grant, resource_type, &id, validated, entry.if_match, "PUT").await.map_err(located)?
                     };
+                    if resource_type == "Subscription" {
+                        self.keep_subscription(&mut transaction, context, &stored).await.map_err(located)?;
+                    }
                     written.push((i, grant, stored.clone()));
                     Outcome::Written { stored, created }
                 }
@@ -282,6 +297,9 @@ impl Fhir {
                 Change::Delete { id, cascade } => {
                     let cascaded = self.clear_referrers(&mut transaction, context, &grant, resource_type, id, *cascade).await.map_err(located)?;
                     let deleted = self.delete_in(&mut transaction, &grant, resource_type, id, entry.if_match).await.map_err(located)?;
+                    if resource_type == "Subscription" && deleted.is_some() {
+                        self.forget_subscription(&mut transaction, id).await?;
+                    }
                     Outcome::Deleted { target: Some(format!("{resource_type}/{id}")), deleted, cascaded }
                 }
                 Change::ConditionalDelete { condition } => {
@@ -289,6 +307,9 @@ impl Fhir {
                         Some(existing) => {
                             self.clear_referrers(&mut transaction, context, &grant, resource_type, &existing.id, false).await.map_err(located)?;
                             let deleted = self.delete_in(&mut transaction, &grant, resource_type, &existing.id, None).await.map_err(located)?;
+                            if resource_type == "Subscription" && deleted.is_some() {
+                                self.forget_subscription(&mut transaction, &existing.id).await?;
+                            }
                             Outcome::Deleted { target: Some(format!("{resource_type}/{}", existing.id)), deleted, cascaded: Vec::new() }
                         }
                         None => Outcome::Deleted { target: None, deleted: None, cascaded: Vec::new() },

@@ -27,6 +27,7 @@ pub mod auth;
 pub(crate) mod binary;
 pub(crate) mod board;
 pub(crate) mod facts;
+pub mod subscriptions;
 pub mod query;
 pub mod tenants;
 
@@ -722,6 +723,8 @@ async fn permits(
 /// Writes a version row and its compartment rows: the version's own references to
 /// Patients, or (`inherit_from`) those of an earlier version of the same resource.
 async fn insert_version(connection: &mut Db, new: &NewVersion<'_>, inherit_from: Option<i64>) -> Result<()> {
+    // The subscriptions' outbox, in the same transaction as the version it announces.
+    subscriptions::enqueue(connection, new).await?;
     sqlx::query(
         "INSERT INTO resource_versions (resource_type, id, version_id, tenant, last_updated, method, content) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

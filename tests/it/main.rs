@@ -31,6 +31,7 @@ mod search;
 mod search_basic;
 mod security;
 mod structure;
+mod subscriptions;
 mod upstream_login;
 mod smart;
 mod validation;

@@ -61,7 +61,7 @@ fn world() -> Vec<(&'static str, Value)> {
                           "code": { "coding": [{ "system": "http://loinc.org", "code": "8310-5" }] },
                           "subject": { "reference": "Patient/{yamaguchi}" }, "effectiveDateTime": "2026-11-22T08:00:00Z",
                           "valueQuantity": { "value": 38.2, "system": "http://unitsofmeasure.org", "code": "Cel" } })),
-        ("sub", json!({ "resourceType": "Subscription", "status": "active", "reason": "掲示板の通知", "criteria": "Communication?category=board",
+        ("sub", json!({ "resourceType": "Subscription", "status": "active", "reason": "掲示板の通知", "criteria": "https://renraku.example.jp/fhir/SubscriptionTopic/board-message",
                          "channel": { "type": "rest-hook", "endpoint": "https://hooks.example.jp/renraku/board" } })),
         ("team", json!({ "resourceType": "CareTeam", "status": "active", "subject": { "reference": "Patient/{yamada}" },
                           "participant": [{ "member": { "reference": "Practitioner/{doc}" } }, { "member": { "reference": "Practitioner/{nurse}" } }] })),

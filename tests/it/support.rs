@@ -347,6 +347,7 @@ pub async fn new_database(backend: Backend) -> (Config, tempfile::TempDir, Optio
             shutdown_grace_ms: renraku::config::DEFAULT_SHUTDOWN_GRACE_MS,
             unknown_profiles: renraku::config::UnknownProfiles::default(),
             binary: Default::default(),
+            subscriptions: renraku::config::SubscriptionSettings::demo(),
             audit_off_for_benchmarks_only: false,
             limits: renraku::config::Limits::default(),
         clients: Vec::new(),
