@@ -272,3 +272,84 @@ async fn send_all_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<u16> {
     }
     statuses
 }
+
+/// Notifications across gateways (issue #17): a rest-hook subscription is delivered exactly
+/// once per event whichever gateway wrote it (the gateways lease the subscription through
+/// the database), and a websocket client bound on B hears of a write made on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_deliver_each_event_once_and_reach_each_others_websockets() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use crate::subscriptions::{board_message, events, rest_hook, status_value, subscription, Receiver};
+
+    let (config, directory, database) = new_database(Backend::Postgres).await;
+    let a = Node::start(&config.database_url, directory.path()).await;
+    let b = Node::start(&config.database_url, directory.path()).await;
+    let receiver = Receiver::start().await;
+    let post = |node: &Node, token: &str, path: &str, body: &Value| {
+        node.http
+            .post(format!("{}{path}", node.base))
+            .bearer_auth(token)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+    };
+    let filter = "Communication?subject=Patient/demo-yamada-taro";
+    let hook = post(&a, DOCTOR, "/ina/fhir/Subscription", &subscription("board-message", &[filter], rest_hook(&receiver.url, "id-only")));
+    assert_eq!(hook.send().await.expect("a reply").status().as_u16(), 201);
+    assert_eq!(status_value(&receiver.next().await.1, "type"), "handshake");
+
+    // A websocket subscription, bound on B.
+    let websocket = subscription("board-message", &[filter], json!({ "type": "websocket", "payload": "application/fhir+json" }));
+    let created: Value = post(&a, DOCTOR, "/ina/fhir/Subscription", &websocket).send().await.expect("a reply").json().await.expect("JSON");
+    let id = created["id"].as_str().expect("an id").to_owned();
+    let minted: Value = post(&b, DOCTOR, &format!("/ina/fhir/Subscription/{id}/$get-ws-binding-token"), &json!({}))
+        .send()
+        .await
+        .expect("a reply")
+        .json()
+        .await
+        .expect("JSON");
+    let token = minted["parameter"][0]["valueString"].as_str().expect("a binding token").to_owned();
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{}/ina/fhir/websocket", b.base.replacen("http", "ws", 1))).await.expect("B's websocket");
+    socket.send(Message::Text(format!("bind-with-token: {token}").into())).await.expect("sent");
+    let mut next_json = async || -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("a message within 10 s").expect("open").expect("a frame");
+            if let Message::Text(text) = frame {
+                return serde_json::from_str(text.as_str()).expect("JSON");
+            }
+        }
+    };
+    assert_eq!(status_value(&next_json().await, "type"), "handshake");
+
+    // Six posts, written alternately through A and B.
+    let mut posted = Vec::new();
+    for n in 0..6 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        let reply = post(node, CARE_MANAGER, "/minamiminowa/fhir/Communication", &board_message(Some("board"), &format!("投稿 {n}"), None)).send().await.expect("a reply");
+        assert_eq!(reply.status().as_u16(), 201);
+        let body: Value = reply.json().await.expect("JSON");
+        posted.push(body["id"].as_str().expect("an id").to_owned());
+    }
+    // The rest-hook receiver gets each event exactly once, numbered 1 to 6.
+    let mut numbers = Vec::new();
+    while numbers.len() < 6 {
+        numbers.extend(events(&receiver.next().await.1).into_iter().map(|(number, _)| number));
+    }
+    assert!(receiver.quiet_for(Duration::from_millis(800)).await, "no event is delivered twice");
+    numbers.sort_unstable();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6]);
+    // The websocket client on B hears of all six, those written on A included.
+    let mut heard = Vec::new();
+    while heard.len() < 6 {
+        heard.extend(events(&next_json().await).into_iter().map(|(_, focus)| focus.rsplit('/').next().unwrap_or_default().to_owned()));
+    }
+    heard.sort();
+    posted.sort();
+    assert_eq!(heard, posted);
+    drop((a, b));
+    if let Some(name) = database {
+        crate::support::drop_database(name);
+    }
+}
