@@ -79,6 +79,9 @@ impl Fhir {
                 ]);
                 crate::fhir::set(&mut resource, "operation", operations);
             }
+            if resource_type == "Subscription" {
+                self.describe_subscriptions(&mut resource, &context.base_url);
+            }
             resources.push(resource);
         }
         let name = tenant.as_ref().map(|t| t.name.as_str()).unwrap_or_default();
@@ -94,6 +97,7 @@ impl Fhir {
                 "description": format!("Renraku FHIR gateway for {name} ({})", context.tenant),
                 "url": context.base_url,
             },
+            "instantiates": ["http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/backport-subscription-server-r4"],
             "fhirVersion": "4.0.1",
             "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
             "patchFormat": ["application/json-patch+json"],
@@ -120,5 +124,29 @@ impl Fhir {
                 ],
             }],
         })
+    }
+
+    /// The Subscription entry: the topics published (Backport IG's topic-canonical
+    /// extension), the operations, and where websocket clients connect.
+    fn describe_subscriptions(&self, resource: &mut Value, base_url: &str) {
+        const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport";
+        let topics: Vec<Value> = self
+            .subscriptions
+            .topics
+            .urls()
+            .into_iter()
+            .map(|url| json!({ "url": format!("{BACKPORT}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"), "valueCanonical": url }))
+            .collect();
+        crate::fhir::set(resource, "extension", json!(topics));
+        crate::fhir::set(resource, "supportedProfile", json!([format!("{BACKPORT}/StructureDefinition/backport-subscription")]));
+        crate::fhir::set(resource, "operation", json!([
+            { "name": "status", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-status") },
+            { "name": "events", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-events") },
+            { "name": "get-ws-binding-token", "definition": format!("{BACKPORT}/OperationDefinition/backport-subscription-get-ws-binding-token") }
+        ]));
+        let websocket = crate::service::subscriptions::websocket_url(base_url);
+        crate::fhir::set(resource, "documentation", json!(format!(
+            "Topic-based subscriptions (Subscriptions R5 Backport IG 1.1.0): criteria is one of the topics listed in this entry's extensions (definitions: conformance/subscription-topics.json); channels rest-hook and websocket ({websocket}); payloads empty, id-only (default) and full-resource. Each event is judged under the subscriber's access when it is delivered. A Subscription is visible only to its owner."
+        )));
     }
 }

@@ -359,6 +359,15 @@ async fn subscriptions_the_server_would_not_honour_are_refused(backend: Backend)
         )
         .await;
     reply.expect(422);
+
+    // The CapabilityStatement publishes the topics and the operations.
+    let metadata = server.get("/ina/fhir/metadata").await.json();
+    let entry = metadata["rest"][0]["resource"].as_array().into_iter().flatten().find(|r| r["type"] == "Subscription").cloned().expect("a Subscription entry");
+    let topics: Vec<&str> = entry["extension"].as_array().into_iter().flatten().filter_map(|e| e["valueCanonical"].as_str()).collect();
+    assert!(topics.contains(&"https://renraku.example.jp/fhir/SubscriptionTopic/board-message"), "{topics:?}");
+    assert_eq!(topics.len(), 6);
+    let operations: Vec<&str> = entry["operation"].as_array().into_iter().flatten().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(operations, ["status", "events", "get-ws-binding-token"]);
 }
 
 /// Serves the gateway on a loopback port (websockets need a real socket).
