@@ -10,6 +10,10 @@ use std::sync::{Arc, Mutex};
 use crate::config::SubscriptionSettings;
 use crate::fhir::subscription::Topics;
 
+/// Subscriptions one gateway delivers at the same time (each holds at most one database
+/// session at a time, so requests keep the rest of the pool).
+const CONCURRENT_DELIVERIES: usize = 4;
+
 /// A websocket client bound to a subscription on this gateway: where its messages go, and
 /// until when (unix ms) the binding lives.
 #[derive(Debug, Clone)]
@@ -27,6 +31,8 @@ pub struct Hub {
     pub node: String,
     pub wake: tokio::sync::Notify,
     pub http: reqwest::Client,
+    /// How many subscriptions this gateway delivers at once.
+    pub deliveries: tokio::sync::Semaphore,
     bindings: Mutex<BTreeMap<String, Vec<Binding>>>,
     next_binding: std::sync::atomic::AtomicU64,
 }
@@ -46,6 +52,7 @@ impl Hub {
             node: uuid::Uuid::new_v4().to_string(),
             wake: tokio::sync::Notify::new(),
             http,
+            deliveries: tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES),
             bindings: Mutex::new(BTreeMap::new()),
             next_binding: std::sync::atomic::AtomicU64::new(1),
         })

@@ -162,6 +162,8 @@ impl Fhir {
         for id in due.clone() {
             let fhir = self.clone();
             tasks.spawn(async move {
+                // A few subscriptions at a time: requests need the pool's connections too.
+                let Ok(_permit) = fhir.subscriptions.deliveries.acquire().await else { return };
                 if let Err(error) = fhir.deliver_one(&id).await {
                     tracing::warn!(target: "renraku::notify", subscription = %id, %error, "delivery round failed; retrying");
                 }
@@ -171,32 +173,44 @@ impl Fhir {
         Ok(due.len())
     }
 
+    /// Delivers one subscription under its lease. No database session is held across
+    /// another's acquisition (or across a send): each step takes its own, and every write
+    /// goes through `Store::begin` (on SQLite, the in-process write gate), so deliveries and
+    /// requests cannot wait on each other in a circle.
     async fn deliver_one(&self, id: &str) -> Result<()> {
         let node = self.subscriptions.node.clone();
         let now = millis(self.clock.now());
         let timeout_cap = i64::try_from(self.config.subscriptions.timeout_ms).unwrap_or(60_000).max(60_000);
-        let mut connection = self.store.connection().await?;
-        if !outbox::lease(&mut connection, id, &node, now, now + timeout_cap + LEASE_MARGIN_MS).await? {
+        let mut transaction = self.store.begin().await?;
+        let leased = outbox::lease(&mut transaction, id, &node, now, now + timeout_cap + LEASE_MARGIN_MS).await?;
+        transaction.commit().await?;
+        if !leased {
             return Ok(());
         }
-        let result = self.deliver_leased(&mut connection, id).await;
-        outbox::release(&mut connection, id, &node).await?;
+        let result = self.deliver_leased(id).await;
+        let mut transaction = self.store.begin().await?;
+        outbox::release(&mut transaction, id, &node).await?;
+        transaction.commit().await?;
         result
     }
 
-    async fn deliver_leased(&self, connection: &mut store::Db, id: &str) -> Result<()> {
-        let Some(state) = outbox::state(connection, id).await? else { return Ok(()) };
-        let settings: Settings = serde_json::from_str(&state.settings)?;
+    async fn deliver_leased(&self, id: &str) -> Result<()> {
+        let limit_of = |settings: &Settings| i64::try_from(settings.max_count.unwrap_or(DEFAULT_MAX_COUNT)).unwrap_or(20);
+        let (state, settings, pending) = {
+            let mut connection = self.store.connection().await?;
+            let Some(state) = outbox::state(&mut connection, id).await? else { return Ok(()) };
+            let settings: Settings = serde_json::from_str(&state.settings)?;
+            let pending = outbox::pending(&mut connection, id, limit_of(&settings)).await?;
+            (state, settings, pending)
+        };
         let owner: Owner = serde_json::from_str(&state.owner)?;
         let context = self.owner_context(&state, &owner);
         let now = millis(self.clock.now());
         if state.channel == "rest-hook" && state.last_sent_at == 0 {
             let sent = self.send(&state, &settings, NotificationType::Handshake, &[], state.events_since_start).await;
-            return self.settle(connection, &state, sent, &[]).await;
+            return self.settle(&state, sent, &[]).await;
         }
         // Judge what is pending, oldest first: number what the owner may read now, drop the rest.
-        let limit = i64::try_from(settings.max_count.unwrap_or(DEFAULT_MAX_COUNT)).unwrap_or(20);
-        let pending = outbox::pending(connection, id, limit).await?;
         let client_gone = owner.client_registered && self.current_client(&state.tenant, &owner.client_id).await?.is_none();
         let mut visible = Vec::new();
         let mut new_visible = Vec::new();
@@ -220,7 +234,7 @@ impl Fhir {
             let numbers = outbox::number(&mut transaction, id, &new_visible, &hidden).await?;
             if !withheld.is_empty() {
                 // Numbered earlier, unreadable now: never sent, and not retried.
-                outbox::delivered(&mut transaction, id, &withheld, state.last_sent_at).await?;
+                outbox::withhold(&mut transaction, id, &withheld).await?;
             }
             transaction.commit().await?;
             numbers
@@ -255,7 +269,7 @@ impl Fhir {
             let heartbeat_due = state.heartbeat_ms > 0 && state.last_sent_at + state.heartbeat_ms <= now;
             if heartbeat_due {
                 let sent = self.send(&state, &settings, NotificationType::Heartbeat, &[], total).await;
-                return self.settle(connection, &state, sent, &[]).await;
+                return self.settle(&state, sent, &[]).await;
             }
             return Ok(());
         }
@@ -271,18 +285,20 @@ impl Fhir {
                 }
             }
         }
-        self.settle(connection, &state, sent, &seqs).await
+        self.settle(&state, sent, &seqs).await
     }
 
     /// Records the outcome of a send: delivered (and `active`), or a failure with its backoff.
-    async fn settle(&self, connection: &mut store::Db, state: &StateRow, sent: std::result::Result<(), String>, seqs: &[i64]) -> Result<()> {
+    async fn settle(&self, state: &StateRow, sent: std::result::Result<(), String>, seqs: &[i64]) -> Result<()> {
         let now = millis(self.clock.now());
+        let mut transaction = self.store.begin().await?;
+        let connection: &mut store::Db = &mut transaction;
         match sent {
             Ok(()) => {
                 self.metrics.notification(&state.channel, "delivered");
-                outbox::delivered(connection, &state.id, seqs, now).await
+                outbox::delivered(connection, &state.id, seqs, now).await?;
             }
-            Err(why) if why == NOT_BOUND => Ok(()),
+            Err(why) if why == NOT_BOUND => {}
             Err(why) => {
                 self.metrics.notification(&state.channel, "failed");
                 let config = &self.config.subscriptions;
@@ -291,9 +307,10 @@ impl Fhir {
                 let delay = config.retry_base_ms.saturating_mul(1_u64 << exponent).min(config.retry_max_ms);
                 let status = if failures >= i64::from(config.failures_before_error) { "error" } else { state.status.as_str() };
                 tracing::info!(target: "renraku::notify", subscription = %state.id, failures, %why, "delivery failed");
-                outbox::failed(connection, &state.id, failures, now + i64::try_from(delay).unwrap_or(i64::MAX / 2), status, &why).await
+                outbox::failed(connection, &state.id, failures, now + i64::try_from(delay).unwrap_or(i64::MAX / 2), status, &why).await?;
             }
         }
+        transaction.commit().await
     }
 
     /// The owner's context at the subscription's base.

@@ -245,6 +245,18 @@ pub async fn number(connection: &mut Db, id: &str, visible: &[i64], hidden: &[i6
     Ok(numbers)
 }
 
+/// Events numbered earlier that the owner may no longer read: never sent, not retried.
+pub async fn withhold(connection: &mut Db, id: &str, seqs: &[i64]) -> Result<()> {
+    for seq in seqs {
+        sqlx::query("UPDATE subscription_events SET delivered = 1 WHERE subscription_id = $1 AND seq = $2")
+            .bind(id)
+            .bind(*seq)
+            .execute(&mut connection.0)
+            .await?;
+    }
+    Ok(())
+}
+
 /// A receiver acknowledged a notification (`seqs` may be empty: a handshake or heartbeat):
 /// the events are delivered and the subscription is `active`.
 pub async fn delivered(connection: &mut Db, id: &str, seqs: &[i64], now: i64) -> Result<()> {

@@ -21,6 +21,7 @@ both_backends!(
     subscriptions_the_server_would_not_honour_are_refused,
     websocket_clients_bind_with_a_token_and_receive_replies,
     an_acknowledged_write_is_notified_after_a_crash,
+    every_topic_notifies_its_own_events,
 );
 
 const PERSON: &str = "demo-yamada-taro";
@@ -230,6 +231,19 @@ async fn rest_hook_notifications_carry_only_what_the_subscriber_may_read_now(bac
     let (_, notification) = receiver.next().await;
     assert_eq!(events(&notification), vec![(3, format!("http://renraku.test/ina/fhir/Communication/{after}"))]);
 
+    // An agreement ended: the doctor of 伊那市 hears nothing of 南箕輪村's person.
+    let operator = Caller::demo("ina", "demo-operator");
+    let agreements = operator.search_ids(&server, "Contract").await;
+    let agreement_path = agreements.first().expect("the demo's agreement").clone();
+    let mut agreement = operator.get(&server, &agreement_path).await.json();
+    agreement["status"] = json!("terminated");
+    operator.put(&server, &agreement).await.expect(200);
+    created(care_manager.post(&server, &board_message(Some("board"), "協定終了中の投稿", None)).await).await;
+    drained(&server).await;
+    assert!(receiver.quiet_for(Duration::from_millis(300)).await);
+    agreement["status"] = json!("executed");
+    operator.put(&server, &agreement).await.expect(200);
+
     // Off the team: nothing either.
     let mut team = admin.get(&server, "CareTeam/demo-team-yamada").await.json();
     let kept: Vec<Value> = team["participant"].as_array().into_iter().flatten().filter(|p| p["member"]["reference"] != "PractitionerRole/demo-role-dr-tanaka").cloned().collect();
@@ -275,7 +289,11 @@ async fn rest_hook_notifications_carry_only_what_the_subscriber_may_read_now(bac
 }
 
 async fn a_failing_receiver_is_retried_marked_error_and_recovers(backend: Backend) {
-    let server = Server::start_with(backend, fast_retries).await;
+    let server = Server::start_with(backend, |config| {
+        fast_retries(config);
+        config.metrics_token = Some("metrics-secret".into());
+    })
+    .await;
     let receiver = Receiver::start().await;
     let doctor = Caller::demo("ina", "demo-doctor-ina");
     receiver.failing.store(4, Ordering::SeqCst);
@@ -317,6 +335,23 @@ async fn a_failing_receiver_is_retried_marked_error_and_recovers(backend: Backen
     assert_eq!(events(&notification), vec![(1, "http://renraku.test/ina/fhir/CareTeam/demo-team-yamada".to_owned())]);
     assert!(notification["entry"][1].get("resource").is_none());
     assert_eq!(notification["entry"][1]["fullUrl"], "http://renraku.test/ina/fhir/CareTeam/demo-team-yamada");
+
+    // A quiet subscription with a heartbeat period hears heartbeats (empty payload: no focus).
+    let mut quiet = subscription("consent-status-changed", &[&format!("Consent?patient=Patient/{PERSON}")], rest_hook(&receiver.url, "empty"));
+    quiet["channel"]["extension"] = json!([{ "url": format!("{BACKPORT}backport-heartbeat-period"), "valueUnsignedInt": 1 }]);
+    created(doctor.post(&server, &quiet).await).await;
+    assert_eq!(status_value(&receiver.next().await.1, "type"), "handshake");
+    let (_, heartbeat) = receiver.next().await;
+    assert_eq!(status_value(&heartbeat, "type"), "heartbeat");
+    assert_eq!(heartbeat["entry"].as_array().map(Vec::len), Some(1));
+
+    // What operators watch: deliveries and failures per channel, latency, the outbox depth.
+    let metrics = server.request(Method::GET, "/metrics", &[("authorization", "Bearer metrics-secret")], None).await;
+    metrics.expect(200);
+    let text = metrics.text();
+    assert!(text.contains("renraku_notifications_total{channel=\"rest-hook\",outcome=\"failed\"} 4"), "{text}");
+    assert!(text.contains("renraku_notification_latency_seconds"), "{text}");
+    assert!(text.contains("renraku_notification_outbox_depth"), "{text}");
 }
 
 async fn subscriptions_the_server_would_not_honour_are_refused(backend: Backend) {
@@ -442,4 +477,95 @@ async fn an_acknowledged_write_is_notified_after_a_crash(backend: Backend) {
     let (_, notification) = receiver.next().await;
     assert_eq!(events(&notification), vec![(1, format!("http://renraku.test/ina/fhir/Communication/{post}"))]);
     drop(server);
+}
+
+/// The topics not exercised above, each with an event it must notify and one it must not.
+async fn every_topic_notifies_its_own_events(backend: Backend) {
+    let server = Server::start_with(backend, fast_retries).await;
+    let doctor = Caller::demo("ina", "demo-doctor-ina");
+    let care_manager = Caller::demo("minamiminowa", "demo-care-manager");
+    let operator = Caller::demo("ina", "demo-operator");
+    let subscribe = async |caller: &Caller, topic: &str, filter: &str, content: &str| -> Receiver {
+        let receiver = Receiver::start().await;
+        let filters: Vec<&str> = if filter.is_empty() { Vec::new() } else { vec![filter] };
+        created(caller.post(&server, &subscription(topic, &filters, rest_hook(&receiver.url, content))).await).await;
+        assert_eq!(status_value(&receiver.next().await.1, "type"), "handshake");
+        receiver
+    };
+    let consents = subscribe(&care_manager, "consent-status-changed", &format!("Consent?patient=Patient/{PERSON}"), "id-only").await;
+    let registrations = subscribe(&care_manager, "patient-registered", "Patient?organization=Organization/demo-mm-care-office", "full-resource").await;
+    let observations = subscribe(&doctor, "resource-changed", &format!("Observation?patient=Patient/{PERSON}&_interaction=create"), "full-resource").await;
+    let deletions = subscribe(&doctor, "resource-changed", "Observation?_interaction=delete", "id-only").await;
+
+    // A Consent updated without a change of status is not this topic's event; a withdrawal is.
+    let mut consent = care_manager.get(&server, "Consent/demo-consent-yamada").await.json();
+    consent["dateTime"] = json!("2026-04-11");
+    care_manager.put(&server, &consent).await.expect(200);
+    drained(&server).await;
+    consent["status"] = json!("inactive");
+    care_manager.put(&server, &consent).await.expect(200);
+    let (_, notification) = consents.next().await;
+    assert_eq!(events(&notification), vec![(1, "http://renraku.test/minamiminowa/fhir/Consent/demo-consent-yamada".to_owned())]);
+    consent["status"] = json!("active");
+    care_manager.put(&server, &consent).await.expect(200);
+    assert_eq!(events(&consents.next().await.1).first().map(|e| e.0), Some(2));
+
+    // A person registered by the office.
+    let person = json!({ "resourceType": "Patient", "name": [{ "family": "佐々木", "given": ["次郎"] }],
+                         "managingOrganization": { "reference": "Organization/demo-mm-care-office" } });
+    let registered = created(care_manager.post(&server, &person).await).await;
+    let (_, notification) = registrations.next().await;
+    assert_eq!(events(&notification), vec![(1, format!("http://renraku.test/minamiminowa/fhir/Patient/{registered}"))]);
+    assert_eq!(notification["entry"][1]["resource"]["name"][0]["family"], "佐々木");
+
+    // Any type, by its own search parameters: an Observation created is one subscription's
+    // event, its deletion the other's.
+    let observation = json!({ "resourceType": "Observation", "status": "final", "code": { "text": "体温" },
+                              "subject": { "reference": format!("Patient/{PERSON}") },
+                              "valueQuantity": { "value": 37.8, "unit": "℃", "system": "http://unitsofmeasure.org", "code": "Cel" } });
+    let measured = created(care_manager.post(&server, &observation).await).await;
+    let (_, notification) = observations.next().await;
+    assert_eq!(events(&notification), vec![(1, format!("http://renraku.test/ina/fhir/Observation/{measured}"))]);
+    assert_eq!(notification["entry"][1]["resource"]["valueQuantity"]["value"], 37.8);
+    care_manager.delete(&server, &format!("Observation/{measured}")).await.expect(204);
+    let (_, notification) = deletions.next().await;
+    assert_eq!(events(&notification), vec![(1, format!("http://renraku.test/ina/fhir/Observation/{measured}"))]);
+    assert_eq!(notification["entry"][1]["request"]["method"], "DELETE");
+    drained(&server).await;
+    assert!(observations.quiet_for(Duration::from_millis(200)).await, "a create-only subscription hears no deletion");
+
+    // A subscription made through an app stops when the app is removed.
+    let app = json!({ "client_id": "ina-notify-app", "tenant": "ina", "kind": "public",
+                      "redirect_uris": ["http://127.0.0.1:9000/callback"], "scopes": "openid user/*.cruds" });
+    let registered_app = server.request(Method::POST, "/admin/clients", &[("authorization", "Bearer demo-operator"), ("content-type", "application/json")], Some(app.to_string().into_bytes())).await;
+    registered_app.expect(201);
+    let grant = renraku::auth::tokens::TokenGrant {
+        tenant: "ina".into(),
+        actor: renraku::identity::Actor::Practitioner {
+            tenant: "ina".into(),
+            practitioner: "demo-dr-tanaka".into(),
+            role: "demo-role-dr-tanaka".into(),
+            organization: "demo-ina-central-hospital".into(),
+        },
+        scopes: renraku::identity::scopes::Scopes::parse("user/*.cruds").expect("scopes"),
+        patient: None,
+        client_id: "ina-notify-app".into(),
+        lifetime: chrono::Duration::hours(1),
+    };
+    let mut connection = server.fhir().store.connection().await.expect("a connection");
+    let app_token = renraku::auth::tokens::issue(&mut connection, server.fhir().clock.now(), &grant).await.expect("a token").access_token;
+    drop(connection);
+    let through_app = Caller::demo("ina", &app_token);
+    let board = subscribe(&through_app, "board-message", &format!("Communication?subject=Patient/{PERSON}"), "id-only").await;
+    created(care_manager.post(&server, &board_message(Some("board"), "アプリ経由の購読へ", None)).await).await;
+    assert_eq!(events(&board.next().await.1).len(), 1);
+    operator_removes(&server, "/admin/clients/ina/ina-notify-app").await;
+    created(care_manager.post(&server, &board_message(Some("board"), "アプリ削除後の投稿", None)).await).await;
+    drained(&server).await;
+    assert!(board.quiet_for(Duration::from_millis(300)).await, "nothing reaches a subscription whose app was removed");
+    drop(operator);
+}
+
+async fn operator_removes(server: &Server, path: &str) {
+    server.request(Method::DELETE, path, &[("authorization", "Bearer demo-operator")], None).await.expect(204);
 }
