@@ -140,6 +140,20 @@ impl Gateway {
                 }
             }
         });
+        // On PostgreSQL, another gateway's write wakes this one at once (LISTEN/NOTIFY as a
+        // wake-up only; the poll above stays the guarantee).
+        let woken = Arc::downgrade(&fhir);
+        let database_url = config.database_url.clone();
+        tokio::spawn(async move {
+            store::subscriptions::listen_for_wake_ups(&database_url, move || match woken.upgrade() {
+                Some(fhir) => {
+                    fhir.subscriptions.wake.notify_one();
+                    !fhir.is_draining()
+                }
+                None => false,
+            })
+            .await;
+        });
         if config.demo {
             demo::seed(&fhir).await.map_err(|e| StartError::Demo(e.to_string()))?;
         } else {

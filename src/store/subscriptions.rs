@@ -65,7 +65,7 @@ pub(crate) async fn enqueue(connection: &mut Db, new: &NewVersion<'_>) -> Result
         (false, 1) => "create",
         (false, _) => "update",
     };
-    sqlx::query(
+    let enqueued = sqlx::query(
         "INSERT INTO subscription_events (subscription_id, resource_type, resource_id, version_id, action, occurred) \
          SELECT id, $1, $2, $3, $4, $5 FROM subscription_state \
          WHERE resource_type = $6 AND status <> 'off' AND actions LIKE $7",
@@ -79,7 +79,48 @@ pub(crate) async fn enqueue(connection: &mut Db, new: &NewVersion<'_>) -> Result
     .bind(format!("%{action}%"))
     .execute(&mut connection.0)
     .await?;
+    if enqueued.rows_affected() > 0 && connection.0.backend_name() == "PostgreSQL" {
+        // Wakes the other gateways' delivery tasks when (and only if) the transaction
+        // commits; PostgreSQL folds a transaction's identical notifications into one. A
+        // wake-up only: the events are in the table, and a gateway that missed it finds
+        // them at its next poll.
+        sqlx::query("SELECT pg_notify($1, '')").bind(WAKE_CHANNEL).execute(&mut connection.0).await?;
+    }
     Ok(())
+}
+
+/// The PostgreSQL channel on which writes that enqueued events wake the gateways.
+const WAKE_CHANNEL: &str = "renraku_notifications";
+
+/// PostgreSQL: calls `wake` whenever another session's committed write enqueued events
+/// (`LISTEN`), until `wake` answers false; reconnects after a lost connection (the poll
+/// covers the gap). Returns at once on SQLite, where every write happens in this process.
+pub async fn listen_for_wake_ups(database_url: &str, wake: impl Fn() -> bool + Send) {
+    if !(database_url.starts_with("postgres:") || database_url.starts_with("postgresql:")) {
+        return;
+    }
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
+            listener.listen(WAKE_CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                if !wake() {
+                    return Ok::<(), sqlx::Error>(());
+                }
+            }
+        };
+        match listening.await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::debug!(target: "renraku::notify", %error, "listening for wake-ups failed; reconnecting");
+                if !wake() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Creates or replaces a subscription's row. A changed subscription starts over as

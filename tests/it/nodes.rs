@@ -275,7 +275,8 @@ async fn send_all_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<u16> {
 
 /// Notifications across gateways (issue #17): a rest-hook subscription is delivered exactly
 /// once per event whichever gateway wrote it (the gateways lease the subscription through
-/// the database), and a websocket client bound on B hears of a write made on A.
+/// the database), and a websocket client bound on B hears of a write made on A (woken by
+/// PostgreSQL's NOTIFY: the gateways' own poll is set to a minute).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_deliver_each_event_once_and_reach_each_others_websockets() {
     use futures_util::{SinkExt, StreamExt};
@@ -284,8 +285,15 @@ async fn two_gateways_deliver_each_event_once_and_reach_each_others_websockets()
     use crate::subscriptions::{board_message, events, rest_hook, status_value, subscription, Receiver};
 
     let (config, directory, database) = new_database(Backend::Postgres).await;
-    let a = Node::start(&config.database_url, directory.path()).await;
-    let b = Node::start(&config.database_url, directory.path()).await;
+    // The gateways poll only once a minute here: what crosses from one to the other within
+    // the test is carried by PostgreSQL's NOTIFY wake-up.
+    let settings = directory.path().join("renraku.toml");
+    std::fs::write(&settings, "[subscriptions]\nhttp_hosts = [\"127.0.0.1\"]\nprivate_hosts = [\"127.0.0.1\"]\npoll_ms = 60000\n").expect("a configuration file");
+    let data_dir = directory.path().to_string_lossy().to_string();
+    let settings = settings.to_string_lossy().to_string();
+    let flags = ["--demo", "--database-url", config.database_url.as_str(), "--data-dir", data_dir.as_str(), "--config", settings.as_str()];
+    let a = Node::serve(&flags).await;
+    let b = Node::serve(&flags).await;
     let receiver = Receiver::start().await;
     let post = |node: &Node, token: &str, path: &str, body: &Value| {
         node.http
