@@ -44,7 +44,8 @@ CREATE TABLE subscription_events (
     delivered BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX subscription_events_pending ON subscription_events (subscription_id, delivered, seq);
-CREATE UNIQUE INDEX subscription_events_numbered ON subscription_events (subscription_id, event_number);
+-- Partial: an event is inserted unnumbered, so the writes that enqueue do not touch it.
+CREATE UNIQUE INDEX subscription_events_numbered ON subscription_events (subscription_id, event_number) WHERE event_number IS NOT NULL;
 
 -- Websocket binding tokens ($get-ws-binding-token), by SHA-256: valid on every gateway
 -- until they expire, and never longer than the access token they were issued to

@@ -175,22 +175,29 @@ impl Fhir {
 
     /// Delivers one subscription under its lease. No database session is held across
     /// another's acquisition (or across a send): each step takes its own, and every write
-    /// goes through `Store::begin` (on SQLite, the in-process write gate), so deliveries and
-    /// requests cannot wait on each other in a circle.
+    /// goes through `Store::begin_derived` (on SQLite, the in-process write gate), so
+    /// deliveries and requests cannot wait on each other in a circle. Delivery state is
+    /// written without waiting for the disk on SQLite: a power loss can only undo the newest
+    /// leases, numbers and delivered marks together, after which the same events are judged,
+    /// numbered alike (the counter is undone with them) and sent again — at least once, as
+    /// promised. The events themselves were made durable by the writes that caused them.
     async fn deliver_one(&self, id: &str) -> Result<()> {
         let node = self.subscriptions.node.clone();
         let now = millis(self.clock.now());
         let timeout_cap = i64::try_from(self.config.subscriptions.timeout_ms).unwrap_or(60_000).max(60_000);
-        let mut transaction = self.store.begin().await?;
+        let mut transaction = self.store.begin_derived().await?;
         let leased = outbox::lease(&mut transaction, id, &node, now, now + timeout_cap + LEASE_MARGIN_MS).await?;
         transaction.commit().await?;
         if !leased {
             return Ok(());
         }
         let result = self.deliver_leased(id).await;
-        let mut transaction = self.store.begin().await?;
-        outbox::release(&mut transaction, id, &node).await?;
-        transaction.commit().await?;
+        // Settled (and released) by the delivery; released here only if it failed early.
+        if result.is_err() {
+            let mut transaction = self.store.begin_derived().await?;
+            outbox::release(&mut transaction, id, &node).await?;
+            transaction.commit().await?;
+        }
         result
     }
 
@@ -198,7 +205,7 @@ impl Fhir {
         let limit_of = |settings: &Settings| i64::try_from(settings.max_count.unwrap_or(DEFAULT_MAX_COUNT)).unwrap_or(20);
         let (state, settings, pending) = {
             let mut connection = self.store.connection().await?;
-            let Some(state) = outbox::state(&mut connection, id).await? else { return Ok(()) };
+            let Some(state) = outbox::state(&mut connection, id).await? else { return Err(Error::NotFound(format!("Subscription/{id}"))) };
             let settings: Settings = serde_json::from_str(&state.settings)?;
             let pending = outbox::pending(&mut connection, id, limit_of(&settings)).await?;
             (state, settings, pending)
@@ -230,7 +237,7 @@ impl Fhir {
             }
         }
         let numbers = {
-            let mut transaction = self.store.begin().await?;
+            let mut transaction = self.store.begin_derived().await?;
             let numbers = outbox::number(&mut transaction, id, &new_visible, &hidden).await?;
             if !withheld.is_empty() {
                 // Numbered earlier, unreadable now: never sent, and not retried.
@@ -271,7 +278,7 @@ impl Fhir {
                 let sent = self.send(&state, &settings, NotificationType::Heartbeat, &[], total).await;
                 return self.settle(&state, sent, &[]).await;
             }
-            return Ok(());
+            return self.settle(&state, Err(NOTHING_TO_SEND.to_owned()), &[]).await;
         }
         let occurred: Vec<String> = events.iter().map(|(o, _)| o.clone()).collect();
         let notified: Vec<NotifiedEvent> = events.into_iter().map(|(_, e)| e).collect();
@@ -291,14 +298,14 @@ impl Fhir {
     /// Records the outcome of a send: delivered (and `active`), or a failure with its backoff.
     async fn settle(&self, state: &StateRow, sent: std::result::Result<(), String>, seqs: &[i64]) -> Result<()> {
         let now = millis(self.clock.now());
-        let mut transaction = self.store.begin().await?;
+        let mut transaction = self.store.begin_derived().await?;
         let connection: &mut store::Db = &mut transaction;
         match sent {
             Ok(()) => {
                 self.metrics.notification(&state.channel, "delivered");
                 outbox::delivered(connection, &state.id, seqs, now).await?;
             }
-            Err(why) if why == NOT_BOUND => {}
+            Err(why) if why == NOT_BOUND || why == NOTHING_TO_SEND => {}
             Err(why) => {
                 self.metrics.notification(&state.channel, "failed");
                 let config = &self.config.subscriptions;
@@ -310,6 +317,7 @@ impl Fhir {
                 outbox::failed(connection, &state.id, failures, now + i64::try_from(delay).unwrap_or(i64::MAX / 2), status, &why).await?;
             }
         }
+        outbox::release(connection, &state.id, &self.subscriptions.node).await?;
         transaction.commit().await
     }
 
@@ -592,6 +600,9 @@ fn status_of<'a>(topic: &'a str, base_url: &'a str, subscription: &'a str, statu
 /// What `send` answers when a websocket subscription has no client bound here: not a
 /// failure, the events wait.
 const NOT_BOUND: &str = "no websocket client is bound";
+
+/// What `settle` is told when judging left nothing to send: not a failure.
+const NOTHING_TO_SEND: &str = "nothing to send";
 
 /// The websocket endpoint of a base: `ws(s)://…/{tenant}/fhir/websocket`.
 pub fn websocket_url(base_url: &str) -> String {

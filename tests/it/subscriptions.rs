@@ -22,6 +22,7 @@ both_backends!(
     websocket_clients_bind_with_a_token_and_receive_replies,
     an_acknowledged_write_is_notified_after_a_crash,
     every_topic_notifies_its_own_events,
+    redirects_and_names_of_private_addresses_are_not_followed,
 );
 
 const PERSON: &str = "demo-yamada-taro";
@@ -62,6 +63,8 @@ impl Receiver {
                     },
                 ),
             )
+            // An endpoint that has moved: a notification must not follow it.
+            .route("/moved", axum::routing::post(|| async { (axum::http::StatusCode::TEMPORARY_REDIRECT, [("location", "/hook")]) }))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().expect("an address").port());
@@ -448,6 +451,44 @@ async fn websocket_clients_bind_with_a_token_and_receive_replies(backend: Backen
 
     socket.send(tokio_tungstenite::tungstenite::Message::Text(json!({ "type": "ping" }).to_string().into())).await.expect("sent");
     assert_eq!(read_json(&mut socket).await["type"], "pong");
+
+    // A binding lives no longer than the access token it came from: one that expires in two
+    // seconds gives a binding the server closes when it ends.
+    let grant = renraku::auth::tokens::TokenGrant {
+        tenant: "ina".into(),
+        actor: renraku::identity::Actor::Practitioner {
+            tenant: "ina".into(),
+            practitioner: "demo-dr-tanaka".into(),
+            role: "demo-role-dr-tanaka".into(),
+            organization: "demo-ina-central-hospital".into(),
+        },
+        scopes: renraku::identity::scopes::Scopes::parse("user/*.cruds").expect("scopes"),
+        patient: None,
+        client_id: "test-suite".into(),
+        lifetime: chrono::Duration::seconds(2),
+    };
+    let mut connection = server.fhir().store.connection().await.expect("a connection");
+    let short = renraku::auth::tokens::issue(&mut connection, server.fhir().clock.now(), &grant).await.expect("a token").access_token;
+    drop(connection);
+    let minted = server.request(Method::POST, &format!("/ina/fhir/Subscription/{id}/$get-ws-binding-token"), &[("authorization", &format!("Bearer {short}"))], None).await;
+    minted.expect(200);
+    let token = minted.json()["parameter"][0]["valueString"].as_str().expect("a binding token").to_owned();
+    let (mut second, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ina/fhir/websocket")).await.expect("the websocket opens");
+    second.send(tokio_tungstenite::tungstenite::Message::Text(format!("bind-with-token: {token}").into())).await.expect("sent");
+    assert_eq!(status_value(&read_json(&mut second).await, "type"), "handshake");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match second.next().await {
+                None | Some(Err(_)) | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the server closes a binding whose access token expired");
+    // Unbinding: the first socket is told, and hears nothing more.
+    socket.send(tokio_tungstenite::tungstenite::Message::Text(format!("unbind-from-token: {}", value("token")["valueString"].as_str().unwrap_or_default()).into())).await.expect("sent");
+    assert_eq!(read_json(&mut socket).await["type"], "unbound");
 }
 
 async fn read_json(socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> Value {
@@ -568,4 +609,37 @@ async fn every_topic_notifies_its_own_events(backend: Backend) {
 
 async fn operator_removes(server: &Server, path: &str) {
     server.request(Method::DELETE, path, &[("authorization", "Bearer demo-operator")], None).await.expect(204);
+}
+
+/// SSRF: a redirect is a failure, not a hop; a host name that resolves to a non-public address
+/// is refused at delivery unless the host is allowed (here only the address itself is).
+async fn redirects_and_names_of_private_addresses_are_not_followed(backend: Backend) {
+    let server = Server::start_with(backend, |config| {
+        fast_retries(config);
+        config.subscriptions.http_hosts = vec!["127.0.0.1".into(), "localhost".into()];
+        config.subscriptions.private_hosts = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let doctor = Caller::demo("ina", "demo-doctor-ina");
+    let filter = format!("Communication?subject=Patient/{PERSON}");
+    let moved = receiver.url.replace("/hook", "/moved");
+    let by_name = receiver.url.replace("127.0.0.1", "localhost");
+    let mut ids = Vec::new();
+    for endpoint in [moved, by_name] {
+        ids.push(created(doctor.post(&server, &subscription("board-message", &[&filter], rest_hook(&endpoint, "id-only"))).await).await);
+    }
+    for id in &ids {
+        let mut status = String::new();
+        for _ in 0..200 {
+            let reply = doctor.get(&server, &format!("Subscription/{id}/$status")).await;
+            status = status_value(&reply.json(), "status");
+            if status == "error" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, "error", "Subscription/{id}");
+    }
+    assert!(receiver.quiet_for(Duration::from_millis(300)).await, "nothing reached the receiver");
 }
