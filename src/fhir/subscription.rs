@@ -28,6 +28,8 @@ const ANY_RESOURCE: &str = "http://hl7.org/fhir/StructureDefinition/Resource";
 /// The longest heartbeat period and delivery timeout a subscription may ask for, in seconds.
 const MAX_HEARTBEAT_SECONDS: u64 = 24 * 60 * 60;
 const MAX_TIMEOUT_SECONDS: u64 = 60;
+/// The most events one notification may carry.
+const MAX_COUNT: u64 = 100;
 
 /// One published topic.
 #[derive(Debug, Clone)]
@@ -168,6 +170,9 @@ pub struct Settings {
     pub timeout_seconds: Option<u64>,
     /// The most events one notification carries.
     pub max_count: Option<u64>,
+    /// `Subscription.end`: no notification after it.
+    #[serde(default)]
+    pub end: Option<String>,
 }
 
 fn refuse(message: impl Into<String>, expression: &str) -> Error {
@@ -309,9 +314,10 @@ pub fn read(topics: &Topics, resource: &Value, endpoint_allowed: impl Fn(&url::U
         return Err(refuse(format!("the timeout must be 1 to {MAX_TIMEOUT_SECONDS} seconds"), "Subscription.channel.extension('backport-timeout')"));
     }
     let max_count = unsigned(channel_element, "backport-max-count", "Subscription.channel.extension('backport-max-count')")?;
-    if max_count == Some(0) {
-        return Err(refuse("the max count must be positive", "Subscription.channel.extension('backport-max-count')"));
+    if max_count.is_some_and(|m| m == 0 || m > MAX_COUNT) {
+        return Err(refuse(format!("the max count must be 1 to {MAX_COUNT}"), "Subscription.channel.extension('backport-max-count')"));
     }
+    let end = resource.get("end").and_then(Value::as_str).map(str::to_owned);
     Ok(Settings {
         topic: topic.url.clone(),
         resource_type,
@@ -324,6 +330,7 @@ pub fn read(topics: &Topics, resource: &Value, endpoint_allowed: impl Fn(&url::U
         heartbeat_seconds,
         timeout_seconds,
         max_count,
+        end,
     })
 }
 

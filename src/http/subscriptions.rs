@@ -44,8 +44,15 @@ pub async fn websocket(State(state): State<AppState>, Path(tenant): Path<String>
     if state.fhir.tenant(&tenant).is_none() {
         return (StatusCode::NOT_FOUND, "unknown municipality").into_response();
     }
-    upgrade.on_upgrade(move |socket| session(state, tenant, socket))
+    // Clients send a line or a small JSON object; nothing larger is read.
+    upgrade.max_message_size(MAX_MESSAGE_BYTES).on_upgrade(move |socket| session(state, tenant, socket))
 }
+
+const MAX_MESSAGE_BYTES: usize = 4096;
+/// How long a socket may stay open without a binding.
+const UNBOUND_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most subscriptions one socket binds.
+const MAX_BINDINGS: usize = 16;
 
 /// What a client's text message asks.
 enum Ask {
@@ -82,7 +89,14 @@ async fn session(state: AppState, tenant: String, mut socket: WebSocket) {
     let (sender, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<String>();
     // token → (subscription, binding id, expiry in unix ms)
     let mut bindings: Vec<(String, String, u64, i64)> = Vec::new();
+    let mut unbound_since = Some(tokio::time::Instant::now());
     loop {
+        match (bindings.is_empty(), unbound_since) {
+            (true, None) => unbound_since = Some(tokio::time::Instant::now()),
+            (false, Some(_)) => unbound_since = None,
+            _ => {}
+        }
+        let unbound_deadline = unbound_since.map(|since| since + UNBOUND_GRACE);
         let now = state.fhir.clock.now().timestamp_millis();
         bindings.retain(|(_, subscription, id, expires_at)| {
             let live = *expires_at > now;
@@ -102,13 +116,17 @@ async fn session(state: AppState, tenant: String, mut socket: WebSocket) {
                     _ => continue,
                 };
                 let answer = match ask(&text) {
+                    Ask::Bind(token) if bindings.iter().any(|(bound, ..)| *bound == token) => json!({ "type": "error", "message": "already bound with this token" }).to_string(),
+                    Ask::Bind(_) if bindings.len() >= MAX_BINDINGS => json!({ "type": "error", "message": "too many bindings on one socket" }).to_string(),
                     Ask::Bind(token) => match state.fhir.bind_websocket(&tenant, &token).await {
                         Ok((subscription, token_digest, expires_at, handshake)) => {
                             let id = hub.bind(&subscription, sender.clone(), token_digest, expires_at);
                             bindings.push((token, subscription, id, expires_at));
                             handshake
                         }
-                        Err(error) => json!({ "type": "error", "message": error.to_string() }).to_string(),
+                        // The same words whatever went wrong: nothing internal reaches an
+                        // unauthenticated socket.
+                        Err(_) => json!({ "type": "error", "message": "the binding token is invalid or expired" }).to_string(),
                     },
                     Ask::Unbind(token) => {
                         bindings.retain(|(bound, subscription, id, _)| {
@@ -131,6 +149,10 @@ async fn session(state: AppState, tenant: String, mut socket: WebSocket) {
                 if socket.send(Message::Text(notification.into())).await.is_err() {
                     break;
                 }
+            }
+            () = tokio::time::sleep_until(unbound_deadline.unwrap_or_else(tokio::time::Instant::now)), if unbound_deadline.is_some() => {
+                let _ = socket.send(Message::Close(None)).await;
+                break;
             }
             () = tokio::time::sleep(wait), if next_expiry.is_some() => {
                 let now = state.fhir.clock.now().timestamp_millis();

@@ -43,6 +43,8 @@ impl Hub {
         let resolver = Arc::new(PublicOnly { allowed: settings.private_hosts.clone() });
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Through a proxy the proxy would resolve the target, past the resolver below.
+            .no_proxy()
             .dns_resolver(resolver)
             .user_agent("Renraku notifications")
             .build()
@@ -111,14 +113,36 @@ pub fn is_private(address: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_documentation()
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0 && v4.octets().get(2) == Some(&0))
                 || a == 0
+                || a >= 240
         }
         IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let [first, second, ..] = segments;
+            // IPv4 carried inside IPv6: mapped (::ffff:a.b.c.d) and compatible (::a.b.c.d)
+            // are judged as the IPv4 address; NAT64 (64:ff9b::/96, 64:ff9b:1::/48) and 6to4
+            // (2002::/16) are refused, as they reach IPv4 hosts through translators.
+            let embedded = |high: u16, low: u16| std::net::Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_private(IpAddr::V4(v4));
             }
-            let first = v6.segments().first().copied().unwrap_or_default();
-            v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+            let [.., g, h] = segments;
+            if segments.iter().take(6).all(|s| *s == 0) && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_private(IpAddr::V4(embedded(g, h)));
+            }
+            if (first == 0x64 && second == 0xff9b) || first == 0x2002 {
+                // Translated to IPv4 by a gateway the server cannot see: never a receiver.
+                return true;
+            }
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || (first & 0xffc0) == 0xfec0
+                || first == 0x2001 && second == 0x0db8
         }
     }
 }

@@ -389,7 +389,9 @@ impl Fhir {
     ) -> Result<Option<CurrentRow>> {
         let search = self.decide_for(connection, context, Interaction::Search, resource_type, "a conditional write matches by searching").await?;
         let found = self.match_one(connection, context, &search, resource_type, condition).await?;
-        if found.is_some() || search.is_unrestricted() {
+        // A Subscription is its owner's alone: another owner's is not a duplicate, and
+        // probing for one would disclose its endpoint.
+        if found.is_some() || search.is_unrestricted() || resource_type == "Subscription" {
             return Ok(found);
         }
         let probe = policy::duplicate_probe_unchecked(&context.tenant);

@@ -114,7 +114,7 @@ impl Fhir {
             scopes: authenticated.scopes.to_string(),
             patient: authenticated.patient.clone(),
             client_id: authenticated.client_id.clone(),
-            client_registered: self.client(&context.tenant, &authenticated.client_id).is_some(),
+            client_registered: self.current_client(&context.tenant, &authenticated.client_id).await?.is_some(),
         };
         let heartbeat_ms = settings.heartbeat_seconds.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX / 2_000) * 1_000);
         let owner = serde_json::to_string(&owner)?;
@@ -192,11 +192,20 @@ impl Fhir {
             return Ok(());
         }
         let result = self.deliver_leased(id).await;
-        // Settled (and released) by the delivery; released here only if it failed early.
-        if result.is_err() {
-            let mut transaction = self.store.begin_derived().await?;
-            outbox::release(&mut transaction, id, &node).await?;
-            transaction.commit().await?;
+        // Settled (and released) by the delivery; one that failed before it could settle is
+        // retried after the same backoff as a failed send, not at the next poll.
+        if let Err(error) = &result {
+            let mut connection = self.store.connection().await?;
+            let state = outbox::state(&mut connection, id).await?;
+            drop(connection);
+            match state {
+                Some(state) => self.settle(&state, Err(format!("the delivery could not be prepared ({})", error.status().as_u16())), &[]).await?,
+                None => {
+                    let mut transaction = self.store.begin_derived().await?;
+                    outbox::release(&mut transaction, id, &node).await?;
+                    transaction.commit().await?;
+                }
+            }
         }
         result
     }
@@ -213,6 +222,14 @@ impl Fhir {
         let owner: Owner = serde_json::from_str(&state.owner)?;
         let context = self.owner_context(&state, &owner);
         let now = millis(self.clock.now());
+        let ended = settings.end.as_deref().and_then(|end| chrono::DateTime::parse_from_rfc3339(end).ok()).is_some_and(|end| end.timestamp_millis() <= now);
+        if ended {
+            // `Subscription.end` has passed: it is off, and what was pending is dropped.
+            let mut transaction = self.store.begin_derived().await?;
+            outbox::turn_off(&mut transaction, id).await?;
+            outbox::release(&mut transaction, id, &self.subscriptions.node).await?;
+            return transaction.commit().await;
+        }
         if state.channel == "rest-hook" && state.last_sent_at == 0 {
             let sent = self.send(&state, &settings, NotificationType::Handshake, &[], state.events_since_start).await;
             return self.settle(&state, sent, &[]).await;
@@ -238,7 +255,10 @@ impl Fhir {
         }
         let numbers = {
             let mut transaction = self.store.begin_derived().await?;
-            let numbers = outbox::number(&mut transaction, id, &new_visible, &hidden).await?;
+            let Some(numbers) = outbox::number(&mut transaction, id, &self.subscriptions.node, millis(self.clock.now()), &new_visible, &hidden).await? else {
+                // The lease ran out and another gateway took the subscription over.
+                return Ok(());
+            };
             if !withheld.is_empty() {
                 // Numbered earlier, unreadable now: never sent, and not retried.
                 outbox::withhold(&mut transaction, id, &withheld).await?;
@@ -282,9 +302,12 @@ impl Fhir {
         }
         let occurred: Vec<String> = events.iter().map(|(o, _)| o.clone()).collect();
         let notified: Vec<NotifiedEvent> = events.into_iter().map(|(_, e)| e).collect();
+        // Recorded before it leaves: a delivery the trail cannot hold is not made.
+        if let Err(error) = self.record_delivery(&context, &state, &notified, &focuses).await {
+            return self.settle(&state, Err(format!("the audit trail could not record the delivery ({})", error.status().as_u16())), &[]).await;
+        }
         let sent = self.send(&state, &settings, NotificationType::EventNotification, &notified, total).await;
         if sent.is_ok() {
-            self.record_delivery(&context, &state, &notified, &focuses).await?;
             for when in &occurred {
                 if let Ok(when) = chrono::DateTime::parse_from_rfc3339(when) {
                     let seconds = (self.clock.now() - when.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
@@ -512,7 +535,7 @@ impl Fhir {
             Some(other) => return Err(Error::bad_request_at(format!("content '{other}' is not empty, id-only or full-resource"), "content")),
         };
         let mut connection = self.store.connection().await?;
-        let rows = outbox::numbered(&mut connection, id, since, until.min(since + MAX_EVENTS_PAGE - 1), MAX_EVENTS_PAGE).await?;
+        let rows = outbox::numbered(&mut connection, id, since, until.min(since.saturating_add(MAX_EVENTS_PAGE - 1)), MAX_EVENTS_PAGE).await?;
         drop(connection);
         let mut events = Vec::new();
         let mut returned = Vec::new();
@@ -550,6 +573,18 @@ impl Fhir {
         if settings.channel != Channel::Websocket || state.status == "off" {
             return Err(refuse("only an active websocket subscription has binding tokens", "Subscription.channel.type"));
         }
+        // Events are judged under the principal that wrote the subscription: only a token of
+        // the same client, with the same scopes and context, may listen to them.
+        let owner: Owner = serde_json::from_str(&state.owner)?;
+        let same_principal = match &context.principal {
+            Principal::Authenticated(caller) => {
+                caller.actor == owner.actor && caller.client_id == owner.client_id && caller.scopes.to_string() == owner.scopes && caller.patient == owner.patient
+            }
+            _ => false,
+        };
+        if !same_principal {
+            return Err(Error::Forbidden("only the client (and scopes) that wrote this Subscription may bind to it; write it again (PUT) to take it over".into()));
+        }
         let token_digest = digest(access_token);
         let mut connection = self.store.connection().await?;
         let access = store::auth::access_token(&mut connection, &token_digest).await?.ok_or_else(|| Error::Unauthorized("the access token is invalid, expired or revoked".into()))?;
@@ -557,8 +592,11 @@ impl Fhir {
         let now = millis(self.clock.now());
         let seconds = i64::try_from(self.config.subscriptions.binding_token_seconds).unwrap_or(300);
         let expires_at = (now + seconds * 1_000).min(access_expires);
+        drop(connection);
         let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        outbox::put_binding(&mut connection, &digest(&token), id, &context.tenant, &token_digest, expires_at).await?;
+        let mut transaction = self.store.begin().await?;
+        outbox::put_binding(&mut transaction, &digest(&token), id, &context.tenant, &token_digest, expires_at).await?;
+        transaction.commit().await?;
         let expiration = chrono::DateTime::from_timestamp_millis(expires_at).map(crate::fhir::dates::format_instant).unwrap_or_default();
         let websocket_url = websocket_url(&context.base_url);
         Ok(json!({

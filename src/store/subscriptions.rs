@@ -261,29 +261,45 @@ pub async fn pending(connection: &mut Db, id: &str, limit: i64) -> Result<Vec<Ev
 
 /// Records the judgement of unnumbered events: `visible` get the next numbers in order,
 /// `hidden` are removed unnumbered. Returns the numbers given.
-pub async fn number(connection: &mut Db, id: &str, visible: &[i64], hidden: &[i64]) -> Result<Vec<i64>> {
-    for seq in hidden {
-        sqlx::query("DELETE FROM subscription_events WHERE seq = $1 AND event_number IS NULL").bind(*seq).execute(&mut connection.0).await?;
-    }
-    if visible.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Only while `node` holds the subscription's lease: `None` when it lost it (another
+/// gateway took over; nothing is numbered, the caller stops). The state row is written
+/// first, as everywhere, so that concurrent writers lock in one order.
+pub async fn number(connection: &mut Db, id: &str, node: &str, now: i64, visible: &[i64], hidden: &[i64]) -> Result<Option<Vec<i64>>> {
     let count = i64::try_from(visible.len()).unwrap_or(i64::MAX);
     let row = sqlx::query(
-        "UPDATE subscription_state SET events_since_start = events_since_start + $1 WHERE id = $2 RETURNING events_since_start",
+        "UPDATE subscription_state SET events_since_start = events_since_start + $1 \
+         WHERE id = $2 AND lease_owner = $3 AND lease_until > $4 RETURNING events_since_start",
     )
     .bind(count)
     .bind(id)
-    .fetch_one(&mut connection.0)
+    .bind(node)
+    .bind(now)
+    .fetch_optional(&mut connection.0)
     .await?;
+    let Some(row) = row else { return Ok(None) };
     let last: i64 = row.try_get("events_since_start")?;
+    for seq in hidden {
+        sqlx::query("DELETE FROM subscription_events WHERE seq = $1 AND subscription_id = $2 AND event_number IS NULL")
+            .bind(*seq)
+            .bind(id)
+            .execute(&mut connection.0)
+            .await?;
+    }
     let mut numbers = Vec::with_capacity(visible.len());
     for (offset, seq) in (0_i64..).zip(visible) {
         let number = last - count + 1 + offset;
-        sqlx::query("UPDATE subscription_events SET event_number = $1 WHERE seq = $2").bind(number).bind(*seq).execute(&mut connection.0).await?;
+        let result = sqlx::query("UPDATE subscription_events SET event_number = $1 WHERE seq = $2 AND subscription_id = $3 AND event_number IS NULL")
+            .bind(number)
+            .bind(*seq)
+            .bind(id)
+            .execute(&mut connection.0)
+            .await?;
+        if result.rows_affected() != 1 {
+            return Err(crate::error::Error::internal(format!("subscription {id}: event {seq} was numbered concurrently")));
+        }
         numbers.push(number);
     }
-    Ok(numbers)
+    Ok(Some(numbers))
 }
 
 /// Events numbered earlier that the owner may no longer read: never sent, not retried.
@@ -301,6 +317,11 @@ pub async fn withhold(connection: &mut Db, id: &str, seqs: &[i64]) -> Result<()>
 /// A receiver acknowledged a notification (`seqs` may be empty: a handshake or heartbeat):
 /// the events are delivered and the subscription is `active`.
 pub async fn delivered(connection: &mut Db, id: &str, seqs: &[i64], now: i64) -> Result<()> {
+    sqlx::query("UPDATE subscription_state SET status = 'active', failures = 0, next_attempt_at = 0, last_sent_at = $1, last_error = '' WHERE id = $2 AND status <> 'off'")
+        .bind(now)
+        .bind(id)
+        .execute(&mut connection.0)
+        .await?;
     if !seqs.is_empty() {
         let mut sql = Sql::new("UPDATE subscription_events SET delivered = 1 WHERE subscription_id = ");
         sql.bind(id).push(" AND seq IN (");
@@ -314,11 +335,6 @@ pub async fn delivered(connection: &mut Db, id: &str, seqs: &[i64], now: i64) ->
         sql.push(")");
         sql.execute(connection).await?;
     }
-    sqlx::query("UPDATE subscription_state SET status = 'active', failures = 0, next_attempt_at = 0, last_sent_at = $1, last_error = '' WHERE id = $2 AND status <> 'off'")
-        .bind(now)
-        .bind(id)
-        .execute(&mut connection.0)
-        .await?;
     Ok(())
 }
 

@@ -430,9 +430,30 @@ async fn websocket_clients_bind_with_a_token_and_receive_replies(backend: Backen
     let value = |name: &str| parameters["parameter"].as_array().into_iter().flatten().find(|p| p["name"] == name).cloned().unwrap_or(Value::Null);
     let token = value("token")["valueString"].as_str().expect("a binding token").to_owned();
     assert_eq!(value("websocket-url")["valueUrl"], "ws://renraku.test/ina/fhir/websocket");
-    // Nobody else gets one.
+    // Nobody else gets one: not another owner (404, as for a missing one), not the same
+    // professional through another app (its scopes are not those the events are judged by).
     let ehr = server.request(Method::POST, &format!("/ina/fhir/Subscription/{id}/$get-ws-binding-token"), &[("authorization", "Bearer demo-ehr-ina")], None).await;
     ehr.expect(404);
+    let other_app = renraku::auth::tokens::TokenGrant {
+        tenant: "ina".into(),
+        actor: renraku::identity::Actor::Practitioner {
+            tenant: "ina".into(),
+            practitioner: "demo-dr-tanaka".into(),
+            role: "demo-role-dr-tanaka".into(),
+            organization: "demo-ina-central-hospital".into(),
+        },
+        scopes: renraku::identity::scopes::Scopes::parse("user/*.rs").expect("scopes"),
+        patient: None,
+        client_id: "another-app".into(),
+        lifetime: chrono::Duration::hours(1),
+    };
+    let mut connection = server.fhir().store.connection().await.expect("a connection");
+    let other_token = renraku::auth::tokens::issue(&mut connection, server.fhir().clock.now(), &other_app).await.expect("a token").access_token;
+    drop(connection);
+    let refused = server.request(Method::POST, &format!("/ina/fhir/Subscription/{id}/$get-ws-binding-token"), &[("authorization", &format!("Bearer {other_token}"))], None).await;
+    refused.expect(403);
+    // Event numbers are bounded, not overflowed.
+    doctor.get(&server, &format!("Subscription/{id}/$events?eventsSinceNumber=9223372036854775807")).await.expect(200);
 
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ina/fhir/websocket")).await.expect("the websocket opens");
     socket.send(tokio_tungstenite::tungstenite::Message::Text("bind-with-token: not-a-token".into())).await.expect("sent");
@@ -464,7 +485,8 @@ async fn websocket_clients_bind_with_a_token_and_receive_replies(backend: Backen
         },
         scopes: renraku::identity::scopes::Scopes::parse("user/*.cruds").expect("scopes"),
         patient: None,
-        client_id: "test-suite".into(),
+        // The same client and scopes as the token that wrote the subscription (the demo's).
+        client_id: "demo".into(),
         lifetime: chrono::Duration::seconds(2),
     };
     let mut connection = server.fhir().store.connection().await.expect("a connection");
