@@ -71,13 +71,15 @@ pub(crate) async fn referring(
 }
 
 /// `(type, id)` of up to `limit` live resources that refer to `target_type/target_id`
-/// through any reference parameter (AuditEvents, which record accesses, left out), for a
-/// delete's referential integrity. Only the pairs: the service names in a refusal only those
+/// through any reference parameter (AuditEvents, which record accesses, and Subscriptions,
+/// which refer to their owner — a stamp nobody else sees, not data they depend on; one whose
+/// owning role or Organization is gone delivers nothing — left out), for a delete's
+/// referential integrity. Only the pairs: the service names in a refusal only those
 /// the caller's read grant sees.
 pub(crate) async fn referrers(connection: &mut Db, target_type: &str, target_id: &str, limit: i64) -> Result<Vec<(String, String)>> {
     let rows = sqlx::query(
         "SELECT DISTINCT resource_type, id FROM search_reference WHERE target_type = $1 AND target_id = $2 \
-         AND resource_type <> 'AuditEvent' AND NOT (resource_type = $1 AND id = $2) ORDER BY resource_type, id LIMIT $3",
+         AND resource_type NOT IN ('AuditEvent', 'Subscription') AND NOT (resource_type = $1 AND id = $2) ORDER BY resource_type, id LIMIT $3",
     )
     .bind(target_type)
     .bind(target_id)

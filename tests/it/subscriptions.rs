@@ -398,6 +398,13 @@ async fn subscriptions_the_server_would_not_honour_are_refused(backend: Backend)
         .await;
     reply.expect(422);
 
+    // A Subscription does not hold up the deletion of its owner's directory entry (which the
+    // administrator cannot see it refers to); it then delivers nothing.
+    let nurse = crate::policy::practitioner(&server, "ina", "sub-owner", "sub-office", "user/*.cruds").await;
+    created(nurse.post(&server, &generic).await).await;
+    let operator = Caller::demo("ina", "demo-operator");
+    operator.delete(&server, "PractitionerRole/role-sub-owner").await.expect(204);
+
     // The CapabilityStatement publishes the topics and the operations.
     let metadata = server.get("/ina/fhir/metadata").await.json();
     let entry = metadata["rest"][0]["resource"].as_array().into_iter().flatten().find(|r| r["type"] == "Subscription").cloned().expect("a Subscription entry");
