@@ -519,6 +519,7 @@ impl Fhir {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn patch_in(
         &self,
         connection: &mut crate::store::Db,
@@ -527,6 +528,7 @@ impl Fhir {
         id: &str,
         patch: Value,
         if_match: Option<i64>,
+        principal: &crate::identity::Principal,
     ) -> Result<Written> {
         let operations: json_patch::Patch = serde_json::from_value(patch)
             .map_err(|error| Error::bad_request(format!("the body is not a JSON Patch document: {error}")))?;
@@ -550,6 +552,8 @@ impl Fhir {
         })?;
         check_body_type(&resource, resource_type)?;
         check_body_id(&resource, resource_type, id)?;
+        // A patched board or chat message is signed as a written one is.
+        writes::sign_board_message(principal, resource_type, &mut resource)?;
         let validated = self.validator.validate(resource).map_err(Error::Unprocessable)?;
         let stored = self.write_version(connection, grant, resource_type, id, validated, Some(&current), "PATCH").await?;
         Ok(Written { stored, created: false })

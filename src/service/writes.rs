@@ -290,7 +290,7 @@ impl Fhir {
                 Change::Patch { id, patch } => {
                     self.require_readable(&mut transaction, context, resource_type, id).await.map_err(located)?;
                     let Written { stored, created } =
-                        self.patch_in(&mut transaction, &grant, resource_type, id, patch.clone(), entry.if_match).await.map_err(located)?;
+                        self.patch_in(&mut transaction, &grant, resource_type, id, patch.clone(), entry.if_match, &context.principal).await.map_err(located)?;
                     written.push((i, grant, stored.clone()));
                     Outcome::Written { stored, created }
                 }
@@ -458,7 +458,7 @@ impl Fhir {
 /// A board or chat message is sent by the practitioner who writes it: a missing `sender`
 /// becomes their PractitionerRole, another one is refused (nobody posts in a colleague's
 /// name, nor edits a colleague's post by writing it again).
-fn sign_board_message(principal: &crate::identity::Principal, resource_type: &str, body: &mut Value) -> Result<()> {
+pub(crate) fn sign_board_message(principal: &crate::identity::Principal, resource_type: &str, body: &mut Value) -> Result<()> {
     if resource_type != "Communication" || crate::fhir::board::kind_of(body).is_none() {
         return Ok(());
     }

@@ -140,6 +140,18 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     let forged = doctor.post(&server, &message("board", "demo-role-cm-suzuki", "2026-11-26T12:00:00+09:00", "代筆", None)).await;
     forged.expect(422);
     assert_eq!(forged.issue_expressions(), ["Communication.sender"]);
+    // Nor by a patch of one's own post.
+    let patch = json!([{ "op": "replace", "path": "/sender/reference", "value": "PractitionerRole/demo-role-dr-tanaka" }]);
+    let patched = server
+        .request(
+            axum::http::Method::PATCH,
+            &format!("/minamiminowa/fhir/Communication/{post}"),
+            &[("authorization", "Bearer demo-care-manager"), ("content-type", "application/json-patch+json")],
+            Some(patch.to_string().into_bytes()),
+        )
+        .await;
+    patched.expect(422);
+    assert_eq!(patched.issue_expressions(), ["Communication.sender"]);
     let mut unsigned = message("chat", "x", "2026-11-26T12:00:00+09:00", "署名なし", None);
     unsigned.as_object_mut().unwrap().remove("sender");
     let signed = doctor.post(&server, &unsigned).await;
