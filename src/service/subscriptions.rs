@@ -648,10 +648,9 @@ pub fn websocket_url(base_url: &str) -> String {
     format!("{url}/websocket")
 }
 
+/// Tokens are kept by their SHA-256 (lower-case hex), as access tokens are.
 fn digest(token: &str) -> String {
-    use sha2::Digest;
-    let hash = sha2::Sha256::digest(token.as_bytes());
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    crate::fhir::binary::digest(token.as_bytes())
 }
 
 /// A reqwest error's text without the URL (which may carry a secret in its query).

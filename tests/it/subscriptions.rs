@@ -441,22 +441,7 @@ async fn websocket_clients_bind_with_a_token_and_receive_replies(backend: Backen
     // professional through another app (its scopes are not those the events are judged by).
     let ehr = server.request(Method::POST, &format!("/ina/fhir/Subscription/{id}/$get-ws-binding-token"), &[("authorization", "Bearer demo-ehr-ina")], None).await;
     ehr.expect(404);
-    let other_app = renraku::auth::tokens::TokenGrant {
-        tenant: "ina".into(),
-        actor: renraku::identity::Actor::Practitioner {
-            tenant: "ina".into(),
-            practitioner: "demo-dr-tanaka".into(),
-            role: "demo-role-dr-tanaka".into(),
-            organization: "demo-ina-central-hospital".into(),
-        },
-        scopes: renraku::identity::scopes::Scopes::parse("user/*.rs").expect("scopes"),
-        patient: None,
-        client_id: "another-app".into(),
-        lifetime: chrono::Duration::hours(1),
-    };
-    let mut connection = server.fhir().store.connection().await.expect("a connection");
-    let other_token = renraku::auth::tokens::issue(&mut connection, server.fhir().clock.now(), &other_app).await.expect("a token").access_token;
-    drop(connection);
+    let other_token = doctor_token(&server, "another-app", "user/*.rs", chrono::Duration::hours(1)).await;
     let refused = server.request(Method::POST, &format!("/ina/fhir/Subscription/{id}/$get-ws-binding-token"), &[("authorization", &format!("Bearer {other_token}"))], None).await;
     refused.expect(403);
     // Event numbers are bounded, not overflowed.
@@ -481,24 +466,9 @@ async fn websocket_clients_bind_with_a_token_and_receive_replies(backend: Backen
     assert_eq!(read_json(&mut socket).await["type"], "pong");
 
     // A binding lives no longer than the access token it came from: one that expires in two
-    // seconds gives a binding the server closes when it ends.
-    let grant = renraku::auth::tokens::TokenGrant {
-        tenant: "ina".into(),
-        actor: renraku::identity::Actor::Practitioner {
-            tenant: "ina".into(),
-            practitioner: "demo-dr-tanaka".into(),
-            role: "demo-role-dr-tanaka".into(),
-            organization: "demo-ina-central-hospital".into(),
-        },
-        scopes: renraku::identity::scopes::Scopes::parse("user/*.cruds").expect("scopes"),
-        patient: None,
-        // The same client and scopes as the token that wrote the subscription (the demo's).
-        client_id: "demo".into(),
-        lifetime: chrono::Duration::seconds(2),
-    };
-    let mut connection = server.fhir().store.connection().await.expect("a connection");
-    let short = renraku::auth::tokens::issue(&mut connection, server.fhir().clock.now(), &grant).await.expect("a token").access_token;
-    drop(connection);
+    // seconds (of the same client and scopes as the demo token that wrote the subscription)
+    // gives a binding the server closes when it ends.
+    let short = doctor_token(&server, "demo", "user/*.cruds", chrono::Duration::seconds(2)).await;
     let minted = server.request(Method::POST, &format!("/ina/fhir/Subscription/{id}/$get-ws-binding-token"), &[("authorization", &format!("Bearer {short}"))], None).await;
     minted.expect(200);
     let token = minted.json()["parameter"][0]["valueString"].as_str().expect("a binding token").to_owned();
@@ -609,22 +579,7 @@ async fn every_topic_notifies_its_own_events(backend: Backend) {
                       "redirect_uris": ["http://127.0.0.1:9000/callback"], "scopes": "openid user/*.cruds" });
     let registered_app = server.request(Method::POST, "/admin/clients", &[("authorization", "Bearer demo-operator"), ("content-type", "application/json")], Some(app.to_string().into_bytes())).await;
     registered_app.expect(201);
-    let grant = renraku::auth::tokens::TokenGrant {
-        tenant: "ina".into(),
-        actor: renraku::identity::Actor::Practitioner {
-            tenant: "ina".into(),
-            practitioner: "demo-dr-tanaka".into(),
-            role: "demo-role-dr-tanaka".into(),
-            organization: "demo-ina-central-hospital".into(),
-        },
-        scopes: renraku::identity::scopes::Scopes::parse("user/*.cruds").expect("scopes"),
-        patient: None,
-        client_id: "ina-notify-app".into(),
-        lifetime: chrono::Duration::hours(1),
-    };
-    let mut connection = server.fhir().store.connection().await.expect("a connection");
-    let app_token = renraku::auth::tokens::issue(&mut connection, server.fhir().clock.now(), &grant).await.expect("a token").access_token;
-    drop(connection);
+    let app_token = doctor_token(&server, "ina-notify-app", "user/*.cruds", chrono::Duration::hours(1)).await;
     let through_app = Caller::demo("ina", &app_token);
     let board = subscribe(&through_app, "board-message", &format!("Communication?subject=Patient/{PERSON}"), "id-only").await;
     created(care_manager.post(&server, &board_message(Some("board"), "アプリ経由の購読へ", None)).await).await;
@@ -671,4 +626,24 @@ async fn redirects_and_names_of_private_addresses_are_not_followed(backend: Back
         assert_eq!(status, "error", "Subscription/{id}");
     }
     assert!(receiver.quiet_for(Duration::from_millis(300)).await, "nothing reached the receiver");
+}
+
+/// A token of the demo's doctor (伊那市, on the person's team) issued to `client_id` with
+/// `scopes`, as the authorization server would issue it through that client.
+async fn doctor_token(server: &Server, client_id: &str, scopes: &str, lifetime: chrono::Duration) -> String {
+    let grant = renraku::auth::tokens::TokenGrant {
+        tenant: "ina".into(),
+        actor: renraku::identity::Actor::Practitioner {
+            tenant: "ina".into(),
+            practitioner: "demo-dr-tanaka".into(),
+            role: "demo-role-dr-tanaka".into(),
+            organization: "demo-ina-central-hospital".into(),
+        },
+        scopes: renraku::identity::scopes::Scopes::parse(scopes).expect("scopes"),
+        patient: None,
+        client_id: client_id.into(),
+        lifetime,
+    };
+    let mut connection = server.fhir().store.connection().await.expect("a connection");
+    renraku::auth::tokens::issue(&mut connection, server.fhir().clock.now(), &grant).await.expect("a token").access_token
 }
