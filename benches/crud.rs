@@ -228,7 +228,7 @@ async fn run(database_url: String, directory: &std::path::Path, audited: bool) -
     }
     for id in &supported {
         let consent = serde_json::json!({ "resourceType": "Consent", "status": "active",
-            "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+            "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] }, "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN" }] },
             "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
             "patient": { "reference": format!("Patient/{id}") } });
         let team = serde_json::json!({ "resourceType": "CareTeam", "status": "active", "subject": { "reference": format!("Patient/{id}") },

@@ -109,7 +109,7 @@ def register_measured(base, actor):
         subject = {"reference": f"Patient/{patient['id']}"}
         send(base, token, "POST", f"/{TENANT}/fhir/Consent", {
             "resourceType": "Consent", "status": "active",
-            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]}, "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
             "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
             "patient": subject, "provision": {"type": "permit"},
         })

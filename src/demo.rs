@@ -179,7 +179,7 @@ fn resources() -> Vec<(&'static str, Value)> {
         "minamiminowa",
         json!({
             "resourceType": "Consent", "id": "demo-consent-yamada", "status": "active",
-            "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+            "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] }, "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN" }] },
             "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }], "text": "情報共有に関する同意書" }],
             "patient": { "reference": "Patient/demo-yamada-taro" },
             "dateTime": "2026-04-10",

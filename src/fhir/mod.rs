@@ -5,6 +5,7 @@ pub mod binary;
 pub mod board;
 pub mod dates;
 pub mod elements;
+pub mod fhirpath;
 pub mod format;
 pub mod profiles;
 pub mod references;

@@ -8,22 +8,72 @@
 //!    R4 StructureDefinitions): the schema cannot require them because a primitive may be
 //!    present only as its `_element` extension form.
 //! 3. fhirbolt's typed R4 model in strict mode, which decides what is a valid resource.
-//! 4. The profiles in `meta.profile` that the server knows (see [`crate::fhir::profiles`]).
+//! 4. The invariants of the R4 resources and data types (`profiles/base/invariants.json`,
+//!    derived from the R4 StructureDefinitions), evaluated by [`crate::fhir::fhirpath`] on
+//!    every element they are declared on; an invariant fails when it yields `false` (a result
+//!    FHIRPath leaves unknown, such as dates of overlapping precision, passes).
+//! 5. The profiles in `meta.profile` that the server knows (see [`crate::fhir::profiles`]).
 //!
 //! Contained resources, Bundle entries and Parameters resources are validated as resources
 //! of their own type, with their path prefixed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
+use crate::fhir::fhirpath::{Environment, Item};
 use crate::outcome::{Issue, IssueCode};
 use crate::fhir::profiles::Profiles;
 
 const SCHEMA_JSON: &str = include_str!("../../profiles/base/fhir.schema.json");
 const REQUIRED_PRIMITIVES_JSON: &str = include_str!("../../profiles/base/required-primitives.json");
 const REQUIRED_BINDINGS_JSON: &str = include_str!("../../profiles/base/required-bindings.json");
+const INVARIANTS_JSON: &str = include_str!("../../profiles/base/invariants.json");
+
+/// One invariant of a definition (`profiles/base/invariants.json`): on the object itself,
+/// or on each value of one of its elements (`element`, `value[x]` for a choice).
+#[derive(Debug, Clone)]
+struct Invariant {
+    key: String,
+    human: String,
+    element: Option<String>,
+    expression: crate::fhir::fhirpath::Expression,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedInvariant {
+    key: String,
+    #[serde(default)]
+    human: String,
+    expression: String,
+    element: Option<String>,
+}
+
+/// The invariants by schema definition; an expression the evaluator cannot parse is an
+/// error of the data file (the unit test below keeps the file and the evaluator in step).
+type Invariants = HashMap<String, Vec<Invariant>>;
+
+fn load_invariants() -> Result<(Invariants, HashSet<String>), String> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        invariants: HashMap<String, Vec<ListedInvariant>>,
+        #[serde(rename = "choiceElements")]
+        choice_elements: HashSet<String>,
+    }
+    let file: File = serde_json::from_str(INVARIANTS_JSON).map_err(|e| format!("invariants: {e}"))?;
+    let mut loaded = HashMap::new();
+    for (definition, listed) in file.invariants {
+        let mut compiled = Vec::with_capacity(listed.len());
+        for invariant in listed {
+            let expression = crate::fhir::fhirpath::Expression::parse(&invariant.expression)
+                .map_err(|e| format!("invariant {} of {definition}: {e}", invariant.key))?;
+            compiled.push(Invariant { key: invariant.key, human: invariant.human, element: invariant.element, expression });
+        }
+        loaded.insert(definition, compiled);
+    }
+    Ok((loaded, file.choice_elements))
+}
 
 /// An element bound to a value set with strength `required` (from the R4 definitions,
 /// `profiles/base/required-bindings.json`): the codes allowed, by code system.
@@ -90,6 +140,8 @@ pub struct Validator {
     required_primitives: HashMap<String, Vec<String>>,
     /// Schema definition → element → its required binding (looked up once per object walked).
     required_bindings: HashMap<String, HashMap<String, RequiredBinding>>,
+    invariants: Invariants,
+    choice_elements: HashSet<String>,
     resource_types: BTreeSet<String>,
     compiled: RwLock<HashMap<String, Arc<jsonschema::Validator>>>,
     profiles: Profiles,
@@ -123,12 +175,14 @@ impl Validator {
                 required_bindings.entry(definition.to_owned()).or_default().insert(element.to_owned(), binding);
             }
         }
+        let (invariants, choice_elements) = load_invariants()?;
         let resource_types: BTreeSet<String> = schema
             .pointer("/discriminator/mapping")
             .and_then(Value::as_object)
             .map(|mapping| mapping.keys().cloned().collect())
             .ok_or("R4 schema has no discriminator mapping")?;
         if let Some(definitions) = schema.get_mut("definitions").and_then(Value::as_object_mut) {
+            mend_schema(definitions);
             definitions.insert(
                 "ResourceList".to_owned(),
                 serde_json::json!({ "type": "object", "required": ["resourceType"] }),
@@ -142,6 +196,8 @@ impl Validator {
             schema,
             required_primitives,
             required_bindings,
+            invariants,
+            choice_elements,
             resource_types,
             compiled: RwLock::new(HashMap::new()),
             profiles,
@@ -190,7 +246,7 @@ impl Validator {
     /// Checks `resource` completely; on failure every issue found is returned.
     pub fn validate(&self, resource: Value) -> Result<Validated, Vec<Issue>> {
         let mut issues = Vec::new();
-        self.check_resource(&resource, "", &mut issues);
+        self.check_resource(&resource, "", &resource, &mut issues);
         if issues.is_empty() {
             self.check_profiles(&resource, &mut issues);
         }
@@ -212,7 +268,7 @@ impl Validator {
 
     /// Validates one (possibly embedded) resource; `prefix` is the path of the resource
     /// itself, e.g. `Bundle.entry[0].resource.` (empty at the top level).
-    fn check_resource(&self, resource: &Value, prefix: &str, issues: &mut Vec<Issue>) {
+    fn check_resource<'a>(&self, resource: &'a Value, prefix: &str, root: &'a Value, issues: &mut Vec<Issue>) {
         let Some(object) = resource.as_object() else {
             issues.push(Issue::error(IssueCode::Structure, "a resource must be a JSON object").at(prefix_name(prefix)));
             return;
@@ -249,14 +305,50 @@ impl Validator {
         found.retain(|issue| !(issue.code == IssueCode::Value && wrong_type.contains(&issue.expression)));
         issues.extend(found);
         check_not_empty(resource, &root_path, issues);
-        self.walk(resource_type, resource, &root_path, issues);
+        let environment = Environment { resource, root_resource: root, choices: &self.choice_elements };
+        self.walk(resource_type, resource, &root_path, environment, issues);
+        if self.has_element(resource_type, "contained") {
+            self.check_invariants("DomainResource", resource, &root_path, environment, issues);
+        }
+    }
+
+    /// The invariants declared on `definition`, evaluated on `value` (or on the values of the
+    /// element they are declared on); each that yields `false` is an issue at its element.
+    fn check_invariants<'a>(&self, definition: &str, value: &'a Value, path: &str, environment: Environment<'a>, issues: &mut Vec<Issue>) {
+        let Some(invariants) = self.invariants.get(definition) else { return };
+        let Some(object) = value.as_object() else { return };
+        for invariant in invariants {
+            let mut focus: Vec<(String, Item<'a>)> = Vec::new();
+            match invariant.element.as_deref() {
+                None => focus.push((path.to_owned(), Item::node(value))),
+                Some(element) => {
+                    let stem = element.trim_end_matches("[x]");
+                    for (key, child) in object.iter().filter(|(key, _)| {
+                        key.as_str() == stem || (element.ends_with("[x]") && key.strip_prefix(stem).is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase())))
+                    }) {
+                        match child {
+                            Value::Array(items) => focus.extend(items.iter().enumerate().map(|(i, item)| (format!("{path}.{key}[{i}]"), Item::node(item)))),
+                            single => focus.push((format!("{path}.{key}"), Item::node(single))),
+                        }
+                    }
+                }
+            }
+            for (at, item) in focus {
+                match invariant.expression.holds(item, environment) {
+                    Ok(Some(false)) => issues.push(Issue::error(IssueCode::Invariant, format!("{}: {}", invariant.key, invariant.human)).at(at)),
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(key = %invariant.key, %at, %error, "an invariant could not be evaluated"),
+                }
+            }
+        }
     }
 
     /// Walks the instance alongside the schema's definitions: required primitives, and
     /// embedded resources validated as resources.
-    fn walk(&self, definition: &str, value: &Value, path: &str, issues: &mut Vec<Issue>) {
+    fn walk<'a>(&self, definition: &str, value: &'a Value, path: &str, environment: Environment<'a>, issues: &mut Vec<Issue>) {
         let Some(object) = value.as_object() else { return };
-        check_datatype_invariants(definition, object, path, issues);
+        check_extension_urls(definition, object, path, issues);
+        self.check_invariants(definition, value, path, environment, issues);
         if let Some(required) = self.required_primitives.get(definition) {
             for name in required {
                 if !object.contains_key(name) && !object.contains_key(&format!("_{name}")) {
@@ -302,9 +394,9 @@ impl Validator {
             };
             for (child_path, item) in children {
                 if child_definition == "ResourceList" {
-                    self.check_resource(item, &format!("{child_path}."), issues);
+                    self.check_resource(item, &format!("{child_path}."), environment.root_resource, issues);
                 } else if !is_primitive_definition(child_definition) {
-                    self.walk(child_definition, item, &child_path, issues);
+                    self.walk(child_definition, item, &child_path, environment, issues);
                 }
             }
         }
@@ -474,51 +566,63 @@ fn quote_list(names: &[String]) -> String {
     names.iter().map(|name| format!("'{name}'")).collect::<Vec<_>>().join(", ")
 }
 
-/// The R4 invariants of the data types that the schema cannot express and that matter for
-/// what is stored, checked as their FHIRPath says (the general FHIRPath evaluation of every
-/// invariant is not here yet):
-/// - `per-1`: a Period's start is not after its end (`start <= end`; of two partial dates
-///   only a start wholly after the end's precision fails);
-/// - `ext-1`: an extension has nested extensions or a value, not both;
-/// - an extension's `url` is absolute, except the simple name of a complex extension's
-///   part (the R4 extensibility rules).
-fn check_datatype_invariants(definition: &str, object: &serde_json::Map<String, Value>, path: &str, issues: &mut Vec<Issue>) {
-    match definition {
-        "Period" => {
-            let bound = |name: &str| object.get(name).and_then(Value::as_str).and_then(crate::fhir::dates::precision_range);
-            if let (Some((start_low, _)), Some((_, end_high))) = (bound("start"), bound("end")) {
-                if start_low >= end_high {
-                    issues.push(Issue::error(IssueCode::Invariant, "per-1: the period's start is after its end").at(path));
-                }
+/// Two defects of the official R4 JSON schema that refuse data HL7's own validator accepts:
+/// - its patterns use `\s`/`\S`, which the schema's authors meant as ASCII whitespace (as
+///   Java reads them) but a Unicode regular expression reads as every space character, so a
+///   no-break space or the ideographic space of Japanese text (U+3000) in a string or code was
+///   refused; they are rewritten with ASCII classes;
+/// - the 72 `canonical` elements have no `_element` twin for their extensions; one is added.
+fn mend_schema(definitions: &mut serde_json::Map<String, Value>) {
+    const ASCII_SPACE: &str = "[ \\t\\n\\r\\x0B\\x0C]";
+    const NOT_ASCII_SPACE: &str = "[^ \\t\\n\\r\\x0B\\x0C]";
+    for definition in definitions.values_mut() {
+        if let Some(pattern) = definition.get("pattern").and_then(Value::as_str) {
+            let mended = pattern
+                .replace("[ \\r\\n\\t\\S]", "[^\\x0B\\x0C]")
+                .replace("[^\\s]", NOT_ASCII_SPACE)
+                .replace("\\S", NOT_ASCII_SPACE)
+                .replace("\\s", ASCII_SPACE);
+            crate::fhir::set(definition, "pattern", Value::String(mended));
+        }
+        let Some(properties) = definition.get_mut("properties").and_then(Value::as_object_mut) else { continue };
+        let canonical: Vec<(String, bool)> = properties
+            .iter()
+            .filter_map(|(name, property)| {
+                let single = property.get("$ref").and_then(Value::as_str) == Some("#/definitions/canonical");
+                let many = property.pointer("/items/$ref").and_then(Value::as_str) == Some("#/definitions/canonical");
+                (single || many).then(|| (name.clone(), many))
+            })
+            .collect();
+        for (name, many) in canonical {
+            let element = serde_json::json!({ "$ref": "#/definitions/Element" });
+            let twin = if many { serde_json::json!({ "type": "array", "items": element }) } else { element };
+            properties.entry(format!("_{name}")).or_insert(twin);
+        }
+    }
+}
+
+/// The R4 extensibility rules the invariants do not state: an extension's `url` is absolute,
+/// except the simple name of a complex extension's part, which must not be empty.
+fn check_extension_urls(definition: &str, object: &serde_json::Map<String, Value>, path: &str, issues: &mut Vec<Issue>) {
+    if definition == "Extension" {
+        for (index, part) in object.get("extension").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let url = part.get("url").and_then(Value::as_str).unwrap_or_default();
+            if url.is_empty() {
+                issues.push(Issue::error(IssueCode::Required, "a complex extension's part needs a url").at(format!("{path}.extension[{index}].url")));
             }
         }
-        "Extension" => {
-            let nested = object.get("extension").and_then(Value::as_array).is_some_and(|items| !items.is_empty());
-            let valued = object.keys().any(|key| key.starts_with("value") || key.starts_with("_value"));
-            if nested == valued {
-                let why = if nested { "has both nested extensions and a value" } else { "has neither nested extensions nor a value" };
-                issues.push(Issue::error(IssueCode::Invariant, format!("ext-1: the extension {why}")).at(path));
-            }
-            for (index, part) in object.get("extension").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                let url = part.get("url").and_then(Value::as_str).unwrap_or_default();
-                if url.is_empty() {
-                    issues.push(Issue::error(IssueCode::Required, "a complex extension's part needs a url").at(format!("{path}.extension[{index}].url")));
-                }
-            }
-        }
-        _ => {
-            for key in ["extension", "modifierExtension"] {
-                for (index, extension) in object.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
-                    let url = extension.get("url").and_then(Value::as_str).unwrap_or_default();
-                    let absolute = url.split_once(':').is_some_and(|(scheme, rest)| {
-                        !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)) && !rest.is_empty()
-                    });
-                    if !absolute {
-                        issues.push(
-                            Issue::error(IssueCode::Value, format!("an extension's url must be an absolute URI, not '{url}'")).at(format!("{path}.{key}[{index}].url")),
-                        );
-                    }
-                }
+        return;
+    }
+    for key in ["extension", "modifierExtension"] {
+        for (index, extension) in object.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let url = extension.get("url").and_then(Value::as_str).unwrap_or_default();
+            let absolute = url.split_once(':').is_some_and(|(scheme, rest)| {
+                !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)) && !rest.is_empty()
+            });
+            if !absolute {
+                issues.push(
+                    Issue::error(IssueCode::Value, format!("an extension's url must be an absolute URI, not '{url}'")).at(format!("{path}.{key}[{index}].url")),
+                );
             }
         }
     }
@@ -529,8 +633,15 @@ mod tests {
     use super::pointer_to_path;
 
     #[test]
+    fn every_listed_invariant_parses() {
+        let (invariants, _) = super::load_invariants().unwrap_or_else(|e| panic!("{e}"));
+        assert!(invariants.values().map(Vec::len).sum::<usize>() >= 190, "the R4 invariants are listed");
+    }
+
+    #[test]
     fn pointers_become_fhir_paths() {
         assert_eq!(pointer_to_path("Patient", "/name/0/given/1"), "Patient.name[0].given[1]");
         assert_eq!(pointer_to_path("Patient", ""), "Patient");
     }
 }
+

@@ -125,7 +125,7 @@ impl Fhir {
                     "resourceType": "Consent",
                     "id": format!("{prefix}-consent{n}"),
                     "status": "active",
-                    "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+                    "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] }, "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN" }] },
                     "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
                     "patient": subject,
                     "provision": { "type": "permit" },

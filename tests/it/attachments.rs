@@ -197,7 +197,7 @@ async fn the_consent_paper_is_kept_with_the_registration(backend: Backend) {
                             "managingOrganization": { "reference": "Organization/demo-mm-care-office" } } },
             { "fullUrl": consent, "request": { "method": "POST", "url": "Consent" },
               "resource": { "resourceType": "Consent", "status": "active",
-                            "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+                            "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] }, "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN" }] },
                             "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
                             "patient": { "reference": person }, "dateTime": "2026-12-01",
                             "organization": [{ "reference": "Organization/demo-mm-care-office" }],

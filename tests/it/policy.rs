@@ -134,7 +134,7 @@ pub fn patient(id: &str, family: &str, registrar: &str) -> Value {
 pub fn consent(id: &str, patient: &str, status: &str, registrar: &str) -> Value {
     json!({
         "resourceType": "Consent", "id": id, "status": status,
-        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] }, "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN" }] },
         "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
         "patient": { "reference": format!("Patient/{patient}") },
         "dateTime": "2026-04-01",

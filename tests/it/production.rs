@@ -210,7 +210,7 @@ async fn from_an_empty_database_to_a_first_person(backend: Backend) {
             {
                 "resource": {
                     "resourceType": "Consent", "status": "active",
-                    "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] },
+                    "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy" }] }, "policyRule": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN" }] },
                     "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
                     "patient": { "reference": person }, "provision": { "type": "permit" }
                 },
