@@ -79,7 +79,7 @@ const FUNCTIONS: &[&str] = &[
     "select", "repeat", "ofType", "single", "first", "last", "tail", "skip", "take", "intersect", "exclude", "union",
     "combine", "iif", "not", "hasValue", "children", "descendants", "trace", "toInteger", "toDecimal", "toString",
     "indexOf", "substring", "startsWith", "endsWith", "contains", "upper", "lower", "replace", "matches",
-    "replaceMatches", "length", "is", "as", "extension", "subsetOf", "supersetOf", "today", "now",
+    "replaceMatches", "length", "is", "as", "extension", "hasExtension", "subsetOf", "supersetOf", "today", "now",
 ];
 
 /// Data types whose name ends a choice element's key (`valueQuantity`).
@@ -156,14 +156,26 @@ impl<'a> Item<'a> {
 type Collection<'a> = Vec<Item<'a>>;
 type Evaluated<'a> = Result<Collection<'a>, String>;
 
-/// What `%resource`, `%rootResource` and `%context` stand for in one evaluation, and the
-/// names of the choice elements (`value` of `value[x]`): only those are looked for by their
-/// typed keys, so `response` does not find `responseCode`.
+/// What `%resource`, `%rootResource` and `%context` stand for in one evaluation.
 #[derive(Debug, Clone, Copy)]
 pub struct Environment<'a> {
     pub resource: &'a Value,
     pub root_resource: &'a Value,
-    pub choices: &'a HashSet<String>,
+}
+
+/// The names of the choice elements of R4 (`value` of `value[x]`), from
+/// `profiles/base/invariants.json`: only those are looked for by their typed keys, so
+/// `response` does not find `responseCode`.
+pub fn choice_elements() -> &'static HashSet<String> {
+    static CHOICES: std::sync::OnceLock<HashSet<String>> = std::sync::OnceLock::new();
+    CHOICES.get_or_init(|| {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(rename = "choiceElements")]
+            choice_elements: HashSet<String>,
+        }
+        serde_json::from_str::<File>(include_str!("../../profiles/base/invariants.json")).map(|f| f.choice_elements).unwrap_or_default()
+    })
 }
 
 impl Expression {
@@ -783,7 +795,7 @@ impl<'a> Evaluator<'a, '_> {
                         }
                         continue;
                     }
-                    children_named(object, name, self.environment.choices, &mut out);
+                    children_named(object, name, choice_elements(), &mut out);
                 }
                 Ok(out)
             }
@@ -1060,7 +1072,7 @@ impl<'a> Evaluator<'a, '_> {
             "children" => {
                 let mut out = Vec::new();
                 for item in &input {
-                    all_children(item, self.environment.choices, &mut out);
+                    all_children(item, choice_elements(), &mut out);
                 }
                 out
             }
@@ -1070,7 +1082,7 @@ impl<'a> Evaluator<'a, '_> {
                 while !frontier.is_empty() {
                     let mut next = Vec::new();
                     for item in &frontier {
-                        all_children(item, self.environment.choices, &mut next);
+                        all_children(item, choice_elements(), &mut next);
                     }
                     out.extend(next.iter().cloned());
                     frontier = next;
@@ -1134,20 +1146,24 @@ impl<'a> Evaluator<'a, '_> {
                     vec![Item::String(expression.replace_all(&text, with.as_str()).into_owned())]
                 }
             }
-            "extension" => {
+            "extension" | "hasExtension" => {
                 let url = string_argument(0)?.unwrap_or_default();
                 let mut out = Vec::new();
                 for item in &input {
                     let mut extensions = Vec::new();
                     if let Some(object) = item.object() {
-                        children_named(object, "extension", self.environment.choices, &mut extensions);
+                        children_named(object, "extension", choice_elements(), &mut extensions);
                     }
                     if let Item::Node { twin: Some(Value::Object(twin)), .. } = item {
-                        children_named(twin, "extension", self.environment.choices, &mut extensions);
+                        children_named(twin, "extension", choice_elements(), &mut extensions);
                     }
                     out.extend(extensions.into_iter().filter(|e| e.object().and_then(|o| o.get("url")).and_then(Value::as_str) == Some(url.as_str())));
                 }
-                out
+                if name == "hasExtension" {
+                    vec![Item::Boolean(!out.is_empty())]
+                } else {
+                    out
+                }
             }
             "today" | "now" => {
                 let now = chrono::Utc::now();
@@ -1205,9 +1221,8 @@ mod tests {
     use serde_json::{json, Value};
 
     fn holds(expression: &str, focus: &Value) -> Option<bool> {
-        let choices = ["value", "answer"].into_iter().map(String::from).collect();
         let parsed = Expression::parse(expression).unwrap_or_else(|e| panic!("{expression}: {e}"));
-        let environment = Environment { resource: focus, root_resource: focus, choices: &choices };
+        let environment = Environment { resource: focus, root_resource: focus };
         parsed.holds(Item::node(focus), environment).unwrap_or_else(|e| panic!("{expression}: {e}"))
     }
 
@@ -1241,6 +1256,12 @@ mod tests {
         assert_eq!(holds(sdf, &json!({ "name": "bad name" })), Some(false));
         let cpb = "rest.resource.select(type).isDistinct()";
         assert_eq!(holds(cpb, &json!({ "rest": [{ "resource": [{ "type": "A" }, { "type": "A" }] }] })), Some(false));
+    }
+
+    #[test]
+    fn the_choice_elements_are_loaded() {
+        assert!(super::choice_elements().contains("value") && super::choice_elements().contains("deceased"));
+        assert!(!super::choice_elements().contains("response"));
     }
 
     #[test]

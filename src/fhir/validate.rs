@@ -17,7 +17,7 @@
 //! Contained resources, Bundle entries and Parameters resources are validated as resources
 //! of their own type, with their path prefixed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -54,12 +54,10 @@ struct ListedInvariant {
 /// error of the data file (the unit test below keeps the file and the evaluator in step).
 type Invariants = HashMap<String, Vec<Invariant>>;
 
-fn load_invariants() -> Result<(Invariants, HashSet<String>), String> {
+fn load_invariants() -> Result<Invariants, String> {
     #[derive(serde::Deserialize)]
     struct File {
         invariants: HashMap<String, Vec<ListedInvariant>>,
-        #[serde(rename = "choiceElements")]
-        choice_elements: HashSet<String>,
     }
     let file: File = serde_json::from_str(INVARIANTS_JSON).map_err(|e| format!("invariants: {e}"))?;
     let mut loaded = HashMap::new();
@@ -72,7 +70,7 @@ fn load_invariants() -> Result<(Invariants, HashSet<String>), String> {
         }
         loaded.insert(definition, compiled);
     }
-    Ok((loaded, file.choice_elements))
+    Ok(loaded)
 }
 
 /// An element bound to a value set with strength `required` (from the R4 definitions,
@@ -141,7 +139,6 @@ pub struct Validator {
     /// Schema definition → element → its required binding (looked up once per object walked).
     required_bindings: HashMap<String, HashMap<String, RequiredBinding>>,
     invariants: Invariants,
-    choice_elements: HashSet<String>,
     resource_types: BTreeSet<String>,
     compiled: RwLock<HashMap<String, Arc<jsonschema::Validator>>>,
     profiles: Profiles,
@@ -175,7 +172,7 @@ impl Validator {
                 required_bindings.entry(definition.to_owned()).or_default().insert(element.to_owned(), binding);
             }
         }
-        let (invariants, choice_elements) = load_invariants()?;
+        let invariants = load_invariants()?;
         let resource_types: BTreeSet<String> = schema
             .pointer("/discriminator/mapping")
             .and_then(Value::as_object)
@@ -197,7 +194,6 @@ impl Validator {
             required_primitives,
             required_bindings,
             invariants,
-            choice_elements,
             resource_types,
             compiled: RwLock::new(HashMap::new()),
             profiles,
@@ -305,7 +301,7 @@ impl Validator {
         found.retain(|issue| !(issue.code == IssueCode::Value && wrong_type.contains(&issue.expression)));
         issues.extend(found);
         check_not_empty(resource, &root_path, issues);
-        let environment = Environment { resource, root_resource: root, choices: &self.choice_elements };
+        let environment = Environment { resource, root_resource: root };
         self.walk(resource_type, resource, &root_path, environment, issues);
         if self.has_element(resource_type, "contained") {
             self.check_invariants("DomainResource", resource, &root_path, environment, issues);
@@ -634,7 +630,7 @@ mod tests {
 
     #[test]
     fn every_listed_invariant_parses() {
-        let (invariants, _) = super::load_invariants().unwrap_or_else(|e| panic!("{e}"));
+        let invariants = super::load_invariants().unwrap_or_else(|e| panic!("{e}"));
         assert!(invariants.values().map(Vec::len).sum::<usize>() >= 190, "the R4 invariants are listed");
     }
 

@@ -3,11 +3,12 @@
 //! `conformance/search-parameters-renraku.json` (our own), compiled into a registry, and the extraction of index values from a
 //! resource by evaluating each parameter's expression.
 //!
-//! Expressions are evaluated by a small FHIRPath subset that covers what the R4 search
-//! definitions use: paths (with choice types), `|` unions, `ofType(T)` / `as T`,
-//! `where(resolve() is T)` and `where(field = 'literal')`. A parameter whose expression
-//! uses anything else is not compiled: it is left out of the registry and so out of the
-//! CapabilityStatement, and a search using it is an unknown parameter (400).
+//! Expressions are compiled into path steps where they have the common shapes: paths (with
+//! choice types), `|` unions, `ofType(T)` / `as T`, `where(resolve() is T)` and
+//! `where(field = 'literal')`; anything else (`extension('…')`, `exists()`, an indexer) is
+//! evaluated by [`crate::fhir::fhirpath`], an extension standing for its value. A parameter
+//! that neither compiles is left out of the registry and so out of the CapabilityStatement,
+//! and a search using it is an unknown parameter (400).
 
 use std::collections::BTreeMap;
 
@@ -74,9 +75,13 @@ pub struct SearchParam {
     paths: Vec<Path>,
 }
 
-/// A path expression: steps applied in order from the resource.
-#[derive(Debug, Clone, PartialEq)]
-struct Path(Vec<Step>);
+/// A path expression: steps applied in order from the resource, or, for what the steps do
+/// not cover (`extension('…')`, `exists()`, `hasExtension`), the FHIRPath evaluator.
+#[derive(Debug, Clone)]
+enum Path {
+    Steps(Vec<Step>),
+    Expression(std::sync::Arc<crate::fhir::fhirpath::Expression>),
+}
 
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
@@ -268,8 +273,8 @@ impl Registry {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         let mut entries = Vec::new();
         for param in self.for_type(resource_type).into_iter().filter(|p| codes.contains(&p.code)) {
-            for (value, _choice) in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
-                index_value(param, value, &mut entries);
+            for value in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
+                index_value(param, &value, &mut entries);
             }
         }
         entries
@@ -280,8 +285,8 @@ impl Registry {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         let mut entries = Vec::new();
         for param in self.for_type(resource_type) {
-            for (value, _choice) in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
-                index_value(param, value, &mut entries);
+            for value in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
+                index_value(param, &value, &mut entries);
             }
         }
         // Formatting each entry once, not at every comparison: extraction runs on every
@@ -474,12 +479,23 @@ fn compile_for(expression: &str, base: &str) -> Result<Vec<Path>, String> {
         if part.is_empty() {
             continue;
         }
-        let steps = parse_path(part)?;
-        let Some((Step::Field(first), rest)) = steps.split_first() else {
-            return Err(format!("'{part}' does not start with a type"));
-        };
-        if first == base || (base == "Resource" && (first == "Resource" || first == "DomainResource")) {
-            paths.push(Path(rest.to_vec()));
+        let applies = |first: &str| first == base || (base == "Resource" && (first == "Resource" || first == "DomainResource"));
+        match parse_path(part) {
+            Ok(steps) => {
+                let Some((Step::Field(first), rest)) = steps.split_first() else {
+                    return Err(format!("'{part}' does not start with a type"));
+                };
+                if applies(first) {
+                    paths.push(Path::Steps(rest.to_vec()));
+                }
+            }
+            Err(problem) => {
+                let first = part.trim_start_matches('(').split(['.', ' ']).next().unwrap_or_default();
+                let expression = crate::fhir::fhirpath::Expression::parse(part).map_err(|e| format!("{problem}; as FHIRPath: {e}"))?;
+                if applies(first) {
+                    paths.push(Path::Expression(std::sync::Arc::new(expression)));
+                }
+            }
         }
     }
     Ok(paths)
@@ -564,11 +580,34 @@ fn matching_paren(text: &str) -> Option<usize> {
     None
 }
 
-/// Evaluates a path; each result carries the choice-type suffix it was found under
-/// (`valueQuantity` → `Quantity`), if any.
-fn evaluate<'a>(path: &Path, resource: &'a Value) -> Vec<(&'a Value, Option<String>)> {
+/// Evaluates a path. An extension found by an expression stands for its value.
+fn evaluate<'a>(path: &Path, resource: &'a Value) -> Vec<std::borrow::Cow<'a, Value>> {
+    use std::borrow::Cow;
+    use crate::fhir::fhirpath::{Environment, Item};
+    let steps = match path {
+        Path::Steps(steps) => steps,
+        Path::Expression(expression) => {
+            let environment = Environment { resource, root_resource: resource };
+            let items = expression.evaluate(Item::node(resource), environment).unwrap_or_default();
+            return items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Item::Node { value, .. } => {
+                        let extension_value = value.as_object().filter(|o| o.contains_key("url")).and_then(|o| {
+                            o.iter().find(|(key, _)| key.strip_prefix("value").is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()))).map(|(_, v)| v)
+                        });
+                        Some(Cow::Borrowed(extension_value.unwrap_or(value)))
+                    }
+                    Item::Boolean(b) => Some(Cow::Owned(Value::Bool(b))),
+                    Item::String(text) | Item::DateTime(text) => Some(Cow::Owned(Value::String(text))),
+                    Item::Integer(i) => Some(Cow::Owned(Value::from(i))),
+                    Item::Decimal(_) | Item::Quantity(..) => None,
+                })
+                .collect();
+        }
+    };
     let mut current: Vec<(&Value, Option<String>)> = vec![(resource, None)];
-    for step in &path.0 {
+    for step in steps {
         let mut next = Vec::new();
         for (value, choice) in current {
             match step {
@@ -611,7 +650,7 @@ fn evaluate<'a>(path: &Path, resource: &'a Value) -> Vec<(&'a Value, Option<Stri
         }
         current = next;
     }
-    current
+    current.into_iter().map(|(value, _)| std::borrow::Cow::Borrowed(value)).collect()
 }
 
 fn push_flat<'a>(value: &'a Value, choice: Option<String>, out: &mut Vec<(&'a Value, Option<String>)>) {
@@ -650,7 +689,26 @@ mod tests {
         ] {
             assert!(registry.get(resource_type, code).is_some(), "{resource_type}.{code}: {:?}", registry.skipped);
         }
-        assert!(registry.get("Patient", "deceased").is_none(), "exists() is outside the subset");
+        // What the path steps do not cover goes to the FHIRPath evaluator.
+        for (resource_type, code) in [("Patient", "deceased"), ("Patient", "mothersMaidenName"), ("Observation", "gene-identifier")] {
+            assert!(registry.get(resource_type, code).is_some(), "{resource_type}.{code}: {:?}", registry.skipped);
+        }
+        let not_composite: Vec<&String> = registry.skipped.iter().filter(|s| !s.contains("is not indexed")).collect();
+        assert!(not_composite.is_empty(), "{not_composite:#?}");
+    }
+
+    #[test]
+    fn extracts_what_fhirpath_finds() {
+        let registry = registry();
+        // The extension's url as R4's SearchParameter publishes it (not the extension's own).
+        let patient = json!({ "resourceType": "Patient", "deceasedDateTime": "2026-01-01",
+            "extension": [{ "url": "http://hl7.org/fhir/StructureDefinition/patient-extensions-Patient-mothersMaidenName", "valueString": "Yamada" }] });
+        let entries = registry.extract_params(&patient, &["deceased".to_owned(), "mothersMaidenName".to_owned()]);
+        let shown = format!("{entries:?}");
+        assert!(shown.contains("deceased") && shown.contains("true"), "{shown}");
+        assert!(shown.contains("mothersMaidenName") && shown.contains("yamada"), "{shown}");
+        let alive = registry.extract_params(&json!({ "resourceType": "Patient", "deceasedBoolean": false }), &["deceased".to_owned()]);
+        assert!(format!("{alive:?}").contains("false"), "{alive:?}");
     }
 
     #[test]

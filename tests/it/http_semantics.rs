@@ -105,13 +105,16 @@ async fn capability_statement_tells_the_truth(backend: Backend) {
     for expected in ["_id", "_lastUpdated", "_tag", "identifier", "name", "family", "birthdate", "organization", "email"] {
         assert!(params.contains(&expected), "{expected} in {params:?}");
     }
-    assert!(!params.contains(&"deceased"), "a parameter whose expression is not compiled is not advertised");
+    assert!(params.contains(&"deceased"), "exists() is evaluated by the FHIRPath evaluator, so advertised");
+    let observation = resources.iter().find(|r| r["type"] == "Observation").expect("Observation listed");
+    let observation_params: Vec<&str> = observation["searchParam"].as_array().expect("params").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(!observation_params.contains(&"code-value-quantity"), "a composite parameter is not compiled, so not advertised");
     assert!(patient["supportedProfile"].as_array().is_some_and(|p| !p.is_empty()));
     assert!(resources.len() > 140, "every R4 resource type is served");
     // Each advertised search parameter works; an unadvertised one is refused.
     let query: Vec<String> = params.iter().filter(|p| !p.starts_with('_')).map(|p| format!("{p}:missing=false")).collect();
     server.get(&format!("/minowa/fhir/Patient?_id=a&_lastUpdated=gt2020&{}", query.join("&"))).await.expect(200);
-    server.get("/minowa/fhir/Patient?deceased=true").await.expect(400);
+    server.get("/minowa/fhir/Observation?code-value-quantity=http://loinc.org|8310-5$gt38").await.expect(400);
     let xml = server.get("/minowa/fhir/metadata?_format=xml").await;
     xml.expect(200);
     assert!(xml.text().contains("<CapabilityStatement"));

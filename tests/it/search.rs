@@ -38,8 +38,10 @@ fn world() -> Vec<(&'static str, Value)> {
             "resourceType": "Patient",
             "identifier": [{ "system": "urn:oid:1.2.392.100495.20.3.51.1203858", "value": "00099999" }],
             "name": jp_name("山口", "花", "ヤマグチ", "ハナ"),
-            "gender": "female", "birthDate": "1950-11", "active": false,
-            "address": [{ "city": "伊那市", "state": "長野県" }]
+            "gender": "female", "birthDate": "1950-11", "active": false, "deceasedDateTime": "2026-10-30",
+            "address": [{ "city": "伊那市", "state": "長野県" }],
+            // The extension's url as R4's SearchParameter `mothersMaidenName` publishes it.
+            "extension": [{ "url": "http://hl7.org/fhir/StructureDefinition/patient-extensions-Patient-mothersMaidenName", "valueString": "田中" }]
         })),
         ("jose", json!({ "resourceType": "Patient", "name": [{ "family": "José", "given": ["María"] }], "gender": "other", "birthDate": "1960" })),
         ("c1", json!({ "resourceType": "Communication", "status": "completed", "subject": { "reference": "Patient/{yamada}" },
@@ -173,6 +175,11 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>)> {
         ("Subscription?url:below=https://hooks.example.jp/other", vec![]),
         // common parameters
         ("Patient?_id={jose}", vec!["jose"]),
+        // Parameters whose expressions the FHIRPath evaluator runs: exists() and extension().
+        ("Patient?deceased=true", vec!["yamaguchi"]),
+        ("Patient?deceased=false", vec!["yamada", "jose"]),
+        ("Patient?mothersMaidenName=田中", vec!["yamaguchi"]),
+        ("Patient?mothersMaidenName=山田", vec![]),
         ("Patient?_lastUpdated=gt2000", vec!["yamada", "yamaguchi", "jose"]),
     ]
 }
