@@ -82,8 +82,10 @@ pub fn parse(bytes: &[u8], format: Format, limits: &Limits) -> Result<Value, Err
                     format!("the body is not a valid FHIR R4 XML resource: {error}"),
                 ))
             })?;
-            fhirbolt::json::to_json_value(resource, None)
-                .map_err(|error| Error::internal(format!("XML to JSON conversion: {error}")))
+            let mut value = fhirbolt::json::to_json_value(resource, None)
+                .map_err(|error| Error::internal(format!("XML to JSON conversion: {error}")))?;
+            narrative::restore_from_xml(bytes, &mut value);
+            Ok(value)
         }
     }
 }
@@ -121,9 +123,12 @@ pub fn render(value: &Value, format: Format, pretty: bool) -> Result<Vec<u8>, Er
         Format::Json if pretty => Ok(serde_json::to_vec_pretty(value)?),
         Format::Json => Ok(serde_json::to_vec(value)?),
         Format::Xml => {
-            let resource = to_model(value.clone(), fhirbolt::serde::DeserializationMode::Lax)
+            let mut value = value.clone();
+            let kept = narrative::set_aside(&mut value);
+            let resource = to_model(value, fhirbolt::serde::DeserializationMode::Lax)
                 .map_err(|error| Error::internal(format!("JSON to XML conversion: {error}")))?;
-            fhirbolt::xml::to_vec(&resource, None).map_err(|error| Error::internal(format!("XML output: {error}")))
+            let xml = fhirbolt::xml::to_vec(&resource, None).map_err(|error| Error::internal(format!("XML output: {error}")))?;
+            Ok(kept.put_back(xml))
         }
     }
 }
@@ -231,5 +236,159 @@ mod tests {
         let open = "{\"url\": \"http://example.org/x\", \"extension\": [".repeat(700);
         let close = "]}".repeat(700);
         check(&format!("{{\"resourceType\": \"Patient\", \"extension\": [{open}{close}]}}"), true, 101);
+    }
+}
+
+/// Narrative XHTML (`text.div`) through XML exactly as it was written: fhirbolt trims the
+/// text of XHTML and re-indents it both ways (a `<pre>` loses its leading spaces, every
+/// newline between elements goes), so the divs are carried around it verbatim.
+mod narrative {
+    use quick_xml::events::Event;
+    use serde_json::Value;
+
+    const XHTML: &[u8] = b"http://www.w3.org/1999/xhtml";
+
+    /// Calls `visit` with every narrative `div` of `value`, in document order.
+    fn visit_divs(value: &mut Value, visit: &mut impl FnMut(&mut String)) {
+        match value {
+            Value::Object(object) => {
+                for (key, child) in object.iter_mut() {
+                    match child {
+                        Value::String(text) if key == "div" && text.starts_with("<div") => visit(text),
+                        other => visit_divs(other, visit),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| visit_divs(item, visit)),
+            _ => {}
+        }
+    }
+
+    /// The raw text of each outermost XHTML `div` of an XML document, in document order;
+    /// `None` where the document does not scan or a div is not in the plain form
+    /// `<div xmlns="http://www.w3.org/1999/xhtml">` (then fhirbolt's reading stands).
+    fn divs_in_xml(bytes: &[u8]) -> Option<Vec<String>> {
+        let mut reader = quick_xml::Reader::from_reader(bytes);
+        let (mut divs, mut depth, mut start) = (Vec::new(), 0usize, 0usize);
+        let plain = |event: &quick_xml::events::BytesStart<'_>| {
+            event.name().as_ref() == b"div" && event.attributes().flatten().any(|a| a.key.as_ref() == b"xmlns" && a.value.as_ref() == XHTML)
+        };
+        loop {
+            let before = reader.buffer_position();
+            match reader.read_event().ok()? {
+                Event::Start(_) if depth > 0 => depth += 1,
+                Event::Start(element) if element.local_name().as_ref() == b"div" => {
+                    if !plain(&element) {
+                        return None;
+                    }
+                    depth = 1;
+                    start = before;
+                }
+                Event::Empty(element) if depth == 0 && element.local_name().as_ref() == b"div" => {
+                    if !plain(&element) {
+                        return None;
+                    }
+                    divs.push(String::from_utf8(bytes.get(before..reader.buffer_position())?.to_vec()).ok()?);
+                }
+                Event::End(_) if depth > 0 => {
+                    depth -= 1;
+                    if depth == 0 {
+                        divs.push(String::from_utf8(bytes.get(start..reader.buffer_position())?.to_vec()).ok()?);
+                    }
+                }
+                Event::Eof => return Some(divs),
+                _ => {}
+            }
+        }
+    }
+
+    /// Puts the divs of the XML `bytes` into `value` (fhirbolt's reading of them), where
+    /// both hold the same number of divs.
+    pub(super) fn restore_from_xml(bytes: &[u8], value: &mut Value) {
+        let Some(divs) = divs_in_xml(bytes) else { return };
+        let mut count = 0;
+        visit_divs(value, &mut |_| count += 1);
+        if count != divs.len() {
+            return;
+        }
+        let mut originals = divs.into_iter();
+        visit_divs(value, &mut |text| {
+            if let Some(original) = originals.next() {
+                *text = original;
+            }
+        });
+    }
+
+    /// The well-formed divs taken out of a resource before fhirbolt writes it as XML.
+    pub(super) struct SetAside {
+        token: String,
+        divs: Vec<Option<String>>,
+    }
+
+    fn placeholder(token: &str, index: usize) -> String {
+        format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{token}-{index}</div>")
+    }
+
+    fn well_formed(div: &str) -> bool {
+        let mut reader = quick_xml::Reader::from_str(div);
+        let mut depth = 0i64;
+        loop {
+            match reader.read_event() {
+                Ok(Event::Start(_)) => depth += 1,
+                Ok(Event::End(_)) => depth -= 1,
+                Ok(Event::Eof) => return depth == 0,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Replaces each well-formed div of `value` with a placeholder fhirbolt writes as it is.
+    pub(super) fn set_aside(value: &mut Value) -> SetAside {
+        let token = format!("renraku-narrative-{}", uuid::Uuid::new_v4().simple());
+        let mut divs = Vec::new();
+        visit_divs(value, &mut |text| {
+            if well_formed(text) {
+                divs.push(Some(std::mem::replace(text, placeholder(&token, divs.len()))));
+            } else {
+                divs.push(None);
+            }
+        });
+        SetAside { token, divs }
+    }
+
+    impl SetAside {
+        /// The XML with each placeholder replaced by the div it stands for.
+        pub(super) fn put_back(self, xml: Vec<u8>) -> Vec<u8> {
+            if self.divs.iter().all(Option::is_none) {
+                return xml;
+            }
+            let Ok(mut text) = String::from_utf8(xml) else { return Vec::new() };
+            for (index, div) in self.divs.into_iter().enumerate() {
+                if let Some(div) = div {
+                    text = text.replacen(&placeholder(&self.token, index), &div, 1);
+                }
+            }
+            text.into_bytes()
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use serde_json::json;
+
+        use crate::fhir::format::{parse, render, Format};
+
+        #[test]
+        fn narrative_keeps_its_whitespace_through_xml() {
+            let div = "<div xmlns=\"http://www.w3.org/1999/xhtml\">\n  <p>山田　太郎  様</p>\n  <pre>\n a\n  b</pre>\n</div>";
+            let patient = json!({ "resourceType": "Patient", "id": "a", "text": { "status": "generated", "div": div },
+                "contained": [{ "resourceType": "Practitioner", "id": "p", "text": { "status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"> x </div>" } }] });
+            let xml = render(&patient, Format::Xml, false).unwrap_or_default();
+            assert!(String::from_utf8_lossy(&xml).contains(div), "{}", String::from_utf8_lossy(&xml));
+            let limits = crate::config::Limits::default();
+            let back = parse(&xml, Format::Xml, &limits).unwrap_or_default();
+            assert_eq!(back, patient);
+        }
     }
 }

@@ -4,7 +4,9 @@
 
 use axum::http::Method;
 use renraku::fhir::validate::Validator;
-use serde_json::json;
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
 
 use crate::both_backends;
 use crate::support::{Backend, Server};
@@ -54,7 +56,13 @@ async fn responses_are_valid_r4(backend: Backend) {
     }
 }
 
-both_backends!(responses_are_valid_r4, openapi_describes_what_the_capability_statement_lists, every_r4_type_and_only_those, a_persons_record_of_every_kind);
+both_backends!(
+    responses_are_valid_r4,
+    openapi_describes_what_the_capability_statement_lists,
+    every_r4_type_and_only_those,
+    a_persons_record_of_every_kind,
+    the_specifications_examples_load_search_and_round_trip,
+);
 
 /// The conformance resources we publish (code systems, the agreement and patient profiles)
 /// are themselves valid R4 resources.
@@ -214,4 +222,143 @@ async fn a_persons_record_of_every_kind(backend: Backend) {
         assert_eq!(outside.json()["total"], 0, "{resource_type} outside");
         server.get_with(&format!("/minowa/fhir/{resource_type}/{id}"), &nurse).await.expect(404);
     }
+}
+
+/// Real data nobody here wrote, through the API: the specification's 539 examples of a
+/// person's record and of the directory (`tests/data/r4-examples.ndjson`) are `PUT` at their
+/// own ids (the engine itself is under test, so the unrestricted test principal), in rounds,
+/// so that what an example refers to is there before it. Each loads, or is refused for the
+/// one documented reason the set gives: it refers to a resource that is not there (the set
+/// holds no `Patient/1`), a 422 naming only reference elements; and the AuditEvents, which
+/// only the server writes (405). Each loaded example is then
+/// found by `_id` and by its first identifier, and survives a round trip through XML (read
+/// as XML, written back as XML, read as JSON: the same resource).
+async fn the_specifications_examples_load_search_and_round_trip(backend: Backend) {
+    let server = Server::start(backend).await;
+    let examples: Vec<Value> = include_str!("../data/r4-examples.ndjson").lines().map(|line| serde_json::from_str(line).expect("an example")).collect();
+    let key = |example: &Value| format!("{}/{}", example["resourceType"].as_str().unwrap_or_default(), example["id"].as_str().unwrap_or_default());
+    let mut pending: Vec<&Value> = examples.iter().collect();
+    let mut loaded: Vec<&Value> = Vec::new();
+    let mut refused: Vec<(&Value, crate::support::Reply)> = Vec::new();
+    while !pending.is_empty() {
+        let before = loaded.len();
+        refused.clear();
+        for example in std::mem::take(&mut pending) {
+            let reply = server.put(&format!("/ina/fhir/{}", key(example)), example).await;
+            match reply.status.as_u16() {
+                200 | 201 => loaded.push(example),
+                _ => refused.push((example, reply)),
+            }
+        }
+        if loaded.len() == before {
+            break;
+        }
+        pending = refused.iter().map(|(example, _)| *example).collect();
+    }
+    let present: BTreeSet<String> = loaded.iter().map(|example| key(example)).collect();
+    let mut unexplained = Vec::new();
+    for (example, reply) in &refused {
+        let mut references = Vec::new();
+        local_references(example, &mut references);
+        let absent: Vec<&String> = references.iter().filter(|r| !present.contains(r.split("/_history").next().unwrap_or_default())).collect();
+        let expressions = reply.issue_expressions();
+        let dangling = reply.status.as_u16() == 422 && !absent.is_empty() && !expressions.is_empty() && expressions.iter().all(|e| e.ends_with(".reference"));
+        let trail = example["resourceType"] == "AuditEvent" && reply.status.as_u16() == 405;
+        if !(dangling || trail) {
+            unexplained.push(format!("{}: {} {}", key(example), reply.status, reply.text()));
+        }
+    }
+    assert!(unexplained.is_empty(), "{} refused for another reason:\n{}", unexplained.len(), unexplained.join("\n"));
+    assert!(loaded.len() > examples.len() / 2, "{} of {} loaded", loaded.len(), examples.len());
+
+    let mut problems = Vec::new();
+    for example in &loaded {
+        let (resource_type, id) = (example["resourceType"].as_str().unwrap_or_default(), example["id"].as_str().unwrap_or_default());
+        let found = server.get(&format!("/ina/fhir/{resource_type}?_id={id}")).await.json();
+        if found["total"] != json!(1) {
+            problems.push(format!("{resource_type}?_id={id}: total {}", found["total"]));
+        }
+        let identifier = example.pointer("/identifier/0").or_else(|| example.get("identifier").filter(|i| i.is_object()));
+        if let (Some(system), Some(value)) = (identifier.and_then(|i| i["system"].as_str()), identifier.and_then(|i| i["value"].as_str())) {
+            let query = format!("/ina/fhir/{resource_type}?identifier={}|{}", encode(system), encode(value));
+            let bundle = server.get(&query).await.json();
+            let ids: Vec<&str> = bundle["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str()).collect();
+            if !ids.contains(&id) {
+                problems.push(format!("{query}: {id} not among {ids:?}"));
+            }
+        }
+        let before = server.get(&format!("/ina/fhir/{resource_type}/{id}")).await.json();
+        let xml = server.get_with(&format!("/ina/fhir/{resource_type}/{id}"), &[("accept", "application/fhir+xml")]).await;
+        let written = server
+            .request(Method::PUT, &format!("/ina/fhir/{resource_type}/{id}"), &[("content-type", "application/fhir+xml")], Some(xml.body.clone()))
+            .await;
+        if written.status.as_u16() != 200 {
+            problems.push(format!("{resource_type}/{id} as XML: {} {}", written.status, written.text()));
+            continue;
+        }
+        let after = server.get(&format!("/ina/fhir/{resource_type}/{id}")).await.json();
+        let mut changed = Vec::new();
+        differences(&without_meta(&before), &without_meta(&after), "", &mut changed);
+        if !changed.is_empty() {
+            problems.push(format!("{resource_type}/{id} changed through XML: {}", changed.join("; ")));
+        }
+    }
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// The local references (`Type/id`, `Type/id/_history/v`) anywhere in `value`.
+fn local_references(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(object) => {
+            for (name, child) in object {
+                match (name.as_str(), child.as_str()) {
+                    ("reference", Some(reference)) => {
+                        let mut parts = reference.split('/');
+                        if parts.next().is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase())) && parts.next().is_some() {
+                            out.push(reference.to_owned());
+                        }
+                    }
+                    _ => local_references(child, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| local_references(item, out)),
+        _ => {}
+    }
+}
+
+fn without_meta(resource: &Value) -> Value {
+    let mut copy = resource.clone();
+    if let Some(meta) = copy.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+    }
+    copy
+}
+
+fn encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// Where `a` and `b` differ, as JSON pointers with both values.
+fn differences(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                differences(x.get(key).unwrap_or(&Value::Null), y.get(key).unwrap_or(&Value::Null), &format!("{at}/{key}"), out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (index, (p, q)) in x.iter().zip(y).enumerate() {
+                differences(p, q, &format!("{at}/{index}"), out);
+            }
+        }
+        (p, q) if p != q => out.push(format!("{at}: {} → {}", shorten(p), shorten(q))),
+        _ => {}
+    }
+}
+
+fn shorten(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 80 { format!("{}…", text.chars().take(80).collect::<String>()) } else { text }
 }
