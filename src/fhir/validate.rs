@@ -344,6 +344,9 @@ impl Validator {
     fn walk<'a>(&self, definition: &str, value: &'a Value, path: &str, environment: Environment<'a>, issues: &mut Vec<Issue>) {
         let Some(object) = value.as_object() else { return };
         check_extension_urls(definition, object, path, issues);
+        if definition == "Bundle_Entry" {
+            check_full_url(object, path, issues);
+        }
         self.check_invariants(definition, value, path, environment, issues);
         if let Some(required) = self.required_primitives.get(definition) {
             for name in required {
@@ -562,7 +565,8 @@ fn quote_list(names: &[String]) -> String {
     names.iter().map(|name| format!("'{name}'")).collect::<Vec<_>>().join(", ")
 }
 
-/// Two defects of the official R4 JSON schema that refuse data HL7's own validator accepts:
+/// Defects of the official R4 JSON schema: base64Binary has no pattern (so any text was
+/// taken for content), and two that refuse data HL7's own validator accepts:
 /// - its patterns use `\s`/`\S`, which the schema's authors meant as ASCII whitespace (as
 ///   Java reads them) but a Unicode regular expression reads as every space character, so a
 ///   no-break space or the ideographic space of Japanese text (U+3000) in a string or code was
@@ -571,6 +575,10 @@ fn quote_list(names: &[String]) -> String {
 fn mend_schema(definitions: &mut serde_json::Map<String, Value>) {
     const ASCII_SPACE: &str = "[ \\t\\n\\r\\x0B\\x0C]";
     const NOT_ASCII_SPACE: &str = "[^ \\t\\n\\r\\x0B\\x0C]";
+    // The schema gives base64Binary no pattern; the R4 definition's regex, anchored.
+    if let Some(base64) = definitions.get_mut("base64Binary") {
+        crate::fhir::set(base64, "pattern", Value::String("^(\\s*([0-9a-zA-Z\\+/=]){4}\\s*)+$".to_owned()));
+    }
     for definition in definitions.values_mut() {
         if let Some(pattern) = definition.get("pattern").and_then(Value::as_str) {
             let mended = pattern
@@ -594,6 +602,26 @@ fn mend_schema(definitions: &mut serde_json::Map<String, Value>) {
             let twin = if many { serde_json::json!({ "type": "array", "items": element }) } else { element };
             properties.entry(format!("_{name}")).or_insert(twin);
         }
+    }
+}
+
+/// A Bundle entry's `fullUrl` agrees with its resource's id (R4, Bundle.entry.fullUrl): an
+/// absolute URL ends with the resource's type and id; a `urn:uuid:`/`urn:oid:` is free.
+fn check_full_url(entry: &serde_json::Map<String, Value>, path: &str, issues: &mut Vec<Issue>) {
+    let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) else { return };
+    let Some(resource) = entry.get("resource") else { return };
+    let (Some(resource_type), Some(id)) = (resource.get("resourceType").and_then(Value::as_str), resource.get("id").and_then(Value::as_str)) else {
+        return;
+    };
+    if full_url.starts_with("urn:") {
+        return;
+    }
+    let expected = format!("/{resource_type}/{id}");
+    if !full_url.split("/_history/").next().unwrap_or(full_url).ends_with(&expected) {
+        issues.push(
+            Issue::error(IssueCode::Invariant, format!("the fullUrl '{full_url}' does not agree with the resource's type and id ({resource_type}/{id})"))
+                .at(format!("{path}.fullUrl")),
+        );
     }
 }
 
