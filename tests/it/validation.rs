@@ -76,6 +76,19 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
         (json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "fullUrl": "http://example.org/fhir/Patient/a/_history/1", "resource": { "resourceType": "Patient", "id": "a" } }] }), 422, vec!["Bundle.entry[0]"]),
         (json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "fullUrl": "urn:uuid:0d6a5f7e-0000-4000-8000-000000000009", "resource": { "resourceType": "Patient" } }, { "fullUrl": "urn:uuid:0d6a5f7e-0000-4000-8000-000000000009", "resource": { "resourceType": "Patient" } }] }), 422, vec!["Bundle"]),
         (json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "fullUrl": "http://example.org/fhir/Patient/a", "resource": { "resourceType": "Patient", "id": "a" } }] }), 201, vec![]),
+        // R4's own profiles, compiled with their slices, choice types, reference targets and
+        // invariants: a body temperature must be coded 8310-5 in a vital-signs category, a
+        // blood pressure has its systolic and diastolic components, a vital sign has a value
+        // or says why not (vs-2).
+        (vital_sign("bodytemp", json!({ "coding": [{ "system": "http://loinc.org", "code": "8310-5" }], "text": "体温" }), true, json!({ "valueQuantity": { "value": 36.8, "unit": "℃", "system": "http://unitsofmeasure.org", "code": "Cel" } })), 201, vec![]),
+        (vital_sign("bodytemp", json!({ "coding": [{ "system": "http://loinc.org", "code": "29463-7" }] }), false, json!({ "valueQuantity": { "value": 36.8, "unit": "℃", "system": "http://unitsofmeasure.org", "code": "Cel" } })), 422, vec!["Observation.code.coding", "Observation.category"]),
+        (vital_sign("bodytemp", json!({ "coding": [{ "system": "http://loinc.org", "code": "8310-5" }] }), true, json!({})), 422, vec!["Observation"]),
+        (vital_sign("bp", json!({ "coding": [{ "system": "http://loinc.org", "code": "85354-9" }] }), true, json!({ "component": [
+            { "code": { "coding": [{ "system": "http://loinc.org", "code": "8480-6" }] }, "valueQuantity": { "value": 128, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } },
+            { "code": { "coding": [{ "system": "http://loinc.org", "code": "8462-4" }] }, "valueQuantity": { "value": 82, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } } ] })), 201, vec![]),
+        (vital_sign("bp", json!({ "coding": [{ "system": "http://loinc.org", "code": "85354-9" }] }), true, json!({ "component": [
+            { "code": { "coding": [{ "system": "http://loinc.org", "code": "8480-6" }] }, "valueQuantity": { "value": 128, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } },
+            { "code": { "coding": [{ "system": "http://loinc.org", "code": "8462-4" }] }, "valueQuantity": { "value": 82, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "kPa" } } ] })), 422, vec!["Observation.component"]),
         // A complex extension's parts carry simple names, and a period of one day is fine.
         (json!({ "resourceType": "Patient", "extension": [{ "url": "http://example.org/ext", "extension": [{ "url": "part", "valueString": "b" }] }] }), 201, vec![]),
         (json!({ "resourceType": "Encounter", "status": "finished", "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH" }, "period": { "start": "2026-11-02", "end": "2026-11-02T17:00:00+09:00" } }), 201, vec![]),
@@ -92,6 +105,20 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
         ),
         (json!({ "resourceType": "Patient", "contained": [{ "resourceType": "Practitioner", "id": "p1" }], "generalPractitioner": [{ "reference": "#p1" }] }), 201, vec![]),
     ]
+}
+
+/// An Observation claiming R4's vital-signs profile `profile`, coded `code`, about Patient/p1,
+/// in the vital-signs category or not, with `rest` (its value or components) added.
+fn vital_sign(profile: &str, code: Value, in_category: bool, rest: Value) -> Value {
+    let mut observation = json!({ "resourceType": "Observation", "meta": { "profile": [format!("http://hl7.org/fhir/StructureDefinition/{profile}")] },
+        "status": "final", "code": code, "subject": { "reference": "Patient/p1" }, "effectiveDateTime": "2026-12-01T09:00:00+09:00" });
+    if in_category {
+        observation["category"] = json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }]);
+    }
+    if let (Some(target), Some(extra)) = (observation.as_object_mut(), rest.as_object()) {
+        target.extend(extra.clone());
+    }
+    observation
 }
 
 /// The status of `reply` to `body`, and for an error, the issue expressions it names.
@@ -165,13 +192,13 @@ async fn resource_type_and_id_must_match_the_url(backend: Backend) {
 }
 
 /// A `meta.profile` the server does not know: by default the resource is stored unchecked
-/// and `Prefer: return=OperationOutcome` shows a warning naming the profile (what JP Core
-/// and the core vital-signs examples need to load); with `unknown_profiles = "error"` it is
-/// a 422 naming the profile.
+/// and `Prefer: return=OperationOutcome` shows a warning naming the profile (what data
+/// written for another server's profiles needs to load); with `unknown_profiles = "error"`
+/// it is a 422 naming the profile.
 async fn unknown_profiles_warn_or_refuse(backend: Backend) {
     let observation = json!({
         "resourceType": "Observation",
-        "meta": { "profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns", "http://jpfhir.jp/fhir/core/StructureDefinition/JP_Observation_VitalSigns"] },
+        "meta": { "profile": ["http://example.org/fhir/StructureDefinition/local-vitals", "http://example.org/fhir/StructureDefinition/Local_Observation_VitalSigns"] },
         "status": "final", "code": { "text": "体温" }, "valueQuantity": { "value": 36.5, "unit": "Cel" }
     });
     let server = Server::start(backend).await;
@@ -181,7 +208,7 @@ async fn unknown_profiles_warn_or_refuse(backend: Backend) {
     let warnings: Vec<&Value> = outcome["issue"].as_array().into_iter().flatten().filter(|i| i["severity"] == "warning").collect();
     assert_eq!(warnings.len(), 2, "{outcome}");
     assert_eq!(warnings[1]["expression"][0], "Observation.meta.profile[1]");
-    assert!(warnings[1]["diagnostics"].as_str().unwrap_or_default().contains("JP_Observation_VitalSigns"));
+    assert!(warnings[1]["diagnostics"].as_str().unwrap_or_default().contains("Local_Observation_VitalSigns"));
     let strict = Server::start_with(backend, |config| config.unknown_profiles = renraku::config::UnknownProfiles::Error).await;
     let refused = strict.post("/ina/fhir/Observation", &observation).await;
     refused.expect(422);
