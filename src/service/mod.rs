@@ -554,6 +554,7 @@ impl Fhir {
         check_body_id(&resource, resource_type, id)?;
         // A patched board or chat message is signed as a written one is.
         writes::sign_board_message(principal, resource_type, &mut resource)?;
+        self.check_system_sender(connection, principal, &resource).await?;
         let validated = self.validator.validate(resource).map_err(Error::Unprocessable)?;
         let stored = self.write_version(connection, grant, resource_type, id, validated, Some(&current), "PATCH").await?;
         Ok(Written { stored, created: false })

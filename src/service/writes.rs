@@ -169,6 +169,11 @@ impl Fhir {
         // created by the same transaction.
         order.sort_by_key(|&i| (entries.get(i).map_or(u8::MAX, |e| e.change.rank()), entries.get(i).is_some_and(|e| e.resource_type == "Binary"), i));
         let mut transaction = self.store.begin().await?;
+        for entry in &entries {
+            if let (Some(body), true) = (entry.body.as_ref(), entry.resource_type == "Communication") {
+                self.check_system_sender(&mut transaction, &context.principal, body).await.map_err(|error| entry.locate(error))?;
+            }
+        }
 
         // Step 2: conditional matches and the ids of what is created.
         let mut grants: Vec<Option<WriteGrant>> = entries.iter().map(|_| None).collect();
@@ -457,24 +462,63 @@ impl Fhir {
 
 /// A board or chat message is sent by the practitioner who writes it: a missing `sender`
 /// becomes their PractitionerRole, another one is refused (nobody posts in a colleague's
-/// name, nor edits a colleague's post by writing it again).
+/// name, nor edits a colleague's post by writing it again). A system client (an EHR) writes
+/// for its Organization: a missing sender becomes the Organization; it may name the
+/// Organization or one of the Organization's PractitionerRoles (checked against the
+/// directory by [`Fhir::check_system_sender`]), nobody else.
 pub(crate) fn sign_board_message(principal: &crate::identity::Principal, resource_type: &str, body: &mut Value) -> Result<()> {
     if resource_type != "Communication" || crate::fhir::board::kind_of(body).is_none() {
         return Ok(());
     }
     let crate::identity::Principal::Authenticated(authenticated) = principal else { return Ok(()) };
-    let crate::identity::Actor::Practitioner { role, .. } = &authenticated.actor else { return Ok(()) };
-    let own = format!("PractitionerRole/{role}");
+    let (own, others_allowed) = match &authenticated.actor {
+        crate::identity::Actor::Practitioner { role, .. } => (format!("PractitionerRole/{role}"), false),
+        crate::identity::Actor::System { organization, .. } => (format!("Organization/{organization}"), true),
+        _ => return Ok(()),
+    };
     match body.pointer("/sender/reference").and_then(Value::as_str) {
         None if body.get("sender").is_none() => {
             crate::fhir::set(body, "sender", serde_json::json!({ "reference": own }));
             Ok(())
         }
         Some(sender) if sender == own => Ok(()),
-        _ => Err(Error::unprocessable(
-            Issue::error(crate::outcome::IssueCode::BusinessRule, format!("a board or chat message is sent by its writer: {own}"))
-                .at("Communication.sender"),
-        )),
+        Some(sender) if others_allowed && sender.starts_with("PractitionerRole/") => Ok(()),
+        _ => Err(sender_refused(&own, others_allowed)),
+    }
+}
+
+fn sender_refused(own: &str, others_allowed: bool) -> Error {
+    let rule = if others_allowed {
+        format!("a board or chat message from a system client is sent by its organization ({own}) or one of its PractitionerRoles")
+    } else {
+        format!("a board or chat message is sent by its writer: {own}")
+    };
+    Error::unprocessable(Issue::error(crate::outcome::IssueCode::BusinessRule, rule).at("Communication.sender"))
+}
+
+impl Fhir {
+    /// A system client's board message that names a PractitionerRole: the role must be one
+    /// of the client's Organization (a directory row, read in the write's transaction).
+    pub(crate) async fn check_system_sender(&self, db: &mut crate::store::Db, principal: &crate::identity::Principal, body: &Value) -> Result<()> {
+        let crate::identity::Principal::Authenticated(authenticated) = principal else { return Ok(()) };
+        let crate::identity::Actor::System { organization, tenant, .. } = &authenticated.actor else { return Ok(()) };
+        if crate::fhir::board::kind_of(body).is_none() {
+            return Ok(());
+        }
+        let Some(role) = body.pointer("/sender/reference").and_then(Value::as_str).and_then(|r| r.strip_prefix("PractitionerRole/")) else {
+            return Ok(());
+        };
+        let own = format!("Organization/{organization}");
+        let found = crate::store::facts::live_resource(db, "PractitionerRole", role).await?;
+        let belongs = found.is_some_and(|(owner, content)| {
+            let role: Value = serde_json::from_str(&content).unwrap_or_default();
+            owner == *tenant && role.pointer("/organization/reference").and_then(Value::as_str) == Some(own.as_str())
+        });
+        if belongs {
+            Ok(())
+        } else {
+            Err(sender_refused(&own, true))
+        }
     }
 }
 

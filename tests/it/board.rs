@@ -218,4 +218,27 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     assert_eq!(counts(&unread(&server, &nurse, &format!("Patient/{PERSON}/$unread")).await), (0, 0, 0));
     assert_eq!(counts(&unread(&server, &doctor, &format!("Patient/{PERSON}/$unread")).await), (2, 2, 0));
     assert!(nurse.search_ids(&server, &board).await.is_empty());
+
+    // The hospital joins the team as an organization: its EHR (a system client) writes for
+    // the hospital — unsigned, the hospital is the sender; one of the hospital's
+    // PractitionerRoles may be named; another organization's role, or another organization,
+    // is refused.
+    let mut team = admin.get(&server, "CareTeam/demo-team-yamada").await.json();
+    team["participant"].as_array_mut().unwrap().push(json!({ "member": { "reference": "Organization/demo-ina-central-hospital" } }));
+    admin.put(&server, &team).await.expect(200);
+    let ehr = outsider;
+    let mut unsigned = message("board", "none", "2026-11-28T09:00:00+09:00", "検査結果を登録しました。", None);
+    unsigned.as_object_mut().unwrap().remove("sender");
+    let signed = ehr.post(&server, &unsigned).await;
+    signed.expect(201);
+    assert_eq!(signed.json()["sender"]["reference"], "Organization/demo-ina-central-hospital");
+    ehr.post(&server, &message("board", "demo-role-dr-tanaka", "2026-11-28T09:05:00+09:00", "田中医師の指示を登録しました。", None)).await.expect(201);
+    let forged = ehr.post(&server, &message("board", "demo-role-cm-suzuki", "2026-11-28T09:10:00+09:00", "代筆", None)).await;
+    forged.expect(422);
+    assert_eq!(forged.issue_expressions(), ["Communication.sender"]);
+    let mut other_office = message("board", "none", "2026-11-28T09:15:00+09:00", "代筆", None);
+    other_office["sender"] = json!({ "reference": "Organization/demo-care-office" });
+    let forged = ehr.post(&server, &other_office).await;
+    forged.expect(422);
+    assert_eq!(forged.issue_expressions(), ["Communication.sender"]);
 }
