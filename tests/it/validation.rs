@@ -89,6 +89,19 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
         (vital_sign("bp", json!({ "coding": [{ "system": "http://loinc.org", "code": "85354-9" }] }), true, json!({ "component": [
             { "code": { "coding": [{ "system": "http://loinc.org", "code": "8480-6" }] }, "valueQuantity": { "value": 128, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } },
             { "code": { "coding": [{ "system": "http://loinc.org", "code": "8462-4" }] }, "valueQuantity": { "value": 82, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "kPa" } } ] })), 422, vec!["Observation.component"]),
+        // JP Core (1.1.x) as the server ships it: a JP_Patient has an identifier with a value;
+        // a JP vital sign carries JP Core's two categories and is about a Patient; a
+        // JP_MedicationRequest numbers its place in the Rp group (orderInRp).
+        (json!({ "resourceType": "Patient", "meta": { "profile": ["http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient"] }, "name": [{ "family": "山田" }] }), 422, vec!["Patient.identifier"]),
+        (json!({ "resourceType": "Patient", "meta": { "profile": ["http://jpfhir.jp/fhir/core/StructureDefinition/JP_Patient"] }, "identifier": [{ "system": "urn:oid:1.2.392.100495.20.3.51.11312345670" }] }), 422, vec!["Patient.identifier[0].value"]),
+        (jp_vital_sign(true), 201, vec![]),
+        (jp_vital_sign(false), 422, vec!["Observation.category", "Observation.category"]),
+        (json!({ "resourceType": "MedicationRequest", "meta": { "profile": ["http://jpfhir.jp/fhir/core/StructureDefinition/JP_MedicationRequest"] }, "status": "active", "intent": "order",
+            "subject": { "reference": "Patient/p1" }, "identifier": [{ "system": "urn:oid:1.2.392.100495.20.3.81", "value": "1" }],
+            "medicationCodeableConcept": { "coding": [{ "system": "urn:oid:1.2.392.200119.4.403.1", "code": "103835401", "display": "ムコダイン錠２５０ｍｇ" }] } }), 422, vec!["MedicationRequest.identifier", "MedicationRequest.identifier"]),
+        (json!({ "resourceType": "MedicationRequest", "meta": { "profile": ["http://jpfhir.jp/fhir/core/StructureDefinition/JP_MedicationRequest"] }, "status": "active", "intent": "order",
+            "subject": { "reference": "Patient/p1" }, "identifier": [{ "system": "urn:oid:1.2.392.100495.20.3.81", "value": "1" }, { "system": "urn:oid:1.2.392.100495.20.3.82", "value": "1" }],
+            "medicationCodeableConcept": { "coding": [{ "system": "urn:oid:1.2.392.200119.4.403.1", "code": "103835401", "display": "ムコダイン錠２５０ｍｇ" }] } }), 201, vec![]),
         // A complex extension's parts carry simple names, and a period of one day is fine.
         (json!({ "resourceType": "Patient", "extension": [{ "url": "http://example.org/ext", "extension": [{ "url": "part", "valueString": "b" }] }] }), 201, vec![]),
         (json!({ "resourceType": "Encounter", "status": "finished", "class": { "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH" }, "period": { "start": "2026-11-02", "end": "2026-11-02T17:00:00+09:00" } }), 201, vec![]),
@@ -119,6 +132,21 @@ fn vital_sign(profile: &str, code: Value, in_category: bool, rest: Value) -> Val
         target.extend(extra.clone());
     }
     observation
+}
+
+/// A body temperature claiming JP Core's JP_Observation_VitalSigns, with JP Core's two
+/// categories (vital-signs, and the kind of vital sign) or only the HL7 category.
+fn jp_vital_sign(jp_categories: bool) -> Value {
+    let categories = if jp_categories {
+        json!([{ "coding": [{ "system": "http://jpfhir.jp/fhir/core/CodeSystem/JP_SimpleObservationCategory_CS", "code": "vital-signs" }] },
+               { "coding": [{ "system": "http://jpfhir.jp/fhir/core/CodeSystem/JP_ObservationVitalSignsCategory_CS", "code": "temperature" }] }])
+    } else {
+        json!([{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs" }] }])
+    };
+    json!({ "resourceType": "Observation", "meta": { "profile": ["http://jpfhir.jp/fhir/core/StructureDefinition/JP_Observation_VitalSigns"] },
+        "status": "final", "category": categories, "code": { "coding": [{ "system": "http://loinc.org", "code": "8310-5" }], "text": "体温" },
+        "subject": { "reference": "Patient/p1" }, "effectiveDateTime": "2026-12-01T09:00:00+09:00",
+        "valueQuantity": { "value": 36.8, "unit": "℃", "system": "http://unitsofmeasure.org", "code": "Cel" } })
 }
 
 /// The status of `reply` to `body`, and for an error, the issue expressions it names.
@@ -164,7 +192,7 @@ async fn every_rule_names_its_element_for_the_care_manager(backend: Backend) {
         }
         match body["resourceType"].as_str() {
             Some("Patient") => body["managingOrganization"] = json!({ "reference": "Organization/office" }),
-            Some("Observation" | "Communication" | "Condition" | "Encounter" | "CarePlan") => body["subject"] = json!({ "reference": "Patient/p1" }),
+            Some("Observation" | "Communication" | "Condition" | "Encounter" | "CarePlan" | "MedicationRequest") => body["subject"] = json!({ "reference": "Patient/p1" }),
             _ => {}
         }
         let reply = care_manager.post(&server, &body).await;
@@ -242,4 +270,30 @@ fn the_specifications_examples_are_valid() {
     let names: Vec<&str> = refused.iter().map(|(name, _)| name.as_str()).collect();
     let expected: Vec<&str> = known_invalid.iter().map(|(name, _)| *name).collect();
     assert_eq!(names, expected, "refused: {refused:#?}");
+}
+
+/// JP Core's own examples (`tests/data/jp-core-examples.ndjson`) claim its profiles, which
+/// the server enforces (`profiles/structure-definitions/jp-core/`): each validates. And the
+/// profiles bite: the same Patient without its identifier is refused.
+#[test]
+fn jp_cores_examples_meet_its_profiles() {
+    let validator = renraku::fhir::validate::Validator::load().unwrap_or_else(|e| panic!("{e}"));
+    let mut checked = 0;
+    for line in include_str!("../data/jp-core-examples.ndjson").lines() {
+        let example: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}"));
+        let profile = example.pointer("/meta/profile/0").and_then(Value::as_str).unwrap_or_default().to_owned();
+        assert!(profile.starts_with("http://jpfhir.jp/fhir/core/StructureDefinition/JP_"), "{profile}");
+        assert!(validator.profiles().get(&profile).is_some(), "{profile} is shipped");
+        if let Err(issues) = validator.validate(example.clone()) {
+            panic!("{profile}: {issues:?}");
+        }
+        if example["resourceType"] == "Patient" {
+            let mut without = example.clone();
+            without.as_object_mut().map(|o| o.remove("identifier"));
+            let issues = validator.validate(without).err().unwrap_or_default();
+            assert!(issues.iter().any(|i| i.expression == ["Patient.identifier"]), "{issues:?}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
 }
