@@ -9,6 +9,9 @@ does not hold (an external code system such as BCP-13 MIME types or BCP-47 langu
 filter) cannot be expanded here: its elements are listed under "unchecked" with the reason,
 and the validator leaves them to the schema.
 
+Under "profiles", the same for the required bindings that R4's own profiles of resources add
+(by profile URL and differential element id), which the profile compiler enforces.
+
 Input: hl7.fhir.r4.core 4.0.1 as a .tgz (see conformance/tools/derive_search_parameters.py
 for where it comes from). Usage: python3 derive_required_bindings.py hl7.fhir.r4.core.tgz OUTPUT
 """
@@ -113,12 +116,35 @@ for structure in structures:
             by_system.setdefault(system, []).append(code)
         bindings[key] = {"path": element["path"], "type": types[0], "valueSet": binding["valueSet"], "codes": by_system}
 
+# The required bindings R4's own profiles of resources add (profiles/structure-definitions/
+# core/), by profile URL and element id, for elements of type code, Coding or CodeableConcept.
+profile_bindings = {}
+for structure in structures:
+    if structure.get("derivation") != "constraint" or structure.get("kind") != "resource":
+        continue
+    for element in structure["differential"]["element"]:
+        binding = element.get("binding", {})
+        types = [t["code"] for t in element.get("type", [])]
+        if binding.get("strength") != "required" or len(types) != 1 or types[0] not in ("code", "Coding", "CodeableConcept"):
+            continue
+        try:
+            codes = expand(binding["valueSet"])
+        except Unexpandable as problem:
+            unchecked[structure["url"] + "#" + element["id"]] = str(problem)
+            continue
+        by_system = {}
+        for system, code in sorted(codes):
+            by_system.setdefault(system, []).append(code)
+        profile_bindings.setdefault(structure["url"], {})[element["id"]] = {
+            "type": types[0], "valueSet": binding["valueSet"], "codes": by_system}
+
 table = {
     "source": "hl7.fhir.r4.core#4.0.1; profiles/tools/derive_required_bindings.py",
     "bindings": dict(sorted(bindings.items())),
+    "profiles": dict(sorted(profile_bindings.items())),
     "unchecked": dict(sorted(unchecked.items())),
 }
 with open(output, "w", encoding="utf-8") as target:
     json.dump(table, target, ensure_ascii=False, indent=1)
     target.write("\n")
-print(f"{len(bindings)} required bindings, {len(unchecked)} left unchecked; written to {output}")
+print(f"{len(bindings)} required bindings, {sum(len(b) for b in profile_bindings.values())} of profiles, {len(unchecked)} left unchecked; written to {output}")

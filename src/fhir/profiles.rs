@@ -17,9 +17,11 @@
 //!   (its discriminator values and the rest of its constraints; inside a slice, a repeating
 //!   element's constraints likewise hold for some repetition); `max` = "0" → none does;
 //! - `constraint`s of severity error that the profile itself adds, evaluated by
-//!   [`crate::fhir::fhirpath`] on each element at their path.
+//!   [`crate::fhir::fhirpath`] on each element at their path;
+//! - required bindings of elements of type code, Coding or CodeableConcept to the value sets
+//!   the R4 package holds (`profiles/base/required-bindings.json`, "profiles").
 //!
-//! Not compiled: value-set bindings, a slice's `max` above 0, `ordered` and closed slicing,
+//! Not compiled: other value-set bindings, a slice's `max` above 0, `ordered` and closed slicing,
 //! type profiles of elements.
 
 use std::collections::BTreeMap;
@@ -98,6 +100,20 @@ impl CompiledProfile {
     }
 }
 
+/// A required binding a profile adds (`profiles/base/required-bindings.json`, "profiles"):
+/// the element's type and the codes of its value set, by code system.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProfileBinding {
+    #[serde(rename = "type")]
+    pub element_type: String,
+    #[serde(rename = "valueSet")]
+    pub value_set: String,
+    pub codes: BTreeMap<String, Vec<String>>,
+}
+
+/// Profile URL → element id → its required binding.
+pub type ProfileBindings = BTreeMap<String, BTreeMap<String, ProfileBinding>>;
+
 /// All known profiles by canonical URL.
 #[derive(Default)]
 pub struct Profiles {
@@ -107,7 +123,7 @@ pub struct Profiles {
 impl Profiles {
     /// Compiles the embedded StructureDefinitions against the base R4 schema (which tells
     /// which elements are arrays).
-    pub fn load(base_schema: &Value) -> Result<Profiles, String> {
+    pub fn load(base_schema: &Value, bindings: &ProfileBindings) -> Result<Profiles, String> {
         let mut profiles = Profiles::default();
         let mut definitions = Vec::with_capacity(EMBEDDED.len());
         for (file, text) in EMBEDDED {
@@ -120,7 +136,8 @@ impl Profiles {
             .filter_map(|(_, d)| Some((d.get("url")?.as_str()?.to_owned(), d.get("type")?.as_str()?.to_owned())))
             .collect();
         for (file, definition) in &definitions {
-            let compiled = compile(definition, base_schema, &types).map_err(|e| format!("profile {file}: {e}"))?;
+            let own = definition.get("url").and_then(Value::as_str).and_then(|url| bindings.get(url));
+            let compiled = compile(definition, base_schema, &types, own).map_err(|e| format!("profile {file}: {e}"))?;
             profiles.by_url.insert(compiled.url.clone(), compiled);
         }
         Ok(profiles)
@@ -180,7 +197,12 @@ struct Collected {
 }
 
 /// Compiles one StructureDefinition's differential into a JSON schema.
-pub fn compile(definition: &Value, base_schema: &Value, profile_types: &BTreeMap<String, String>) -> Result<CompiledProfile, String> {
+pub fn compile(
+    definition: &Value,
+    base_schema: &Value,
+    profile_types: &BTreeMap<String, String>,
+    bindings: Option<&BTreeMap<String, ProfileBinding>>,
+) -> Result<CompiledProfile, String> {
     let url = definition.get("url").and_then(Value::as_str).ok_or("no url")?.to_owned();
     let resource_type = definition.get("type").and_then(Value::as_str).ok_or("no type")?.to_owned();
     let base = definition.get("baseDefinition").and_then(Value::as_str).map(str::to_owned);
@@ -193,7 +215,7 @@ pub fn compile(definition: &Value, base_schema: &Value, profile_types: &BTreeMap
         collect_invariants(element, &steps, &url, &resource_type, &mut collected)?;
         listed.push((steps, element));
     }
-    let context = Context { base_schema, url: &url, profile_types };
+    let context = Context { base_schema, url: &url, profile_types, bindings };
     let schema = context.compile_level(&listed, &resource_type, false, "", &mut collected)?;
     let validator = jsonschema::options()
         .with_draft(jsonschema::Draft::Draft7)
@@ -230,6 +252,7 @@ struct Context<'a> {
     base_schema: &'a Value,
     url: &'a str,
     profile_types: &'a BTreeMap<String, String>,
+    bindings: Option<&'a BTreeMap<String, ProfileBinding>>,
 }
 
 impl Context<'_> {
@@ -328,6 +351,31 @@ impl Context<'_> {
     fn apply(&self, node: &mut Map<String, Value>, name: &str, element: &Value, repeats: bool, pointer: &str, collected: &mut Collected) {
         let min = element.get("min").and_then(Value::as_u64).unwrap_or(0);
         let max = element.get("max").and_then(Value::as_str).unwrap_or("*");
+        let id = element.get("id").and_then(Value::as_str).unwrap_or_default();
+        if let Some(binding) = self.bindings.and_then(|bindings| bindings.get(id)) {
+            let coding = |binding: &ProfileBinding| {
+                let any: Vec<Value> = binding
+                    .codes
+                    .iter()
+                    .map(|(system, codes)| json!({ "properties": { "system": { "const": system }, "code": { "enum": codes } }, "required": ["system", "code"] }))
+                    .collect();
+                json!({ "anyOf": any })
+            };
+            let at = format!("{pointer}/properties/{name}/allOf/{}", all_of_len(property(node, name)));
+            let wrap = |constraint: Value| if repeats { json!({ "items": constraint }) } else { constraint };
+            let value_set = binding.value_set.split('|').next().unwrap_or_default();
+            let constraint = match binding.element_type.as_str() {
+                "code" => json!({ "enum": binding.codes.values().flatten().collect::<Vec<_>>() }),
+                "Coding" => coding(binding),
+                _ => json!({ "required": ["coding"], "properties": { "coding": { "contains": coding(binding) } } }),
+            };
+            let inner = if repeats { format!("{at}/items") } else { at };
+            let message = format!("not from the value set {value_set}, which the profile {} requires here", self.url);
+            for keyword in ["enum", "anyOf", "required", "properties/coding/contains"] {
+                collected.messages.insert(format!("{inner}/{keyword}"), message.clone());
+            }
+            push_all_of(property(node, name), wrap(constraint));
+        }
         if min >= 1 {
             push_all_of(node, json!({ "anyOf": [ { "required": [name] }, { "required": [format!("_{name}")] } ] }));
             if min >= 2 {

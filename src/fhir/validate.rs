@@ -157,10 +157,12 @@ impl Validator {
     /// Loads the embedded schema and the profiles directory's compiled profiles.
     pub fn load() -> Result<Validator, String> {
         let mut schema: Value = serde_json::from_str(SCHEMA_JSON).map_err(|e| format!("R4 schema: {e}"))?;
-        let profiles = Profiles::load(&schema)?;
+        let bindings: Value = serde_json::from_str(REQUIRED_BINDINGS_JSON).map_err(|e| format!("required bindings: {e}"))?;
+        let profile_bindings: crate::fhir::profiles::ProfileBindings =
+            serde_json::from_value(bindings.get("profiles").cloned().unwrap_or(Value::Null)).map_err(|e| format!("required bindings of profiles: {e}"))?;
+        let profiles = Profiles::load(&schema, &profile_bindings)?;
         let required_primitives: HashMap<String, Vec<String>> =
             serde_json::from_str(REQUIRED_PRIMITIVES_JSON).map_err(|e| format!("required primitives: {e}"))?;
-        let bindings: Value = serde_json::from_str(REQUIRED_BINDINGS_JSON).map_err(|e| format!("required bindings: {e}"))?;
         let listed: HashMap<String, RequiredBinding> =
             serde_json::from_value(bindings.get("bindings").cloned().unwrap_or(Value::Null)).map_err(|e| format!("required bindings: {e}"))?;
         let mut required_bindings: HashMap<String, HashMap<String, RequiredBinding>> = HashMap::new();

@@ -83,6 +83,8 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
         (vital_sign("bodytemp", json!({ "coding": [{ "system": "http://loinc.org", "code": "8310-5" }], "text": "体温" }), true, json!({ "valueQuantity": { "value": 36.8, "unit": "℃", "system": "http://unitsofmeasure.org", "code": "Cel" } })), 201, vec![]),
         (vital_sign("bodytemp", json!({ "coding": [{ "system": "http://loinc.org", "code": "29463-7" }] }), false, json!({ "valueQuantity": { "value": 36.8, "unit": "℃", "system": "http://unitsofmeasure.org", "code": "Cel" } })), 422, vec!["Observation.code.coding", "Observation.category"]),
         (vital_sign("bodytemp", json!({ "coding": [{ "system": "http://loinc.org", "code": "8310-5" }] }), true, json!({})), 422, vec!["Observation"]),
+        // … in a unit of the profile's required value set (ucum-bodytemp: Cel, [degF]).
+        (vital_sign("bodytemp", json!({ "coding": [{ "system": "http://loinc.org", "code": "8310-5" }] }), true, json!({ "valueQuantity": { "value": 36.8, "unit": "K", "system": "http://unitsofmeasure.org", "code": "K" } })), 422, vec!["Observation.valueQuantity.code"]),
         (vital_sign("bp", json!({ "coding": [{ "system": "http://loinc.org", "code": "85354-9" }] }), true, json!({ "component": [
             { "code": { "coding": [{ "system": "http://loinc.org", "code": "8480-6" }] }, "valueQuantity": { "value": 128, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } },
             { "code": { "coding": [{ "system": "http://loinc.org", "code": "8462-4" }] }, "valueQuantity": { "value": 82, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]" } } ] })), 201, vec![]),
