@@ -230,8 +230,9 @@ async fn a_persons_record_of_every_kind(backend: Backend) {
 /// so that what an example refers to is there before it. Each loads, or is refused for the
 /// one documented reason the set gives: it refers to a resource that is not there (the set
 /// holds no `Patient/1`), a 422 naming only reference elements; and the AuditEvents, which
-/// only the server writes (405). Each loaded example is then
-/// found by `_id` and by its first identifier, and survives a round trip through XML (read
+/// only the server writes (405). Each loaded example is then found by `_id`, by its first
+/// identifier, by its code and by the person it is about (where its type is searchable by
+/// them), and survives a round trip through XML (read
 /// as XML, written back as XML, read as JSON: the same resource).
 async fn the_specifications_examples_load_search_and_round_trip(backend: Backend) {
     let server = Server::start(backend).await;
@@ -271,9 +272,38 @@ async fn the_specifications_examples_load_search_and_round_trip(backend: Backend
     assert!(unexplained.is_empty(), "{} refused for another reason:\n{}", unexplained.len(), unexplained.join("\n"));
     assert!(loaded.len() > examples.len() / 2, "{} of {} loaded", loaded.len(), examples.len());
 
+    // What each type is searchable by, as the CapabilityStatement says.
+    let statement = server.get("/ina/fhir/metadata").await.json();
+    let searchable = |resource_type: &str, name: &str| {
+        statement["rest"][0]["resource"].as_array().into_iter().flatten().filter(|r| r["type"] == resource_type).any(|r| {
+            r["searchParam"].as_array().into_iter().flatten().any(|p| p["name"] == name)
+        })
+    };
     let mut problems = Vec::new();
+    let mut searched = 0;
     for example in &loaded {
         let (resource_type, id) = (example["resourceType"].as_str().unwrap_or_default(), example["id"].as_str().unwrap_or_default());
+        // By the common parameters a type has, with the example's own values: its code, the
+        // person it is about.
+        let code = example.pointer("/code/coding/0").and_then(|c| Some(format!("{}|{}", c["system"].as_str()?, c["code"].as_str()?)));
+        let mut queries: Vec<(&str, String)> = Vec::new();
+        if let Some(code) = code {
+            queries.push(("code", code));
+        }
+        for name in ["subject", "patient"] {
+            if let Some(reference) = example.pointer(&format!("/{name}/reference")).and_then(Value::as_str).filter(|r| r.starts_with("Patient/")) {
+                queries.push((name, reference.to_owned()));
+            }
+        }
+        for (name, value) in queries.into_iter().filter(|(name, _)| searchable(resource_type, name)) {
+            let query = format!("/ina/fhir/{resource_type}?{name}={}&_count=100", encode(&value));
+            let bundle = server.get(&query).await.json();
+            let ids: Vec<&str> = bundle["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str()).collect();
+            if !ids.contains(&id) {
+                problems.push(format!("{query}: {id} not among {ids:?}"));
+            }
+            searched += 1;
+        }
         let found = server.get(&format!("/ina/fhir/{resource_type}?_id={id}")).await.json();
         if found["total"] != json!(1) {
             problems.push(format!("{resource_type}?_id={id}: total {}", found["total"]));
@@ -304,6 +334,7 @@ async fn the_specifications_examples_load_search_and_round_trip(backend: Backend
         }
     }
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert!(searched > 100, "{searched} searches by code, subject or patient");
 }
 
 /// The local references (`Type/id`, `Type/id/_history/v`) anywhere in `value`.
