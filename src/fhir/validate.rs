@@ -578,20 +578,18 @@ fn quote_list(names: &[String]) -> String {
 ///   refused; they are rewritten with ASCII classes;
 /// - the 72 `canonical` elements have no `_element` twin for their extensions; one is added.
 fn mend_schema(definitions: &mut serde_json::Map<String, Value>) {
-    const ASCII_SPACE: &str = "[ \\t\\n\\r\\x0B\\x0C]";
-    const NOT_ASCII_SPACE: &str = "[^ \\t\\n\\r\\x0B\\x0C]";
     // The schema gives base64Binary no pattern; the R4 definition's regex, anchored.
     if let Some(base64) = definitions.get_mut("base64Binary") {
         crate::fhir::set(base64, "pattern", Value::String("^(\\s*([0-9a-zA-Z\\+/=]){4}\\s*)+$".to_owned()));
     }
     for definition in definitions.values_mut() {
-        if let Some(pattern) = definition.get("pattern").and_then(Value::as_str) {
-            let mended = pattern
-                .replace("[ \\r\\n\\t\\S]", "[^\\x0B\\x0C]")
-                .replace("[^\\s]", NOT_ASCII_SPACE)
-                .replace("\\S", NOT_ASCII_SPACE)
-                .replace("\\s", ASCII_SPACE);
-            crate::fhir::set(definition, "pattern", Value::String(mended));
+        ascii_whitespace(definition);
+        // Choice elements (`valueString`, …) carry their type's pattern inline.
+        for property in definition.get_mut("properties").and_then(Value::as_object_mut).into_iter().flat_map(|p| p.values_mut()) {
+            ascii_whitespace(property);
+            if let Some(items) = property.get_mut("items") {
+                ascii_whitespace(items);
+            }
         }
         let Some(properties) = definition.get_mut("properties").and_then(Value::as_object_mut) else { continue };
         let canonical: Vec<(String, bool)> = properties
@@ -627,6 +625,20 @@ fn check_full_url(entry: &serde_json::Map<String, Value>, path: &str, issues: &m
             Issue::error(IssueCode::Invariant, format!("the fullUrl '{full_url}' does not agree with the resource's type and id ({resource_type}/{id})"))
                 .at(format!("{path}.fullUrl")),
         );
+    }
+}
+
+/// A schema node's `pattern` with `\s`/`\S` read as ASCII whitespace (see [`mend_schema`]).
+fn ascii_whitespace(node: &mut Value) {
+    const ASCII_SPACE: &str = "[ \\t\\n\\r\\x0B\\x0C]";
+    const NOT_ASCII_SPACE: &str = "[^ \\t\\n\\r\\x0B\\x0C]";
+    if let Some(pattern) = node.get("pattern").and_then(Value::as_str) {
+        let mended = pattern
+            .replace("[ \\r\\n\\t\\S]", "[^\\x0B\\x0C]")
+            .replace("[^\\s]", NOT_ASCII_SPACE)
+            .replace("\\S", NOT_ASCII_SPACE)
+            .replace("\\s", ASCII_SPACE);
+        crate::fhir::set(node, "pattern", Value::String(mended));
     }
 }
 
@@ -673,4 +685,5 @@ mod tests {
         assert_eq!(pointer_to_path("Patient", ""), "Patient");
     }
 }
+
 

@@ -66,7 +66,8 @@ fn cases() -> Vec<(Value, u16, Vec<&'static str>)> {
         (json!({ "resourceType": "Observation", "status": "final", "code": { "text": "体重" }, "valueQuantity": { "value": 52, "code": "kg", "system": "http://unitsofmeasure.org" } }), 201, vec![]),
         // Japanese text with the ideographic space (U+3000) and a no-break space is a string;
         // a canonical element carries extensions in its `_element` twin.
-        (json!({ "resourceType": "Patient", "name": [{ "text": "山田\u{3000}太郎", "family": "山田" }], "address": [{ "text": "伊那市\u{a0}1-1" }] }), 201, vec![]),
+        (json!({ "resourceType": "Patient", "name": [{ "text": "山田\u{3000}太郎", "family": "山田" }], "address": [{ "text": "伊那市\u{a0}1-1" }],
+            "extension": [{ "url": "http://example.org/fhir/StructureDefinition/nickname", "valueString": "たろう\u{3000}さん" }] }), 201, vec![]),
         (json!({ "resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": { "reference": "Patient/p1" }, "instantiatesCanonical": ["http://example.org/PlanDefinition/a"], "_instantiatesCanonical": [{ "extension": [{ "url": "http://example.org/ext", "valueString": "x" }] }] }), 201, vec![]),
         // base64 content; a Bundle's fullUrls: unique (bdl-7), not versioned (bdl-8), and
         // agreeing with the resource's id.
