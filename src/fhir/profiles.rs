@@ -15,13 +15,16 @@
 //!   leaves the reference unchecked);
 //! - slices: a slice with `min` ≥ 1 → some repetition matches everything the slice says
 //!   (its discriminator values and the rest of its constraints; inside a slice, a repeating
-//!   element's constraints likewise hold for some repetition); `max` = "0" → none does;
+//!   element's constraints likewise hold for some repetition); `max` = "0" → none does; and
+//!   every repetition that a `value` or `pattern` discriminator picks for the slice meets the
+//!   whole slice (`if`/`then`);
 //! - `constraint`s of severity error that the profile itself adds, evaluated by
 //!   [`crate::fhir::fhirpath`] on each element at their path;
 //! - required bindings of elements of type code, Coding or CodeableConcept to the value sets
 //!   the R4 package holds (`profiles/base/required-bindings.json`, "profiles").
 //!
-//! Not compiled: other value-set bindings, a slice's `max` above 0, `ordered` and closed slicing,
+//! Not compiled: other value-set bindings, a slice's `max` above 0, `type`/`profile`/`exists`
+//! discriminators, `ordered` and closed slicing,
 //! type profiles of elements.
 
 use std::collections::BTreeMap;
@@ -323,6 +326,9 @@ impl Context<'_> {
                         let at = format!("{pointer}/properties/{name}/allOf/{}", all_of_len(property(object, &name)));
                         let keyword = if in_slice { "contains" } else { "items" };
                         let inner_at = if repeats { format!("{at}/{keyword}") } else { at };
+                        if repeats && in_slice {
+                            collected.messages.insert(inner_at.clone(), format!("no {name} here has what the profile's slice requires of it"));
+                        }
                         let inner = self.compile_level(&children, &child_definition, in_slice, &inner_at, collected)?;
                         let constraint = if repeats { json!({ keyword: inner }) } else { inner };
                         push_all_of(property(object, &name), constraint);
@@ -339,7 +345,32 @@ impl Context<'_> {
                         push_all_of(property(object, &name), json!({ "contains": inner }));
                     } else if max == "0" {
                         collected.messages.insert(format!("{at}/not"), format!("the profile's slice '{slice_name}' is not allowed here"));
-                        push_all_of(property(object, &name), json!({ "not": { "contains": inner } }));
+                        push_all_of(property(object, &name), json!({ "not": { "contains": inner.clone() } }));
+                    }
+                    // Every repetition the discriminator picks for the slice meets the
+                    // whole slice (`value`/`pattern` discriminators on the slice's paths).
+                    let discriminators: Vec<String> = elements
+                        .iter()
+                        .filter(|(steps, _)| steps.len() == 1 && steps.first() == Some(&(name.clone(), None)))
+                        .flat_map(|(_, element)| element.pointer("/slicing/discriminator").and_then(Value::as_array).cloned().unwrap_or_default())
+                        .filter(|d| matches!(d.get("type").and_then(Value::as_str), Some("value" | "pattern")))
+                        .filter_map(|d| d.get("path").and_then(Value::as_str).map(str::to_owned))
+                        .collect();
+                    let picking: Vec<(Steps, &Value)> = children
+                        .iter()
+                        .filter(|(steps, _)| {
+                            let path: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+                            let path = path.join(".");
+                            discriminators.iter().any(|d| *d == path || d.starts_with(&format!("{path}.")))
+                        })
+                        .cloned()
+                        .collect();
+                    let picks_something = picking.iter().any(|(_, e)| e.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("fixed") || k.starts_with("pattern"))));
+                    if picks_something && picking.len() < children.len() {
+                        let at = format!("{pointer}/properties/{name}/allOf/{}", all_of_len(property(object, &name)));
+                        let picked = self.compile_level(&picking, &child_definition, true, &format!("{at}/items/if"), collected)?;
+                        let whole = self.compile_level(&children, &child_definition, true, &format!("{at}/items/then"), collected)?;
+                        push_all_of(property(object, &name), json!({ "items": { "if": picked, "then": whole } }));
                     }
                 }
             }
