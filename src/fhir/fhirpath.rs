@@ -747,14 +747,27 @@ fn full_match(pattern: &str) -> Result<regex::Regex, String> {
     regex::Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| format!("bad regular expression: {e}"))
 }
 
+/// The items without repeats, in order. Items are compared by a canonical text (the JSON of
+/// an element, a tagged primitive), so a Bundle of thousands of entries costs one pass, not
+/// a comparison of every pair.
 fn distinct<'a>(items: Collection<'a>) -> Collection<'a> {
-    let mut kept: Collection<'a> = Vec::with_capacity(items.len());
-    for item in items {
-        if !kept.iter().any(|k| equal(k, &item) == Some(true)) {
-            kept.push(item);
-        }
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.into_iter().filter(|item| seen.insert(canonical(item))).collect()
+}
+
+fn canonical(item: &Item<'_>) -> String {
+    match item {
+        Item::Node { value, .. } if value.is_object() || value.is_array() => format!("j{value}"),
+        other => match other.primitive() {
+            Some(Item::Boolean(b)) => format!("b{b}"),
+            Some(Item::Integer(i)) => format!("n{}", i as f64),
+            Some(Item::Decimal(d)) => format!("n{d}"),
+            Some(Item::String(text)) => format!("s{text}"),
+            Some(Item::DateTime(text)) => format!("s{text}"),
+            Some(Item::Quantity(v, unit)) => format!("q{v} {unit}"),
+            _ => String::from("null"),
+        },
     }
-    kept
 }
 
 impl<'a> Evaluator<'a, '_> {
@@ -1256,6 +1269,10 @@ mod tests {
         assert_eq!(holds(sdf, &json!({ "name": "bad name" })), Some(false));
         let cpb = "rest.resource.select(type).isDistinct()";
         assert_eq!(holds(cpb, &json!({ "rest": [{ "resource": [{ "type": "A" }, { "type": "A" }] }] })), Some(false));
+        // Distinctness over thousands of items (bdl-7 on a large transaction) in one pass.
+        let entries: Vec<Value> = (0..20_000).map(|i| json!({ "fullUrl": format!("urn:uuid:{i}") })).collect();
+        assert_eq!(holds(bdl_7, &json!({ "type": "transaction", "entry": entries })), Some(true));
+        assert_eq!(holds("(1 | 1.0 | 'a' | 'a').count() = 2", &json!({})), Some(true));
     }
 
     #[test]
