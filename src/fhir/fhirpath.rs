@@ -181,7 +181,7 @@ pub fn choice_elements() -> &'static HashSet<String> {
 impl Expression {
     pub fn parse(text: &str) -> Result<Expression, String> {
         let tokens = tokenize(text)?;
-        let mut parser = Parser { tokens, position: 0 };
+        let mut parser = Parser { tokens, position: 0, depth: 0 };
         let root = parser.expression(0)?;
         match parser.peek() {
             None => Ok(Expression { root }),
@@ -346,7 +346,12 @@ fn quoted(chars: &[char], start: usize) -> Result<(String, usize), String> {
 struct Parser {
     tokens: Vec<Token>,
     position: usize,
+    depth: usize,
 }
+
+/// How deeply an expression may nest (the parser recurses; an operator's configured
+/// SearchParameter must not take it past the stack).
+const MAX_NESTING: usize = 64;
 
 /// Binding power of an infix operator (higher binds tighter), FHIRPath's precedence table.
 fn infix(token: &Token) -> Option<(u8, Option<Operator>)> {
@@ -404,6 +409,16 @@ impl Parser {
     }
 
     fn expression(&mut self, minimum: u8) -> Result<Ast, String> {
+        self.depth += 1;
+        let parsed = self.expression_within(minimum);
+        self.depth -= 1;
+        parsed
+    }
+
+    fn expression_within(&mut self, minimum: u8) -> Result<Ast, String> {
+        if self.depth > MAX_NESTING {
+            return Err(format!("the expression nests more than {MAX_NESTING} deep"));
+        }
         let mut left = self.unary()?;
         while let Some((power, operator)) = self.peek().and_then(infix) {
             if power <= minimum {
@@ -443,11 +458,11 @@ impl Parser {
         match self.peek() {
             Some(Token::Symbol("-")) => {
                 self.next();
-                Ok(Ast::Negate(Box::new(self.unary()?)))
+                Ok(Ast::Negate(Box::new(self.expression(10)?)))
             }
             Some(Token::Symbol("+")) => {
                 self.next();
-                self.unary()
+                self.expression(10)
             }
             _ => self.postfix(),
         }
@@ -1294,5 +1309,8 @@ mod tests {
         assert_eq!(holds("response.count() + value.count() = 1", &json!({ "responseCode": "200", "valueCode": "x" })), Some(true));
         assert!(Expression::parse("x.resolve()").is_err());
         assert!(Expression::parse("x.where(").is_err());
+        let deep = format!("{}1{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(Expression::parse(&deep).is_err(), "refused, not a stack overflow");
+        assert!(Expression::parse(&"-".repeat(10_000)).is_err());
     }
 }
