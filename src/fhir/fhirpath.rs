@@ -401,7 +401,7 @@ impl Parser {
         token
     }
 
-    fn expect(&mut self, symbol: &str) -> Result<(), String> {
+    fn expect_symbol(&mut self, symbol: &str) -> Result<(), String> {
         match self.next() {
             Some(Token::Symbol(s)) if s == symbol => Ok(()),
             other => Err(format!("expected '{symbol}', found {other:?}")),
@@ -479,7 +479,7 @@ impl Parser {
                 Some(Token::Symbol("[")) => {
                     self.next();
                     let index = self.expression(0)?;
-                    self.expect("]")?;
+                    self.expect_symbol("]")?;
                     term = Ast::Index(Box::new(term), Box::new(index));
                 }
                 _ => return Ok(term),
@@ -525,12 +525,12 @@ impl Parser {
             Some(Token::Symbol("(")) => {
                 self.next();
                 let inner = self.expression(0)?;
-                self.expect(")")?;
+                self.expect_symbol(")")?;
                 Ok(inner)
             }
             Some(Token::Symbol("{")) => {
                 self.next();
-                self.expect("}")?;
+                self.expect_symbol("}")?;
                 Ok(Ast::Empty)
             }
             Some(Token::String(text)) => {

@@ -54,6 +54,10 @@ struct ListedInvariant {
 /// error of the data file (the unit test below keeps the file and the evaluator in step).
 type Invariants = HashMap<String, Vec<Invariant>>;
 
+/// Where an invariant's focus sits below the object walked: the object itself, or an
+/// element's (key, index in its array).
+type Place<'k> = Option<(&'k str, Option<usize>)>;
+
 fn load_invariants() -> Result<Invariants, String> {
     #[derive(serde::Deserialize)]
     struct File {
@@ -319,26 +323,32 @@ impl Validator {
         let Some(invariants) = self.invariants.get(definition) else { return };
         let Some(object) = value.as_object() else { return };
         for invariant in invariants {
-            let mut focus: Vec<(String, Item<'a>)> = Vec::new();
+            // (key, index) of each focus; the element path is spelt out only for an issue.
+            let mut focus: Vec<(Place<'_>, Item<'a>)> = Vec::new();
             match invariant.element.as_deref() {
-                None => focus.push((path.to_owned(), Item::node(value))),
+                None => focus.push((None, Item::node(value))),
                 Some(element) => {
                     let stem = element.trim_end_matches("[x]");
                     for (key, child) in object.iter().filter(|(key, _)| {
                         key.as_str() == stem || (element.ends_with("[x]") && key.strip_prefix(stem).is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase())))
                     }) {
                         match child {
-                            Value::Array(items) => focus.extend(items.iter().enumerate().map(|(i, item)| (format!("{path}.{key}[{i}]"), Item::node(item)))),
-                            single => focus.push((format!("{path}.{key}"), Item::node(single))),
+                            Value::Array(items) => focus.extend(items.iter().enumerate().map(|(i, item)| (Some((key.as_str(), Some(i))), Item::node(item)))),
+                            single => focus.push((Some((key.as_str(), None)), Item::node(single))),
                         }
                     }
                 }
             }
-            for (at, item) in focus {
+            for (place, item) in focus {
+                let at = || match place {
+                    None => path.to_owned(),
+                    Some((key, None)) => format!("{path}.{key}"),
+                    Some((key, Some(index))) => format!("{path}.{key}[{index}]"),
+                };
                 match invariant.expression.holds(item, environment) {
-                    Ok(Some(false)) => issues.push(Issue::error(IssueCode::Invariant, format!("{}: {}", invariant.key, invariant.human)).at(at)),
+                    Ok(Some(false)) => issues.push(Issue::error(IssueCode::Invariant, format!("{}: {}", invariant.key, invariant.human)).at(at())),
                     Ok(_) => {}
-                    Err(error) => tracing::debug!(key = %invariant.key, %at, %error, "an invariant could not be evaluated"),
+                    Err(error) => tracing::debug!(key = %invariant.key, at = %at(), %error, "an invariant could not be evaluated"),
                 }
             }
         }
