@@ -30,7 +30,9 @@ import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, "target", "release", "renraku")
+# RENRAKU_BENCH_PROFILE=profiling measures the incremental `profiling` build instead (see Cargo.toml).
+PROFILE = os.environ.get("RENRAKU_BENCH_PROFILE", "release")
+BINARY = os.path.join(ROOT, "target", PROFILE, "renraku")
 TENANT = "ina"
 TIMELINE_MESSAGES = 50
 
@@ -223,7 +225,7 @@ def main():
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
     if not arguments.no_build:
-        run(["cargo", "build", "--release", "--features", "test-support", "--bin", "renraku"])
+        run(["cargo", "build", "--profile", PROFILE, "--features", "test-support", "--bin", "renraku"])
     directory = tempfile.mkdtemp(prefix="renraku-bench-http-")
     settings = ["--demo", "--data-dir", directory]
     if arguments.backend == "postgres":

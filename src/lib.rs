@@ -101,8 +101,8 @@ impl Gateway {
         if let Some(count) = reindexed.filter(|count| *count > 0) {
             tracing::info!(count, "search index rebuilt for changed search parameters");
         }
-        // The audit trail's projection: journaled events become searchable AuditEvent rows in
-        // large batches, off the request path (requests that read the trail catch up first).
+        // The projection of events an earlier version journaled with their JSON (new events
+        // are stored as AuditEvent rows directly), and checkpoints of SQLite's log.
         let projector = Arc::downgrade(&fhir);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(std::time::Duration::from_millis(500));

@@ -10,9 +10,10 @@
 //! [`GENESIS`] (64 zeros), or after pruning the digest of the last pruned event (the chain's
 //! anchor). The AuditEvent carries its own sequence number and its predecessor's digest in
 //! the `audit-chain` extension, so the stored JSON commits to its place. The journal
-//! (`audit_log`) holds the JSON the digest covers; the AuditEvent resource and version rows
-//! projected from it must equal it. Changing a stored event (in the journal or in its
-//! projection) breaks its digest or the equality; deleting one leaves a gap; inserting one
+//! (`audit_log`) holds each event's link (sequence, predecessor, digest); the JSON the digest
+//! covers is the AuditEvent's resource row, and its version row must equal it (journal rows of
+//! earlier versions hold the JSON themselves, and the rows projected from them must equal
+//! it). Changing a stored event breaks its digest or the equality; deleting one leaves a gap; inserting one
 //! breaks the predecessor link of the next; truncating the tail disagrees with the chain's
 //! head.
 //! Someone able to rewrite the whole tail *and* the head undetected can only be caught by
@@ -42,8 +43,12 @@ pub struct Link {
     pub event_id: String,
     pub previous: String,
     pub digest: String,
-    /// The AuditEvent JSON as journaled (what the digest covers).
+    /// The AuditEvent JSON the digest covers: the journal's copy where the journal holds one
+    /// (`in_journal`), otherwise the resource row's (empty when that row is missing).
     pub content: String,
+    /// Whether the journal row holds the JSON itself (events journaled before the resource
+    /// row became the only copy).
+    pub in_journal: bool,
     /// Whether the AuditEvent's resource rows were written from the journal.
     pub projected: bool,
     /// The projected resource row's content (None: missing).
@@ -117,8 +122,11 @@ impl Walker {
         if link.previous != self.expected_previous {
             return Err(self.broken(link.seq, id, "its predecessor digest does not match the previous event's digest"));
         }
+        if !link.in_journal && link.resource_content.is_none() {
+            return Err(self.broken(link.seq, id, "the AuditEvent resource row is missing"));
+        }
         if digest(&self.chain, link.seq, &link.previous, &link.content) != link.digest {
-            return Err(self.broken(link.seq, id, "the journaled AuditEvent does not match its digest (altered)"));
+            return Err(self.broken(link.seq, id, "the AuditEvent does not match its digest (altered)"));
         }
         if link.projected {
             match &link.resource_content {
@@ -170,6 +178,7 @@ mod tests {
                 previous: previous.clone(),
                 digest: digest.clone(),
                 content: (*content).to_owned(),
+                in_journal: true,
                 projected: true,
                 resource_content: Some((*content).to_owned()),
                 version_content: Some((*content).to_owned()),
@@ -213,6 +222,17 @@ mod tests {
         not_yet_projected[3].resource_content = None;
         not_yet_projected[3].version_content = None;
         assert_eq!(walk(&head, &not_yet_projected), Ok(4), "an event not yet projected is fine");
+        // Events whose only copy is the resource row (the journal holds their link alone).
+        let resource_only: Vec<Link> = links.iter().cloned().map(|link| Link { in_journal: false, ..link }).collect();
+        assert_eq!(walk(&head, &resource_only), Ok(4));
+        let mut resource_altered = resource_only.clone();
+        resource_altered[1].content = "B".into();
+        resource_altered[1].resource_content = Some("B".into());
+        check(resource_altered, &head, 2, "digest");
+        let mut resource_missing = resource_only.clone();
+        resource_missing[2].content = String::new();
+        resource_missing[2].resource_content = None;
+        check(resource_missing, &head, 3, "resource row is missing");
         let mut version_altered = links.clone();
         version_altered[2].version_content = Some("C".into());
         check(version_altered, &head, 3, "version row");

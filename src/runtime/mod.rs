@@ -78,7 +78,7 @@ impl Runtime {
     ) -> std::result::Result<Runtime, String> {
         let tenants = std::sync::RwLock::new(config.tenants.clone());
         let hub = subscriptions::Hub::new(&config.subscriptions)?;
-        let recorder = recorder::Recorder::start(store.clone());
+        let recorder = recorder::Recorder::start(store.clone(), search_params.clone());
         Ok(Runtime {
             store,
             validator,

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::Event;
 use crate::config::TenantConfig;
 use crate::error::{Error, Result};
+use crate::search::Registry;
 use crate::store::Store;
 
 /// The most events one batch commits.
@@ -31,9 +32,9 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the writer task on the current runtime.
-    pub fn start(store: Store) -> Recorder {
+    pub fn start(store: Store, registry: std::sync::Arc<Registry>) -> Recorder {
         let (sender, receiver) = mpsc::channel(4096);
-        tokio::spawn(write_batches(store, receiver));
+        tokio::spawn(write_batches(store, registry, receiver));
         Recorder { sender }
     }
 
@@ -55,7 +56,7 @@ impl Recorder {
     }
 }
 
-async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
+async fn write_batches(store: Store, registry: std::sync::Arc<Registry>, mut receiver: mpsc::Receiver<Job>) {
     while let Some(first) = receiver.recv().await {
         let mut count = first.events.len();
         let mut jobs = vec![first];
@@ -72,7 +73,7 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
         // Municipalities are only ever added, so the longest list is the newest.
         let tenants = jobs.iter().map(|job| &job.tenants).max_by_key(|t| t.len()).cloned().unwrap_or_default();
         let started = std::time::Instant::now();
-        let result = commit(&store, &tenants, &events).await.map_err(|error| {
+        let result = commit(&store, &registry, &tenants, &events).await.map_err(|error| {
             tracing::error!(target: "renraku::audit", %error, events = events.len(), "audit events could not be stored");
             error.to_string()
         });
@@ -83,11 +84,11 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
     }
 }
 
-async fn commit(store: &Store, tenants: &[TenantConfig], events: &[Event]) -> Result<()> {
+async fn commit(store: &Store, registry: &Registry, tenants: &[TenantConfig], events: &[Event]) -> Result<()> {
     let started = std::time::Instant::now();
     let mut transaction = store.begin().await?;
     let locked = started.elapsed();
-    crate::store::audit::append(&mut transaction, tenants, events).await?;
+    crate::store::audit::append(&mut transaction, registry, tenants, events).await?;
     transaction.commit().await?;
     tracing::trace!(target: "renraku::audit", lock_wait_us = locked.as_micros(), "audit batch lock wait");
     Ok(())

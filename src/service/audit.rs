@@ -56,9 +56,9 @@ struct Crossing {
     entities: Vec<Entity>,
 }
 
-/// The most journaled events one projection transaction writes: small enough that the
-/// SQLite write lock it holds (about 0.15 ms per event with the narrow AuditEvent index, and no wait for the disk at commit)
-/// does not show in the latency of the reads whose journal commits wait behind it.
+/// The most legacy journal rows (events an earlier version journaled with their JSON) one
+/// projection transaction writes: small enough that the SQLite write lock it holds does not
+/// show in the latency of the reads whose events wait behind it.
 const PROJECTION_BATCH: i64 = 64;
 
 /// The municipalities' codes and names by slug, and slugs by code.
@@ -111,9 +111,10 @@ impl Fhir {
         self.recorder.record(events, self.tenants()).await
     }
 
-    /// Projects every journaled event into AuditEvent resource rows (so that searches see
-    /// them). Runs in the background every fraction of a second, and before every request that
-    /// reads the trail, so an auditor always sees every event recorded before the request.
+    /// Projects the events an earlier version journaled with their JSON into AuditEvent
+    /// resource rows (new events are stored as resource rows when they are recorded). Runs at
+    /// start, in the background every fraction of a second, and before every request that
+    /// reads the trail; with nothing left to project it is one indexed lookup.
     pub async fn project_audit_events(&self) -> Result<usize> {
         let mut total = 0;
         loop {
@@ -259,7 +260,7 @@ impl Fhir {
         let mut events = extra;
         events.push(audit.event.clone());
         events.extend(disclosures);
-        crate::store::audit::append(&mut transaction, &self.tenants(), &events).await?;
+        crate::store::audit::append(&mut transaction, &self.search_params, &self.tenants(), &events).await?;
         // The test suite's simulated crash (compiled only with `test-support`): a panic is
         // what a crash looks like from inside the process.
         #[cfg(feature = "test-support")]
@@ -539,7 +540,7 @@ impl Fhir {
                 Entity::Detail { name: "export-sha256".into(), value: file_digest },
                 Entity::Detail { name: "anchor".into(), value: anchor },
             ];
-            crate::store::audit::append(&mut transaction, &self.tenants(), &[event]).await?;
+            crate::store::audit::append(&mut transaction, &self.search_params, &self.tenants(), &[event]).await?;
             transaction.commit().await?;
             reports.push(PruneReport { chain: head.chain.clone(), removed, file });
         }

@@ -37,12 +37,15 @@ pub async fn set_head_digest(connection: &mut Db, chain: &str, digest: &str) -> 
     Ok(())
 }
 
-/// Inserts chained events into the journal: one multi-row insert, the only write on the
-/// request path.
-pub async fn insert_events(connection: &mut Db, events: &[Chained]) -> Result<()> {
+/// Inserts chained events: the journal's links (chain, sequence, predecessor and digest) and
+/// each event as an AuditEvent resource row with its version and narrow index rows, in one
+/// set of multi-row inserts — the event is stored once, where searches find it, and the
+/// link's `content` stays empty (journal rows of earlier versions carry their JSON there and
+/// are projected by [`project_pending`]).
+pub async fn insert_events(connection: &mut Db, registry: &crate::search::Registry, events: &[(Chained, serde_json::Value)]) -> Result<()> {
     let links: Vec<Vec<V>> = events
         .iter()
-        .map(|event| {
+        .map(|(event, _)| {
             vec![
                 V::Text(event.chain.clone()),
                 V::Integer(event.seq),
@@ -50,12 +53,20 @@ pub async fn insert_events(connection: &mut Db, events: &[Chained]) -> Result<()
                 V::Text(event.recorded.clone()),
                 V::Text(event.previous.clone()),
                 V::Text(event.digest.clone()),
-                V::Text(event.content.clone()),
-                V::Integer(0),
+                V::Text(String::new()),
+                V::Integer(1),
             ]
         })
         .collect();
-    super::query::insert_many(connection, "audit_log (chain, seq, event_id, recorded, previous, digest, content, projected)", &links).await
+    super::query::insert_many(connection, "audit_log (chain, seq, event_id, recorded, previous, digest, content, projected)", &links).await?;
+    let rows: Vec<(String, String, BulkRow)> = events
+        .iter()
+        .map(|(event, resource)| {
+            let row = BulkRow { resource_type: "AuditEvent".to_owned(), id: event.id.clone(), index: registry.extract(resource), content: event.content.clone() };
+            (event.chain.clone(), event.recorded.clone(), row)
+        })
+        .collect();
+    super::insert_new_rows(connection, &rows).await
 }
 
 /// A journal row not yet projected into AuditEvent resource rows.
@@ -76,7 +87,7 @@ pub async fn unprojected(connection: &mut Db) -> Result<i64> {
 
 pub async fn pending(connection: &mut Db, limit: i64) -> Result<Vec<Pending>> {
     let rows = sqlx::query(
-        "SELECT chain, event_id, recorded, content FROM audit_log WHERE projected = 0 ORDER BY chain, seq LIMIT $1",
+        "SELECT chain, event_id, recorded, content FROM audit_log WHERE projected = 0 AND content <> '' ORDER BY chain, seq LIMIT $1",
     )
     .bind(limit)
     .fetch_all(&mut connection.0)
@@ -149,8 +160,9 @@ pub async fn heads(connection: &mut Db) -> Result<Vec<Head>> {
         .collect()
 }
 
-/// Up to `limit` links of `chain` after sequence `after`, with the journal's content and,
-/// once projected, the AuditEvent's resource and version rows.
+/// Up to `limit` links of `chain` after sequence `after`, with the AuditEvent's JSON (the
+/// journal's, for events journaled before the resource row became the event's only copy)
+/// and its resource and version rows.
 pub async fn links(connection: &mut Db, chain: &str, after: i64, limit: i64) -> Result<Vec<Link>> {
     let rows = sqlx::query(
         "SELECT l.seq, l.event_id, l.previous, l.digest, l.content, l.projected, r.content AS resource_content, \
@@ -167,14 +179,18 @@ pub async fn links(connection: &mut Db, chain: &str, after: i64, limit: i64) -> 
     .await?;
     rows.iter()
         .map(|row| {
+            let journaled: String = row.try_get("content")?;
+            let resource_content: Option<String> = row.try_get("resource_content")?;
             Ok(Link {
                 seq: row.try_get("seq")?,
                 event_id: row.try_get("event_id")?,
                 previous: row.try_get("previous")?,
                 digest: row.try_get("digest")?,
-                content: row.try_get("content")?,
+                // Since the journal stopped holding the JSON, the resource row is the event.
+                in_journal: !journaled.is_empty(),
+                content: if journaled.is_empty() { resource_content.clone().unwrap_or_default() } else { journaled },
                 projected: row.try_get::<i64, _>("projected")? != 0,
-                resource_content: row.try_get("resource_content")?,
+                resource_content,
                 version_content: row.try_get("version_content")?,
             })
         })
@@ -253,9 +269,14 @@ pub async fn events_about_patient(connection: &mut Db, patient: &str, limit: i64
 /// Appends `events` to their chains inside the caller's transaction: each chain's head is
 /// locked (in chain order, so two appenders never wait on each other crosswise), every event
 /// gets the next sequence number and its predecessor's digest, and the chained events are
-/// journaled. Call it once per transaction, last before the commit, so the head lock is held
-/// briefly.
-pub async fn append(connection: &mut Db, tenants: &[crate::config::TenantConfig], events: &[Event]) -> Result<Vec<String>> {
+/// stored (links and AuditEvent rows, [`insert_events`]). Call it once per transaction, last
+/// before the commit, so the head lock is held briefly.
+pub async fn append(
+    connection: &mut Db,
+    registry: &crate::search::Registry,
+    tenants: &[crate::config::TenantConfig],
+    events: &[Event],
+) -> Result<Vec<String>> {
     let mut chains: Vec<&str> = events.iter().map(|e| e.chain.as_str()).collect();
     chains.sort_unstable();
     chains.dedup();
@@ -270,14 +291,13 @@ pub async fn append(connection: &mut Db, tenants: &[crate::config::TenantConfig]
         let mut seq = last_seq - count;
         for event in members {
             seq += 1;
-            // Time-ordered ids (UUID version 7): the projection's inserts into every
-            // (resource_type, id) index land at the index's right edge instead of on a random
-            // page each, which is most of what projecting an event costs.
+            // Time-ordered ids (UUID version 7): the inserts into every (resource_type, id)
+            // index land at the index's right edge instead of on a random page each.
             let id = uuid::Uuid::now_v7().to_string();
             let resource = event.to_resource(&id, seq, &previous, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names);
             let content = serde_json::to_string(&resource)?;
             let digest = crate::audit::chain::digest(chain, seq, &previous, &content);
-            rows.push(Chained {
+            let chained = Chained {
                 chain: chain.to_owned(),
                 seq,
                 id: id.clone(),
@@ -285,12 +305,13 @@ pub async fn append(connection: &mut Db, tenants: &[crate::config::TenantConfig]
                 previous: std::mem::replace(&mut previous, digest.clone()),
                 digest,
                 content,
-            });
+            };
+            rows.push((chained, resource));
             ids.push(id);
         }
         set_head_digest(connection, chain, &previous).await?;
     }
-    insert_events(connection, &rows).await?;
+    insert_events(connection, registry, &rows).await?;
     Ok(ids)
 }
 

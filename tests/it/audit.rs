@@ -289,12 +289,12 @@ async fn tampering_in_the_database_is_detected(backend: Backend) {
     assert_eq!(found.1, 3, "{}", found.3);
     tamper(&server, &format!("UPDATE resource_versions SET content = '{escaped}' WHERE resource_type = 'AuditEvent' AND id = '{third}'")).await;
     assert_eq!(broken_link(&server).await, None);
-    // The journal row itself altered.
-    tamper(&server, "UPDATE audit_log SET content = REPLACE(content, '\"action\":\"R\"', '\"action\":\"D\"') WHERE chain = 'ina' AND seq = 4").await;
+    // The journal's link itself altered (its digest: the event no longer matches it).
+    tamper(&server, "UPDATE audit_log SET digest = 'x' || digest WHERE chain = 'ina' AND seq = 4").await;
     let found = broken_link(&server).await.expect("journal alteration found");
     assert_eq!(found.1, 4, "{}", found.3);
     assert!(found.3.contains("digest"), "{}", found.3);
-    tamper(&server, "UPDATE audit_log SET content = REPLACE(content, '\"action\":\"D\"', '\"action\":\"R\"') WHERE chain = 'ina' AND seq = 4").await;
+    tamper(&server, "UPDATE audit_log SET digest = SUBSTR(digest, 2) WHERE chain = 'ina' AND seq = 4").await;
     assert_eq!(broken_link(&server).await, None);
     // An event deleted outright (its link and its rows).
     let second = by_sequence(2);
@@ -563,7 +563,34 @@ async fn retention_exports_then_prunes_and_the_chain_still_verifies(backend: Bac
     assert_eq!(broken_link(&server).await, None);
 }
 
+/// A database written by an earlier version: its journal rows hold the AuditEvent JSON and
+/// the resource rows were projected from them later. Such rows (here made by moving five
+/// events back into that shape) are projected when the trail is next read, searchable as
+/// before, and the chain verifies across old and new events.
+async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) {
+    let server = Server::start(backend).await;
+    for name in ["a", "b", "c", "d", "e"] {
+        server.get(&format!("/ina/fhir/Patient?name={name}")).await.expect(200);
+    }
+    let old = "SELECT event_id FROM audit_log WHERE chain = 'ina' AND seq <= 5";
+    tamper(&server, &format!("UPDATE audit_log SET projected = 0, content = (SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.id = audit_log.event_id) WHERE event_id IN ({old})")).await;
+    for table in ["search_token", "search_reference", "search_date", "resource_versions", "resources"] {
+        tamper(&server, &format!("DELETE FROM {table} WHERE resource_type = 'AuditEvent' AND id IN ({old})")).await;
+    }
+    let reply = server.get("/ina/fhir/Patient?name=f").await;
+    reply.expect(200);
+    // The auditor's search catches up first: the five old events are found again.
+    let events = auditor(&server, "ina").await.get(&server, "AuditEvent?_count=100&_sort=date").await.json();
+    let positions: Vec<(String, i64)> = events["entry"].as_array().into_iter().flatten().map(|e| chain_position(&e["resource"])).collect();
+    for seq in 1..=5 {
+        assert!(positions.contains(&("ina".to_owned(), seq)), "event {seq} projected again: {positions:?}");
+    }
+    assert_eq!(events_of(&server, "ina", &request_id(&reply)).await.len(), 1, "the new event beside them");
+    assert_eq!(broken_link(&server).await, None);
+}
+
 both_backends!(
+    events_journaled_by_an_earlier_version_are_projected,
     every_interaction_leaves_its_event,
     denials_and_failures_are_recorded,
     the_trail_cannot_be_changed_through_any_api,

@@ -119,13 +119,21 @@ async fn json_logs_name_the_route_not_the_url() {
     }
     let search = http.get(format!("{base}/ina/fhir/Patient?name=%E3%82%84%E3%81%BE%E3%81%A0")).bearer_auth("demo-doctor-ina").send().await;
     let status = search.map(|r| r.status().as_u16()).unwrap_or_default();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The request's line is written after the response; wait for it (the suite runs many
+    // processes at once), then stop the gateway and read whole lines only.
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log_path).is_ok_and(|text| text.contains("\"renraku::request\"")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
     assert!(ready, "the gateway became ready");
     assert_eq!(status, 200);
     let text = std::fs::read_to_string(&log_path).expect("the log");
-    let lines: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"))).collect();
+    let lines: Vec<serde_json::Value> =
+        text.lines().filter(|line| !line.is_empty()).map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"))).collect();
     assert!(!lines.is_empty());
     let request = lines
         .iter()
