@@ -32,7 +32,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # RENRAKU_BENCH_PROFILE=profiling measures the incremental `profiling` build instead (see Cargo.toml).
 PROFILE = os.environ.get("RENRAKU_BENCH_PROFILE", "release")
-BINARY = os.path.join(ROOT, "target", PROFILE, "renraku")
+# RENRAKU_BENCH_BINARY=path measures another build (e.g. an earlier commit's, for an A/B run).
+BINARY = os.environ.get("RENRAKU_BENCH_BINARY") or os.path.join(ROOT, "target", PROFILE, "renraku")
 TENANT = "ina"
 TIMELINE_MESSAGES = 50
 

@@ -101,8 +101,8 @@ impl Gateway {
         if let Some(count) = reindexed.filter(|count| *count > 0) {
             tracing::info!(count, "search index rebuilt for changed search parameters");
         }
-        // The projection of events an earlier version journaled with their JSON (new events
-        // are stored as AuditEvent rows directly), and checkpoints of SQLite's log.
+        // The audit trail's projection of journal rows that carry their JSON (PostgreSQL's;
+        // SQLite stores events as AuditEvent rows at once), and checkpoints of SQLite's log.
         let projector = Arc::downgrade(&fhir);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(std::time::Duration::from_millis(500));

@@ -6,17 +6,19 @@
 //! municipality's chain). Events are shaped after IHE Basic Audit Log Patterns (BALP) and
 //! appended as AuditEvents to their municipality's hash chain ([`chain`]) in the journal by
 //! `store::audit::append` — in the same database transaction as the write they record, or,
-//! for reads, through the runtime's group-commit `Recorder` before the response leaves. Each
-//! is stored once, as an ordinary AuditEvent resource row with its narrow search index, beside
-//! its link in the journal (`audit_log`: sequence, predecessor, digest).
+//! for reads, through the runtime's group-commit `Recorder` before the response leaves — with
+//! its link in the journal (`audit_log`: sequence, predecessor, digest) and, on SQLite, as an
+//! ordinary AuditEvent resource row with its narrow search index at once; on PostgreSQL the
+//! journal row carries the JSON and `store::audit::project_pending` writes the resource rows
+//! later (`store::audit::insert_events` says why).
 //!
 //! Architecture invariants:
 //! - No HTTP, no SQL and no access decisions here: this module renders and chains what the
 //!   service tells it; the store writes it.
-//! - `store::audit::append` is the only code that writes events (and `project_pending` the
-//!   only code that writes the resource rows of events an earlier version journaled with
-//!   their JSON); nothing updates or deletes either except retention pruning
-//!   (`service::audit`), which keeps the chain verifiable.
+//! - `store::audit::append` is the only code that writes events, and `project_pending` the
+//!   only other code that writes AuditEvent resource rows (from journal rows that carry the
+//!   JSON); nothing updates or deletes either except retention pruning (`service::audit`),
+//!   which keeps the chain verifiable.
 
 use serde_json::{json, Map, Value};
 

@@ -56,9 +56,8 @@ struct Crossing {
     entities: Vec<Entity>,
 }
 
-/// The most legacy journal rows (events an earlier version journaled with their JSON) one
-/// projection transaction writes: small enough that the SQLite write lock it holds does not
-/// show in the latency of the reads whose events wait behind it.
+/// The most journal rows that carry their JSON (every event on PostgreSQL; on SQLite, those
+/// an earlier version journaled) one projection transaction writes.
 const PROJECTION_BATCH: i64 = 64;
 
 /// The municipalities' codes and names by slug, and slugs by code.
@@ -111,10 +110,10 @@ impl Fhir {
         self.recorder.record(events, self.tenants()).await
     }
 
-    /// Projects the events an earlier version journaled with their JSON into AuditEvent
-    /// resource rows (new events are stored as resource rows when they are recorded). Runs at
-    /// start, in the background every fraction of a second, and before every request that
-    /// reads the trail; with nothing left to project it is one indexed lookup.
+    /// Projects journal rows that carry their JSON into AuditEvent resource rows (on SQLite
+    /// events are stored as resource rows when they are recorded; `store::audit::insert_events`).
+    /// Runs at start, in the background every fraction of a second, and before every request
+    /// that reads the trail, so an auditor always sees every event recorded before the request.
     pub async fn project_audit_events(&self) -> Result<usize> {
         let mut total = 0;
         loop {

@@ -37,12 +37,16 @@ pub async fn set_head_digest(connection: &mut Db, chain: &str, digest: &str) -> 
     Ok(())
 }
 
-/// Inserts chained events: the journal's links (chain, sequence, predecessor and digest) and
-/// each event as an AuditEvent resource row with its version and narrow index rows, in one
-/// set of multi-row inserts — the event is stored once, where searches find it, and the
-/// link's `content` stays empty (journal rows of earlier versions carry their JSON there and
-/// are projected by [`project_pending`]).
+/// Inserts chained events. On SQLite each is stored once, as an AuditEvent resource row with
+/// its version and narrow index rows, beside its link in the journal (chain, sequence,
+/// predecessor, digest; `content` empty): SQLite has one write lock, and a projection after
+/// the fact held it about half the time under audited reads, with every read's events
+/// waiting behind it. On PostgreSQL the journal row carries the JSON and
+/// [`project_pending`] writes the resource rows later: there the chain head's row lock is what
+/// serialises appenders, and writing some twenty rows an event under it cut audited reads by
+/// a fifth (benches/README.md, session 12), while a projection in parallel blocks nobody.
 pub async fn insert_events(connection: &mut Db, registry: &crate::search::Registry, events: &[(Chained, serde_json::Value)]) -> Result<()> {
+    let inline = connection.0.backend_name() == "SQLite";
     let links: Vec<Vec<V>> = events
         .iter()
         .map(|(event, _)| {
@@ -53,12 +57,15 @@ pub async fn insert_events(connection: &mut Db, registry: &crate::search::Regist
                 V::Text(event.recorded.clone()),
                 V::Text(event.previous.clone()),
                 V::Text(event.digest.clone()),
-                V::Text(String::new()),
-                V::Integer(1),
+                V::Text(if inline { String::new() } else { event.content.clone() }),
+                V::Integer(i64::from(inline)),
             ]
         })
         .collect();
     super::query::insert_many(connection, "audit_log (chain, seq, event_id, recorded, previous, digest, content, projected)", &links).await?;
+    if !inline {
+        return Ok(());
+    }
     let rows: Vec<(String, String, BulkRow)> = events
         .iter()
         .map(|(event, resource)| {
