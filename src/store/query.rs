@@ -959,9 +959,14 @@ async fn current_many(connection: &mut Db, grant: &Grant, wanted: &[(String, Str
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = Sql::new(
-        "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM resources r WHERE ",
-    );
+    // The rows are looked up by primary key. SQLite is told so: its statistics, sampled with
+    // `analysis_limit`, once rated the (tenant, type, lastUpdated) index better for the
+    // access scope's tenant terms, and reading a page of 20 Patients walked the
+    // municipality's 22,000 (24 ms; 4 ms with the key, in the same database; session 12).
+    let source = if connection.0.backend_name() == "SQLite" { "resources r INDEXED BY sqlite_autoindex_resources_1" } else { "resources r" };
+    let mut sql = Sql::new(&format!(
+        "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM {source} WHERE "
+    ));
     sql.tenant_scope("r.tenant", grant);
     sql.push(" AND ");
     let mut types: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
