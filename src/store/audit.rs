@@ -168,8 +168,7 @@ pub async fn heads(connection: &mut Db) -> Result<Vec<Head>> {
 }
 
 /// Up to `limit` links of `chain` after sequence `after`, with the AuditEvent's JSON (the
-/// journal's, for events journaled before the resource row became the event's only copy)
-/// and its resource and version rows.
+/// link's own where it holds one, else the resource row's) and its resource and version rows.
 pub async fn links(connection: &mut Db, chain: &str, after: i64, limit: i64) -> Result<Vec<Link>> {
     let rows = sqlx::query(
         "SELECT l.seq, l.event_id, l.previous, l.digest, l.content, l.projected, r.content AS resource_content, \
@@ -193,7 +192,8 @@ pub async fn links(connection: &mut Db, chain: &str, after: i64, limit: i64) -> 
                 event_id: row.try_get("event_id")?,
                 previous: row.try_get("previous")?,
                 digest: row.try_get("digest")?,
-                // Since the journal stopped holding the JSON, the resource row is the event.
+                // Where the link holds no JSON (SQLite stores the event as its resource row
+                // at once), the resource row is the event.
                 in_journal: !journaled.is_empty(),
                 content: if journaled.is_empty() { resource_content.clone().unwrap_or_default() } else { journaled },
                 projected: row.try_get::<i64, _>("projected")? != 0,
