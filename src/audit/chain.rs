@@ -10,10 +10,10 @@
 //! [`GENESIS`] (64 zeros), or after pruning the digest of the last pruned event (the chain's
 //! anchor). The AuditEvent carries its own sequence number and its predecessor's digest in
 //! the `audit-chain` extension, so the stored JSON commits to its place. The journal
-//! (`audit_log`) holds each event's link (sequence, predecessor, digest); the JSON the digest
-//! covers is the AuditEvent's resource row, and its version row must equal it (journal rows of
-//! earlier versions hold the JSON themselves, and the rows projected from them must equal
-//! it). Changing a stored event breaks its digest or the equality; deleting one leaves a gap; inserting one
+//! (`audit_log`) holds each event's link (sequence, predecessor, digest) and, on PostgreSQL
+//! (and in SQLite databases an earlier version wrote), the JSON the digest covers, which the
+//! projected resource and version rows must equal; otherwise the resource row is that JSON
+//! and its version row must equal it. Changing a stored event breaks its digest or the equality; deleting one leaves a gap; inserting one
 //! breaks the predecessor link of the next; truncating the tail disagrees with the chain's
 //! head.
 //! Someone able to rewrite the whole tail *and* the head undetected can only be caught by
@@ -46,8 +46,8 @@ pub struct Link {
     /// The AuditEvent JSON the digest covers: the journal's copy where the journal holds one
     /// (`in_journal`), otherwise the resource row's (empty when that row is missing).
     pub content: String,
-    /// Whether the journal row holds the JSON itself (events journaled before the resource
-    /// row became the only copy).
+    /// Whether the journal row holds the JSON itself (PostgreSQL's links, and SQLite's
+    /// written by an earlier version).
     pub in_journal: bool,
     /// Whether the AuditEvent's resource rows were written from the journal.
     pub projected: bool,
