@@ -27,6 +27,7 @@ pub mod error;
 pub mod fhir;
 pub mod http;
 pub mod identity;
+pub mod import;
 pub mod outcome;
 pub mod policy;
 pub mod runtime;

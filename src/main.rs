@@ -87,6 +87,12 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Convert what existing systems write into FHIR and send it to the gateway as a SMART
+    /// Backend Services client (or, with --dry-run, write the Bundles as NDJSON).
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
     /// Print a signed client assertion (a JWT for SMART Backend Services' token request),
     /// valid for four minutes: a convenience for trying the token endpoint by hand.
     ClientAssertion {
@@ -103,6 +109,62 @@ enum Command {
         #[arg(long)]
         kid: String,
     },
+}
+
+#[derive(clap::Subcommand)]
+enum ImportSource {
+    /// An SS-MIX2 standardized storage (ISO-2022-JP HL7 v2.5 files under
+    /// ROOT/ID[1-3]/ID[4-6]/患者ID/診療日/データ種別/): ADT-00, PPR-01 and OMP-01 messages.
+    Ssmix2 {
+        #[command(flatten)]
+        client: ImportClient,
+        /// The hospital's 10-digit 医療機関コード (the patient identifier system's suffix).
+        #[arg(long)]
+        facility: String,
+        /// The hospital's Organization on the gateway (`Organization/…`): the registrar of
+        /// the persons its ADT-00 messages register.
+        #[arg(long)]
+        organization: Option<String>,
+        /// The storage's root directory.
+        root: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ImportClient {
+    /// The municipality's FHIR base URL, e.g. http://127.0.0.1:8080/ina/fhir.
+    #[arg(long, required_unless_present = "dry_run")]
+    base: Option<String>,
+    /// The backend-services client id registered at the gateway.
+    #[arg(long, required_unless_present = "dry_run")]
+    client_id: Option<String>,
+    /// The client's PKCS#8 PEM private key (RSA for RS384, P-384 for ES384).
+    #[arg(long, required_unless_present = "dry_run")]
+    key: Option<PathBuf>,
+    /// The key id in the client's JWK Set (default: the key file's name without extension).
+    #[arg(long)]
+    kid: Option<String>,
+    /// The scopes asked for.
+    #[arg(long, default_value = "system/*.cruds")]
+    scope: String,
+    /// Only files whose 発生日時 is on or after this day (YYYYMMDD).
+    #[arg(long)]
+    since: Option<String>,
+    /// The import's memory (what was sent); files sent before with the same content are
+    /// skipped, so a second or interrupted run sends only what is new.
+    #[arg(long, default_value = "renraku-import.state")]
+    state: PathBuf,
+    /// Read the mappings from this directory instead of the built-in `mappings/ssmix2/`.
+    #[arg(long)]
+    mappings: Option<PathBuf>,
+    /// Convert only: write the transaction Bundles to OUT/bundles.ndjson.
+    #[arg(long, requires = "out")]
+    dry_run: bool,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -272,6 +334,9 @@ async fn run() -> ExitCode {
         Command::Audit { action: AuditAction::Prune { settings, out } } => audit_prune(settings.overrides(), &out).await,
         Command::Admin { action: AdminAction::Client(action) } => admin_client(action).await,
         Command::ClientAssertion { client_id, audience, key, kid } => client_assertion(&client_id, &audience, &key, &kid),
+        Command::Import { source: ImportSource::Ssmix2 { client, facility, organization, root } } => {
+            import_ssmix2(client, facility, organization, &root).await
+        }
         Command::Generate { settings, tenant, patients, communications, seed, registrar, team_member } => {
             let volume = renraku::service::generate::Volume { patients, communications, seed, registrar, team_member };
             generate(settings.overrides(), &tenant, volume).await
@@ -374,22 +439,36 @@ fn create_private_file(path: &std::path::Path) -> Result<std::fs::File, String> 
 }
 
 fn client_assertion(client_id: &str, audience: &str, key: &std::path::Path, kid: &str) -> Result<(), String> {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let (algorithm, key) = match EncodingKey::from_rsa_pem(&pem) {
-        Ok(key) => (Algorithm::RS384, key),
-        Err(_) => (Algorithm::ES384, EncodingKey::from_ec_pem(&pem).map_err(|e| format!("not an RSA or EC private key: {e}"))?),
-    };
-    let mut header = Header::new(algorithm);
-    header.kid = Some(kid.to_owned());
-    let now = chrono::Utc::now().timestamp();
-    let claims = serde_json::json!({
-        "iss": client_id, "sub": client_id, "aud": audience,
-        "exp": now + 240, "iat": now, "jti": uuid::Uuid::new_v4().to_string()
-    });
-    let assertion = jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())?;
-    println!("{assertion}");
+    println!("{}", renraku::import::sign_client_assertion(client_id, audience, &pem, kid)?);
     Ok(())
+}
+
+async fn import_ssmix2(client: ImportClient, facility: String, organization: Option<String>, root: &std::path::Path) -> Result<(), String> {
+    use renraku::import::{self, mapping::Mappings, Options, Target};
+    if facility.len() != 10 || !facility.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("--facility '{facility}' is not a 10-digit 医療機関コード"));
+    }
+    let mappings = match &client.mappings {
+        Some(directory) => Mappings::from_directory(directory)?,
+        None => Mappings::ssmix2(),
+    };
+    let target = match (client.dry_run, client.out, client.base, client.client_id, client.key) {
+        (true, Some(out), ..) => Target::Files(out),
+        (false, _, Some(base), Some(client_id), Some(key)) => {
+            let kid = client.kid.unwrap_or_else(|| key.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            Target::Gateway(import::Gateway { base, client_id, key, kid, scope: client.scope })
+        }
+        _ => return Err("give --base, --client-id and --key, or --dry-run --out DIR".to_owned()),
+    };
+    let options = Options { facility, organization, since: client.since, state: client.state, mappings, progress: !client.quiet };
+    let summary = import::ssmix2(root, &options, &target).await?;
+    print!("{summary}");
+    if summary.rejected.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} file(s) rejected", summary.rejected.len()))
+    }
 }
 
 async fn audit_verify(overrides: Overrides, chain: Option<&str>) -> Result<(), String> {

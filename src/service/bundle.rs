@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::identity::Interaction;
+use crate::outcome::{Issue, OperationOutcome};
 use crate::audit::{Action, Entity};
 use crate::service::audit::Audit;
 use crate::service::writes::{self, Change, Outcome, WriteEntry};
@@ -188,7 +189,7 @@ impl Fhir {
         for (&index, outcome) in positions.iter().zip(outcomes) {
             let Some(request) = requests.get(index) else { continue };
             let response = match outcome {
-                Outcome::Written { stored, created, .. } => {
+                Outcome::Written { stored, created, unchanged } => {
                     let (interaction, subtype) = match request.method {
                         Method::Post => (Interaction::Create, "create"),
                         Method::Patch => (Interaction::Patch, "patch"),
@@ -198,7 +199,15 @@ impl Fhir {
                     if created && stored.resource_type == "Communication" {
                         created_resources.push(stored.resource.clone());
                     }
-                    entry_response(&stored, if created { "201 Created" } else { "200 OK" })
+                    let mut response = entry_response(&stored, if created { "201 Created" } else { "200 OK" });
+                    if unchanged {
+                        // As HAPI FHIR says it: the client learns that no version was written.
+                        let note = format!("no change: {}/{} stays at version {}", stored.resource_type, stored.id, stored.version_id);
+                        if let Some(answer) = response.get_mut("response").and_then(Value::as_object_mut) {
+                            answer.insert("outcome".into(), OperationOutcome::new(vec![Issue::information(note)]).to_json());
+                        }
+                    }
+                    response
                 }
                 Outcome::Deleted { target, deleted, cascaded } => {
                     for (target, deleted) in target.map(|t| (t, deleted)).into_iter().chain(cascaded) {

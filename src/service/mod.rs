@@ -52,7 +52,7 @@ impl Outcome {
     /// What a create, update or patch wrote.
     fn written(self) -> Result<Written> {
         match self {
-            Outcome::Written { stored, created, .. } => Ok(Written { stored, created }),
+            Outcome::Written { stored, created, unchanged } => Ok(Written { stored, created, unchanged }),
             Outcome::Deleted { .. } => Err(Error::internal("a create, update or patch deleted")),
         }
     }
@@ -65,6 +65,9 @@ pub struct Written {
     /// True when a new resource came into being (201), false for an update or a
     /// conditional create that found its match (200).
     pub created: bool,
+    /// True when an update or patch changed nothing: the current version stands (200, no
+    /// new version).
+    pub unchanged: bool,
 }
 
 /// The FHIR interactions (this module and its children: read, write, search, history,
@@ -235,7 +238,7 @@ impl Fhir {
         let (transaction, mut outcomes) = self.write_entries(context, vec![entry]).await?;
         let outcome = outcomes.pop().ok_or_else(|| Error::internal("a single write had no outcome"))?;
         match &outcome {
-            Outcome::Written { stored, created } => {
+            Outcome::Written { stored, created, .. } => {
                 self.commit_audited(transaction, context, audit, &[&stored.resource], Vec::new()).await?;
                 if *created {
                     self.announce_posted(context, [&stored.resource]);
@@ -495,7 +498,7 @@ impl Fhir {
                     }
                     let stored =
                         self.write_version(connection, grant, resource_type, id, validated, None, method).await?;
-                    return Ok(Written { stored, created: true });
+                    return Ok(Written { stored, created: true, unchanged: false });
                 }
                 Some(current) => {
                     if let Some(expected) = if_match {
@@ -510,7 +513,10 @@ impl Fhir {
                         .write_version(connection, grant, resource_type, id, validated.clone(), Some(&current), method)
                         .await;
                     match attempt {
-                        Ok(stored) => return Ok(Written { stored, created: current.deleted }),
+                        Ok(stored) => {
+                            let unchanged = stored.version_id == current.version_id;
+                            return Ok(Written { stored, created: current.deleted, unchanged });
+                        }
                         Err(Error::PreconditionFailed(_)) if if_match.is_none() => continue,
                         Err(error) => return Err(error),
                     }
@@ -557,7 +563,8 @@ impl Fhir {
         self.check_system_sender(connection, principal, &resource).await?;
         let validated = self.validator.validate(resource).map_err(Error::Unprocessable)?;
         let stored = self.write_version(connection, grant, resource_type, id, validated, Some(&current), "PATCH").await?;
-        Ok(Written { stored, created: false })
+        let unchanged = stored.version_id == current.version_id;
+        Ok(Written { stored, created: false, unchanged })
     }
 
     pub(crate) async fn delete_in(
@@ -646,6 +653,20 @@ impl Fhir {
         self.tag_owner(&mut resource, &tenant);
         // The owner's tag is in place now: its index row, and `_lastUpdated` is a column.
         self.index_owner_tag(&mut index, &resource);
+        // An update that changes nothing keeps the current version (as HAPI FHIR and Firely
+        // do): no new version, no notification; the caller learns it from `Written::unchanged`.
+        if let Some(current) = current.filter(|current| !current.deleted && resource_type != "Binary") {
+            if let Some(previous) = unchanged_from(current, &resource) {
+                self.check_granular_write(connection, grant, resource_type, id).await?;
+                return Ok(Stored {
+                    resource_type: resource_type.to_owned(),
+                    id: id.to_owned(),
+                    version_id: current.version_id,
+                    last_updated: current.last_updated.clone(),
+                    resource: previous,
+                });
+            }
+        }
         let content = serde_json::to_string(&resource)?;
         let new = NewVersion {
             resource_type,
@@ -665,8 +686,13 @@ impl Fhir {
                 }
             }
         }
+        self.check_granular_write(connection, grant, resource_type, id).await?;
+        Ok(Stored { resource_type: resource_type.to_owned(), id: id.to_owned(), version_id, last_updated, resource })
+    }
+
+    /// Under a granular scope, what was written must match its search, or nothing is kept.
+    async fn check_granular_write(&self, connection: &mut crate::store::Db, grant: &policy::WriteGrant, resource_type: &str, id: &str) -> Result<()> {
         if grant.filters(resource_type) {
-            // A granular scope: what was written must match its search, or nothing is kept.
             let query = crate::search::SearchQuery {
                 resource_types: vec![resource_type.to_owned()],
                 criteria: vec![crate::search::Criterion::Id(vec![id.to_owned()])],
@@ -678,7 +704,7 @@ impl Fhir {
                 return Err(Error::Forbidden(format!("the access token's scopes do not allow this {resource_type} to be written")));
             }
         }
-        Ok(Stored { resource_type: resource_type.to_owned(), id: id.to_owned(), version_id, last_updated, resource })
+        Ok(())
     }
 
     /// A resource's index rows: its search parameters' values and the access links it
@@ -1047,6 +1073,18 @@ fn stamp(resource: &mut Value, id: &str, version_id: i64, last_updated: &str) {
         meta.insert("versionId".into(), json!(version_id.to_string()));
         meta.insert("lastUpdated".into(), json!(last_updated));
     }
+}
+
+/// The current version's resource when `candidate` (stamped and tagged for writing) differs
+/// from it only in `meta.versionId` and `meta.lastUpdated`; None when anything else differs.
+fn unchanged_from(current: &CurrentRow, candidate: &Value) -> Option<Value> {
+    let previous: Value = serde_json::from_str(current.content.as_deref()?).ok()?;
+    let mut candidate = candidate.clone();
+    if let Some(meta) = candidate.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.insert("versionId".into(), previous.pointer("/meta/versionId").cloned().unwrap_or(Value::Null));
+        meta.insert("lastUpdated".into(), previous.pointer("/meta/lastUpdated").cloned().unwrap_or(Value::Null));
+    }
+    (candidate == previous).then_some(previous)
 }
 
 pub(crate) fn stored_from_current(row: Option<CurrentRow>, resource_type: &str, id: &str) -> Result<Stored> {

@@ -107,8 +107,9 @@ impl WriteEntry {
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     /// A version was written (`created` for a new resource), or a conditional create found
-    /// its match (`created` false; nothing was written).
-    Written { stored: Stored, created: bool },
+    /// its match (`created` false; nothing was written), or an update changed nothing
+    /// (`unchanged`: the current version stands).
+    Written { stored: Stored, created: bool, unchanged: bool },
     /// A delete: of `target` (`Type/id`; None when a conditional delete matched nothing),
     /// with the version it deleted (None when there was nothing to delete), and what a
     /// cascade deleted with it (each `Type/id` with its last version).
@@ -270,7 +271,7 @@ impl Fhir {
                 None => self.decide_write(&mut transaction, context, entry).await?,
             };
             if let Some(stored) = matched.get_mut(i).and_then(Option::take) {
-                put(&mut outcomes, i, Outcome::Written { stored, created: false });
+                put(&mut outcomes, i, Outcome::Written { stored, created: false, unchanged: false });
                 continue;
             }
             let id = ids.get(i).cloned().flatten().unwrap_or_default();
@@ -280,9 +281,9 @@ impl Fhir {
                         Some(validated) => validated,
                         None => self.validate(entry, entry.body.clone().unwrap_or(Value::Null))?,
                     };
-                    let Written { stored, created } = if let Change::Create { .. } = entry.change {
+                    let Written { stored, created, unchanged } = if let Change::Create { .. } = entry.change {
                         let stored = self.write_version(&mut transaction, &grant, resource_type, &id, validated, None, "POST").await.map_err(located)?;
-                        Written { stored, created: true }
+                        Written { stored, created: true, unchanged: false }
                     } else {
                         self.update_in(&mut transaction, &grant, resource_type, &id, validated, entry.if_match, "PUT").await.map_err(located)?
                     };
@@ -290,14 +291,14 @@ impl Fhir {
                         self.keep_subscription(&mut transaction, context, &stored).await.map_err(located)?;
                     }
                     written.push((i, grant, stored.clone()));
-                    Outcome::Written { stored, created }
+                    Outcome::Written { stored, created, unchanged }
                 }
                 Change::Patch { id, patch } => {
                     self.require_readable(&mut transaction, context, resource_type, id).await.map_err(located)?;
-                    let Written { stored, created } =
+                    let Written { stored, created, unchanged } =
                         self.patch_in(&mut transaction, &grant, resource_type, id, patch.clone(), entry.if_match, &context.principal).await.map_err(located)?;
                     written.push((i, grant, stored.clone()));
-                    Outcome::Written { stored, created }
+                    Outcome::Written { stored, created, unchanged }
                 }
                 Change::Delete { id, cascade } => {
                     let cascaded = self.clear_referrers(&mut transaction, context, &grant, resource_type, id, *cascade).await.map_err(located)?;

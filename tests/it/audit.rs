@@ -85,6 +85,9 @@ async fn every_interaction_leaves_its_event(backend: Backend) {
         "subject": { "reference": "Patient/p1" }, "valueQuantity": { "value": 36.5, "unit": "Cel" }
     });
     server.put("/ina/fhir/Observation/o1", &observation).await.expect(201);
+    // An update that changes something (an unchanged one keeps the version).
+    let mut changed = observation.clone();
+    changed["valueQuantity"]["value"] = json!(36.8);
     let patch = json!([{ "op": "replace", "path": "/status", "value": "amended" }]);
     let transaction = json!({
         "resourceType": "Bundle", "type": "transaction",
@@ -106,7 +109,7 @@ async fn every_interaction_leaves_its_event(backend: Backend) {
         Case { name: "history-type", method: Method::GET, path: "/ina/fhir/Observation/_history".into(), body: None, content_type: "", subtype: "history-type", action: "R", names: vec!["Observation/o1/_history/1".into(), "Patient/p1".into()] },
         Case { name: "history-system", method: Method::GET, path: "/ina/fhir/_history".into(), body: None, content_type: "", subtype: "history-system", action: "R", names: vec!["Patient/p1".into()] },
         Case { name: "create", method: Method::POST, path: "/ina/fhir/Observation".into(), body: Some(json!({ "resourceType": "Observation", "status": "final", "code": { "text": "血圧" }, "subject": { "reference": "Patient/p1" } })), content_type: "application/fhir+json", subtype: "create", action: "C", names: vec!["Patient/p1".into()] },
-        Case { name: "update", method: Method::PUT, path: "/ina/fhir/Observation/o1".into(), body: Some(observation.clone()), content_type: "application/fhir+json", subtype: "update", action: "U", names: vec!["Observation/o1/_history/2".into(), "Patient/p1".into()] },
+        Case { name: "update", method: Method::PUT, path: "/ina/fhir/Observation/o1".into(), body: Some(changed), content_type: "application/fhir+json", subtype: "update", action: "U", names: vec!["Observation/o1/_history/2".into(), "Patient/p1".into()] },
         Case { name: "patch", method: Method::PATCH, path: "/ina/fhir/Observation/o1".into(), body: Some(patch), content_type: "application/json-patch+json", subtype: "patch", action: "U", names: vec!["Observation/o1/_history/3".into(), "Patient/p1".into()] },
         Case { name: "conditional update", method: Method::PUT, path: "/ina/fhir/Observation?_id=o1".into(), body: Some(observation.clone()), content_type: "application/fhir+json", subtype: "update", action: "U", names: vec!["Observation/o1/_history/4".into()] },
         Case { name: "delete", method: Method::DELETE, path: "/ina/fhir/Observation/o1".into(), body: None, content_type: "", subtype: "delete", action: "D", names: vec!["Observation/o1".into(), "Patient/p1".into()] },

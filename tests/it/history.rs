@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::support::{Backend, Server};
+use crate::support::{Backend, Server, Who};
 
 /// Follows `next` links from `path`, collecting (type/id, version) of every entry.
 async fn walk(server: &Server, path: &str) -> Vec<String> {
@@ -71,4 +71,41 @@ async fn since_filters_by_time(backend: Backend) {
     server.get("/ina/fhir/Patient/nope/_history").await.expect(404);
 }
 
-both_backends!(paging_through_history, since_filters_by_time);
+/// An update that changes nothing keeps the version, as HAPI FHIR and Firely do: the care
+/// manager's office system sends its whole record again (say, a nightly export).
+async fn an_unchanged_update_keeps_the_version(backend: Backend) {
+    let server = Server::start_as(backend, Who::CareManager).await;
+    let mut person = crate::policy::patient("x", "伊那", "office");
+    person.as_object_mut().expect("an object").remove("id");
+    let created = server.post("/ina/fhir/Patient", &person).await;
+    created.expect(201);
+    let id = created.json()["id"].as_str().expect("an id").to_owned();
+    let path = format!("/ina/fhir/Patient/{id}");
+    let mut again = person.clone();
+    again["id"] = json!(id);
+    // Whatever the client says of versionId and lastUpdated, nothing else changed.
+    again["meta"] = json!({ "versionId": "7", "lastUpdated": "2020-01-01T00:00:00Z" });
+    let reply = server.put(&path, &again).await;
+    reply.expect(200);
+    assert_eq!(reply.json()["meta"]["versionId"], "1");
+    assert_eq!(reply.header("etag").as_deref(), Some("W/\"1\""));
+    assert_eq!(server.get(&format!("{path}/_history")).await.json()["total"], 1);
+    // In a transaction the entry says so.
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "resource": again, "request": { "method": "PUT", "url": format!("Patient/{id}") } }
+    ]});
+    let answer = server.post("/ina/fhir", &bundle).await;
+    answer.expect(200);
+    let response = &answer.json()["entry"][0]["response"];
+    assert_eq!(response["status"], "200 OK");
+    assert_eq!(response["outcome"]["issue"][0]["diagnostics"], format!("no change: Patient/{id} stays at version 1"));
+    // A change is a new version.
+    let mut changed = again.clone();
+    changed["name"][0]["given"] = json!(["花子"]);
+    let reply = server.put(&path, &changed).await;
+    reply.expect(200);
+    assert_eq!(reply.json()["meta"]["versionId"], "2");
+    assert_eq!(server.get(&format!("{path}/_history")).await.json()["total"], 2);
+}
+
+both_backends!(paging_through_history, since_filters_by_time, an_unchanged_update_keeps_the_version);

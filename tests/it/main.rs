@@ -18,6 +18,7 @@ mod conformance;
 mod crud;
 mod errors;
 mod history;
+mod imports;
 mod nodes;
 mod openid_provider;
 mod operations;

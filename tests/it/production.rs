@@ -17,7 +17,7 @@ use crate::support::{new_database, Backend};
 use crate::both_backends;
 
 /// The binary's command line with the deployment's settings; its standard output.
-fn renraku(arguments: &[&str], settings: &[&str]) -> Result<String, String> {
+pub(crate) fn renraku(arguments: &[&str], settings: &[&str]) -> Result<String, String> {
     let output = Command::new(env!("CARGO_BIN_EXE_renraku"))
         .args(arguments)
         .args(settings)
@@ -50,7 +50,7 @@ async fn backend_token(node: &Node, client_id: &str, key: &Path, kid: &str, tena
     (status, reply.json().await.unwrap_or(Value::Null))
 }
 
-async fn bearer(node: &Node, client_id: &str, key: &Path, kid: &str, tenant: &str, scope: &str) -> String {
+pub(crate) async fn bearer(node: &Node, client_id: &str, key: &Path, kid: &str, tenant: &str, scope: &str) -> String {
     let (status, answer) = backend_token(node, client_id, key, kid, tenant, scope).await;
     assert_eq!(status, 200, "a token for {client_id}: {answer}");
     answer["access_token"].as_str().unwrap_or_default().to_owned()
@@ -68,7 +68,7 @@ async fn call(node: &Node, token: &str, method: reqwest::Method, path: &str, bod
     (status, reply.json().await.unwrap_or(Value::Null))
 }
 
-fn demo_key(name: &str) -> PathBuf {
+pub(crate) fn demo_key(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("demo/keys").join(name)
 }
 

@@ -1,0 +1,464 @@
+//! `renraku import`: the client that runs at the hospital (or the care office), converts
+//! what existing systems write into FHIR and sends it to the gateway over HTTP as a SMART
+//! Backend Services client — so the gateway stays the only place that decides and audits.
+//!
+//! - [`hl7`]: ISO-2022-JP decoding and HL7 v2 parsing;
+//! - [`mapping`]: the one engine interpreting the declarative mappings of `mappings/`;
+//! - [`ssmix2`]: the standardized storage's layout, file names and condition flags;
+//! - this module: one transaction Bundle per message (created or updated by identifier, so
+//!   a second run changes nothing), the import's memory (what was sent, for `--since`-less
+//!   incremental and resumed runs), progress and the summary.
+
+pub mod hl7;
+pub mod mapping;
+pub mod ssmix2;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use hl7::Problem;
+use mapping::{Mappings, Produced};
+use ssmix2::{Action, StoredFile};
+
+/// Where the Bundles go.
+pub enum Target {
+    /// `--dry-run --out DIR`: `DIR/bundles.ndjson`, one Bundle per line.
+    Files(PathBuf),
+    /// The gateway, as a SMART Backend Services client.
+    Gateway(Gateway),
+}
+
+/// The gateway and the client's credentials.
+pub struct Gateway {
+    /// The municipality's FHIR base, e.g. `https://renraku.example.jp/ina/fhir`.
+    pub base: String,
+    pub client_id: String,
+    /// The client's private key (PEM, RSA for RS384 or EC P-384 for ES384).
+    pub key: PathBuf,
+    /// The key's id in the client's registered JWKS.
+    pub kid: String,
+    pub scope: String,
+}
+
+/// What the import is given besides the storage.
+pub struct Options {
+    /// The hospital's 10-digit 医療機関コード (patient identifier system).
+    pub facility: String,
+    /// The gateway's Organization of the hospital (`Organization/…`), the registrar of the
+    /// persons its ADT-00 registers.
+    pub organization: Option<String>,
+    /// Only files whose 発生日時 is on or after this day (`YYYYMMDD`).
+    pub since: Option<String>,
+    /// The import's memory: a line per file sent (digest and path). Files already in it
+    /// with the same content are not sent again.
+    pub state: PathBuf,
+    pub mappings: Mappings,
+    pub progress: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub files_read: usize,
+    pub messages_converted: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+    pub already_sent: usize,
+    pub superseded: usize,
+    pub ignored: usize,
+    pub before_since: usize,
+    /// `(file, reason)`.
+    pub rejected: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "files read: {}", self.files_read)?;
+        writeln!(f, "messages converted: {}", self.messages_converted)?;
+        writeln!(f, "resources created: {}, updated: {}, unchanged: {}, deleted: {}", self.created, self.updated, self.unchanged, self.deleted)?;
+        writeln!(
+            f,
+            "skipped: already sent {}, superseded {}, not mapped (withdrawals) {}, before --since {}",
+            self.already_sent, self.superseded, self.ignored, self.before_since
+        )?;
+        writeln!(f, "rejected: {}", self.rejected.len())?;
+        for (file, reason) in &self.rejected {
+            writeln!(f, "  {file}: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Imports an SS-MIX2 standardized storage.
+pub async fn ssmix2(root: &Path, options: &Options, target: &Target) -> Result<Summary, String> {
+    let plan = ssmix2::plan(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let mut summary = Summary { files_read: plan.read, superseded: plan.superseded.len(), ..Summary::default() };
+    summary.rejected.extend(plan.problems.iter().cloned());
+    let mut memory = Memory::open(&options.state)?;
+    let mut sender = match target {
+        Target::Gateway(gateway) => Some(Sender::new(gateway)?),
+        Target::Files(directory) => {
+            std::fs::create_dir_all(directory).map_err(|e| format!("{}: {e}", directory.display()))?;
+            None
+        }
+    };
+    let mut out = match target {
+        Target::Files(directory) => {
+            let path = directory.join("bundles.ndjson");
+            Some(std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?))
+        }
+        Target::Gateway(_) => None,
+    };
+    let progress = progress_bar(options.progress, plan.files.len());
+    for (file, action) in &plan.files {
+        progress.set_message(file.relative.clone());
+        progress.inc(1);
+        if options.since.as_deref().is_some_and(|since| file.occurred.as_str() < since) {
+            summary.before_since += 1;
+            continue;
+        }
+        let bytes = std::fs::read(&file.path).map_err(|e| format!("{}: {e}", file.relative))?;
+        let digest = hex(&Sha256::digest(&bytes));
+        if memory.sent(&file.relative, &digest) {
+            summary.already_sent += 1;
+            continue;
+        }
+        let bundle = match bundle_of(file, action, &bytes, options) {
+            Ok(Some(bundle)) => bundle,
+            Ok(None) => {
+                summary.ignored += 1;
+                continue;
+            }
+            Err(problem) => {
+                summary.rejected.push((file.relative.clone(), problem.to_string()));
+                continue;
+            }
+        };
+        summary.messages_converted += 1;
+        if let Some(out) = out.as_mut() {
+            writeln!(out, "{bundle}").map_err(|e| e.to_string())?;
+            continue;
+        }
+        let Some(sender) = sender.as_mut() else { continue };
+        match sender.transaction(&bundle).await? {
+            Ok(counts) => {
+                summary.created += counts.created;
+                summary.updated += counts.updated;
+                summary.unchanged += counts.unchanged;
+                summary.deleted += counts.deleted;
+                memory.remember(&file.relative, &digest)?;
+            }
+            Err(reason) => summary.rejected.push((file.relative.clone(), reason)),
+        }
+    }
+    progress.finish_and_clear();
+    if let Some(mut out) = out {
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(summary)
+}
+
+fn progress_bar(wanted: bool, total: usize) -> indicatif::ProgressBar {
+    if !wanted || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} eta {eta} {wide_msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The transaction Bundle of one stored file: None when the mapping does not map its
+/// message type (a withdrawal such as ADT^A23).
+fn bundle_of(file: &StoredFile, action: &Action, bytes: &[u8], options: &Options) -> Result<Option<Value>, Problem> {
+    let mapping = options
+        .mappings
+        .for_data_type(&file.data_type)
+        .ok_or_else(|| Problem::new("", format!("no mapping for data type {} (mappings/ssmix2/)", file.data_type)))?;
+    let text = hl7::decode_iso_2022_jp(bytes)?;
+    let message = hl7::Message::parse(&text)?;
+    if mapping::ignored(mapping, &message) {
+        return Ok(None);
+    }
+    let in_message = message.repetitions(message.segment_names().iter().position(|n| *n == "PID").unwrap_or(usize::MAX), 3);
+    let patient = in_message.first().map(|r| r.value(1, 1)).unwrap_or_default();
+    if patient != file.patient_id {
+        return Err(Problem::new("PID-3", format!("the message is of patient '{patient}', its file name says '{}'", file.patient_id)));
+    }
+    let mut given = HashMap::from([
+        ("facility".to_owned(), options.facility.clone()),
+        ("patientId".to_owned(), file.patient_id.clone()),
+        ("orderNo".to_owned(), file.order_no.clone()),
+        ("dataType".to_owned(), file.data_type.clone()),
+        ("occurred".to_owned(), file.occurred.clone()),
+    ]);
+    if let Some(organization) = &options.organization {
+        given.insert("organization".to_owned(), organization.clone());
+    }
+    let produced = mapping::convert(mapping, &message, &given)?;
+    let entries: Vec<Value> = match action {
+        Action::Upsert => produced.iter().map(upsert_entry).collect(),
+        // A person is not deleted by an import (registration is the registrar's decision).
+        Action::Delete => produced.iter().filter(|p| p.resource_type != "Patient").map(delete_entry).collect(),
+    };
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })))
+}
+
+/// What a search by token needs escaped in a query value (`|` separates system and code).
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b':').remove(b'/');
+
+fn condition(produced: &Produced) -> String {
+    format!(
+        "{}?identifier={}|{}",
+        produced.resource_type,
+        utf8_percent_encode(&produced.system, QUERY_VALUE),
+        utf8_percent_encode(&produced.value, QUERY_VALUE)
+    )
+}
+
+fn upsert_entry(produced: &Produced) -> Value {
+    // The same placeholder for the same identifier in every run (reproducible dry runs).
+    let digest = Sha256::digest(format!("{}|{}|{}", produced.resource_type, produced.system, produced.value));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+    let placeholder = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    json!({
+        "fullUrl": format!("urn:uuid:{placeholder}"),
+        "resource": produced.resource,
+        "request": { "method": "PUT", "url": condition(produced) }
+    })
+}
+
+fn delete_entry(produced: &Produced) -> Value {
+    json!({ "request": { "method": "DELETE", "url": condition(produced) } })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The import's memory: `digest path` lines, appended (and flushed) as each file is
+/// acknowledged, so an interrupted import resumes where it stopped.
+struct Memory {
+    sent: HashSet<(String, String)>,
+    file: std::fs::File,
+}
+
+impl Memory {
+    fn open(path: &Path) -> Result<Memory, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => return Err(format!("{}: {error}", path.display())),
+        };
+        let sent = text
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .map(|(digest, relative)| (relative.to_owned(), digest.to_owned()))
+            .collect();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Memory { sent, file })
+    }
+
+    fn sent(&self, relative: &str, digest: &str) -> bool {
+        self.sent.contains(&(relative.to_owned(), digest.to_owned()))
+    }
+
+    fn remember(&mut self, relative: &str, digest: &str) -> Result<(), String> {
+        writeln!(self.file, "{digest} {relative}").and_then(|()| self.file.sync_data()).map_err(|e| format!("the import's memory: {e}"))?;
+        self.sent.insert((relative.to_owned(), digest.to_owned()));
+        Ok(())
+    }
+}
+
+/// What one transaction did.
+#[derive(Debug, Default)]
+struct Counts {
+    created: usize,
+    updated: usize,
+    unchanged: usize,
+    deleted: usize,
+}
+
+/// Sends transactions with a Backend Services token, fetched again when it expires.
+struct Sender {
+    http: reqwest::Client,
+    base: String,
+    client_id: String,
+    key: Vec<u8>,
+    kid: String,
+    scope: String,
+    token_url: Option<String>,
+    token: Option<String>,
+}
+
+impl Sender {
+    fn new(gateway: &Gateway) -> Result<Sender, String> {
+        let key = std::fs::read(&gateway.key).map_err(|e| format!("{}: {e}", gateway.key.display()))?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().map_err(|e| e.to_string())?;
+        Ok(Sender {
+            http,
+            base: gateway.base.trim_end_matches('/').to_owned(),
+            client_id: gateway.client_id.clone(),
+            key,
+            kid: gateway.kid.clone(),
+            scope: gateway.scope.clone(),
+            token_url: None,
+            token: None,
+        })
+    }
+
+    /// A token by SMART Backend Services (client_credentials with a signed assertion).
+    async fn authenticate(&mut self) -> Result<String, String> {
+        let token_url = match &self.token_url {
+            Some(url) => url.clone(),
+            None => {
+                let discovery = format!("{}/.well-known/smart-configuration", self.base);
+                let configuration: Value = self.http.get(&discovery).send().await.map_err(|e| format!("{discovery}: {e}"))?.json().await.map_err(|e| format!("{discovery}: {e}"))?;
+                let url = configuration.get("token_endpoint").and_then(Value::as_str).ok_or_else(|| format!("{discovery} names no token_endpoint"))?.to_owned();
+                self.token_url = Some(url.clone());
+                url
+            }
+        };
+        let assertion = sign_client_assertion(&self.client_id, &token_url, &self.key, &self.kid)?;
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("scope", self.scope.as_str()),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", assertion.as_str()),
+        ];
+        let reply = self.http.post(&token_url).form(&form).send().await.map_err(|e| format!("{token_url}: {e}"))?;
+        let status = reply.status();
+        let answer: Value = reply.json().await.unwrap_or(Value::Null);
+        let token = answer.get("access_token").and_then(Value::as_str).filter(|_| status.is_success()).ok_or_else(|| {
+            format!("the gateway refused the client '{}' a token ({status}): {}", self.client_id, answer.get("error_description").or(answer.get("error")).and_then(Value::as_str).unwrap_or(""))
+        })?;
+        self.token = Some(token.to_owned());
+        Ok(token.to_owned())
+    }
+
+    /// Posts one transaction: Ok(counts) when it committed, Ok(Err(reason)) when the gateway
+    /// refused it (nothing of it was written), Err when the gateway cannot be reached or keeps
+    /// failing (the import stops; its memory lets it resume).
+    async fn transaction(&mut self, bundle: &Value) -> Result<Result<Counts, String>, String> {
+        let mut refreshed = false;
+        let mut attempt = 0u32;
+        loop {
+            let token = match &self.token {
+                Some(token) => token.clone(),
+                None => self.authenticate().await?,
+            };
+            let sent = self
+                .http
+                .post(&self.base)
+                .bearer_auth(&token)
+                .header("content-type", "application/fhir+json")
+                .header("accept", "application/fhir+json")
+                .body(bundle.to_string())
+                .send()
+                .await;
+            let reply = match sent {
+                Ok(reply) => reply,
+                Err(error) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(%error, attempt, "the gateway did not answer; trying again");
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                    continue;
+                }
+                Err(error) => return Err(format!("the gateway did not answer: {error}")),
+            };
+            let status = reply.status().as_u16();
+            let answer: Value = reply.json().await.unwrap_or(Value::Null);
+            match status {
+                200 => return Ok(Ok(counts(&answer))),
+                401 if !refreshed => {
+                    refreshed = true;
+                    self.token = None;
+                }
+                429 | 502 | 503 | 504 if attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(1000 * u64::from(attempt))).await;
+                }
+                500..=599 => return Err(format!("the gateway failed ({status}): {}", reasons(&answer))),
+                _ => return Ok(Err(format!("refused ({status}): {}", reasons(&answer)))),
+            }
+        }
+    }
+}
+
+/// The counts of a transaction-response.
+fn counts(response: &Value) -> Counts {
+    let mut counts = Counts::default();
+    for entry in response.get("entry").and_then(Value::as_array).into_iter().flatten() {
+        let status = entry.pointer("/response/status").and_then(Value::as_str).unwrap_or_default();
+        let unchanged = entry
+            .pointer("/response/outcome/issue")
+            .and_then(Value::as_array)
+            .is_some_and(|issues| issues.iter().any(|issue| issue.get("diagnostics").and_then(Value::as_str).is_some_and(|d| d.starts_with("no change"))));
+        match status.split(' ').next().unwrap_or_default() {
+            "201" => counts.created += 1,
+            "200" if unchanged => counts.unchanged += 1,
+            "200" => counts.updated += 1,
+            "204" => counts.deleted += 1,
+            _ => {}
+        }
+    }
+    counts
+}
+
+/// An OperationOutcome's issues as one line: diagnostics with their element paths.
+fn reasons(outcome: &Value) -> String {
+    let issues: Vec<String> = outcome
+        .get("issue")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|issue| {
+            let text = issue.get("diagnostics").and_then(Value::as_str).unwrap_or_default();
+            let paths: Vec<&str> = issue.get("expression").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+            if paths.is_empty() {
+                text.to_owned()
+            } else {
+                format!("{text} ({})", paths.join(", "))
+            }
+        })
+        .collect();
+    if issues.is_empty() {
+        "no OperationOutcome".to_owned()
+    } else {
+        issues.join("; ")
+    }
+}
+
+/// A client assertion (RFC 7523) for SMART Backend Services: RS384 for an RSA key, ES384
+/// for an EC key, valid for four minutes.
+pub fn sign_client_assertion(client_id: &str, audience: &str, pem: &[u8], kid: &str) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let (algorithm, key) = match EncodingKey::from_rsa_pem(pem) {
+        Ok(key) => (Algorithm::RS384, key),
+        Err(_) => (Algorithm::ES384, EncodingKey::from_ec_pem(pem).map_err(|e| format!("not an RSA or EC private key: {e}"))?),
+    };
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.to_owned());
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": client_id, "sub": client_id, "aud": audience,
+        "exp": now + 240, "iat": now, "jti": uuid::Uuid::new_v4().to_string()
+    });
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
+}
