@@ -128,6 +128,27 @@ enum ImportSource {
         /// The storage's root directory.
         root: PathBuf,
     },
+    /// Care-plan CSV files of the ケアプランデータ連携 standard (4.1; MS932): 利用者補足情報
+    /// (UPHOSOKU_…), 第1表 (UP1KYO_…), 第2表 (UP2KYO_…), 第6表 予定/実績 (UPPLAN_…, UPJSK_…).
+    Careplan {
+        #[command(flatten)]
+        client: ImportClient,
+        /// The care office's Organization on the gateway (`Organization/…`): the registrar
+        /// of the persons its 利用者補足情報 registers.
+        #[arg(long)]
+        organization: Option<String>,
+        /// The CSV files, read in the order the standard gives (person, plan, month).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// A municipality's directory roster (CSV with a header row; MS932 or UTF-8 with a BOM):
+    /// offices, professionals and their roles, as the municipality's administrator.
+    Roster {
+        #[command(flatten)]
+        client: ImportClient,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -337,6 +358,14 @@ async fn run() -> ExitCode {
         Command::Import { source: ImportSource::Ssmix2 { client, facility, organization, root } } => {
             import_ssmix2(client, facility, organization, &root).await
         }
+        Command::Import { source: ImportSource::Careplan { client, organization, files } } => {
+            let files = renraku::import::careplan_order(&files);
+            import_csv(client, organization, &files).await
+        }
+        Command::Import { source: ImportSource::Roster { client, files } } => {
+            let files: Vec<(PathBuf, String)> = files.into_iter().map(|file| (file, "roster".to_owned())).collect();
+            import_csv(client, None, &files).await
+        }
         Command::Generate { settings, tenant, patients, communications, seed, registrar, team_member } => {
             let volume = renraku::service::generate::Volume { patients, communications, seed, registrar, team_member };
             generate(settings.overrides(), &tenant, volume).await
@@ -445,13 +474,24 @@ fn client_assertion(client_id: &str, audience: &str, key: &std::path::Path, kid:
 }
 
 async fn import_ssmix2(client: ImportClient, facility: String, organization: Option<String>, root: &std::path::Path) -> Result<(), String> {
-    use renraku::import::{self, mapping::Mappings, Options, Target};
     if facility.len() != 10 || !facility.chars().all(|c| c.is_ascii_digit()) {
         return Err(format!("--facility '{facility}' is not a 10-digit 医療機関コード"));
     }
+    let (options, target) = import_settings(client, facility, organization)?;
+    report(renraku::import::ssmix2(root, &options, &target).await?)
+}
+
+async fn import_csv(client: ImportClient, organization: Option<String>, files: &[(PathBuf, String)]) -> Result<(), String> {
+    let (options, target) = import_settings(client, String::new(), organization)?;
+    report(renraku::import::csv_files(files, &options, &target).await?)
+}
+
+/// The import's options and where its Bundles go, from the command line.
+fn import_settings(client: ImportClient, facility: String, organization: Option<String>) -> Result<(renraku::import::Options, renraku::import::Target), String> {
+    use renraku::import::{self, mapping::Mappings, Options, Target};
     let mappings = match &client.mappings {
         Some(directory) => Mappings::from_directory(directory)?,
-        None => Mappings::ssmix2(),
+        None => Mappings::builtin(),
     };
     let target = match (client.dry_run, client.out, client.base, client.client_id, client.key) {
         (true, Some(out), ..) => Target::Files(out),
@@ -462,12 +502,16 @@ async fn import_ssmix2(client: ImportClient, facility: String, organization: Opt
         _ => return Err("give --base, --client-id and --key, or --dry-run --out DIR".to_owned()),
     };
     let options = Options { facility, organization, since: client.since, state: client.state, mappings, progress: !client.quiet };
-    let summary = import::ssmix2(root, &options, &target).await?;
+    Ok((options, target))
+}
+
+/// Prints the summary; anything rejected makes the exit status 1.
+fn report(summary: renraku::import::Summary) -> Result<(), String> {
     print!("{summary}");
     if summary.rejected.is_empty() {
         Ok(())
     } else {
-        Err(format!("{} file(s) rejected", summary.rejected.len()))
+        Err(format!("{} rejected", summary.rejected.len()))
     }
 }
 

@@ -1,4 +1,5 @@
-//! HL7 v2 messages as SS-MIX2 stores them: ISO-2022-JP bytes, decoded to Unicode *before*
+//! What the mapping engine reads — HL7 v2 messages as SS-MIX2 stores them, and CSV rows —
+//! and how bytes become text. HL7 v2: ISO-2022-JP bytes, decoded to Unicode *before*
 //! any delimiter is looked at (the two bytes of a JIS X 0208 character are in 0x21–0x7E and
 //! include `| ^ ~ \ &`), then parsed by `hl7-parser` into segments, fields, repetitions,
 //! components and subcomponents.
@@ -73,16 +74,27 @@ fn place_of_end(text: &str) -> String {
     format!("segment {number}, {name}-{field}")
 }
 
-/// A parsed message and what the mapping reads of it.
+/// What the mapping reads: a parsed HL7 message, or rows of a CSV file (each a segment
+/// named `ROW` whose fields are the columns, also reachable by their header names).
 pub struct Message<'m> {
-    parsed: hl7_parser::Message<'m>,
+    inner: Inner<'m>,
 }
 
-/// One repetition of a field: components of subcomponents.
+enum Inner<'m> {
+    Hl7(hl7_parser::Message<'m>),
+    Rows { header: &'m [String], rows: Vec<&'m [String]> },
+}
+
+/// One repetition of a field: components of subcomponents (a CSV cell: one value).
 #[derive(Clone, Copy)]
 pub struct Repetition<'a, 'm> {
-    repeat: &'a hl7_parser::message::Repeat<'m>,
-    separators: &'a hl7_parser::message::Separators,
+    inner: RepetitionOf<'a, 'm>,
+}
+
+#[derive(Clone, Copy)]
+enum RepetitionOf<'a, 'm> {
+    Hl7 { repeat: &'a hl7_parser::message::Repeat<'m>, separators: &'a hl7_parser::message::Separators },
+    Cell(&'a str),
 }
 
 impl<'m> Message<'m> {
@@ -92,22 +104,49 @@ impl<'m> Message<'m> {
         }
         let parsed = hl7_parser::Message::parse_with_lenient_newlines(text, true)
             .map_err(|error| Problem::new("", format!("not an HL7 v2 message: {error}")))?;
-        Ok(Message { parsed })
+        Ok(Message { inner: Inner::Hl7(parsed) })
+    }
+
+    /// CSV rows (each a segment `ROW`) with their file's header (empty when it has none).
+    pub fn rows(header: &'m [String], rows: Vec<&'m [String]>) -> Message<'m> {
+        Message { inner: Inner::Rows { header, rows } }
     }
 
     /// The segments' names, in order.
     pub fn segment_names(&self) -> Vec<&'m str> {
-        self.parsed.segments.iter().map(|segment| segment.name).collect()
+        match &self.inner {
+            Inner::Hl7(parsed) => parsed.segments.iter().map(|segment| segment.name).collect(),
+            Inner::Rows { rows, .. } => vec!["ROW"; rows.len()],
+        }
+    }
+
+    /// The field (1-based) of a CSV column named `name` in the header.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        match &self.inner {
+            Inner::Hl7(_) => None,
+            Inner::Rows { header, .. } => header.iter().position(|h| h.trim() == name).map(|i| i + 1),
+        }
     }
 
     /// The repetitions of field `field` of the segment at `segment` (0-based position).
     pub fn repetitions(&self, segment: usize, field: usize) -> Vec<Repetition<'_, 'm>> {
-        let Some(segment) = self.parsed.segments.get(segment) else { return Vec::new() };
         if field == 0 {
             return Vec::new();
         }
-        let Some(field) = segment.field(field) else { return Vec::new() };
-        field.repeats.iter().map(|repeat| Repetition { repeat, separators: &self.parsed.separators }).collect()
+        match &self.inner {
+            Inner::Hl7(parsed) => {
+                let Some(field) = parsed.segments.get(segment).and_then(|s| s.field(field)) else { return Vec::new() };
+                field
+                    .repeats
+                    .iter()
+                    .map(|repeat| Repetition { inner: RepetitionOf::Hl7 { repeat, separators: &parsed.separators } })
+                    .collect()
+            }
+            Inner::Rows { rows, .. } => match rows.get(segment).and_then(|cells| cells.get(field - 1)) {
+                Some(cell) => vec![Repetition { inner: RepetitionOf::Cell(cell) }],
+                None => Vec::new(),
+            },
+        }
     }
 }
 
@@ -118,12 +157,16 @@ impl Repetition<'_, '_> {
         if component == 0 || subcomponent == 0 {
             return String::new();
         }
-        let Some(component) = self.repeat.component(component) else { return String::new() };
+        let (repeat, separators) = match self.inner {
+            RepetitionOf::Cell(text) => return if component == 1 && subcomponent == 1 { text.to_owned() } else { String::new() },
+            RepetitionOf::Hl7 { repeat, separators } => (repeat, separators),
+        };
+        let Some(component) = repeat.component(component) else { return String::new() };
         let Some(subcomponent) = component.subcomponent(subcomponent) else {
             // A component without subcomponent delimiters is its own first subcomponent.
-            return if subcomponent == 1 { component.display(self.separators).to_string() } else { String::new() };
+            return if subcomponent == 1 { component.display(separators).to_string() } else { String::new() };
         };
-        subcomponent.display(self.separators).to_string()
+        subcomponent.display(separators).to_string()
     }
 }
 

@@ -34,6 +34,13 @@ pub struct Mapping {
     /// Named values, evaluated in order once per message (each may use the ones before it).
     #[serde(default)]
     pub variables: Vec<Variable>,
+    /// CSV files: the columns (1-based) whose equal values make rows one message (one
+    /// transaction), e.g. a care plan's person and date; without it, each row is one.
+    #[serde(rename = "groupBy", default)]
+    pub group_by: Vec<usize>,
+    /// CSV files: whether the first row names the columns.
+    #[serde(default)]
+    pub header: bool,
     /// Code tables: name → code → value.
     #[serde(default)]
     pub tables: HashMap<String, HashMap<String, Value>>,
@@ -49,6 +56,10 @@ pub struct Variable {
 /// One kind of resource a message yields.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ResourceMapping {
+    /// A name by which later resources of the same message refer to this one (`{@key}`:
+    /// its placeholder `fullUrl`, rewritten by the gateway to the resource's id).
+    #[serde(default)]
+    pub key: Option<String>,
     /// One resource per segment of this name (`PRB`, `RXE`); without it, one per message.
     #[serde(rename = "forEach", default)]
     pub for_each: Option<String>,
@@ -66,6 +77,18 @@ pub struct Produced {
     pub system: String,
     pub value: String,
     pub resource: Value,
+}
+
+impl Produced {
+    /// The same `urn:uuid:` placeholder for the same identifier in every run (reproducible
+    /// dry runs; references between a message's resources).
+    pub fn placeholder(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{}|{}|{}", self.resource_type, self.system, self.value));
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+        format!("urn:uuid:{}", uuid::Builder::from_random_bytes(bytes).into_uuid())
+    }
 }
 
 /// A set of mappings, by data type, with the shared code tables.
@@ -96,9 +119,9 @@ impl Mappings {
         Ok(Mappings { by_data_type })
     }
 
-    /// The mappings shipped in `mappings/ssmix2/`, compiled in.
-    pub fn ssmix2() -> Mappings {
-        let files: Vec<(String, String)> = SSMIX2_FILES.iter().map(|(name, text)| ((*name).to_owned(), (*text).to_owned())).collect();
+    /// The mappings shipped in `mappings/` (SS-MIX2, care plans, rosters), compiled in.
+    pub fn builtin() -> Mappings {
+        let files: Vec<(String, String)> = BUILTIN_FILES.iter().map(|(name, text)| ((*name).to_owned(), (*text).to_owned())).collect();
         // The shipped files are checked by the unit tests below.
         Mappings::from_files(&files).unwrap_or_default()
     }
@@ -127,11 +150,16 @@ struct SharedTables {
     tables: HashMap<String, HashMap<String, Value>>,
 }
 
-const SSMIX2_FILES: [(&str, &str); 4] = [
+const BUILTIN_FILES: [(&str, &str); 9] = [
     ("tables.json", include_str!("../../mappings/ssmix2/tables.json")),
     ("ADT-00.json", include_str!("../../mappings/ssmix2/ADT-00.json")),
     ("PPR-01.json", include_str!("../../mappings/ssmix2/PPR-01.json")),
     ("OMP-01.json", include_str!("../../mappings/ssmix2/OMP-01.json")),
+    ("UPHOSOKU.json", include_str!("../../mappings/careplan/UPHOSOKU.json")),
+    ("UP1KYO.json", include_str!("../../mappings/careplan/UP1KYO.json")),
+    ("UP2KYO.json", include_str!("../../mappings/careplan/UP2KYO.json")),
+    ("UPPLAN.json", include_str!("../../mappings/careplan/UPPLAN.json")),
+    ("roster.json", include_str!("../../mappings/roster/roster.json")),
 ];
 
 /// What a message is: its MSH-9 type (`ADT^A08`).
@@ -152,7 +180,7 @@ pub fn ignored(mapping: &Mapping, message: &Message) -> bool {
 /// (`facility`, `patientId`, `orderNo`, …).
 pub fn convert(mapping: &Mapping, message: &Message, given: &HashMap<String, String>) -> Result<Vec<Produced>, Problem> {
     let kind = message_type(message);
-    if !mapping.message_types.contains(&kind) {
+    if !mapping.message_types.is_empty() && !mapping.message_types.contains(&kind) {
         return Err(Problem::new(
             "MSH-9",
             format!("message type '{kind}' is not one of {} ({})", mapping.message_types.join(", "), mapping.data_types.join(", ")),
@@ -160,14 +188,15 @@ pub fn convert(mapping: &Mapping, message: &Message, given: &HashMap<String, Str
     }
     let names = message.segment_names();
     let mut variables = given.clone();
-    let mut produced = Vec::new();
+    let mut produced: Vec<Produced> = Vec::new();
+    let mut placeholders: HashMap<String, String> = HashMap::new();
     for variable in &mapping.variables {
-        let scope = Scope { message, names: &names, segment: None, group_end: names.len(), ordinal: 1, repetition: None, variables: &variables, tables: &mapping.tables };
+        let scope = Scope { message, names: &names, segment: None, group_end: names.len(), ordinal: 1, repetition: None, variables: &variables, placeholders: &placeholders, tables: &mapping.tables };
         let value = scope.string(&variable.value)?.unwrap_or_default();
         variables.insert(variable.name.clone(), value);
     }
-    for resource in &mapping.resources {
-        let segments: Vec<Option<usize>> = match &resource.for_each {
+    for resource_mapping in &mapping.resources {
+        let segments: Vec<Option<usize>> = match &resource_mapping.for_each {
             None => vec![None],
             Some(name) => names.iter().enumerate().filter(|(_, n)| *n == name).map(|(i, _)| Some(i)).collect(),
         };
@@ -180,27 +209,38 @@ pub fn convert(mapping: &Mapping, message: &Message, given: &HashMap<String, Str
                     .iter()
                     .enumerate()
                     .skip(at + 1)
-                    .find(|(_, n)| Some(**n) == own || Some(**n) == resource.ordinal_within.as_deref())
+                    .find(|(_, n)| Some(**n) == own || Some(**n) == resource_mapping.ordinal_within.as_deref())
                     .map_or(names.len(), |(i, _)| i),
                 None => names.len(),
             };
             let ordinal = segment.map_or(1, |at| {
-                let since = resource
+                let since = resource_mapping
                     .ordinal_within
                     .as_deref()
                     .and_then(|within| names.iter().take(at).rposition(|n| *n == within))
                     .map_or(0, |found| found + 1);
                 names.iter().take(at + 1).skip(since).filter(|n| Some(**n) == own).count()
             });
-            let scope = Scope { message, names: &names, segment, group_end, ordinal, repetition: None, variables: &variables, tables: &mapping.tables };
-            let resource = scope.value(&resource.template)?.unwrap_or(Value::Null);
+            let scope = Scope { message, names: &names, segment, group_end, ordinal, repetition: None, variables: &variables, placeholders: &placeholders, tables: &mapping.tables };
+            // A template whose `$if` is empty makes nothing for this segment.
+            let Some(resource) = scope.value(&resource_mapping.template)? else { continue };
             let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
             let identifier = resource.pointer("/identifier/0").cloned().unwrap_or(Value::Null);
             let (Some(system), Some(value)) = (identifier.get("system").and_then(Value::as_str), identifier.get("value").and_then(Value::as_str)) else {
                 let at = own.map_or_else(|| resource_type.clone(), str::to_owned);
                 return Err(Problem::new(at, format!("the {resource_type} has no identifier (system and value) to be found by")));
             };
-            produced.push(Produced { resource_type, system: system.to_owned(), value: value.to_owned(), resource });
+            let made = Produced { resource_type, system: system.to_owned(), value: value.to_owned(), resource };
+            if let Some(key) = &resource_mapping.key {
+                // `{@key}` in the scope of that segment names the resource made for it.
+                let name = segment.map_or_else(|| key.clone(), |at| format!("{key}#{at}"));
+                placeholders.insert(name, made.placeholder());
+            }
+            // Rows repeating a need or a goal name it once.
+            if produced.iter().any(|p| p.resource_type == made.resource_type && p.system == made.system && p.value == made.value) {
+                continue;
+            }
+            produced.push(made);
         }
     }
     Ok(produced)
@@ -219,6 +259,8 @@ struct Scope<'s, 'a, 'm> {
     ordinal: usize,
     repetition: Option<(&'s Repetition<'a, 'm>, &'s str)>,
     variables: &'s HashMap<String, String>,
+    /// `{@key}`: the placeholders of the resources made before, by key.
+    placeholders: &'s HashMap<String, String>,
     tables: &'s HashMap<String, HashMap<String, Value>>,
 }
 
@@ -238,9 +280,15 @@ impl<'s, 'a, 'm> Scope<'s, 'a, 'm> {
             Value::Array(items) => {
                 let mut out = Vec::new();
                 for item in items {
-                    match item.get("$each").and_then(Value::as_str) {
-                        Some(field) => out.extend(self.each(field, item)?),
-                        None => out.extend(self.value(item)?),
+                    let made = match item.get("$each").and_then(Value::as_str) {
+                        Some(field) => self.each(field, item)?,
+                        None => self.value(item)?.into_iter().collect(),
+                    };
+                    // Rows naming the same goal twice list it once.
+                    for value in made {
+                        if !out.contains(&value) {
+                            out.push(value);
+                        }
                     }
                 }
                 Ok((!out.is_empty()).then_some(Value::Array(out)))
@@ -281,6 +329,15 @@ impl<'s, 'a, 'm> Scope<'s, 'a, 'm> {
 
     /// `item` (without `$each`) once for every repetition of `field` (`PID-5`).
     fn each(&self, field: &str, item: &Value) -> Result<Vec<Value>, Problem> {
+        if is_segment_name(field) {
+            // Every segment of that name (a care plan's rows), each as the current segment.
+            let mut out = Vec::new();
+            for (at, _) in self.names.iter().enumerate().filter(|(_, n)| **n == field) {
+                let scope = Scope { segment: Some(at), group_end: at + 1, repetition: None, ..*self };
+                out.extend(scope.value(item)?);
+            }
+            return Ok(out);
+        }
         let path = parse_path(field).ok_or_else(|| Problem::new(field, "not a field reference"))?;
         let Some(at) = self.locate(path.segment) else { return Ok(Vec::new()) };
         let repetitions = self.message.repetitions(at, path.field);
@@ -345,13 +402,25 @@ impl<'s, 'a, 'm> Scope<'s, 'a, 'm> {
             let value = self.variables.get(name).filter(|v| !v.is_empty()).cloned().map(Value::String);
             return Ok((value, format!("${name}")));
         }
+        if let Some(key) = source.strip_prefix('@') {
+            let placeholder = match self.segment {
+                Some(at) if !self.placeholders.contains_key(key) => self.placeholders.get(&format!("{key}#{at}")),
+                _ => self.placeholders.get(key),
+            };
+            return Ok((placeholder.cloned().map(Value::String), String::new()));
+        }
         if source == "#" {
             return Ok((Some(Value::String(self.ordinal.to_string())), "#".to_owned()));
         }
         if let Some(literal) = source.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
             return Ok((Some(Value::String(literal.to_owned())), String::new()));
         }
-        let path = parse_path(source).ok_or_else(|| Problem::new(source, "not a field reference"))?;
+        let path = match (parse_path(source), self.message.column(source)) {
+            (Some(path), _) => path,
+            // A CSV column by its header name.
+            (None, Some(field)) => Path { segment: Some("ROW"), field, component: 1, subcomponent: 1 },
+            (None, None) => return Err(Problem::new(source, "not a field reference, variable or column of the file")),
+        };
         if path.segment.is_none() {
             let Some((repetition, field)) = self.repetition else {
                 return Err(Problem::new(source, "a relative reference outside `$each`"));
@@ -402,9 +471,13 @@ fn carries_data(template: &Value) -> bool {
     }
 }
 
+fn is_segment_name(text: &str) -> bool {
+    text.len() == 3 && text.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
 fn parse_path(text: &str) -> Option<Path<'_>> {
     let (segment, rest) = match text.split_once('-') {
-        Some((segment, rest)) if segment.len() == 3 && segment.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) => (Some(segment), rest),
+        Some((segment, rest)) if is_segment_name(segment) => (Some(segment), rest),
         _ => (None, text.strip_prefix('.')?),
     };
     let mut numbers = rest.split('.').map(|n| n.parse::<usize>().ok().filter(|n| *n > 0));
@@ -439,7 +512,17 @@ fn apply(filter: &str, value: Option<Value>, location: &str, tables: &HashMap<St
     };
     let bad = |what: &str| Problem::new(location, format!("'{text}' is not {what}"));
     match name {
+        // The care-plan CSVs write 00000000 for a date that does not apply.
+        "date" | "dateTime" | "time" if text.chars().all(|c| c == '0') => Ok(None),
         "date" => Ok(Some(Value::String(hl7_date(&text).ok_or_else(|| bad("an HL7 date"))?))),
+        "time" => match text.as_str() {
+            // HHMM; 9999 is a service without a time.
+            "9999" => Ok(None),
+            hhmm if hhmm.len() == 4 && hhmm.chars().all(|c| c.is_ascii_digit()) && part(hhmm, 0, 2) < "24" && part(hhmm, 2, 4) < "60" => {
+                Ok(Some(Value::String(format!("{}:{}:00", part(hhmm, 0, 2), part(hhmm, 2, 4)))))
+            }
+            _ => Err(bad("a time (HHMM)")),
+        },
         "dateTime" => Ok(Some(Value::String(hl7_date_time(&text).ok_or_else(|| bad("an HL7 date and time"))?))),
         "decimal" => {
             let number: Number = serde_json::from_str(text.trim_start_matches('+')).ok().filter(|_| !text.starts_with('.')).ok_or_else(|| bad("a number"))?;
@@ -449,6 +532,11 @@ fn apply(filter: &str, value: Option<Value>, location: &str, tables: &HashMap<St
         "trimZeros" => {
             let trimmed = text.trim_start_matches('0');
             Ok(Some(Value::String(if trimmed.is_empty() { "0".to_owned() } else { trimmed.to_owned() })))
+        }
+        "word" => {
+            // A name's family or given part: words split at ASCII or ideographic spaces.
+            let n: usize = argument.parse().map_err(|_| Problem::new(location, format!("the mapping's word filter needs a number, not '{argument}'")))?;
+            Ok(n.checked_sub(1).and_then(|i| text.split(char::is_whitespace).filter(|w| !w.is_empty()).nth(i)).map(|w| Value::String(w.to_owned())))
         }
         "postalCode" => {
             let digits: String = text.chars().filter(char::is_ascii_digit).collect();
@@ -521,9 +609,9 @@ mod tests {
 
     #[test]
     fn the_shipped_mappings_load() {
-        let files: Vec<(String, String)> = SSMIX2_FILES.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
+        let files: Vec<(String, String)> = BUILTIN_FILES.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
         let mappings = Mappings::from_files(&files).expect("the shipped mappings parse");
-        for data_type in ["ADT-00", "PPR-01", "OMP-01"] {
+        for data_type in ["ADT-00", "PPR-01", "OMP-01", "UPHOSOKU", "UP1KYO", "UP2KYO", "UPPLAN", "UPJSK", "roster"] {
             assert!(mappings.for_data_type(data_type).is_some(), "{data_type}");
         }
     }

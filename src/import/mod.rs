@@ -97,73 +97,233 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// One import's delivery: to the gateway or to the dry run's file, remembering what was
+/// acknowledged, counting what happened.
+struct Run {
+    summary: Summary,
+    memory: Memory,
+    sender: Option<Sender>,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Run {
+    fn start(options: &Options, target: &Target) -> Result<Run, String> {
+        let memory = Memory::open(&options.state)?;
+        let (sender, out) = match target {
+            Target::Gateway(gateway) => (Some(Sender::new(gateway)?), None),
+            Target::Files(directory) => {
+                std::fs::create_dir_all(directory).map_err(|e| format!("{}: {e}", directory.display()))?;
+                let path = directory.join("bundles.ndjson");
+                let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                (None, Some(std::io::BufWriter::new(file)))
+            }
+        };
+        Ok(Run { summary: Summary::default(), memory, sender, out })
+    }
+
+    /// Whether `unit` (a file, a row) was acknowledged before with this content.
+    fn sent_before(&mut self, unit: &str, digest: &str) -> bool {
+        let sent = self.memory.sent(unit, digest);
+        if sent {
+            self.summary.already_sent += 1;
+        }
+        sent
+    }
+
+    /// Sends (or writes) one unit's Bundle; a refusal is recorded and the import goes on.
+    async fn deliver(&mut self, unit: &str, digest: &str, bundle: Result<Option<Value>, Problem>) -> Result<(), String> {
+        let bundle = match bundle {
+            Ok(Some(bundle)) => bundle,
+            Ok(None) => {
+                self.summary.ignored += 1;
+                return Ok(());
+            }
+            Err(problem) => {
+                self.summary.rejected.push((unit.to_owned(), problem.to_string()));
+                return Ok(());
+            }
+        };
+        self.summary.messages_converted += 1;
+        if let Some(out) = self.out.as_mut() {
+            return writeln!(out, "{bundle}").map_err(|e| e.to_string());
+        }
+        let Some(sender) = self.sender.as_mut() else { return Ok(()) };
+        match sender.transaction(&bundle).await? {
+            Ok(counts) => {
+                self.summary.created += counts.created;
+                self.summary.updated += counts.updated;
+                self.summary.unchanged += counts.unchanged;
+                self.summary.deleted += counts.deleted;
+                self.memory.remember(unit, digest)?;
+            }
+            Err(reason) => self.summary.rejected.push((unit.to_owned(), reason)),
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Summary, String> {
+        if let Some(out) = self.out.as_mut() {
+            out.flush().map_err(|e| e.to_string())?;
+        }
+        Ok(self.summary)
+    }
+}
+
 /// Imports an SS-MIX2 standardized storage.
 pub async fn ssmix2(root: &Path, options: &Options, target: &Target) -> Result<Summary, String> {
     let plan = ssmix2::plan(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let mut summary = Summary { files_read: plan.read, superseded: plan.superseded.len(), ..Summary::default() };
-    summary.rejected.extend(plan.problems.iter().cloned());
-    let mut memory = Memory::open(&options.state)?;
-    let mut sender = match target {
-        Target::Gateway(gateway) => Some(Sender::new(gateway)?),
-        Target::Files(directory) => {
-            std::fs::create_dir_all(directory).map_err(|e| format!("{}: {e}", directory.display()))?;
-            None
-        }
-    };
-    let mut out = match target {
-        Target::Files(directory) => {
-            let path = directory.join("bundles.ndjson");
-            Some(std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?))
-        }
-        Target::Gateway(_) => None,
-    };
+    let mut run = Run::start(options, target)?;
+    run.summary.files_read = plan.read;
+    run.summary.superseded = plan.superseded.len();
+    run.summary.rejected.extend(plan.problems.iter().cloned());
     let progress = progress_bar(options.progress, plan.files.len());
     for (file, action) in &plan.files {
         progress.set_message(file.relative.clone());
         progress.inc(1);
         if options.since.as_deref().is_some_and(|since| file.occurred.as_str() < since) {
-            summary.before_since += 1;
+            run.summary.before_since += 1;
             continue;
         }
         let bytes = std::fs::read(&file.path).map_err(|e| format!("{}: {e}", file.relative))?;
         let digest = hex(&Sha256::digest(&bytes));
-        if memory.sent(&file.relative, &digest) {
-            summary.already_sent += 1;
+        if run.sent_before(&file.relative, &digest) {
             continue;
         }
-        let bundle = match bundle_of(file, action, &bytes, options) {
-            Ok(Some(bundle)) => bundle,
-            Ok(None) => {
-                summary.ignored += 1;
-                continue;
-            }
+        run.deliver(&file.relative, &digest, bundle_of(file, action, &bytes, options)).await?;
+    }
+    progress.finish_and_clear();
+    run.finish()
+}
+
+/// Imports CSV files, each with the mapping of its data type (`(file, data type)`): one
+/// transaction per row, or per group of rows the mapping's `groupBy` columns make (a care
+/// plan's person and date). MS932, or UTF-8 after a byte-order mark.
+pub async fn csv_files(files: &[(PathBuf, String)], options: &Options, target: &Target) -> Result<Summary, String> {
+    let mut run = Run::start(options, target)?;
+    for (path, data_type) in files {
+        run.summary.files_read += 1;
+        let name = path.display().to_string();
+        let Some(mapping) = options.mappings.for_data_type(data_type) else {
+            run.summary.rejected.push((name, format!("no mapping for data type {data_type}")));
+            continue;
+        };
+        let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+        let table = match csv_rows(&bytes) {
+            Ok(table) => table,
             Err(problem) => {
-                summary.rejected.push((file.relative.clone(), problem.to_string()));
+                run.summary.rejected.push((name, problem.to_string()));
                 continue;
             }
         };
-        summary.messages_converted += 1;
-        if let Some(out) = out.as_mut() {
-            writeln!(out, "{bundle}").map_err(|e| e.to_string())?;
+        let (header, rows): (&[Vec<String>], &[Vec<String>]) = if mapping.header { table.split_at(1.min(table.len())) } else { (&[], &table) };
+        let header: &[String] = header.first().map_or(&[], Vec::as_slice);
+        // Rows in groups, in the order their first row appears; line numbers as a
+        // spreadsheet shows them.
+        let first_line = if mapping.header { 2 } else { 1 };
+        let mut groups: Vec<(Vec<&str>, Vec<usize>)> = Vec::new();
+        for (index, row) in rows.iter().enumerate() {
+            let key: Vec<&str> = if mapping.group_by.is_empty() {
+                vec![]
+            } else {
+                mapping.group_by.iter().map(|column| row.get(column.saturating_sub(1)).map_or("", String::as_str)).collect()
+            };
+            match groups.iter_mut().find(|(k, _)| !mapping.group_by.is_empty() && *k == key) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((key, vec![index])),
+            }
+        }
+        let progress = progress_bar(options.progress, groups.len());
+        for (_, members) in &groups {
+            progress.inc(1);
+            let lines: Vec<String> = members.iter().map(|i| (i + first_line).to_string()).collect();
+            let unit = format!("{name} line {}", lines.join(","));
+            let cells: Vec<&[String]> = members.iter().filter_map(|i| rows.get(*i)).map(Vec::as_slice).collect();
+            let joined: Vec<String> = cells.iter().map(|row| row.join("\u{1f}")).collect();
+            let digest = hex(&Sha256::digest(joined.join("\u{1e}").as_bytes()));
+            if run.sent_before(&unit, &digest) {
+                continue;
+            }
+            let message = hl7::Message::rows(header, cells);
+            let variables = HashMap::from([("dataType".to_owned(), data_type.clone())]);
+            let bundle = mapping::convert(mapping, &message, &given(options, &variables)).map(|produced| {
+                (!produced.is_empty()).then(|| json!({ "resourceType": "Bundle", "type": "transaction", "entry": produced.iter().map(upsert_entry).collect::<Vec<_>>() }))
+            });
+            run.deliver(&unit, &digest, bundle).await?;
+        }
+        progress.finish_and_clear();
+    }
+    run.finish()
+}
+
+/// The data type of a care-plan file (ケアプランデータ連携, 標準仕様 4.1): the name's prefix
+/// (`UPHOSOKU`, `UP1KYO`, `UP2KYO`, `UPPLAN`, `UPJSK`, …), in the order the files of one
+/// sending must be read — the person first, then the plan's tables, then the month's — and by
+/// the name's closing 14-digit sequence.
+pub fn careplan_order(files: &[PathBuf]) -> Vec<(PathBuf, String)> {
+    let mut typed: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().to_uppercase()).unwrap_or_default();
+            (path.clone(), name.split('_').next().unwrap_or_default().to_owned())
+        })
+        .collect();
+    let rank = |data_type: &str| ["UPHOSOKU", "UP1KYO", "UP2KYO", "UP3KYO", "UPPLAN", "UPJSK", "UPSIKYU"].iter().position(|t| *t == data_type).unwrap_or(usize::MAX);
+    let sequence = |path: &Path| {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        stem.rsplit('_').next().unwrap_or_default().to_owned()
+    };
+    typed.sort_by_key(|(path, data_type)| (sequence(path), rank(data_type), path.clone()));
+    typed
+}
+
+/// A CSV file's rows (the first is the header): UTF-8 after a byte-order mark, otherwise
+/// MS932 (Shift_JIS as Windows writes it), decoded without replacement.
+fn csv_rows(bytes: &[u8]) -> Result<Vec<Vec<String>>, Problem> {
+    let text = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(utf8) => std::str::from_utf8(utf8).map(str::to_owned).map_err(|e| Problem::new(format!("byte {}", e.valid_up_to() + 3), "not UTF-8"))?,
+        None => {
+            let (text, had_errors) = encoding_rs::SHIFT_JIS.decode_without_bom_handling_and_without_replacement(bytes).map_or((None, true), |t| (Some(t), false));
+            match (text, had_errors) {
+                (Some(text), false) => text.into_owned(),
+                _ => {
+                    let valid = first_invalid_shift_jis(bytes);
+                    let line = bytes.get(..valid).map_or(1, |b| b.iter().filter(|c| **c == b'\n').count() + 1);
+                    return Err(Problem::new(format!("line {line}, byte {valid}"), "not a character of MS932 (Shift_JIS); save the file as MS932 or as UTF-8 with a byte-order mark"));
+                }
+            }
+        }
+    };
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| Problem::new(e.position().map_or_else(String::new, |p| format!("line {}", p.line())), format!("not CSV: {e}")))?;
+        if record.iter().all(|cell| cell.trim().is_empty()) {
             continue;
         }
-        let Some(sender) = sender.as_mut() else { continue };
-        match sender.transaction(&bundle).await? {
-            Ok(counts) => {
-                summary.created += counts.created;
-                summary.updated += counts.updated;
-                summary.unchanged += counts.unchanged;
-                summary.deleted += counts.deleted;
-                memory.remember(&file.relative, &digest)?;
-            }
-            Err(reason) => summary.rejected.push((file.relative.clone(), reason)),
-        }
+        rows.push(record.iter().map(str::to_owned).collect());
     }
-    progress.finish_and_clear();
-    if let Some(mut out) = out {
-        out.flush().map_err(|e| e.to_string())?;
+    Ok(rows)
+}
+
+/// The offset of the first byte sequence that is not Shift_JIS.
+fn first_invalid_shift_jis(bytes: &[u8]) -> usize {
+    let mut decoder = encoding_rs::SHIFT_JIS.new_decoder_without_bom_handling();
+    let mut text = String::with_capacity(bytes.len() * 3 + 16);
+    let (result, read) = decoder.decode_to_string_without_replacement(bytes, &mut text, true);
+    match result {
+        encoding_rs::DecoderResult::Malformed(length, after) => read.saturating_sub(usize::from(length) + usize::from(after)),
+        _ => bytes.len(),
     }
-    Ok(summary)
+}
+
+/// The importer's variables for the mapping.
+fn given(options: &Options, more: &HashMap<String, String>) -> HashMap<String, String> {
+    let mut given = more.clone();
+    given.insert("facility".to_owned(), options.facility.clone());
+    if let Some(organization) = &options.organization {
+        given.insert("organization".to_owned(), organization.clone());
+    }
+    given
 }
 
 fn progress_bar(wanted: bool, total: usize) -> indicatif::ProgressBar {
@@ -194,16 +354,13 @@ fn bundle_of(file: &StoredFile, action: &Action, bytes: &[u8], options: &Options
     if patient != file.patient_id {
         return Err(Problem::new("PID-3", format!("the message is of patient '{patient}', its file name says '{}'", file.patient_id)));
     }
-    let mut given = HashMap::from([
-        ("facility".to_owned(), options.facility.clone()),
+    let file_variables = HashMap::from([
         ("patientId".to_owned(), file.patient_id.clone()),
         ("orderNo".to_owned(), file.order_no.clone()),
         ("dataType".to_owned(), file.data_type.clone()),
         ("occurred".to_owned(), file.occurred.clone()),
     ]);
-    if let Some(organization) = &options.organization {
-        given.insert("organization".to_owned(), organization.clone());
-    }
+    let given = given(options, &file_variables);
     let produced = mapping::convert(mapping, &message, &given)?;
     let entries: Vec<Value> = match action {
         Action::Upsert => produced.iter().map(upsert_entry).collect(),
@@ -229,13 +386,8 @@ fn condition(produced: &Produced) -> String {
 }
 
 fn upsert_entry(produced: &Produced) -> Value {
-    // The same placeholder for the same identifier in every run (reproducible dry runs).
-    let digest = Sha256::digest(format!("{}|{}|{}", produced.resource_type, produced.system, produced.value));
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
-    let placeholder = uuid::Builder::from_random_bytes(bytes).into_uuid();
     json!({
-        "fullUrl": format!("urn:uuid:{placeholder}"),
+        "fullUrl": produced.placeholder(),
         "resource": produced.resource,
         "request": { "method": "PUT", "url": condition(produced) }
     })

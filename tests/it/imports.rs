@@ -82,22 +82,10 @@ fn omp(patient: &str, order: &str, dose: &str) -> Vec<u8> {
     ))
 }
 
-/// `renraku import ssmix2` against `node`; (exit success, standard output).
+/// `renraku import ssmix2` against `node` as the hospital's EHR; (exit success, output).
 fn import(node: &Node, root: &Path, state: &Path) -> (bool, String) {
-    let key = demo_key("ehr-ina-rs384.pem");
-    let output = Command::new(env!("CARGO_BIN_EXE_renraku"))
-        .args(["import", "ssmix2", "--base", &format!("{}/ina/fhir", node.base), "--client-id", EHR])
-        .arg("--key")
-        .arg(&key)
-        .args(["--kid", "ehr-ina-rs384", "--facility", FACILITY, "--organization", HOSPITAL, "--quiet"])
-        .arg("--state")
-        .arg(state)
-        .arg(root)
-        .env("RENRAKU_LOG", "warn")
-        .output()
-        .expect("the renraku binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    (output.status.success(), format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)))
+    let client = Client { tenant: "ina", id: EHR, key: demo_key("ehr-ina-rs384.pem"), kid: "ehr-ina-rs384" };
+    import_files("ssmix2", node, &client, &["--facility", FACILITY, "--organization", HOSPITAL], state, &[root.to_owned()])
 }
 
 /// The number after `label` in a summary (`created: 3`).
@@ -294,4 +282,202 @@ fn a_dry_run_writes_the_bundles() {
     assert_eq!(bundles[1]["entry"][0]["resource"]["subject"]["reference"], format!("Patient?identifier={PATIENT_SYSTEM}|0012345"));
 }
 
-both_backends!(a_hospital_imports_its_standardized_storage);
+
+/// `text` encoded as MS932 (Shift_JIS as Windows writes it), CRLF line ends.
+fn ms932(text: &str) -> Vec<u8> {
+    let text = text.replace('\n', "\r\n");
+    let (bytes, _, unmappable) = encoding_rs::SHIFT_JIS.encode(&text);
+    assert!(!unmappable, "{text} is representable in MS932");
+    bytes.into_owned()
+}
+
+/// A Backend Services client of the gateway: its municipality, id, key and key id.
+struct Client<'a> {
+    tenant: &'a str,
+    id: &'a str,
+    key: PathBuf,
+    kid: &'a str,
+}
+
+/// `renraku import KIND` as `client`; (exit success, output).
+fn import_files(kind: &str, node: &Node, client: &Client, extra: &[&str], state: &Path, files: &[PathBuf]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_renraku"))
+        .args(["import", kind, "--base", &format!("{}/{}/fhir", node.base, client.tenant), "--client-id", client.id, "--kid", client.kid, "--quiet"])
+        .arg("--key")
+        .arg(&client.key)
+        .arg("--state")
+        .arg(state)
+        .args(extra)
+        .args(files)
+        .env("RENRAKU_LOG", "warn")
+        .output()
+        .expect("the renraku binary runs");
+    (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+}
+
+/// 南箕輪村's administrator imports the municipality's roster: a spreadsheet saved as MS932
+/// (with 髙, a character only MS932's IBM extensions hold), one professional per line.
+async fn a_municipality_imports_its_roster(backend: Backend) {
+    let (config, directory, database) = new_database(backend).await;
+    let dir = directory.path();
+    let data_dir = dir.to_string_lossy().into_owned();
+    let settings = ["--demo", "--database-url", config.database_url.as_str(), "--data-dir", data_dir.as_str()];
+    let key = dir.join("mm-admin.pem");
+    renraku(&["admin", "client", "add", "--role", "municipal-admin", "--tenant", "minamiminowa", "--client-id", "mm-admin", "--key-out", &key.to_string_lossy()], &settings)
+        .expect("the administrator's client is registered");
+    let node = Node::serve(&settings).await;
+    let administrator = Client { tenant: "minamiminowa", id: "mm-admin", key: key.clone(), kid: "mm-admin" };
+    let roster = dir.join("名簿.csv");
+    std::fs::write(
+        &roster,
+        ms932(
+            "事業所番号,事業所名,事業所種別,事業所電話,事業所住所,職員番号,氏名,氏名カナ,職種,電話,メール\n\
+             2070900101,みなみみのわ居宅介護支援センター,居宅介護支援事業所,0265-00-1111,長野県上伊那郡南箕輪村1,001,中村 花子,ナカムラ ハナコ,介護支援専門員,,nakamura@example.jp\n\
+             2070900101,みなみみのわ居宅介護支援センター,居宅介護支援事業所,0265-00-1111,長野県上伊那郡南箕輪村1,002,小林 一郎,コバヤシ イチロウ,訪問介護員,,\n\
+             2070900202,南箕輪訪問看護ステーション,訪問看護ステーション,0265-00-2222,,101,髙橋 真由美,タカハシ マユミ,看護師,090-0000-0000,\n\
+             2070900202,南箕輪訪問看護ステーション,訪問看護ステーション,0265-00-2222,,102,占部 守,ウラベ マモル,占い師,,\n",
+        ),
+    )
+    .expect("the roster is written");
+    let (succeeded, first) = import_files("roster", &node, &administrator, &[], &dir.join("state"), std::slice::from_ref(&roster));
+    assert!(!succeeded, "{first}");
+    assert_eq!(count(&first, "resources created:"), 8, "two offices, three professionals with their roles:\n{first}");
+    assert_eq!(count(&first, "unchanged:"), 1, "{first}");
+    assert!(first.contains("名簿.csv line 5: 職種: code '占い師' is not in table care-role"), "{first}");
+
+    let admin = bearer(&node, "mm-admin", &key, "mm-admin", "minamiminowa", "system/*.cruds").await;
+    let roles = resources(&get(&node, &admin, "/minamiminowa/fhir/PractitionerRole?identifier=https://renraku.example.jp/fhir/sid/staff-no|2070900202-101&_include=PractitionerRole:practitioner&_include=PractitionerRole:organization").await);
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0]["code"][0]["coding"][0]["code"], "nurse");
+    let included = get(&node, &admin, "/minamiminowa/fhir/Practitioner?identifier=https://renraku.example.jp/fhir/sid/staff-no|2070900202-101").await;
+    let nurse = &resources(&included)[0];
+    assert_eq!(nurse["name"][0]["family"], "髙橋");
+    assert_eq!(nurse["name"][0]["given"], json!(["真由美"]));
+    assert_eq!(nurse["name"][1]["text"], "タカハシ マユミ");
+    assert_eq!(roles[0]["practitioner"]["reference"], format!("Practitioner/{}", nurse["id"].as_str().unwrap_or_default()));
+    let office = resources(&get(&node, &admin, "/minamiminowa/fhir/Organization?identifier=https://renraku.example.jp/fhir/sid/care-office-no|2070900202").await);
+    assert_eq!(office.len(), 1);
+    assert_eq!(office[0]["type"][0]["coding"][0]["code"], "visiting-nurse-station");
+    assert_eq!(roles[0]["organization"]["reference"], format!("Organization/{}", office[0]["id"].as_str().unwrap_or_default()));
+
+    // The same roster again, the import's memory lost: nothing changes.
+    let (_, second) = import_files("roster", &node, &administrator, &[], &dir.join("fresh"), std::slice::from_ref(&roster));
+    assert_eq!(count(&second, "resources created:"), 0, "{second}");
+    assert_eq!(count(&second, "unchanged:"), 9, "{second}");
+    drop(node);
+    if let Some(name) = database {
+        crate::support::drop_database(name);
+    }
+}
+
+/// A care office's software sends a person's care plan as the ケアプランデータ連携 CSVs
+/// (MS932, no header row), as the office's Backend Services client.
+async fn a_care_office_imports_a_care_plan(backend: Backend) {
+    let (config, directory, database) = new_database(backend).await;
+    let dir = directory.path();
+    let data_dir = dir.to_string_lossy().into_owned();
+    let node = Node::serve(&["--demo", "--database-url", config.database_url.as_str(), "--data-dir", data_dir.as_str()]).await;
+    // The office's system: registered by 南箕輪村's administrator, approved by the operator.
+    let jwks: Value = serde_json::from_str(&std::fs::read_to_string(demo_key("ehr-ina-jwks.json")).expect("the test key set")).expect("JSON");
+    let client = json!({
+        "client_id": "mm-care-system", "tenant": "minamiminowa", "kind": "system", "name": "居宅介護支援システム",
+        "organization": "demo-mm-care-office", "scopes": "system/*.cruds", "jwks": jwks
+    });
+    let registered = node.http.post(format!("{}/admin/clients", node.base)).bearer_auth("demo-admin-minamiminowa").json(&client).send().await.expect("a reply");
+    assert_eq!(registered.status().as_u16(), 201);
+    let approved = node.http.post(format!("{}/admin/clients/minamiminowa/mm-care-system/approve", node.base)).bearer_auth("demo-operator").send().await.expect("a reply");
+    assert_eq!(approved.status().as_u16(), 200);
+    let key = demo_key("ehr-ina-es384.pem");
+    let office = bearer(&node, "mm-care-system", &key, "ehr-ina-es384", "minamiminowa", "system/*.cruds").await;
+
+    // The person is registered with the office on the support team (as the README shows);
+    // the care-plan software knows them by insurer and insured numbers.
+    let registration = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "fullUrl": "urn:uuid:2f1c0a52-0000-4000-8000-000000000001",
+          "resource": { "resourceType": "Patient", "active": true,
+            "identifier": [{ "system": "https://renraku.example.jp/fhir/sid/care-insured-no", "value": "203851-0000012345" }],
+            "name": [{ "family": "佐々木", "given": ["ハル"] }], "managingOrganization": { "reference": "Organization/demo-mm-care-office" } },
+          "request": { "method": "POST", "url": "Patient" } },
+        { "resource": { "resourceType": "CareTeam", "status": "active", "subject": { "reference": "urn:uuid:2f1c0a52-0000-4000-8000-000000000001" },
+            "participant": [{ "member": { "reference": "Organization/demo-mm-care-office" } }] },
+          "request": { "method": "POST", "url": "CareTeam" } }
+    ]});
+    let reply = node.http.post(format!("{}/minamiminowa/fhir", node.base)).bearer_auth(&office).header("content-type", "application/fhir+json").body(registration.to_string()).send().await.expect("a reply");
+    assert_eq!(reply.status().as_u16(), 200, "{}", reply.text().await.unwrap_or_default());
+    let person = resources(&get(&node, &office, "/minamiminowa/fhir/Patient?identifier=https://renraku.example.jp/fhir/sid/care-insured-no|203851-0000012345").await);
+    let id = person[0]["id"].as_str().expect("an id").to_owned();
+
+    let sending = "2070900011_43_2070900202_13_20240401090000";
+    let write = |name: &str, bytes: Vec<u8>| {
+        let path = dir.join(format!("{name}_{sending}.CSV"));
+        std::fs::write(&path, bytes).expect("a care-plan file");
+        path
+    };
+    let mut supplementary = vec!["202407", "203851", "0000012345", "20240401", "ササキ ハル", "佐々木 ハル", "2", "19360512", "3994511", "長野県上伊那郡南箕輪村", "2380-1", "0265-00-3333", "20240315", "20240401", "20250331", "2", "20240315", "22", "19705"];
+    supplementary.resize(63, "");
+    let files = [
+        write("UPHOSOKU_000000", ms932(&(supplementary.join(",") + "\n"))),
+        write("UP1KYO", ms932("202407,203851,0000012345,20240401,3994511,長野県上伊那郡南箕輪村,2380-1,鈴木 花子,南箕輪村居宅介護支援事業所,3994511,長野県上伊那郡南箕輪村,1,2070900011,20240401,20230401,21,2,20240315,20240401,20250331,22,\"自宅で暮らし続けたい。\n娘は週末に来られる。\",特になし,\"転倒を防ぎ、通院を続けられるよう支援する。\",,,,\n")),
+        write("UP2KYO", ms932(
+            "202407,203851,0000012345,20240401,20240401,1,一人で入浴できない,1,自宅の風呂に入れる,週2回は安全に入浴できる,2024/04～2025/03,2024/04～2024/09,1,入浴介助,Y,訪問介護,2070900303,みなみみのわヘルパー,週2回,2024/04～2024/09,,\n\
+             202407,203851,0000012345,20240401,20240401,1,一人で入浴できない,1,自宅の風呂に入れる,週2回は安全に入浴できる,2024/04～2025/03,2024/04～2024/09,2,浴室の手すり,Y,福祉用具貸与,2070900404,南箕輪福祉用具,常時,2024/04～2024/09,,\n\
+             202407,203851,0000012345,20240401,20240401,2,服薬を忘れる,2,飲み忘れがない,毎日決まった時間に飲める,2024/04～2025/03,2024/04～2024/09,1,服薬確認,Y,訪問看護,2070900202,南箕輪訪問看護ステーション,週1回,2024/04～2024/09,,\n",
+        )),
+        write("UPPLAN_202404", ms932(
+            "202407,203851,0000012345,20240401,202404,2070900011,鈴木 花子,,,20240402,,1000,1100,1,111211,,,,,2070900303,みなみみのわヘルパー,,,,\n\
+             202407,203851,0000012345,20240401,202404,2070900011,鈴木 花子,,,20240405,,1000,1100,1,111211,,,,,2070900303,みなみみのわヘルパー,,,,\n\
+             202407,203851,0000012345,20240401,202404,2070900011,鈴木 花子,,,20240403,,1400,1500,1,131111,,,,,2070900202,南箕輪訪問看護ステーション,,,,\n",
+        )),
+        write("UPJSK_202404", ms932("202407,203851,0000012345,20240430,202404,2070900011,鈴木 花子,,,20240402,,1000,1100,1,111211,,,,,2070900303,みなみみのわヘルパー,,,,\n")),
+    ];
+    // A file the office's software saved with a byte MS932 does not have.
+    let mut broken = ms932("202407,203851,0000012345,20240401,");
+    broken.push(0xFD);
+    let broken_file = write("UP1KYO_BROKEN", broken);
+    let mut all = files.to_vec();
+    all.push(broken_file);
+    let organization = ["--organization", "Organization/demo-mm-care-office"];
+    let software = Client { tenant: "minamiminowa", id: "mm-care-system", key: key.clone(), kid: "ehr-ina-es384" };
+    let (succeeded, first) = import_files("careplan", &node, &software, &organization, &dir.join("state"), &all);
+    assert!(!succeeded, "{first}");
+    assert_eq!(count(&first, "rejected:"), 1, "{first}");
+    assert!(first.contains("line 1, byte 34: not a character of MS932"), "{first}");
+    assert_eq!(count(&first, "resources created:"), 12, "Coverage; two CarePlans, two needs, four goals; three services:\n{first}");
+    assert_eq!(count(&first, "updated:"), 1, "the person, as the office's software has them:\n{first}");
+
+    let patient = get(&node, &office, &format!("/minamiminowa/fhir/Patient/{id}")).await;
+    assert_eq!(patient["birthDate"], "1936-05-12");
+    assert_eq!(patient["name"][1]["text"], "ササキ ハル");
+    let coverage = resources(&get(&node, &office, &format!("/minamiminowa/fhir/Coverage?beneficiary=Patient/{id}")).await);
+    assert_eq!(coverage[0]["class"][0]["name"], "要介護2");
+    let plans = resources(&get(&node, &office, &format!("/minamiminowa/fhir/CarePlan?subject=Patient/{id}")).await);
+    assert_eq!(plans.len(), 2);
+    let first_table = plans.iter().find(|p| p["title"] == "居宅サービス計画書（1）").expect("第1表");
+    assert_eq!(first_table["description"], "転倒を防ぎ、通院を続けられるよう支援する。");
+    assert_eq!(first_table["note"][0]["text"], "利用者及び家族の生活に対する意向を踏まえた課題分析の結果: 自宅で暮らし続けたい。\r\n娘は週末に来られる。");
+    let second_table = plans.iter().find(|p| p["title"] == "居宅サービス計画書（2）").expect("第2表");
+    assert_eq!(second_table["partOf"][0]["reference"], format!("CarePlan/{}", first_table["id"].as_str().unwrap_or_default()));
+    assert_eq!(second_table["activity"].as_array().map(Vec::len), Some(3));
+    assert_eq!(second_table["addresses"].as_array().map(Vec::len), Some(2));
+    assert_eq!(second_table["goal"].as_array().map(Vec::len), Some(4));
+    assert_eq!(second_table["activity"][2]["detail"]["performer"][0]["display"], "南箕輪訪問看護ステーション");
+    let goals = resources(&get(&node, &office, &format!("/minamiminowa/fhir/Goal?patient={id}")).await);
+    assert_eq!(goals.len(), 4);
+    let services = resources(&get(&node, &office, &format!("/minamiminowa/fhir/ServiceRequest?patient={id}")).await);
+    assert_eq!(services.len(), 3);
+    let help = services.iter().find(|s| s["status"] == "active" && s["code"]["coding"][0]["code"] == "111211").expect("the planned home help");
+    assert_eq!(help["occurrenceTiming"], json!({ "event": ["2024-04-02", "2024-04-05"], "repeat": { "timeOfDay": ["10:00:00"] } }));
+    assert_eq!(services.iter().filter(|s| s["status"] == "completed").count(), 1);
+
+    // Sent again with the memory lost: nothing changes.
+    let (_, second) = import_files("careplan", &node, &software, &organization, &dir.join("fresh"), &files);
+    assert_eq!(count(&second, "resources created:"), 0, "{second}");
+    assert_eq!(count(&second, "updated:"), 0, "{second}");
+    assert_eq!(count(&second, "unchanged:"), 13, "{second}");
+    drop(node);
+    if let Some(name) = database {
+        crate::support::drop_database(name);
+    }
+}
+
+both_backends!(a_hospital_imports_its_standardized_storage, a_municipality_imports_its_roster, a_care_office_imports_a_care_plan);
