@@ -84,6 +84,23 @@ impl Gateway {
                 }
             });
         }
+        if !store.autovacuum_on().await.unwrap_or(true) {
+            // A server without autovacuum (a misconfiguration, but one seen in the wild and on
+            // this project's CI machine): the gateway keeps the statistics itself.
+            tracing::warn!("PostgreSQL's autovacuum is off: the gateway analyzes its changed tables every minute itself");
+            let periodic = store.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    interval.tick().await;
+                    match periodic.analyze_changed_tables().await {
+                        Ok(tables) if !tables.is_empty() => tracing::debug!(?tables, "statistics refreshed"),
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "refreshing PostgreSQL statistics failed"),
+                    }
+                }
+            });
+        }
         let validator = fhir::validate::Validator::load().map_err(StartError::Validation)?;
         let validator = Arc::new(validator.refusing_unknown_profiles(config.unknown_profiles == config::UnknownProfiles::Error));
         let registry = search::Registry::load(&config.extra_search_parameters).map_err(StartError::Validation)?;

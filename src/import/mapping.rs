@@ -150,11 +150,13 @@ struct SharedTables {
     tables: HashMap<String, HashMap<String, Value>>,
 }
 
-const BUILTIN_FILES: [(&str, &str); 9] = [
+const BUILTIN_FILES: [(&str, &str); 11] = [
     ("tables.json", include_str!("../../mappings/ssmix2/tables.json")),
     ("ADT-00.json", include_str!("../../mappings/ssmix2/ADT-00.json")),
     ("PPR-01.json", include_str!("../../mappings/ssmix2/PPR-01.json")),
     ("OMP-01.json", include_str!("../../mappings/ssmix2/OMP-01.json")),
+    ("OMP-12.json", include_str!("../../mappings/ssmix2/OMP-12.json")),
+    ("OML-11.json", include_str!("../../mappings/ssmix2/OML-11.json")),
     ("UPHOSOKU.json", include_str!("../../mappings/careplan/UPHOSOKU.json")),
     ("UP1KYO.json", include_str!("../../mappings/careplan/UP1KYO.json")),
     ("UP2KYO.json", include_str!("../../mappings/careplan/UP2KYO.json")),
@@ -611,7 +613,7 @@ mod tests {
     fn the_shipped_mappings_load() {
         let files: Vec<(String, String)> = BUILTIN_FILES.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
         let mappings = Mappings::from_files(&files).expect("the shipped mappings parse");
-        for data_type in ["ADT-00", "PPR-01", "OMP-01", "UPHOSOKU", "UP1KYO", "UP2KYO", "UPPLAN", "UPJSK", "roster"] {
+        for data_type in ["ADT-00", "PPR-01", "OMP-01", "OMP-12", "OML-11", "UPHOSOKU", "UP1KYO", "UP2KYO", "UPPLAN", "UPJSK", "roster"] {
             assert!(mappings.for_data_type(data_type).is_some(), "{data_type}");
         }
     }

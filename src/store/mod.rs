@@ -410,6 +410,41 @@ impl Store {
         Ok(())
     }
 
+    /// Whether PostgreSQL's autovacuum runs (and so keeps the planner's statistics current);
+    /// always true for SQLite, which has none.
+    pub async fn autovacuum_on(&self) -> Result<bool> {
+        if self.backend != Backend::Postgres {
+            return Ok(true);
+        }
+        let setting: String = sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'autovacuum'").fetch_one(&self.pool).await?;
+        Ok(setting == "on")
+    }
+
+    /// What autovacuum's analyze would do, for a PostgreSQL server that runs without it:
+    /// ANALYZE each of the gateway's tables changed by more than 500 rows and a tenth of its
+    /// size since its last statistics (autovacuum's defaults are 50 and a tenth). Without
+    /// this a table that grew from empty keeps the statistics of an empty table, and the
+    /// planner walks every row of a type to find one identifier. The tables it analyzed.
+    pub async fn analyze_changed_tables(&self) -> Result<Vec<String>> {
+        if self.backend != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT quote_ident(relname) FROM pg_stat_user_tables \
+             WHERE schemaname = current_schema() AND n_mod_since_analyze > 500 + n_live_tup / 10",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if !stale.is_empty() {
+            let mut connection = self.maintenance_connection().await?;
+            connection.close_on_drop();
+            for table in &stale {
+                sqlx::query(&format!("ANALYZE {table}")).execute(&mut *connection).await?;
+            }
+        }
+        Ok(stale)
+    }
+
     /// A connection without the statement timeout, for maintenance that may rightly run
     /// long on a large database (migrations and their backfills, VACUUM, ANALYZE). Callers
     /// close it afterwards (`close_on_drop`), so no request ever runs without the limit.

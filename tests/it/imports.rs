@@ -82,6 +82,27 @@ fn omp(patient: &str, order: &str, dose: &str) -> Vec<u8> {
     ))
 }
 
+/// A blood test's results (as the NHO's OML-11 sample lays them out: SPM, OBR, ORC, OBX).
+fn oml(patient: &str) -> Vec<u8> {
+    jis(&format!(
+        "{}PID|0001||{patient}^^^^PI||宮本^京子^^^^^L^I\rPV1|0001|O|01^^^^^C\rSPM|1|000000001219001||023^血清^JC10|||||||||||||202404011500\rOBR|1|000000011000354|000000001219001|E001^血液学的検査^99O03|||20240401|20240401||||||||607^医師^一郎||||||20240402103059\rORC|SC|000000011000354|000000001219001||CM||||20240402103059|||607^医師^一郎\rOBX|1|NM|3A016000002327102^A/G比^JC10||1.7||1.2-2.0||||F|||202404011500\rOBX|2|NM|3A010000002327101^総蛋白^JC10||7.2|g/dl^g/dl^99XYZ|6.70-8.3|N|||F|||202404011500\rOBX|3|ST|3A015000002327101^アルブミン所見^JC10||溶血なし||||||F|||202404011500\r",
+        msh("OUL^R22^OUL_R22", &format!("OML{patient}"))
+    ))
+}
+
+/// Two injections given in one order (the NHO's OMP-12 sample's layout).
+fn injections(patient: &str) -> Vec<u8> {
+    let given = |code: &str, name: &str, unit: &str| {
+        format!("RXA|0|1|20240401080521|20240401130543|{code}^{name}^HOT9|1|{unit}^MR9P||^左手に実施^99IC2|200^看護^花子|09A^021^4^^^N|102ml/hr||||||||CP||20240401130613\r")
+    };
+    jis(&format!(
+        "{}PID|0001||{patient}^^^^PI||宮本^京子^^^^^L^I\rPV1|0001|I|32^302^^^^N\rORC|NW|000000000000301||000000000000301_01_001|||||20240401073613|058^入力者^花子||110^医師^一郎\r{}{}RXR|IV^静脈内^HL70162||IVP^点滴ポンプ^HL70164\r",
+        msh("RAS^O17^RAS_O17", &format!("INJ{patient}")),
+        given("620007329", "ソリタ－Ｔ３号輸液５００ｍＬ", "HON^本"),
+        given("620002559", "アドナ注（静脈用）50mg", "AMP^アンプル")
+    ))
+}
+
 /// `renraku import ssmix2` against `node` as the hospital's EHR; (exit success, output).
 fn import(node: &Node, root: &Path, state: &Path) -> (bool, String) {
     let client = Client { tenant: "ina", id: EHR, key: demo_key("ehr-ina-rs384.pem"), kid: "ehr-ina-rs384" };
@@ -133,7 +154,9 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     storage.write("0012347", "-", "ADT-00", "999999999999999", "20240401090200000", '1', &corrupted);
     storage.write("0012348", "-", "ADT-00", "999999999999999", "20240401090300000", '1', &adt("0012348", "宮本", "京", "ミヤモト", "ケイ", "X"));
     storage.write("0099999", "-", "PPR-01", "999999999999999", "20240401100100000", '1', &ppr("0099999"));
-    storage.write("0012345", "20240401", "OML-11", "000000000000201", "20240401130000000", '1', &jis(&msh("OUL^R22^OUL_R22", "LAB1")));
+    storage.write("0012345", "20240401", "OMP-02", "000000000000201", "20240401130000000", '1', &jis(&msh("RDE^O11^RDE_O11", "INJ1")));
+    storage.write("0012345", "20240401", "OML-11", "000000011000354", "20240402103059000", '1', &oml("0012345"));
+    storage.write("0012345", "20240401", "OMP-12", "000000000000301", "20240401130613000", '1', &injections("0012345"));
     let state = dir.join("import.state");
 
     // First run: the two persons are registered by the hospital; their clinical messages are
@@ -141,13 +164,13 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     // import goes on past each and fails at the end.
     let (succeeded, first) = import(&node, &storage.root, &state);
     assert!(!succeeded, "rejections make the exit status non-zero:\n{first}");
-    assert_eq!(count(&first, "files read:"), 10, "{first}");
+    assert_eq!(count(&first, "files read:"), 12, "{first}");
     assert_eq!(count(&first, "superseded"), 1, "{first}");
     assert_eq!(count(&first, "resources created:"), 2, "{first}");
-    assert_eq!(count(&first, "rejected:"), 7, "{first}");
+    assert_eq!(count(&first, "rejected:"), 9, "{first}");
     assert!(first.contains("0012347_-_ADT-00") && first.contains("(segment 2, PID-5)") && first.contains("not a character of ISO-2022-JP"), "{first}");
     assert!(first.contains("PID-8: code 'X' is not in table sex"), "{first}");
-    assert!(first.contains("no mapping for data type OML-11"), "{first}");
+    assert!(first.contains("no mapping for data type OMP-02"), "{first}");
     assert!(first.contains("0099999_-_PPR-01") && first.contains("matches no resource"), "{first}");
     assert!(first.contains("0012345_-_PPR-01") && first.contains("refused (403)"), "{first}");
 
@@ -190,7 +213,7 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     assert_eq!(reply.status().as_u16(), 201, "{}", reply.text().await.unwrap_or_default());
     let (_, second) = import(&node, &storage.root, &state);
     assert_eq!(count(&second, "already sent"), 2, "{second}");
-    assert_eq!(count(&second, "resources created:"), 5, "one Condition, two orders of two drugs:\n{second}");
+    assert_eq!(count(&second, "resources created:"), 12, "a Condition, two orders of two drugs, a specimen with three results and their report, two injections:\n{second}");
     assert_eq!(count(&second, "rejected:"), 4, "{second}");
 
     let conditions = resources(&get(&node, &ehr, &format!("/ina/fhir/Condition?patient={id}")).await);
@@ -213,11 +236,27 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     assert_eq!(drug["dosageInstruction"][0]["timing"]["code"]["coding"][0]["code"], "1013044400000000");
     assert_eq!(drug["authoredOn"], "2024-04-01T10:30:45+09:00");
 
+    let results = resources(&get(&node, &ehr, &format!("/ina/fhir/Observation?patient={id}&category=laboratory")).await);
+    assert_eq!(results.len(), 3);
+    let protein = results.iter().find(|o| o["code"]["coding"][0]["code"] == "3A010000002327101").expect("総蛋白");
+    assert_eq!(protein["code"]["coding"][0]["system"], "urn:oid:1.2.392.200119.4.504");
+    assert_eq!(protein["valueQuantity"], json!({ "value": 7.2, "unit": "g/dl" }), "a local unit code stays text");
+    assert_eq!(protein["effectiveDateTime"], "2024-04-01T15:00:00+09:00");
+    assert_eq!(protein["interpretation"][0]["coding"][0]["code"], "N");
+    let finding = results.iter().find(|o| o["valueString"] == "溶血なし").expect("a text result");
+    assert_eq!(finding["status"], "final");
+    let reports = resources(&get(&node, &ehr, &format!("/ina/fhir/DiagnosticReport?patient={id}")).await);
+    assert_eq!(reports[0]["result"].as_array().map(Vec::len), Some(3));
+    assert_eq!(reports[0]["specimen"][0]["reference"], protein["specimen"]["reference"]);
+    let given = resources(&get(&node, &ehr, &format!("/ina/fhir/MedicationAdministration?patient={id}")).await);
+    assert_eq!(given.len(), 2);
+    assert!(given.iter().all(|g| g["status"] == "completed" && g["dosage"]["route"]["coding"][0]["code"] == "IV"), "{given:?}");
+
     // The import's memory lost: everything is sent again, and nothing changes.
     let (_, third) = import(&node, &storage.root, &dir.join("fresh.state"));
     assert_eq!(count(&third, "resources created:"), 0, "{third}");
     assert_eq!(count(&third, "updated:"), 0, "{third}");
-    assert_eq!(count(&third, "unchanged:"), 7, "{third}");
+    assert_eq!(count(&third, "unchanged:"), 14, "{third}");
     let history = get(&node, &ehr, &format!("/ina/fhir/Patient/{id}/_history")).await;
     assert_eq!(history["total"], 1, "no second version: {history}");
 
@@ -236,15 +275,15 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     for _ in 0..50 {
         seen = get(&node, &auditor, &format!("/ina/fhir/AuditEvent?patient={id}&_count=200")).await;
         writes = resources(&seen).into_iter().filter(|event| event["action"] != "R" && event["action"] != "E").collect();
-        if writes.len() >= 15 {
+        if writes.len() >= 29 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let subtype = |event: &Value| event["subtype"][0]["code"].as_str().unwrap_or_default().to_owned();
-    // The person's registration, the Condition and four drugs, all sent again (unchanged),
-    // two deleted, and the support team the hospital formed.
-    assert_eq!(writes.iter().filter(|e| subtype(e) == "update").count(), 12, "{seen}");
+    // The person's registration, their twelve clinical resources, all thirteen sent again
+    // (unchanged), two deleted, and the support team the hospital formed.
+    assert_eq!(writes.iter().filter(|e| subtype(e) == "update").count(), 26, "{seen}");
     assert_eq!(writes.iter().filter(|e| subtype(e) == "delete").count(), 2, "{seen}");
     assert!(writes.iter().all(|event| event.to_string().contains(EHR) && event.to_string().contains(HOSPITAL)), "each names the client: {seen}");
 
