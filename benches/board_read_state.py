@@ -26,6 +26,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from healthz import wait_until_healthy  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "renraku")
 KIND = "https://renraku.example.jp/fhir/CodeSystem/communication-kind"
@@ -88,12 +91,7 @@ def main():
     gateway = subprocess.Popen([BINARY, *settings], cwd=ROOT, env=dict(os.environ, RENRAKU_LOG="warn"), stdout=log)
     base = f"http://127.0.0.1:{arguments.port}"
     try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_healthy(base)
         mm = "/minamiminowa/fhir"
         # Ten more professionals of the care office on the team: twelve members.
         team = call(base, "GET", f"{mm}/CareTeam/demo-team-yamada", ADMIN)

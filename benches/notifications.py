@@ -32,6 +32,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from healthz import wait_until_healthy  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,12 +200,7 @@ def main():
     base = f"http://127.0.0.1:{arguments.port}"
     post_path = "/minamiminowa/fhir/Communication"
     try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_healthy(base)
         rows = []
         rate, p50, bad = wrk(base, CM, post_path, board_post("負荷"), directory)
         baseline = rate

@@ -31,6 +31,9 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from healthz import wait_until_healthy  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILE = os.environ.get("RENRAKU_BENCH_PROFILE", "release")
 BINARY = os.environ.get("RENRAKU_BENCH_BINARY") or os.path.join(ROOT, "target", PROFILE, "renraku")
@@ -128,12 +131,7 @@ def main():
                                 "--listen", f"127.0.0.1:{port}", "--public-base-url", base],
                                env=dict(os.environ, RENRAKU_LOG="warn"), stdout=log, stderr=log)
     try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_healthy(base)
         rows = []
         seconds, converted, created, unchanged = import_storage(base, adt_root, os.path.join(directory, "adt.state"))
         rows.append(("ADT-00 (registers each person)", converted, seconds, created, unchanged))
