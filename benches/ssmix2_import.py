@@ -132,9 +132,17 @@ def main():
                                env=dict(os.environ, RENRAKU_LOG="warn"), stdout=log, stderr=log)
     try:
         wait_until_healthy(base)
+        print(f"\n{arguments.backend}, {arguments.patients} persons x {arguments.messages} messages ({os.path.basename(os.path.dirname(BINARY))} build)\n")
+        print("| phase | messages | seconds | messages/s | resources created | unchanged |")
+        print("|---|---:|---:|---:|---:|---:|", flush=True)
+
+        def show(phase, messages, seconds, created, unchanged):
+            print(f"| {phase} | {messages:,} | {seconds:.1f} | {messages / seconds:,.0f} | {created:,} | {unchanged:,} |", flush=True)
+
         rows = []
         seconds, converted, created, unchanged = import_storage(base, adt_root, os.path.join(directory, "adt.state"))
         rows.append(("ADT-00 (registers each person)", converted, seconds, created, unchanged))
+        show(*rows[-1])
         # The hospital joins each person's support team (100 CareTeams a transaction, each
         # naming its person by identifier).
         for start in range(0, arguments.patients, 100):
@@ -146,16 +154,12 @@ def main():
             post(f"{base}/ina/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries}, "demo-ehr-ina")
         seconds, converted, created, unchanged = import_storage(base, clinical_root, os.path.join(directory, "clinical.state"))
         rows.append(("PPR-01 and OMP-01", converted, seconds, created, unchanged))
+        show(*rows[-1])
         total = sum(r[1] for r in rows), sum(r[2] for r in rows)
         seconds_a, converted_a, created_a, unchanged_a = import_storage(base, adt_root, os.path.join(directory, "again-a.state"))
         seconds_b, converted_b, created_b, unchanged_b = import_storage(base, clinical_root, os.path.join(directory, "again-b.state"))
-        rows.append(("everything again, memory lost (unchanged)", converted_a + converted_b, seconds_a + seconds_b,
-                     created_a + created_b, unchanged_a + unchanged_b))
-        print(f"\n{arguments.backend}, {arguments.patients} persons x {arguments.messages} messages ({os.path.basename(os.path.dirname(BINARY))} build)\n")
-        print("| phase | messages | seconds | messages/s | resources created | unchanged |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for phase, messages, seconds, created, unchanged in rows:
-            print(f"| {phase} | {messages:,} | {seconds:.1f} | {messages / seconds:,.0f} | {created:,} | {unchanged:,} |")
+        show("everything again, memory lost (unchanged)", converted_a + converted_b, seconds_a + seconds_b,
+             created_a + created_b, unchanged_a + unchanged_b)
         print(f"| first import, all | {total[0]:,} | {total[1]:.1f} | {total[0] / total[1]:,.0f} | | |")
     finally:
         gateway.send_signal(signal.SIGTERM)
