@@ -1,13 +1,15 @@
-//! `renraku import`: the client that runs at the hospital (or the care office), converts
-//! what existing systems write into FHIR and sends it to the gateway over HTTP as a SMART
+//! `renraku import`: the client that runs at the hospital, the care office or the
+//! municipality, converts what existing systems write (SS-MIX2 storage, ケアプランデータ連携
+//! CSVs, directory rosters) into FHIR and sends it to the gateway over HTTP as a SMART
 //! Backend Services client — so the gateway stays the only place that decides and audits.
 //!
-//! - [`hl7`]: ISO-2022-JP decoding and HL7 v2 parsing;
+//! - [`hl7`]: ISO-2022-JP decoding and HL7 v2 parsing, and CSV rows in the same shape;
 //! - [`mapping`]: the one engine interpreting the declarative mappings of `mappings/`;
 //! - [`ssmix2`]: the standardized storage's layout, file names and condition flags;
-//! - this module: one transaction Bundle per message (created or updated by identifier, so
-//!   a second run changes nothing), the import's memory (what was sent, for `--since`-less
-//!   incremental and resumed runs), progress and the summary.
+//! - this module: MS932 CSV decoding and grouping, one transaction Bundle per message (or
+//!   row group; created or updated by identifier, so a second run changes nothing), the
+//!   import's memory (what was acknowledged, for incremental and resumed runs), progress and
+//!   the summary.
 
 pub mod hl7;
 pub mod mapping;
@@ -48,7 +50,8 @@ pub struct Gateway {
 
 /// What the import is given besides the storage.
 pub struct Options {
-    /// The hospital's 10-digit 医療機関コード (patient identifier system).
+    /// The hospital's 10-digit 医療機関コード (SS-MIX2's patient identifier system; empty for
+    /// the CSV imports).
     pub facility: String,
     /// The gateway's Organization of the hospital (`Organization/…`), the registrar of the
     /// persons its ADT-00 registers.
