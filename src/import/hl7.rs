@@ -33,13 +33,20 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Decodes ISO-2022-JP to a String; the first byte sequence outside the code set is an
-/// error naming its offset and the segment and field it is in.
-pub fn decode_iso_2022_jp(bytes: &[u8]) -> Result<String, Problem> {
-    let mut decoder = ISO_2022_JP.new_decoder_without_bom_handling();
-    let capacity = decoder
-        .max_utf8_buffer_length_without_replacement(bytes.len())
-        .ok_or_else(|| Problem::new("", "the file is too large"))?;
+/// A byte sequence outside an encoding: its offset, its bytes (hex), and the text decoded
+/// before it (to say where it is).
+#[derive(Debug)]
+pub struct Malformed {
+    pub offset: usize,
+    pub bytes: String,
+    pub before: String,
+}
+
+/// Decodes `bytes` in `encoding` without replacing anything: the first byte sequence
+/// outside the encoding is an error.
+pub fn decode_strictly(encoding: &'static encoding_rs::Encoding, bytes: &[u8]) -> Result<String, Malformed> {
+    let mut decoder = encoding.new_decoder_without_bom_handling();
+    let capacity = decoder.max_utf8_buffer_length_without_replacement(bytes.len()).unwrap_or(bytes.len().saturating_mul(3));
     let mut text = String::with_capacity(capacity);
     let mut read = 0;
     loop {
@@ -53,13 +60,21 @@ pub fn decode_iso_2022_jp(bytes: &[u8]) -> Result<String, Problem> {
                 let offset = read.saturating_sub(usize::from(length) + usize::from(after));
                 let character = bytes.get(offset..offset + usize::from(length).max(1)).unwrap_or_default();
                 let hex: Vec<String> = character.iter().map(|b| format!("{b:02X}")).collect();
-                return Err(Problem::new(
-                    format!("byte {offset} ({})", place_of_end(&text)),
-                    format!("bytes {} are not a character of ISO-2022-JP (ASCII and JIS X 0208)", hex.join(" ")),
-                ));
+                return Err(Malformed { offset, bytes: hex.join(" "), before: text });
             }
         }
     }
+}
+
+/// Decodes ISO-2022-JP to a String; the first byte sequence outside the code set is an
+/// error naming its offset and the segment and field it is in.
+pub fn decode_iso_2022_jp(bytes: &[u8]) -> Result<String, Problem> {
+    decode_strictly(ISO_2022_JP, bytes).map_err(|bad| {
+        Problem::new(
+            format!("byte {} ({})", bad.offset, place_of_end(&bad.before)),
+            format!("bytes {} are not a character of ISO-2022-JP (ASCII and JIS X 0208)", bad.bytes),
+        )
+    })
 }
 
 /// The segment and field at the end of the text decoded so far, e.g. `segment 3, PID-5`.

@@ -284,17 +284,13 @@ pub fn careplan_order(files: &[PathBuf]) -> Vec<(PathBuf, String)> {
 fn csv_rows(bytes: &[u8]) -> Result<Vec<Vec<String>>, Problem> {
     let text = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
         Some(utf8) => std::str::from_utf8(utf8).map(str::to_owned).map_err(|e| Problem::new(format!("byte {}", e.valid_up_to() + 3), "not UTF-8"))?,
-        None => {
-            let (text, had_errors) = encoding_rs::SHIFT_JIS.decode_without_bom_handling_and_without_replacement(bytes).map_or((None, true), |t| (Some(t), false));
-            match (text, had_errors) {
-                (Some(text), false) => text.into_owned(),
-                _ => {
-                    let valid = first_invalid_shift_jis(bytes);
-                    let line = bytes.get(..valid).map_or(1, |b| b.iter().filter(|c| **c == b'\n').count() + 1);
-                    return Err(Problem::new(format!("line {line}, byte {valid}"), "not a character of MS932 (Shift_JIS); save the file as MS932 or as UTF-8 with a byte-order mark"));
-                }
-            }
-        }
+        None => hl7::decode_strictly(encoding_rs::SHIFT_JIS, bytes).map_err(|bad| {
+            let line = bad.before.matches('\n').count() + 1;
+            Problem::new(
+                format!("line {line}, byte {}", bad.offset),
+                "not a character of MS932 (Shift_JIS); save the file as MS932 or as UTF-8 with a byte-order mark",
+            )
+        })?,
     };
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut rows = Vec::new();
@@ -306,17 +302,6 @@ fn csv_rows(bytes: &[u8]) -> Result<Vec<Vec<String>>, Problem> {
         rows.push(record.iter().map(str::to_owned).collect());
     }
     Ok(rows)
-}
-
-/// The offset of the first byte sequence that is not Shift_JIS.
-fn first_invalid_shift_jis(bytes: &[u8]) -> usize {
-    let mut decoder = encoding_rs::SHIFT_JIS.new_decoder_without_bom_handling();
-    let mut text = String::with_capacity(bytes.len() * 3 + 16);
-    let (result, read) = decoder.decode_to_string_without_replacement(bytes, &mut text, true);
-    match result {
-        encoding_rs::DecoderResult::Malformed(length, after) => read.saturating_sub(usize::from(length) + usize::from(after)),
-        _ => bytes.len(),
-    }
 }
 
 /// The importer's variables for the mapping.
