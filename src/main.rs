@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 use renraku::config::{Config, Overrides};
 use renraku::Gateway;
 
+/// mimalloc instead of glibc's allocator: under audited reads glibc's `malloc`/`free` (with
+/// `malloc_consolidate`) took about a fifth of the gateway's CPU samples (benches/README.md,
+/// session 14); the requests allocate many short-lived JSON values and strings across threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "renraku", version, about = "FHIR R4 gateway for municipal home-care support platforms")]
 struct Cli {

@@ -408,6 +408,58 @@ fn render_entity(entity: &Entity) -> Value {
     }
 }
 
+/// An event rendered as its AuditEvent JSON before it has a place in its chain: the text
+/// on either side of the `audit-chain` extension's sequence and predecessor, which only the
+/// chain's appender knows. Rendering (and indexing) happens in the request that produced
+/// the event, in parallel with other requests; the appender, which every event of a chain
+/// passes through one at a time, only fills in the two values, hashes and stores.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub chain: String,
+    pub id: String,
+    pub recorded: String,
+    /// The JSON up to where the chain extension's `sequence` entry begins.
+    head: String,
+    /// The JSON after the chain extension's `previous` entry.
+    tail: String,
+}
+
+/// The chain extension's `sequence` and `previous` entries as `serde_json` writes them for
+/// sequence 0 and an empty predecessor (JSON strings cannot contain an unescaped `"`, so this
+/// text occurs only as the extension itself).
+const CHAIN_PLACEHOLDER: &str = r#"{"url":"sequence","valueInteger":0},{"url":"previous","valueString":""}"#;
+
+impl Rendered {
+    /// Renders `event` with a new time-ordered id (UUID version 7: inserts into every
+    /// (resource_type, id) index land at the index's right edge). Returns the rendered event
+    /// and the resource (with sequence 0 and no predecessor), for indexing.
+    pub fn new(event: &Event, owner: Option<(&str, &str)>, names: &dyn Fn(&str) -> Option<(String, String)>) -> Result<(Rendered, Value), Error> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let resource = event.to_resource(&id, 0, "", owner, names);
+        let text = serde_json::to_string(&resource)?;
+        let at = text.find(CHAIN_PLACEHOLDER).ok_or_else(|| Error::internal("the audit chain extension is missing from a rendered event"))?;
+        let (head, rest) = text.split_at(at);
+        let tail = rest.get(CHAIN_PLACEHOLDER.len()..).unwrap_or_default();
+        let rendered = Rendered { chain: event.chain.clone(), id, recorded: event.recorded.clone(), head: head.to_owned(), tail: tail.to_owned() };
+        Ok((rendered, resource))
+    }
+
+    /// The AuditEvent JSON at `sequence` after a predecessor whose digest is `previous` —
+    /// the same text as `serde_json::to_string(&event.to_resource(id, sequence, previous, …))`.
+    pub fn content(&self, sequence: i64, previous: &str) -> String {
+        // Digests are lowercase hexadecimal: nothing to escape.
+        let mut content = String::with_capacity(self.head.len() + self.tail.len() + previous.len() + 96);
+        content.push_str(&self.head);
+        content.push_str(r#"{"url":"sequence","valueInteger":"#);
+        content.push_str(&sequence.to_string());
+        content.push_str(r#"},{"url":"previous","valueString":""#);
+        content.push_str(previous);
+        content.push_str(r#""}"#);
+        content.push_str(&self.tail);
+        content
+    }
+}
+
 /// An event with its place in the chain, ready to store.
 #[derive(Debug, Clone)]
 pub struct Chained {
@@ -418,4 +470,44 @@ pub struct Chained {
     pub previous: String,
     pub digest: String,
     pub content: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Event {
+        Event {
+            chain: "ina".into(),
+            event_type: EventType::Rest("read"),
+            action: Action::Read,
+            outcome: Outcome::Success,
+            outcome_description: None,
+            recorded: "2026-12-05T04:00:00.000000Z".into(),
+            agent: Agent {
+                references: vec!["PractitionerRole/r1".into(), "Organization/o1".into()],
+                name: "田中 \"一郎\" {\"url\":\"sequence\"}".into(),
+                user: Some("tanaka".into()),
+                municipality: Some("ina".into()),
+                client_id: Some("app".into()),
+                address: Some("127.0.0.1".into()),
+            },
+            site: "ina".into(),
+            request_id: "req-1".into(),
+            purpose_of_use: Some("TREAT".into()),
+            entities: vec![Entity::Patient("Patient/p1".into()), Entity::Query("family=\"x\"".into())],
+        }
+    }
+
+    #[test]
+    fn a_rendered_event_takes_its_place_in_the_chain_as_the_full_rendering_would() {
+        let names = |slug: &str| (slug == "ina").then(|| ("202096".to_owned(), "伊那市".to_owned()));
+        let event = event();
+        let (rendered, resource) = Rendered::new(&event, Some(("202096", "伊那市")), &names).unwrap();
+        assert_eq!(resource.pointer("/extension/0/extension/1/valueInteger"), Some(&json!(0)));
+        for (sequence, previous) in [(1, chain::GENESIS.to_owned()), (123_456_789, "ab".repeat(32))] {
+            let whole = event.to_resource(&rendered.id, sequence, &previous, Some(("202096", "伊那市")), &names);
+            assert_eq!(rendered.content(sequence, &previous), serde_json::to_string(&whole).unwrap());
+        }
+    }
 }

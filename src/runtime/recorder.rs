@@ -13,14 +13,14 @@ use crate::audit::Event;
 use crate::config::TenantConfig;
 use crate::error::{Error, Result};
 use crate::search::Registry;
+use crate::store::audit::Prepared;
 use crate::store::Store;
 
 /// The most events one batch commits.
 const MAX_BATCH_EVENTS: usize = 512;
 
 struct Job {
-    events: Vec<Event>,
-    tenants: Vec<TenantConfig>,
+    events: Vec<Prepared>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -28,24 +28,29 @@ struct Job {
 #[derive(Clone)]
 pub struct Recorder {
     sender: mpsc::Sender<Job>,
+    registry: std::sync::Arc<Registry>,
+    indexed: bool,
 }
 
 impl Recorder {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Store, registry: std::sync::Arc<Registry>) -> Recorder {
         let (sender, receiver) = mpsc::channel(4096);
-        tokio::spawn(write_batches(store, registry, receiver));
-        Recorder { sender }
+        let indexed = crate::store::audit::indexed_for(store.backend());
+        tokio::spawn(write_batches(store, receiver));
+        Recorder { sender, registry, indexed }
     }
 
-    /// Stores `events` durably; returns once they are committed.
-    pub async fn record(&self, events: Vec<Event>, tenants: Vec<TenantConfig>) -> Result<()> {
+    /// Stores `events` durably; returns once they are committed. The events are rendered
+    /// and indexed here, in the caller's task, so that the one writer only chains and stores.
+    pub async fn record(&self, events: Vec<Event>, tenants: &[TenantConfig]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
+        let events = crate::store::audit::prepare(&self.registry, tenants, &events, self.indexed)?;
         let (done, finished) = oneshot::channel();
         self.sender
-            .send(Job { events, tenants, done })
+            .send(Job { events, done })
             .await
             .map_err(|_| Error::internal("the audit writer has stopped"))?;
         match finished.await {
@@ -56,7 +61,7 @@ impl Recorder {
     }
 }
 
-async fn write_batches(store: Store, registry: std::sync::Arc<Registry>, mut receiver: mpsc::Receiver<Job>) {
+async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
     while let Some(first) = receiver.recv().await {
         let mut count = first.events.len();
         let mut jobs = vec![first];
@@ -69,11 +74,9 @@ async fn write_batches(store: Store, registry: std::sync::Arc<Registry>, mut rec
                 Err(_) => break,
             }
         }
-        let events: Vec<Event> = jobs.iter().flat_map(|job| job.events.iter().cloned()).collect();
-        // Municipalities are only ever added, so the longest list is the newest.
-        let tenants = jobs.iter().map(|job| &job.tenants).max_by_key(|t| t.len()).cloned().unwrap_or_default();
+        let events: Vec<Prepared> = jobs.iter_mut().flat_map(|job| std::mem::take(&mut job.events)).collect();
         let started = std::time::Instant::now();
-        let result = commit(&store, &registry, &tenants, &events).await.map_err(|error| {
+        let result = commit(&store, &events).await.map_err(|error| {
             tracing::error!(target: "renraku::audit", %error, events = events.len(), "audit events could not be stored");
             error.to_string()
         });
@@ -84,11 +87,11 @@ async fn write_batches(store: Store, registry: std::sync::Arc<Registry>, mut rec
     }
 }
 
-async fn commit(store: &Store, registry: &Registry, tenants: &[TenantConfig], events: &[Event]) -> Result<()> {
+async fn commit(store: &Store, events: &[Prepared]) -> Result<()> {
     let started = std::time::Instant::now();
     let mut transaction = store.begin().await?;
     let locked = started.elapsed();
-    crate::store::audit::append(&mut transaction, registry, tenants, events).await?;
+    crate::store::audit::append_prepared(&mut transaction, events).await?;
     transaction.commit().await?;
     tracing::trace!(target: "renraku::audit", lock_wait_us = locked.as_micros(), "audit batch lock wait");
     Ok(())

@@ -107,7 +107,7 @@ impl Fhir {
         if self.take_failpoint(Failpoint::RecordEvents) {
             return Err(Error::internal("failpoint: the audit trail cannot be written"));
         }
-        self.recorder.record(events, self.tenants()).await
+        self.recorder.record(events, &self.tenants()).await
     }
 
     /// Projects journal rows that carry their JSON into AuditEvent resource rows (on SQLite

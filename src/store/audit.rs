@@ -13,7 +13,8 @@ use super::Db;
 use super::query::BulkValue as V;
 use super::BulkRow;
 use crate::audit::chain::{Head, Link, GENESIS};
-use crate::audit::{Chained, Event};
+use crate::audit::{Chained, Event, Rendered};
+use crate::search::IndexEntry;
 use crate::error::Result;
 
 /// Takes the chain's head (creating it at the genesis), locking it until the transaction
@@ -45,8 +46,8 @@ pub async fn set_head_digest(connection: &mut Db, chain: &str, digest: &str) -> 
 /// [`project_pending`] writes the resource rows later: there the chain head's row lock is what
 /// serialises appenders, and writing some twenty rows an event under it cut audited reads by
 /// a fifth (benches/README.md, session 12), while a projection in parallel blocks nobody.
-pub async fn insert_events(connection: &mut Db, registry: &crate::search::Registry, events: &[(Chained, serde_json::Value)]) -> Result<()> {
-    let inline = connection.0.backend_name() == "SQLite";
+async fn insert_events(connection: &mut Db, events: &[(Chained, &[IndexEntry])]) -> Result<()> {
+    let inline = stores_resource_rows_at_once(connection);
     let links: Vec<Vec<V>> = events
         .iter()
         .map(|(event, _)| {
@@ -68,12 +69,47 @@ pub async fn insert_events(connection: &mut Db, registry: &crate::search::Regist
     }
     let rows: Vec<(String, String, BulkRow)> = events
         .iter()
-        .map(|(event, resource)| {
-            let row = BulkRow { resource_type: "AuditEvent".to_owned(), id: event.id.clone(), index: registry.extract(resource), content: event.content.clone() };
+        .map(|(event, index)| {
+            let row = BulkRow { resource_type: "AuditEvent".to_owned(), id: event.id.clone(), index: index.to_vec(), content: event.content.clone() };
             (event.chain.clone(), event.recorded.clone(), row)
         })
         .collect();
     super::insert_new_rows(connection, &rows).await
+}
+
+/// Whether [`insert_events`] writes an event's resource rows with its link (SQLite) or leaves
+/// them to the projection (PostgreSQL).
+fn stores_resource_rows_at_once(connection: &Db) -> bool {
+    connection.0.backend_name() == "SQLite"
+}
+
+/// An event rendered and, where its resource rows are written with its link, indexed: ready
+/// for [`append_prepared`]. Preparing is CPU work that needs no connection; the recorder does
+/// it in each request's own task so that the single appender only chains and stores.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    rendered: Rendered,
+    index: Vec<IndexEntry>,
+}
+
+/// Renders `events` (and indexes them when `indexed`: the backend stores resource rows with
+/// the link, see [`insert_events`]).
+pub fn prepare(registry: &crate::search::Registry, tenants: &[crate::config::TenantConfig], events: &[Event], indexed: bool) -> Result<Vec<Prepared>> {
+    let names = |slug: &str| tenants.iter().find(|t| t.slug == slug).map(|t| (t.code.clone(), t.name.clone()));
+    events
+        .iter()
+        .map(|event| {
+            let owner = names(&event.chain);
+            let (rendered, resource) = Rendered::new(event, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names)?;
+            let index = if indexed { registry.extract(&resource) } else { Vec::new() };
+            Ok(Prepared { rendered, index })
+        })
+        .collect()
+}
+
+/// Whether events prepared for `backend` are indexed (see [`insert_events`]).
+pub fn indexed_for(backend: super::Backend) -> bool {
+    matches!(backend, super::Backend::Sqlite)
 }
 
 /// A journal row not yet projected into AuditEvent resource rows.
@@ -273,52 +309,54 @@ pub async fn events_about_patient(connection: &mut Db, patient: &str, limit: i64
     rows.iter().map(|row| Ok(row.try_get("content")?)).collect()
 }
 
-/// Appends `events` to their chains inside the caller's transaction: each chain's head is
-/// locked (in chain order, so two appenders never wait on each other crosswise), every event
-/// gets the next sequence number and its predecessor's digest, and the chained events are
-/// stored (links and AuditEvent rows, [`insert_events`]). Call it once per transaction, last
-/// before the commit, so the head lock is held briefly.
+/// Appends `events` to their chains inside the caller's transaction ([`prepare`], then
+/// [`append_prepared`]). Call it once per transaction, last before the commit.
 pub async fn append(
     connection: &mut Db,
     registry: &crate::search::Registry,
     tenants: &[crate::config::TenantConfig],
     events: &[Event],
 ) -> Result<Vec<String>> {
-    let mut chains: Vec<&str> = events.iter().map(|e| e.chain.as_str()).collect();
+    let prepared = prepare(registry, tenants, events, stores_resource_rows_at_once(connection))?;
+    append_prepared(connection, &prepared).await
+}
+
+/// Appends prepared events to their chains inside the caller's transaction: each chain's head
+/// is locked (in chain order, so two appenders never wait on each other crosswise), every
+/// event gets the next sequence number and its predecessor's digest, and the chained events
+/// are stored (links and, on SQLite, AuditEvent rows: [`insert_events`]). Call it once per
+/// transaction, last before the commit, so the head lock is held briefly. Returns the events'
+/// ids in chain order.
+pub async fn append_prepared(connection: &mut Db, events: &[Prepared]) -> Result<Vec<String>> {
+    let mut chains: Vec<&str> = events.iter().map(|e| e.rendered.chain.as_str()).collect();
     chains.sort_unstable();
     chains.dedup();
-    let names = |slug: &str| tenants.iter().find(|t| t.slug == slug).map(|t| (t.code.clone(), t.name.clone()));
-    let mut ids = Vec::with_capacity(events.len());
     let mut rows = Vec::with_capacity(events.len());
     for chain in chains {
-        let members: Vec<&Event> = events.iter().filter(|e| e.chain == chain).collect();
+        let members: Vec<&Prepared> = events.iter().filter(|e| e.rendered.chain == chain).collect();
         let count = i64::try_from(members.len()).map_err(crate::error::Error::internal)?;
         let (last_seq, mut previous) = advance_head(connection, chain, count).await?;
-        let owner = names(chain);
         let mut seq = last_seq - count;
         for event in members {
             seq += 1;
-            // Time-ordered ids (UUID version 7): the inserts into every (resource_type, id)
-            // index land at the index's right edge instead of on a random page each.
-            let id = uuid::Uuid::now_v7().to_string();
-            let resource = event.to_resource(&id, seq, &previous, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names);
-            let content = serde_json::to_string(&resource)?;
+            let rendered = &event.rendered;
+            let content = rendered.content(seq, &previous);
             let digest = crate::audit::chain::digest(chain, seq, &previous, &content);
             let chained = Chained {
                 chain: chain.to_owned(),
                 seq,
-                id: id.clone(),
-                recorded: event.recorded.clone(),
+                id: rendered.id.clone(),
+                recorded: rendered.recorded.clone(),
                 previous: std::mem::replace(&mut previous, digest.clone()),
                 digest,
                 content,
             };
-            rows.push((chained, resource));
-            ids.push(id);
+            rows.push((chained, event.index.as_slice()));
         }
         set_head_digest(connection, chain, &previous).await?;
     }
-    insert_events(connection, registry, &rows).await?;
+    let ids = rows.iter().map(|(chained, _)| chained.id.clone()).collect();
+    insert_events(connection, &rows).await?;
     Ok(ids)
 }
 
