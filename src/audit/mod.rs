@@ -15,7 +15,7 @@
 //! Architecture invariants:
 //! - No HTTP, no SQL and no access decisions here: this module renders and chains what the
 //!   service tells it; the store writes it.
-//! - `store::audit::append` is the only code that writes events, and `project_pending` the
+//! - `store::audit::append_prepared` (behind `append`) is the only code that writes events, and `project_pending` the
 //!   only other code that writes AuditEvent resource rows (from journal rows that carry the
 //!   JSON); nothing updates or deletes either except retention pruning (`service::audit`),
 //!   which keeps the chain verifiable.
@@ -182,6 +182,9 @@ pub struct Agent {
     pub client_id: Option<String>,
     /// The network address the request came from.
     pub address: Option<String>,
+    /// Whether the requestor is software acting on its own (a backend-services client), not
+    /// a person: its agent type is DICOM's Application, not a human user.
+    pub application: bool,
 }
 
 impl Agent {
@@ -205,6 +208,7 @@ impl Agent {
                     Actor::System { client, organization, .. } => {
                         agent.references = vec![format!("Organization/{organization}")];
                         agent.name = format!("system client {client}");
+                        agent.application = true;
                     }
                     Actor::MunicipalAdmin { user, .. } => {
                         agent.name = format!("municipal administrator {user}");
@@ -329,10 +333,12 @@ impl Event {
     fn render_agents(&self, names: &dyn Fn(&str) -> Option<(String, String)>) -> Vec<Value> {
         let agent = &self.agent;
         let mut requestor = Map::new();
-        requestor.insert(
-            "type".into(),
-            json!({ "coding": [{ "system": SECURITY_ROLE_TYPE, "code": "humanuser", "display": "human user" }] }),
-        );
+        let requestor_type = if agent.application {
+            json!({ "coding": [{ "system": DICOM, "code": "110150", "display": "Application" }] })
+        } else {
+            json!({ "coding": [{ "system": SECURITY_ROLE_TYPE, "code": "humanuser", "display": "human user" }] })
+        };
+        requestor.insert("type".into(), requestor_type);
         match agent.references.first() {
             Some(reference) => requestor.insert("who".into(), json!({ "reference": reference })),
             None => requestor.insert("who".into(), json!({ "display": agent.name })),
@@ -491,6 +497,7 @@ mod tests {
                 municipality: Some("ina".into()),
                 client_id: Some("app".into()),
                 address: Some("127.0.0.1".into()),
+                application: false,
             },
             site: "ina".into(),
             request_id: "req-1".into(),
@@ -509,5 +516,24 @@ mod tests {
             let whole = event.to_resource(&rendered.id, sequence, &previous, Some(("202096", "伊那市")), &names);
             assert_eq!(rendered.content(sequence, &previous), serde_json::to_string(&whole).unwrap());
         }
+    }
+
+    #[test]
+    fn a_backend_services_client_is_recorded_as_an_application_and_a_person_as_a_human_user() {
+        let mut event = event();
+        let requestor_type = |event: &Event| {
+            let resource = event.to_resource("e1", 1, chain::GENESIS, None, &|_: &str| None);
+            resource.pointer("/agent/0/type/coding/0/code").and_then(Value::as_str).map(str::to_owned)
+        };
+        assert_eq!(requestor_type(&event).as_deref(), Some("humanuser"));
+        event.agent = Agent {
+            references: vec!["Organization/hospital".into()],
+            name: "system client ehr".into(),
+            client_id: Some("ehr".into()),
+            municipality: Some("ina".into()),
+            application: true,
+            ..Agent::default()
+        };
+        assert_eq!(requestor_type(&event).as_deref(), Some("110150"));
     }
 }

@@ -192,7 +192,8 @@ pub async fn ssmix2(root: &Path, options: &Options, target: &Target) -> Result<S
         if run.sent_before(&file.relative, &digest) {
             continue;
         }
-        run.deliver(&file.relative, &digest, bundle_of(file, action, &bytes, options)).await?;
+        let earlier = plan.earlier.get(&file.relative).map_or(&[][..], Vec::as_slice);
+        run.deliver(&file.relative, &digest, bundle_of(file, action, &bytes, earlier, options)).await?;
     }
     progress.finish_and_clear();
     run.finish()
@@ -326,8 +327,36 @@ fn progress_bar(wanted: bool, total: usize) -> indicatif::ProgressBar {
 }
 
 /// The transaction Bundle of one stored file: None when the mapping does not map its
-/// message type (a withdrawal such as ADT^A23).
-fn bundle_of(file: &StoredFile, action: &Action, bytes: &[u8], options: &Options) -> Result<Option<Value>, Problem> {
+/// message type (a withdrawal such as ADT^A23). `earlier` are the files of the same order
+/// it supersedes: what they mapped to and the current file no longer does (a drug taken off
+/// a changed prescription) is deleted in the same transaction. A superseded file that cannot
+/// be read or converted names nothing to delete (it was never sent either, or was sent as it
+/// was then).
+fn bundle_of(file: &StoredFile, action: &Action, bytes: &[u8], earlier: &[StoredFile], options: &Options) -> Result<Option<Value>, Problem> {
+    let Some(produced) = produced_by(file, bytes, options)? else { return Ok(None) };
+    let mut entries: Vec<Value> = match action {
+        Action::Upsert => produced.iter().map(upsert_entry).collect(),
+        // A person is not deleted by an import (registration is the registrar's decision).
+        Action::Delete => produced.iter().filter(|p| p.resource_type != "Patient").map(delete_entry).collect(),
+    };
+    let mut named: HashSet<(String, String, String)> = produced.iter().map(identity).collect();
+    for predecessor in earlier {
+        let Ok(bytes) = std::fs::read(&predecessor.path) else { continue };
+        let Ok(Some(then)) = produced_by(predecessor, &bytes, options) else { continue };
+        for gone in then.iter().filter(|p| p.resource_type != "Patient") {
+            if named.insert(identity(gone)) {
+                entries.push(delete_entry(gone));
+            }
+        }
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })))
+}
+
+/// What one stored file maps to (None for a message type the mapping ignores).
+fn produced_by(file: &StoredFile, bytes: &[u8], options: &Options) -> Result<Option<Vec<Produced>>, Problem> {
     let mapping = options
         .mappings
         .for_data_type(&file.data_type)
@@ -349,16 +378,12 @@ fn bundle_of(file: &StoredFile, action: &Action, bytes: &[u8], options: &Options
         ("occurred".to_owned(), file.occurred.clone()),
     ]);
     let given = given(options, &file_variables);
-    let produced = mapping::convert(mapping, &message, &given)?;
-    let entries: Vec<Value> = match action {
-        Action::Upsert => produced.iter().map(upsert_entry).collect(),
-        // A person is not deleted by an import (registration is the registrar's decision).
-        Action::Delete => produced.iter().filter(|p| p.resource_type != "Patient").map(delete_entry).collect(),
-    };
-    if entries.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })))
+    Ok(Some(mapping::convert(mapping, &message, &given)?))
+}
+
+/// A produced resource's identity on the server: its type and first identifier.
+fn identity(produced: &Produced) -> (String, String, String) {
+    (produced.resource_type.clone(), produced.system.clone(), produced.value.clone())
 }
 
 /// What a search by token needs escaped in a query value (`|` separates system and code).
@@ -550,10 +575,15 @@ fn counts(response: &Value) -> Counts {
             .pointer("/response/outcome/issue")
             .and_then(Value::as_array)
             .is_some_and(|issues| issues.iter().any(|issue| issue.get("diagnostics").and_then(Value::as_str).is_some_and(|d| d.starts_with("no change"))));
+        let no_match = entry
+            .pointer("/response/outcome/issue")
+            .and_then(Value::as_array)
+            .is_some_and(|issues| issues.iter().any(|issue| issue.get("diagnostics").and_then(Value::as_str).is_some_and(|d| d.starts_with("no match"))));
         match status.split(' ').next().unwrap_or_default() {
             "201" => counts.created += 1,
             "200" if unchanged => counts.unchanged += 1,
             "200" => counts.updated += 1,
+            "204" if no_match => {}
             "204" => counts.deleted += 1,
             _ => {}
         }

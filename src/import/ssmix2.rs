@@ -41,6 +41,9 @@ pub struct Plan {
     pub files: Vec<(StoredFile, Action)>,
     /// Files a newer file of the same order supersedes (flag 2, or an older flag 1).
     pub superseded: Vec<StoredFile>,
+    /// For each file sent (by its relative path), the files of its order it supersedes:
+    /// what they mapped to and it does not is deleted with it.
+    pub earlier: BTreeMap<String, Vec<StoredFile>>,
     /// Files that are not SS-MIX2 storage files, or not where their name puts them.
     pub problems: Vec<(String, String)>,
     /// Every file looked at.
@@ -87,6 +90,9 @@ pub fn plan(root: &Path) -> std::io::Result<Plan> {
     for (_, mut files) in orders {
         files.sort_by(|a, b| (a.occurred.as_str(), a.flag == '1').cmp(&(b.occurred.as_str(), b.flag == '1')));
         let Some(latest) = files.pop() else { continue };
+        if latest.flag != '2' && !files.is_empty() {
+            plan.earlier.insert(latest.relative.clone(), files.clone());
+        }
         plan.superseded.extend(files);
         match latest.flag {
             '1' => plan.files.push((latest, Action::Upsert)),

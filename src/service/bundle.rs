@@ -210,12 +210,20 @@ impl Fhir {
                     response
                 }
                 Outcome::Deleted { target, deleted, cascaded } => {
+                    let matched = target.is_some();
                     for (target, deleted) in target.map(|t| (t, deleted)).into_iter().chain(cascaded) {
                         let mut entry_audit = self.audit(context, Interaction::Delete, "delete");
                         entry_audit.entity(Entity::Resource(target));
                         entry_audits.push((entry_audit, deleted));
                     }
-                    json!({ "response": { "status": "204 No Content" } })
+                    if matched {
+                        json!({ "response": { "status": "204 No Content" } })
+                    } else {
+                        // A conditional delete that matched nothing (as HAPI FHIR, a note, not
+                        // an error): a client keeping its data in step can tell it from a delete.
+                        let note = OperationOutcome::new(vec![Issue::information("no match: nothing was deleted".to_owned())]).to_json();
+                        json!({ "response": { "status": "204 No Content", "outcome": note } })
+                    }
                 }
             };
             if let Some(slot) = responses.get_mut(index) {

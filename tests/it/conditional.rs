@@ -53,6 +53,21 @@ async fn conditional_delete(backend: Backend, who: Who) {
     server.get(&format!("/ina/fhir/Patient/{id}")).await.expect(410);
     server.delete("/ina/fhir/Patient?identifier=urn:renraku:test|999").await.expect(204);
     server.delete("/ina/fhir/Patient").await.expect(400);
+
+    // In a transaction, a delete that matched nothing says so (a client keeping its data in
+    // step, such as the SS-MIX2 import, tells it from a delete).
+    server.create("ina", &patient_with_number("030")).await;
+    let bundle = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
+        { "request": { "method": "DELETE", "url": "Patient?identifier=urn:renraku:test|030" } },
+        { "request": { "method": "DELETE", "url": "Patient?identifier=urn:renraku:test|998" } }
+    ] });
+    let reply = server.send(Method::POST, "/ina/fhir", &[], &bundle).await;
+    reply.expect(200);
+    let entries = reply.json()["entry"].clone();
+    assert_eq!(entries[0]["response"]["status"], "204 No Content", "{entries}");
+    assert!(entries[0]["response"].get("outcome").is_none(), "{entries}");
+    assert_eq!(entries[1]["response"]["status"], "204 No Content", "{entries}");
+    assert_eq!(entries[1]["response"]["outcome"]["issue"][0]["diagnostics"], "no match: nothing was deleted", "{entries}");
 }
 
 both_backends_as_both!(conditional_create, conditional_update, conditional_delete);

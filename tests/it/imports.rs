@@ -69,6 +69,11 @@ fn ppr(patient: &str) -> Vec<u8> {
 
 /// An order of two drugs (one Rp each); `dose` is the first drug's.
 fn omp(patient: &str, order: &str, dose: &str) -> Vec<u8> {
+    omp_of(patient, order, dose, 2)
+}
+
+/// A prescription of its first `drugs` (1 or 2) drugs.
+fn omp_of(patient: &str, order: &str, dose: &str, drugs: usize) -> Vec<u8> {
     let drug = |rp: &str, code: &str, name: &str, dose: &str| {
         format!(
             "ORC|NW|{order}||{rp}|||||20240401103045|058^入力^花子||110^田中^一郎|||||01^内科^99XY1\rRXE||{code}^{name}^HOT9|{dose}||TAB^錠^MR9P|||||15|TAB^錠^MR9P||||||||||||||||||||20240401103045\rTQ1|1||1013044400000000&内服・経口・１日３回朝昼夕食後&JAMISDP01|||5^d|20240401\rRXR|PO^口^HL70162\r"
@@ -78,7 +83,7 @@ fn omp(patient: &str, order: &str, dose: &str) -> Vec<u8> {
         "{}PID|0001||{patient}^^^^PI||宮本^京子^^^^^L^I\r{}{}",
         msh("RDE^O11^RDE_O11", &format!("OMP{order}")),
         drug("1", "108665201", "ダーゼン錠５ｍｇ", dose),
-        drug("2", "103835401", "ムコダイン錠２５０ｍｇ", "3")
+        if drugs > 1 { drug("2", "103835401", "ムコダイン錠２５０ｍｇ", "3") } else { String::new() }
     ))
 }
 
@@ -145,7 +150,7 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     storage.write("0012345", "-", "PPR-01", "999999999999999", "20240401100000000", '1', &ppr("0012345"));
     // Order A was changed: the older file is flagged superseded (2), the newer current (1).
     storage.write("0012345", "20240401", "OMP-01", "000000000000101", "20240401103045000", '2', &omp("0012345", "000000000000101", "2"));
-    storage.write("0012345", "20240401", "OMP-01", "000000000000101", "20240401113045000", '1', &omp("0012345", "000000000000101", "1"));
+    let order_a = storage.write("0012345", "20240401", "OMP-01", "000000000000101", "20240401113045000", '1', &omp("0012345", "000000000000101", "1"));
     let order_b = storage.write("0012345", "20240401", "OMP-01", "000000000000102", "20240401120000000", '1', &omp("0012345", "000000000000102", "4"));
     // Bad input among the good: UTF-8 bytes where ISO-2022-JP belongs; a sex code of no
     // table; a person the gateway does not know; a data type with no mapping.
@@ -286,6 +291,30 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     assert_eq!(writes.iter().filter(|e| subtype(e) == "update").count(), 26, "{seen}");
     assert_eq!(writes.iter().filter(|e| subtype(e) == "delete").count(), 2, "{seen}");
     assert!(writes.iter().all(|event| event.to_string().contains(EHR) && event.to_string().contains(HOSPITAL)), "each names the client: {seen}");
+    // The requestor is software, not a person (BALP: DICOM 110150 Application).
+    assert!(
+        writes.iter().all(|event| event["agent"][0]["requestor"] == true && event["agent"][0]["type"]["coding"][0]["code"] == "110150"),
+        "the client is recorded as an application: {seen}"
+    );
+
+    // Order A changed again: its second drug was stopped. The newer file is current, the
+    // previous one superseded; the stopped drug's MedicationRequest goes with the update.
+    let a_of = |o: &&Value| o["identifier"][0]["value"].as_str().is_some_and(|v| v.contains("-000000000000101-"));
+    let before = resources(&get(&node, &ehr, &format!("/ina/fhir/MedicationRequest?patient={id}")).await);
+    assert_eq!(before.iter().filter(a_of).count(), 2, "{before:?}");
+    std::fs::rename(&order_a, order_a.with_file_name(order_a.file_name().unwrap().to_string_lossy().replace("_01_1", "_01_2"))).expect("renamed");
+    storage.write("0012345", "20240401", "OMP-01", "000000000000101", "20240402090000000", '1', &omp_of("0012345", "000000000000101", "1", 1));
+    let (_, fifth) = import(&node, &storage.root, &state);
+    assert_eq!(count(&fifth, "deleted:"), 1, "{fifth}");
+    assert_eq!(count(&fifth, "unchanged:"), 1, "{fifth}");
+    let after = resources(&get(&node, &ehr, &format!("/ina/fhir/MedicationRequest?patient={id}")).await);
+    let remaining: Vec<&str> = after.iter().filter(a_of).filter_map(|o| o["identifier"][0]["value"].as_str()).collect();
+    assert_eq!(remaining, vec![format!("{FACILITY}-OMP-01-000000000000101-1-1")], "{after:?}");
+    // Sent again with the memory lost, the stopped drug's delete matches nothing and
+    // nothing is counted as deleted.
+    let (_, sixth) = import(&node, &storage.root, &dir.join("fresher.state"));
+    assert_eq!(count(&sixth, "deleted:"), 0, "{sixth}");
+    assert_eq!(count(&sixth, "resources created:"), 0, "{sixth}");
 
     drop(node);
     if let Some(name) = database {
