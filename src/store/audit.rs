@@ -90,6 +90,7 @@ fn stores_resource_rows_at_once(connection: &Db) -> bool {
 pub struct Prepared {
     rendered: Rendered,
     index: Vec<IndexEntry>,
+    indexed: bool,
 }
 
 /// Renders `events` (and indexes them when `indexed`: the backend stores resource rows with
@@ -102,7 +103,7 @@ pub fn prepare(registry: &crate::search::Registry, tenants: &[crate::config::Ten
             let owner = names(&event.chain);
             let (rendered, resource) = Rendered::new(event, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names)?;
             let index = if indexed { registry.extract(&resource) } else { Vec::new() };
-            Ok(Prepared { rendered, index })
+            Ok(Prepared { rendered, index, indexed })
         })
         .collect()
 }
@@ -328,6 +329,11 @@ pub async fn append(
 /// transaction, last before the commit, so the head lock is held briefly. Returns the events'
 /// ids in chain order.
 pub async fn append_prepared(connection: &mut Db, events: &[Prepared]) -> Result<Vec<String>> {
+    // An event stored as its resource row must come with its index rows, or auditors could
+    // never find it.
+    if stores_resource_rows_at_once(connection) && events.iter().any(|e| !e.indexed) {
+        return Err(crate::error::Error::internal("audit events prepared without their index for a backend that stores them at once"));
+    }
     let mut chains: Vec<&str> = events.iter().map(|e| e.rendered.chain.as_str()).collect();
     chains.sort_unstable();
     chains.dedup();
