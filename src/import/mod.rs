@@ -571,14 +571,14 @@ fn counts(response: &Value) -> Counts {
     let mut counts = Counts::default();
     for entry in response.get("entry").and_then(Value::as_array).into_iter().flatten() {
         let status = entry.pointer("/response/status").and_then(Value::as_str).unwrap_or_default();
-        let unchanged = entry
-            .pointer("/response/outcome/issue")
-            .and_then(Value::as_array)
-            .is_some_and(|issues| issues.iter().any(|issue| issue.get("diagnostics").and_then(Value::as_str).is_some_and(|d| d.starts_with("no change"))));
-        let no_match = entry
-            .pointer("/response/outcome/issue")
-            .and_then(Value::as_array)
-            .is_some_and(|issues| issues.iter().any(|issue| issue.get("diagnostics").and_then(Value::as_str).is_some_and(|d| d.starts_with("no match"))));
+        // The gateway's notes on an entry that changed nothing ("no change: …", "no match: …").
+        let noted = |prefix: &str| {
+            entry
+                .pointer("/response/outcome/issue")
+                .and_then(Value::as_array)
+                .is_some_and(|issues| issues.iter().any(|issue| issue.get("diagnostics").and_then(Value::as_str).is_some_and(|d| d.starts_with(prefix))))
+        };
+        let (unchanged, no_match) = (noted("no change"), noted("no match"));
         match status.split(' ').next().unwrap_or_default() {
             "201" => counts.created += 1,
             "200" if unchanged => counts.unchanged += 1,

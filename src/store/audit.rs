@@ -80,7 +80,8 @@ async fn insert_events(connection: &mut Db, events: &[(Chained, &[IndexEntry])])
 /// Whether [`insert_events`] writes an event's resource rows with its link (SQLite) or leaves
 /// them to the projection (PostgreSQL).
 fn stores_resource_rows_at_once(connection: &Db) -> bool {
-    connection.0.backend_name() == "SQLite"
+    let backend = if connection.0.backend_name() == "SQLite" { super::Backend::Sqlite } else { super::Backend::Postgres };
+    indexed_for(backend)
 }
 
 /// An event rendered and, where its resource rows are written with its link, indexed: ready
@@ -108,7 +109,8 @@ pub fn prepare(registry: &crate::search::Registry, tenants: &[crate::config::Ten
         .collect()
 }
 
-/// Whether events prepared for `backend` are indexed (see [`insert_events`]).
+/// Whether events prepared for `backend` are indexed: whether it stores their resource rows
+/// with their links (see [`insert_events`]). The one place this choice is made.
 pub fn indexed_for(backend: super::Backend) -> bool {
     matches!(backend, super::Backend::Sqlite)
 }
