@@ -33,6 +33,9 @@ pub struct BoardItem {
     pub sender: String,
     /// For a reply, the post it answers (a Communication id); empty otherwise.
     pub parent: String,
+    /// False for an item entered in error: still listed on the board (a search finds it),
+    /// but nobody's unread item and no reply.
+    pub live: bool,
 }
 
 /// A change on a person's board or chat, announced once it has committed
@@ -81,14 +84,24 @@ pub fn kind_of(resource: &Value) -> Option<&'static str> {
 /// The board item a Communication is, if it is a live board post, reply or chat message of
 /// one person (one entered in error is nobody's unread item).
 pub fn item_of(resource: &Value) -> Option<BoardItem> {
+    listed_of(resource).filter(|item| item.live)
+}
+
+/// The board item a Communication is listed as on its person's board, live or entered in
+/// error: the row of the board's index (`board_items`), which a board page is read from.
+pub fn listed_of(resource: &Value) -> Option<BoardItem> {
     if resource.get("resourceType").and_then(Value::as_str) != Some("Communication") {
         return None;
     }
     let kind = kind_of(resource)?;
-    if resource.get("status").and_then(Value::as_str) == Some("entered-in-error") {
+    let live = resource.get("status").and_then(Value::as_str) != Some("entered-in-error");
+    // The person as the search index reads the reference (a version or an absolute URL
+    // ending in Patient/[id] names it too): a board page is read from these rows, so every
+    // Communication a `subject=Patient/[id]` search matches must have its row here.
+    let (target_type, patient, _) = crate::search::registry::split_reference(resource.pointer("/subject/reference").and_then(Value::as_str)?);
+    if target_type != "Patient" {
         return None;
     }
-    let patient = resource.pointer("/subject/reference").and_then(Value::as_str)?.strip_prefix("Patient/")?.to_owned();
     let sent_text = resource.get("sent").and_then(Value::as_str)?;
     let (sent, _) = crate::fhir::dates::precision_range(sent_text)?;
     let sender = resource.pointer("/sender/reference").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -100,7 +113,19 @@ pub fn item_of(resource: &Value) -> Option<BoardItem> {
         .and_then(|reference| reference.strip_prefix("Communication/"))
         .unwrap_or_default()
         .to_owned();
-    Some(BoardItem { patient, kind: kind.to_owned(), sent: crate::fhir::dates::format_instant(sent), sender, parent })
+    Some(BoardItem { patient, kind: kind.to_owned(), sent: crate::fhir::dates::format_instant(sent), sender, parent, live })
+}
+
+/// A Practitioner's name as a team sees it: its first name's text, else family and given
+/// names.
+pub fn person_name(practitioner: &Value) -> String {
+    let name = practitioner.get("name").and_then(Value::as_array).and_then(|names| names.first()).cloned().unwrap_or_default();
+    if let Some(text) = name.get("text").and_then(Value::as_str) {
+        return text.to_owned();
+    }
+    let family = name.get("family").and_then(Value::as_str).unwrap_or_default();
+    let given: Vec<&str> = name.get("given").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    std::iter::once(family).chain(given).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -123,6 +148,7 @@ mod tests {
         let mut withdrawn = reply.clone();
         withdrawn["status"] = json!("entered-in-error");
         assert_eq!(item_of(&withdrawn), None);
+        assert_eq!(listed_of(&withdrawn).map(|i| (i.live, i.parent)), Some((false, "c0".to_owned())), "listed on the board, not live");
         let mut note = reply;
         note["category"] = json!([{ "text": "申し送り" }]);
         assert_eq!(item_of(&note), None);

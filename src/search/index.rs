@@ -18,7 +18,7 @@ pub enum IndexEntry {
     AccessLink { kind: String, patient: String, member: String, valid_from: String, valid_to: String },
     /// A board post, reply or chat message of a person (`crate::fhir::board`), which read
     /// state and unread counts join (`migrations/*/0016_board.sql`).
-    BoardItem { patient: String, kind: String, sent: String, sender: String, parent: String },
+    BoardItem { patient: String, kind: String, sent: String, sender: String, parent: String, live: bool },
 }
 
 /// The `kind` of an [`IndexEntry::AccessLink`] that places an actor on a person's team.

@@ -134,7 +134,7 @@ impl Fhir {
         members.extend(states.values().flat_map(|s| s.readers.keys().cloned()));
         members.sort();
         members.dedup();
-        let names = self.display_names(&mut connection, context, &members).await?;
+        let names = store::board::member_names(&mut connection, &members).await?;
         let reference = |who: &str| json!({ "reference": who, "display": names.get(who).cloned().unwrap_or_default() });
         let mut parameters = Vec::new();
         for id in &ids {
@@ -273,50 +273,6 @@ impl Fhir {
         }
         Ok(members)
     }
-
-    /// Team members' names as the directory has them (a PractitionerRole's Practitioner, an
-    /// Organization), in three queries whatever their number; a member whose entry the
-    /// caller may not see is left out (named by reference only).
-    async fn display_names(&self, connection: &mut store::Db, context: &Context, members: &[String]) -> Result<BTreeMap<String, String>> {
-        let of_type = |prefix: &str| -> Vec<String> {
-            members.iter().filter_map(|m| m.strip_prefix(prefix)).map(str::to_owned).collect()
-        };
-        let mut names = BTreeMap::new();
-        for (organization, entry) in self.directory_entries(connection, context, "Organization", &of_type("Organization/")).await? {
-            names.insert(format!("Organization/{organization}"), entry.get("name").and_then(Value::as_str).unwrap_or_default().to_owned());
-        }
-        let roles = self.directory_entries(connection, context, "PractitionerRole", &of_type("PractitionerRole/")).await?;
-        let practitioner_of = |role: &Value| {
-            role.pointer("/practitioner/reference").and_then(Value::as_str).and_then(|r| r.strip_prefix("Practitioner/")).map(str::to_owned)
-        };
-        let wanted: Vec<String> = roles.values().filter_map(practitioner_of).collect();
-        let practitioners = self.directory_entries(connection, context, "Practitioner", &wanted).await?;
-        for (role, entry) in &roles {
-            if let Some(person) = practitioner_of(entry).and_then(|id| practitioners.get(&id)) {
-                names.insert(format!("PractitionerRole/{role}"), person_name(person));
-            }
-        }
-        Ok(names)
-    }
-
-    async fn directory_entries(&self, connection: &mut store::Db, context: &Context, resource_type: &str, ids: &[String]) -> Result<BTreeMap<String, Value>> {
-        if ids.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let Ok(grant) = self.decide(connection, context, Interaction::Read, Some(resource_type)).await else { return Ok(BTreeMap::new()) };
-        self.rows_by_id(connection, &grant, resource_type, ids).await
-    }
-}
-
-/// A Practitioner's name: its text, else family and given names.
-fn person_name(practitioner: &Value) -> String {
-    let name = practitioner.get("name").and_then(Value::as_array).and_then(|names| names.first()).cloned().unwrap_or_default();
-    if let Some(text) = name.get("text").and_then(Value::as_str) {
-        return text.to_owned();
-    }
-    let family = name.get("family").and_then(Value::as_str).unwrap_or_default();
-    let given: Vec<&str> = name.get("given").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-    std::iter::once(family).chain(given).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// Whose read state a request keeps: a practitioner's PractitionerRole, a system client's

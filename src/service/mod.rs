@@ -714,12 +714,13 @@ impl Fhir {
         let mut index = self.search_params.extract(resource);
         index.extend(policy::facts::access_links(resource_type, id, resource));
         if resource_type == "Communication" {
-            index.extend(crate::fhir::board::item_of(resource).map(|item| crate::search::IndexEntry::BoardItem {
+            index.extend(crate::fhir::board::listed_of(resource).map(|item| crate::search::IndexEntry::BoardItem {
                 patient: item.patient,
                 kind: item.kind,
                 sent: item.sent,
                 sender: item.sender,
                 parent: item.parent,
+                live: item.live,
             }));
         }
         if resource_type == "Binary" {

@@ -65,10 +65,11 @@ impl Fhir {
     }
 
     /// What the index was built from: the search parameters, and the version of the derived
-    /// rows besides them (bumped when the access links were added, so a database from
-    /// before them is reindexed at its first start).
+    /// rows besides them (bumped when the access links were added, and when board items
+    /// entered in error joined the board's index, so a database from before is reindexed at
+    /// its first start).
     fn index_fingerprint(&self) -> String {
-        format!("{}+access-links-2", self.search_params.fingerprint())
+        format!("{}+access-links-2+board-listing-1", self.search_params.fingerprint())
     }
 
     /// Reindexes when the search parameters differ from those the index was built with.

@@ -34,7 +34,7 @@ pub async fn mark(connection: &mut Db, reader: &str, patient: &str, items: &[Str
     }
     let mut sql = Sql::new("INSERT INTO read_marks (item, reader, patient, read_at) SELECT b.id, ");
     sql.bind(reader).push(", b.patient, ").bind(now);
-    sql.push(" FROM board_items b WHERE b.resource_type = 'Communication' AND b.patient = ").bind(patient);
+    sql.push(" FROM board_items b WHERE b.resource_type = 'Communication' AND b.live = 1 AND b.patient = ").bind(patient);
     sql.push(" AND b.id IN (").bind_list(items);
     sql.push(" ON CONFLICT (item, reader) DO NOTHING");
     sql.execute_counting(connection).await
@@ -76,7 +76,7 @@ pub async fn states(connection: &mut Db, items: &[String]) -> Result<BTreeMap<St
         let id: String = row.try_get("id")?;
         states.entry(id).or_default().sender = row.try_get("sender")?;
     }
-    let mut replies = Sql::new("SELECT b.parent, COUNT(*) AS n FROM board_items b WHERE b.parent IN ");
+    let mut replies = Sql::new("SELECT b.parent, COUNT(*) AS n FROM board_items b WHERE b.live = 1 AND b.parent IN ");
     list(&mut replies);
     replies.push(" GROUP BY b.parent");
     for row in replies.fetch_all(connection).await? {
@@ -108,6 +108,52 @@ pub async fn states(connection: &mut Db, items: &[String]) -> Result<BTreeMap<St
     Ok(states)
 }
 
+/// The names of support-team members as their directory has them: a PractitionerRole's
+/// Practitioner (its name's text, else family and given names), an Organization's name.
+/// Only names leave this function, and only for `members` the caller met through its own
+/// reads: the members of the person's team it just read, and the readers of items it just
+/// read (marks are made only by those who could read the item). A team spans the
+/// municipalities an agreement joins, and each member's directory is its own
+/// municipality's: the member is named to the team whichever directory the caller may
+/// read. Returns the names found (a member whose entries are gone stays unnamed).
+pub async fn member_names(connection: &mut Db, members: &[String]) -> Result<BTreeMap<String, String>> {
+    let ids = |prefix: &str| -> Vec<String> { members.iter().filter_map(|m| m.strip_prefix(prefix)).map(str::to_owned).collect() };
+    let (organizations, roles) = (ids("Organization/"), ids("PractitionerRole/"));
+    let mut names = BTreeMap::new();
+    if !organizations.is_empty() {
+        let mut sql = Sql::new("SELECT r.id, r.content FROM resources r WHERE r.resource_type = 'Organization' AND r.deleted = 0 AND r.id IN (");
+        sql.bind_list(&organizations);
+        for row in sql.fetch_all(connection).await? {
+            let id: String = row.try_get("id")?;
+            let content: Option<String> = row.try_get("content")?;
+            let organization: serde_json::Value = serde_json::from_str(content.as_deref().unwrap_or("{}")).unwrap_or_default();
+            let name = organization.get("name").and_then(serde_json::Value::as_str).unwrap_or_default();
+            if !name.is_empty() {
+                names.insert(format!("Organization/{id}"), name.to_owned());
+            }
+        }
+    }
+    if !roles.is_empty() {
+        // The role's Practitioner through the role's reference index row.
+        let mut sql = Sql::new(
+            "SELECT x.id AS role, p.content FROM search_reference x JOIN resources r ON r.resource_type = x.resource_type AND r.id = x.id AND r.deleted = 0 \
+             JOIN resources p ON p.resource_type = 'Practitioner' AND p.id = x.target_id AND p.deleted = 0 \
+             WHERE x.resource_type = 'PractitionerRole' AND x.param = 'practitioner' AND x.target_type = 'Practitioner' AND x.id IN (",
+        );
+        sql.bind_list(&roles);
+        for row in sql.fetch_all(connection).await? {
+            let role: String = row.try_get("role")?;
+            let content: Option<String> = row.try_get("content")?;
+            let practitioner: serde_json::Value = serde_json::from_str(content.as_deref().unwrap_or("{}")).unwrap_or_default();
+            let name = crate::fhir::board::person_name(&practitioner);
+            if !name.is_empty() {
+                names.insert(format!("PractitionerRole/{role}"), name);
+            }
+        }
+    }
+    Ok(names)
+}
+
 /// `reader`'s unread board and chat items, by person and kind: items the grant lets the
 /// caller read, not sent by the reader, neither marked nor sent at or before the reader's
 /// "read through" point for the person. Only `patient`'s when given: then, when the grant
@@ -116,10 +162,40 @@ pub async fn states(connection: &mut Db, items: &[String]) -> Result<BTreeMap<St
 /// are counted (an index range); otherwise every item is judged in the SQL.
 pub async fn unread(connection: &mut Db, grant: &Grant, reader: &str, patient: Option<&str>) -> Result<Vec<(String, String, i64)>> {
     let mut sql = Sql::new("SELECT b.patient, b.kind, COUNT(*) AS n");
-    push_unread(&mut sql, grant, reader, patient);
-    sql.push(" GROUP BY b.patient, b.kind ORDER BY b.patient, b.kind");
+    match patient {
+        None if grant.judges_by_person("Communication") => push_unread_by_person(&mut sql, grant, reader),
+        _ => {
+            push_unread(&mut sql, grant, reader, patient);
+            sql.push(" GROUP BY b.patient, b.kind ORDER BY b.patient, b.kind");
+        }
+    }
     let rows = sql.fetch_all(connection).await?;
     rows.iter().map(|row| Ok((row.try_get("patient")?, row.try_get("kind")?, row.try_get("n")?))).collect()
+}
+
+/// `FROM … GROUP BY …` of [`unread`] for everyone, when the grant judges Communications by
+/// their person alone: the unread items of the persons the grant may reach
+/// (`Sql::candidate_persons`) are counted per person and kind from the board's index, and
+/// each person is then judged once, by the grant's own predicate over the person's newest
+/// item — instead of judging every unread item (63 ms for 5,400 unread items on SQLite,
+/// benches/README.md).
+fn push_unread_by_person(sql: &mut Sql, grant: &Grant, reader: &str) {
+    let types = ["Communication".to_owned()];
+    sql.push(" FROM board_items b WHERE b.resource_type = 'Communication' AND b.live = 1 AND ");
+    if sql.candidate_persons("b.patient", grant, "Communication").is_none() {
+        sql.push("1 = 0");
+    }
+    sql.push(" AND b.sent > COALESCE((SELECT t.through FROM read_through t WHERE t.patient = b.patient AND t.reader = ").bind(reader);
+    sql.push("), '') AND b.sender <> ").bind(reader);
+    sql.push(" AND NOT EXISTS (SELECT 1 FROM read_marks m WHERE m.item = b.id AND m.reader = ").bind(reader).push(")");
+    sql.push(
+        " GROUP BY b.patient, b.kind HAVING EXISTS (SELECT 1 FROM resources r WHERE r.resource_type = 'Communication' AND r.deleted = 0 AND r.id = \
+         (SELECT n.id FROM board_items n WHERE n.resource_type = 'Communication' AND n.patient = b.patient ORDER BY n.sent DESC, n.id LIMIT 1) AND ",
+    );
+    sql.tenant_scope("r.tenant", grant);
+    sql.push(" AND ");
+    sql.access_scope("r", grant, Some(&types));
+    sql.push(") ORDER BY b.patient, b.kind");
 }
 
 /// The newest `limit` of `reader`'s unread items on `patient`'s board and chat (ids), by the
@@ -138,7 +214,7 @@ fn push_unread(sql: &mut Sql, grant: &Grant, reader: &str, patient: Option<&str>
     sql.push(" FROM board_items b ");
     match patient {
         Some(patient) if grant.judges_by_person("Communication") => {
-            sql.push("WHERE b.resource_type = 'Communication' AND b.patient = ").bind(patient);
+            sql.push("WHERE b.resource_type = 'Communication' AND b.live = 1 AND b.patient = ").bind(patient);
             sql.push(" AND b.sent > COALESCE((SELECT t.through FROM read_through t WHERE t.patient = ").bind(patient);
             sql.push(" AND t.reader = ").bind(reader).push("), '')");
             sql.push(
@@ -153,7 +229,7 @@ fn push_unread(sql: &mut Sql, grant: &Grant, reader: &str, patient: Option<&str>
             sql.push(")");
         }
         _ => {
-            sql.push("JOIN resources r ON r.resource_type = b.resource_type AND r.id = b.id WHERE b.resource_type = 'Communication' AND r.deleted = 0 AND ");
+            sql.push("JOIN resources r ON r.resource_type = b.resource_type AND r.id = b.id WHERE b.resource_type = 'Communication' AND b.live = 1 AND r.deleted = 0 AND ");
             sql.tenant_scope("r.tenant", grant);
             sql.push(" AND ");
             sql.access_scope("r", grant, Some(&types));

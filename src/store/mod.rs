@@ -951,8 +951,8 @@ impl IndexRows {
                 IndexEntry::AccessLink { kind, patient, member, valid_from, valid_to } => {
                     (&mut self.links, vec![text(kind), text(patient), text(member), text(valid_from), text(valid_to)])
                 }
-                IndexEntry::BoardItem { patient, kind, sent, sender, parent } => {
-                    (&mut self.board, vec![text(patient), text(kind), text(sent), text(sender), text(parent)])
+                IndexEntry::BoardItem { patient, kind, sent, sender, parent, live } => {
+                    (&mut self.board, vec![text(patient), text(kind), text(sent), text(sender), text(parent), V::Integer(i64::from(*live))])
                 }
             };
             values.extend(more);
@@ -972,7 +972,7 @@ impl IndexRows {
             ("search_number (resource_type, id, tenant, param, value, system, code)", &self.numbers),
             ("search_uri (resource_type, id, tenant, param, uri)", &self.uris),
             ("access_links (resource_type, id, kind, patient, member, valid_from, valid_to)", &self.links),
-            ("board_items (resource_type, id, tenant, patient, kind, sent, sender, parent)", &self.board),
+            ("board_items (resource_type, id, tenant, patient, kind, sent, sender, parent, live)", &self.board),
         ];
         for (target, rows) in tables {
             query::insert_many(connection, target, rows).await?;

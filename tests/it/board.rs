@@ -6,7 +6,7 @@ use renraku::fhir::board::BoardChange;
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::policy::{agreement, Caller};
+use crate::policy::{agreement, entry_ids, Caller};
 use crate::support::{Backend, Reply, Server};
 
 both_backends!(a_team_talks_on_the_board_and_sees_who_has_read_what);
@@ -176,11 +176,13 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     let first = item_parts(&status, &post);
     assert_eq!((integer(&first, "readCount"), integer(&first, "teamSize")), (2, 2));
     assert_eq!(names(&first, "reader"), vec!["佐藤 美咲".to_owned(), "田中 一郎".to_owned()]);
-    // The doctor of 伊那市 sees the same counts; the nurse of 箕輪町 by reference only, since
-    // no agreement joins 伊那市 and 箕輪町 and names come from the directory each may read.
+    // The doctor of 伊那市 sees the same counts and names: no agreement joins 伊那市 and
+    // 箕輪町, and the doctor may not read 箕輪町's directory, but the nurse is on the same
+    // team and is named to it.
     let seen_by_doctor = item_parts(&unread(&server, &doctor, &status_path).await, &post);
     assert_eq!(integer(&seen_by_doctor, "readCount"), 2);
-    assert_eq!(names(&seen_by_doctor, "reader"), vec![String::new(), "田中 一郎".to_owned()]);
+    assert_eq!(names(&seen_by_doctor, "reader"), vec!["佐藤 美咲".to_owned(), "田中 一郎".to_owned()]);
+    doctor.get(&server, "PractitionerRole/demo-role-ns-sato").await.expect(404);
     assert!(names(&first, "unread").is_empty());
     let second = item_parts(&status, &later);
     assert_eq!((integer(&second, "readCount"), integer(&second, "teamSize")), (0, 2), "the nurse's own post is not hers to read");
@@ -214,9 +216,11 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     assert_eq!(nurse_read.map(|r| r["part"][2]["valueBoolean"].clone()), Some(json!(false)));
     nurse.get(&server, &status_path).await.expect(404);
     let after_marks = message("board", "demo-role-cm-suzuki", "2026-11-27T09:00:00+09:00", "週末の予定です。", None);
-    posted(&server, &care_manager, after_marks).await;
+    let after_marks = posted(&server, &care_manager, after_marks).await;
     assert_eq!(counts(&unread(&server, &nurse, &format!("Patient/{PERSON}/$unread")).await), (0, 0, 0));
+    assert_eq!(counts(&unread(&server, &nurse, "Patient/$unread").await), (0, 0, 0), "her team link ended: nothing counted for her");
     assert_eq!(counts(&unread(&server, &doctor, &format!("Patient/{PERSON}/$unread")).await), (2, 2, 0));
+    assert_eq!(counts(&unread(&server, &doctor, "Patient/$unread").await), (2, 2, 0));
     assert!(nurse.search_ids(&server, &board).await.is_empty());
 
     // The hospital joins the team as an organization: its EHR (a system client) writes for
@@ -232,7 +236,8 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     let signed = ehr.post(&server, &unsigned).await;
     signed.expect(201);
     assert_eq!(signed.json()["sender"]["reference"], "Organization/demo-ina-central-hospital");
-    ehr.post(&server, &message("board", "demo-role-dr-tanaka", "2026-11-28T09:05:00+09:00", "田中医師の指示を登録しました。", None)).await.expect(201);
+    let results = signed.json()["id"].as_str().unwrap().to_owned();
+    let orders = posted(&server, &ehr, message("board", "demo-role-dr-tanaka", "2026-11-28T09:05:00+09:00", "田中医師の指示を登録しました。", None)).await;
     let forged = ehr.post(&server, &message("board", "demo-role-cm-suzuki", "2026-11-28T09:10:00+09:00", "代筆", None)).await;
     forged.expect(422);
     assert_eq!(forged.issue_expressions(), ["Communication.sender"]);
@@ -241,4 +246,45 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     let forged = ehr.post(&server, &other_office).await;
     forged.expect(422);
     assert_eq!(forged.issue_expressions(), ["Communication.sender"]);
+
+    // The whole board, newest first, a page of two at a time following the `next` links
+    // (the page is read from the board's own index, `board_items`).
+    let newest_first: Vec<String> = [&orders, &results, &after_marks, &later, &post].iter().map(|id| format!("Communication/{id}")).collect();
+    assert_eq!(paged(&server, &care_manager, &format!("{board}&_count=2")).await, newest_first);
+    // Oldest first too, and the chat alone.
+    let oldest_first: Vec<String> = newest_first.iter().rev().cloned().collect();
+    assert_eq!(paged(&server, &care_manager, &format!("{}&_count=2", board.replace("_sort=-sent", "_sort=sent"))).await, oldest_first);
+    let chats = format!("Communication?subject=Patient/{PERSON}&category={KIND}|chat&_sort=-sent&_count=5");
+    assert_eq!(care_manager.search_ids(&server, &chats).await, vec![format!("Communication/{unsigned_chat}"), format!("Communication/{chat}")]);
+
+    // A post entered in error is still listed (a search finds it, with its status), but is
+    // nobody's unread item any more.
+    let (_, before, _) = counts(&unread(&server, &doctor, &format!("Patient/{PERSON}/$unread")).await);
+    let mut withdrawn = care_manager.get(&server, &format!("Communication/{after_marks}")).await.json();
+    withdrawn["status"] = json!("entered-in-error");
+    care_manager.put(&server, &withdrawn).await.expect(200);
+    assert_eq!(paged(&server, &care_manager, &format!("{board}&_count=2")).await, newest_first);
+    let listed = care_manager.get(&server, &format!("{board}&status=entered-in-error")).await.json();
+    assert_eq!(entry_ids(&listed, "match"), vec![format!("Communication/{after_marks}")]);
+    let (_, after, _) = counts(&unread(&server, &doctor, &format!("Patient/{PERSON}/$unread")).await);
+    assert_eq!(after, before - 1);
+    // Someone outside the team pages through nothing.
+    assert!(paged(&server, &nurse, &format!("{board}&_count=2")).await.is_empty());
+}
+
+/// Every match of a search, following its `next` links.
+async fn paged(server: &Server, caller: &Caller, query: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut next = Some(query.to_owned());
+    while let Some(query) = next.take() {
+        let reply = caller.get(server, &query).await;
+        reply.expect(200);
+        let bundle = reply.json();
+        found.extend(entry_ids(&bundle, "match"));
+        next = bundle["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(|url| {
+            url.split_once("/fhir/").map(|(_, rest)| rest.to_owned()).unwrap_or_default()
+        });
+        assert!(found.len() < 100, "paging ends");
+    }
+    found
 }
