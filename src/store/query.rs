@@ -243,6 +243,32 @@ impl Sql {
         Some(self.push(")"))
     }
 
+    /// Whether the grant sees the board of the person whose Patient id is the SQL expression
+    /// `person`, judged once by its own predicate over the person's newest board or chat item
+    /// of the municipalities it covers. Only for a grant that judges Communications by their
+    /// person alone (`Grant::judges_by_person`): then one of the person's items stands for
+    /// all, and counting a board need not judge each of its items.
+    pub(crate) fn board_visible(&mut self, person: Person<'_>, grant: &Grant) -> &mut Self {
+        let (r, n) = (self.alias("r"), self.alias("n"));
+        let types = ["Communication".to_owned()];
+        self.push(&format!(
+            "EXISTS (SELECT 1 FROM resources {r} WHERE {r}.resource_type = 'Communication' AND {r}.deleted = 0 AND {r}.id = \
+             (SELECT {n}.id FROM board_items {n} WHERE {n}.resource_type = 'Communication' AND {n}.patient = "
+        ));
+        match person {
+            // A bound id leaves the subquery uncorrelated: evaluated once.
+            Person::Id(id) => self.bind(id.to_owned()),
+            Person::Column(column) => self.push(column),
+        };
+        self.push(" AND ");
+        self.tenant_scope(&format!("{n}.tenant"), grant);
+        self.push(&format!(" ORDER BY {n}.sent DESC, {n}.id LIMIT 1) AND "));
+        self.tenant_scope(&format!("{r}.tenant"), grant);
+        self.push(" AND ");
+        self.access_scope(&r, grant, Some(&types));
+        self.push(")")
+    }
+
     /// The grant's exact predicate over the row `alias`, which has `resource_type`, `id` and
     /// `tenant` columns (a resource row, an index row or a version row): true when any of the
     /// grant's clauses covers the row. `types`, when the query knows its types, leaves out
@@ -795,6 +821,13 @@ fn sort_expression(sql: &mut Sql, alias: &str, key: &SortKey, source: &Source<'_
     }
 }
 
+/// A person in a statement: a Patient id to bind, or a column holding one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Person<'a> {
+    Id(&'a str),
+    Column(&'a str),
+}
+
 /// The rows a search statement ranges over.
 enum Source<'q> {
     /// The resource rows (`r`).
@@ -927,7 +960,10 @@ impl SearchQuery {
                 sql.tenant_scope("d.tenant", grant);
                 sql.push(" AND ");
                 sql.access_scope("d", grant, Some(std::slice::from_ref(&resource_type)));
-                push_criteria(sql, "d", Some(resource_type.as_str()), &self.criteria, grant);
+                // Each criterion as a correlated test of the row at hand (no type given): the
+                // walk stops after the page, where `id IN (SELECT …)` would first gather
+                // every match in the municipality (70 ms for a board of 11,000 items).
+                push_criteria(sql, "d", None, &self.criteria, grant);
             }
             Source::Resources => {
                 sql.push(" FROM resources r WHERE ");
@@ -1124,6 +1160,23 @@ async fn current_many(connection: &mut Db, grant: &Grant, wanted: &[(String, Str
 
 /// How many current resources match (cursor and limit ignored).
 pub async fn count(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> Result<i64> {
+    // A person's board under a grant that judges its items by their person: the person is
+    // judged once, and the board's rows are counted with the other criteria (143 ms → see
+    // benches/README.md for a board of 11,000 items).
+    if let Source::Board { patient } = query.source() {
+        if grant.judges_by_person("Communication") {
+            let mut sql = Sql::new("SELECT COUNT(*) AS n FROM board_items d WHERE d.patient = ");
+            sql.bind(patient.to_owned()).push(" AND d.resource_type = 'Communication' AND ");
+            sql.tenant_scope("d.tenant", grant);
+            let implied = |c: &&Criterion| !matches!(c, Criterion::Index { table: IndexTable::Reference, param, negate: false, .. } if param == "subject" || param == "patient");
+            let rest: Vec<Criterion> = query.criteria.iter().filter(implied).cloned().collect();
+            push_criteria(&mut sql, "d", None, &rest, grant);
+            sql.push(" AND ");
+            sql.board_visible(Person::Id(patient), grant);
+            let rows = sql.fetch_all(connection).await?;
+            return Ok(rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0));
+        }
+    }
     // Over index rows (several per resource), the distinct ids are counted through a
     // subquery: PostgreSQL then hashes them instead of sorting them (4 ms instead of 8 ms
     // for the 15,000 rows of a common kana family name).

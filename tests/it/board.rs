@@ -264,6 +264,9 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     withdrawn["status"] = json!("entered-in-error");
     care_manager.put(&server, &withdrawn).await.expect(200);
     assert_eq!(paged(&server, &care_manager, &format!("{board}&_count=2")).await, newest_first);
+    assert_eq!(care_manager.get(&server, &format!("{board}&_count=2")).await.json()["total"], 5, "the board's total");
+    assert_eq!(care_manager.get(&server, &format!("{board}&_count=2&_total=none")).await.json().get("total"), None);
+    assert_eq!(nurse.get(&server, &format!("{board}&_count=2")).await.json()["total"], 0);
     let listed = care_manager.get(&server, &format!("{board}&status=entered-in-error")).await.json();
     assert_eq!(entry_ids(&listed, "match"), vec![format!("Communication/{after_marks}")]);
     let (_, after, _) = counts(&unread(&server, &doctor, &format!("Patient/{PERSON}/$unread")).await);
