@@ -156,40 +156,13 @@ pub async fn member_names(connection: &mut Db, members: &[String]) -> Result<BTr
 
 /// `reader`'s unread board and chat items, by person and kind: items the grant lets the
 /// caller read, not sent by the reader, neither marked nor sent at or before the reader's
-/// "read through" point for the person. Only `patient`'s when given: then, when the grant
-/// judges Communications by their person alone (`Grant::judges_by_person`), the person's
-/// newest item is judged once for all of them and only the items after the reader's point
-/// are counted (an index range); otherwise every item is judged in the SQL.
+/// "read through" point for the person; only `patient`'s when given. See [`push_unread`].
 pub async fn unread(connection: &mut Db, grant: &Grant, reader: &str, patient: Option<&str>) -> Result<Vec<(String, String, i64)>> {
     let mut sql = Sql::new("SELECT b.patient, b.kind, COUNT(*) AS n");
-    match patient {
-        None if grant.judges_by_person("Communication") => push_unread_by_person(&mut sql, grant, reader),
-        _ => {
-            push_unread(&mut sql, grant, reader, patient);
-            sql.push(" GROUP BY b.patient, b.kind ORDER BY b.patient, b.kind");
-        }
-    }
+    push_unread(&mut sql, grant, reader, patient);
+    sql.push(" GROUP BY b.patient, b.kind ORDER BY b.patient, b.kind");
     let rows = sql.fetch_all(connection).await?;
     rows.iter().map(|row| Ok((row.try_get("patient")?, row.try_get("kind")?, row.try_get("n")?))).collect()
-}
-
-/// `FROM … GROUP BY …` of [`unread`] for everyone, when the grant judges Communications by
-/// their person alone: the unread items of the persons the grant may reach
-/// (`Sql::candidate_persons`) are counted per person and kind from the board's index, and
-/// each person is then judged once, by the grant's own predicate over the person's newest
-/// item — instead of judging every unread item (63 ms for 5,400 unread items on SQLite,
-/// benches/README.md).
-fn push_unread_by_person(sql: &mut Sql, grant: &Grant, reader: &str) {
-    sql.push(" FROM board_items b WHERE b.resource_type = 'Communication' AND b.live = 1 AND ");
-    if sql.candidate_persons("b.patient", grant, "Communication").is_none() {
-        sql.push("1 = 0");
-    }
-    sql.push(" AND b.sent > COALESCE((SELECT t.through FROM read_through t WHERE t.patient = b.patient AND t.reader = ").bind(reader);
-    sql.push("), '') AND b.sender <> ").bind(reader);
-    sql.push(" AND NOT EXISTS (SELECT 1 FROM read_marks m WHERE m.item = b.id AND m.reader = ").bind(reader).push(")");
-    sql.push(" GROUP BY b.patient, b.kind HAVING ");
-    sql.board_visible(Person::Column("b.patient"), grant);
-    sql.push(" ORDER BY b.patient, b.kind");
 }
 
 /// The newest `limit` of `reader`'s unread items on `patient`'s board and chat (ids), by the
@@ -202,30 +175,37 @@ pub async fn unread_items(connection: &mut Db, grant: &Grant, reader: &str, pati
     rows.iter().map(|row| Ok(row.try_get("id")?)).collect()
 }
 
-/// `FROM board_items b … WHERE …`: the unread items of [`unread`].
+/// `FROM board_items b WHERE …`: the unread items of [`unread`], read from the board's index
+/// (whose rows exist only for live Communications). Each item is visible when the grant
+/// reaches its person through `subject` (`Sql::reaches_through`: for one person, judged once
+/// for the statement), else by the grant's predicate on the item itself. For one person only
+/// the items after the reader's point are read (an index range); for everyone, under a grant
+/// that covers Communications only through persons, only the persons it may reach
+/// (`Sql::candidate_persons`): 63 ms → see benches/README.md for 5,400 unread items.
 fn push_unread(sql: &mut Sql, grant: &Grant, reader: &str, patient: Option<&str>) {
     let types = ["Communication".to_owned()];
-    sql.push(" FROM board_items b ");
-    match patient {
-        Some(patient) if grant.judges_by_person("Communication") => {
-            sql.push("WHERE b.resource_type = 'Communication' AND b.live = 1 AND b.patient = ").bind(patient);
-            sql.push(" AND b.sent > COALESCE((SELECT t.through FROM read_through t WHERE t.patient = ").bind(patient);
-            sql.push(" AND t.reader = ").bind(reader).push("), '') AND ");
-            sql.board_visible(Person::Id(patient), grant);
+    sql.push(" FROM board_items b WHERE b.resource_type = 'Communication' AND b.live = 1 AND ");
+    sql.tenant_scope("b.tenant", grant);
+    sql.push(" AND b.sent > COALESCE((SELECT t.through FROM read_through t WHERE t.reader = ").bind(reader);
+    let person = match patient {
+        Some(patient) => {
+            sql.push(" AND t.patient = ").bind(patient).push("), '') AND b.patient = ").bind(patient);
+            Person::Id(patient)
         }
-        _ => {
-            sql.push("JOIN resources r ON r.resource_type = b.resource_type AND r.id = b.id WHERE b.resource_type = 'Communication' AND b.live = 1 AND r.deleted = 0 AND ");
-            sql.tenant_scope("r.tenant", grant);
-            sql.push(" AND ");
-            sql.access_scope("r", grant, Some(&types));
-            sql.push(" AND NOT EXISTS (SELECT 1 FROM read_through t WHERE t.patient = b.patient AND t.reader = ")
-                .bind(reader)
-                .push(" AND t.through >= b.sent)");
-            if let Some(patient) = patient {
-                sql.push(" AND b.patient = ").bind(patient);
+        None => {
+            sql.push(" AND t.patient = b.patient), '')");
+            if grant.judges_by_person("Communication") {
+                sql.push(" AND ");
+                sql.candidate_persons("b.patient", grant, "Communication");
             }
+            Person::Column("b.patient")
         }
-    }
+    };
     sql.push(" AND b.sender <> ").bind(reader);
     sql.push(" AND NOT EXISTS (SELECT 1 FROM read_marks m WHERE m.item = b.id AND m.reader = ").bind(reader).push(")");
+    sql.push(" AND (");
+    sql.reaches_through(person, grant, "Communication", "subject");
+    sql.push(" OR ");
+    sql.access_scope("b", grant, Some(&types));
+    sql.push(")");
 }

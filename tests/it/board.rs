@@ -6,12 +6,14 @@ use renraku::fhir::board::BoardChange;
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::policy::{agreement, entry_ids, Caller};
+use crate::policy::{agreement, care_team, consent, entry_ids, patient, Caller};
 use crate::support::{Backend, Reply, Server};
 
 both_backends!(a_team_talks_on_the_board_and_sees_who_has_read_what);
 
 const PERSON: &str = "demo-yamada-taro";
+/// A second person (a registrar's PUT needs a UUID for a new Patient).
+const HANAKO: &str = "7d0f3c52-6a1e-4b8e-9c2d-5f4a3b2c1d0e";
 const KIND: &str = "https://renraku.example.jp/fhir/CodeSystem/communication-kind";
 
 fn message(kind: &str, sender: &str, sent: &str, text: &str, parent: Option<&str>) -> Value {
@@ -273,6 +275,22 @@ async fn a_team_talks_on_the_board_and_sees_who_has_read_what(backend: Backend) 
     assert_eq!(after, before - 1);
     // Someone outside the team pages through nothing.
     assert!(paged(&server, &nurse, &format!("{board}&_count=2")).await.is_empty());
+
+    // A post on this board naming a second person the nurse supports (as its recipient) is
+    // hers to read through that person — that post only: the board's other items stay
+    // hidden from her, in the page, its total and her unread count alike.
+    care_manager.put(&server, &patient(HANAKO, "山田", "demo-mm-care-office")).await.expect(201);
+    care_manager.put(&server, &consent("6b1e2d3c-4f5a-4b6c-8d7e-9f0a1b2c3d4e", HANAKO, "active", "demo-mm-care-office")).await.expect(201);
+    care_manager.put(&server, &care_team("5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d", HANAKO, &["PractitionerRole/demo-role-cm-suzuki", "PractitionerRole/demo-role-ns-sato"])).await.expect(201);
+    let mut naming_both = message("board", "demo-role-cm-suzuki", "2026-11-29T09:00:00+09:00", "ご家族にもお伝えください。", None);
+    naming_both["recipient"] = json!([{ "reference": format!("Patient/{HANAKO}") }]);
+    let naming_both = posted(&server, &care_manager, naming_both).await;
+    assert_eq!(paged(&server, &nurse, &format!("{board}&_count=2")).await, vec![format!("Communication/{naming_both}")]);
+    assert_eq!(nurse.get(&server, &board).await.json()["total"], 1);
+    assert_eq!(counts(&unread(&server, &nurse, &format!("Patient/{PERSON}/$unread")).await), (1, 1, 0));
+    let mut expected = vec![format!("Communication/{naming_both}")];
+    expected.extend(newest_first);
+    assert_eq!(paged(&server, &care_manager, &format!("{board}&_count=2")).await, expected);
 }
 
 /// Every match of a search, following its `next` links.
