@@ -312,6 +312,12 @@ impl Store {
                         // order (2 ms), and a read by id on a fresh database ranged over the
                         // tenant index (9 ms). Planning each time costs a fraction of that.
                         sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *connection).await?;
+                        // No JIT compilation: the gateway's statements are short, and the
+                        // planner's cost of a per-row access test over a long board (its
+                        // estimates cannot see that the test passes for every row) crossed
+                        // `jit_above_cost` — an unread count spent 680 of its 730 ms compiling
+                        // (benches/README.md, session 15).
+                        sqlx::query("SET jit = off").execute(&mut *connection).await?;
                         // A statement whose session was abandoned (its connection closed, see
                         // `settle`) is cancelled within a second instead of running on to the
                         // statement timeout. PostgreSQL 14 and later; older servers keep the
