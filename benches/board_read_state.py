@@ -78,6 +78,9 @@ def main():
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--port", type=int, default=18093)
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--settle", type=int, default=0, metavar="SECONDS",
+                        help="wait this long after loading before timing (e.g. 65 on a PostgreSQL without "
+                             "autovacuum, for the gateway's own ANALYZE to have run)")
     arguments = parser.parse_args()
     if not arguments.no_build:
         subprocess.run(["cargo", "build", "--release", "--features", "test-support", "--bin", "renraku"], check=True, cwd=ROOT)
@@ -127,6 +130,7 @@ def main():
             {"name": "communication", "valueReference": {"reference": f"Communication/{i}"}} for i in ids[-100:]]})
         page_query = (f"{mm}/Communication?subject=Patient/{PERSON}&category={KIND}|board"
                       f"&in-response-to:missing=true&_sort=-sent&_count=20")
+        time.sleep(arguments.settle)
         page = call(base, "GET", page_query, CM)
         page_ids = ",".join(e["resource"]["id"] for e in page["entry"])
         status = call(base, "GET", f"{mm}/Patient/{PERSON}/$read-status?communication={page_ids}", CM)

@@ -98,7 +98,7 @@ pub fn listed_of(resource: &Value) -> Option<BoardItem> {
     // The person as the search index reads the reference (a version or an absolute URL
     // ending in Patient/[id] names it too): a board page is read from these rows, so every
     // Communication a `subject=Patient/[id]` search matches must have its row here.
-    let (target_type, patient, _) = crate::search::registry::split_reference(resource.pointer("/subject/reference").and_then(Value::as_str)?);
+    let (target_type, patient, _) = crate::fhir::references::split_reference(resource.pointer("/subject/reference").and_then(Value::as_str)?);
     if target_type != "Patient" {
         return None;
     }

@@ -109,6 +109,20 @@ pub fn rewrite(value: &mut Value, replacements: &HashMap<String, String>) -> usi
     count
 }
 
+/// `Patient/123` → (Patient, 123, ""); an absolute URL keeps its type/id when it ends in
+/// one, and is also kept whole in `url`.
+pub fn split_reference(reference: &str) -> (String, String, String) {
+    let without_history = reference.split("/_history/").next().unwrap_or(reference);
+    let parts: Vec<&str> = without_history.rsplitn(3, '/').collect();
+    let is_type = |t: &str| t.chars().next().is_some_and(char::is_uppercase) && t.chars().all(char::is_alphanumeric);
+    let absolute = reference.contains("://") || reference.starts_with("urn:");
+    let url = if absolute { reference.to_owned() } else { String::new() };
+    match parts.as_slice() {
+        [id, resource_type, ..] if is_type(resource_type) => ((*resource_type).to_owned(), (*id).to_owned(), url),
+        _ => (String::new(), String::new(), url),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::fhir::text::normalize;
 pub use super::index::IndexEntry;
 use crate::fhir::dates::{format_instant, precision_range};
+pub use crate::fhir::references::split_reference;
 
 /// Every SearchParameter of FHIR R4 (hl7.fhir.r4.core 4.0.1; `conformance/README.md`).
 const SEARCH_PARAMETERS_JSON: &str = include_str!("../../conformance/search-parameters.json");
@@ -454,20 +455,6 @@ fn collect_strings(value: Option<&Value>, out: &mut Vec<String>) {
             }
         }
         _ => {}
-    }
-}
-
-/// `Patient/123` → (Patient, 123, ""); an absolute URL keeps its type/id when it ends in
-/// one, and is also kept whole in `url`.
-pub fn split_reference(reference: &str) -> (String, String, String) {
-    let without_history = reference.split("/_history/").next().unwrap_or(reference);
-    let parts: Vec<&str> = without_history.rsplitn(3, '/').collect();
-    let is_type = |t: &str| t.chars().next().is_some_and(char::is_uppercase) && t.chars().all(char::is_alphanumeric);
-    let absolute = reference.contains("://") || reference.starts_with("urn:");
-    let url = if absolute { reference.to_owned() } else { String::new() };
-    match parts.as_slice() {
-        [id, resource_type, ..] if is_type(resource_type) => ((*resource_type).to_owned(), (*id).to_owned(), url),
-        _ => (String::new(), String::new(), url),
     }
 }
 
