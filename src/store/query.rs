@@ -878,16 +878,28 @@ enum Source<'q> {
     Resources,
     /// The index rows of one positive criterion (`d`), the criterion at `position`.
     Index { position: usize, table: IndexTable, param: &'q str, matches: &'q [Match] },
-    /// One person's board and chat items (`board_items`, `d`), in `sent` order.
-    Board { patient: &'q str },
+    /// One person's board and chat items (`board_items`, `d`), in `sent` order; the
+    /// criterion at `position` names the person.
+    Board { position: usize, patient: &'q str },
+}
+
+impl Source<'_> {
+    /// The alias of the row the statement ranges over: an index or board row (`d`) or a
+    /// resource row (`r`).
+    fn alias(&self) -> &'static str {
+        match self {
+            Source::Resources => "r",
+            Source::Index { .. } | Source::Board { .. } => "d",
+        }
+    }
 }
 
 impl SearchQuery {
     /// Where the statement ranges: a person's board (see [`SearchQuery::board_listing`]),
     /// else the index rows of a driving criterion, else the resource rows.
     fn source(&self) -> Source<'_> {
-        if let Some(patient) = self.board_listing() {
-            return Source::Board { patient };
+        if let Some((position, patient)) = self.board_listing() {
+            return Source::Board { position, patient };
         }
         match self.driving_criterion() {
             Some((position, table, param, matches)) => Source::Index { position, table, param, matches },
@@ -902,7 +914,7 @@ impl SearchQuery {
     /// is read by walking that index and stops after it, where ranging over the person's
     /// reference rows sorted them all first (141 ms for a page of a board of 11,000 items,
     /// benches/README.md). The other criteria still apply to each row.
-    fn board_listing(&self) -> Option<&str> {
+    fn board_listing(&self) -> Option<(usize, &str)> {
         if self.resource_types.len() != 1 || self.resource_types.first().map(String::as_str) != Some("Communication") {
             return None;
         }
@@ -924,10 +936,12 @@ impl SearchQuery {
         if !only_board {
             return None;
         }
-        self.criteria.iter().find_map(|c| match c {
+        self.criteria.iter().enumerate().find_map(|(position, c)| match c {
             Criterion::Index { table: IndexTable::Reference, param, matches, negate: false } if param == "subject" || param == "patient" => {
                 match matches.as_slice() {
-                    [Match::Reference { target_type: Some(target_type), target_id }] if target_type == "Patient" => Some(target_id.as_str()),
+                    [Match::Reference { target_type: Some(target_type), target_id }] if target_type == "Patient" => {
+                        Some((position, target_id.as_str()))
+                    }
                     _ => None,
                 }
             }
@@ -994,11 +1008,10 @@ impl SearchQuery {
                 sql.push(" AND d.param = ").bind(param.to_owned()).push(" AND (");
                 push_or(sql, matches, |sql, m| push_match(sql, "d", m));
                 sql.push(")");
-                let rest: Vec<Criterion> =
-                    self.criteria.iter().enumerate().filter(|(i, _)| *i != position).map(|(_, c)| c.clone()).collect();
+                let rest = self.criteria_except(position);
                 push_criteria(sql, "d", Some(resource_type.as_str()), &rest, grant);
             }
-            Source::Board { patient } => {
+            Source::Board { position, patient } => {
                 sql.push(" FROM board_items d WHERE d.patient = ").bind(patient.to_owned());
                 sql.push(" AND d.resource_type = ").bind(resource_type.clone()).push(" AND ");
                 sql.tenant_scope("d.tenant", grant);
@@ -1014,11 +1027,8 @@ impl SearchQuery {
                 // `1 = 0 OR`, which PostgreSQL folds only after deciding joins: as top-level
                 // EXISTS it made them semi-joins, misjudged how many rows pass them, and
                 // sorted all 11,000 items instead of walking the index (270 ms). The
-                // person's own criterion is what the row is: left out.
-                let implied = |c: &&Criterion| {
-                    !matches!(c, Criterion::Index { table: IndexTable::Reference, param, negate: false, .. } if param == "subject" || param == "patient")
-                };
-                let rest: Vec<Criterion> = self.criteria.iter().filter(implied).cloned().collect();
+                // criterion naming the person is what the row is: left out.
+                let rest = self.criteria_except(position);
                 sql.push(" AND (1 = 0 OR (1 = 1");
                 push_criteria(sql, "d", None, &rest, grant);
                 sql.push("))");
@@ -1030,13 +1040,9 @@ impl SearchQuery {
         }
     }
 
-    /// The alias of the row a search statement ranges over: an index or board row (`d`) or
-    /// a resource row (`r`).
-    fn alias(&self) -> &'static str {
-        match self.source() {
-            Source::Resources => "r",
-            Source::Index { .. } | Source::Board { .. } => "d",
-        }
+    /// Every criterion but the one at `position` (the one the source already is).
+    fn criteria_except(&self, position: usize) -> Vec<Criterion> {
+        self.criteria.iter().enumerate().filter(|(i, _)| *i != position).map(|(_, c)| c.clone()).collect()
     }
 
     fn keys(&self) -> Vec<(SortKey, bool)> {
@@ -1071,8 +1077,8 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
     // Only the keys are selected and sorted; the page's content is read afterwards by
     // primary key, so sorting many matches never carries their JSON along.
-    let alias = query.alias();
     let source = query.source();
+    let alias = source.alias();
     // An index row source may hold several matching rows per resource: DISTINCT. A board
     // row is one per item.
     let distinct = if matches!(source, Source::Index { .. }) { "DISTINCT " } else { "" };
@@ -1394,7 +1400,7 @@ mod tests {
             limit: 20,
         };
         let board = |q: &SearchQuery| match q.source() {
-            Source::Board { patient } => Some(patient.to_owned()),
+            Source::Board { patient, .. } => Some(patient.to_owned()),
             _ => None,
         };
         let page = query(vec![subject(Some("Patient")), category(vec![kind("board")])], vec![(sent.clone(), true)]);
@@ -1411,6 +1417,16 @@ mod tests {
         // The page sorts on the row's own `sent`, without DISTINCT.
         let grant = Grant::with_clauses_for_tests(Interaction::Search, vec![]);
         let text = search_sql(&grant, &page).text().to_owned();
+        // Only the criterion naming the person is what the row is; another person's is kept.
+        let mut two = page.clone();
+        two.criteria.push(Criterion::Index {
+            table: IndexTable::Reference,
+            param: "patient".into(),
+            matches: vec![Match::Reference { target_type: Some("Patient".into()), target_id: "p2".into() }],
+            negate: false,
+        });
+        let tests_of = |q: &SearchQuery| search_sql(&grant, q).text().matches("FROM search_reference x").count();
+        assert_eq!((tests_of(&page), tests_of(&two)), (0, 1));
         assert!(text.starts_with("SELECT d.resource_type AS resource_type, d.id AS id, d.sent AS k0, d.id AS k1 FROM board_items d WHERE d.patient = $1"), "{text}");
         // The person is judged through the clauses covering Communications by `subject`
         // only, as a bound value (once); no such clause reaches nobody.
