@@ -67,6 +67,12 @@ pub struct ResourceMapping {
     /// drug's place in its Rp); without it, in the whole message. 1-based.
     #[serde(rename = "ordinalWithin", default)]
     pub ordinal_within: Option<String>,
+    /// A FHIRPath into the resource giving the time of the event it records (an HL7
+    /// dateTime). When the server already holds the resource (by its identifier) from a
+    /// later event, the importer leaves it as it is: an admission sent again after its
+    /// discharge does not reopen the stay.
+    #[serde(rename = "keepLater", default)]
+    pub keep_later: Option<String>,
     pub template: Value,
 }
 
@@ -77,6 +83,8 @@ pub struct Produced {
     pub system: String,
     pub value: String,
     pub resource: Value,
+    /// The mapping's `keepLater` for it.
+    pub keep_later: Option<String>,
 }
 
 impl Produced {
@@ -88,6 +96,35 @@ impl Produced {
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
         format!("urn:uuid:{}", uuid::Builder::from_random_bytes(bytes).into_uuid())
+    }
+}
+
+impl Produced {
+    /// The time of the event it records, by the mapping's `keepLater` (None without one).
+    pub fn event_time(&self) -> Option<String> {
+        event_time(self.keep_later.as_deref()?, &self.resource)
+    }
+}
+
+/// What the FHIRPath `path` gives on `resource`, as text: the time of the event a resource
+/// records (see [`ResourceMapping::keep_later`]).
+pub fn event_time(path: &str, resource: &Value) -> Option<String> {
+    use crate::fhir::fhirpath::{Environment, Expression, Item};
+    let expression = Expression::parse(path).ok()?;
+    let items = expression.evaluate(Item::node(resource), Environment { resource, root_resource: resource }).ok()?;
+    match items.first()? {
+        Item::Node { value: Value::String(text), .. } => Some(text.clone()),
+        Item::String(text) | Item::DateTime(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// Whether the event at `stored` came after the one at `incoming` (FHIR dateTimes; compared as
+/// instants when both have a time and zone, else as text, which orders dates of one form).
+pub fn later(stored: &str, incoming: &str) -> bool {
+    match (chrono::DateTime::parse_from_rfc3339(stored), chrono::DateTime::parse_from_rfc3339(incoming)) {
+        (Ok(stored), Ok(incoming)) => stored > incoming,
+        _ => stored > incoming,
     }
 }
 
@@ -109,6 +146,9 @@ impl Mappings {
         let mut by_data_type = HashMap::new();
         for (name, text) in files.iter().filter(|(name, _)| name != "tables.json" && name.ends_with(".json")) {
             let mut mapping: Mapping = serde_json::from_str(text).map_err(|e| format!("{name}: {e}"))?;
+            for path in mapping.resources.iter().filter_map(|r| r.keep_later.as_deref()) {
+                crate::fhir::fhirpath::Expression::parse(path).map_err(|e| format!("{name}: keepLater '{path}' is not FHIRPath: {e}"))?;
+            }
             for (table, codes) in &shared {
                 mapping.tables.entry(table.clone()).or_insert_with(|| codes.clone());
             }
@@ -150,9 +190,10 @@ struct SharedTables {
     tables: HashMap<String, HashMap<String, Value>>,
 }
 
-const BUILTIN_FILES: [(&str, &str); 11] = [
+const BUILTIN_FILES: [(&str, &str); 12] = [
     ("tables.json", include_str!("../../mappings/ssmix2/tables.json")),
     ("ADT-00.json", include_str!("../../mappings/ssmix2/ADT-00.json")),
+    ("ADT-22.json", include_str!("../../mappings/ssmix2/ADT-22.json")),
     ("PPR-01.json", include_str!("../../mappings/ssmix2/PPR-01.json")),
     ("OMP-01.json", include_str!("../../mappings/ssmix2/OMP-01.json")),
     ("OMP-12.json", include_str!("../../mappings/ssmix2/OMP-12.json")),
@@ -232,7 +273,7 @@ pub fn convert(mapping: &Mapping, message: &Message, given: &HashMap<String, Str
                 let at = own.map_or_else(|| resource_type.clone(), str::to_owned);
                 return Err(Problem::new(at, format!("the {resource_type} has no identifier (system and value) to be found by")));
             };
-            let made = Produced { resource_type, system: system.to_owned(), value: value.to_owned(), resource };
+            let made = Produced { resource_type, system: system.to_owned(), value: value.to_owned(), resource, keep_later: resource_mapping.keep_later.clone() };
             if let Some(key) = &resource_mapping.key {
                 // `{@key}` in the scope of that segment names the resource made for it.
                 let name = segment.map_or_else(|| key.clone(), |at| format!("{key}#{at}"));
@@ -613,7 +654,7 @@ mod tests {
     fn the_shipped_mappings_load() {
         let files: Vec<(String, String)> = BUILTIN_FILES.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect();
         let mappings = Mappings::from_files(&files).expect("the shipped mappings parse");
-        for data_type in ["ADT-00", "PPR-01", "OMP-01", "OMP-12", "OML-11", "UPHOSOKU", "UP1KYO", "UP2KYO", "UPPLAN", "UPJSK", "roster"] {
+        for data_type in ["ADT-00", "ADT-22", "ADT-42", "ADT-51", "ADT-52", "PPR-01", "OMP-01", "OMP-12", "OML-11", "UPHOSOKU", "UP1KYO", "UP2KYO", "UPPLAN", "UPJSK", "roster"] {
             assert!(mappings.for_data_type(data_type).is_some(), "{data_type}");
         }
     }
@@ -680,5 +721,29 @@ mod tests {
         assert_eq!(convert(&tables, &no_id, &given).expect_err("refused").location, "PID-3.1");
         let wrong_type = Message::parse("MSH|^~\\&|A||||20240401||PPR^ZD1|1|P|2.5\rPID|||77\r").expect("parses");
         assert_eq!(convert(&tables, &wrong_type, &given).expect_err("refused").location, "MSH-9");
+    }
+
+    /// `keepLater` reads the event's time from the resource the template made, and events
+    /// are ordered as instants (not as text) across zones.
+    #[test]
+    fn a_stay_records_the_time_of_its_event() {
+        let mappings = Mappings::builtin();
+        let stay = mappings.for_data_type("ADT-52").expect("the stay's mapping");
+        let text = "MSH|^~\\&|HIS||||20240410||ADT^A03^ADT_A03|1|P|2.5\rEVN||20240410150500||||20240410150000\rPID|||77\rPV1||I|32^302\r";
+        let message = Message::parse(text).expect("parses");
+        let given = HashMap::from([("facility".to_owned(), "2010012345".to_owned())]);
+        let problem = convert(stay, &message, &given).expect_err("a stay without its admission time");
+        assert_eq!(problem.location, "PV1-44");
+        let admitted = format!("{}{}20240401100000|20240410150000\r", text.trim_end_matches('\r'), "|".repeat(41));
+        let message = Message::parse(&admitted).expect("parses");
+        let produced = convert(stay, &message, &given).expect("converts");
+        assert_eq!(produced[0].value, "2010012345-ADT-77-20240401100000");
+        assert_eq!(produced[0].resource["status"], "finished");
+        assert_eq!(produced[0].resource["period"]["end"], "2024-04-10T15:00:00+09:00");
+        assert_eq!(produced[0].event_time().as_deref(), Some("2024-04-10T15:00:00+09:00"), "EVN-6, not EVN-2");
+        assert!(!later("2024-04-10T15:00:00+09:00", "2024-04-10T07:00:00+00:00"), "06:00Z is before 07:00Z (as text it would be after)");
+        assert!(later("2024-04-10T15:00:00+09:00", "2024-04-10T05:00:00+00:00"));
+        assert!(!later("2024-04-10T15:00:00+09:00", "2024-04-10T06:00:00+00:00"), "the same instant");
+        assert!(later("2024-04-11", "2024-04-10"));
     }
 }

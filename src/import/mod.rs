@@ -74,6 +74,8 @@ pub struct Summary {
     pub updated: usize,
     pub unchanged: usize,
     pub deleted: usize,
+    /// Resources the server already held from a later event (`keepLater`): left as they are.
+    pub kept: usize,
     pub already_sent: usize,
     pub superseded: usize,
     pub ignored: usize,
@@ -86,7 +88,11 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "files read: {}", self.files_read)?;
         writeln!(f, "messages converted: {}", self.messages_converted)?;
-        writeln!(f, "resources created: {}, updated: {}, unchanged: {}, deleted: {}", self.created, self.updated, self.unchanged, self.deleted)?;
+        writeln!(
+            f,
+            "resources created: {}, updated: {}, unchanged: {}, deleted: {}, kept (a later event is on the server): {}",
+            self.created, self.updated, self.unchanged, self.deleted, self.kept
+        )?;
         writeln!(
             f,
             "skipped: already sent {}, superseded {}, not mapped (withdrawals) {}, before --since {}",
@@ -134,9 +140,9 @@ impl Run {
     }
 
     /// Sends (or writes) one unit's Bundle; a refusal is recorded and the import goes on.
-    async fn deliver(&mut self, unit: &str, digest: &str, bundle: Result<Option<Value>, Problem>) -> Result<(), String> {
-        let bundle = match bundle {
-            Ok(Some(bundle)) => bundle,
+    async fn deliver(&mut self, unit: &str, digest: &str, outgoing: Result<Option<Outgoing>, Problem>) -> Result<(), String> {
+        let Outgoing { mut bundle, guards } = match outgoing {
+            Ok(Some(outgoing)) => outgoing,
             Ok(None) => {
                 self.summary.ignored += 1;
                 return Ok(());
@@ -151,6 +157,15 @@ impl Run {
             return writeln!(out, "{bundle}").map_err(|e| e.to_string());
         }
         let Some(sender) = self.sender.as_mut() else { return Ok(()) };
+        for guard in &guards {
+            if let Some(reference) = sender.held_from_later_event(guard).await? {
+                self.summary.kept += 1;
+                leave_out(&mut bundle, guard, &reference);
+            }
+        }
+        if bundle.get("entry").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+            return self.memory.remember(unit, digest);
+        }
         match sender.transaction(&bundle).await? {
             Ok(counts) => {
                 self.summary.created += counts.created;
@@ -249,10 +264,8 @@ pub async fn csv_files(files: &[(PathBuf, String)], options: &Options, target: &
             }
             let message = hl7::Message::rows(header, cells);
             let variables = HashMap::from([("dataType".to_owned(), data_type.clone())]);
-            let bundle = mapping::convert(mapping, &message, &given(options, &variables)).map(|produced| {
-                (!produced.is_empty()).then(|| json!({ "resourceType": "Bundle", "type": "transaction", "entry": produced.iter().map(upsert_entry).collect::<Vec<_>>() }))
-            });
-            run.deliver(&unit, &digest, bundle).await?;
+            let outgoing = mapping::convert(mapping, &message, &given(options, &variables)).map(|produced| Outgoing::of(produced.iter().map(upsert_entry).collect(), &produced));
+            run.deliver(&unit, &digest, outgoing).await?;
         }
         progress.finish_and_clear();
     }
@@ -332,7 +345,7 @@ fn progress_bar(wanted: bool, total: usize) -> indicatif::ProgressBar {
 /// a changed prescription) is deleted in the same transaction. A superseded file that cannot
 /// be read or converted names nothing to delete (it was never sent either, or was sent as it
 /// was then).
-fn bundle_of(file: &StoredFile, action: &Action, bytes: &[u8], earlier: &[StoredFile], options: &Options) -> Result<Option<Value>, Problem> {
+fn bundle_of(file: &StoredFile, action: &Action, bytes: &[u8], earlier: &[StoredFile], options: &Options) -> Result<Option<Outgoing>, Problem> {
     let Some(produced) = produced_by(file, bytes, options)? else { return Ok(None) };
     let mut entries: Vec<Value> = match action {
         Action::Upsert => produced.iter().map(upsert_entry).collect(),
@@ -349,10 +362,55 @@ fn bundle_of(file: &StoredFile, action: &Action, bytes: &[u8], earlier: &[Stored
             }
         }
     }
-    if entries.is_empty() {
-        return Ok(None);
+    let guarded: &[Produced] = if matches!(action, Action::Upsert) { &produced } else { &[] };
+    Ok(Outgoing::of(entries, guarded))
+}
+
+/// One message's transaction, with what the importer checks before sending it.
+struct Outgoing {
+    bundle: Value,
+    guards: Vec<Guard>,
+}
+
+impl Outgoing {
+    /// A transaction of `entries` (None when there are none); `produced` are the resources
+    /// written, whose mapping may say to keep a version from a later event (`keepLater`).
+    fn of(entries: Vec<Value>, produced: &[Produced]) -> Option<Outgoing> {
+        if entries.is_empty() {
+            return None;
+        }
+        let guards = produced
+            .iter()
+            .filter_map(|p| {
+                let path = p.keep_later.clone()?;
+                let time = p.event_time()?;
+                Some(Guard { condition: condition(p), placeholder: p.placeholder(), path, time })
+            })
+            .collect();
+        Some(Outgoing { bundle: json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries }), guards })
     }
-    Ok(Some(json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })))
+}
+
+/// A resource the server may hold from a later event than the message's (`keepLater`).
+struct Guard {
+    /// The conditional update's search (`Encounter?identifier=…`).
+    condition: String,
+    placeholder: String,
+    /// The mapping's FHIRPath to the event's time, and the message's.
+    path: String,
+    time: String,
+}
+
+/// Takes the guarded resource's entry out of `bundle`; the message's other resources refer
+/// to the one on the server instead (`reference`, `Encounter/…`).
+fn leave_out(bundle: &mut Value, guard: &Guard, reference: &str) {
+    if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
+        entries.retain(|entry| entry.get("fullUrl").and_then(Value::as_str) != Some(guard.placeholder.as_str()));
+    }
+    let text = bundle.to_string().replace(&format!("\"{}\"", guard.placeholder), &format!("\"{reference}\""));
+    if let Ok(rewritten) = serde_json::from_str(&text) {
+        *bundle = rewritten;
+    }
 }
 
 /// What one stored file maps to (None for a message type the mapping ignores).
@@ -515,6 +573,43 @@ impl Sender {
         })?;
         self.token = Some(token.to_owned());
         Ok(token.to_owned())
+    }
+
+    /// Whether the server holds the guarded resource from a later event than the message's:
+    /// its reference (`Encounter/…`) if so. A resource the client may not read, or none, is
+    /// not held (the transaction then decides).
+    async fn held_from_later_event(&mut self, guard: &Guard) -> Result<Option<String>, String> {
+        let url = format!("{}/{}", self.base, guard.condition);
+        let mut refreshed = false;
+        let found: Value = loop {
+            let token = match &self.token {
+                Some(token) => token.clone(),
+                None => self.authenticate().await?,
+            };
+            let reply = self.http.get(&url).bearer_auth(&token).header("accept", "application/fhir+json").send().await.map_err(|e| format!("{url}: {e}"))?;
+            match reply.status().as_u16() {
+                200 => break reply.json().await.map_err(|e| format!("{url}: {e}"))?,
+                401 if !refreshed => {
+                    refreshed = true;
+                    self.token = None;
+                }
+                _ => return Ok(None),
+            }
+        };
+        let stored = found
+            .get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry.pointer("/search/mode").and_then(Value::as_str) != Some("include"))
+            .find_map(|entry| entry.get("resource"));
+        let Some(stored) = stored else { return Ok(None) };
+        let held = mapping::event_time(&guard.path, stored).is_some_and(|time| mapping::later(&time, &guard.time));
+        let reference = match (stored.get("resourceType").and_then(Value::as_str), stored.get("id").and_then(Value::as_str)) {
+            (Some(kind), Some(id)) if held => Some(format!("{kind}/{id}")),
+            _ => None,
+        };
+        Ok(reference)
     }
 
     /// Posts one transaction: Ok(counts) when it committed, Ok(Err(reason)) when the gateway

@@ -548,4 +548,122 @@ async fn a_care_office_imports_a_care_plan(backend: Backend) {
     }
 }
 
-both_backends!(a_hospital_imports_its_standardized_storage, a_municipality_imports_its_roster, a_care_office_imports_a_care_plan);
+/// A message of a hospital stay admitted on 2024-04-01 10:00: `kind` is MSH-9
+/// (`ADT^A03^ADT_A03`), `occurred` the event's time (EVN-6), `ward` PV1-3's first component,
+/// `discharged` PV1-45 (empty while the stay goes on).
+fn stay(patient: &str, kind: &str, occurred: &str, ward: &str, discharged: &str) -> Vec<u8> {
+    let location = format!("{ward}^302^1^^^N");
+    let mut pv1 = vec![""; 46];
+    pv1[0] = "PV1";
+    pv1[1] = "0001";
+    pv1[2] = "I";
+    pv1[3] = &location;
+    pv1[7] = "110^田中^一郎";
+    pv1[17] = "111^宮下^五郎";
+    pv1[44] = "20240401100000";
+    pv1[45] = discharged;
+    jis(&format!(
+        "{}EVN||{occurred}||||{occurred}\rPID|0001||{patient}^^^^PI||宮本^京子^^^^^L^I\r{}\r",
+        msh(kind, &format!("ADT{occurred}")),
+        pv1.join("|")
+    ))
+}
+
+/// A stay from SS-MIX2's admission and discharge messages (ADT-22, ADT-52): one Encounter,
+/// moved on by each later event and never back by an earlier one sent late.
+async fn a_hospital_sends_a_stay(backend: Backend) {
+    let (config, directory, database) = new_database(backend).await;
+    let dir = directory.path();
+    let data_dir = dir.to_string_lossy().into_owned();
+    let node = Node::serve(&["--demo", "--database-url", config.database_url.as_str(), "--data-dir", data_dir.as_str()]).await;
+    let storage = Storage { root: dir.join("ssmix2") };
+    let state = dir.join("import.state");
+    const ORDER: &str = "999999999999999";
+    storage.write("0012345", "-", "ADT-00", ORDER, "20240401090000000", '1', &adt("0012345", "宮本", "京子", "ミヤモト", "キョウコ", "F"));
+    let (succeeded, registered) = import(&node, &storage.root, &state);
+    assert!(succeeded, "{registered}");
+    let ehr = bearer(&node, EHR, &demo_key("ehr-ina-rs384.pem"), "ehr-ina-rs384", "ina", "system/*.cruds").await;
+    let found = get(&node, &ehr, &format!("/ina/fhir/Patient?identifier={PATIENT_SYSTEM}|0012345")).await;
+    let id = resources(&found)[0]["id"].as_str().expect("the person's id").to_owned();
+    let team = json!({
+        "resourceType": "CareTeam", "status": "active", "subject": { "reference": format!("Patient/{id}") },
+        "participant": [{ "member": { "reference": HOSPITAL } }]
+    });
+    let reply = node.http.post(format!("{}/ina/fhir/CareTeam", node.base)).bearer_auth(&ehr).header("content-type", "application/fhir+json").body(team.to_string()).send().await.expect("a reply");
+    assert_eq!(reply.status().as_u16(), 201);
+    let encounters = |query: String| {
+        let (node, ehr) = (&node, &ehr);
+        async move { resources(&get(node, ehr, &format!("/ina/fhir/Encounter?{query}")).await) }
+    };
+
+    // Admitted.
+    let admitted = storage.write("0012345", "20240401", "ADT-22", ORDER, "20240401100000000", '1', &stay("0012345", "ADT^A01^ADT_A01", "20240401100000", "32", ""));
+    let (succeeded, first) = import(&node, &storage.root, &state);
+    assert!(succeeded, "{first}");
+    assert_eq!(count(&first, "resources created:"), 1, "{first}");
+    let found = encounters(format!("patient={id}")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let encounter = &found[0];
+    let encounter_id = encounter["id"].as_str().expect("an id").to_owned();
+    assert_eq!(encounter["status"], "arrived", "A01 as JAMI's table maps it");
+    assert_eq!(encounter["class"]["code"], "IMP");
+    assert_eq!(encounter["subject"]["reference"], format!("Patient/{id}"));
+    assert_eq!(encounter["period"], json!({ "start": "2024-04-01T10:00:00+09:00" }));
+    assert_eq!(encounter["location"][0]["location"]["display"], "32 302 1");
+    assert_eq!(encounter["location"][0]["status"], "active");
+    assert_eq!(encounter["participant"][0]["individual"]["display"], "田中 一郎");
+    assert_eq!(encounter["participant"][1]["type"][0]["coding"][0]["code"], "ADM");
+    assert_eq!(encounter["serviceProvider"]["reference"], HOSPITAL);
+
+    // Discharged ten days later.
+    let discharged = storage.write("0012345", "20240410", "ADT-52", ORDER, "20240410150000000", '1', &stay("0012345", "ADT^A03^ADT_A03", "20240410150000", "32", "20240410150000"));
+    let (_, second) = import(&node, &storage.root, &state);
+    assert_eq!(count(&second, "updated:"), 1, "{second}");
+    let encounter = &encounters(format!("patient={id}")).await[0];
+    assert_eq!(encounter["id"], encounter_id.as_str(), "one stay, one Encounter");
+    assert_eq!(encounter["status"], "finished");
+    assert_eq!(encounter["period"]["end"], "2024-04-10T15:00:00+09:00");
+    assert_eq!(encounter["location"][0]["status"], "completed");
+
+    // The admission message corrected (another ward) after the discharge: the correction is
+    // an earlier event, and the finished stay is kept as it is.
+    let renamed = |path: &PathBuf, flag: &str| {
+        let name = path.file_name().expect("a name").to_string_lossy().into_owned();
+        std::fs::rename(path, path.with_file_name(format!("{}{flag}", &name[..name.len() - 1]))).expect("renamed");
+    };
+    renamed(&admitted, "2");
+    storage.write("0012345", "20240401", "ADT-22", ORDER, "20240411090000000", '1', &stay("0012345", "ADT^A01^ADT_A01", "20240401100000", "35", ""));
+    let (succeeded, third) = import(&node, &storage.root, &state);
+    assert!(succeeded, "{third}");
+    assert_eq!(count(&third, "kept (a later event is on the server):"), 1, "{third}");
+    assert_eq!(count(&third, "updated:"), 0, "{third}");
+    let encounter = &encounters(format!("patient={id}")).await[0];
+    assert_eq!(encounter["status"], "finished", "not reopened: {encounter}");
+    assert_eq!(encounter["location"][0]["location"]["display"], "32 302 1");
+    let history = get(&node, &ehr, &format!("/ina/fhir/Encounter/{encounter_id}/_history")).await;
+    assert_eq!(history["total"], 2, "admitted, discharged: {history}");
+
+    // The discharge cancelled the next day (ADT^A13, a later event): the stay goes on.
+    renamed(&discharged, "2");
+    storage.write("0012345", "20240410", "ADT-52", ORDER, "20240411100000000", '1', &stay("0012345", "ADT^A13^ADT_A01", "20240411100000", "32", ""));
+    let (_, fourth) = import(&node, &storage.root, &state);
+    assert_eq!(count(&fourth, "updated:"), 1, "{fourth}");
+    let open = encounters(format!("patient={id}&status=in-progress")).await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(open[0]["period"].get("end").is_none(), "{}", open[0]);
+
+    // Everything sent again with the import's memory lost: nothing changes.
+    let (_, fifth) = import(&node, &storage.root, &dir.join("fresh.state"));
+    assert_eq!(count(&fifth, "resources created:"), 0, "{fifth}");
+    assert_eq!(count(&fifth, "updated:"), 0, "{fifth}");
+    assert_eq!(count(&fifth, "kept (a later event is on the server):"), 1, "the admission: {fifth}");
+    let history = get(&node, &ehr, &format!("/ina/fhir/Encounter/{encounter_id}/_history")).await;
+    assert_eq!(history["total"], 3, "{history}");
+
+    drop(node);
+    if let Some(name) = database {
+        crate::support::drop_database(name);
+    }
+}
+
+both_backends!(a_hospital_imports_its_standardized_storage, a_hospital_sends_a_stay, a_municipality_imports_its_roster, a_care_office_imports_a_care_plan);
