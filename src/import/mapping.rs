@@ -5,7 +5,8 @@
 //! (`{PID-7|date}`, `{.8|table:name-representation}`, `{$patientSystem}`), an object in an
 //! array with `"$each": "PID-5"` is repeated for every repetition of that field,
 //! `{"$first": [...]}` takes the first alternative that is not empty, and
-//! `{"$if": "{…}", "$value": …}` is `$value` only when the condition is not empty. Whatever comes out
+//! `{"$if": "{…}", "$value": …}` is `$value` only when the condition is not empty (`$unless`: only
+//! when it is empty). Whatever comes out
 //! empty is left out, so optional fields need no conditions. Adding a field is an edit of the
 //! template; this file knows no message type.
 
@@ -340,6 +341,13 @@ impl<'s, 'a, 'm> Scope<'s, 'a, 'm> {
                 // `"$if": "{…}"`: the object (or its `$value`) only when that is not empty.
                 if let Some(condition) = members.get("$if") {
                     if self.value(condition)?.is_none() {
+                        return Ok(None);
+                    }
+                }
+                // `"$unless": "{…}"`: only when that is empty (a problem's status unless the
+                // problem was entered in error).
+                if let Some(condition) = members.get("$unless") {
+                    if self.value(condition)?.is_some() {
                         return Ok(None);
                     }
                 }

@@ -61,8 +61,13 @@ fn adt(patient: &str, family: &str, given: &str, kana_family: &str, kana_given: 
 }
 
 fn ppr(patient: &str) -> Vec<u8> {
+    ppr_with(patient, "AD")
+}
+
+/// A problem list of one problem, `action` its PRB-1 (AD added, DE deleted).
+fn ppr_with(patient: &str, action: &str) -> Vec<u8> {
     jis(&format!(
-        "{}PID|0001||{patient}^^^^PI||宮本^京子^^^^^L^I\rPRB|AD|20240401|20054174^胃炎^MDCDX2|P{patient}01|||20240315||20240401|K297^^I10||||N^回復せず^HL70241|20240401|20240301|胃炎\rZPR||20054174^胃炎^MDCDX2|||TSQF^胃炎^MDCDX2\r",
+        "{}PID|0001||{patient}^^^^PI||宮本^京子^^^^^L^I\rPRB|{action}|20240401|20054174^胃炎^MDCDX2|P{patient}01|||20240315||20240401|K297^^I10||||N^回復せず^HL70241|20240401|20240301|胃炎\rZPR||20054174^胃炎^MDCDX2|||TSQF^胃炎^MDCDX2\r",
         msh("PPR^ZD1^PPR_ZD1", &format!("PPR{patient}"))
     ))
 }
@@ -147,7 +152,7 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     let storage = Storage { root: dir.join("ssmix2") };
     storage.write("0012345", "-", "ADT-00", "999999999999999", "20240401090000000", '1', &adt("0012345", "宮本", "京子", "ミヤモト", "キョウコ", "F"));
     storage.write("0012346", "-", "ADT-00", "999999999999999", "20240401090100000", '1', &adt("0012346", "万代", "五郎", "バンダイ", "ゴロウ", "M"));
-    storage.write("0012345", "-", "PPR-01", "999999999999999", "20240401100000000", '1', &ppr("0012345"));
+    let problems = storage.write("0012345", "-", "PPR-01", "999999999999999", "20240401100000000", '1', &ppr("0012345"));
     // Order A was changed: the older file is flagged superseded (2), the newer current (1).
     storage.write("0012345", "20240401", "OMP-01", "000000000000101", "20240401103045000", '2', &omp("0012345", "000000000000101", "2"));
     let order_a = storage.write("0012345", "20240401", "OMP-01", "000000000000101", "20240401113045000", '1', &omp("0012345", "000000000000101", "1"));
@@ -315,6 +320,17 @@ async fn a_hospital_imports_its_standardized_storage(backend: Backend) {
     let (_, sixth) = import(&node, &storage.root, &dir.join("fresher.state"));
     assert_eq!(count(&sixth, "deleted:"), 0, "{sixth}");
     assert_eq!(count(&sixth, "resources created:"), 0, "{sixth}");
+
+    // The problem deleted at the hospital (PRB-1 DE): entered in error, with no clinical
+    // status (R4's con-5), as JAMI's draft maps it.
+    std::fs::rename(&problems, problems.with_file_name(problems.file_name().unwrap().to_string_lossy().replace("_-_1", "_-_2"))).expect("renamed");
+    storage.write("0012345", "-", "PPR-01", "999999999999999", "20240403100000000", '1', &ppr_with("0012345", "DE"));
+    let (_, seventh) = import(&node, &storage.root, &state);
+    assert_eq!(count(&seventh, "updated:"), 1, "{seventh}");
+    let conditions = resources(&get(&node, &ehr, &format!("/ina/fhir/Condition?patient={id}")).await);
+    assert_eq!(conditions.len(), 1, "{conditions:?}");
+    assert_eq!(conditions[0]["verificationStatus"]["coding"][0]["code"], "entered-in-error");
+    assert!(conditions[0].get("clinicalStatus").is_none() && conditions[0].get("abatementDateTime").is_none(), "{}", conditions[0]);
 
     drop(node);
     if let Some(name) = database {
