@@ -92,12 +92,12 @@ def post(url, body, token):
         return json.load(reply)
 
 
-def import_storage(base, root, state):
+def import_storage(base, root, state, jobs):
     started = time.monotonic()
     result = subprocess.run(
         [BINARY, "import", "ssmix2", "--base", f"{base}/ina/fhir", "--client-id", "demo-ehr-ina",
          "--key", os.path.join(ROOT, "demo/keys/ehr-ina-rs384.pem"), "--kid", "ehr-ina-rs384",
-         "--facility", FACILITY, "--organization", HOSPITAL, "--state", state, "--quiet", root],
+         "--facility", FACILITY, "--organization", HOSPITAL, "--state", state, "--quiet", "--jobs", str(jobs), root],
         capture_output=True, text=True, env=dict(os.environ, RENRAKU_LOG="warn"))
     seconds = time.monotonic() - started
     summary = result.stdout
@@ -112,6 +112,7 @@ def main():
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=4, help="persons the import sends side by side (its --jobs)")
     arguments = parser.parse_args()
     if not os.path.exists(BINARY):
         sys.exit(f"{BINARY} is missing: build it first (cargo build --release --bin renraku)")
@@ -132,7 +133,7 @@ def main():
                                env=dict(os.environ, RENRAKU_LOG="warn"), stdout=log, stderr=log)
     try:
         wait_until_healthy(base)
-        print(f"\n{arguments.backend}, {arguments.patients} persons x {arguments.messages} messages ({os.path.basename(os.path.dirname(BINARY))} build)\n")
+        print(f"\n{arguments.backend}, {arguments.patients} persons x {arguments.messages} messages, --jobs {arguments.jobs} ({os.path.basename(os.path.dirname(BINARY))} build)\n")
         print("| phase | messages | seconds | messages/s | resources created | unchanged |")
         print("|---|---:|---:|---:|---:|---:|", flush=True)
 
@@ -140,7 +141,7 @@ def main():
             print(f"| {phase} | {messages:,} | {seconds:.1f} | {messages / seconds:,.0f} | {created:,} | {unchanged:,} |", flush=True)
 
         rows = []
-        seconds, converted, created, unchanged = import_storage(base, adt_root, os.path.join(directory, "adt.state"))
+        seconds, converted, created, unchanged = import_storage(base, adt_root, os.path.join(directory, "adt.state"), arguments.jobs)
         rows.append(("ADT-00 (registers each person)", converted, seconds, created, unchanged))
         show(*rows[-1])
         # The hospital joins each person's support team (100 CareTeams a transaction, each
@@ -152,12 +153,12 @@ def main():
                         "request": {"method": "POST", "url": "CareTeam"}}
                        for n in range(start, min(start + 100, arguments.patients))]
             post(f"{base}/ina/fhir", {"resourceType": "Bundle", "type": "transaction", "entry": entries}, "demo-ehr-ina")
-        seconds, converted, created, unchanged = import_storage(base, clinical_root, os.path.join(directory, "clinical.state"))
+        seconds, converted, created, unchanged = import_storage(base, clinical_root, os.path.join(directory, "clinical.state"), arguments.jobs)
         rows.append(("PPR-01 and OMP-01", converted, seconds, created, unchanged))
         show(*rows[-1])
         total = sum(r[1] for r in rows), sum(r[2] for r in rows)
-        seconds_a, converted_a, created_a, unchanged_a = import_storage(base, adt_root, os.path.join(directory, "again-a.state"))
-        seconds_b, converted_b, created_b, unchanged_b = import_storage(base, clinical_root, os.path.join(directory, "again-b.state"))
+        seconds_a, converted_a, created_a, unchanged_a = import_storage(base, adt_root, os.path.join(directory, "again-a.state"), arguments.jobs)
+        seconds_b, converted_b, created_b, unchanged_b = import_storage(base, clinical_root, os.path.join(directory, "again-b.state"), arguments.jobs)
         show("everything again, memory lost (unchanged)", converted_a + converted_b, seconds_a + seconds_b,
              created_a + created_b, unchanged_a + unchanged_b)
         print(f"| first import, all | {total[0]:,} | {total[1]:.1f} | {total[0] / total[1]:,.0f} | | |")

@@ -192,6 +192,10 @@ struct ImportClient {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// How many persons to send side by side (SS-MIX2; each person's messages in order, one
+    /// transaction at a time). Care-plan and roster files are sent in order, one at a time.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
 }
 
 #[derive(clap::Subcommand)]
@@ -507,7 +511,7 @@ fn import_settings(client: ImportClient, facility: String, organization: Option<
         }
         _ => return Err("give --base, --client-id and --key, or --dry-run --out DIR".to_owned()),
     };
-    let options = Options { facility, organization, since: client.since, state: client.state, mappings, progress: !client.quiet };
+    let options = Options { facility, organization, since: client.since, state: client.state, mappings, progress: !client.quiet, jobs: client.jobs };
     Ok((options, target))
 }
 

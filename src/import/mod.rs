@@ -18,6 +18,7 @@ pub mod ssmix2;
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -63,6 +64,8 @@ pub struct Options {
     pub state: PathBuf,
     pub mappings: Mappings,
     pub progress: bool,
+    /// How many persons are imported side by side (each person's files one after another).
+    pub jobs: usize,
 }
 
 /// What an import did.
@@ -108,11 +111,13 @@ impl std::fmt::Display for Summary {
 
 /// One import's delivery: to the gateway or to the dry run's file, remembering what was
 /// acknowledged, counting what happened.
+/// Shared by the persons imported side by side (`--jobs`): each lock is held only to count or
+/// to remember, never across a request to the gateway.
 struct Run {
-    summary: Summary,
-    memory: Memory,
+    summary: Mutex<Summary>,
+    memory: Mutex<Memory>,
     sender: Option<Sender>,
-    out: Option<std::io::BufWriter<std::fs::File>>,
+    out: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
 impl Run {
@@ -124,92 +129,130 @@ impl Run {
                 std::fs::create_dir_all(directory).map_err(|e| format!("{}: {e}", directory.display()))?;
                 let path = directory.join("bundles.ndjson");
                 let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                (None, Some(std::io::BufWriter::new(file)))
+                (None, Some(Mutex::new(std::io::BufWriter::new(file))))
             }
         };
-        Ok(Run { summary: Summary::default(), memory, sender, out })
+        Ok(Run { summary: Mutex::new(Summary::default()), memory: Mutex::new(memory), sender, out })
+    }
+
+    /// Counts something in the summary.
+    fn count(&self, change: impl FnOnce(&mut Summary)) {
+        change(&mut self.summary.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    fn remember(&self, unit: &str, digest: &str) -> Result<(), String> {
+        self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remember(unit, digest)
     }
 
     /// Whether `unit` (a file, a row) was acknowledged before with this content.
-    fn sent_before(&mut self, unit: &str, digest: &str) -> bool {
-        let sent = self.memory.sent(unit, digest);
+    fn sent_before(&self, unit: &str, digest: &str) -> bool {
+        let sent = self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sent(unit, digest);
         if sent {
-            self.summary.already_sent += 1;
+            self.count(|s| s.already_sent += 1);
         }
         sent
     }
 
     /// Sends (or writes) one unit's Bundle; a refusal is recorded and the import goes on.
-    async fn deliver(&mut self, unit: &str, digest: &str, outgoing: Result<Option<Outgoing>, Problem>) -> Result<(), String> {
+    async fn deliver(&self, unit: &str, digest: &str, outgoing: Result<Option<Outgoing>, Problem>) -> Result<(), String> {
         let Outgoing { mut bundle, guards } = match outgoing {
             Ok(Some(outgoing)) => outgoing,
             Ok(None) => {
-                self.summary.ignored += 1;
+                self.count(|s| s.ignored += 1);
                 return Ok(());
             }
             Err(problem) => {
-                self.summary.rejected.push((unit.to_owned(), problem.to_string()));
+                self.count(|s| s.rejected.push((unit.to_owned(), problem.to_string())));
                 return Ok(());
             }
         };
-        self.summary.messages_converted += 1;
-        if let Some(out) = self.out.as_mut() {
+        self.count(|s| s.messages_converted += 1);
+        if let Some(out) = &self.out {
+            let mut out = out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             return writeln!(out, "{bundle}").map_err(|e| e.to_string());
         }
-        let Some(sender) = self.sender.as_mut() else { return Ok(()) };
+        let Some(sender) = &self.sender else { return Ok(()) };
         for guard in &guards {
             if let Some(reference) = sender.held_from_later_event(guard).await? {
-                self.summary.kept += 1;
+                self.count(|s| s.kept += 1);
                 leave_out(&mut bundle, guard, &reference);
             }
         }
         if bundle.get("entry").and_then(Value::as_array).is_none_or(Vec::is_empty) {
-            return self.memory.remember(unit, digest);
+            return self.remember(unit, digest);
         }
         match sender.transaction(&bundle).await? {
             Ok(counts) => {
-                self.summary.created += counts.created;
-                self.summary.updated += counts.updated;
-                self.summary.unchanged += counts.unchanged;
-                self.summary.deleted += counts.deleted;
-                self.memory.remember(unit, digest)?;
+                self.count(|s| {
+                    s.created += counts.created;
+                    s.updated += counts.updated;
+                    s.unchanged += counts.unchanged;
+                    s.deleted += counts.deleted;
+                });
+                self.remember(unit, digest)?;
             }
-            Err(reason) => self.summary.rejected.push((unit.to_owned(), reason)),
+            Err(reason) => self.count(|s| s.rejected.push((unit.to_owned(), reason))),
         }
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Summary, String> {
-        if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(|e| e.to_string())?;
+    fn finish(self) -> Result<Summary, String> {
+        if let Some(out) = self.out {
+            out.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).flush().map_err(|e| e.to_string())?;
         }
-        Ok(self.summary)
+        let mut summary = self.summary.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Persons imported side by side report in their own order: list by file.
+        summary.rejected.sort();
+        Ok(summary)
     }
 }
 
 /// Imports an SS-MIX2 standardized storage.
+/// Persons are imported side by side, `options.jobs` at a time; each person's files in
+/// the plan's order (their ADT-00 first, then by 発生日時), one after another.
 pub async fn ssmix2(root: &Path, options: &Options, target: &Target) -> Result<Summary, String> {
+    use futures_util::stream::{self, TryStreamExt};
     let plan = ssmix2::plan(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let mut run = Run::start(options, target)?;
-    run.summary.files_read = plan.read;
-    run.summary.superseded = plan.superseded.len();
-    run.summary.rejected.extend(plan.problems.iter().cloned());
+    let run = Run::start(options, target)?;
+    run.count(|s| {
+        s.files_read = plan.read;
+        s.superseded = plan.superseded.len();
+        s.rejected.extend(plan.problems.iter().cloned());
+    });
     let progress = progress_bar(options.progress, plan.files.len());
-    for (file, action) in &plan.files {
-        progress.set_message(file.relative.clone());
-        progress.inc(1);
-        if options.since.as_deref().is_some_and(|since| file.occurred.as_str() < since) {
-            run.summary.before_since += 1;
-            continue;
+    let mut persons: Vec<Vec<&(StoredFile, Action)>> = Vec::new();
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    for planned in &plan.files {
+        let at = *position.entry(planned.0.patient_id.as_str()).or_insert_with(|| {
+            persons.push(Vec::new());
+            persons.len() - 1
+        });
+        if let Some(files) = persons.get_mut(at) {
+            files.push(planned);
         }
-        let bytes = std::fs::read(&file.path).map_err(|e| format!("{}: {e}", file.relative))?;
-        let digest = hex(&Sha256::digest(&bytes));
-        if run.sent_before(&file.relative, &digest) {
-            continue;
-        }
-        let earlier = plan.earlier.get(&file.relative).map_or(&[][..], Vec::as_slice);
-        run.deliver(&file.relative, &digest, bundle_of(file, action, &bytes, earlier, options)).await?;
     }
+    let (shared, plan, bar) = (&run, &plan, &progress);
+    stream::iter(persons.into_iter().map(Ok::<_, String>))
+        .try_for_each_concurrent(options.jobs.max(1), |files| async move {
+            let (run, progress) = (shared, bar);
+            for (file, action) in files {
+                progress.set_message(file.relative.clone());
+                progress.inc(1);
+                if options.since.as_deref().is_some_and(|since| file.occurred.as_str() < since) {
+                    run.count(|s| s.before_since += 1);
+                    continue;
+                }
+                let bytes = std::fs::read(&file.path).map_err(|e| format!("{}: {e}", file.relative))?;
+                let digest = hex(&Sha256::digest(&bytes));
+                if run.sent_before(&file.relative, &digest) {
+                    continue;
+                }
+                let earlier = plan.earlier.get(&file.relative).map_or(&[][..], Vec::as_slice);
+                run.deliver(&file.relative, &digest, bundle_of(file, action, &bytes, earlier, options)).await?;
+            }
+            Ok(())
+        })
+        .await?;
     progress.finish_and_clear();
     run.finish()
 }
@@ -218,19 +261,19 @@ pub async fn ssmix2(root: &Path, options: &Options, target: &Target) -> Result<S
 /// transaction per row, or per group of rows the mapping's `groupBy` columns make (a care
 /// plan's person and date). MS932, or UTF-8 after a byte-order mark.
 pub async fn csv_files(files: &[(PathBuf, String)], options: &Options, target: &Target) -> Result<Summary, String> {
-    let mut run = Run::start(options, target)?;
+    let run = Run::start(options, target)?;
     for (path, data_type) in files {
-        run.summary.files_read += 1;
+        run.count(|s| s.files_read += 1);
         let name = path.display().to_string();
         let Some(mapping) = options.mappings.for_data_type(data_type) else {
-            run.summary.rejected.push((name, format!("no mapping for data type {data_type}")));
+            run.count(|s| s.rejected.push((name, format!("no mapping for data type {data_type}"))));
             continue;
         };
         let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
         let table = match csv_rows(&bytes) {
             Ok(table) => table,
             Err(problem) => {
-                run.summary.rejected.push((name, problem.to_string()));
+                run.count(|s| s.rejected.push((name, problem.to_string())));
                 continue;
             }
         };
@@ -526,8 +569,8 @@ struct Sender {
     key: Vec<u8>,
     kid: String,
     scope: String,
-    token_url: Option<String>,
-    token: Option<String>,
+    token_url: Mutex<Option<String>>,
+    token: Mutex<Option<String>>,
 }
 
 impl Sender {
@@ -541,20 +584,35 @@ impl Sender {
             key,
             kid: gateway.kid.clone(),
             scope: gateway.scope.clone(),
-            token_url: None,
-            token: None,
+            token_url: Mutex::new(None),
+            token: Mutex::new(None),
         })
     }
 
+    /// The token in use, fetched when there is none (persons imported side by side share it).
+    async fn token(&self) -> Result<String, String> {
+        let held = self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match held {
+            Some(token) => Ok(token),
+            None => self.authenticate().await,
+        }
+    }
+
+    /// Forgets a token the gateway no longer accepts (expired).
+    fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     /// A token by SMART Backend Services (client_credentials with a signed assertion).
-    async fn authenticate(&mut self) -> Result<String, String> {
-        let token_url = match &self.token_url {
-            Some(url) => url.clone(),
+    async fn authenticate(&self) -> Result<String, String> {
+        let known = self.token_url.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let token_url = match known {
+            Some(url) => url,
             None => {
                 let discovery = format!("{}/.well-known/smart-configuration", self.base);
                 let configuration: Value = self.http.get(&discovery).send().await.map_err(|e| format!("{discovery}: {e}"))?.json().await.map_err(|e| format!("{discovery}: {e}"))?;
                 let url = configuration.get("token_endpoint").and_then(Value::as_str).ok_or_else(|| format!("{discovery} names no token_endpoint"))?.to_owned();
-                self.token_url = Some(url.clone());
+                *self.token_url.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(url.clone());
                 url
             }
         };
@@ -571,27 +629,24 @@ impl Sender {
         let token = answer.get("access_token").and_then(Value::as_str).filter(|_| status.is_success()).ok_or_else(|| {
             format!("the gateway refused the client '{}' a token ({status}): {}", self.client_id, answer.get("error_description").or(answer.get("error")).and_then(Value::as_str).unwrap_or(""))
         })?;
-        self.token = Some(token.to_owned());
+        *self.token.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(token.to_owned());
         Ok(token.to_owned())
     }
 
     /// Whether the server holds the guarded resource from a later event than the message's:
     /// its reference (`Encounter/…`) if so. A resource the client may not read, or none, is
     /// not held (the transaction then decides).
-    async fn held_from_later_event(&mut self, guard: &Guard) -> Result<Option<String>, String> {
+    async fn held_from_later_event(&self, guard: &Guard) -> Result<Option<String>, String> {
         let url = format!("{}/{}", self.base, guard.condition);
         let mut refreshed = false;
         let found: Value = loop {
-            let token = match &self.token {
-                Some(token) => token.clone(),
-                None => self.authenticate().await?,
-            };
+            let token = self.token().await?;
             let reply = self.http.get(&url).bearer_auth(&token).header("accept", "application/fhir+json").send().await.map_err(|e| format!("{url}: {e}"))?;
             match reply.status().as_u16() {
                 200 => break reply.json().await.map_err(|e| format!("{url}: {e}"))?,
                 401 if !refreshed => {
                     refreshed = true;
-                    self.token = None;
+                    self.forget_token();
                 }
                 _ => return Ok(None),
             }
@@ -615,14 +670,11 @@ impl Sender {
     /// Posts one transaction: Ok(counts) when it committed, Ok(Err(reason)) when the gateway
     /// refused it (nothing of it was written), Err when the gateway cannot be reached or keeps
     /// failing (the import stops; its memory lets it resume).
-    async fn transaction(&mut self, bundle: &Value) -> Result<Result<Counts, String>, String> {
+    async fn transaction(&self, bundle: &Value) -> Result<Result<Counts, String>, String> {
         let mut refreshed = false;
         let mut attempt = 0u32;
         loop {
-            let token = match &self.token {
-                Some(token) => token.clone(),
-                None => self.authenticate().await?,
-            };
+            let token = self.token().await?;
             let sent = self
                 .http
                 .post(&self.base)
@@ -648,7 +700,7 @@ impl Sender {
                 200 => return Ok(Ok(counts(&answer))),
                 401 if !refreshed => {
                     refreshed = true;
-                    self.token = None;
+                    self.forget_token();
                 }
                 429 | 502 | 503 | 504 if attempt < 3 => {
                     attempt += 1;
