@@ -111,6 +111,7 @@ impl std::fmt::Display for Summary {
 
 /// One import's delivery: to the gateway or to the dry run's file, remembering what was
 /// acknowledged, counting what happened.
+///
 /// Shared by the persons imported side by side (`--jobs`): each lock is held only to count or
 /// to remember, never across a request to the gateway.
 struct Run {
