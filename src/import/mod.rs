@@ -780,3 +780,40 @@ pub fn sign_client_assertion(client_id: &str, audience: &str, pem: &[u8], kid: &
     });
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resource whose mapping says `keepLater` is guarded with its event's time; held from a
+    /// later event, it leaves its transaction and the message's other resources refer to the
+    /// one on the server instead of its placeholder.
+    #[test]
+    fn a_kept_resource_leaves_its_transaction() {
+        let stay = Produced {
+            resource_type: "Encounter".into(),
+            system: "urn:test".into(),
+            value: "stay-1".into(),
+            resource: json!({ "resourceType": "Encounter", "period": { "start": "2024-04-01T10:00:00+09:00" } }),
+            keep_later: Some("period.start".into()),
+        };
+        let unguarded = Produced { keep_later: None, value: "stay-2".into(), ..stay.clone() };
+        let note = json!({
+            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
+            "resource": { "resourceType": "Observation", "encounter": { "reference": stay.placeholder() } },
+            "request": { "method": "POST", "url": "Observation" }
+        });
+        let outgoing = Outgoing::of(vec![upsert_entry(&stay), upsert_entry(&unguarded), note], &[stay.clone(), unguarded]).expect("a transaction");
+        assert_eq!(outgoing.guards.len(), 1, "only the resource whose mapping says keepLater");
+        let guard = outgoing.guards.first().expect("the stay's guard");
+        assert_eq!(guard.time, "2024-04-01T10:00:00+09:00");
+        assert_eq!(guard.condition, "Encounter?identifier=urn:test|stay-1");
+        let mut bundle = outgoing.bundle.clone();
+        leave_out(&mut bundle, guard, "Encounter/e1");
+        let entries = bundle["entry"].as_array().expect("entries");
+        assert_eq!(entries.len(), 2, "{bundle}");
+        assert!(entries.iter().all(|e| e["fullUrl"] != stay.placeholder().as_str()));
+        assert_eq!(entries[1]["resource"]["encounter"]["reference"], "Encounter/e1");
+        assert!(Outgoing::of(Vec::new(), &[stay]).is_none(), "no entries, no transaction");
+    }
+}
