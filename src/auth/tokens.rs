@@ -111,7 +111,9 @@ pub async fn verify(
         Error::Unauthorized("the access token is invalid, expired or revoked".into())
     };
     let digest = digest(token);
-    let generation = crate::store::generations(connection).await?.tokens;
+    let generations = crate::store::generations(connection).await?;
+    crate::policy::facts::note_verified_generations(generations);
+    let generation = generations.tokens;
     let found = match cache.get(generation, &digest) {
         Some(found) => found,
         None => {

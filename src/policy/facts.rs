@@ -40,6 +40,31 @@ pub trait FactSource: Send {
     fn visible(&mut self, grant: &super::Grant, resource_type: &str, id: &str) -> impl std::future::Future<Output = Result<bool>> + Send;
 }
 
+tokio::task_local! {
+    /// The generation counters this request's token verification read, for its first
+    /// decision (see [`verified_generations`]).
+    static VERIFIED: std::cell::Cell<Option<Generations>>;
+}
+
+/// Runs one request with room for the generation counters its token verification reads
+/// (the HTTP layer wraps every request in it).
+pub async fn with_request_generations<F: std::future::Future>(request: F) -> F::Output {
+    VERIFIED.scope(std::cell::Cell::new(None), request).await
+}
+
+/// Notes the counters token verification read (nothing outside a request).
+pub fn note_verified_generations(generations: Generations) {
+    let _ = VERIFIED.try_with(|cell| cell.set(Some(generations)));
+}
+
+/// The counters this request's token verification read, handed out once: the request's
+/// first decision uses them instead of reading the counters again, so a request reads them
+/// once. Any later decision of the request (a transaction's next entry, after its writes)
+/// reads them afresh. None outside a request or where no token was verified.
+pub fn verified_generations() -> Option<Generations> {
+    VERIFIED.try_with(std::cell::Cell::take).ok().flatten()
+}
+
 /// The generation counters as one request read them: each is bumped, in the writing
 /// transaction, by every write of the facts it stands for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -510,8 +510,12 @@ async fn decide_inner(
         return Ok(unrestricted(facts::agreements(connection, environment).await?));
     }
     precheck(principal, tenant, interaction, resource_type)?;
-    // One read of the generation counters tells which cached facts still hold.
-    let generations = connection.generations().await?;
+    // One read of the generation counters tells which cached facts still hold: token
+    // verification's, a moment ago in this request, where this is its first decision.
+    let generations = match facts::verified_generations() {
+        Some(generations) => generations,
+        None => connection.generations().await?,
+    };
     if let Err(reason) = facts::actor_standing_cached(connection, environment, generations.directory, &authenticated.actor).await? {
         return Err(Error::Unauthorized(format!("the access token no longer speaks for anyone: {reason}")));
     }
