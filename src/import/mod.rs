@@ -451,10 +451,7 @@ fn leave_out(bundle: &mut Value, guard: &Guard, reference: &str) {
     if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
         entries.retain(|entry| entry.get("fullUrl").and_then(Value::as_str) != Some(guard.placeholder.as_str()));
     }
-    let text = bundle.to_string().replace(&format!("\"{}\"", guard.placeholder), &format!("\"{reference}\""));
-    if let Ok(rewritten) = serde_json::from_str(&text) {
-        *bundle = rewritten;
-    }
+    crate::fhir::references::rewrite(bundle, &HashMap::from([(guard.placeholder.clone(), reference.to_owned())]));
 }
 
 /// What one stored file maps to (None for a message type the mapping ignores).
@@ -636,22 +633,17 @@ impl Sender {
 
     /// Whether the server holds the guarded resource from a later event than the message's:
     /// its reference (`Encounter/…`) if so. A resource the client may not read, or none, is
-    /// not held (the transaction then decides).
+    /// not held (the transaction then decides); a gateway that fails to answer stops the
+    /// import, as a failed transaction does (its memory lets it resume).
     async fn held_from_later_event(&self, guard: &Guard) -> Result<Option<String>, String> {
         let url = format!("{}/{}", self.base, guard.condition);
-        let mut refreshed = false;
-        let found: Value = loop {
-            let token = self.token().await?;
-            let reply = self.http.get(&url).bearer_auth(&token).header("accept", "application/fhir+json").send().await.map_err(|e| format!("{url}: {e}"))?;
-            match reply.status().as_u16() {
-                200 => break reply.json().await.map_err(|e| format!("{url}: {e}"))?,
-                401 if !refreshed => {
-                    refreshed = true;
-                    self.forget_token();
-                }
-                _ => return Ok(None),
-            }
-        };
+        let (status, found) = self.exchange(|token| self.http.get(&url).bearer_auth(token).header("accept", "application/fhir+json")).await?;
+        match status {
+            200 => {}
+            // Sending anyway could undo a later event: stop, as for a failed transaction.
+            500..=599 => return Err(format!("the gateway failed ({status}) reading {}: {}", guard.condition, reasons(&found))),
+            _ => return Ok(None),
+        }
         let stored = found
             .get("entry")
             .and_then(Value::as_array)
@@ -672,20 +664,34 @@ impl Sender {
     /// refused it (nothing of it was written), Err when the gateway cannot be reached or keeps
     /// failing (the import stops; its memory lets it resume).
     async fn transaction(&self, bundle: &Value) -> Result<Result<Counts, String>, String> {
+        let body = bundle.to_string();
+        let (status, answer) = self
+            .exchange(|token| {
+                self.http
+                    .post(&self.base)
+                    .bearer_auth(token)
+                    .header("content-type", "application/fhir+json")
+                    .header("accept", "application/fhir+json")
+                    .body(body.clone())
+            })
+            .await?;
+        match status {
+            200 => Ok(Ok(counts(&answer))),
+            500..=599 => Err(format!("the gateway failed ({status}): {}", reasons(&answer))),
+            _ => Ok(Err(format!("refused ({status}): {}", reasons(&answer)))),
+        }
+    }
+
+    /// Sends one request with the client's token and answers its final status and JSON body
+    /// (Null where there is none): a token the gateway no longer accepts (expired) is fetched
+    /// again once; a connection that fails, or a 429, 502, 503 or 504, is tried again up to
+    /// three times. Err when the gateway cannot be reached.
+    async fn exchange(&self, request: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<(u16, Value), String> {
         let mut refreshed = false;
         let mut attempt = 0u32;
         loop {
             let token = self.token().await?;
-            let sent = self
-                .http
-                .post(&self.base)
-                .bearer_auth(&token)
-                .header("content-type", "application/fhir+json")
-                .header("accept", "application/fhir+json")
-                .body(bundle.to_string())
-                .send()
-                .await;
-            let reply = match sent {
+            let reply = match request(&token).send().await {
                 Ok(reply) => reply,
                 Err(error) if attempt < 3 => {
                     attempt += 1;
@@ -698,7 +704,6 @@ impl Sender {
             let status = reply.status().as_u16();
             let answer: Value = reply.json().await.unwrap_or(Value::Null);
             match status {
-                200 => return Ok(Ok(counts(&answer))),
                 401 if !refreshed => {
                     refreshed = true;
                     self.forget_token();
@@ -707,8 +712,7 @@ impl Sender {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(1000 * u64::from(attempt))).await;
                 }
-                500..=599 => return Err(format!("the gateway failed ({status}): {}", reasons(&answer))),
-                _ => return Ok(Err(format!("refused ({status}): {}", reasons(&answer)))),
+                _ => return Ok((status, answer)),
             }
         }
     }
