@@ -89,7 +89,7 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
 
 async fn commit(store: &Store, events: &[Prepared]) -> Result<()> {
     let started = std::time::Instant::now();
-    let mut transaction = store.begin().await?;
+    let mut transaction = store.begin_journal().await?;
     let locked = started.elapsed();
     crate::store::audit::append_prepared(&mut transaction, events).await?;
     transaction.commit().await?;

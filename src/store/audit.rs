@@ -11,6 +11,7 @@ use sqlx::Row;
 use super::Db;
 
 use super::query::BulkValue as V;
+use super::query::{Sql, Statements};
 use super::BulkRow;
 use crate::audit::chain::{Head, Link, GENESIS};
 use crate::audit::{Chained, Event, Rendered};
@@ -33,9 +34,11 @@ pub async fn advance_head(connection: &mut Db, chain: &str, count: i64) -> Resul
     Ok((row.try_get("seq")?, row.try_get("digest")?))
 }
 
-pub async fn set_head_digest(connection: &mut Db, chain: &str, digest: &str) -> Result<()> {
-    sqlx::query("UPDATE audit_heads SET digest = $1 WHERE chain = $2").bind(digest).bind(chain).execute(&mut connection.0).await?;
-    Ok(())
+/// Sets the chain head's digest (sent with the events' inserts, see [`append_prepared`]).
+fn set_head_digest(statements: &mut Statements, chain: &str, digest: &str) {
+    let mut sql = Sql::new("UPDATE audit_heads SET digest = ");
+    sql.bind(digest.to_owned()).push(" WHERE chain = ").bind(chain.to_owned());
+    statements.push(sql);
 }
 
 /// Inserts chained events. On SQLite each is stored once, as an AuditEvent resource row with
@@ -46,8 +49,7 @@ pub async fn set_head_digest(connection: &mut Db, chain: &str, digest: &str) -> 
 /// [`project_pending`] writes the resource rows later: there the chain head's row lock is what
 /// serialises appenders, and writing some twenty rows an event under it cut audited reads by
 /// a fifth (benches/README.md, session 12), while a projection in parallel blocks nobody.
-async fn insert_events(connection: &mut Db, events: &[(Chained, &[IndexEntry])]) -> Result<()> {
-    let inline = stores_resource_rows_at_once(connection);
+fn insert_events(statements: &mut Statements, inline: bool, events: &[(Chained, &[IndexEntry])]) {
     let links: Vec<Vec<V>> = events
         .iter()
         .map(|(event, _)| {
@@ -63,9 +65,9 @@ async fn insert_events(connection: &mut Db, events: &[(Chained, &[IndexEntry])])
             ]
         })
         .collect();
-    super::query::insert_many(connection, "audit_log (chain, seq, event_id, recorded, previous, digest, content, projected)", &links).await?;
+    statements.insert_many("audit_log (chain, seq, event_id, recorded, previous, digest, content, projected)", &links);
     if !inline {
-        return Ok(());
+        return;
     }
     let rows: Vec<(String, String, BulkRow)> = events
         .iter()
@@ -74,7 +76,7 @@ async fn insert_events(connection: &mut Db, events: &[(Chained, &[IndexEntry])])
             (event.chain.clone(), event.recorded.clone(), row)
         })
         .collect();
-    super::insert_new_rows(connection, &rows).await
+    super::push_new_rows(statements, &rows);
 }
 
 /// Whether [`insert_events`] writes an event's resource rows with its link (SQLite) or leaves
@@ -340,6 +342,7 @@ pub async fn append_prepared(connection: &mut Db, events: &[Prepared]) -> Result
     chains.sort_unstable();
     chains.dedup();
     let mut rows = Vec::with_capacity(events.len());
+    let mut statements = Statements::default();
     for chain in chains {
         let members: Vec<&Prepared> = events.iter().filter(|e| e.rendered.chain == chain).collect();
         let count = i64::try_from(members.len()).map_err(crate::error::Error::internal)?;
@@ -361,10 +364,11 @@ pub async fn append_prepared(connection: &mut Db, events: &[Prepared]) -> Result
             };
             rows.push((chained, event.index.as_slice()));
         }
-        set_head_digest(connection, chain, &previous).await?;
+        set_head_digest(&mut statements, chain, &previous);
     }
     let ids = rows.iter().map(|(chained, _)| chained.id.clone()).collect();
-    insert_events(connection, &rows).await?;
+    insert_events(&mut statements, stores_resource_rows_at_once(connection), &rows);
+    statements.execute(connection).await?;
     Ok(ids)
 }
 

@@ -53,6 +53,9 @@ pub struct Store {
     /// derived from durable rows and is derived again after a crash (the audit trail's
     /// projection from its journal; see [`Store::begin_derived`]). None on PostgreSQL.
     derived: Option<AnyPool>,
+    /// SQLite: the audit recorder's own connection (see [`Store::begin_journal`]). None on
+    /// PostgreSQL.
+    journal: Option<AnyPool>,
 }
 
 /// A database session as the rest of the gateway holds it — inside a pooled [`Connection`]
@@ -345,6 +348,26 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         let write_gate = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
+        let journal = match backend {
+            Backend::Sqlite => Some(
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .test_before_acquire(false)
+                    .after_connect(|connection, _meta| {
+                        Box::pin(async move {
+                            // As the main pool's: every journal commit is durable before the
+                            // reads it records are answered.
+                            for pragma in ["PRAGMA synchronous = FULL", "PRAGMA busy_timeout = 10000", "PRAGMA foreign_keys = ON"] {
+                                sqlx::query(pragma).execute(&mut *connection).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options.clone())
+                    .await?,
+            ),
+            Backend::Postgres => None,
+        };
         let derived = match backend {
             Backend::Sqlite => Some(
                 AnyPoolOptions::new()
@@ -368,7 +391,7 @@ impl Store {
             ),
             Backend::Postgres => None,
         };
-        let store = Store { pool, backend, write_gate, derived };
+        let store = Store { pool, backend, write_gate, derived, journal };
         store.migrate().await?;
         Ok(store)
     }
@@ -525,6 +548,22 @@ impl Store {
         Ok(Transaction { inner: Some(connection), gate })
     }
 
+    /// A write transaction for the audit recorder's group commits. On SQLite it runs on a
+    /// connection of its own: taken from the shared pool, a batch waited for a connection
+    /// behind every read it was recording (32 concurrent reads, 8 connections), and the one
+    /// writer every read waits for stood in that queue once per batch. On PostgreSQL it is
+    /// [`Store::begin`].
+    pub(crate) async fn begin_journal(&self) -> Result<Transaction> {
+        let Some(journal) = &self.journal else { return self.begin().await };
+        let gate = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        let mut connection = journal.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
+        Ok(Transaction { inner: Some(connection), gate })
+    }
+
     /// Copies the SQLite write-ahead log into the database file as far as readers allow,
     /// without taking the write lock (a passive checkpoint), so that fewer commits find the
     /// log long and checkpoint it themselves. Nothing on PostgreSQL.
@@ -568,8 +607,8 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Some(derived) = &self.derived {
-            derived.close().await;
+        for own in [&self.derived, &self.journal].into_iter().flatten() {
+            own.close().await;
         }
         self.pool.close().await;
     }
@@ -851,24 +890,25 @@ async fn write_index(
     tenant: &str,
     entries: &[IndexEntry],
 ) -> Result<()> {
+    // One round trip on SQLite (see `query::Statements`): the old rows' removal, the new
+    // rows and the generation's bump.
+    let mut statements = query::Statements::default();
     for table in INDEX_TABLES {
         // Only Communications are board items: other writes skip that table.
         if table == "board_items" && resource_type != "Communication" {
             continue;
         }
-        sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND id = $2"))
-            .bind(resource_type)
-            .bind(id)
-            .execute(&mut connection.0)
-            .await?;
+        let mut delete = query::Sql::new(&format!("DELETE FROM {table} WHERE resource_type = "));
+        delete.bind(resource_type.to_owned()).push(" AND id = ").bind(id.to_owned());
+        statements.push(delete);
     }
     let mut rows = IndexRows::default();
     rows.add(resource_type, id, tenant, entries);
-    rows.insert(connection).await?;
+    rows.push(&mut statements);
     if let Some(name) = generation_of(resource_type) {
-        bump_generation(connection, name).await?;
+        statements.push(generation_bump(name));
     }
-    Ok(())
+    statements.execute(connection).await
 }
 
 /// The generation counter a write of `resource_type` bumps, if any.
@@ -914,8 +954,14 @@ pub async fn generations(connection: &mut Db) -> Result<Generations> {
 pub use crate::policy::facts::Generations;
 
 async fn bump_generation(connection: &mut Db, name: &str) -> Result<()> {
-    sqlx::query("UPDATE generations SET counter = counter + 1 WHERE name = $1").bind(name).execute(&mut connection.0).await?;
-    Ok(())
+    generation_bump(name).execute(connection).await
+}
+
+/// The statement that bumps the generation counter `name`.
+fn generation_bump(name: &str) -> query::Sql {
+    let mut bump = query::Sql::new("UPDATE generations SET counter = counter + 1 WHERE name = ");
+    bump.bind(name.to_owned());
+    bump
 }
 
 /// Index rows of many resources, by table, for multi-row inserts.
@@ -966,8 +1012,15 @@ impl IndexRows {
         }
     }
 
-    async fn insert(&self, connection: &mut Db) -> Result<()> {
-        let tables: [(&str, &Vec<Vec<BulkValue>>); 8] = [
+    /// The multi-row inserts of these rows, to be sent with other statements.
+    fn push(&self, statements: &mut query::Statements) {
+        for (target, rows) in self.tables() {
+            statements.insert_many(target, rows);
+        }
+    }
+
+    fn tables(&self) -> [(&'static str, &Vec<Vec<BulkValue>>); 8] {
+        [
             ("search_string (resource_type, id, tenant, param, normalized, exact)", &self.strings),
             ("search_token (resource_type, id, tenant, param, system, code, text)", &self.tokens),
             (
@@ -979,11 +1032,7 @@ impl IndexRows {
             ("search_uri (resource_type, id, tenant, param, uri)", &self.uris),
             ("access_links (resource_type, id, kind, patient, member, valid_from, valid_to)", &self.links),
             ("board_items (resource_type, id, tenant, patient, kind, sent, sender, parent, live)", &self.board),
-        ];
-        for (target, rows) in tables {
-            query::insert_many(connection, target, rows).await?;
-        }
-        Ok(())
+        ]
     }
 }
 
@@ -1147,6 +1196,13 @@ pub async fn bulk_insert_new(connection: &mut Db, grant: &WriteGrant, last_updat
 /// version and index rows. Callers: [`bulk_insert_new`] (under a grant) and the audit trail
 /// (`store::audit`, AuditEvents only).
 async fn insert_new_rows(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
+    let mut statements = query::Statements::default();
+    push_new_rows(&mut statements, rows);
+    statements.execute(connection).await
+}
+
+/// The statements of [`insert_new_rows`], to be sent with others.
+pub(crate) fn push_new_rows(statements: &mut query::Statements, rows: &[(String, String, BulkRow)]) {
     use query::BulkValue as V;
     let resources: Vec<Vec<V>> = rows
         .iter()
@@ -1162,7 +1218,7 @@ async fn insert_new_rows(connection: &mut Db, rows: &[(String, String, BulkRow)]
             ]
         })
         .collect();
-    query::insert_many(connection, "resources (resource_type, id, tenant, version_id, last_updated, deleted, content)", &resources).await?;
+    statements.insert_many("resources (resource_type, id, tenant, version_id, last_updated, deleted, content)", &resources);
     let versions: Vec<Vec<V>> = rows
         .iter()
         .map(|(tenant, last_updated, r)| {
@@ -1177,20 +1233,18 @@ async fn insert_new_rows(connection: &mut Db, rows: &[(String, String, BulkRow)]
             ]
         })
         .collect();
-    query::insert_many(connection, "resource_versions (resource_type, id, version_id, tenant, last_updated, method, content)", &versions)
-        .await?;
+    statements.insert_many("resource_versions (resource_type, id, version_id, tenant, last_updated, method, content)", &versions);
     let compartments: Vec<Vec<V>> = rows.iter().flat_map(|(_, _, r)| compartment_rows(&r.resource_type, &r.id, 1, &r.index)).collect();
-    query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", &compartments).await?;
+    statements.insert_many("version_compartment (resource_type, id, version_id, param, patient)", &compartments);
     let mut index = IndexRows::default();
     for (tenant, _, row) in rows {
         index.add(&row.resource_type, &row.id, tenant, &row.index);
     }
-    index.insert(connection).await?;
+    index.push(statements);
     let mut bumped: Vec<&str> = rows.iter().filter_map(|(_, _, row)| generation_of(&row.resource_type)).collect();
     bumped.sort_unstable();
     bumped.dedup();
     for name in bumped {
-        bump_generation(connection, name).await?;
+        statements.push(generation_bump(name));
     }
-    Ok(())
 }

@@ -1351,27 +1351,72 @@ pub(crate) async fn reached(connection: &mut Db, reach: &crate::policy::Reach, n
 /// far fewer round trips than one row per statement, and small enough that SQLite's
 /// parameter-name lookup (linear in the number of parameters) stays cheap.
 pub(crate) async fn insert_many(connection: &mut Db, target: &str, rows: &[Vec<BulkValue>]) -> Result<()> {
-    let Some(width) = rows.first().map(Vec::len) else { return Ok(()) };
-    let per_statement = (1_000 / width.max(1)).max(1);
-    for chunk in rows.chunks(per_statement) {
-        let mut sql = Sql::new(&format!("INSERT INTO {target} VALUES "));
-        for (row_index, row) in chunk.iter().enumerate() {
-            sql.push(if row_index == 0 { "(" } else { ", (" });
-            for (index, value) in row.iter().enumerate() {
-                if index > 0 {
-                    sql.push(", ");
-                }
-                match value {
-                    BulkValue::Text(text) => sql.bind(text.clone()),
-                    BulkValue::Integer(number) => sql.bind_i64(*number),
-                    BulkValue::Real(number) => sql.bind_f64(*number),
-                };
-            }
-            sql.push(")");
-        }
-        sql.execute(connection).await?;
+    let mut statements = Statements::default();
+    statements.insert_many(target, rows);
+    statements.execute(connection).await
+}
+
+/// Statements that run one after another in one transaction, sent together: on SQLite as one
+/// text, so that they cost one round trip to the connection's thread instead of one each
+/// (the audit recorder's batch was ten, and every read waits for that batch); PostgreSQL's
+/// extended protocol takes one statement a text, so there they run one by one.
+#[derive(Default)]
+pub(crate) struct Statements {
+    list: Vec<Sql>,
+}
+
+impl Statements {
+    pub(crate) fn push(&mut self, statement: Sql) {
+        self.list.push(statement);
     }
-    Ok(())
+
+    /// Multi-row `INSERT INTO {target} VALUES …` statements for `rows` (each the same width),
+    /// of at most 1,000 values each.
+    pub(crate) fn insert_many(&mut self, target: &str, rows: &[Vec<BulkValue>]) {
+        let Some(width) = rows.first().map(Vec::len) else { return };
+        let per_statement = (1_000 / width.max(1)).max(1);
+        for chunk in rows.chunks(per_statement) {
+            let mut sql = Sql::new(&format!("INSERT INTO {target} VALUES "));
+            for (row_index, row) in chunk.iter().enumerate() {
+                sql.push(if row_index == 0 { "(" } else { ", (" });
+                for (index, value) in row.iter().enumerate() {
+                    if index > 0 {
+                        sql.push(", ");
+                    }
+                    match value {
+                        BulkValue::Text(text) => sql.bind(text.clone()),
+                        BulkValue::Integer(number) => sql.bind_i64(*number),
+                        BulkValue::Real(number) => sql.bind_f64(*number),
+                    };
+                }
+                sql.push(")");
+            }
+            self.list.push(sql);
+        }
+    }
+
+    pub(crate) async fn execute(self, connection: &mut Db) -> Result<()> {
+        if connection.0.backend_name() != "SQLite" {
+            for statement in &self.list {
+                statement.execute(connection).await?;
+            }
+            return Ok(());
+        }
+        let mut together = Sql::new("");
+        for statement in self.list {
+            // SQLite's text has anonymous `?` placeholders, bound in the order they appear
+            // across the statements: the arguments follow in that order.
+            let offset = together.text.len();
+            together.text.push_str(&statement.text);
+            together.text.push_str(";\n");
+            together.placeholders.extend(statement.placeholders.iter().map(|(start, length)| (start + offset, *length)));
+            together.arguments.extend(statement.arguments);
+        }
+        if together.text.is_empty() {
+            return Ok(());
+        }
+        together.execute(connection).await
+    }
 }
 
 #[cfg(test)]
