@@ -53,9 +53,8 @@ pub struct Store {
     /// derived from durable rows and is derived again after a crash (the audit trail's
     /// projection from its journal; see [`Store::begin_derived`]). None on PostgreSQL.
     derived: Option<AnyPool>,
-    /// SQLite: the audit recorder's own connection (see [`Store::begin_journal`]). None on
-    /// PostgreSQL.
-    journal: Option<AnyPool>,
+    /// The audit recorder's own connection (see [`Store::begin_journal`]).
+    journal: AnyPool,
 }
 
 /// A database session as the rest of the gateway holds it — inside a pooled [`Connection`]
@@ -268,6 +267,7 @@ impl Store {
     /// timeout of `limits`), and runs the embedded migrations.
     pub async fn connect_with(database_url: &str, limits: &crate::config::Limits) -> Result<Store, sqlx::Error> {
         let statement_timeout = format!("SET statement_timeout = {}", limits.statement_timeout_ms);
+        let journal_timeout = statement_timeout.clone();
         sqlx::any::install_default_drivers();
         let backend = if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
             Backend::Postgres
@@ -348,26 +348,27 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         let write_gate = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
-        let journal = match backend {
-            Backend::Sqlite => Some(
-                AnyPoolOptions::new()
-                    .max_connections(1)
-                    .test_before_acquire(false)
-                    .after_connect(|connection, _meta| {
-                        Box::pin(async move {
-                            // As the main pool's: every journal commit is durable before the
-                            // reads it records are answered.
-                            for pragma in ["PRAGMA synchronous = FULL", "PRAGMA busy_timeout = 10000", "PRAGMA foreign_keys = ON"] {
-                                sqlx::query(pragma).execute(&mut *connection).await?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .connect_with(options.clone())
-                    .await?,
-            ),
-            Backend::Postgres => None,
-        };
+        let journal = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(backend == Backend::Postgres)
+            .after_connect(move |connection, _meta| {
+                let statement_timeout = journal_timeout.clone();
+                Box::pin(async move {
+                    let settings = match backend {
+                        // As the main pool's: every journal commit is durable before the
+                        // reads it records are answered.
+                        Backend::Sqlite => vec!["PRAGMA synchronous = FULL".to_owned(), "PRAGMA busy_timeout = 10000".to_owned(), "PRAGMA foreign_keys = ON".to_owned()],
+                        Backend::Postgres => vec![statement_timeout],
+                    };
+                    for setting in settings {
+                        sqlx::query(&setting).execute(&mut *connection).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options.clone())
+            .await?;
         let derived = match backend {
             Backend::Sqlite => Some(
                 AnyPoolOptions::new()
@@ -519,6 +520,11 @@ impl Store {
     /// taken (waiting up to the busy timeout) before anything is read, so a transaction
     /// never finds its snapshot stale when it comes to write.
     pub async fn begin(&self) -> Result<Transaction> {
+        self.begin_on(&self.pool).await
+    }
+
+    /// A write transaction on a connection of `pool`, behind the write gate.
+    async fn begin_on(&self, pool: &AnyPool) -> Result<Transaction> {
         let gate = match &self.write_gate {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,
@@ -527,7 +533,7 @@ impl Store {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        let mut connection = self.pool.acquire().await?;
+        let mut connection = pool.acquire().await?;
         sqlx::query(statement).execute(&mut *connection).await?;
         Ok(Transaction { inner: Some(connection), gate })
     }
@@ -538,30 +544,18 @@ impl Store {
     /// its commit does not wait for the disk, so projecting holds the write lock briefly;
     /// on PostgreSQL it is [`Store::begin`].
     pub(crate) async fn begin_derived(&self) -> Result<Transaction> {
-        let Some(derived) = &self.derived else { return self.begin().await };
-        let gate = match &self.write_gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
-            None => None,
-        };
-        let mut connection = derived.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
-        Ok(Transaction { inner: Some(connection), gate })
+        match &self.derived {
+            Some(derived) => self.begin_on(derived).await,
+            None => self.begin().await,
+        }
     }
 
-    /// A write transaction for the audit recorder's group commits. On SQLite it runs on a
-    /// connection of its own: taken from the shared pool, a batch waited for a connection
-    /// behind every read it was recording (32 concurrent reads, 8 connections), and the one
-    /// writer every read waits for stood in that queue once per batch. On PostgreSQL it is
-    /// [`Store::begin`].
+    /// A write transaction for the audit recorder's group commits, on a connection of its
+    /// own: taken from the shared pool, a batch waited for a connection behind every read it
+    /// was recording (32 concurrent reads, 8 connections on SQLite), and the one writer every
+    /// read waits for stood in that queue once per batch.
     pub(crate) async fn begin_journal(&self) -> Result<Transaction> {
-        let Some(journal) = &self.journal else { return self.begin().await };
-        let gate = match &self.write_gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
-            None => None,
-        };
-        let mut connection = journal.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
-        Ok(Transaction { inner: Some(connection), gate })
+        self.begin_on(&self.journal).await
     }
 
     /// Copies the SQLite write-ahead log into the database file as far as readers allow,
@@ -607,9 +601,10 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        for own in [&self.derived, &self.journal].into_iter().flatten() {
-            own.close().await;
+        if let Some(derived) = &self.derived {
+            derived.close().await;
         }
+        self.journal.close().await;
         self.pool.close().await;
     }
 }
