@@ -335,7 +335,8 @@ pub async fn append(
 pub async fn append_prepared(connection: &mut Db, events: &[Prepared]) -> Result<Vec<String>> {
     // An event stored as its resource row must come with its index rows, or auditors could
     // never find it.
-    if stores_resource_rows_at_once(connection) && events.iter().any(|e| !e.indexed) {
+    let inline = stores_resource_rows_at_once(connection);
+    if inline && events.iter().any(|e| !e.indexed) {
         return Err(crate::error::Error::internal("audit events prepared without their index for a backend that stores them at once"));
     }
     let mut chains: Vec<&str> = events.iter().map(|e| e.rendered.chain.as_str()).collect();
@@ -367,7 +368,7 @@ pub async fn append_prepared(connection: &mut Db, events: &[Prepared]) -> Result
         set_head_digest(&mut statements, chain, &previous);
     }
     let ids = rows.iter().map(|(chained, _)| chained.id.clone()).collect();
-    insert_events(&mut statements, stores_resource_rows_at_once(connection), &rows);
+    insert_events(&mut statements, inline, &rows);
     statements.execute(connection).await?;
     Ok(ids)
 }

@@ -257,6 +257,75 @@ pub struct HistoryFilter {
     pub limit: i64,
 }
 
+/// The options every pool of gateway sessions shares (all but its size): the settings each
+/// new connection gets — SQLite's durability, PostgreSQL's timeouts and planning — and the
+/// checks on acquire and release.
+fn pool_options(backend: Backend, statement_timeout: &str) -> AnyPoolOptions {
+    let statement_timeout = statement_timeout.to_owned();
+    AnyPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(30))
+        // The pool already checks every connection when it is released (sqlx pings it);
+        // an embedded SQLite connection cannot break while idle, so checking it again on
+        // acquire only costs a round trip to its thread per request. A PostgreSQL one can
+        // (a server restart), and is checked.
+        .test_before_acquire(backend == Backend::Postgres)
+        // A connection whose transaction could not be ended (a COMMIT or ROLLBACK that
+        // failed, e.g. on a full disk) would refuse every later BEGIN: such a connection
+        // is closed instead of going back to the pool. The queued rollback of a dropped
+        // transaction is flushed (ping) before the connection is judged.
+        .after_release(|connection, _meta| {
+            Box::pin(async move {
+                if connection.is_in_transaction() {
+                    sqlx::Connection::ping(&mut *connection).await?;
+                }
+                Ok(!connection.is_in_transaction())
+            })
+        })
+        .after_connect(move |connection, _meta| {
+            let statement_timeout = statement_timeout.clone();
+            Box::pin(async move {
+                if backend == Backend::Postgres {
+                    // The server cancels any statement that runs longer, also one whose
+                    // client has gone (a dropped request does not stop its query).
+                    sqlx::query(&statement_timeout).execute(&mut *connection).await?;
+                    // Plan every statement for its actual values. The prepared statements'
+                    // generic plans cannot see how skewed the index tables are: a common
+                    // kana name prefix was sorted in full (10 ms) instead of walked in id
+                    // order (2 ms), and a read by id on a fresh database ranged over the
+                    // tenant index (9 ms). Planning each time costs a fraction of that.
+                    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *connection).await?;
+                    // No JIT compilation: the gateway's statements are short, and the
+                    // planner's cost of a per-row access test over a long board (its
+                    // estimates cannot see that the test passes for every row) crossed
+                    // `jit_above_cost` — an unread count spent 680 of its 730 ms compiling
+                    // (benches/README.md, session 15).
+                    sqlx::query("SET jit = off").execute(&mut *connection).await?;
+                    // A statement whose session was abandoned (its connection closed, see
+                    // `settle`) is cancelled within a second instead of running on to the
+                    // statement timeout. PostgreSQL 14 and later; older servers keep the
+                    // statement timeout alone.
+                    if let Err(error) = sqlx::query("SET client_connection_check_interval = 1000").execute(&mut *connection).await {
+                        tracing::debug!(%error, "client_connection_check_interval is not available");
+                    }
+                }
+                if backend == Backend::Sqlite {
+                    // WAL lets readers proceed during a write; FULL makes every commit
+                    // durable before it is acknowledged; the busy timeout makes a second
+                    // writer wait for the first instead of failing.
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *connection).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+}
+
 impl Store {
     /// Connects with the default limits (see [`Store::connect_with`]).
     pub async fn connect(database_url: &str) -> Result<Store, sqlx::Error> {
@@ -267,7 +336,6 @@ impl Store {
     /// timeout of `limits`), and runs the embedded migrations.
     pub async fn connect_with(database_url: &str, limits: &crate::config::Limits) -> Result<Store, sqlx::Error> {
         let statement_timeout = format!("SET statement_timeout = {}", limits.statement_timeout_ms);
-        let journal_timeout = statement_timeout.clone();
         sqlx::any::install_default_drivers();
         let backend = if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
             Backend::Postgres
@@ -279,94 +347,17 @@ impl Store {
             ));
         };
         let options = AnyConnectOptions::from_str(database_url)?;
-        let pool = AnyPoolOptions::new()
+        let pool = pool_options(backend, &statement_timeout)
             .max_connections(match backend {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 16,
             })
-            .acquire_timeout(Duration::from_secs(30))
-            // The pool already checks every connection when it is released (sqlx pings it);
-            // an embedded SQLite connection cannot break while idle, so checking it again on
-            // acquire only costs a round trip to its thread per request. A PostgreSQL one can
-            // (a server restart), and is checked.
-            .test_before_acquire(backend == Backend::Postgres)
-            // A connection whose transaction could not be ended (a COMMIT or ROLLBACK that
-            // failed, e.g. on a full disk) would refuse every later BEGIN: such a connection
-            // is closed instead of going back to the pool. The queued rollback of a dropped
-            // transaction is flushed (ping) before the connection is judged.
-            .after_release(|connection, _meta| {
-                Box::pin(async move {
-                    if connection.is_in_transaction() {
-                        sqlx::Connection::ping(&mut *connection).await?;
-                    }
-                    Ok(!connection.is_in_transaction())
-                })
-            })
-            .after_connect(move |connection, _meta| {
-                let statement_timeout = statement_timeout.clone();
-                Box::pin(async move {
-                    if backend == Backend::Postgres {
-                        // The server cancels any statement that runs longer, also one whose
-                        // client has gone (a dropped request does not stop its query).
-                        sqlx::query(&statement_timeout).execute(&mut *connection).await?;
-                        // Plan every statement for its actual values. The prepared statements'
-                        // generic plans cannot see how skewed the index tables are: a common
-                        // kana name prefix was sorted in full (10 ms) instead of walked in id
-                        // order (2 ms), and a read by id on a fresh database ranged over the
-                        // tenant index (9 ms). Planning each time costs a fraction of that.
-                        sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *connection).await?;
-                        // No JIT compilation: the gateway's statements are short, and the
-                        // planner's cost of a per-row access test over a long board (its
-                        // estimates cannot see that the test passes for every row) crossed
-                        // `jit_above_cost` — an unread count spent 680 of its 730 ms compiling
-                        // (benches/README.md, session 15).
-                        sqlx::query("SET jit = off").execute(&mut *connection).await?;
-                        // A statement whose session was abandoned (its connection closed, see
-                        // `settle`) is cancelled within a second instead of running on to the
-                        // statement timeout. PostgreSQL 14 and later; older servers keep the
-                        // statement timeout alone.
-                        if let Err(error) = sqlx::query("SET client_connection_check_interval = 1000").execute(&mut *connection).await {
-                            tracing::debug!(%error, "client_connection_check_interval is not available");
-                        }
-                    }
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers proceed during a write; FULL makes every commit
-                        // durable before it is acknowledged; the busy timeout makes a second
-                        // writer wait for the first instead of failing.
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA synchronous = FULL",
-                            "PRAGMA busy_timeout = 10000",
-                            "PRAGMA foreign_keys = ON",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *connection).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
             .connect_with(options.clone())
             .await?;
         let write_gate = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
-        let journal = AnyPoolOptions::new()
+        // The recorder's connection: the pool's settings and checks, one connection.
+        let journal = pool_options(backend, &statement_timeout)
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .test_before_acquire(backend == Backend::Postgres)
-            .after_connect(move |connection, _meta| {
-                let statement_timeout = journal_timeout.clone();
-                Box::pin(async move {
-                    let settings = match backend {
-                        // As the main pool's: every journal commit is durable before the
-                        // reads it records are answered.
-                        Backend::Sqlite => vec!["PRAGMA synchronous = FULL".to_owned(), "PRAGMA busy_timeout = 10000".to_owned(), "PRAGMA foreign_keys = ON".to_owned()],
-                        Backend::Postgres => vec![statement_timeout],
-                    };
-                    for setting in settings {
-                        sqlx::query(&setting).execute(&mut *connection).await?;
-                    }
-                    Ok(())
-                })
-            })
             .connect_with(options.clone())
             .await?;
         let derived = match backend {
