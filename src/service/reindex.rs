@@ -15,6 +15,9 @@ impl Fhir {
     pub async fn reindex(&self) -> Result<u64> {
         let mut indexed = 0u64;
         let mut after: Option<(String, String)> = None;
+        let mut transaction = self.store.begin().await?;
+        store::audit::clear_index_unchecked_for_maintenance(&mut transaction).await?;
+        transaction.commit().await?;
         loop {
             let mut transaction = self.store.begin().await?;
             let rows = store::all_current_unchecked_for_maintenance(
@@ -66,10 +69,10 @@ impl Fhir {
 
     /// What the index was built from: the search parameters, and the version of the derived
     /// rows besides them (bumped when the access links were added, and when board items
-    /// entered in error joined the board's index, so a database from before is reindexed at
-    /// its first start).
+    /// entered in error joined the board's index, and when AuditEvents got an index of their
+    /// own, so a database from before is reindexed at its first start).
     fn index_fingerprint(&self) -> String {
-        format!("{}+access-links-2+board-listing-1", self.search_params.fingerprint())
+        format!("{}+access-links-2+board-listing-1+audit-index-1", self.search_params.fingerprint())
     }
 
     /// Reindexes when the search parameters differ from those the index was built with.

@@ -289,6 +289,10 @@ pub async fn prune(connection: &mut Db, chain: &str, through: i64, anchor_digest
             .execute(&mut connection.0)
             .await?;
     }
+    // The events' own index: its terms are keyed by value, so this walks the table once.
+    for table in ["audit_terms", "audit_index"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE id IN ({ids})")).bind(chain).bind(through).execute(&mut connection.0).await?;
+    }
     let removed = sqlx::query("DELETE FROM audit_log WHERE chain = $1 AND seq <= $2").bind(chain).bind(through).execute(&mut connection.0).await?;
     sqlx::query("UPDATE audit_heads SET anchor_seq = $1, anchor_digest = $2 WHERE chain = $3")
         .bind(through)
@@ -303,8 +307,7 @@ pub async fn prune(connection: &mut Db, chain: &str, through: i64, anchor_digest
 pub async fn events_about_patient(connection: &mut Db, patient: &str, limit: i64) -> Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.deleted = 0 AND r.id IN ( \
-           SELECT x.id FROM search_reference x WHERE x.resource_type = 'AuditEvent' AND x.param = 'patient' \
-           AND x.target_type = 'Patient' AND x.target_id = $1) \
+           SELECT x.id FROM audit_terms x WHERE x.param = 'patient' AND x.b = $1 AND x.a = 'Patient' AND x.kind = 'r') \
          ORDER BY r.last_updated DESC, r.id LIMIT $2",
     )
     .bind(patient)
@@ -418,4 +421,81 @@ pub async fn project_pending(store: &super::Store, registry: &crate::search::Reg
         "audit events projected"
     );
     Ok(count)
+}
+
+/// The columns of an event's row in `audit_index`, for a multi-row insert.
+pub(super) const INDEX_COLUMNS: &str = "audit_index (id, tenant, date_low, date_high, action_system, action_code, outcome_system, \
+     outcome_code, type_system, type_code, subtype_system, subtype_code)";
+/// The columns of `audit_terms` rows, for a multi-row insert.
+pub(super) const TERMS_COLUMNS: &str = "audit_terms (param, b, a, kind, id, tenant)";
+
+/// The one-valued tokens `audit_index` has columns for, in column order.
+const TOKEN_COLUMNS: [&str; 4] = ["action", "outcome", "type", "subtype"];
+
+/// An AuditEvent's index rows in the tables of its own (migration 0019, read through the
+/// views `audit_search_*` that have the generic tables' shape): one `audit_index` row with
+/// its date and its one-valued tokens, and an `audit_terms` row for each reference and each
+/// further token or date. Entries of other kinds (no AuditEvent parameter the server indexes
+/// has one) stay in `rest`, for the generic tables.
+pub(super) struct IndexOfEvent {
+    pub row: Vec<V>,
+    pub terms: Vec<Vec<V>>,
+    pub rest: Vec<IndexEntry>,
+}
+
+impl IndexOfEvent {
+    pub fn new(id: &str, tenant: &str, entries: &[IndexEntry]) -> IndexOfEvent {
+        let mut date: Option<(String, String)> = None;
+        let mut tokens: [Option<(String, String)>; 4] = Default::default();
+        let mut terms: Vec<Vec<V>> = Vec::new();
+        let mut rest = Vec::new();
+        let mut term = |param: &str, b: &str, a: &str, kind: &str| {
+            let row = vec![V::Text(param.to_owned()), V::Text(b.to_owned()), V::Text(a.to_owned()), V::Text(kind.to_owned()), V::Text(id.to_owned()), V::Text(tenant.to_owned())];
+            if !terms.contains(&row) {
+                terms.push(row);
+            }
+        };
+        for entry in entries {
+            match entry {
+                IndexEntry::Token { param, system, code, .. } => {
+                    let slot = TOKEN_COLUMNS.iter().position(|p| p == param).and_then(|at| tokens.get_mut(at)).filter(|slot| slot.is_none());
+                    match slot {
+                        Some(slot) => *slot = Some((system.clone(), code.clone())),
+                        None => term(param, code, system, "t"),
+                    }
+                }
+                IndexEntry::Date { param, low, high } => {
+                    if param == "date" && date.is_none() {
+                        date = Some((low.clone(), high.clone()));
+                    } else {
+                        term(param, high, low, "d");
+                    }
+                }
+                IndexEntry::Reference { param, target_type, target_id, identifier_system, identifier_value, .. } => {
+                    if !target_id.is_empty() {
+                        term(param, target_id, target_type, "r");
+                    }
+                    if !identifier_value.is_empty() {
+                        term(param, identifier_value, identifier_system, "i");
+                    }
+                }
+                other => rest.push(other.clone()),
+            }
+        }
+        let (low, high) = date.unwrap_or_default();
+        let mut row = vec![V::Text(id.to_owned()), V::Text(tenant.to_owned()), V::Text(low), V::Text(high)];
+        for token in tokens {
+            let (system, code) = token.unwrap_or_default();
+            row.extend([V::Text(system), V::Text(code)]);
+        }
+        IndexOfEvent { row, terms, rest }
+    }
+}
+
+/// Empties AuditEvents' own index before a re-index rebuilds it (the rows of an event are
+/// found by their values, not by the event: a re-index cannot replace one event's rows).
+pub async fn clear_index_unchecked_for_maintenance(connection: &mut Db) -> Result<()> {
+    sqlx::query("DELETE FROM audit_terms").execute(&mut connection.0).await?;
+    sqlx::query("DELETE FROM audit_index").execute(&mut connection.0).await?;
+    Ok(())
 }

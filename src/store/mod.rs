@@ -888,6 +888,13 @@ async fn write_index(
         delete.bind(resource_type.to_owned()).push(" AND id = ").bind(id.to_owned());
         statements.push(delete);
     }
+    if resource_type == "AuditEvent" {
+        // Its terms are emptied before a re-index (`audit::clear_index_unchecked_for_maintenance`),
+        // the only writer of an existing event's index.
+        let mut delete = query::Sql::new("DELETE FROM audit_index WHERE id = ");
+        delete.bind(id.to_owned());
+        statements.push(delete);
+    }
     let mut rows = IndexRows::default();
     rows.add(resource_type, id, tenant, entries);
     rows.push(&mut statements);
@@ -953,6 +960,9 @@ fn generation_bump(name: &str) -> query::Sql {
 /// Index rows of many resources, by table, for multi-row inserts.
 #[derive(Default)]
 struct IndexRows {
+    /// AuditEvents' own rows (`audit_index`, `audit_terms`: see [`audit::IndexOfEvent`]).
+    audit_events: Vec<Vec<BulkValue>>,
+    audit_terms: Vec<Vec<BulkValue>>,
     strings: Vec<Vec<BulkValue>>,
     tokens: Vec<Vec<BulkValue>>,
     references: Vec<Vec<BulkValue>>,
@@ -967,7 +977,16 @@ impl IndexRows {
     fn add(&mut self, resource_type: &str, id: &str, tenant: &str, entries: &[IndexEntry]) {
         use BulkValue as V;
         let text = |value: &String| V::Text(value.clone());
-        for entry in entries {
+        let mut rest = entries;
+        let generic;
+        if resource_type == "AuditEvent" {
+            let event = audit::IndexOfEvent::new(id, tenant, entries);
+            self.audit_events.push(event.row);
+            self.audit_terms.extend(event.terms);
+            generic = event.rest;
+            rest = &generic;
+        }
+        for entry in rest {
             let mut values = vec![V::Text(resource_type.to_owned()), V::Text(id.to_owned())];
             if !matches!(entry, IndexEntry::AccessLink { .. }) {
                 values.push(V::Text(tenant.to_owned()));
@@ -1000,6 +1019,10 @@ impl IndexRows {
 
     /// The multi-row inserts of these rows, to be sent with other statements.
     fn push(&self, statements: &mut query::Statements) {
+        // An event's rows are derived from its content, which never changes: rows already
+        // there (a re-index meeting an event appended since it began) are the same rows.
+        statements.insert_many_or_ignore(audit::INDEX_COLUMNS, &self.audit_events);
+        statements.insert_many_or_ignore(audit::TERMS_COLUMNS, &self.audit_terms);
         for (target, rows) in self.tables() {
             statements.insert_many(target, rows);
         }

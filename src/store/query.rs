@@ -556,19 +556,20 @@ fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, crite
             });
         }
         Criterion::Index { table, param, matches, negate } => {
-            let x = push_index_subquery(sql, alias, resource_type, *table, *negate, param, grant);
-            sql.push(" AND (");
-            push_or(sql, matches, |sql, m| push_match(sql, &x, m));
-            sql.push("))");
+            push_index_test(sql, alias, resource_type, *table, *negate, param, grant, &|sql, x| {
+                sql.push(" AND (");
+                push_or(sql, matches, |sql, m| push_match(sql, x, m));
+                sql.push(")");
+            });
         }
         Criterion::Missing { table, param, missing } => {
-            push_index_subquery(sql, alias, resource_type, *table, *missing, param, grant);
-            sql.push(")");
+            push_index_test(sql, alias, resource_type, *table, *missing, param, grant, &|_, _| {});
         }
         Criterion::Chain { param, target_type, criteria } => {
             let (c, t) = (sql.alias("c"), sql.alias("t"));
+            let references = index_source(IndexTable::Reference, resource_type.unwrap_or_default());
             let join = format!(
-                "FROM search_reference {c} JOIN resources {t} ON {t}.resource_type = {c}.target_type AND {t}.id = {c}.target_id WHERE "
+                "FROM {references} {c} JOIN resources {t} ON {t}.resource_type = {c}.target_type AND {t}.id = {c}.target_id WHERE "
             );
             match resource_type {
                 Some(resource_type) => {
@@ -592,8 +593,9 @@ fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, crite
         }
         Criterion::Has { source_type, param, criteria } => {
             let (h, src) = (sql.alias("h"), sql.alias("s"));
+            let references = index_source(IndexTable::Reference, source_type);
             let join = format!(
-                "FROM search_reference {h} JOIN resources {src} ON {src}.resource_type = {h}.resource_type AND {src}.id = {h}.id WHERE "
+                "FROM {references} {h} JOIN resources {src} ON {src}.resource_type = {h}.resource_type AND {src}.id = {h}.id WHERE "
             );
             match resource_type {
                 Some(resource_type) => {
@@ -619,7 +621,8 @@ fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, crite
             let x = sql.alias("x");
             match resource_type {
                 Some(resource_type) => {
-                    sql.push(&format!("{alias}.id IN (SELECT {x}.id FROM search_reference {x} WHERE {x}.resource_type = "))
+                    let references = index_source(IndexTable::Reference, resource_type);
+                    sql.push(&format!("{alias}.id IN (SELECT {x}.id FROM {references} {x} WHERE {x}.resource_type = "))
                         .bind(resource_type.to_owned());
                 }
                 None => {
@@ -644,10 +647,12 @@ fn push_criterion(sql: &mut Sql, alias: &str, resource_type: Option<&str>, crite
     }
 }
 
-/// Opens `alias.id [NOT] IN (SELECT x.id FROM table x WHERE … AND x.param = ?` (or the
-/// correlated `[NOT] EXISTS` form when the alias's type is not known) and returns the
-/// index alias; the caller adds conditions and closes the parenthesis.
-fn push_index_subquery(
+/// Writes `alias.id [NOT] IN (SELECT x.id FROM table x WHERE … AND x.param = ? …)`, with
+/// `body` adding conditions on the index alias `x` (or the correlated `[NOT] EXISTS` form
+/// when the alias's type is not known; an AuditEvent row is then tested against its own
+/// index, uncorrelated: a test correlated into a view of several tables reads them whole).
+#[allow(clippy::too_many_arguments)]
+fn push_index_test(
     sql: &mut Sql,
     alias: &str,
     resource_type: Option<&str>,
@@ -655,24 +660,52 @@ fn push_index_subquery(
     negate: bool,
     param: &str,
     grant: &Grant,
-) -> String {
+    body: &dyn Fn(&mut Sql, &str),
+) {
     let x = sql.alias("x");
     let negation = if negate { "NOT " } else { "" };
     match resource_type {
         Some(resource_type) => {
-            sql.push(&format!("{alias}.id {negation}IN (SELECT {x}.id FROM {} {x} WHERE ", table.name()));
+            sql.push(&format!("{alias}.id {negation}IN (SELECT {x}.id FROM {} {x} WHERE ", index_source(table, resource_type)));
             sql.tenant_scope(&format!("{x}.tenant"), grant);
             sql.push(&format!(" AND {x}.resource_type = ")).bind(resource_type.to_owned());
+            sql.push(&format!(" AND {x}.param = ")).bind(param.to_owned());
+            body(sql, &x);
+            sql.push(")");
         }
         None => {
             sql.push(&format!(
-                "{negation}EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id",
+                "{negation}(EXISTS (SELECT 1 FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id",
                 table.name()
             ));
+            sql.push(&format!(" AND {x}.param = ")).bind(param.to_owned());
+            body(sql, &x);
+            sql.push(")");
+            let audit = index_source(table, AUDIT_EVENT);
+            if audit != table.name() {
+                let y = sql.alias("x");
+                sql.push(&format!(" OR ({alias}.resource_type = '{AUDIT_EVENT}' AND {alias}.id IN (SELECT {y}.id FROM {audit} {y} WHERE {y}.param = "));
+                sql.bind(param.to_owned());
+                body(sql, &y);
+                sql.push("))");
+            }
+            sql.push(")");
         }
     }
-    sql.push(&format!(" AND {x}.param = ")).bind(param.to_owned());
-    x
+}
+
+const AUDIT_EVENT: &str = "AuditEvent";
+
+/// What a criterion on `table` reads for `resource_type`: AuditEvents have an index of their
+/// own (`audit_index`, `audit_terms`: one row an event and one a reference, where the generic
+/// tables took twelve rows in four tables), read through views with the generic tables' shape.
+fn index_source(table: IndexTable, resource_type: &str) -> &'static str {
+    match (resource_type, table) {
+        (AUDIT_EVENT, IndexTable::Token) => "audit_search_token",
+        (AUDIT_EVENT, IndexTable::Reference) => "audit_search_reference",
+        (AUDIT_EVENT, IndexTable::Date) => "audit_search_date",
+        _ => table.name(),
+    }
 }
 
 fn push_everything(sql: &mut Sql, alias: &str, patient_id: &str, params_by_type: &[(String, Vec<String>)]) {
@@ -840,7 +873,7 @@ fn escape_like(text: &str) -> String {
 }
 
 /// The SQL expression of a sort key on the row `alias` of `source`.
-fn sort_expression(sql: &mut Sql, alias: &str, key: &SortKey, source: &Source<'_>) {
+fn sort_expression(sql: &mut Sql, alias: &str, key: &SortKey, source: &Source<'_>, resource_type: Option<&str>) {
     match key {
         SortKey::Id => {
             sql.push(&format!("{alias}.id"));
@@ -852,12 +885,20 @@ fn sort_expression(sql: &mut Sql, alias: &str, key: &SortKey, source: &Source<'_
         SortKey::Index { table: IndexTable::Date, param } if param == "sent" && matches!(source, Source::Board { .. }) => {
             sql.push(&format!("{alias}.sent"));
         }
+        // An AuditEvent's date and one-valued tokens are columns of its own index row.
+        SortKey::Index { table: IndexTable::Date | IndexTable::Token, param }
+            if resource_type == Some(AUDIT_EVENT) && (param == "date" || ["action", "outcome", "type", "subtype"].contains(&param.as_str())) =>
+        {
+            let column = if param == "date" { "date_low".to_owned() } else { format!("{param}_code") };
+            let x = sql.alias("o");
+            sql.push(&format!("COALESCE((SELECT {x}.{column} FROM audit_index {x} WHERE {x}.id = {alias}.id), '')"));
+        }
         SortKey::Index { table, param } => {
             let (column, numeric) = table.sort_column();
             let x = sql.alias("o");
             sql.push(&format!(
                 "COALESCE((SELECT MIN({x}.{column}) FROM {} {x} WHERE {x}.resource_type = {alias}.resource_type AND {x}.id = {alias}.id AND {x}.param = ",
-                table.name()
+                index_source(*table, resource_type.unwrap_or_default())
             ))
             .bind(param.clone())
             .push(if numeric { "), -1.0e300)" } else { "), '')" });
@@ -1000,7 +1041,7 @@ impl SearchQuery {
         let resource_type = self.resource_types.first().cloned().unwrap_or_default();
         match self.source() {
             Source::Index { position, table, param, matches } => {
-                sql.push(&format!(" FROM {} d WHERE ", table.name()));
+                sql.push(&format!(" FROM {} d WHERE ", index_source(table, &resource_type)));
                 sql.tenant_scope("d.tenant", grant);
                 sql.push(" AND ");
                 sql.access_scope("d", grant, Some(std::slice::from_ref(&resource_type)));
@@ -1079,13 +1120,17 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
     // primary key, so sorting many matches never carries their JSON along.
     let source = query.source();
     let alias = source.alias();
+    let single_type = match query.resource_types.as_slice() {
+        [only] => Some(only.as_str()),
+        _ => None,
+    };
     // An index row source may hold several matching rows per resource: DISTINCT. A board
     // row is one per item.
     let distinct = if matches!(source, Source::Index { .. }) { "DISTINCT " } else { "" };
     let mut sql = Sql::new(&format!("SELECT {distinct}{alias}.resource_type AS resource_type, {alias}.id AS id"));
     for (index, (key, _)) in keys.iter().enumerate() {
         sql.push(", ");
-        sort_expression(&mut sql, alias, key, &source);
+        sort_expression(&mut sql, alias, key, &source, single_type);
         sql.push(&format!(" AS k{index}"));
     }
     query.push_source(&mut sql, grant);
@@ -1103,7 +1148,7 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
                     if index > 0 {
                         sql.push(" AND ");
                     }
-                    sort_expression(&mut sql, alias, key, &source);
+                    sort_expression(&mut sql, alias, key, &source, single_type);
                     let after = *descending == backwards;
                     let operator = if index < position { " = " } else if after { " > " } else { " < " };
                     match cursor.keys.get(index) {
@@ -1258,7 +1303,8 @@ pub async fn referenced(
     sql.push(" AND ");
     let target_types = target_type.map(|t| vec![t.to_owned()]);
     sql.access_scope("r", grant, target_types.as_deref());
-    sql.push(" AND (r.resource_type, r.id) IN (SELECT x.target_type, x.target_id FROM search_reference x WHERE x.resource_type = ")
+    let references = index_source(IndexTable::Reference, source_type);
+    sql.push(&format!(" AND (r.resource_type, r.id) IN (SELECT x.target_type, x.target_id FROM {references} x WHERE x.resource_type = "))
         .bind(source_type.to_owned());
     if let Some(param) = param {
         sql.push(" AND x.param = ").bind(param.to_owned());
@@ -1298,7 +1344,8 @@ pub async fn referring(
     } else {
         sql.access_scope("r", grant, Some(&[source_type.to_owned()]));
         sql.push(" AND r.resource_type = ").bind(source_type.to_owned());
-        sql.push(" AND r.id IN (SELECT x.id FROM search_reference x WHERE x.resource_type = ")
+        let references = index_source(IndexTable::Reference, source_type);
+        sql.push(&format!(" AND r.id IN (SELECT x.id FROM {references} x WHERE x.resource_type = "))
             .bind(source_type.to_owned())
             .push(" AND x.target_type = ")
             .bind(target_type.to_owned());
@@ -1373,6 +1420,15 @@ impl Statements {
     /// Multi-row `INSERT INTO {target} VALUES …` statements for `rows` (each the same width),
     /// of at most 1,000 values each.
     pub(crate) fn insert_many(&mut self, target: &str, rows: &[Vec<BulkValue>]) {
+        self.insert_many_then(target, rows, "");
+    }
+
+    /// [`Statements::insert_many`], leaving out the rows whose key is already there.
+    pub(crate) fn insert_many_or_ignore(&mut self, target: &str, rows: &[Vec<BulkValue>]) {
+        self.insert_many_then(target, rows, " ON CONFLICT DO NOTHING");
+    }
+
+    fn insert_many_then(&mut self, target: &str, rows: &[Vec<BulkValue>], then: &str) {
         let Some(width) = rows.first().map(Vec::len) else { return };
         let per_statement = (1_000 / width.max(1)).max(1);
         for chunk in rows.chunks(per_statement) {
@@ -1391,6 +1447,7 @@ impl Statements {
                 }
                 sql.push(")");
             }
+            sql.push(then);
             self.list.push(sql);
         }
     }

@@ -578,8 +578,11 @@ async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) 
     server.fhir().project_audit_events().await.expect("projected");
     let old = "SELECT event_id FROM audit_log WHERE chain = 'ina' AND seq <= 5";
     tamper(&server, &format!("UPDATE audit_log SET projected = 0, content = (SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.id = audit_log.event_id) WHERE event_id IN ({old})")).await;
-    for table in ["search_token", "search_reference", "search_date", "resource_versions", "resources"] {
+    for table in ["resource_versions", "resources"] {
         tamper(&server, &format!("DELETE FROM {table} WHERE resource_type = 'AuditEvent' AND id IN ({old})")).await;
+    }
+    for table in ["audit_index", "audit_terms"] {
+        tamper(&server, &format!("DELETE FROM {table} WHERE id IN ({old})")).await;
     }
     let reply = server.get("/ina/fhir/Patient?name=f").await;
     reply.expect(200);
@@ -593,7 +596,110 @@ async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) 
     assert_eq!(broken_link(&server).await, None);
 }
 
+/// An auditor's searches read the trail's own index (`audit_index`, `audit_terms`, issue
+/// #13): for each query the events found are exactly those whose content says so, paged
+/// newest first in order, and the same again after a re-index has emptied and rebuilt that
+/// index.
+async fn an_auditors_searches_find_what_the_events_say(backend: Backend) {
+    let server = Server::start(backend).await;
+    let (care_manager, doctor) = cross_border_setting(&server).await;
+    doctor.get(&server, "Patient/p-yamada").await.expect(200);
+    care_manager.get(&server, "Patient?family=山田").await.expect(200);
+    let note = json!({
+        "resourceType": "Observation", "status": "final", "code": { "text": "血圧" },
+        "subject": { "reference": "Patient/p-yamada" }, "valueQuantity": { "value": 128, "unit": "mmHg" }
+    });
+    let written = care_manager.post(&server, &note).await;
+    written.expect(201);
+    let observation = format!("Observation/{}", written.json()["id"].as_str().unwrap_or_default());
+    let stranger = practitioner(&server, "minamiminowa", "pro-x", "org-x", "user/*.cruds").await;
+    stranger.get(&server, "Patient/p-yamada").await.expect(404);
+    let auditor = auditor(&server, "minamiminowa").await;
+    let resources = |bundle: &Value| -> Vec<Value> { bundle["entry"].as_array().into_iter().flatten().map(|e| e["resource"].clone()).collect() };
+    let all = resources(&auditor.get(&server, "AuditEvent?_count=1000").await.json());
+    assert!(all.len() >= 8, "{all:#?}");
+    let recorded = |e: &Value| e["recorded"].as_str().unwrap_or_default().to_owned();
+    // Only what the listing saw: the auditor's own searches are recorded after it.
+    let last = all.iter().map(recorded).max().unwrap_or_default();
+    let mut times: Vec<String> = all.iter().map(recorded).collect();
+    times.sort();
+    let middle = times[times.len() / 2].clone();
+    let refs = |e: &Value, list: &str, field: &str| -> Vec<String> {
+        e[list].as_array().into_iter().flatten().filter_map(|x| x[field]["reference"].as_str().map(str::to_owned)).collect()
+    };
+    let identifiers = |e: &Value, list: &str, field: &str| -> Vec<(String, String)> {
+        e[list].as_array().into_iter().flatten().filter_map(|x| x[field]["identifier"].as_object().cloned()).map(|i| {
+            (i.get("system").and_then(Value::as_str).unwrap_or_default().to_owned(), i.get("value").and_then(Value::as_str).unwrap_or_default().to_owned())
+        }).collect()
+    };
+    let client = all.iter().flat_map(|e| identifiers(e, "agent", "who")).next().expect("an event names its client");
+    let request = all.iter().rev().flat_map(|e| identifiers(e, "entity", "what")).next().expect("an event names its request");
+    let codes = |e: &Value, field: &str| -> Vec<String> {
+        match &e[field] {
+            Value::Array(list) => list.iter().filter_map(|c| c["code"].as_str().map(str::to_owned)).collect(),
+            Value::String(code) => vec![code.clone()],
+            other => other["code"].as_str().map(str::to_owned).into_iter().collect(),
+        }
+    };
+    type Expect<'a> = Box<dyn Fn(&Value) -> bool + 'a>;
+    let cases: Vec<(String, Expect)> = vec![
+        ("patient=Patient/p-yamada".into(), Box::new(|e| refs(e, "entity", "what").contains(&"Patient/p-yamada".to_owned()))),
+        ("patient:missing=true".into(), Box::new(|e| !refs(e, "entity", "what").iter().any(|r| r.starts_with("Patient/")))),
+        ("agent=Practitioner/dr-ina".into(), Box::new(|e| refs(e, "agent", "who").contains(&"Practitioner/dr-ina".to_owned()))),
+        ("agent=PractitionerRole/role-cm-mm".into(), Box::new(|e| refs(e, "agent", "who").contains(&"PractitionerRole/role-cm-mm".to_owned()))),
+        (format!("agent:identifier={}|{}", client.0, client.1), Box::new(|e| identifiers(e, "agent", "who").contains(&client))),
+        (format!("entity:identifier={}", request.1), Box::new(|e| identifiers(e, "entity", "what").iter().any(|(_, v)| *v == request.1))),
+        (format!("entity={observation}"), Box::new(|e| {
+            refs(e, "entity", "what").iter().any(|r| *r == observation || r.starts_with(&format!("{observation}/_history/")))
+        })),
+        ("subtype=read".into(), Box::new(|e| codes(e, "subtype").contains(&"read".to_owned()))),
+        ("subtype=read,search-type".into(), Box::new(|e| codes(e, "subtype").iter().any(|c| c == "read" || c == "search-type"))),
+        ("action=R&outcome=0".into(), Box::new(|e| e["action"] == "R" && e["outcome"] == "0")),
+        ("action:not=R".into(), Box::new(|e| e["action"] != "R")),
+        ("outcome:not=0".into(), Box::new(|e| e["outcome"] != "0")),
+        ("type=http://dicom.nema.org/resources/ontology/DCM|110106".into(), Box::new(|e| codes(e, "type").contains(&"110106".to_owned()))),
+        ("type=rest&patient=Patient/p-yamada".into(), Box::new(|e| {
+            codes(e, "type").contains(&"rest".to_owned()) && refs(e, "entity", "what").contains(&"Patient/p-yamada".to_owned())
+        })),
+        (format!("date=ge{middle}"), Box::new(|e| recorded(e) >= middle)),
+        (format!("date=lt{middle}"), Box::new(|e| recorded(e) < middle)),
+    ];
+    let id = |e: &Value| e["id"].as_str().unwrap_or_default().to_owned();
+    let check = |found: Vec<Value>, query: &str, expect: &Expect| {
+        let mut found: Vec<String> = found.iter().map(id).collect();
+        found.sort();
+        let mut wanted: Vec<String> = all.iter().filter(|e| expect(e)).map(id).collect();
+        wanted.sort();
+        assert_eq!(found, wanted, "{query}");
+    };
+    for round in ["as written", "after a re-index"] {
+        for (query, expect) in &cases {
+            let reply = auditor.get(&server, &format!("AuditEvent?{query}&date=le{last}&_count=1000")).await;
+            reply.expect(200);
+            check(resources(&reply.json()), &format!("{query} ({round})"), expect);
+        }
+        // Newest first, three a page, following the links: every event once, in order.
+        let mut seen: Vec<Value> = Vec::new();
+        let mut next = Some(format!("AuditEvent?date=le{last}&_sort=-date&_count=3"));
+        while let Some(query) = next.take() {
+            let page = auditor.get(&server, &query).await.json();
+            seen.extend(resources(&page));
+            next = page["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(|url| {
+                url.split_once("/fhir/").map(|(_, rest)| rest.to_owned()).unwrap_or_default()
+            });
+            assert!(seen.len() <= all.len(), "paging ends ({round})");
+        }
+        let order: Vec<String> = seen.iter().map(recorded).collect();
+        let mut newest_first = order.clone();
+        newest_first.sort_by(|a, b| b.cmp(a));
+        assert_eq!(order, newest_first, "{round}");
+        check(seen, &format!("_sort=-date ({round})"), &(Box::new(|_: &Value| true) as Expect));
+        server.fhir().reindex().await.expect("reindex");
+    }
+}
+
 both_backends!(
+    an_auditors_searches_find_what_the_events_say,
     events_journaled_by_an_earlier_version_are_projected,
     every_interaction_leaves_its_event,
     denials_and_failures_are_recorded,
