@@ -5,7 +5,7 @@
 -- value (agents, entities, patients): on SQLite each table is a single B-tree (WITHOUT
 -- ROWID); here a table and its primary key. The views give the search engine the shape of
 -- the generic tables, so criteria on AuditEvents read these instead
--- (see store::query, `IndexTable::table_for`). The rows are derived: the server re-indexes at
+-- (see `store::query::index_source`). The rows are derived: the server re-indexes at
 -- its next start (the index fingerprint changed with this migration).
 CREATE TABLE audit_index (
     id TEXT NOT NULL PRIMARY KEY,

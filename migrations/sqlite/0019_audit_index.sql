@@ -4,7 +4,7 @@
 -- (its date and its one-valued tokens) and one row in `audit_terms` per reference or extra
 -- value (agents, entities, patients), each table a single B-tree. The views give the search
 -- engine the shape of the generic tables, so criteria on AuditEvents read these instead
--- (see store::query, `IndexTable::table_for`). The rows are derived: the server re-indexes at
+-- (see `store::query::index_source`). The rows are derived: the server re-indexes at
 -- its next start (the index fingerprint changed with this migration).
 CREATE TABLE audit_index (
     id TEXT NOT NULL PRIMARY KEY,
