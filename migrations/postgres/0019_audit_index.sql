@@ -42,8 +42,11 @@ CREATE VIEW audit_search_token (resource_type, id, tenant, param, system, code, 
     UNION ALL SELECT 'AuditEvent', id, tenant, 'subtype', subtype_system, subtype_code, '' FROM audit_index WHERE subtype_code <> ''
     UNION ALL SELECT 'AuditEvent', id, tenant, param, a, b, '' FROM audit_terms WHERE kind = 't';
 
+-- `patient` is every Patient an entity or agent names: an entity's is not stored twice, the
+-- view reads it from the entity's row.
 CREATE VIEW audit_search_reference (resource_type, id, tenant, param, target_type, target_id, url, identifier_system, identifier_value) AS
     SELECT 'AuditEvent', id, tenant, param, a, b, '', '', '' FROM audit_terms WHERE kind = 'r'
+    UNION ALL SELECT 'AuditEvent', id, tenant, 'patient', a, b, '', '', '' FROM audit_terms WHERE kind = 'r' AND param = 'entity' AND a = 'Patient'
     UNION ALL SELECT 'AuditEvent', id, tenant, param, '', '', '', a, b FROM audit_terms WHERE kind = 'i';
 
 CREATE VIEW audit_search_date (resource_type, id, tenant, param, low, high) AS

@@ -307,7 +307,7 @@ pub async fn prune(connection: &mut Db, chain: &str, through: i64, anchor_digest
 pub async fn events_about_patient(connection: &mut Db, patient: &str, limit: i64) -> Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.deleted = 0 AND r.id IN ( \
-           SELECT x.id FROM audit_terms x WHERE x.param = 'patient' AND x.b = $1 AND x.a = 'Patient' AND x.kind = 'r') \
+           SELECT x.id FROM audit_terms x WHERE x.param IN ('patient', 'entity') AND x.b = $1 AND x.a = 'Patient' AND x.kind = 'r') \
          ORDER BY r.last_updated DESC, r.id LIMIT $2",
     )
     .bind(patient)
@@ -455,8 +455,19 @@ impl IndexOfEvent {
                 terms.push(row);
             }
         };
+        // The view `audit_search_reference` finds every Patient an entity names as `patient`
+        // too: such a `patient` row would be stored twice (a search's event names each person
+        // found).
+        let named_by_entity = |target_type: &str, target_id: &str| {
+            target_type == "Patient"
+                && entries.iter().any(|e| {
+                    matches!(e, IndexEntry::Reference { param, target_type: t, target_id: i, .. } if param == "entity" && t == target_type && i == target_id)
+                })
+        };
         for entry in entries {
             match entry {
+                IndexEntry::Reference { param, target_type, target_id, identifier_value, .. }
+                    if param == "patient" && identifier_value.is_empty() && named_by_entity(target_type, target_id) => {}
                 IndexEntry::Token { param, system, code, .. } => {
                     let slot = TOKEN_COLUMNS.iter().position(|p| p == param).and_then(|at| tokens.get_mut(at)).filter(|slot| slot.is_none());
                     match slot {
