@@ -269,10 +269,12 @@ fn pool_options(backend: Backend, statement_timeout: &str) -> AnyPoolOptions {
         // acquire only costs a round trip to its thread per request. A PostgreSQL one can
         // (a server restart), and is checked.
         .test_before_acquire(backend == Backend::Postgres)
-        // A connection whose transaction could not be ended (a COMMIT or ROLLBACK that
-        // failed, e.g. on a full disk) would refuse every later BEGIN: such a connection
-        // is closed instead of going back to the pool. The queued rollback of a dropped
-        // transaction is flushed (ping) before the connection is judged.
+        // A connection left in one of sqlx's own transactions (the migrator's) whose end
+        // failed would refuse every later BEGIN: such a connection is closed instead of
+        // going back to the pool, after sqlx's queued rollback is flushed (ping). sqlx
+        // counts only its own transactions; the gateway's (`Store::begin`, a BEGIN of its
+        // own) are ended by `Transaction`: committed, or rolled back by `settle`, which
+        // closes a connection that does not settle.
         .after_release(|connection, _meta| {
             Box::pin(async move {
                 if connection.is_in_transaction() {
@@ -524,9 +526,22 @@ impl Store {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        let mut connection = pool.acquire().await?;
-        sqlx::query(statement).execute(&mut *connection).await?;
-        Ok(Transaction { inner: Some(connection), gate })
+        // The session is a `Transaction` before its BEGIN is sent: a request dropped while the
+        // BEGIN waits (for SQLite's write lock, behind another process) must not hand the
+        // connection back to the pool with the transaction the BEGIN opens once it gets the
+        // lock — that connection held the write lock from then on, and every later write
+        // waited out the busy timeout and failed (seen once under wrk, which ends a run by
+        // hanging up on requests in flight). Dropped, the transaction rolls back first.
+        let connection = pool.acquire().await?;
+        let mut transaction = Transaction { inner: Some(connection), gate };
+        if let Err(error) = sqlx::query(statement).execute(&mut transaction.0).await {
+            // No transaction was opened: the connection goes back as it is.
+            if let Some(connection) = transaction.inner.take() {
+                settle(connection, None, transaction.gate.take());
+            }
+            return Err(error.into());
+        }
+        Ok(transaction)
     }
 
     /// A write transaction for rows derived from durable ones and derived again after a

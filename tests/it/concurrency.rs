@@ -100,3 +100,27 @@ both_backends_as_both!(
     concurrent_if_match_updates_have_one_winner,
     concurrent_plain_updates_lose_no_version,
 );
+
+/// A write abandoned while its BEGIN waits for SQLite's write lock (another process holds
+/// it; the request was dropped, as when a client hangs up) leaves no transaction open behind
+/// it: once the lock is free the next write commits. Before, the BEGIN completed on a
+/// connection already back in the pool, which then held the write lock for good. About the
+/// engine itself (how a session ends), so the test suite's own principal writes.
+#[tokio::test]
+async fn a_write_abandoned_while_waiting_for_the_lock_does_not_keep_it() {
+    let server = Server::start(Backend::Sqlite).await;
+    let mut other = server.database_directly().await;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.expect("another process takes the write lock");
+    let fhir = server.fhir();
+    let waiting = tokio::spawn(async move { fhir.store.begin().await.map(|_| ()) });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    waiting.abort();
+    assert!(waiting.await.is_err(), "the write was still waiting for the lock when abandoned");
+    sqlx::query("COMMIT").execute(&mut other).await.expect("the other process lets go");
+    let body = json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:test", "value": "after-abandoned" }] });
+    for _ in 0..3 {
+        server.post("/ina/fhir/Patient", &body).await.expect(201);
+    }
+    let found = server.get("/ina/fhir/Patient?identifier=urn:test|after-abandoned").await.json();
+    assert_eq!(found["total"], 3, "{found}");
+}
