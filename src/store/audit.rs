@@ -430,7 +430,7 @@ pub(super) const INDEX_COLUMNS: &str = "audit_index (id, tenant, date_low, date_
 pub(super) const TERMS_COLUMNS: &str = "audit_terms (param, b, a, kind, id, tenant)";
 
 /// The one-valued tokens `audit_index` has columns for, in column order.
-const TOKEN_COLUMNS: [&str; 4] = ["action", "outcome", "type", "subtype"];
+pub(super) const TOKEN_COLUMNS: [&str; 4] = ["action", "outcome", "type", "subtype"];
 
 /// An AuditEvent's index rows in the tables of its own (migration 0019, read through the
 /// views `audit_search_*` that have the generic tables' shape): one `audit_index` row with

@@ -887,7 +887,7 @@ fn sort_expression(sql: &mut Sql, alias: &str, key: &SortKey, source: &Source<'_
         }
         // An AuditEvent's date and one-valued tokens are columns of its own index row.
         SortKey::Index { table: IndexTable::Date | IndexTable::Token, param }
-            if resource_type == Some(AUDIT_EVENT) && (param == "date" || ["action", "outcome", "type", "subtype"].contains(&param.as_str())) =>
+            if resource_type == Some(AUDIT_EVENT) && (param == "date" || super::audit::TOKEN_COLUMNS.contains(&param.as_str())) =>
         {
             let column = if param == "date" { "date_low".to_owned() } else { format!("{param}_code") };
             let x = sql.alias("o");
