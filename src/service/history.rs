@@ -10,6 +10,8 @@ use crate::service::Fhir;
 use crate::identity::Context;
 use crate::store::{self, HistoryFilter, VersionRow};
 
+const AUDIT_EVENT: &str = "AuditEvent";
+
 /// Which history: of the whole tenant, of a type, or of one resource.
 #[derive(Debug, Clone, Copy)]
 pub enum Level<'a> {
@@ -63,6 +65,10 @@ impl Fhir {
                     .filter(|count| *count > 0)
                     .map(|count| filter.limit = count.min(MAX_COUNT))
                     .ok_or_else(|| Error::bad_request_at("_count must be a positive integer", "_count")),
+                "_page" if resource_type == Some(AUDIT_EVENT) => value
+                    .split_once('~')
+                    .map(|(last_updated, id)| filter.before_event = Some((last_updated.to_owned(), id.to_owned())))
+                    .ok_or_else(|| Error::bad_request_at("the paging cursor is not valid", "_page")),
                 "_page" => value
                     .parse::<i64>()
                     .map(|seq| filter.before_seq = Some(seq))
@@ -80,7 +86,7 @@ impl Fhir {
         if let (Some(resource_type), Some(id)) = (resource_type, id) {
             // A resource is there for the caller when one of its versions is (each version
             // is judged by its own content, a deletion by the version it deleted).
-            let any_version = HistoryFilter { since: None, before_seq: None, ..filter.clone() };
+            let any_version = HistoryFilter { since: None, before_seq: None, before_event: None, ..filter.clone() };
             if store::history_count(&mut connection, &grant, &any_version).await? == 0 {
                 return Err(Error::NotFound(format!("{resource_type}/{id}")));
             }
@@ -101,7 +107,10 @@ impl Fhir {
         if has_next {
             if let Some(last) = rows.last() {
                 let mut next = self_query.clone();
-                next.push(("_page".into(), last.seq.to_string()));
+                // AuditEvents' history is their resource rows (store::history): its cursor is
+                // the last event's time and id.
+                let cursor = if last.resource_type == AUDIT_EVENT { format!("{}~{}", last.last_updated, last.id) } else { last.seq.to_string() };
+                next.push(("_page".into(), cursor));
                 links.push(json!({ "relation": "next", "url": link(&context.base_url, &path, &next) }));
             }
         }

@@ -42,8 +42,8 @@ fn set_head_digest(statements: &mut Statements, chain: &str, digest: &str) {
 }
 
 /// Inserts chained events. On SQLite each is stored once, as an AuditEvent resource row with
-/// its version and narrow index rows, beside its link in the journal (chain, sequence,
-/// predecessor, digest; `content` empty): SQLite has one write lock, and a projection after
+/// its narrow index rows (no version row: see `store::history`), beside its link in the
+/// journal (chain, sequence, predecessor, digest; `content` empty): SQLite has one write lock, and a projection after
 /// the fact held it about half the time under audited reads, with every read's events
 /// waiting behind it. On PostgreSQL the journal row carries the JSON and
 /// [`project_pending`] writes the resource rows later: there the chain head's row lock is what
@@ -172,7 +172,7 @@ pub async fn still_pending(connection: &mut Db, event_ids: &[String]) -> Result<
     Ok(found)
 }
 
-/// Writes the AuditEvent resource, version and index rows of journal rows and marks them
+/// Writes the AuditEvent resource and index rows of journal rows and marks them
 /// projected. The caller holds the projection lock (see [`project_pending`]).
 pub async fn project(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
     super::insert_new_rows(connection, rows).await?;
@@ -209,14 +209,12 @@ pub async fn heads(connection: &mut Db) -> Result<Vec<Head>> {
 }
 
 /// Up to `limit` links of `chain` after sequence `after`, with the AuditEvent's JSON (the
-/// link's own where it holds one, else the resource row's) and its resource and version rows.
+/// link's own where it holds one, else the resource row's) and its resource row.
 pub async fn links(connection: &mut Db, chain: &str, after: i64, limit: i64) -> Result<Vec<Link>> {
     let rows = sqlx::query(
-        "SELECT l.seq, l.event_id, l.previous, l.digest, l.content, l.projected, r.content AS resource_content, \
-         v.content AS version_content \
+        "SELECT l.seq, l.event_id, l.previous, l.digest, l.content, l.projected, r.content AS resource_content \
          FROM audit_log l \
          LEFT JOIN resources r ON r.resource_type = 'AuditEvent' AND r.id = l.event_id \
-         LEFT JOIN resource_versions v ON v.resource_type = 'AuditEvent' AND v.id = l.event_id AND v.version_id = 1 \
          WHERE l.chain = $1 AND l.seq > $2 ORDER BY l.seq LIMIT $3",
     )
     .bind(chain)
@@ -239,7 +237,6 @@ pub async fn links(connection: &mut Db, chain: &str, after: i64, limit: i64) -> 
                 content: if journaled.is_empty() { resource_content.clone().unwrap_or_default() } else { journaled },
                 projected: row.try_get::<i64, _>("projected")? != 0,
                 resource_content,
-                version_content: row.try_get("version_content")?,
             })
         })
         .collect()

@@ -286,12 +286,6 @@ async fn tampering_in_the_database_is_detected(backend: Backend) {
     let escaped = original.replace('\'', "''");
     tamper(&server, &format!("UPDATE resources SET content = '{escaped}' WHERE resource_type = 'AuditEvent' AND id = '{third}'")).await;
     assert_eq!(broken_link(&server).await, None);
-    // The version row altered instead.
-    tamper(&server, &format!("UPDATE resource_versions SET content = REPLACE(content, '\"outcome\":\"0\"', '\"outcome\":\"8\"') WHERE resource_type = 'AuditEvent' AND id = '{third}'")).await;
-    let found = broken_link(&server).await.expect("version alteration found");
-    assert_eq!(found.1, 3, "{}", found.3);
-    tamper(&server, &format!("UPDATE resource_versions SET content = '{escaped}' WHERE resource_type = 'AuditEvent' AND id = '{third}'")).await;
-    assert_eq!(broken_link(&server).await, None);
     // The journal's link itself altered (its digest: the event no longer matches it).
     tamper(&server, "UPDATE audit_log SET digest = 'x' || digest WHERE chain = 'ina' AND seq = 4").await;
     let found = broken_link(&server).await.expect("journal alteration found");
@@ -578,9 +572,7 @@ async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) 
     server.fhir().project_audit_events().await.expect("projected");
     let old = "SELECT event_id FROM audit_log WHERE chain = 'ina' AND seq <= 5";
     tamper(&server, &format!("UPDATE audit_log SET projected = 0, content = (SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.id = audit_log.event_id) WHERE event_id IN ({old})")).await;
-    for table in ["resource_versions", "resources"] {
-        tamper(&server, &format!("DELETE FROM {table} WHERE resource_type = 'AuditEvent' AND id IN ({old})")).await;
-    }
+    tamper(&server, &format!("DELETE FROM resources WHERE resource_type = 'AuditEvent' AND id IN ({old})")).await;
     for table in ["audit_index", "audit_terms"] {
         tamper(&server, &format!("DELETE FROM {table} WHERE id IN ({old})")).await;
     }
@@ -698,7 +690,74 @@ async fn an_auditors_searches_find_what_the_events_say(backend: Backend) {
     }
 }
 
+/// An AuditEvent is written once: its resource row is its one version (no second copy in the
+/// version table, issue #13). vread, instance history and the type's history read it — the
+/// type's history paged newest first through every event the auditor's search finds — and
+/// the system's history does not list events.
+async fn an_events_one_version_is_its_resource_row(backend: Backend) {
+    let server = Server::start(backend).await;
+    for name in ["a", "b", "c", "d", "e"] {
+        server.get(&format!("/ina/fhir/Patient?name={name}")).await.expect(200);
+    }
+    let auditor = auditor(&server, "ina").await;
+    let searched = auditor.get(&server, "AuditEvent?_count=1000").await.json();
+    let mut found: Vec<String> = searched["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned)).collect();
+    assert!(found.len() >= 5, "{searched}");
+    let event = searched["entry"][0]["resource"].clone();
+    let id = event["id"].as_str().expect("id").to_owned();
+    let vread = auditor.get(&server, &format!("AuditEvent/{id}/_history/1")).await;
+    vread.expect(200);
+    assert_eq!(vread.json(), event);
+    auditor.get(&server, &format!("AuditEvent/{id}/_history/2")).await.expect(404);
+    let instance = auditor.get(&server, &format!("AuditEvent/{id}/_history")).await.json();
+    assert_eq!(instance["total"], 1, "{instance}");
+    assert_eq!(instance["entry"][0]["resource"], event);
+    assert_eq!(instance["entry"][0]["request"]["method"], "POST");
+    // The type's history, three a page, newest first, each event once.
+    let mut listed: Vec<(String, String)> = Vec::new();
+    let mut page = auditor.get(&server, "AuditEvent/_history?_count=3").await.json();
+    let total = page["total"].as_i64().expect("total");
+    for _ in 0..100 {
+        listed.extend(page["entry"].as_array().into_iter().flatten().map(|e| {
+            let resource = &e["resource"];
+            (resource["meta"]["lastUpdated"].as_str().unwrap_or_default().to_owned(), resource["id"].as_str().unwrap_or_default().to_owned())
+        }));
+        let Some(next) = page["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_owned) else { break };
+        let path = next.split_once("/ina/fhir/").map(|(_, path)| path.to_owned()).expect("a link on this base");
+        page = auditor.get(&server, &path).await.json();
+    }
+    let mut newest_first = listed.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(listed, newest_first);
+    let mut ids: Vec<String> = listed.into_iter().map(|(_, id)| id).collect();
+    // The auditor's own reads since the search are events too: the history holds at least
+    // what the search found, and each event once.
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice");
+    assert_eq!(ids.len() as i64, total);
+    ids.sort();
+    found.sort();
+    assert!(found.iter().all(|id| ids.binary_search(id).is_ok()), "every searched event is in the history");
+    // The system's history lists no events; a clinician reads no event's version.
+    let system = auditor.get(&server, "_history?_count=1000").await.json();
+    assert!(system["entry"].as_array().into_iter().flatten().all(|e| e["resource"]["resourceType"] != "AuditEvent"), "{system}");
+    let doctor = practitioner(&server, "ina", "dr-history", "org-history", "user/*.cruds").await;
+    let read = doctor.get(&server, &format!("AuditEvent/{id}")).await.status;
+    assert_ne!(read.as_u16(), 200);
+    assert_eq!(doctor.get(&server, &format!("AuditEvent/{id}/_history/1")).await.status, read);
+    // The chain still verifies, the events' one copy checked against their links.
+    let reports = server.fhir().verify_audit_trail(None).await.expect("verify");
+    assert!(reports.iter().all(|r| r.broken.is_none()), "{reports:?}");
+    // Projected (PostgreSQL) or written at once (SQLite), none has a version row.
+    let versions: i64 = {
+        let mut connection = server.database_directly().await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM resource_versions WHERE resource_type = 'AuditEvent'").fetch_one(&mut connection).await.expect("count")
+    };
+    assert_eq!(versions, 0, "no version rows for events");
+}
+
 both_backends!(
+    an_events_one_version_is_its_resource_row,
     an_auditors_searches_find_what_the_events_say,
     events_journaled_by_an_earlier_version_are_projected,
     every_interaction_leaves_its_event,

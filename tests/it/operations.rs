@@ -310,7 +310,16 @@ async fn changed_tables_get_fresh_statistics_on_postgres() {
         .map(|n| json!({ "resource": { "resourceType": "Patient", "name": [{ "family": format!("統計{n}") }] }, "request": { "method": "POST", "url": "Patient" } }))
         .collect();
     server.post("/ina/fhir", &json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })).await.expect(200);
-    let analyzed = store.analyze_changed_tables().await.expect("analyzed");
+    // PostgreSQL publishes a session's counts of changed rows when it goes idle, at most once
+    // a second (else up to ten seconds later): wait for them.
+    let mut analyzed = Vec::new();
+    for _ in 0..120 {
+        analyzed.extend(store.analyze_changed_tables().await.expect("analyzed"));
+        if ["resources", "resource_versions", "search_string"].iter().all(|t| analyzed.iter().any(|a| a == t)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     for table in ["resources", "resource_versions", "search_string"] {
         assert!(analyzed.iter().any(|t| t == table), "{table} among {analyzed:?}");
     }
