@@ -62,6 +62,9 @@ impl Recorder {
 }
 
 async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
+    // The connection the last batch committed on, kept for the next (`Held`); a batch that
+    // fails gives its connection back to the pool, and the next one takes a fresh one.
+    let mut held = None;
     while let Some(first) = receiver.recv().await {
         let mut count = first.events.len();
         let mut jobs = vec![first];
@@ -76,7 +79,14 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
         }
         let events: Vec<Prepared> = jobs.iter_mut().flat_map(|job| std::mem::take(&mut job.events)).collect();
         let started = std::time::Instant::now();
-        let result = commit(&store, &events).await.map_err(|error| {
+        let result = commit(&store, &events, held.take()).await.map(|connection| {
+            // Kept only while more events are waiting: an idle recorder holds no connection,
+            // so that closing the store at shutdown does not wait for it.
+            if !receiver.is_empty() {
+                held = Some(connection);
+            }
+        });
+        let result = result.map_err(|error| {
             tracing::error!(target: "renraku::audit", %error, events = events.len(), "audit events could not be stored");
             error.to_string()
         });
@@ -87,12 +97,12 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
     }
 }
 
-async fn commit(store: &Store, events: &[Prepared]) -> Result<()> {
+async fn commit(store: &Store, events: &[Prepared], held: Option<crate::store::Held>) -> Result<crate::store::Held> {
     let started = std::time::Instant::now();
-    let mut transaction = store.begin_journal().await?;
+    let mut transaction = store.begin_journal(held).await?;
     let locked = started.elapsed();
     crate::store::audit::append_prepared(&mut transaction, events).await?;
-    transaction.commit().await?;
+    let held = transaction.commit_and_keep().await?;
     tracing::trace!(target: "renraku::audit", lock_wait_us = locked.as_micros(), "audit batch lock wait");
-    Ok(())
+    Ok(held)
 }

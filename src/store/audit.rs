@@ -317,22 +317,24 @@ pub async fn events_about_patient(connection: &mut Db, patient: &str, limit: i64
 /// Appends `events` to their chains inside the caller's transaction ([`prepare`], then
 /// [`append_prepared`]). Call it once per transaction, last before the commit.
 pub async fn append(
-    connection: &mut Db,
+    transaction: &mut super::Transaction,
     registry: &crate::search::Registry,
     tenants: &[crate::config::TenantConfig],
     events: &[Event],
 ) -> Result<Vec<String>> {
-    let prepared = prepare(registry, tenants, events, stores_resource_rows_at_once(connection))?;
-    append_prepared(connection, &prepared).await
+    let prepared = prepare(registry, tenants, events, stores_resource_rows_at_once(transaction))?;
+    append_prepared(transaction, &prepared).await
 }
 
 /// Appends prepared events to their chains inside the caller's transaction: each chain's head
 /// is locked (in chain order, so two appenders never wait on each other crosswise), every
 /// event gets the next sequence number and its predecessor's digest, and the chained events
-/// are stored (links and, on SQLite, AuditEvent rows: [`insert_events`]). Call it once per
+/// are stored with the transaction's commit (links and, on SQLite, AuditEvent rows:
+/// [`insert_events`]; sent with the COMMIT, `Transaction::defer`). Call it once per
 /// transaction, last before the commit, so the head lock is held briefly. Returns the events'
 /// ids in chain order.
-pub async fn append_prepared(connection: &mut Db, events: &[Prepared]) -> Result<Vec<String>> {
+pub async fn append_prepared(transaction: &mut super::Transaction, events: &[Prepared]) -> Result<Vec<String>> {
+    let connection: &mut Db = transaction;
     // An event stored as its resource row must come with its index rows, or auditors could
     // never find it.
     let inline = stores_resource_rows_at_once(connection);
@@ -369,7 +371,7 @@ pub async fn append_prepared(connection: &mut Db, events: &[Prepared]) -> Result
     }
     let ids = rows.iter().map(|(chained, _)| chained.id.clone()).collect();
     insert_events(&mut statements, inline, &rows);
-    statements.execute(connection).await?;
+    transaction.defer(statements);
     Ok(ids)
 }
 

@@ -112,19 +112,46 @@ impl Drop for Connection {
 pub struct Transaction {
     inner: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
     gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Statements sent with the COMMIT ([`Transaction::defer`]).
+    deferred: query::Statements,
 }
 
 impl Transaction {
-    pub async fn commit(mut self) -> Result<()> {
-        let Some(connection) = self.inner.as_mut() else { unreachable_session() };
-        sqlx::query("COMMIT").execute(&mut **connection).await?;
+    pub async fn commit(self) -> Result<()> {
         // Committed: the connection goes back to the pool as it is.
-        if let Some(connection) = self.inner.take() {
-            drop(connection);
-        }
+        drop(self.commit_and_keep().await?);
         Ok(())
     }
+
+    /// Commits, and hands the idle connection back to the caller to begin its next
+    /// transaction on ([`Store::begin_journal`]) instead of returning it to the pool.
+    pub(crate) async fn commit_and_keep(mut self) -> Result<Held> {
+        let mut statements = std::mem::take(&mut self.deferred);
+        statements.push(query::Sql::new("COMMIT"));
+        // On SQLite one text: when a statement before the COMMIT fails, SQLite runs none
+        // after it, and the transaction, still open, is rolled back when this one is dropped.
+        statements.execute(Db::of_mut(&mut self.inner)).await?;
+        match self.inner.take() {
+            Some(connection) => Ok(Held(connection)),
+            None => unreachable_session(),
+        }
+    }
 }
+
+impl Transaction {
+    /// Sends `statements` with the COMMIT instead of now (on SQLite in the same text: one
+    /// round trip to the connection's thread less, while the transaction holds the write
+    /// lock). For writes whose results nothing before the commit reads: the audit trail's.
+    pub(crate) fn defer(&mut self, statements: query::Statements) {
+        self.deferred.extend(statements);
+    }
+}
+
+/// An idle connection a caller keeps between its transactions (the audit recorder's: handed
+/// back to the pool, a connection is queued for a task that returns it, and the recorder's
+/// next batch — which every waiting read waits for — waited that task's turn, a third of a
+/// millisecond a batch under load, benches/README.md, session 19).
+pub(crate) struct Held(sqlx::pool::PoolConnection<sqlx::Any>);
 
 impl std::ops::Deref for Transaction {
     type Target = Db;
@@ -521,6 +548,11 @@ impl Store {
 
     /// A write transaction on a connection of `pool`, behind the write gate.
     async fn begin_on(&self, pool: &AnyPool) -> Result<Transaction> {
+        self.begin_with(pool, None).await
+    }
+
+    /// [`Store::begin_on`], on `held` where the caller kept a connection of `pool`.
+    async fn begin_with(&self, pool: &AnyPool, held: Option<sqlx::pool::PoolConnection<sqlx::Any>>) -> Result<Transaction> {
         let gate = match &self.write_gate {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,
@@ -535,8 +567,11 @@ impl Store {
         // lock — that connection held the write lock from then on, and every later write
         // waited out the busy timeout and failed (seen once under wrk, which ends a run by
         // hanging up on requests in flight). Dropped, the transaction rolls back first.
-        let connection = pool.acquire().await?;
-        let mut transaction = Transaction { inner: Some(connection), gate };
+        let connection = match held {
+            Some(connection) => connection,
+            None => pool.acquire().await?,
+        };
+        let mut transaction = Transaction { inner: Some(connection), gate, deferred: query::Statements::default() };
         if let Err(error) = sqlx::query(statement).execute(&mut transaction.0).await {
             // No transaction was opened: the connection goes back as it is.
             if let Some(connection) = transaction.inner.take() {
@@ -563,8 +598,10 @@ impl Store {
     /// own: taken from the shared pool, a batch waited for a connection behind every read it
     /// was recording (32 concurrent reads, 8 connections on SQLite), and the one writer every
     /// read waits for stood in that queue once per batch.
-    pub(crate) async fn begin_journal(&self) -> Result<Transaction> {
-        self.begin_on(&self.journal).await
+    /// `held` is the connection the recorder's last batch committed on, if it kept it
+    /// ([`Transaction::commit_and_keep`]).
+    pub(crate) async fn begin_journal(&self, held: Option<Held>) -> Result<Transaction> {
+        self.begin_with(&self.journal, held.map(|Held(connection)| connection)).await
     }
 
     /// Copies the SQLite write-ahead log into the database file as far as readers allow,

@@ -1423,6 +1423,11 @@ impl Statements {
         self.insert_many_then(target, rows, "");
     }
 
+    /// Appends `other`'s statements after these.
+    pub(crate) fn extend(&mut self, other: Statements) {
+        self.list.extend(other.list);
+    }
+
     /// [`Statements::insert_many`], leaving out the rows whose key is already there.
     pub(crate) fn insert_many_or_ignore(&mut self, target: &str, rows: &[Vec<BulkValue>]) {
         self.insert_many_then(target, rows, " ON CONFLICT DO NOTHING");
