@@ -136,9 +136,7 @@ impl Transaction {
             None => unreachable_session(),
         }
     }
-}
 
-impl Transaction {
     /// Sends `statements` with the COMMIT instead of now (on SQLite in the same text: one
     /// round trip to the connection's thread less, while the transaction holds the write
     /// lock). For writes whose results nothing before the commit reads: the audit trail's.
@@ -147,10 +145,10 @@ impl Transaction {
     }
 }
 
-/// An idle connection a caller keeps between its transactions (the audit recorder's: handed
-/// back to the pool, a connection is queued for a task that returns it, and the recorder's
-/// next batch — which every waiting read waits for — waited that task's turn, a third of a
-/// millisecond a batch under load, benches/README.md, session 19).
+/// An idle connection a caller keeps between its transactions: the audit recorder's. A
+/// connection given back to the pool is returned by a task of its own, and the recorder's
+/// next batch, which every waiting read waits for, waited for that task's turn behind the
+/// requests (a third of a millisecond a batch under load, benches/README.md, session 19).
 pub(crate) struct Held(sqlx::pool::PoolConnection<sqlx::Any>);
 
 impl std::ops::Deref for Transaction {
