@@ -310,6 +310,8 @@ async fn changed_tables_get_fresh_statistics_on_postgres() {
         .map(|n| json!({ "resource": { "resourceType": "Patient", "name": [{ "family": format!("統計{n}") }] }, "request": { "method": "POST", "url": "Patient" } }))
         .collect();
     server.post("/ina/fhir", &json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })).await.expect(200);
+    // The transaction's audit event, projected now rather than by the background task.
+    server.fhir().project_audit_events().await.expect("projected");
     // PostgreSQL publishes a session's counts of changed rows when it goes idle, at most once
     // a second (else up to ten seconds later): wait for them.
     let mut analyzed = Vec::new();
@@ -323,5 +325,10 @@ async fn changed_tables_get_fresh_statistics_on_postgres() {
     for table in ["resources", "resource_versions", "search_string"] {
         assert!(analyzed.iter().any(|t| t == table), "{table} among {analyzed:?}");
     }
-    assert_eq!(store.analyze_changed_tables().await.expect("a pass"), Vec::<String>::new(), "nothing changed since");
+    // Analysed, they are fresh: the next pass leaves them alone (another session's counts,
+    // published late, may still name other tables).
+    let again = store.analyze_changed_tables().await.expect("a pass");
+    for table in ["resources", "resource_versions", "search_string"] {
+        assert!(!again.iter().any(|t| t == table), "{table} analysed again: {again:?}");
+    }
 }
