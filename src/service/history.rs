@@ -10,8 +10,6 @@ use crate::service::Fhir;
 use crate::identity::Context;
 use crate::store::{self, HistoryFilter, VersionRow};
 
-const AUDIT_EVENT: &str = "AuditEvent";
-
 /// Which history: of the whole tenant, of a type, or of one resource.
 #[derive(Debug, Clone, Copy)]
 pub enum Level<'a> {
@@ -65,14 +63,10 @@ impl Fhir {
                     .filter(|count| *count > 0)
                     .map(|count| filter.limit = count.min(MAX_COUNT))
                     .ok_or_else(|| Error::bad_request_at("_count must be a positive integer", "_count")),
-                "_page" if resource_type == Some(AUDIT_EVENT) => value
-                    .split_once('~')
-                    .map(|(last_updated, id)| filter.before_event = Some((last_updated.to_owned(), id.to_owned())))
+                "_page" => filter
+                    .resume_after(value)
+                    .then_some(())
                     .ok_or_else(|| Error::bad_request_at("the paging cursor is not valid", "_page")),
-                "_page" => value
-                    .parse::<i64>()
-                    .map(|seq| filter.before_seq = Some(seq))
-                    .map_err(|_| Error::bad_request_at("the paging cursor is not valid", "_page")),
                 "_format" | "_pretty" => Ok(()),
                 other => Err(Error::bad_request_at(format!("the parameter '{other}' is not supported on history"), other)),
             };
@@ -107,10 +101,7 @@ impl Fhir {
         if has_next {
             if let Some(last) = rows.last() {
                 let mut next = self_query.clone();
-                // AuditEvents' history is their resource rows (store::history): its cursor is
-                // the last event's time and id.
-                let cursor = if last.resource_type == AUDIT_EVENT { format!("{}~{}", last.last_updated, last.id) } else { last.seq.to_string() };
-                next.push(("_page".into(), cursor));
+                next.push(("_page".into(), last.cursor()));
                 links.push(json!({ "relation": "next", "url": link(&context.base_url, &path, &next) }));
             }
         }

@@ -32,6 +32,7 @@ pub mod query;
 pub mod tenants;
 
 pub use query::{BulkValue, Page};
+use query::AUDIT_EVENT;
 
 /// Which database is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +284,31 @@ pub struct HistoryFilter {
     /// (`last_updated`, `id`), newest first.
     pub before_event: Option<(String, String)>,
     pub limit: i64,
+}
+
+impl HistoryFilter {
+    /// Continues after the page a next link's `cursor` ended ([`VersionRow::cursor`]);
+    /// false when `cursor` is not one.
+    pub fn resume_after(&mut self, cursor: &str) -> bool {
+        if self.resource_type.as_deref() == Some(AUDIT_EVENT) {
+            let Some((last_updated, id)) = cursor.split_once('~') else { return false };
+            self.before_event = Some((last_updated.to_owned(), id.to_owned()));
+            return true;
+        }
+        cursor.parse::<i64>().map(|seq| self.before_seq = Some(seq)).is_ok()
+    }
+}
+
+impl VersionRow {
+    /// The paging cursor of a history page ending with this row: its `seq`, or for an
+    /// AuditEvent (whose history is its resource row, see [`history`]) its time and id.
+    pub fn cursor(&self) -> String {
+        if self.resource_type == AUDIT_EVENT {
+            format!("{}~{}", self.last_updated, self.id)
+        } else {
+            self.seq.to_string()
+        }
+    }
 }
 
 /// The options every pool of gateway sessions shares (all but its size): the settings each
@@ -1223,8 +1249,6 @@ pub async fn history_count(connection: &mut Db, grant: &Grant, filter: &HistoryF
     let count = rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0);
     Ok(count)
 }
-
-const AUDIT_EVENT: &str = "AuditEvent";
 
 /// The history of AuditEvents: each is written once and never changed (retention pruning
 /// aside), so its resource row is its one version, listed as created.

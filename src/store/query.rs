@@ -694,7 +694,7 @@ fn push_index_test(
     }
 }
 
-const AUDIT_EVENT: &str = "AuditEvent";
+pub(crate) const AUDIT_EVENT: &str = "AuditEvent";
 
 /// What a criterion on `table` reads for `resource_type`: AuditEvents have an index of their
 /// own (`audit_index`, `audit_terms`: one row an event and one a reference, where the generic
