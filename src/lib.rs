@@ -137,26 +137,27 @@ impl Gateway {
                 fhir.background_beat();
             }
         });
+        // The chainer (PostgreSQL, where writes queue their audit events instead of taking the
+        // chain's head: `store::audit::queues_for`): woken by each audited write's commit, and
+        // every 500 ms for what another gateway queued and did not chain (it stopped, say).
+        if store::audit::queues_for(fhir.store.backend()) {
+            spawn_woken(&fhir, std::time::Duration::from_millis(500), |fhir| &fhir.audit_chain_wake, |fhir| {
+                Box::pin(async move {
+                    if let Err(error) = fhir.chain_audit_events().await {
+                        tracing::warn!(target: "renraku::audit", %error, "chaining queued audit events failed; retrying");
+                    }
+                })
+            });
+        }
         // Notifications: each gateway delivers what is due, woken by its own writes and
         // looking every `poll_ms` for what other gateways wrote (and for retries, heartbeats).
-        let deliverer = Arc::downgrade(&fhir);
         let poll = std::time::Duration::from_millis(config.subscriptions.poll_ms.max(10));
-        tokio::spawn(async move {
-            loop {
-                let Some(fhir) = deliverer.upgrade() else { break };
-                if fhir.is_draining() {
-                    break;
-                }
+        spawn_woken(&fhir, poll, |fhir| &fhir.subscriptions.wake, |fhir| {
+            Box::pin(async move {
                 if let Err(error) = fhir.deliver_due().await {
                     tracing::warn!(target: "renraku::notify", %error, "delivering notifications failed; retrying");
                 }
-                let woken = fhir.clone();
-                drop(fhir);
-                tokio::select! {
-                    () = woken.subscriptions.wake.notified() => {}
-                    () = tokio::time::sleep(poll) => {}
-                }
-            }
+            })
         });
         // On PostgreSQL, another gateway's write wakes this one at once (LISTEN/NOTIFY as a
         // wake-up only; the poll above stays the guarantee).
@@ -227,6 +228,30 @@ impl Gateway {
         fhir.store.close().await;
         tracing::info!(target: "renraku::serve", "shut down cleanly");
     }
+}
+
+/// Runs `work` in a task of its own until the gateway drains or is gone: at once, then each
+/// time `wake` is notified or `period` has passed since the last round.
+fn spawn_woken(
+    fhir: &Arc<service::Fhir>,
+    period: std::time::Duration,
+    wake: fn(&service::Fhir) -> &tokio::sync::Notify,
+    work: impl Fn(&Arc<service::Fhir>) -> futures_util::future::BoxFuture<'_, ()> + Send + 'static,
+) {
+    let weak = Arc::downgrade(fhir);
+    tokio::spawn(async move {
+        loop {
+            let Some(fhir) = weak.upgrade() else { break };
+            if fhir.is_draining() {
+                break;
+            }
+            work(&fhir).await;
+            tokio::select! {
+                () = wake(&fhir).notified() => {}
+                () = tokio::time::sleep(period) => {}
+            }
+        }
+    });
 }
 
 /// The HTTP application over the given state.

@@ -5,7 +5,8 @@
 //! of a person of another municipality left its municipality, one disclosure event in that
 //! municipality's chain). Events are shaped after IHE Basic Audit Log Patterns (BALP) and
 //! appended as AuditEvents to their municipality's hash chain ([`chain`]) in the journal by
-//! `store::audit::append` — in the same database transaction as the write they record, or,
+//! `store::audit::append` — in the same database transaction as the write they record (on
+//! PostgreSQL queued there, and chained moments later by `store::audit::chain_queued`), or,
 //! for reads, through the runtime's group-commit `Recorder` before the response leaves — with
 //! its link in the journal (`audit_log`: sequence, predecessor, digest) and, on SQLite, as an
 //! ordinary AuditEvent resource row with its narrow search index at once; on PostgreSQL the
@@ -15,7 +16,7 @@
 //! Architecture invariants:
 //! - No HTTP, no SQL and no access decisions here: this module renders and chains what the
 //!   service tells it; the store writes it.
-//! - `store::audit::append_prepared` (behind `append`) is the only code that writes events, and `project_pending` the
+//! - `store::audit::append_prepared` (behind `append` and `chain_queued`) is the only code that chains events, and `project_pending` the
 //!   only other code that writes AuditEvent resource rows (from journal rows that carry the
 //!   JSON); nothing updates or deletes either except retention pruning (`service::audit`),
 //!   which keeps the chain verifiable.
@@ -443,11 +444,21 @@ impl Rendered {
         let id = uuid::Uuid::now_v7().to_string();
         let resource = event.to_resource(&id, 0, "", owner, names);
         let text = serde_json::to_string(&resource)?;
+        let rendered = Rendered::unchained_from(event.chain.clone(), id, event.recorded.clone(), &text)?;
+        Ok((rendered, resource))
+    }
+
+    /// The event again from its [`Rendered::unchained`] text (as queued for the chainer).
+    pub fn unchained_from(chain: String, id: String, recorded: String, text: &str) -> Result<Rendered, Error> {
         let at = text.find(CHAIN_PLACEHOLDER).ok_or_else(|| Error::internal("the audit chain extension is missing from a rendered event"))?;
         let (head, rest) = text.split_at(at);
         let tail = rest.get(CHAIN_PLACEHOLDER.len()..).unwrap_or_default();
-        let rendered = Rendered { chain: event.chain.clone(), id, recorded: event.recorded.clone(), head: head.to_owned(), tail: tail.to_owned() };
-        Ok((rendered, resource))
+        Ok(Rendered { chain, id, recorded, head: head.to_owned(), tail: tail.to_owned() })
+    }
+
+    /// The AuditEvent JSON before it has a place in its chain: sequence 0, no predecessor.
+    pub fn unchained(&self) -> String {
+        [self.head.as_str(), CHAIN_PLACEHOLDER, self.tail.as_str()].concat()
     }
 
     /// The AuditEvent JSON at `sequence` after a predecessor whose digest is `previous` —

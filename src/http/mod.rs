@@ -289,6 +289,9 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
         if let Ok(lag) = crate::store::audit::unprojected(&mut connection).await {
             fhir.metrics.gauge("renraku_audit_journal_unprojected_events", Vec::new(), lag as f64);
         }
+        if let Ok(queued) = crate::store::audit::queued(&mut connection).await {
+            fhir.metrics.gauge("renraku_audit_queued_events", Vec::new(), queued as f64);
+        }
         if let Ok(depth) = crate::store::subscriptions::depth(&mut connection).await {
             fhir.metrics.gauge("renraku_notification_outbox_depth", Vec::new(), depth as f64);
         }

@@ -41,6 +41,9 @@ pub struct Runtime {
     registry_reload: tokio::sync::Mutex<()>,
     /// Where reads and failures hand their audit events (group commit).
     pub(crate) recorder: recorder::Recorder,
+    /// Wakes the task that chains the events writes queued (PostgreSQL,
+    /// `store::audit::chain_queued`) after each audited write's commit.
+    pub audit_chain_wake: tokio::sync::Notify,
     /// The wide-area agreements as last read (refreshed when their generation changes).
     pub(crate) agreements: policy::facts::AgreementCache,
     /// The standing of the directory entries tokens act through (refreshed when the
@@ -91,6 +94,7 @@ impl Runtime {
             registry_generation: std::sync::atomic::AtomicI64::new(-1),
             registry_reload: tokio::sync::Mutex::new(()),
             recorder,
+            audit_chain_wake: tokio::sync::Notify::new(),
             agreements: policy::facts::AgreementCache::default(),
             standing: policy::facts::StandingCache::default(),
             decisions: policy::cache::DecisionCache::default(),

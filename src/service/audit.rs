@@ -60,6 +60,9 @@ struct Crossing {
 /// an earlier version journaled) one projection transaction writes.
 const PROJECTION_BATCH: i64 = 64;
 
+/// The most queued events one chaining transaction takes.
+const CHAIN_BATCH: i64 = 512;
+
 /// The municipalities' codes and names by slug, and slugs by code.
 struct Municipalities {
     slugs_by_code: BTreeMap<String, String>,
@@ -110,11 +113,28 @@ impl Fhir {
         self.recorder.record(events, &self.tenants()).await
     }
 
-    /// Projects journal rows that carry their JSON into AuditEvent resource rows (on SQLite
-    /// events are stored as resource rows when they are recorded; `store::audit::insert_events`).
-    /// Runs at start, in the background every fraction of a second, and before every request
-    /// that reads the trail, so an auditor always sees every event recorded before the request.
+    /// Chains the events writes queued (PostgreSQL: `store::audit::queues_for`), all of them
+    /// that are not being chained by another gateway. Runs after each audited write's commit
+    /// (the chainer task, woken by `audit_chain_wake`), every 500 ms, and before projection.
+    pub async fn chain_audit_events(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let done = crate::store::audit::chain_queued(&self.store, &self.search_params, CHAIN_BATCH).await?;
+            total += done;
+            // A partial batch took everything queued (and not claimed elsewhere) when it began.
+            if done < CHAIN_BATCH as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Chains what writes queued, then projects journal rows that carry their JSON into
+    /// AuditEvent resource rows (on SQLite events are stored as resource rows when they are
+    /// recorded; `store::audit::insert_events`). Runs at start, in the background every
+    /// fraction of a second, and before every request that reads the trail, so an auditor
+    /// always sees every event recorded before the request.
     pub async fn project_audit_events(&self) -> Result<usize> {
+        self.chain_audit_events().await?;
         let mut total = 0;
         loop {
             let done = crate::store::audit::project_pending(&self.store, &self.search_params, PROJECTION_BATCH).await?;
@@ -274,8 +294,10 @@ impl Fhir {
         }
         transaction.commit().await?;
         audit.committed = true;
-        // Whatever the write enqueued for subscriptions is delivered now, not at the next poll.
+        // Whatever the write enqueued for subscriptions is delivered now, not at the next poll;
+        // its events, if the backend queues them, are chained now.
         self.wake_deliveries();
+        self.audit_chain_wake.notify_one();
         Ok(())
     }
 
@@ -448,6 +470,9 @@ impl Fhir {
 
     /// `renraku audit verify`: walks every chain (or one) and reports the first broken link.
     pub async fn verify_audit_trail(&self, only: Option<&str>) -> Result<Vec<ChainReport>> {
+        // Events waiting for their place (PostgreSQL's writes) are chained first, so that
+        // every event committed before verification began is verified.
+        self.chain_audit_events().await?;
         self.store.analyze_audit_tables().await?;
         let mut connection = self.store.connection().await?;
         let mut reports = Vec::new();

@@ -79,11 +79,18 @@ fn insert_events(statements: &mut Statements, inline: bool, events: &[(Chained, 
     super::push_new_rows(statements, &rows);
 }
 
+fn backend_of(connection: &Db) -> super::Backend {
+    if connection.0.backend_name() == "SQLite" {
+        super::Backend::Sqlite
+    } else {
+        super::Backend::Postgres
+    }
+}
+
 /// Whether [`insert_events`] writes an event's resource rows with its link (SQLite) or leaves
 /// them to the projection (PostgreSQL).
 fn stores_resource_rows_at_once(connection: &Db) -> bool {
-    let backend = if connection.0.backend_name() == "SQLite" { super::Backend::Sqlite } else { super::Backend::Postgres };
-    indexed_for(backend)
+    indexed_for(backend_of(connection))
 }
 
 /// An event rendered and, where its resource rows are written with its link, indexed: ready
@@ -115,6 +122,81 @@ pub fn prepare(registry: &crate::search::Registry, tenants: &[crate::config::Ten
 /// with their links (see [`insert_events`]). The one place this choice is made.
 pub fn indexed_for(backend: super::Backend) -> bool {
     matches!(backend, super::Backend::Sqlite)
+}
+
+/// Whether a write's events wait in `audit_queue` for the chainer ([`chain_queued`]) instead
+/// of being chained in the write's own transaction: on PostgreSQL, where chaining in the
+/// write held the municipality's chain head from the append through the COMMIT's WAL flush,
+/// so a municipality's audited writes committed one at a time (migration 0021). SQLite's
+/// writes are serialised by its one write lock anyway. The one place this choice is made.
+pub fn queues_for(backend: super::Backend) -> bool {
+    matches!(backend, super::Backend::Postgres)
+}
+
+/// The columns of a queued event.
+const QUEUE_COLUMNS: &str = "audit_queue (chain, event_id, recorded, content)";
+
+/// Stores events in the queue with the transaction's commit: no chain head is taken. Returns
+/// their ids.
+fn enqueue(transaction: &mut super::Transaction, events: &[Prepared]) -> Vec<String> {
+    let rows: Vec<Vec<V>> = events
+        .iter()
+        .map(|event| {
+            let rendered = &event.rendered;
+            vec![V::Text(rendered.chain.clone()), V::Text(rendered.id.clone()), V::Text(rendered.recorded.clone()), V::Text(rendered.unchained())]
+        })
+        .collect();
+    let mut statements = Statements::default();
+    statements.insert_many(QUEUE_COLUMNS, &rows);
+    transaction.defer(statements);
+    events.iter().map(|event| event.rendered.id.clone()).collect()
+}
+
+/// Chains up to `limit` queued events, oldest first, in one transaction: claims them (rows
+/// another chainer — another gateway's — is claiming are skipped, so no event is chained
+/// twice), appends them to their chains as [`append_prepared`] does for the recorder, stores
+/// them as AuditEvent rows with their index (as SQLite stores every event), and removes them
+/// from the queue. Returns how many it chained; nothing on a backend that does
+/// not queue ([`queues_for`]).
+pub async fn chain_queued(store: &super::Store, registry: &crate::search::Registry, limit: i64) -> Result<usize> {
+    if !queues_for(store.backend()) {
+        return Ok(0);
+    }
+    let mut transaction = store.begin().await?;
+    let rows = sqlx::query(
+        "DELETE FROM audit_queue WHERE queued IN \
+           (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         RETURNING queued, chain, event_id, recorded, content",
+    )
+    .bind(limit)
+    .fetch_all(&mut transaction.0)
+    .await?;
+    if rows.is_empty() {
+        transaction.commit().await?;
+        return Ok(0);
+    }
+    // Indexed here, the events are stored as AuditEvent rows with their links: no projection
+    // pass copies them again.
+    let mut claimed = rows
+        .iter()
+        .map(|row| {
+            let content: String = row.try_get("content")?;
+            let index = registry.extract(&serde_json::from_str(&content)?);
+            let rendered = Rendered::unchained_from(row.try_get("chain")?, row.try_get("event_id")?, row.try_get("recorded")?, &content)?;
+            Ok((row.try_get::<i64, _>("queued")?, Prepared { rendered, index, indexed: true }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    claimed.sort_by_key(|(queued, _)| *queued);
+    let events: Vec<Prepared> = claimed.into_iter().map(|(_, event)| event).collect();
+    append_prepared(&mut transaction, &events).await?;
+    transaction.commit().await?;
+    Ok(events.len())
+}
+
+/// How many events wait in the queue for their place in a chain.
+pub async fn queued(connection: &mut Db) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_queue").fetch_one(&mut connection.0).await?;
+    Ok(row.try_get("n")?)
 }
 
 /// A journal row not yet projected into AuditEvent resource rows.
@@ -314,15 +396,22 @@ pub async fn events_about_patient(connection: &mut Db, patient: &str, limit: i64
     rows.iter().map(|row| Ok(row.try_get("content")?)).collect()
 }
 
-/// Appends `events` to their chains inside the caller's transaction ([`prepare`], then
-/// [`append_prepared`]). Call it once per transaction, last before the commit.
+/// Stores a write's `events` with the caller's transaction: on SQLite appended to their
+/// chains ([`prepare`], then [`append_prepared`]); on PostgreSQL queued for the chainer
+/// ([`queues_for`], [`chain_queued`]). Either way they commit or roll back with the write.
+/// Call it once per transaction, last before the commit.
 pub async fn append(
     transaction: &mut super::Transaction,
     registry: &crate::search::Registry,
     tenants: &[crate::config::TenantConfig],
     events: &[Event],
 ) -> Result<Vec<String>> {
-    let prepared = prepare(registry, tenants, events, stores_resource_rows_at_once(transaction))?;
+    let backend = backend_of(transaction);
+    if queues_for(backend) {
+        let prepared = prepare(registry, tenants, events, false)?;
+        return Ok(enqueue(transaction, &prepared));
+    }
+    let prepared = prepare(registry, tenants, events, indexed_for(backend))?;
     append_prepared(transaction, &prepared).await
 }
 
@@ -335,10 +424,12 @@ pub async fn append(
 /// ids in chain order.
 pub async fn append_prepared(transaction: &mut super::Transaction, events: &[Prepared]) -> Result<Vec<String>> {
     let connection: &mut Db = transaction;
-    // An event stored as its resource row must come with its index rows, or auditors could
-    // never find it.
-    let inline = stores_resource_rows_at_once(connection);
-    if inline && events.iter().any(|e| !e.indexed) {
+    // Events prepared with their index are stored as resource rows at once (all of SQLite's;
+    // on PostgreSQL those the chainer takes from the queue), the others in the journal for the
+    // projection. An event stored as its resource row must come with its index rows, or
+    // auditors could never find it.
+    let inline = events.iter().all(|e| e.indexed);
+    if !inline && (stores_resource_rows_at_once(connection) || events.iter().any(|e| e.indexed)) {
         return Err(crate::error::Error::internal("audit events prepared without their index for a backend that stores them at once"));
     }
     let mut chains: Vec<&str> = events.iter().map(|e| e.rendered.chain.as_str()).collect();

@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use crate::both_backends;
 use crate::policy::{agreement, care_team, consent, organization, patient, practitioner, practitioner_resources, server_admin, municipal_admin, Caller};
-use crate::support::{Backend, Reply, Server};
+use std::sync::Arc;
+
+use crate::support::{Backend, Reply, Server, Who, OFFICE};
 
 const INA: &str = "202096";
 const MINAMIMINOWA: &str = "203858";
@@ -756,7 +758,79 @@ async fn an_events_one_version_is_its_resource_row(backend: Backend) {
     assert_eq!(versions, 0, "no version rows for events");
 }
 
+/// Audited writes at once, as the care manager whose office registers the persons, with two
+/// more chainers working beside the gateway's own on stores of their own (as other gateways'
+/// would: on PostgreSQL a write queues its events and a chainer gives them their place). Every
+/// write's event is chained exactly once, the chain has no gap, nothing stays queued, and the
+/// trail verifies. On SQLite writes chain their events in their own transaction (the other
+/// chainers find nothing), and the same holds.
+async fn concurrent_writes_events_are_chained_once(backend: Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = Server::start_as(backend, Who::CareManager).await.shared();
+    let writing = Arc::new(AtomicBool::new(true));
+    let mut chainers = Vec::new();
+    for _ in 0..2 {
+        let store = renraku::store::Store::connect(server.database_url()).await.expect("a second store");
+        let registry = server.fhir().search_params.clone();
+        let writing = writing.clone();
+        chainers.push(tokio::spawn(async move {
+            let mut chained = 0;
+            loop {
+                let still_writing = writing.load(Ordering::SeqCst);
+                chained += renraku::store::audit::chain_queued(&store, &registry, 3).await.expect("chaining");
+                if !still_writing {
+                    store.close().await;
+                    return chained;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let mut writes = Vec::new();
+    for n in 0..48 {
+        let server = server.clone();
+        writes.push(tokio::spawn(async move {
+            let body = json!({ "resourceType": "Patient", "identifier": [{ "system": "urn:renraku:test", "value": format!("queued-{n}") }],
+                               "managingOrganization": { "reference": OFFICE } });
+            let reply = server.post("/ina/fhir/Patient", &body).await;
+            reply.expect(201);
+            request_id(&reply)
+        }));
+    }
+    let mut request_ids = Vec::new();
+    for write in writes {
+        request_ids.push(write.await.expect("write"));
+    }
+    writing.store(false, Ordering::SeqCst);
+    let mut by_others = 0;
+    for chainer in chainers {
+        by_others += chainer.await.expect("chainer");
+    }
+    if backend == Backend::Sqlite {
+        assert_eq!(by_others, 0, "SQLite's writes chain their own events");
+    }
+    server.fhir().project_audit_events().await.expect("chained and projected");
+    let queued = {
+        let mut connection = server.database_directly().await;
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_queue").fetch_one(&mut connection).await.expect("count")
+    };
+    assert_eq!(queued, 0, "nothing stays queued");
+    for id in &request_ids {
+        let events = events_of(&server, "ina", id).await;
+        assert_eq!(events.len(), 1, "one event for request {id}: {events:#?}");
+        assert_eq!(subtype(&events[0]), "create");
+    }
+    let all = auditor(&server, "ina").await.get(&server, "AuditEvent?_count=1000").await.json();
+    let mut sequences: Vec<i64> = all["entry"].as_array().into_iter().flatten().map(|e| chain_position(&e["resource"]).1).collect();
+    assert!(sequences.len() >= request_ids.len() && sequences.len() < 1000, "{} events", sequences.len());
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>(), "one gap-free chain");
+    let reports = server.fhir().verify_audit_trail(None).await.expect("verify");
+    assert!(reports.iter().all(|r| r.broken.is_none()), "{reports:?}");
+}
+
 both_backends!(
+    concurrent_writes_events_are_chained_once,
     an_events_one_version_is_its_resource_row,
     an_auditors_searches_find_what_the_events_say,
     events_journaled_by_an_earlier_version_are_projected,

@@ -298,6 +298,11 @@ impl Server {
         server
     }
 
+    /// The gateway's database URL (for a second store on it, as another gateway would open).
+    pub fn database_url(&self) -> &str {
+        &self.config.database_url
+    }
+
     /// A connection of its own to the gateway's database, as someone with direct access to
     /// the database (not through the gateway) would open one.
     pub async fn database_directly(&self) -> sqlx::AnyConnection {
