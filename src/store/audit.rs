@@ -152,9 +152,10 @@ fn enqueue(transaction: &mut super::Transaction, events: &[Prepared]) -> Vec<Str
     events.iter().map(|event| event.rendered.id.clone()).collect()
 }
 
-/// Chains up to `limit` queued events, oldest first, in one transaction: claims them (rows
-/// another chainer — another gateway's — is claiming are skipped, so no event is chained
-/// twice), appends them to their chains as [`append_prepared`] does for the recorder, stores
+/// Chains up to `limit` queued events, oldest first, in one transaction: claims them (a row
+/// another chainer — another gateway's, or this one's background task — has claimed is
+/// waited for, and left out once that chainer has removed it: no event is chained twice, and
+/// a pass that returns has seen every event queued before it began chained), appends them to their chains as [`append_prepared`] does for the recorder, stores
 /// them as AuditEvent rows with their index (as SQLite stores every event), and removes them
 /// from the queue. Returns how many it chained; nothing on a backend that does
 /// not queue ([`queues_for`]).
@@ -165,7 +166,7 @@ pub async fn chain_queued(store: &super::Store, registry: &crate::search::Regist
     let mut transaction = store.begin().await?;
     let rows = sqlx::query(
         "DELETE FROM audit_queue WHERE queued IN \
-           (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1 FOR UPDATE SKIP LOCKED) \
+           (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1 FOR UPDATE) \
          RETURNING queued, chain, event_id, recorded, content",
     )
     .bind(limit)
