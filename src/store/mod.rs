@@ -344,12 +344,11 @@ fn pool_options(backend: Backend, statement_timeout: &str) -> AnyPoolOptions {
                     // The server cancels any statement that runs longer, also one whose
                     // client has gone (a dropped request does not stop its query).
                     sqlx::query(&statement_timeout).execute(&mut *connection).await?;
-                    // Plan every statement for its actual values. The prepared statements'
-                    // generic plans cannot see how skewed the index tables are: a common
-                    // kana name prefix was sorted in full (10 ms) instead of walked in id
-                    // order (2 ms), and a read by id on a fresh database ranged over the
-                    // tenant index (9 ms). Planning each time costs a fraction of that.
-                    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *connection).await?;
+                    // Prepared statements keep PostgreSQL's default plan caching: searches
+                    // are planned for their values each time (`Sql::planned_for_its_values`),
+                    // everything else reuses its plan. Until session 20 every statement was
+                    // planned each time (`plan_cache_mode = force_custom_plan`), which was
+                    // nearly half of PostgreSQL's CPU under audited reads.
                     // No JIT compilation: the gateway's statements are short, and the
                     // planner's cost of a per-row access test over a long board (its
                     // estimates cannot see that the test passes for every row) crossed

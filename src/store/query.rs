@@ -35,11 +35,25 @@ pub(crate) struct Sql {
     /// parameters costs their number squared (a tenth of the gateway's CPU time while it
     /// projected the audit trail's multi-row inserts); anonymous ones have no name to look up.
     placeholders: Vec<(usize, usize)>,
+    /// Planned by PostgreSQL for its values every time it runs ([`Sql::planned_for_its_values`]).
+    custom_plan: bool,
 }
 
 impl Sql {
     pub(crate) fn new(start: &str) -> Self {
-        Sql { text: start.to_owned(), arguments: Vec::new(), aliases: 0, placeholders: Vec::new() }
+        Sql { text: start.to_owned(), arguments: Vec::new(), aliases: 0, placeholders: Vec::new(), custom_plan: false }
+    }
+
+    /// Has PostgreSQL plan the statement for its actual values each time it runs (sent as an
+    /// unnamed statement), instead of reusing the generic plan of a prepared one. For searches:
+    /// a generic plan cannot see how skewed the index tables are — a common kana name prefix
+    /// was sorted in full (10 ms) where the plan for the value walks the owner index in id
+    /// order and stops after the page (2 ms; benches/README.md, session 3). Every other
+    /// statement keeps its prepared plan: planning each of them every time was nearly half of
+    /// PostgreSQL's CPU under audited reads (session 20).
+    pub(crate) fn planned_for_its_values(&mut self) -> &mut Self {
+        self.custom_plan = true;
+        self
     }
 
     pub(crate) fn push(&mut self, text: &str) -> &mut Self {
@@ -466,8 +480,8 @@ impl Sql {
         }
     }
 
-    fn query<'q>(&'q self, text: &'q str) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-        let mut query = sqlx::query(text);
+    fn query<'q>(&'q self, text: &'q str, connection: &Db) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        let mut query = sqlx::query(text).persistent(!(self.custom_plan && connection.0.backend_name() == "PostgreSQL"));
         for argument in &self.arguments {
             query = match argument {
                 Argument::Text(value) => query.bind(value.as_str()),
@@ -480,14 +494,14 @@ impl Sql {
 
     pub(crate) async fn execute(&self, connection: &mut Db) -> Result<()> {
         let text = self.text_for(connection);
-        self.query(&text).execute(&mut connection.0).await?;
+        self.query(&text, connection).execute(&mut connection.0).await?;
         Ok(())
     }
 
     /// Executes the statement; returns how many rows it changed.
     pub(crate) async fn execute_counting(&self, connection: &mut Db) -> Result<u64> {
         let text = self.text_for(connection);
-        Ok(self.query(&text).execute(&mut connection.0).await?.rows_affected())
+        Ok(self.query(&text, connection).execute(&mut connection.0).await?.rows_affected())
     }
 
     /// The statement text (for EXPLAIN in benchmarks).
@@ -497,7 +511,7 @@ impl Sql {
 
     pub(crate) async fn fetch_all(&self, connection: &mut Db) -> Result<Vec<AnyRow>> {
         let text = self.text_for(connection);
-        Ok(self.query(&text).fetch_all(&mut connection.0).await?)
+        Ok(self.query(&text, connection).fetch_all(&mut connection.0).await?)
     }
 }
 
@@ -1190,6 +1204,7 @@ pub async fn explain(connection: &mut Db, backend: super::Backend, grant: &Grant
         arguments: sql.arguments.clone(),
         aliases: 0,
         placeholders: sql.placeholders.iter().map(|(start, length)| (start + prefix.len(), *length)).collect(),
+        custom_plan: true,
     };
     let rows = explained.fetch_all(connection).await?;
     let column = match backend {
@@ -1203,8 +1218,8 @@ pub async fn explain(connection: &mut Db, backend: super::Backend, grant: &Grant
 pub async fn search(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> Result<Page> {
     let keys = query.keys();
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
-    let sql = search_sql(grant, query);
-    let rows = sql.fetch_all(connection).await?;
+    let mut sql = search_sql(grant, query);
+    let rows = sql.planned_for_its_values().fetch_all(connection).await?;
     let more = rows.len() as i64 > query.limit;
     let mut found: Vec<((String, String), Vec<KeyValue>)> = Vec::with_capacity(rows.len());
     for row in rows.iter().take(query.limit.max(0) as usize) {
@@ -1279,7 +1294,7 @@ pub async fn count(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> R
     if distinct {
         sql.push(") distinct_ids");
     }
-    let rows = sql.fetch_all(connection).await?;
+    let rows = sql.planned_for_its_values().fetch_all(connection).await?;
     Ok(rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0))
 }
 
