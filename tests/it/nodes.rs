@@ -199,8 +199,9 @@ async fn a_change_through_one_gateway_acts_at_the_next_request_on_the_other() {
 
 /// Writers on two gateways at once: conditional creates of one person through both make
 /// exactly one Patient; reads and writes through both keep every municipality's audit chain
-/// gap-free, and both projectors together project each event once (the chains verify,
-/// journal against projection, with `renraku audit verify`).
+/// gap-free: both chainers together chain each write's queued event once, both projectors
+/// project each read's event once, and what the gateways (killed, not stopped) left queued is
+/// chained by `renraku audit verify`, which then verifies the chains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_write_one_person_once_and_one_unbroken_trail() {
     let (config, directory, database) = new_database(Backend::Postgres).await;
@@ -257,6 +258,14 @@ async fn two_gateways_write_one_person_once_and_one_unbroken_trail() {
     for chain in ["ina:", "minamiminowa:"] {
         assert!(report.contains(chain), "{report}");
     }
+    sqlx::any::install_default_drivers();
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&config.database_url).await.expect("database");
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_queue").fetch_one(&mut connection).await.expect("count");
+    assert_eq!(queued, 0, "verification chained what the gateways left queued");
+    // Every one of the 48 requests left its event (more: sign-in at start, disclosures).
+    let chained: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE chain IN ('ina', 'minamiminowa')").fetch_one(&mut connection).await.expect("count");
+    assert!(chained >= 48, "{chained} events chained");
+    drop(connection);
     if let Some(name) = database {
         crate::support::drop_database(name);
     }
