@@ -528,7 +528,52 @@ async fn a_system_client_keeps_its_organizations_directory(backend: Backend) {
     assert_eq!(ehr.get(&server, "PractitionerRole/role-dr-clinic").await.json()["organization"]["reference"], "Organization/clinic");
 }
 
+/// A search that names a person (`subject=Patient/X`) judges the person once where the
+/// grant reaches persons through that parameter, else each row: either way it finds what
+/// judging each of the same rows finds (here by `_id`, which names no person). As the care
+/// manager on the support team (with consent) of one person her office registered, and not
+/// of the other; one message about the other person is addressed to the first.
+async fn a_search_naming_a_person_finds_what_judging_each_row_finds(backend: Backend) {
+    let server = Server::start_as(backend, crate::support::Who::CareManager).await;
+    server.setup("ina", &organization("other-office", "別の事業所")).await;
+    server.setup("ina", &json!({ "resourceType": "Patient", "id": "ours", "managingOrganization": { "reference": crate::support::OFFICE } })).await;
+    server.setup("ina", &json!({ "resourceType": "Patient", "id": "theirs", "managingOrganization": { "reference": "Organization/other-office" } })).await;
+    server.setup("ina", &consent("consent-ours", "ours", "active", "office")).await;
+    server.setup("ina", &care_team("team-ours", "ours", &["PractitionerRole/role-cm"])).await;
+    let message = |id: &str, subject: &str, recipient: Option<&str>| {
+        let mut message = json!({ "resourceType": "Communication", "id": id, "status": "completed",
+                                  "subject": { "reference": subject }, "payload": [{ "contentString": "連絡" }] });
+        if let Some(recipient) = recipient {
+            message["recipient"] = json!([{ "reference": recipient }]);
+        }
+        message
+    };
+    server.setup("ina", &message("m-ours", "Patient/ours", None)).await;
+    server.setup("ina", &message("m-theirs", "Patient/theirs", None)).await;
+    server.setup("ina", &message("m-theirs-to-ours", "Patient/theirs", Some("Patient/ours"))).await;
+    let found = |reply: &Reply| -> (Vec<String>, Value) {
+        reply.expect(200);
+        let bundle = reply.json();
+        let mut ids: Vec<String> = bundle["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned)).collect();
+        ids.sort();
+        (ids, bundle["total"].clone())
+    };
+    let (ours, total) = found(&server.get("/ina/fhir/Communication?subject=Patient/ours").await);
+    assert_eq!((ours.clone(), total), (vec!["m-ours".to_owned()], json!(1)), "the registered person's message");
+    assert_eq!(ours, found(&server.get("/ina/fhir/Communication?_id=m-ours").await).0);
+    let (theirs, total) = found(&server.get("/ina/fhir/Communication?subject=Patient/theirs").await);
+    let (each_row, each_total) = found(&server.get("/ina/fhir/Communication?_id=m-theirs,m-theirs-to-ours").await);
+    assert_eq!((&theirs, &total), (&each_row, &each_total), "the other person's messages, as each row is judged");
+    // The message to the reached person is hers too (`recipient` is in her compartment); the
+    // other is not: judged row by row, not by the person named.
+    assert_eq!(theirs, vec!["m-theirs-to-ours".to_owned()], "a message only about a person not reached stays hidden");
+    // Sorted and paged as the timeline is, the same.
+    let (page, _) = found(&server.get("/ina/fhir/Communication?subject=Patient/theirs&_sort=-sent&_count=1").await);
+    assert!(page.iter().all(|id| theirs.contains(id)), "{page:?}");
+}
+
 both_backends!(
+    a_search_naming_a_person_finds_what_judging_each_row_finds,
     wide_area_support,
     credentials_and_scopes,
     ownership_cannot_be_forged,
