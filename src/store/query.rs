@@ -1004,6 +1004,16 @@ impl SearchQuery {
         })
     }
 
+    /// Whether PostgreSQL should plan this search for its values each time
+    /// ([`Sql::planned_for_its_values`]): yes, unless every match names one person
+    /// ([`SearchQuery::pinned_person`]) — then the rows are that person's, found by the
+    /// reference index, and planning the access predicate's subqueries for the values took
+    /// seven times as long as running the statement (3.8 ms against 0.5 ms for a timeline's
+    /// count, benches/README.md, session 20).
+    fn plans_for_values(&self) -> bool {
+        self.pinned_person().is_none()
+    }
+
     /// A Patient every match names: a positive criterion on a reference parameter with one
     /// target, `Patient/{id}` (its parameter and the id).
     fn pinned_person(&self) -> Option<(&str, &str)> {
@@ -1247,7 +1257,10 @@ pub async fn search(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> 
     let keys = query.keys();
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
     let mut sql = search_sql(grant, query);
-    let rows = sql.planned_for_its_values().fetch_all(connection).await?;
+    if query.plans_for_values() {
+        sql.planned_for_its_values();
+    }
+    let rows = sql.fetch_all(connection).await?;
     let more = rows.len() as i64 > query.limit;
     let mut found: Vec<((String, String), Vec<KeyValue>)> = Vec::with_capacity(rows.len());
     for row in rows.iter().take(query.limit.max(0) as usize) {
@@ -1322,7 +1335,10 @@ pub async fn count(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> R
     if distinct {
         sql.push(") distinct_ids");
     }
-    let rows = sql.planned_for_its_values().fetch_all(connection).await?;
+    if query.plans_for_values() {
+        sql.planned_for_its_values();
+    }
+    let rows = sql.fetch_all(connection).await?;
     Ok(rows.first().map(|row| row.try_get::<i64, _>("n")).transpose()?.unwrap_or(0))
 }
 
