@@ -208,25 +208,32 @@ impl Fhir {
         if self.take_failpoint(crate::runtime::Failpoint::SlowStatement) {
             crate::store::slow_statement_for_tests(&mut connection, 30).await?;
         }
-        let total = if parsed.results.total_none && summary != Some(Summary::Count) {
-            None
-        } else {
-            Some(query::count(&mut connection, grant, &parsed.query_types(types.clone(), 0)).await?)
-        };
+        let wants_total = !parsed.results.total_none || summary == Some(Summary::Count);
         let self_pairs: Vec<(String, String)> = parsed.applied.iter().filter(|(name, _)| name != "_page").cloned().collect();
         let mut links = vec![json!({ "relation": "self", "url": link(&context.base_url, path, &parsed.applied) })];
         let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset" });
-        if let Some(total) = total {
-            crate::fhir::set(&mut bundle, "total", json!(total));
-        }
         if summary == Some(Summary::Count) || page_size == 0 {
+            if wants_total {
+                let total = query::count(&mut connection, grant, &parsed.query_types(types, 0)).await?;
+                crate::fhir::set(&mut bundle, "total", json!(total));
+            }
             crate::fhir::set(&mut bundle, "link", json!(links));
             return Ok(bundle);
         }
-        let page = query::search(&mut connection, grant, &parsed.query_types(types, page_size)).await?;
+        let page = query::search(&mut connection, grant, &parsed.query_types(types.clone(), page_size)).await?;
+        let has_cursor = parsed.results.cursor.is_some();
+        if wants_total {
+            // A first page with nothing beyond it holds every match: their number is the
+            // total, and the count (which judges every match again) is not run.
+            let total = if has_cursor || page.more {
+                query::count(&mut connection, grant, &parsed.query_types(types, 0)).await?
+            } else {
+                i64::try_from(page.matched).unwrap_or(i64::MAX)
+            };
+            crate::fhir::set(&mut bundle, "total", json!(total));
+        }
         links.push(json!({ "relation": "first", "url": link(&context.base_url, path, &self_pairs) }));
         let backwards = parsed.results.cursor.as_ref().is_some_and(|c| c.backwards);
-        let has_cursor = parsed.results.cursor.is_some();
         let (has_next, has_previous) = if backwards { (true, page.more) } else { (page.more, has_cursor) };
         let mut page_link = |relation: &str, keys: &Option<Vec<KeyValue>>, backwards: bool| {
             if let Some(keys) = keys {

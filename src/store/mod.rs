@@ -314,7 +314,8 @@ impl VersionRow {
 /// The options every pool of gateway sessions shares (all but its size): the settings each
 /// new connection gets — SQLite's durability, PostgreSQL's timeouts and planning — and the
 /// checks on acquire and release.
-fn pool_options(backend: Backend, statement_timeout: &str) -> AnyPoolOptions {
+/// `journal`: the options of the audit recorder's connection ([`Store::begin_journal`]).
+fn pool_options(backend: Backend, statement_timeout: &str, journal: bool) -> AnyPoolOptions {
     let statement_timeout = statement_timeout.to_owned();
     AnyPoolOptions::new()
         .acquire_timeout(Duration::from_secs(30))
@@ -375,6 +376,14 @@ fn pool_options(backend: Backend, statement_timeout: &str) -> AnyPoolOptions {
                     ] {
                         sqlx::query(pragma).execute(&mut *connection).await?;
                     }
+                    // The recorder's multi-row inserts keep statement journals (what one
+                    // statement would undo) beyond SQLite's 64 KiB spill into a temporary
+                    // file made for each: a fifth of what audited reads wrote. In memory
+                    // instead; a batch is at most `MAX_BATCH_EVENTS` events, and this
+                    // connection runs nothing else (no sort that could grow there).
+                    if journal {
+                        sqlx::query("PRAGMA temp_store = MEMORY").execute(&mut *connection).await?;
+                    }
                 }
                 Ok(())
             })
@@ -402,7 +411,7 @@ impl Store {
             ));
         };
         let options = AnyConnectOptions::from_str(database_url)?;
-        let pool = pool_options(backend, &statement_timeout)
+        let pool = pool_options(backend, &statement_timeout, false)
             .max_connections(match backend {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 16,
@@ -411,7 +420,7 @@ impl Store {
             .await?;
         let write_gate = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
         // The recorder's connection: the pool's settings and checks, one connection.
-        let journal = pool_options(backend, &statement_timeout)
+        let journal = pool_options(backend, &statement_timeout, true)
             .max_connections(1)
             .connect_with(options.clone())
             .await?;

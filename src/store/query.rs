@@ -531,6 +531,10 @@ pub struct Page {
     pub last_keys: Option<Vec<KeyValue>>,
     /// Whether more rows lie beyond the page in the direction of travel.
     pub more: bool,
+    /// How many matches the page found (its rows before they are read: a row deleted in
+    /// between is counted). A first page without `more` found every match: this is their
+    /// total, and the search needs no count.
+    pub matched: usize,
 }
 
 /// Appends `AND (criterion)` for each criterion on the resource row `alias`, whose type is
@@ -1281,9 +1285,10 @@ pub async fn search(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> 
     }
     let first_keys = found.first().map(|(_, keys)| keys.clone());
     let last_keys = found.last().map(|(_, keys)| keys.clone());
+    let matched = found.len();
     let wanted: Vec<(String, String)> = found.into_iter().map(|(key, _)| key).collect();
     let rows = current_many(connection, grant, &wanted).await?;
-    Ok(Page { rows, first_keys, last_keys, more })
+    Ok(Page { rows, first_keys, last_keys, more, matched })
 }
 
 /// The current rows of `(type, id)` pairs, in the order given, within the grant.

@@ -572,7 +572,44 @@ async fn a_search_naming_a_person_finds_what_judging_each_row_finds(backend: Bac
     assert!(page.iter().all(|id| theirs.contains(id)), "{page:?}");
 }
 
+/// A search's `total` counts what the caller may see, whether the first page holds every
+/// match (its total is the page's matches, no count is run) or not (counted): as the care
+/// manager, who reaches three of the five persons of one family name.
+async fn a_total_counts_only_what_the_caller_sees_on_one_page_or_many(backend: Backend) {
+    let server = Server::start_as(backend, crate::support::Who::CareManager).await;
+    server.setup("ina", &organization("other-office", "別の事業所")).await;
+    for n in 0..5 {
+        let reached = n < 3;
+        let office = if reached { crate::support::OFFICE.to_owned() } else { "Organization/other-office".to_owned() };
+        server.setup("ina", &json!({ "resourceType": "Patient", "id": format!("p{n}"), "name": [{ "family": "合計" }],
+                                     "managingOrganization": { "reference": office } })).await;
+        if reached {
+            server.setup("ina", &consent(&format!("consent-{n}"), &format!("p{n}"), "active", "office")).await;
+            server.setup("ina", &care_team(&format!("team-{n}"), &format!("p{n}"), &["PractitionerRole/role-cm"])).await;
+        }
+    }
+    let family = "/ina/fhir/Patient?family=%E5%90%88%E8%A8%88";
+    let ids = |bundle: &Value| -> Vec<String> {
+        bundle["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned)).collect()
+    };
+    let whole = server.get(family).await.expect(200).json();
+    assert_eq!((whole["total"].clone(), ids(&whole).len()), (json!(3), 3), "one page: {whole}");
+    let first = server.get(&format!("{family}&_count=2")).await.expect(200).json();
+    assert_eq!((first["total"].clone(), ids(&first).len()), (json!(3), 2), "the first of two pages: {first}");
+    let next = first["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).expect("a next page");
+    let next = next.split_once("/ina/fhir/").map(|(_, rest)| format!("/ina/fhir/{rest}")).expect("a local link");
+    let second = server.get(&next).await.expect(200).json();
+    assert_eq!((second["total"].clone(), ids(&second).len()), (json!(3), 1), "the last page: {second}");
+    let mut seen = [ids(&first), ids(&second)].concat();
+    seen.sort();
+    assert_eq!(seen, vec!["p0", "p1", "p2"]);
+    assert_eq!(server.get(&format!("{family}&_summary=count")).await.expect(200).json()["total"], 3);
+    let without = server.get(&format!("{family}&_total=none")).await.expect(200).json();
+    assert!(without.get("total").is_none() && ids(&without).len() == 3, "{without}");
+}
+
 both_backends!(
+    a_total_counts_only_what_the_caller_sees_on_one_page_or_many,
     a_search_naming_a_person_finds_what_judging_each_row_finds,
     wide_area_support,
     credentials_and_scopes,
