@@ -137,8 +137,8 @@ impl Gateway {
                 fhir.background_beat();
             }
         });
-        // The chainer (PostgreSQL, where writes queue their audit events instead of taking the
-        // chain's head: `store::audit::queues_for`): woken by each audited write's commit, and
+        // The chainer (writes queue their audit events instead of chaining them in their own
+        // transaction: `store::audit::queues_for`): woken by each audited write's commit, and
         // every 500 ms for what another gateway queued and did not chain (it stopped, say).
         if store::audit::queues_for(fhir.store.backend()) {
             spawn_woken(&fhir, std::time::Duration::from_millis(500), |fhir| &fhir.audit_chain_wake, |fhir| {

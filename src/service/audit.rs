@@ -113,7 +113,7 @@ impl Fhir {
         self.recorder.record(events, &self.tenants()).await
     }
 
-    /// Chains the events writes queued (PostgreSQL: `store::audit::queues_for`), all of them
+    /// Chains the events writes queued (`store::audit::queues_for`), all of them
     /// that are not being chained by another gateway. Runs after each audited write's commit
     /// (the chainer task, woken by `audit_chain_wake`), every 500 ms, and before projection.
     pub async fn chain_audit_events(&self) -> Result<usize> {

@@ -125,12 +125,15 @@ pub fn indexed_for(backend: super::Backend) -> bool {
 }
 
 /// Whether a write's events wait in `audit_queue` for the chainer ([`chain_queued`]) instead
-/// of being chained in the write's own transaction: on PostgreSQL, where chaining in the
-/// write held the municipality's chain head from the append through the COMMIT's WAL flush,
-/// so a municipality's audited writes committed one at a time (migration 0021). SQLite's
-/// writes are serialised by its one write lock anyway. The one place this choice is made.
+/// of being chained in the write's own transaction. On PostgreSQL chaining in the write held
+/// the municipality's chain head from the append through the COMMIT's WAL flush, so a
+/// municipality's audited writes committed one at a time (migration 0021). On SQLite (since
+/// session 21) a write's commit, synced to disk, wrote the pages of half a dozen index trees
+/// for its event; queued, it writes one row, and the chainer stores many events at once with
+/// a commit that does not wait for the disk (benches/README.md, session 21). The one place
+/// this choice is made.
 pub fn queues_for(backend: super::Backend) -> bool {
-    matches!(backend, super::Backend::Postgres)
+    matches!(backend, super::Backend::Postgres | super::Backend::Sqlite)
 }
 
 /// The columns of a queued event.
@@ -159,16 +162,27 @@ fn enqueue(transaction: &mut super::Transaction, events: &[Prepared]) -> Vec<Str
 /// them as AuditEvent rows with their index (as SQLite stores every event), and removes them
 /// from the queue. Returns how many it chained; nothing on a backend that does
 /// not queue ([`queues_for`]).
+///
+/// On SQLite the transaction is [`super::Store::begin_derived`]'s, whose commit is not synced:
+/// a power loss may undo the newest such commits, whole — the claimed rows come back to the
+/// queue with them, and are chained again. The one write lock serialises chainers there.
 pub async fn chain_queued(store: &super::Store, registry: &crate::search::Registry, limit: i64) -> Result<usize> {
     if !queues_for(store.backend()) {
         return Ok(0);
     }
-    let mut transaction = store.begin().await?;
-    let rows = sqlx::query(
-        "DELETE FROM audit_queue WHERE queued IN \
-           (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1 FOR UPDATE) \
-         RETURNING queued, chain, event_id, recorded, content",
-    )
+    let mut transaction = store.begin_derived().await?;
+    let claim = match store.backend() {
+        super::Backend::Postgres => {
+            "DELETE FROM audit_queue WHERE queued IN \
+               (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1 FOR UPDATE) \
+             RETURNING queued, chain, event_id, recorded, content"
+        }
+        super::Backend::Sqlite => {
+            "DELETE FROM audit_queue WHERE queued IN (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1) \
+             RETURNING queued, chain, event_id, recorded, content"
+        }
+    };
+    let rows = sqlx::query(claim)
     .bind(limit)
     .fetch_all(&mut transaction.0)
     .await?;
