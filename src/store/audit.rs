@@ -158,10 +158,10 @@ fn enqueue(transaction: &mut super::Transaction, events: &[Prepared]) -> Vec<Str
 /// Chains up to `limit` queued events, oldest first, in one transaction: claims them (a row
 /// another chainer — another gateway's, or this one's background task — has claimed is
 /// waited for, and left out once that chainer has removed it: no event is chained twice, and
-/// a pass that returns has seen every event queued before it began chained), appends them to their chains as [`append_prepared`] does for the recorder, stores
-/// them as AuditEvent rows with their index (as SQLite stores every event), and removes them
-/// from the queue. Returns how many it chained; nothing on a backend that does
-/// not queue ([`queues_for`]).
+/// a pass that returns has seen every event queued before it began chained), appends them to
+/// their chains as [`append_prepared`] does for the recorder, stores them as AuditEvent rows
+/// with their index, and removes them from the queue. Returns how many it chained; nothing on
+/// a backend that does not queue ([`queues_for`]).
 ///
 /// On SQLite the transaction is [`super::Store::begin_derived`]'s, whose commit is not synced:
 /// a power loss may undo the newest such commits, whole — the claimed rows come back to the
@@ -171,18 +171,16 @@ pub async fn chain_queued(store: &super::Store, registry: &crate::search::Regist
         return Ok(0);
     }
     let mut transaction = store.begin_derived().await?;
-    let claim = match store.backend() {
-        super::Backend::Postgres => {
-            "DELETE FROM audit_queue WHERE queued IN \
-               (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1 FOR UPDATE) \
-             RETURNING queued, chain, event_id, recorded, content"
-        }
-        super::Backend::Sqlite => {
-            "DELETE FROM audit_queue WHERE queued IN (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1) \
-             RETURNING queued, chain, event_id, recorded, content"
-        }
+    // PostgreSQL locks the claimed rows; SQLite's one write lock already keeps other chainers out.
+    let lock = match store.backend() {
+        super::Backend::Postgres => " FOR UPDATE",
+        super::Backend::Sqlite => "",
     };
-    let rows = sqlx::query(claim)
+    let claim = format!(
+        "DELETE FROM audit_queue WHERE queued IN (SELECT queued FROM audit_queue ORDER BY queued LIMIT $1{lock}) \
+         RETURNING queued, chain, event_id, recorded, content"
+    );
+    let rows = sqlx::query(&claim)
     .bind(limit)
     .fetch_all(&mut transaction.0)
     .await?;
