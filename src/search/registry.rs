@@ -290,9 +290,7 @@ impl Registry {
                 index_value(param, &value, &mut entries);
             }
         }
-        // Formatting each entry once, not at every comparison: extraction runs on every
-        // write and for every audit event projected.
-        entries.sort_by_cached_key(|entry| format!("{entry:?}"));
+        entries.sort_by(IndexEntry::order);
         entries.dedup();
         entries
     }
