@@ -149,7 +149,7 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     request.extensions_mut().insert(RequestId(id.clone()));
     let address = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip().to_string());
     request.extensions_mut().insert(ClientAddress(address));
-    let mut response = CURRENT_REQUEST_ID.scope(id.clone(), crate::policy::facts::with_request_generations(next.run(request))).await;
+    let mut response = CURRENT_REQUEST_ID.scope(id.clone(), crate::policy::facts::with_request_generations(crate::store::with_request_connection(next.run(request)))).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }

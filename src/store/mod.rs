@@ -56,6 +56,9 @@ pub struct Store {
     derived: Option<AnyPool>,
     /// The audit recorder's own connection (see [`Store::begin_journal`]).
     journal: AnyPool,
+    /// Tells this store's connections from another's in a request's kept connection
+    /// ([`Store::keep_for_request`]).
+    id: usize,
 }
 
 /// A database session as the rest of the gateway holds it — inside a pooled [`Connection`]
@@ -72,6 +75,19 @@ pub struct Db(AnyConnection);
 /// of returned to the pool. A statement still running then is cancelled by PostgreSQL when
 /// it finds the socket closed (`client_connection_check_interval`).
 const ABANDONED_SETTLE: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// The connection a request verified its token on, kept for its first read
+    /// ([`Store::keep_for_request`]), with the id of the store it belongs to.
+    static KEPT: std::cell::RefCell<Option<(usize, sqlx::pool::PoolConnection<sqlx::Any>)>>;
+}
+
+/// Runs one request with room for a kept connection ([`Store::keep_for_request`]); the HTTP
+/// layer wraps every request in it. What is still kept when the request ends goes back to
+/// its pool then.
+pub async fn with_request_connection<F: std::future::Future>(request: F) -> F::Output {
+    KEPT.scope(std::cell::RefCell::new(None), request).await
+}
 
 /// A pooled connection for reads that need no transaction ([`Store::connection`]).
 pub struct Connection {
@@ -447,7 +463,9 @@ impl Store {
             ),
             Backend::Postgres => None,
         };
-        let store = Store { pool, backend, write_gate, derived, journal };
+        static STORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store = Store { pool, backend, write_gate, derived, journal, id };
         store.migrate().await?;
         Ok(store)
     }
@@ -585,6 +603,8 @@ impl Store {
 
     /// [`Store::begin_on`], on `held` where the caller kept a connection of `pool`.
     async fn begin_with(&self, pool: &AnyPool, held: Option<sqlx::pool::PoolConnection<sqlx::Any>>) -> Result<Transaction> {
+        // Given back before waiting: see `keep_for_request`.
+        drop(self.take_kept());
         let gate = match &self.write_gate {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,
@@ -647,9 +667,45 @@ impl Store {
         Ok(())
     }
 
-    /// A pooled connection for reads that need no transaction.
+    /// A pooled connection for reads that need no transaction: the one this request's token
+    /// was verified on, if it kept it ([`Store::keep_for_request`]).
     pub async fn connection(&self) -> Result<Connection> {
-        Ok(Connection { inner: Some(self.pool.acquire().await?), settles: self.backend == Backend::Postgres })
+        let inner = match self.take_kept() {
+            Some(kept) => kept,
+            None => self.pool.acquire().await?,
+        };
+        Ok(Connection { inner: Some(inner), settles: self.backend == Backend::Postgres })
+    }
+
+    /// Keeps `connection`, idle, for this request's next [`Store::connection`] instead of
+    /// giving it back to the pool now. Each connection given back is checked by the pool (a
+    /// round trip to SQLite's connection thread, or to the PostgreSQL server), and a request
+    /// that verified its token and then read used to take and give back two (benches/
+    /// README.md, session 22). [`Store::begin`] gives a kept connection back before it waits
+    /// for the write gate or the pool, so that no request holds one connection while waiting
+    /// for another; the rest of a kept connection goes back when the request ends. Outside
+    /// a request ([`with_request_connection`]) the connection simply goes back.
+    pub fn keep_for_request(&self, mut connection: Connection) {
+        let Some(inner) = connection.inner.take() else { return };
+        let id = self.id;
+        let _ = KEPT.try_with(move |kept| {
+            let earlier = kept.replace(Some((id, inner)));
+            drop(earlier);
+        });
+    }
+
+    /// This store's connection the request kept, if any.
+    fn take_kept(&self) -> Option<sqlx::pool::PoolConnection<sqlx::Any>> {
+        KEPT.try_with(|kept| {
+            let mine = matches!(&*kept.borrow(), Some((id, _)) if *id == self.id);
+            if mine {
+                kept.take().map(|(_, connection)| connection)
+            } else {
+                None
+            }
+        })
+        .ok()
+        .flatten()
     }
 
     /// Whether the database answers and takes a write (for `/healthz`): a committed

@@ -296,7 +296,73 @@ async fn sigterm_loses_nothing_acknowledged(backend: Backend) {
     }
 }
 
-both_backends!(liveness_and_readiness, metrics_count_a_known_request_mix, sigterm_loses_nothing_acknowledged);
+/// A request's token is verified on a pooled connection, which the request keeps for its
+/// first read instead of giving it back (each connection given back is checked by the pool:
+/// a round trip). Observed through the pool's idle count: the read takes no other connection;
+/// another store does not take it; a write gives it back before it waits for its own; outside
+/// a request nothing is kept; what a request still keeps goes back when it ends.
+async fn a_request_reads_on_the_connection_its_token_was_verified_on(backend: Backend) {
+    use renraku::store::{with_request_connection, Store};
+    let server = Server::start(backend).await;
+    let store = Store::connect(server.database_url()).await.expect("a store");
+    let other = Store::connect(server.database_url()).await.expect("another store");
+    let idle_when_settled = |store: &Store| {
+        let store = store.clone();
+        async move {
+            // Connections go back to the pool in a task of their own.
+            for _ in 0..200 {
+                let (size, idle) = store.pool_usage();
+                if idle == size as usize {
+                    return idle;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the pool's connections did not all come back: {:?}", store.pool_usage());
+        }
+    };
+    // Two connections open, both idle.
+    let (first, second) = (store.connection().await.expect("a connection"), store.connection().await.expect("a connection"));
+    drop((first, second));
+    let idle = idle_when_settled(&store).await;
+    assert!(idle >= 2);
+
+    with_request_connection(async {
+        let verified = store.connection().await.expect("the verification's connection");
+        store.keep_for_request(verified);
+        assert_eq!(store.pool_usage().1, idle - 1, "kept, not given back");
+        // Another store's session does not take it.
+        drop(other.connection().await.expect("another store's connection"));
+        let read = store.connection().await.expect("the read's connection");
+        assert_eq!(store.pool_usage().1, idle - 1, "the read took the kept connection, no other");
+        drop(read);
+        assert_eq!(idle_when_settled(&store).await, idle);
+
+        // A write gives the kept connection back before it takes its own.
+        store.keep_for_request(store.connection().await.expect("a connection"));
+        let transaction = store.begin().await.expect("a transaction");
+        transaction.commit().await.expect("committed");
+        assert_eq!(idle_when_settled(&store).await, idle);
+        assert_eq!(store.pool_usage().1, idle, "nothing kept after the write");
+
+        // Kept until the request ends.
+        store.keep_for_request(store.connection().await.expect("a connection"));
+    })
+    .await;
+    assert_eq!(idle_when_settled(&store).await, idle, "given back when the request ended");
+
+    // Outside a request there is nowhere to keep it: it goes back.
+    store.keep_for_request(store.connection().await.expect("a connection"));
+    assert_eq!(idle_when_settled(&store).await, idle);
+    store.close().await;
+    other.close().await;
+}
+
+both_backends!(
+    liveness_and_readiness,
+    metrics_count_a_known_request_mix,
+    sigterm_loses_nothing_acknowledged,
+    a_request_reads_on_the_connection_its_token_was_verified_on
+);
 
 /// What autovacuum's analyze would do, for a PostgreSQL server without it (this machine's
 /// runs so): after a bulk load the changed tables are analyzed, and then nothing is until
