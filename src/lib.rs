@@ -138,17 +138,15 @@ impl Gateway {
             }
         });
         // The chainer (writes queue their audit events instead of chaining them in their own
-        // transaction: `store::audit::queues_for`): woken by each audited write's commit, and
+        // transaction: `store::audit::append`): woken by each audited write's commit, and
         // every 500 ms for what another gateway queued and did not chain (it stopped, say).
-        if store::audit::queues_for(fhir.store.backend()) {
-            spawn_woken(&fhir, std::time::Duration::from_millis(500), |fhir| &fhir.audit_chain_wake, |fhir| {
-                Box::pin(async move {
-                    if let Err(error) = fhir.chain_audit_events().await {
-                        tracing::warn!(target: "renraku::audit", %error, "chaining queued audit events failed; retrying");
-                    }
-                })
-            });
-        }
+        spawn_woken(&fhir, std::time::Duration::from_millis(500), |fhir| &fhir.audit_chain_wake, |fhir| {
+            Box::pin(async move {
+                if let Err(error) = fhir.chain_audit_events().await {
+                    tracing::warn!(target: "renraku::audit", %error, "chaining queued audit events failed; retrying");
+                }
+            })
+        });
         // Notifications: each gateway delivers what is due, woken by its own writes and
         // looking every `poll_ms` for what other gateways wrote (and for retries, heartbeats).
         let poll = std::time::Duration::from_millis(config.subscriptions.poll_ms.max(10));

@@ -4,10 +4,10 @@
 //! Every request that touches data or security produces one [`Event`] (plus, where the data
 //! of a person of another municipality left its municipality, one disclosure event in that
 //! municipality's chain). Events are shaped after IHE Basic Audit Log Patterns (BALP) and
-//! appended as AuditEvents to their municipality's hash chain ([`chain`]) in the journal by
-//! `store::audit::append` — in the same database transaction as the write they record (on
-//! PostgreSQL queued there, and chained moments later by `store::audit::chain_queued`), or,
-//! for reads, through the runtime's group-commit `Recorder` before the response leaves — with
+//! appended as AuditEvents to their municipality's hash chain ([`chain`]) in the journal —
+//! for writes queued by `store::audit::append` in the write's own transaction and chained
+//! moments later by `store::audit::chain_queued`, for reads through the runtime's
+//! group-commit `Recorder` before the response leaves — with
 //! its link in the journal (`audit_log`: sequence, predecessor, digest) and, on SQLite, as an
 //! ordinary AuditEvent resource row with its narrow search index at once; on PostgreSQL the
 //! journal row carries the JSON and `store::audit::project_pending` writes the resource rows
@@ -16,10 +16,11 @@
 //! Architecture invariants:
 //! - No HTTP, no SQL and no access decisions here: this module renders and chains what the
 //!   service tells it; the store writes it.
-//! - `store::audit::append_prepared` (behind `append` and `chain_queued`) is the only code that chains events, and `project_pending` the
-//!   only other code that writes AuditEvent resource rows (from journal rows that carry the
-//!   JSON); nothing updates or deletes either except retention pruning (`service::audit`),
-//!   which keeps the chain verifiable.
+//! - `store::audit::append_prepared` (behind the recorder and `chain_queued`) is the only
+//!   code that chains events, and `project_pending` the only other code that writes
+//!   AuditEvent resource rows (from journal rows that carry the JSON); nothing updates or
+//!   deletes either except retention pruning (`service::audit`), which keeps the chain
+//!   verifiable.
 
 use serde_json::{json, Map, Value};
 

@@ -113,7 +113,7 @@ impl Fhir {
         self.recorder.record(events, &self.tenants()).await
     }
 
-    /// Chains the events writes queued (`store::audit::queues_for`), all of them
+    /// Chains the events writes queued (`store::audit::append`), all of them
     /// that are not being chained by another gateway. Runs after each audited write's commit
     /// (the chainer task, woken by `audit_chain_wake`), every 500 ms, and before projection.
     pub async fn chain_audit_events(&self) -> Result<usize> {
@@ -279,7 +279,7 @@ impl Fhir {
         let mut events = extra;
         events.push(audit.event.clone());
         events.extend(disclosures);
-        crate::store::audit::append(&mut transaction, &self.search_params, &self.tenants(), &events).await?;
+        crate::store::audit::append(&mut transaction, &self.search_params, &self.tenants(), &events)?;
         // The test suite's simulated crash (compiled only with `test-support`): a panic is
         // what a crash looks like from inside the process.
         #[cfg(feature = "test-support")]
@@ -564,7 +564,7 @@ impl Fhir {
                 Entity::Detail { name: "export-sha256".into(), value: file_digest },
                 Entity::Detail { name: "anchor".into(), value: anchor },
             ];
-            crate::store::audit::append(&mut transaction, &self.search_params, &self.tenants(), &[event]).await?;
+            crate::store::audit::append(&mut transaction, &self.search_params, &self.tenants(), &[event])?;
             transaction.commit().await?;
             reports.push(PruneReport { chain: head.chain.clone(), removed, file });
         }

@@ -124,18 +124,6 @@ pub fn indexed_for(backend: super::Backend) -> bool {
     matches!(backend, super::Backend::Sqlite)
 }
 
-/// Whether a write's events wait in `audit_queue` for the chainer ([`chain_queued`]) instead
-/// of being chained in the write's own transaction. On PostgreSQL chaining in the write held
-/// the municipality's chain head from the append through the COMMIT's WAL flush, so a
-/// municipality's audited writes committed one at a time (migration 0021). On SQLite (since
-/// session 21) a write's commit, synced to disk, wrote the pages of half a dozen index trees
-/// for its event; queued, it writes one row, and the chainer stores many events at once with
-/// a commit that does not wait for the disk (benches/README.md, session 21). The one place
-/// this choice is made.
-pub fn queues_for(backend: super::Backend) -> bool {
-    matches!(backend, super::Backend::Postgres | super::Backend::Sqlite)
-}
-
 /// The columns of a queued event.
 const QUEUE_COLUMNS: &str = "audit_queue (chain, event_id, recorded, content)";
 
@@ -160,16 +148,12 @@ fn enqueue(transaction: &mut super::Transaction, events: &[Prepared]) -> Vec<Str
 /// waited for, and left out once that chainer has removed it: no event is chained twice, and
 /// a pass that returns has seen every event queued before it began chained), appends them to
 /// their chains as [`append_prepared`] does for the recorder, stores them as AuditEvent rows
-/// with their index, and removes them from the queue. Returns how many it chained; nothing on
-/// a backend that does not queue ([`queues_for`]).
+/// with their index, and removes them from the queue. Returns how many it chained.
 ///
 /// On SQLite the transaction is [`super::Store::begin_derived`]'s, whose commit is not synced:
 /// a power loss may undo the newest such commits, whole — the claimed rows come back to the
 /// queue with them, and are chained again. The one write lock serialises chainers there.
 pub async fn chain_queued(store: &super::Store, registry: &crate::search::Registry, limit: i64) -> Result<usize> {
-    if !queues_for(store.backend()) {
-        return Ok(0);
-    }
     let mut transaction = store.begin_derived().await?;
     // PostgreSQL locks the claimed rows; SQLite's one write lock already keeps other chainers out.
     let lock = match store.backend() {
@@ -409,23 +393,22 @@ pub async fn events_about_patient(connection: &mut Db, patient: &str, limit: i64
     rows.iter().map(|row| Ok(row.try_get("content")?)).collect()
 }
 
-/// Stores a write's `events` with the caller's transaction: on SQLite appended to their
-/// chains ([`prepare`], then [`append_prepared`]); on PostgreSQL queued for the chainer
-/// ([`queues_for`], [`chain_queued`]). Either way they commit or roll back with the write.
-/// Call it once per transaction, last before the commit.
-pub async fn append(
+/// Stores a write's `events` with the caller's transaction, queued for the chainer
+/// ([`chain_queued`]): they commit or roll back with the write but take no chain head. On
+/// PostgreSQL chaining in the write held the municipality's chain head from the append
+/// through the COMMIT's WAL flush, so a municipality's audited writes committed one at a time
+/// (migration 0021); on SQLite a write's synced commit wrote the pages of half a dozen index
+/// trees for its event, where queued it writes one row and the chainer stores many events at
+/// once with a commit that does not wait for the disk (benches/README.md, sessions 19 to 21).
+/// Returns the events' ids.
+pub fn append(
     transaction: &mut super::Transaction,
     registry: &crate::search::Registry,
     tenants: &[crate::config::TenantConfig],
     events: &[Event],
 ) -> Result<Vec<String>> {
-    let backend = backend_of(transaction);
-    if queues_for(backend) {
-        let prepared = prepare(registry, tenants, events, false)?;
-        return Ok(enqueue(transaction, &prepared));
-    }
-    let prepared = prepare(registry, tenants, events, indexed_for(backend))?;
-    append_prepared(transaction, &prepared).await
+    let prepared = prepare(registry, tenants, events, false)?;
+    Ok(enqueue(transaction, &prepared))
 }
 
 /// Appends prepared events to their chains inside the caller's transaction: each chain's head
