@@ -274,9 +274,7 @@ impl Registry {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         let mut entries = Vec::new();
         for param in self.for_type(resource_type).into_iter().filter(|p| codes.contains(&p.code)) {
-            for value in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
-                index_value(param, &value, &mut entries);
-            }
+            index_values(param, param.paths.iter().flat_map(|path| evaluate(path, resource)), &mut entries);
         }
         entries
     }
@@ -286,9 +284,7 @@ impl Registry {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         let mut entries = Vec::new();
         for param in self.for_type(resource_type) {
-            for value in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
-                index_value(param, &value, &mut entries);
-            }
+            index_values(param, param.paths.iter().flat_map(|path| evaluate(path, resource)), &mut entries);
         }
         entries.sort_by(IndexEntry::order);
         entries.dedup();
@@ -299,6 +295,19 @@ impl Registry {
 /// The lowest and highest instants, for open-ended periods.
 pub const MIN_INSTANT: &str = "0001-01-01T00:00:00.000000Z";
 pub const MAX_INSTANT: &str = "9999-12-31T23:59:59.999999Z";
+
+/// The index rows of a parameter's values, each distinct value once: a value that repeats
+/// (an AuditEvent of a search names every person found with the same entity type and role,
+/// 40 and more times) would only make rows that [`Registry::extract`] drops again.
+fn index_values<'a>(param: &SearchParam, values: impl Iterator<Item = std::borrow::Cow<'a, Value>>, out: &mut Vec<IndexEntry>) {
+    let mut seen: Vec<std::borrow::Cow<'a, Value>> = Vec::new();
+    for value in values {
+        if !seen.contains(&value) {
+            index_value(param, &value, out);
+            seen.push(value);
+        }
+    }
+}
 
 fn index_value(param: &SearchParam, value: &Value, out: &mut Vec<IndexEntry>) {
     let code = param.code.clone();
@@ -694,6 +703,34 @@ mod tests {
         assert!(shown.contains("mothersMaidenName") && shown.contains("yamada"), "{shown}");
         let alive = registry.extract_params(&json!({ "resourceType": "Patient", "deceasedBoolean": false }), &["deceased".to_owned()]);
         assert!(format!("{alive:?}").contains("false"), "{alive:?}");
+    }
+
+    #[test]
+    fn a_value_repeated_is_indexed_once_and_the_entries_are_those_of_every_value() {
+        let registry = registry();
+        // An audit event of a search: every person found, one of them twice.
+        let person = |id: &str| {
+            json!({ "what": { "reference": format!("Patient/{id}") },
+                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1" },
+                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1" } })
+        };
+        let event = json!({ "resourceType": "AuditEvent", "recorded": "2026-12-06T00:00:00Z",
+            "agent": [{ "who": { "reference": "PractitionerRole/r1" }, "requestor": true }],
+            "source": { "observer": { "display": "x" } },
+            "entity": [person("p1"), person("p2"), person("p1"), person("p3")] });
+        let entries = registry.extract(&event);
+        // What indexing every value, repeats and all, and dropping equal entries gives.
+        let mut every = Vec::new();
+        for param in registry.for_type("AuditEvent") {
+            for value in param.paths.iter().flat_map(|path| evaluate(path, &event)) {
+                index_value(param, &value, &mut every);
+            }
+        }
+        every.sort_by(IndexEntry::order);
+        every.dedup();
+        assert_eq!(entries, every);
+        let persons = entries.iter().filter(|e| matches!(e, IndexEntry::Reference { param, .. } if param == "entity")).count();
+        assert_eq!(persons, 3, "{entries:?}");
     }
 
     #[test]

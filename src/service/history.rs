@@ -106,10 +106,12 @@ impl Fhir {
             }
         }
         let entries: Vec<Value> = rows.iter().map(|row| history_entry(&context.base_url, row)).collect::<Result<_>>()?;
-        let mut bundle = json!({ "resourceType": "Bundle", "type": "history", "total": total, "link": links });
-        // FHIR forbids empty arrays: an empty page has no `entry` at all.
+        let mut bundle = json!({ "resourceType": "Bundle", "type": "history", "total": total });
+        crate::fhir::set(&mut bundle, "link", Value::Array(links));
+        // FHIR forbids empty arrays: an empty page has no `entry` at all (and `json!` would
+        // copy every entry whole).
         if !entries.is_empty() {
-            crate::fhir::set(&mut bundle, "entry", json!(entries));
+            crate::fhir::set(&mut bundle, "entry", Value::Array(entries));
         }
         Ok(bundle)
     }

@@ -217,7 +217,7 @@ impl Fhir {
                 let total = query::count(&mut connection, grant, &parsed.query_types(types, 0)).await?;
                 crate::fhir::set(&mut bundle, "total", json!(total));
             }
-            crate::fhir::set(&mut bundle, "link", json!(links));
+            crate::fhir::set(&mut bundle, "link", Value::Array(links));
             return Ok(bundle);
         }
         let page = query::search(&mut connection, grant, &parsed.query_types(types.clone(), page_size)).await?;
@@ -261,17 +261,19 @@ impl Fhir {
                 if let Some(elements) = &parsed.results.elements {
                     apply_elements(&mut resource, elements);
                 }
-                entries.push(json!({
-                    "fullUrl": format!("{}/{}/{}", context.base_url, row.resource_type, row.id),
-                    "resource": resource,
-                    "search": { "mode": mode },
-                }));
+                // Built as a map, not with `json!`, which would copy the resource whole
+                // (`json!` turns every value it is given into a new `Value` by serialising it).
+                let mut entry = serde_json::Map::new();
+                entry.insert("fullUrl".into(), Value::String(format!("{}/{}/{}", context.base_url, row.resource_type, row.id)));
+                entry.insert("resource".into(), resource);
+                entry.insert("search".into(), json!({ "mode": mode }));
+                entries.push(Value::Object(entry));
             }
         }
-        crate::fhir::set(&mut bundle, "link", json!(links));
+        crate::fhir::set(&mut bundle, "link", Value::Array(links));
         // FHIR forbids empty arrays: an empty page has no `entry` at all.
         if !entries.is_empty() {
-            crate::fhir::set(&mut bundle, "entry", json!(entries));
+            crate::fhir::set(&mut bundle, "entry", Value::Array(entries));
         }
         Ok(bundle)
     }
