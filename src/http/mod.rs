@@ -208,7 +208,11 @@ async fn request_timeout(State(state): State<AppState>, request: Request, next: 
     let request_id = request_id_of(&request);
     match tokio::time::timeout(std::time::Duration::from_millis(allowed_ms), next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ErrorReply { error: Error::Timeout { allowed_ms }, format: Format::Json, request_id }.into_response(),
+        Err(_) => {
+            // Its connections given back while their statements may still run.
+            crate::store::abandon_request_connection();
+            ErrorReply { error: Error::Timeout { allowed_ms }, format: Format::Json, request_id }.into_response()
+        }
     }
 }
 

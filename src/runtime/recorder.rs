@@ -47,6 +47,8 @@ impl Recorder {
         if events.is_empty() {
             return Ok(());
         }
+        // Done with the database until the commit: what the request kept goes back now.
+        crate::store::release_request_connection();
         let events = crate::store::audit::prepare(&self.registry, tenants, &events, self.indexed)?;
         let (done, finished) = oneshot::channel();
         self.sender

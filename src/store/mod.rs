@@ -77,16 +77,63 @@ pub struct Db(AnyConnection);
 const ABANDONED_SETTLE: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
-    /// The connection a request verified its token on, kept for its first read
-    /// ([`Store::keep_for_request`]), with the id of the store it belongs to.
-    static KEPT: std::cell::RefCell<Option<(usize, sqlx::pool::PoolConnection<sqlx::Any>)>>;
+    /// The connection a request keeps for its next read: the one its token was verified on
+    /// ([`Store::keep_for_request`]), or on PostgreSQL the last one it gave back.
+    static KEPT: std::cell::RefCell<Option<Kept>>;
+}
+
+/// A connection kept for the request (see [`KEPT`]), with the id of the store it belongs to.
+/// Dropped while still holding it — the request was dropped, or abandoned by its timeout
+/// ([`abandon_request_connection`]) — it settles a PostgreSQL session as a dropped
+/// [`Connection`] does; taken out by the request's next read or at its end, it goes back as
+/// it is.
+struct Kept {
+    store: usize,
+    connection: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    settles: bool,
+}
+
+impl Kept {
+    /// The connection, for the request's own use or for the pool (no settling).
+    fn take(mut self) -> Option<sqlx::pool::PoolConnection<sqlx::Any>> {
+        self.connection.take()
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            if self.settles {
+                settle(connection, None, None);
+            }
+        }
+    }
 }
 
 /// Runs one request with room for a kept connection ([`Store::keep_for_request`]); the HTTP
 /// layer wraps every request in it. What is still kept when the request ends goes back to
-/// its pool then.
+/// its pool then — as it is when the request ran to its end (every statement it sent has
+/// finished), settled when the request was dropped.
 pub async fn with_request_connection<F: std::future::Future>(request: F) -> F::Output {
-    KEPT.scope(std::cell::RefCell::new(None), request).await
+    KEPT.scope(std::cell::RefCell::new(None), async {
+        let output = request.await;
+        release_request_connection();
+        output
+    })
+    .await
+}
+
+/// Gives the connection this request kept back to its pool as it is. Called where a request
+/// is done with the database for a while (the audit recorder's wait for its commit), so that
+/// no request holds an idle connection while it waits; and when the request ends.
+pub fn release_request_connection() {
+    let _ = KEPT.try_with(|kept| kept.take().map(Kept::take));
+}
+
+/// Settles the connection this request kept, as a dropped [`Connection`] would be: for a
+/// request abandoned by its timeout, whose statements may still be running.
+pub fn abandon_request_connection() {
+    let _ = KEPT.try_with(|kept| drop(kept.take()));
 }
 
 /// A pooled connection for reads that need no transaction ([`Store::connection`]).
@@ -98,6 +145,8 @@ pub struct Connection {
     /// waits for a statement still running) is all a dropped SQLite read needs, and one
     /// round trip to the connection's thread fewer on every read.
     settles: bool,
+    /// The store it belongs to (see [`Store::keep_for_request`]).
+    store: usize,
 }
 
 impl std::ops::Deref for Connection {
@@ -118,10 +167,34 @@ impl Drop for Connection {
     fn drop(&mut self) {
         if let Some(connection) = self.inner.take() {
             if self.settles {
-                settle(connection, None, None);
+                // Given back during a request that goes on, it is kept for the request's
+                // next read or its end, and then goes back without our check: settling
+                // pings the server, and the pool pings it again on return (two round trips
+                // a connection; benches/README.md, session 23). A request dropped or
+                // abandoned settles what it kept ([`Kept`]); a panic settles at once.
+                if let Some(connection) = keep_given_back(self.store, connection) {
+                    settle(connection, None, None);
+                }
             }
         }
     }
+}
+
+/// Keeps a PostgreSQL connection given back during a request for the request, if it keeps
+/// none yet; returns it otherwise (outside a request, during a panic, or with one kept).
+fn keep_given_back(store: usize, connection: sqlx::pool::PoolConnection<sqlx::Any>) -> Option<sqlx::pool::PoolConnection<sqlx::Any>> {
+    if std::thread::panicking() {
+        return Some(connection);
+    }
+    let mut connection = Some(connection);
+    let _ = KEPT.try_with(|kept| {
+        if let Ok(mut kept) = kept.try_borrow_mut() {
+            if kept.is_none() {
+                *kept = Some(Kept { store, connection: connection.take(), settles: true });
+            }
+        }
+    });
+    connection
 }
 
 /// A write transaction. Dropping it without [`Transaction::commit`] rolls back. On SQLite
@@ -674,7 +747,7 @@ impl Store {
             Some(kept) => kept,
             None => self.pool.acquire().await?,
         };
-        Ok(Connection { inner: Some(inner), settles: self.backend == Backend::Postgres })
+        Ok(Connection { inner: Some(inner), settles: self.backend == Backend::Postgres, store: self.id })
     }
 
     /// Keeps `connection`, idle, for this request's next [`Store::connection`] instead of
@@ -687,9 +760,9 @@ impl Store {
     /// a request ([`with_request_connection`]) the connection simply goes back.
     pub fn keep_for_request(&self, mut connection: Connection) {
         let Some(inner) = connection.inner.take() else { return };
-        let id = self.id;
-        let _ = KEPT.try_with(move |kept| {
-            let earlier = kept.replace(Some((id, inner)));
+        let kept = Kept { store: self.id, connection: Some(inner), settles: connection.settles };
+        let _ = KEPT.try_with(move |slot| {
+            let earlier = slot.replace(Some(kept));
             drop(earlier);
         });
     }
@@ -697,9 +770,9 @@ impl Store {
     /// This store's connection the request kept, if any.
     fn take_kept(&self) -> Option<sqlx::pool::PoolConnection<sqlx::Any>> {
         KEPT.try_with(|kept| {
-            let mine = matches!(&*kept.borrow(), Some((id, _)) if *id == self.id);
+            let mine = matches!(&*kept.borrow(), Some(Kept { store, .. }) if *store == self.id);
             if mine {
-                kept.take().map(|(_, connection)| connection)
+                kept.take().and_then(Kept::take)
             } else {
                 None
             }

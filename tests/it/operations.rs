@@ -300,7 +300,10 @@ async fn sigterm_loses_nothing_acknowledged(backend: Backend) {
 /// first read instead of giving it back (each connection given back is checked by the pool:
 /// a round trip). Observed through the pool's idle count: the read takes no other connection;
 /// another store does not take it; a write gives it back before it waits for its own; outside
-/// a request nothing is kept; what a request still keeps goes back when it ends.
+/// a request nothing is kept; what a request still keeps goes back when it ends. On
+/// PostgreSQL a connection given back during a request is kept for its next read (settling it
+/// would cost a round trip more); what a request abandoned by its timeout or dropped by its
+/// client kept is settled and goes back.
 async fn a_request_reads_on_the_connection_its_token_was_verified_on(backend: Backend) {
     use renraku::store::{with_request_connection, Store};
     let server = Server::start(backend).await;
@@ -335,6 +338,16 @@ async fn a_request_reads_on_the_connection_its_token_was_verified_on(backend: Ba
         let read = store.connection().await.expect("the read's connection");
         assert_eq!(store.pool_usage().1, idle - 1, "the read took the kept connection, no other");
         drop(read);
+        if backend == Backend::Postgres {
+            // Given back during the request, a PostgreSQL connection is kept for the request's
+            // next read (no settling round trip), until the request is done with the database.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert_eq!(store.pool_usage().1, idle - 1, "kept for the request's next read");
+            let again = store.connection().await.expect("the next read's connection");
+            assert_eq!(store.pool_usage().1, idle - 1, "the next read took it, no other");
+            drop(again);
+            renraku::store::release_request_connection();
+        }
         assert_eq!(idle_when_settled(&store).await, idle);
 
         // A write gives the kept connection back before it takes its own.
@@ -344,11 +357,26 @@ async fn a_request_reads_on_the_connection_its_token_was_verified_on(backend: Ba
         assert_eq!(idle_when_settled(&store).await, idle);
         assert_eq!(store.pool_usage().1, idle, "nothing kept after the write");
 
+        // A request abandoned by its timeout settles what it kept: back in the pool after the
+        // check.
+        store.keep_for_request(store.connection().await.expect("a connection"));
+        renraku::store::abandon_request_connection();
+        assert_eq!(idle_when_settled(&store).await, idle, "settled and given back");
+
         // Kept until the request ends.
         store.keep_for_request(store.connection().await.expect("a connection"));
     })
     .await;
     assert_eq!(idle_when_settled(&store).await, idle, "given back when the request ended");
+
+    // A request dropped before its end (its client went away) settles what it kept.
+    let dropped = with_request_connection(async {
+        drop(store.connection().await.expect("a connection"));
+        store.keep_for_request(store.connection().await.expect("a connection"));
+        std::future::pending::<()>().await;
+    });
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(100), dropped).await.is_err(), "still running");
+    assert_eq!(idle_when_settled(&store).await, idle, "settled when the request was dropped");
 
     // Outside a request there is nowhere to keep it: it goes back.
     store.keep_for_request(store.connection().await.expect("a connection"));
