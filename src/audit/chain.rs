@@ -11,9 +11,9 @@
 //! anchor). The AuditEvent carries its own sequence number and its predecessor's digest in
 //! the `audit-chain` extension, so the stored JSON commits to its place. The journal
 //! (`audit_log`) holds each event's link (sequence, predecessor, digest) and, on PostgreSQL
-//! (and in SQLite databases an earlier version wrote), the JSON the digest covers, which the
-//! projected resource and version rows must equal; otherwise the resource row is that JSON
-//! and its version row must equal it. Changing a stored event breaks its digest or the equality; deleting one leaves a gap; inserting one
+//! until the event is projected (and in databases an earlier version wrote), the JSON the
+//! digest covers, which the projected resource and version rows must equal; otherwise the
+//! resource row is that JSON and its version row must equal it. Changing a stored event breaks its digest or the equality; deleting one leaves a gap; inserting one
 //! breaks the predecessor link of the next; truncating the tail disagrees with the chain's
 //! head.
 //! Someone able to rewrite the whole tail *and* the head undetected can only be caught by

@@ -10,8 +10,8 @@
 //! group-commit `Recorder` before the response leaves — with
 //! its link in the journal (`audit_log`: sequence, predecessor, digest) and, on SQLite, as an
 //! ordinary AuditEvent resource row with its narrow search index at once; on PostgreSQL the
-//! journal row carries the JSON and `store::audit::project_pending` writes the resource rows
-//! later (`store::audit::insert_events` says why).
+//! journal row carries the JSON until `store::audit::project_pending` writes the resource rows
+//! (`store::audit::insert_events` says why).
 //!
 //! Architecture invariants:
 //! - No HTTP, no SQL and no access decisions here: this module renders and chains what the

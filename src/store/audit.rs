@@ -48,7 +48,8 @@ fn set_head_digest(statements: &mut Statements, chain: &str, digest: &str) {
 /// waiting behind it. On PostgreSQL the journal row carries the JSON and
 /// [`project_pending`] writes the resource rows later: there the chain head's row lock is what
 /// serialises appenders, and writing some twenty rows an event under it cut audited reads by
-/// a fifth (benches/README.md, session 12), while a projection in parallel blocks nobody.
+/// a fifth (benches/README.md, session 12), while a projection in parallel blocks nobody; the
+/// projection then empties the link's copy of the JSON ([`project`]).
 fn insert_events(statements: &mut Statements, inline: bool, events: &[(Chained, &[IndexEntry])]) {
     let links: Vec<Vec<V>> = events
         .iter()
@@ -252,11 +253,16 @@ pub async fn still_pending(connection: &mut Db, event_ids: &[String]) -> Result<
 }
 
 /// Writes the AuditEvent resource and index rows of journal rows and marks them
-/// projected. The caller holds the projection lock (see [`project_pending`]).
+/// projected, emptying their copy of the JSON: from then on the resource row is the event,
+/// as it is from the start on SQLite, and verification checks it against the digest. The
+/// update cannot be a HOT one (the partial index of unprojected rows covers `projected`),
+/// so it writes a new version of the journal row; without the JSON that is a short one
+/// (benches/README.md, session 23). The caller holds the projection lock (see
+/// [`project_pending`]).
 pub async fn project(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
     super::insert_new_rows(connection, rows).await?;
     for chunk in rows.chunks(500) {
-        let mut sql = super::query::Sql::new("UPDATE audit_log SET projected = 1 WHERE event_id IN (");
+        let mut sql = super::query::Sql::new("UPDATE audit_log SET projected = 1, content = '' WHERE event_id IN (");
         for (index, (_, _, row)) in chunk.iter().enumerate() {
             if index > 0 {
                 sql.push(", ");

@@ -565,7 +565,8 @@ async fn retention_exports_then_prunes_and_the_chain_still_verifies(backend: Bac
 /// Journal rows that hold the AuditEvent JSON and wait for the projection (every event on
 /// PostgreSQL; on SQLite, a database an earlier version wrote): here five events are moved
 /// back into that shape; they are projected when the trail is next read, searchable as
-/// before, and the chain verifies across them and newer events.
+/// before, the links keep no copy of the JSON once projected, and the chain verifies across
+/// them and newer events.
 async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) {
     let server = Server::start(backend).await;
     for name in ["a", "b", "c", "d", "e"] {
@@ -588,6 +589,12 @@ async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) 
     }
     assert_eq!(events_of(&server, "ina", &request_id(&reply)).await.len(), 1, "the new event beside them");
     assert_eq!(broken_link(&server).await, None);
+    // Projected, a link keeps no copy of the JSON: the resource row is the event.
+    let copies: i64 = {
+        let mut connection = server.database_directly().await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE projected = 1 AND content <> ''").fetch_one(&mut connection).await.expect("count")
+    };
+    assert_eq!(copies, 0);
 }
 
 /// An auditor's searches read the trail's own index (`audit_index`, `audit_terms`, issue
