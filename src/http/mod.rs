@@ -206,10 +206,12 @@ async fn url_limit(State(state): State<AppState>, request: Request, next: Next) 
 async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let allowed_ms = state.config.limits.request_timeout_ms;
     let request_id = request_id_of(&request);
-    match tokio::time::timeout(std::time::Duration::from_millis(allowed_ms), next.run(request)).await {
+    // The request's work is dropped here, once the time is up, before what it kept is settled.
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(allowed_ms), next.run(request)).await;
+    match outcome {
         Ok(response) => response,
         Err(_) => {
-            // Its connections given back while their statements may still run.
+            // Its connections, given back while their statements may still run.
             crate::store::abandon_request_connection();
             ErrorReply { error: Error::Timeout { allowed_ms }, format: Format::Json, request_id }.into_response()
         }
