@@ -274,7 +274,9 @@ impl Registry {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         let mut entries = Vec::new();
         for param in self.for_type(resource_type).into_iter().filter(|p| codes.contains(&p.code)) {
-            index_values(param, param.paths.iter().flat_map(|path| evaluate(path, resource)), &mut entries);
+            for value in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
+                index_value(param, &value, &mut entries);
+            }
         }
         entries
     }
@@ -284,7 +286,9 @@ impl Registry {
         let resource_type = resource["resourceType"].as_str().unwrap_or_default();
         let mut entries = Vec::new();
         for param in self.for_type(resource_type) {
-            index_values(param, param.paths.iter().flat_map(|path| evaluate(path, resource)), &mut entries);
+            for value in param.paths.iter().flat_map(|path| evaluate(path, resource)) {
+                index_value(param, &value, &mut entries);
+            }
         }
         entries.sort_by(IndexEntry::order);
         entries.dedup();
@@ -295,19 +299,6 @@ impl Registry {
 /// The lowest and highest instants, for open-ended periods.
 pub const MIN_INSTANT: &str = "0001-01-01T00:00:00.000000Z";
 pub const MAX_INSTANT: &str = "9999-12-31T23:59:59.999999Z";
-
-/// The index rows of a parameter's values, each distinct value once: a value that repeats
-/// (an AuditEvent of a search names every person found with the same entity type and role,
-/// 40 and more times) would only make rows that [`Registry::extract`] drops again.
-fn index_values<'a>(param: &SearchParam, values: impl Iterator<Item = std::borrow::Cow<'a, Value>>, out: &mut Vec<IndexEntry>) {
-    let mut seen: Vec<std::borrow::Cow<'a, Value>> = Vec::new();
-    for value in values {
-        if !seen.contains(&value) {
-            index_value(param, &value, out);
-            seen.push(value);
-        }
-    }
-}
 
 fn index_value(param: &SearchParam, value: &Value, out: &mut Vec<IndexEntry>) {
     let code = param.code.clone();
@@ -706,7 +697,7 @@ mod tests {
     }
 
     #[test]
-    fn a_value_repeated_is_indexed_once_and_the_entries_are_those_of_every_value() {
+    fn an_event_naming_a_person_twice_indexes_the_person_once() {
         let registry = registry();
         // An audit event of a search: every person found, one of them twice.
         let person = |id: &str| {

@@ -536,16 +536,16 @@ pub(super) struct IndexOfEvent {
 }
 
 impl IndexOfEvent {
-    pub fn new(id: &str, tenant: &str, entries: &[IndexEntry]) -> IndexOfEvent {
+    pub fn new<'e>(id: &str, tenant: &str, entries: &'e [IndexEntry]) -> IndexOfEvent {
         let mut date: Option<(String, String)> = None;
         let mut tokens: [Option<(String, String)>; 4] = Default::default();
         let mut terms: Vec<Vec<V>> = Vec::new();
         // Two entries can make one row (a versioned and a plain reference to one resource);
         // the key is the row's primary key without the event's id.
-        let mut stored: std::collections::HashSet<(String, String, String, &'static str)> = std::collections::HashSet::new();
+        let mut stored: std::collections::HashSet<(&'e str, &'e str, &'e str, &'static str)> = std::collections::HashSet::new();
         let mut rest = Vec::new();
-        let mut term = |param: &str, b: &str, a: &str, kind: &'static str| {
-            if stored.insert((param.to_owned(), b.to_owned(), a.to_owned(), kind)) {
+        let mut term = |param: &'e str, b: &'e str, a: &'e str, kind: &'static str| {
+            if stored.insert((param, b, a, kind)) {
                 terms.push(vec![V::Text(param.to_owned()), V::Text(b.to_owned()), V::Text(a.to_owned()), V::Text(kind.to_owned()), V::Text(id.to_owned()), V::Text(tenant.to_owned())]);
             }
         };
