@@ -29,16 +29,16 @@ struct Job {
 pub struct Recorder {
     sender: mpsc::Sender<Job>,
     registry: std::sync::Arc<Registry>,
-    indexed: bool,
+    indexing: crate::store::audit::Indexing,
 }
 
 impl Recorder {
     /// Starts the writer task on the current runtime.
     pub fn start(store: Store, registry: std::sync::Arc<Registry>) -> Recorder {
         let (sender, receiver) = mpsc::channel(4096);
-        let indexed = crate::store::audit::indexed_for(store.backend());
+        let indexing = crate::store::audit::Indexing::choose(store.backend(), &registry);
         tokio::spawn(write_batches(store, receiver));
-        Recorder { sender, registry, indexed }
+        Recorder { sender, registry, indexing }
     }
 
     /// Stores `events` durably; returns once they are committed. The events are rendered
@@ -49,7 +49,7 @@ impl Recorder {
         }
         // Done with the database until the commit: what the request kept goes back now.
         crate::store::release_request_connection();
-        let events = crate::store::audit::prepare(&self.registry, tenants, &events, self.indexed)?;
+        let events = crate::store::audit::prepare(&self.registry, tenants, &events, self.indexing)?;
         let (done, finished) = oneshot::channel();
         self.sender
             .send(Job { events, done })

@@ -225,6 +225,22 @@ impl Registry {
         common.filter(|param| self.kept(resource_type, &param.code)).chain(own).collect()
     }
 
+    /// Whether `resource_type`'s parameters are those of the embedded definitions alone: no
+    /// extra definition given at start-up replaced or added one it is indexed by. (Code that
+    /// makes a type's index entries without this registry, as `audit::Event::index_entries`
+    /// does, holds only while this is true.)
+    pub fn has_builtin_params(&self, resource_type: &str) -> bool {
+        let Ok(builtin) = Registry::load(&[]) else { return false };
+        let described = |registry: &Registry| -> Vec<String> {
+            registry
+                .for_type(resource_type)
+                .iter()
+                .map(|p| format!("{}|{}|{}|{:?}", p.code, p.url, p.kind.as_str(), p.paths))
+                .collect()
+        };
+        described(self) == described(&builtin)
+    }
+
     /// A digest of every compiled parameter, stored with the index so that a change of
     /// parameters triggers a reindex (FNV-1a over the definitions, stable across builds).
     pub fn fingerprint(&self) -> String {
@@ -652,6 +668,21 @@ mod tests {
 
     fn registry() -> Registry {
         Registry::load(&[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_type_has_builtin_params_until_an_extra_definition_changes_one_it_is_indexed_by() {
+        assert!(registry().has_builtin_params("AuditEvent"));
+        let definition = |code: &str, expression: &str| {
+            json!({ "resourceType": "SearchParameter", "url": format!("https://example.jp/sp/{code}"), "code": code,
+                    "base": ["AuditEvent"], "type": "reference", "expression": expression })
+        };
+        let replaced = Registry::load(&[definition("agent", "AuditEvent.source.observer")]).unwrap();
+        assert!(!replaced.has_builtin_params("AuditEvent"));
+        assert!(replaced.has_builtin_params("Patient"));
+        // A new code for a type indexed only by its listed parameters is not indexed at all.
+        let added = Registry::load(&[definition("observer", "AuditEvent.source.observer")]).unwrap();
+        assert!(added.has_builtin_params("AuditEvent"));
     }
 
     #[test]

@@ -104,17 +104,46 @@ pub struct Prepared {
     indexed: bool,
 }
 
-/// Renders `events` (and indexes them when `indexed`: the backend stores resource rows with
-/// the link, see [`insert_events`]).
-pub fn prepare(registry: &crate::search::Registry, tenants: &[crate::config::TenantConfig], events: &[Event], indexed: bool) -> Result<Vec<Prepared>> {
+/// How [`prepare`] indexes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indexing {
+    /// Not at all: the backend leaves their resource rows to the projection.
+    None,
+    /// With the registry's AuditEvent parameters, from the rendered JSON.
+    Registry,
+    /// From the events themselves (`audit::Event::index_entries`): the same entries while
+    /// the registry's AuditEvent parameters are the embedded ones, without walking the JSON.
+    Direct,
+}
+
+impl Indexing {
+    /// How to index events for `backend` with `registry` (see [`indexed_for`]).
+    pub fn choose(backend: super::Backend, registry: &crate::search::Registry) -> Indexing {
+        if !indexed_for(backend) {
+            Indexing::None
+        } else if registry.has_builtin_params("AuditEvent") {
+            Indexing::Direct
+        } else {
+            Indexing::Registry
+        }
+    }
+}
+
+/// Renders `events` and indexes them as `indexing` says (whether the backend stores resource
+/// rows with the link: see [`insert_events`]).
+pub fn prepare(registry: &crate::search::Registry, tenants: &[crate::config::TenantConfig], events: &[Event], indexing: Indexing) -> Result<Vec<Prepared>> {
     let names = |slug: &str| tenants.iter().find(|t| t.slug == slug).map(|t| (t.code.clone(), t.name.clone()));
     events
         .iter()
         .map(|event| {
             let owner = names(&event.chain);
             let (rendered, resource) = Rendered::new(event, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names)?;
-            let index = if indexed { registry.extract(&resource) } else { Vec::new() };
-            Ok(Prepared { rendered, index, indexed })
+            let index = match indexing {
+                Indexing::None => Vec::new(),
+                Indexing::Registry => registry.extract(&resource),
+                Indexing::Direct => event.index_entries(),
+            };
+            Ok(Prepared { rendered, index, indexed: indexing != Indexing::None })
         })
         .collect()
 }
@@ -413,7 +442,7 @@ pub fn append(
     tenants: &[crate::config::TenantConfig],
     events: &[Event],
 ) -> Result<Vec<String>> {
-    let prepared = prepare(registry, tenants, events, false)?;
+    let prepared = prepare(registry, tenants, events, Indexing::None)?;
     Ok(enqueue(transaction, &prepared))
 }
 
