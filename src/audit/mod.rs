@@ -29,6 +29,7 @@ use crate::identity::{Actor, Principal};
 use crate::search::IndexEntry;
 
 pub mod chain;
+mod json;
 
 /// The chain of events that belong to no municipality (adding a municipality, rotating the
 /// signing keys, requests to an unknown base).
@@ -536,14 +537,12 @@ const CHAIN_PLACEHOLDER: &str = r#"{"url":"sequence","valueInteger":0},{"url":"p
 
 impl Rendered {
     /// Renders `event` with a new time-ordered id (UUID version 7: inserts into every
-    /// (resource_type, id) index land at the index's right edge). Returns the rendered event
-    /// and the resource (with sequence 0 and no predecessor), for indexing.
-    pub fn new(event: &Event, owner: Option<(&str, &str)>, names: &dyn Fn(&str) -> Option<(String, String)>) -> Result<(Rendered, Value), Error> {
+    /// (resource_type, id) index land at the index's right edge), written without a JSON tree
+    /// (`Event::to_json`).
+    pub fn new(event: &Event, owner: Option<(&str, &str)>, names: &dyn Fn(&str) -> Option<(String, String)>) -> Result<Rendered, Error> {
         let id = uuid::Uuid::now_v7().to_string();
-        let resource = event.to_resource(&id, 0, "", owner, names);
-        let text = serde_json::to_string(&resource)?;
-        let rendered = Rendered::unchained_from(event.chain.clone(), id, event.recorded.clone(), &text)?;
-        Ok((rendered, resource))
+        let text = event.to_json(&id, 0, "", owner, names)?;
+        Rendered::unchained_from(event.chain.clone(), id, event.recorded.clone(), &text)
     }
 
     /// The event again from its [`Rendered::unchained`] text (as queued for the chainer).
@@ -619,8 +618,9 @@ mod tests {
     fn a_rendered_event_takes_its_place_in_the_chain_as_the_full_rendering_would() {
         let names = |slug: &str| (slug == "ina").then(|| ("202096".to_owned(), "伊那市".to_owned()));
         let event = event();
-        let (rendered, resource) = Rendered::new(&event, Some(("202096", "伊那市")), &names).unwrap();
-        assert_eq!(resource.pointer("/extension/0/extension/1/valueInteger"), Some(&json!(0)));
+        let rendered = Rendered::new(&event, Some(("202096", "伊那市")), &names).unwrap();
+        let unchained: Value = serde_json::from_str(&rendered.unchained()).unwrap();
+        assert_eq!(unchained.pointer("/extension/0/extension/1/valueInteger"), Some(&json!(0)));
         for (sequence, previous) in [(1, chain::GENESIS.to_owned()), (123_456_789, "ab".repeat(32))] {
             let whole = event.to_resource(&rendered.id, sequence, &previous, Some(("202096", "伊那市")), &names);
             assert_eq!(rendered.content(sequence, &previous), serde_json::to_string(&whole).unwrap());
@@ -628,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn an_events_own_index_entries_are_what_the_registry_finds_in_its_resource() {
+    fn an_events_json_and_index_entries_are_its_resources_as_the_tree_and_the_registry_make_them() {
         let registry = crate::search::Registry::load(&[]).unwrap();
         assert!(registry.has_builtin_params("AuditEvent"));
         let names = |slug: &str| (slug == "ina").then(|| ("202096".to_owned(), "伊那市".to_owned()));
@@ -685,8 +685,10 @@ mod tests {
                         entities: entities.clone(),
                         ..event()
                     };
-                    let resource = event.to_resource("e1", 7, chain::GENESIS, Some(("202096", "伊那市")), &names);
+                    let owner = (k != 1).then_some(("202096", "伊那市"));
+                    let resource = event.to_resource("e1", 7, chain::GENESIS, owner, &names);
                     assert_eq!(event.index_entries(), registry.extract(&resource), "{event:?}");
+                    assert_eq!(event.to_json("e1", 7, chain::GENESIS, owner, &names).unwrap(), serde_json::to_string(&resource).unwrap());
                     checked += 1;
                 }
             }

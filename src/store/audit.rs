@@ -137,10 +137,11 @@ pub fn prepare(registry: &crate::search::Registry, tenants: &[crate::config::Ten
         .iter()
         .map(|event| {
             let owner = names(&event.chain);
-            let (rendered, resource) = Rendered::new(event, owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str())), &names)?;
+            let owner = owner.as_ref().map(|(c, n)| (c.as_str(), n.as_str()));
+            let rendered = Rendered::new(event, owner, &names)?;
             let index = match indexing {
                 Indexing::None => Vec::new(),
-                Indexing::Registry => registry.extract(&resource),
+                Indexing::Registry => registry.extract(&event.to_resource(&rendered.id, 0, "", owner, &names)),
                 Indexing::Direct => event.index_entries(),
             };
             Ok(Prepared { rendered, index, indexed: indexing != Indexing::None })
