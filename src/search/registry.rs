@@ -104,6 +104,8 @@ pub struct Registry {
     /// Resource type → the only parameters it is indexed (and searchable) by
     /// (`conformance/capabilitystatement-narrow-indexes.json`); types not listed have all of theirs.
     narrowed: BTreeMap<String, Vec<String>>,
+    /// The (base type, code) of every definition given beyond the embedded ones.
+    extra: Vec<(String, String)>,
     /// Definitions that could not be compiled, for the start-up log.
     pub skipped: Vec<String>,
 }
@@ -126,6 +128,12 @@ impl Registry {
             .collect();
         for definition in definitions {
             registry.add(definition);
+        }
+        for definition in extra {
+            let code = definition["code"].as_str().unwrap_or_default();
+            for base in definition["base"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                registry.extra.push((base.to_owned(), code.to_owned()));
+            }
         }
         let compartment: Value =
             serde_json::from_str(PATIENT_COMPARTMENT_JSON).map_err(|e| format!("patient compartment: {e}"))?;
@@ -226,19 +234,12 @@ impl Registry {
     }
 
     /// Whether `resource_type`'s parameters are those of the embedded definitions alone: no
-    /// extra definition given at start-up replaced or added one it is indexed by. (Code that
+    /// extra definition given at start-up replaced or added one it is indexed by (one that
+    /// only repeats an embedded definition counts as a change: the answer errs towards no). (Code that
     /// makes a type's index entries without this registry, as `audit::Event::index_entries`
     /// does, holds only while this is true.)
     pub fn has_builtin_params(&self, resource_type: &str) -> bool {
-        let Ok(builtin) = Registry::load(&[]) else { return false };
-        let described = |registry: &Registry| -> Vec<String> {
-            registry
-                .for_type(resource_type)
-                .iter()
-                .map(|p| format!("{}|{}|{}|{:?}", p.code, p.url, p.kind.as_str(), p.paths))
-                .collect()
-        };
-        described(self) == described(&builtin)
+        !self.extra.iter().any(|(base, code)| (base == resource_type || base == "Resource") && self.kept(resource_type, code))
     }
 
     /// A digest of every compiled parameter, stored with the index so that a change of
