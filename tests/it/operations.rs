@@ -392,6 +392,23 @@ both_backends!(
     a_request_reads_on_the_connection_its_token_was_verified_on
 );
 
+/// The SQLite linked in is built as `.cargo/config.toml` asks: without allocation counting and
+/// with a page cache of each connection's own. libsqlite3-sys builds its bundle with
+/// `SQLITE_ENABLE_MEMORY_MANAGEMENT`, which shares one page cache among all connections behind
+/// one process-wide mutex, and SQLite counts allocations behind another; under audited reads
+/// the connection threads waited on the two for about a tenth of the gateway's samples
+/// (benches/README.md, session 25). A build that loses the setting fails here rather than
+/// only in a benchmark. About the engine itself.
+#[tokio::test]
+async fn sqlite_is_built_without_process_wide_locks_for_pages_and_allocations() {
+    let server = Server::start(Backend::Sqlite).await;
+    let mut connection = server.database_directly().await;
+    let options: Vec<String> =
+        sqlx::query_scalar("PRAGMA compile_options").fetch_all(&mut connection).await.expect("SQLite's compile options");
+    assert!(options.iter().any(|option| option == "DEFAULT_MEMSTATUS=0"), "allocations are counted: {options:?}");
+    assert!(!options.iter().any(|option| option == "ENABLE_MEMORY_MANAGEMENT"), "one page cache for all connections: {options:?}");
+}
+
 /// What autovacuum's analyze would do, for a PostgreSQL server without it (this machine's
 /// runs so): after a bulk load the changed tables are analyzed, and then nothing is until
 /// they change again. (The engine itself is under test: the unrestricted principal writes.)
