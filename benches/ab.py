@@ -110,14 +110,16 @@ def main():
                 gateway = over_http.Gateway(settings_for(arguments, directory, database), arguments.port, audit_off=arguments.audit_off)
                 try:
                     before = cpu_ns(gateway.process.pid)
-                    result = over_http.wrk(gateway.base, token, method, path, body, arguments, directory)
-                    result["cpu_us"] = (cpu_ns(gateway.process.pid) - before) / 1000 / max(result["rate"] * arguments.duration, 1)
+                    result = over_http.wrk(gateway.base, token, method, path, body, arguments, directory,
+                                           settings_for(arguments, directory, database))
+                    result["cpu_us"] = (cpu_ns(gateway.process.pid) - before) / 1000 / max(result["requests"], 1)
                 finally:
                     gateway.stop()
                     shutil.rmtree(directory, ignore_errors=True)
                 rates[binary].append(result["rate"])
                 cpu[binary].append(result["cpu_us"])
                 print(f"round {round_number + 1} {binary}: {result['rate']:.0f} req/s  p50 {result['p50']:.2f} ms  p99 {result['p99']:.2f} ms"
+                      f"  projected {result['drain']:.1f} s after"
                       f"  gateway CPU {result['cpu_us']:.0f} µs a request",
                       file=sys.stderr)
                 time.sleep(1)

@@ -128,8 +128,12 @@ impl Gateway {
             loop {
                 interval.tick().await;
                 let Some(fhir) = projector.upgrade() else { break };
-                if let Err(error) = fhir.project_audit_events().await {
-                    tracing::warn!(target: "renraku::audit", %error, "projecting audit events failed; retrying");
+                // While the recorder's projector is busy, what is journaled is most likely in
+                // its hands already (see `runtime::recorder`).
+                if !fhir.recorder.projecting() {
+                    if let Err(error) = fhir.project_audit_events().await {
+                        tracing::warn!(target: "renraku::audit", %error, "projecting audit events failed; retrying");
+                    }
                 }
                 if let Err(error) = fhir.store.checkpoint().await {
                     tracing::warn!(target: "renraku::store", %error, "checkpointing the write-ahead log failed; retrying");

@@ -6,8 +6,21 @@
 //! request waits for exactly one commit of its own.
 //!
 //! Writes do not come here: their events are appended inside the write's own transaction.
+//!
+//! Where the backend journals the events (PostgreSQL), each committed batch then goes to this
+//! gateway's projector task with the index its events were prepared with, and the projector
+//! writes their AuditEvent rows without reading the journal back. The projector is at most
+//! [`PROJECTION_QUEUE_EVENTS`] events behind: beyond that the writer waits for it before its
+//! next batch, so a gateway under sustained audited reads serves them at the rate their
+//! events are projected, instead of leaving a backlog that grew without bound (more than
+//! 20,000 events in ten seconds; benches/README.md, session 26) for an auditor's next
+//! request to wait for. What the projector does not write (its transaction failed, the
+//! gateway stopped) stays journaled, and the background projection writes it from the
+//! journal.
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::Event;
 use crate::config::TenantConfig;
@@ -18,6 +31,18 @@ use crate::store::Store;
 
 /// The most events one batch commits.
 const MAX_BATCH_EVENTS: usize = 512;
+
+/// The most committed events the projector may be behind the writer.
+const PROJECTION_QUEUE_EVENTS: usize = 2048;
+
+/// The most events one projection transaction writes.
+const PROJECTION_BATCH_EVENTS: usize = 256;
+
+/// Journaled events on their way to the projector, with their share of its queue.
+struct ToProject {
+    rows: Vec<(String, String, crate::store::BulkRow)>,
+    _permits: OwnedSemaphorePermit,
+}
 
 struct Job {
     events: Vec<Prepared>,
@@ -30,6 +55,8 @@ pub struct Recorder {
     sender: mpsc::Sender<Job>,
     registry: std::sync::Arc<Registry>,
     indexing: crate::store::audit::Indexing,
+    /// The projector's queue, where there is a projector.
+    projection_queue: Option<Arc<Semaphore>>,
 }
 
 impl Recorder {
@@ -37,8 +64,22 @@ impl Recorder {
     pub fn start(store: Store, registry: std::sync::Arc<Registry>) -> Recorder {
         let (sender, receiver) = mpsc::channel(4096);
         let indexing = crate::store::audit::Indexing::choose(store.backend(), &registry);
-        tokio::spawn(write_batches(store, receiver));
-        Recorder { sender, registry, indexing }
+        let projector = (indexing == crate::store::audit::Indexing::ForProjection).then(|| {
+            let (to_projector, batches) = mpsc::unbounded_channel();
+            let queue = Arc::new(Semaphore::new(PROJECTION_QUEUE_EVENTS));
+            tokio::spawn(project_batches(store.clone(), batches));
+            Projector { sender: to_projector, queue }
+        });
+        let projection_queue = projector.as_ref().map(|projector| projector.queue.clone());
+        tokio::spawn(write_batches(store, receiver, projector));
+        Recorder { sender, registry, indexing, projection_queue }
+    }
+
+    /// Whether this gateway's projector has recorded events to write: the background
+    /// projection from the journal then leaves them to it instead of reading and indexing
+    /// them a second time.
+    pub fn projecting(&self) -> bool {
+        self.projection_queue.as_ref().is_some_and(|queue| queue.available_permits() < PROJECTION_QUEUE_EVENTS)
     }
 
     /// Stores `events` durably; returns once they are committed. The events are rendered
@@ -63,7 +104,52 @@ impl Recorder {
     }
 }
 
-async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
+/// The writer's end of the way to the projector.
+struct Projector {
+    sender: mpsc::UnboundedSender<ToProject>,
+    /// A permit for each event the projector may still be given.
+    queue: Arc<Semaphore>,
+}
+
+impl Projector {
+    /// Hands a committed batch's events to the projector, first waiting until its queue has
+    /// room for them.
+    async fn hand_over(&self, rows: Vec<(String, String, crate::store::BulkRow)>) {
+        if rows.is_empty() {
+            return;
+        }
+        let wanted = u32::try_from(rows.len().min(PROJECTION_QUEUE_EVENTS)).unwrap_or(u32::MAX);
+        let Ok(permits) = self.queue.clone().acquire_many_owned(wanted).await else { return };
+        // A projector that has stopped leaves the events journaled for the background pass.
+        let _ = self.sender.send(ToProject { rows, _permits: permits });
+    }
+}
+
+/// Writes the AuditEvent rows of the batches the writer hands over, several batches a
+/// transaction; a batch's permits go back to the queue once it is written (or given up: it
+/// stays journaled).
+async fn project_batches(store: Store, mut batches: mpsc::UnboundedReceiver<ToProject>) {
+    while let Some(first) = batches.recv().await {
+        let mut count = first.rows.len();
+        let mut taken = vec![first];
+        while count < PROJECTION_BATCH_EVENTS {
+            match batches.try_recv() {
+                Ok(batch) => {
+                    count += batch.rows.len();
+                    taken.push(batch);
+                }
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<_> = taken.iter_mut().flat_map(|batch| std::mem::take(&mut batch.rows)).collect();
+        if let Err(error) = crate::store::audit::project_journaled(&store, rows).await {
+            tracing::warn!(target: "renraku::audit", %error, events = count, "projecting recorded audit events failed; the background projection writes them from the journal");
+        }
+        drop(taken);
+    }
+}
+
+async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>, projector: Option<Projector>) {
     // The connection the last batch committed on, kept for the next (`Held`); a batch that
     // fails gives its connection back to the pool, and the next one takes a fresh one.
     let mut held = None;
@@ -81,7 +167,9 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
         }
         let events: Vec<Prepared> = jobs.iter_mut().flat_map(|job| std::mem::take(&mut job.events)).collect();
         let started = std::time::Instant::now();
-        let result = commit(&store, &events, held.take()).await.map(|connection| {
+        let mut to_project = Vec::new();
+        let result = commit(&store, &events, held.take()).await.map(|(connection, rows)| {
+            to_project = rows;
             // Kept only while more events are waiting: an idle recorder holds no connection,
             // so that closing the store at shutdown does not wait for it.
             if !receiver.is_empty() {
@@ -96,15 +184,20 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>) {
         for job in jobs {
             let _ = job.done.send(result.clone());
         }
+        // After the waiting requests are answered: a full queue holds up the next batch.
+        if let Some(projector) = &projector {
+            projector.hand_over(to_project).await;
+        }
     }
 }
 
-async fn commit(store: &Store, events: &[Prepared], held: Option<crate::store::Held>) -> Result<crate::store::Held> {
+/// Commits a batch; returns the connection to keep and the journaled events to project.
+async fn commit(store: &Store, events: &[Prepared], held: Option<crate::store::Held>) -> Result<(crate::store::Held, Vec<(String, String, crate::store::BulkRow)>)> {
     let started = std::time::Instant::now();
     let mut transaction = store.begin_journal(held).await?;
     let locked = started.elapsed();
-    crate::store::audit::append_prepared(&mut transaction, events).await?;
+    let to_project = crate::store::audit::append_prepared(&mut transaction, events).await?;
     let held = transaction.commit_and_keep().await?;
     tracing::trace!(target: "renraku::audit", lock_wait_us = locked.as_micros(), "audit batch lock wait");
-    Ok(held)
+    Ok((held, to_project))
 }

@@ -94,13 +94,15 @@ fn stores_resource_rows_at_once(connection: &Db) -> bool {
     indexed_for(backend_of(connection))
 }
 
-/// An event rendered and, where its resource rows are written with its link, indexed: ready
-/// for [`append_prepared`]. Preparing is CPU work that needs no connection; the recorder does
-/// it in each request's own task so that the single appender only chains and stores.
+/// An event rendered and, where its resource rows are written with its link or handed to the
+/// projection, indexed: ready for [`append_prepared`]. Preparing is CPU work that needs no
+/// connection; the recorder does it in each request's own task so that the single appender
+/// only chains and stores.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     rendered: Rendered,
     index: Vec<IndexEntry>,
+    /// Stored as its resource rows with its link (else journaled for the projection).
     indexed: bool,
 }
 
@@ -114,13 +116,21 @@ pub enum Indexing {
     /// From the events themselves (`audit::Event::index_entries`): the same entries while
     /// the registry's AuditEvent parameters are the embedded ones, without walking the JSON.
     Direct,
+    /// As `Direct`, for a backend that journals the events: the entries go to the projection
+    /// with the journaled events ([`append_prepared`], [`project_journaled`]), which then
+    /// neither reads the JSON back nor parses it.
+    ForProjection,
 }
 
 impl Indexing {
     /// How to index events for `backend` with `registry` (see [`indexed_for`]).
     pub fn choose(backend: super::Backend, registry: &crate::search::Registry) -> Indexing {
         if !indexed_for(backend) {
-            Indexing::None
+            if registry.has_builtin_params("AuditEvent") {
+                Indexing::ForProjection
+            } else {
+                Indexing::None
+            }
         } else if registry.has_builtin_params("AuditEvent") {
             Indexing::Direct
         } else {
@@ -142,9 +152,9 @@ pub fn prepare(registry: &crate::search::Registry, tenants: &[crate::config::Ten
             let index = match indexing {
                 Indexing::None => Vec::new(),
                 Indexing::Registry => registry.extract(&event.to_resource(&rendered.id, 0, "", owner, &names)),
-                Indexing::Direct => event.index_entries(),
+                Indexing::Direct | Indexing::ForProjection => event.index_entries(),
             };
-            Ok(Prepared { rendered, index, indexed: indexing != Indexing::None })
+            Ok(Prepared { rendered, index, indexed: matches!(indexing, Indexing::Registry | Indexing::Direct) })
         })
         .collect()
 }
@@ -181,9 +191,9 @@ fn enqueue(transaction: &mut super::Transaction, events: &[Prepared]) -> Vec<Str
 /// their chains as [`append_prepared`] does for the recorder, stores them as AuditEvent rows
 /// with their index, and removes them from the queue. Returns how many it chained.
 ///
-/// On SQLite the transaction is [`super::Store::begin_derived`]'s, whose commit is not synced:
-/// a power loss may undo the newest such commits, whole — the claimed rows come back to the
-/// queue with them, and are chained again. The one write lock serialises chainers there.
+/// The transaction is [`super::Store::begin_derived`]'s, whose commit is not synced: a crash
+/// may undo the newest such commits, whole — the claimed rows come back to the queue with
+/// them, and are chained again. SQLite's one write lock serialises chainers there.
 pub async fn chain_queued(store: &super::Store, registry: &crate::search::Registry, limit: i64) -> Result<usize> {
     let mut transaction = store.begin_derived().await?;
     // PostgreSQL locks the claimed rows; SQLite's one write lock already keeps other chainers out.
@@ -264,10 +274,16 @@ pub async fn pending(connection: &mut Db, limit: i64) -> Result<Vec<Pending>> {
 
 /// Which of these journaled events are not projected yet (read inside the projection's
 /// transaction: another projector may have written some since they were read).
+///
+/// The rows are found by their ids alone and the projected ones left out here: with
+/// `projected = 0` in the query, PostgreSQL's generic plan for it walked the partial index
+/// of unprojected rows, comparing each with every id asked for, and under sustained audited
+/// reads that backlog grew faster than a projection slowed by walking it could shrink it
+/// (benches/README.md, session 26).
 pub async fn still_pending(connection: &mut Db, event_ids: &[String]) -> Result<std::collections::BTreeSet<String>> {
     let mut found = std::collections::BTreeSet::new();
     for chunk in event_ids.chunks(500) {
-        let mut sql = super::query::Sql::new("SELECT event_id FROM audit_log WHERE projected = 0 AND event_id IN (");
+        let mut sql = super::query::Sql::new("SELECT event_id, projected FROM audit_log WHERE event_id IN (");
         for (index, id) in chunk.iter().enumerate() {
             if index > 0 {
                 sql.push(", ");
@@ -276,7 +292,9 @@ pub async fn still_pending(connection: &mut Db, event_ids: &[String]) -> Result<
         }
         sql.push(")");
         for row in sql.fetch_all(connection).await? {
-            found.insert(row.try_get("event_id")?);
+            if row.try_get::<i64, _>("projected")? == 0 {
+                found.insert(row.try_get("event_id")?);
+            }
         }
     }
     Ok(found)
@@ -452,9 +470,10 @@ pub fn append(
 /// event gets the next sequence number and its predecessor's digest, and the chained events
 /// are stored with the transaction's commit (links and, on SQLite, AuditEvent rows:
 /// [`insert_events`]; sent with the COMMIT, `Transaction::defer`). Call it once per
-/// transaction, last before the commit, so the head lock is held briefly. Returns the events'
-/// ids in chain order.
-pub async fn append_prepared(transaction: &mut super::Transaction, events: &[Prepared]) -> Result<Vec<String>> {
+/// transaction, last before the commit, so the head lock is held briefly. Returns the
+/// journaled events that were prepared with their index ([`Indexing::ForProjection`]) as
+/// the rows [`project_journaled`] writes once the transaction has committed.
+pub async fn append_prepared(transaction: &mut super::Transaction, events: &[Prepared]) -> Result<Vec<(String, String, BulkRow)>> {
     let connection: &mut Db = transaction;
     // Events prepared with their index are stored as resource rows at once (all of SQLite's;
     // on PostgreSQL those the chainer takes from the queue), the others in the journal for the
@@ -492,10 +511,20 @@ pub async fn append_prepared(transaction: &mut super::Transaction, events: &[Pre
         }
         set_head_digest(&mut statements, chain, &previous);
     }
-    let ids = rows.iter().map(|(chained, _)| chained.id.clone()).collect();
+    let to_project = if inline {
+        Vec::new()
+    } else {
+        rows.iter()
+            .filter(|(_, index)| !index.is_empty())
+            .map(|(chained, index)| {
+                let row = BulkRow { resource_type: "AuditEvent".to_owned(), id: chained.id.clone(), index: index.to_vec(), content: chained.content.clone() };
+                (chained.chain.clone(), chained.recorded.clone(), row)
+            })
+            .collect()
+    };
     insert_events(&mut statements, inline, &rows);
     transaction.defer(statements);
-    Ok(ids)
+    Ok(to_project)
 }
 
 /// Writes up to `limit` journaled events as AuditEvent resource rows with their search index
@@ -525,7 +554,21 @@ pub async fn project_pending(store: &super::Store, registry: &crate::search::Reg
         };
         rows.push((event.chain, event.recorded, row));
     }
-    let prepared = started.elapsed();
+    tracing::debug!(target: "renraku::audit", events = count, prepare_us = started.elapsed().as_micros(), "journaled audit events read and indexed");
+    project_journaled(store, rows).await?;
+    Ok(count)
+}
+
+/// Writes journaled events' AuditEvent resource and index rows, indexed already (by
+/// [`project_pending`] from their JSON, or by the recorder as it prepared them:
+/// [`Indexing::ForProjection`]), and marks their links projected: inside the transaction,
+/// projectors are serialised and events another projector wrote meanwhile are left out.
+/// Returns how many it wrote.
+pub async fn project_journaled(store: &super::Store, mut rows: Vec<(String, String, BulkRow)>) -> Result<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let started = std::time::Instant::now();
     let mut transaction = store.begin_derived().await?;
     let locked = started.elapsed();
     super::lock(&mut transaction, "audit-projection").await?;
@@ -537,12 +580,11 @@ pub async fn project_pending(store: &super::Store, registry: &crate::search::Reg
     tracing::debug!(
         target: "renraku::audit",
         events = rows.len(),
-        prepare_us = prepared.as_micros(),
-        lock_wait_us = (locked - prepared).as_micros(),
+        lock_wait_us = locked.as_micros(),
         locked_us = (started.elapsed() - locked).as_micros(),
         "audit events projected"
     );
-    Ok(count)
+    Ok(rows.len())
 }
 
 /// The columns of an event's row in `audit_index`, for a multi-row insert.

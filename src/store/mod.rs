@@ -50,10 +50,11 @@ pub struct Store {
     /// polling the database lock with the busy handler's sleeps (which made tail latency
     /// of concurrent writes hundreds of milliseconds). None on PostgreSQL.
     write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
-    /// SQLite: one connection whose commits do not wait for the disk, for writing what is
-    /// derived from durable rows and is derived again after a crash (the audit trail's
-    /// projection from its journal; see [`Store::begin_derived`]). None on PostgreSQL.
-    derived: Option<AnyPool>,
+    /// Connections whose commits do not wait for the disk, for writing what is derived from
+    /// durable rows and is derived again after a crash (the audit trail's projection from
+    /// its journal, and on PostgreSQL the chaining of writes' queued events; see
+    /// [`Store::begin_derived`]): one on SQLite, two on PostgreSQL.
+    derived: AnyPool,
     /// The audit recorder's own connection (see [`Store::begin_journal`]).
     journal: AnyPool,
     /// Tells this store's connections from another's in a request's kept connection
@@ -403,8 +404,8 @@ impl VersionRow {
 /// The options every pool of gateway sessions shares (all but its size): the settings each
 /// new connection gets — SQLite's durability, PostgreSQL's timeouts and planning — and the
 /// checks on acquire and release.
-/// `journal`: the options of the audit recorder's connection ([`Store::begin_journal`]).
-fn pool_options(backend: Backend, statement_timeout: &str, journal: bool) -> AnyPoolOptions {
+/// `role`: what the pool's sessions are for.
+fn pool_options(backend: Backend, statement_timeout: &str, role: Sessions) -> AnyPoolOptions {
     let statement_timeout = statement_timeout.to_owned();
     AnyPoolOptions::new()
         .acquire_timeout(Duration::from_secs(30))
@@ -452,6 +453,15 @@ fn pool_options(backend: Backend, statement_timeout: &str, journal: bool) -> Any
                     if let Err(error) = sqlx::query("SET client_connection_check_interval = 1000").execute(&mut *connection).await {
                         tracing::debug!(%error, "client_connection_check_interval is not available");
                     }
+                    // Derived rows (see `Store::begin_derived`) commit without waiting for
+                    // the WAL flush. PostgreSQL's log stays in order: any later synchronous
+                    // commit (the recorder's next batch, any write) flushes them too, and a
+                    // crash loses at most the newest such commits, whole — the journal rows
+                    // they marked projected come back unprojected, the queued events they
+                    // chained come back queued, and both are derived again.
+                    if role == Sessions::Derived {
+                        sqlx::query("SET synchronous_commit = off").execute(&mut *connection).await?;
+                    }
                 }
                 if backend == Backend::Sqlite {
                     // WAL lets readers proceed during a write; FULL makes every commit
@@ -470,13 +480,25 @@ fn pool_options(backend: Backend, statement_timeout: &str, journal: bool) -> Any
                     // file made for each: a fifth of what audited reads wrote. In memory
                     // instead; a batch is at most `MAX_BATCH_EVENTS` events, and this
                     // connection runs nothing else (no sort that could grow there).
-                    if journal {
+                    if role == Sessions::Journal {
                         sqlx::query("PRAGMA temp_store = MEMORY").execute(&mut *connection).await?;
                     }
                 }
                 Ok(())
             })
         })
+}
+
+/// What a pool's sessions are for: [`pool_options`] sets each kind up for its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sessions {
+    /// Requests' reads and writes.
+    Requests,
+    /// The audit recorder's group commits ([`Store::begin_journal`]).
+    Journal,
+    /// Rows derived from durable ones, on PostgreSQL ([`Store::begin_derived`]; SQLite's
+    /// derived connection has settings of its own).
+    Derived,
 }
 
 /// The SQLite pool's connections: two a core, at least four, at most sixteen. Each SQLite
@@ -510,7 +532,7 @@ impl Store {
             ));
         };
         let options = AnyConnectOptions::from_str(database_url)?;
-        let pool = pool_options(backend, &statement_timeout, false)
+        let pool = pool_options(backend, &statement_timeout, Sessions::Requests)
             .max_connections(match backend {
                 Backend::Sqlite => sqlite_pool_size(),
                 Backend::Postgres => 16,
@@ -519,12 +541,12 @@ impl Store {
             .await?;
         let write_gate = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
         // The recorder's connection: the pool's settings and checks, one connection.
-        let journal = pool_options(backend, &statement_timeout, true)
+        let journal = pool_options(backend, &statement_timeout, Sessions::Journal)
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
         let derived = match backend {
-            Backend::Sqlite => Some(
+            Backend::Sqlite => {
                 AnyPoolOptions::new()
                     .max_connections(1)
                     .test_before_acquire(false)
@@ -542,9 +564,10 @@ impl Store {
                         })
                     })
                     .connect_with(options.clone())
-                    .await?,
-            ),
-            Backend::Postgres => None,
+                    .await?
+            }
+            // Two: the projection and the chainer of writes' events take one each.
+            Backend::Postgres => pool_options(backend, &statement_timeout, Sessions::Derived).max_connections(2).connect_with(options.clone()).await?,
         };
         static STORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let id = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -719,14 +742,12 @@ impl Store {
 
     /// A write transaction for rows derived from durable ones and derived again after a
     /// crash (the audit trail's projection, which re-projects whatever a crash undid:
-    /// the journal rows' `projected` marks are written in the same transaction). On SQLite
-    /// its commit does not wait for the disk, so projecting holds the write lock briefly;
-    /// on PostgreSQL it is [`Store::begin`].
+    /// the journal rows' `projected` marks are written in the same transaction). Its commit
+    /// does not wait for the disk: on SQLite projecting then holds the write lock briefly;
+    /// on PostgreSQL the projection and the chainer wait for no WAL flush of their own
+    /// (`synchronous_commit = off` on these sessions, see [`pool_options`]).
     pub(crate) async fn begin_derived(&self) -> Result<Transaction> {
-        match &self.derived {
-            Some(derived) => self.begin_on(derived).await,
-            None => self.begin().await,
-        }
+        self.begin_on(&self.derived).await
     }
 
     /// A write transaction for the audit recorder's group commits, on a connection of its
@@ -818,9 +839,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Some(derived) = &self.derived {
-            derived.close().await;
-        }
+        self.derived.close().await;
         self.journal.close().await;
         self.pool.close().await;
     }

@@ -562,6 +562,19 @@ async fn retention_exports_then_prunes_and_the_chain_still_verifies(backend: Bac
     assert_eq!(broken_link(&server).await, None);
 }
 
+/// Moves the events of `ina`'s chain up to `through` back into the shape of journal rows
+/// waiting for the projection (the link holds the JSON, no resource or index rows); returns
+/// the SQL that selects their ids.
+async fn journal_again(server: &Server, through: i64) -> String {
+    let old = format!("SELECT event_id FROM audit_log WHERE chain = 'ina' AND seq <= {through}");
+    tamper(server, &format!("UPDATE audit_log SET projected = 0, content = (SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.id = audit_log.event_id) WHERE event_id IN ({old})")).await;
+    tamper(server, &format!("DELETE FROM resources WHERE resource_type = 'AuditEvent' AND id IN ({old})")).await;
+    for table in ["audit_index", "audit_terms"] {
+        tamper(server, &format!("DELETE FROM {table} WHERE id IN ({old})")).await;
+    }
+    old
+}
+
 /// Journal rows that hold the AuditEvent JSON and wait for the projection (every event on
 /// PostgreSQL; on SQLite, a database an earlier version wrote): here five events are moved
 /// back into that shape; they are projected when the trail is next read, searchable as
@@ -573,12 +586,7 @@ async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) 
         server.get(&format!("/ina/fhir/Patient?name={name}")).await.expect(200);
     }
     server.fhir().project_audit_events().await.expect("projected");
-    let old = "SELECT event_id FROM audit_log WHERE chain = 'ina' AND seq <= 5";
-    tamper(&server, &format!("UPDATE audit_log SET projected = 0, content = (SELECT r.content FROM resources r WHERE r.resource_type = 'AuditEvent' AND r.id = audit_log.event_id) WHERE event_id IN ({old})")).await;
-    tamper(&server, &format!("DELETE FROM resources WHERE resource_type = 'AuditEvent' AND id IN ({old})")).await;
-    for table in ["audit_index", "audit_terms"] {
-        tamper(&server, &format!("DELETE FROM {table} WHERE id IN ({old})")).await;
-    }
+    let old = journal_again(&server, 5).await;
     let reply = server.get("/ina/fhir/Patient?name=f").await;
     reply.expect(200);
     // The auditor's search catches up first: the five old events are found again.
@@ -595,6 +603,35 @@ async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) 
         sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE projected = 1 AND content <> ''").fetch_one(&mut connection).await.expect("count")
     };
     assert_eq!(copies, 0);
+}
+
+/// Two projections at once (the recorder's projector and the background pass, or two
+/// gateways' on one database) write each journaled event once: inside its transaction a
+/// projection leaves out what another wrote meanwhile (`store::audit::still_pending`, which
+/// finds the links by their ids and reads their `projected` mark).
+async fn two_projections_at_once_write_each_event_once(backend: Backend) {
+    let server = Server::start(backend).await;
+    for name in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        server.get(&format!("/ina/fhir/Patient?name={name}")).await.expect(200);
+    }
+    server.fhir().project_audit_events().await.expect("projected");
+    let old = journal_again(&server, 8).await;
+    let fhir = server.fhir();
+    let (first, second) = tokio::join!(fhir.project_audit_events(), fhir.project_audit_events());
+    first.expect("the first projection");
+    second.expect("the second projection");
+    let server = &server;
+    let count = |sql: String| async move {
+        let mut connection = server.database_directly().await;
+        sqlx::query_scalar::<_, i64>(&sql).fetch_one(&mut connection).await.expect("count")
+    };
+    let rows = count(format!("SELECT COUNT(*) FROM resources WHERE resource_type = 'AuditEvent' AND id IN ({old})")).await;
+    assert_eq!(rows, 8, "each event's resource row once");
+    let indexed = count(format!("SELECT COUNT(*) FROM audit_index WHERE id IN ({old})")).await;
+    assert_eq!(indexed, 8, "each event's index row once");
+    let left = count("SELECT COUNT(*) FROM audit_log WHERE projected = 0 OR (chain = 'ina' AND seq <= 8 AND content <> '')".to_owned()).await;
+    assert_eq!(left, 0, "every link marked projected, without its copy of the JSON");
+    assert_eq!(broken_link(server).await, None);
 }
 
 /// An auditor's searches read the trail's own index (`audit_index`, `audit_terms`, issue
@@ -836,6 +873,7 @@ both_backends!(
     an_events_one_version_is_its_resource_row,
     an_auditors_searches_find_what_the_events_say,
     events_journaled_by_an_earlier_version_are_projected,
+    two_projections_at_once_write_each_event_once,
     every_interaction_leaves_its_event,
     denials_and_failures_are_recorded,
     the_trail_cannot_be_changed_through_any_api,
