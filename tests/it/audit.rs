@@ -586,7 +586,7 @@ async fn events_journaled_by_an_earlier_version_are_projected(backend: Backend) 
         server.get(&format!("/ina/fhir/Patient?name={name}")).await.expect(200);
     }
     server.fhir().project_audit_events().await.expect("projected");
-    let old = journal_again(&server, 5).await;
+    journal_again(&server, 5).await;
     let reply = server.get("/ina/fhir/Patient?name=f").await;
     reply.expect(200);
     // The auditor's search catches up first: the five old events are found again.
