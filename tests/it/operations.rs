@@ -401,8 +401,9 @@ both_backends!(
 /// only in a benchmark. About the engine itself.
 #[tokio::test]
 async fn sqlite_is_built_without_process_wide_locks_for_pages_and_allocations() {
-    let server = Server::start(Backend::Sqlite).await;
-    let mut connection = server.database_directly().await;
+    // The library linked in is the gateway's: a bare in-memory connection reads its options.
+    sqlx::any::install_default_drivers();
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect("sqlite::memory:").await.expect("an in-memory SQLite");
     let options: Vec<String> =
         sqlx::query_scalar("PRAGMA compile_options").fetch_all(&mut connection).await.expect("SQLite's compile options");
     assert!(options.iter().any(|option| option == "DEFAULT_MEMSTATUS=0"), "allocations are counted: {options:?}");
