@@ -10,15 +10,16 @@
 //! group-commit `Recorder` before the response leaves — with
 //! its link in the journal (`audit_log`: sequence, predecessor, digest) and, on SQLite, as an
 //! ordinary AuditEvent resource row with its narrow search index at once; on PostgreSQL the
-//! journal row carries the JSON until `store::audit::project_pending` writes the resource rows
+//! journal row carries the JSON until `store::audit::project_journaled` writes the resource
+//! rows — fed by the recorder's projector, or by `project_pending` from the journal
 //! (`store::audit::insert_events` says why).
 //!
 //! Architecture invariants:
 //! - No HTTP, no SQL and no access decisions here: this module renders and chains what the
 //!   service tells it; the store writes it.
 //! - `store::audit::append_prepared` (behind the recorder and `chain_queued`) is the only
-//!   code that chains events, and `project_pending` the only other code that writes
-//!   AuditEvent resource rows (from journal rows that carry the JSON); nothing updates or
+//!   code that chains events, and `project_journaled` the only other code that writes
+//!   AuditEvent resource rows (for journal rows that carry the JSON); nothing updates or
 //!   deletes either except retention pruning (`service::audit`), which keeps the chain
 //!   verifiable.
 
