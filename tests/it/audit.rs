@@ -634,6 +634,61 @@ async fn two_projections_at_once_write_each_event_once(backend: Backend) {
     assert_eq!(broken_link(server).await, None);
 }
 
+/// Events stored by the recorder alone — no gateway around it, so no background projection
+/// and no auditor's catch-up — become AuditEvent rows with their index: on SQLite with their
+/// links, on PostgreSQL by the recorder's own projector (`runtime::recorder`), from the index
+/// entries the events were prepared with.
+async fn the_recorder_alone_stores_its_events_as_searchable_rows(backend: Backend) {
+    use renraku::audit::{Action, Agent, Entity, Event, EventType, Outcome};
+    let (config, directory, database) = crate::support::new_database(backend).await;
+    let store = renraku::store::Store::connect(&config.database_url).await.expect("the store");
+    let registry = Arc::new(renraku::search::Registry::load(&[]).expect("the registry"));
+    let recorder = renraku::runtime::recorder::Recorder::start(store.clone(), registry);
+    let events: Vec<Event> = (0..300)
+        .map(|n| Event {
+            chain: "ina".into(),
+            event_type: EventType::Rest("read"),
+            action: Action::Read,
+            outcome: Outcome::Success,
+            outcome_description: None,
+            recorded: format!("2026-12-07T00:00:00.{n:06}Z"),
+            agent: Agent { references: vec![format!("PractitionerRole/{OFFICE}-role")], municipality: Some("ina".into()), ..Agent::default() },
+            site: "ina".into(),
+            request_id: format!("request-{n}"),
+            purpose_of_use: None,
+            entities: vec![Entity::Resource(format!("Patient/person-{n}/_history/1")), Entity::Patient(format!("Patient/person-{n}"))],
+        })
+        .collect();
+    recorder.record(events, &crate::support::test_tenants()).await.expect("recorded");
+    sqlx::any::install_default_drivers();
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&config.database_url).await.expect("a connection");
+    let mut counts = (0, 0, 0);
+    for _ in 0..100 {
+        let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+        counts = (
+            count("SELECT COUNT(*) FROM resources WHERE resource_type = 'AuditEvent'").fetch_one(&mut connection).await.expect("rows"),
+            count("SELECT COUNT(*) FROM audit_index").fetch_one(&mut connection).await.expect("index rows"),
+            count("SELECT COUNT(*) FROM audit_log WHERE projected = 0").fetch_one(&mut connection).await.expect("links"),
+        );
+        if counts == (300, 300, 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(counts, (300, 300, 0), "AuditEvent rows, their index rows, links waiting");
+    let named: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_terms WHERE b = 'person-7' AND a = 'Patient' AND kind = 'r'")
+        .fetch_one(&mut connection)
+        .await
+        .expect("terms");
+    assert!(named >= 1, "the person an event names is in its index");
+    drop(connection);
+    store.close().await;
+    drop(directory);
+    if let Some(name) = database {
+        crate::support::drop_database(name);
+    }
+}
+
 /// An auditor's searches read the trail's own index (`audit_index`, `audit_terms`, issue
 /// #13): for each query the events found are exactly those whose content says so, paged
 /// newest first in order, and the same again after a re-index has emptied and rebuilt that
@@ -874,6 +929,7 @@ both_backends!(
     an_auditors_searches_find_what_the_events_say,
     events_journaled_by_an_earlier_version_are_projected,
     two_projections_at_once_write_each_event_once,
+    the_recorder_alone_stores_its_events_as_searchable_rows,
     every_interaction_leaves_its_event,
     denials_and_failures_are_recorded,
     the_trail_cannot_be_changed_through_any_api,
