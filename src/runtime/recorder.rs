@@ -125,22 +125,25 @@ impl Projector {
     }
 }
 
+/// `first` and whatever `next` has ready at once, until the items hold `limit` events
+/// (`size` of each); returns them and how many events they hold.
+fn gather<T>(first: T, size: impl Fn(&T) -> usize, limit: usize, mut next: impl FnMut() -> Option<T>) -> (Vec<T>, usize) {
+    let mut count = size(&first);
+    let mut items = vec![first];
+    while count < limit {
+        let Some(item) = next() else { break };
+        count += size(&item);
+        items.push(item);
+    }
+    (items, count)
+}
+
 /// Writes the AuditEvent rows of the batches the writer hands over, several batches a
 /// transaction; a batch's permits go back to the queue once it is written (or given up: it
 /// stays journaled).
 async fn project_batches(store: Store, mut batches: mpsc::UnboundedReceiver<ToProject>) {
     while let Some(first) = batches.recv().await {
-        let mut count = first.rows.len();
-        let mut taken = vec![first];
-        while count < PROJECTION_BATCH_EVENTS {
-            match batches.try_recv() {
-                Ok(batch) => {
-                    count += batch.rows.len();
-                    taken.push(batch);
-                }
-                Err(_) => break,
-            }
-        }
+        let (mut taken, count) = gather(first, |batch| batch.rows.len(), PROJECTION_BATCH_EVENTS, || batches.try_recv().ok());
         let rows: Vec<_> = taken.iter_mut().flat_map(|batch| std::mem::take(&mut batch.rows)).collect();
         if let Err(error) = crate::store::audit::project_journaled(&store, rows).await {
             tracing::warn!(target: "renraku::audit", %error, events = count, "projecting recorded audit events failed; the background projection writes them from the journal");
@@ -154,17 +157,7 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>, projecto
     // fails gives its connection back to the pool, and the next one takes a fresh one.
     let mut held = None;
     while let Some(first) = receiver.recv().await {
-        let mut count = first.events.len();
-        let mut jobs = vec![first];
-        while count < MAX_BATCH_EVENTS {
-            match receiver.try_recv() {
-                Ok(job) => {
-                    count += job.events.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+        let (mut jobs, _) = gather(first, |job| job.events.len(), MAX_BATCH_EVENTS, || receiver.try_recv().ok());
         let events: Vec<Prepared> = jobs.iter_mut().flat_map(|job| std::mem::take(&mut job.events)).collect();
         let started = std::time::Instant::now();
         let mut to_project = Vec::new();
