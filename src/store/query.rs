@@ -531,9 +531,8 @@ pub struct Page {
     pub last_keys: Option<Vec<KeyValue>>,
     /// Whether more rows lie beyond the page in the direction of travel.
     pub more: bool,
-    /// How many matches the page found (its rows before they are read: a row deleted in
-    /// between is counted). A first page without `more` found every match: this is their
-    /// total, and the search needs no count.
+    /// How many matches the page found. A first page without `more` found every match:
+    /// this is their total, and the search needs no count.
     pub matched: usize,
 }
 
@@ -1168,12 +1167,35 @@ impl SearchQuery {
     }
 }
 
-/// The SQL of one page of a search (shared by [`search`] and [`explain`]).
-fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
+/// The SQL of one page of a search (shared by [`search`] and [`explain`]): the page's
+/// current rows with their sort keys (`k0`, `k1`, …), in sort order, one more than the limit.
+fn search_sql(grant: &Grant, query: &SearchQuery, connection_is_sqlite: bool) -> Sql {
     let keys = query.keys();
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
-    // Only the keys are selected and sorted; the page's content is read afterwards by
-    // primary key, so sorting many matches never carries their JSON along.
+    let order = |sql: &mut Sql, prefix: &str| {
+        sql.push(" ORDER BY ");
+        for (index, (_, descending)) in keys.iter().enumerate() {
+            if index > 0 {
+                sql.push(", ");
+            }
+            let ascending = *descending == backwards;
+            sql.push(&format!("{prefix}k{index}{}", if ascending { " ASC" } else { " DESC" }));
+        }
+    };
+    // The inner statement selects and sorts only the keys, so sorting many matches never
+    // carries their JSON along; the page's rows are then joined by primary key. One
+    // statement judges the rows once: its snapshot is the one the access predicate saw
+    // (reading the page by id in a second statement judged every row again — on PostgreSQL
+    // about 0.3 ms a page, benches/README.md, session 27).
+    // SQLite is told to look the rows up by primary key: its statistics, sampled with
+    // `analysis_limit`, once rated the (tenant, type, lastUpdated) index better, and reading
+    // a page of 20 Patients walked the municipality's 22,000 (24 ms; 4 ms with the key,
+    // session 12). A subquery with a LIMIT is never flattened into the join.
+    let mut sql = Sql::new("SELECT cur.resource_type AS resource_type, cur.id AS id, cur.tenant AS tenant, cur.version_id AS version_id, cur.last_updated AS last_updated, cur.deleted AS deleted, cur.content AS content");
+    for index in 0..keys.len() {
+        sql.push(&format!(", page.k{index} AS k{index}"));
+    }
+    sql.push(" FROM (");
     let source = query.source();
     let alias = source.alias();
     let single_type = match query.resource_types.as_slice() {
@@ -1183,7 +1205,7 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
     // An index row source may hold several matching rows per resource: DISTINCT. A board
     // row is one per item.
     let distinct = if matches!(source, Source::Index { .. }) { "DISTINCT " } else { "" };
-    let mut sql = Sql::new(&format!("SELECT {distinct}{alias}.resource_type AS resource_type, {alias}.id AS id"));
+    sql.push(&format!("SELECT {distinct}{alias}.resource_type AS resource_type, {alias}.id AS id"));
     for (index, (key, _)) in keys.iter().enumerate() {
         sql.push(", ");
         sort_expression(&mut sql, alias, key, &source, single_type);
@@ -1222,21 +1244,18 @@ fn search_sql(grant: &Grant, query: &SearchQuery) -> Sql {
             sql.push(")");
         }
     }
-    sql.push(" ORDER BY ");
-    for (index, (_, descending)) in keys.iter().enumerate() {
-        if index > 0 {
-            sql.push(", ");
-        }
-        let ascending = *descending == backwards;
-        sql.push(&format!("k{index}{}", if ascending { " ASC" } else { " DESC" }));
-    }
+    order(&mut sql, "");
     sql.push(" LIMIT ").bind_i64(query.limit + 1);
+    sql.push(") page JOIN ");
+    sql.push(if connection_is_sqlite { "resources cur INDEXED BY sqlite_autoindex_resources_1" } else { "resources cur" });
+    sql.push(" ON cur.resource_type = page.resource_type AND cur.id = page.id");
+    order(&mut sql, "page.");
     sql
 }
 
 /// The database's query plan for a search page, as text lines (for benchmark notes).
 pub async fn explain(connection: &mut Db, backend: super::Backend, grant: &Grant, query: &SearchQuery) -> Result<Vec<String>> {
-    let sql = search_sql(grant, query);
+    let sql = search_sql(grant, query, backend == super::Backend::Sqlite);
     let prefix = match backend {
         super::Backend::Sqlite => "EXPLAIN QUERY PLAN ",
         super::Backend::Postgres => "EXPLAIN ",
@@ -1260,13 +1279,13 @@ pub async fn explain(connection: &mut Db, backend: super::Backend, grant: &Grant
 pub async fn search(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> Result<Page> {
     let keys = query.keys();
     let backwards = query.cursor.as_ref().is_some_and(|c| c.backwards);
-    let mut sql = search_sql(grant, query);
+    let mut sql = search_sql(grant, query, connection.0.backend_name() == "SQLite");
     if query.plans_for_values() {
         sql.planned_for_its_values();
     }
     let rows = sql.fetch_all(connection).await?;
     let more = rows.len() as i64 > query.limit;
-    let mut found: Vec<((String, String), Vec<KeyValue>)> = Vec::with_capacity(rows.len());
+    let mut found: Vec<(CurrentRow, Vec<KeyValue>)> = Vec::with_capacity(rows.len());
     for row in rows.iter().take(query.limit.max(0) as usize) {
         let mut values = Vec::with_capacity(keys.len());
         for (index, (key, _)) in keys.iter().enumerate() {
@@ -1278,7 +1297,7 @@ pub async fn search(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> 
                 KeyValue::Text(row.try_get::<String, _>(column.as_str())?)
             });
         }
-        found.push(((row.try_get("resource_type")?, row.try_get("id")?), values));
+        found.push((current_from_row(row)?, values));
     }
     if backwards {
         found.reverse();
@@ -1286,46 +1305,8 @@ pub async fn search(connection: &mut Db, grant: &Grant, query: &SearchQuery) -> 
     let first_keys = found.first().map(|(_, keys)| keys.clone());
     let last_keys = found.last().map(|(_, keys)| keys.clone());
     let matched = found.len();
-    let wanted: Vec<(String, String)> = found.into_iter().map(|(key, _)| key).collect();
-    let rows = current_many(connection, grant, &wanted).await?;
+    let rows = found.into_iter().map(|(row, _)| row).collect();
     Ok(Page { rows, first_keys, last_keys, more, matched })
-}
-
-/// The current rows of `(type, id)` pairs, in the order given, within the grant.
-async fn current_many(connection: &mut Db, grant: &Grant, wanted: &[(String, String)]) -> Result<Vec<CurrentRow>> {
-    if wanted.is_empty() {
-        return Ok(Vec::new());
-    }
-    // The rows are looked up by primary key. SQLite is told so: its statistics, sampled with
-    // `analysis_limit`, once rated the (tenant, type, lastUpdated) index better for the
-    // access scope's tenant terms, and reading a page of 20 Patients walked the
-    // municipality's 22,000 (24 ms; 4 ms with the key, in the same database; session 12).
-    let source = if connection.0.backend_name() == "SQLite" { "resources r INDEXED BY sqlite_autoindex_resources_1" } else { "resources r" };
-    let mut sql = Sql::new(&format!(
-        "SELECT r.resource_type, r.id, r.tenant, r.version_id, r.last_updated, r.deleted, r.content FROM {source} WHERE "
-    ));
-    sql.tenant_scope("r.tenant", grant);
-    sql.push(" AND ");
-    let mut types: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
-    types.sort();
-    types.dedup();
-    sql.access_scope("r", grant, Some(&types));
-    // Grouped by type as `IN` lists: a long chain of ORs would exceed SQLite's expression
-    // depth limit (1000) on a full page.
-    sql.push(" AND (");
-    push_or(&mut sql, &types, |sql, resource_type| {
-        let ids: Vec<String> = wanted.iter().filter(|(t, _)| t == resource_type).map(|(_, id)| id.clone()).collect();
-        sql.push("(r.resource_type = ").bind(resource_type.clone());
-        push_in(sql, "r.id", &ids);
-        sql.push(")");
-    });
-    sql.push(")");
-    let mut by_key: std::collections::HashMap<(String, String), CurrentRow> = std::collections::HashMap::new();
-    for row in sql.fetch_all(connection).await? {
-        let current = current_from_row(&row)?;
-        by_key.insert((current.resource_type.clone(), current.id.clone()), current);
-    }
-    Ok(wanted.iter().filter_map(|key| by_key.remove(key)).collect())
 }
 
 /// How many current resources match (cursor and limit ignored).
@@ -1587,7 +1568,7 @@ mod tests {
         assert_eq!(board(&query(vec![subject(Some("Patient")), negated], vec![(sent.clone(), true)])), None);
         // The page sorts on the row's own `sent`, without DISTINCT.
         let grant = Grant::with_clauses_for_tests(Interaction::Search, vec![]);
-        let text = search_sql(&grant, &page).text().to_owned();
+        let text = search_sql(&grant, &page, true).text().to_owned();
         // Only the criterion naming the person is what the row is; another person's is kept.
         let mut two = page.clone();
         two.criteria.push(Criterion::Index {
@@ -1596,9 +1577,9 @@ mod tests {
             matches: vec![Match::Reference { target_type: Some("Patient".into()), target_id: "p2".into() }],
             negate: false,
         });
-        let tests_of = |q: &SearchQuery| search_sql(&grant, q).text().matches("FROM search_reference x").count();
+        let tests_of = |q: &SearchQuery| search_sql(&grant, q, true).text().matches("FROM search_reference x").count();
         assert_eq!((tests_of(&page), tests_of(&two)), (0, 1));
-        assert!(text.starts_with("SELECT d.resource_type AS resource_type, d.id AS id, d.sent AS k0, d.id AS k1 FROM board_items d WHERE d.patient = $1"), "{text}");
+        assert!(text.contains(" FROM (SELECT d.resource_type AS resource_type, d.id AS id, d.sent AS k0, d.id AS k1 FROM board_items d WHERE d.patient = $1"), "{text}");
         // The person is judged through the clauses covering Communications by `subject`
         // only, as a bound value (once); no such clause reaches nobody.
         let persons = |params: &[&str]| Clause::Persons {
@@ -1614,7 +1595,16 @@ mod tests {
         };
         assert_eq!(reaches(vec![persons(&["subject", "recipient"])], Person::Id("p1")), "EXISTS (SELECT 1 FROM (SELECT $1 AS patient) pp1 WHERE pp1.patient IN ($2))");
         assert_eq!(reaches(vec![persons(&["subject"])], Person::Column("b.patient")), "(b.patient IN ($1))");
-        let team = Clause::Persons {
+        let team = team_of_r1(("Communication", &["subject"]), false);
+        let gathered = reaches(vec![team], Person::Column("b.patient"));
+        assert!(gathered.starts_with("(b.patient IN (SELECT c1.patient FROM access_links c1 WHERE c1.kind = 'team' AND c1.member IN ($1) AND (EXISTS"), "{gathered}");
+        assert_eq!(reaches(vec![persons(&["recipient"])], Person::Id("p1")), "1 = 0");
+        assert_eq!(reaches(vec![], Person::Id("p1")), "1 = 0");
+    }
+
+    /// The person clause of PractitionerRole/r1's teams in `ina`, covering `(type, params)`.
+    fn team_of_r1((resource_type, params): (&str, &[&str]), include_patient: bool) -> Clause {
+        Clause::Persons {
             persons: Persons::Reached(crate::policy::Reach {
                 level: ReachLevel::Team,
                 members: vec!["PractitionerRole/r1".to_owned()],
@@ -1622,13 +1612,33 @@ mod tests {
                 tenants: vec!["ina".to_owned()],
                 only: None,
             }),
-            params_by_type: vec![("Communication".to_owned(), vec!["subject".to_owned()])],
-            include_patient: false,
+            params_by_type: vec![(resource_type.to_owned(), params.iter().map(|p| (*p).to_owned()).collect())],
+            include_patient,
+        }
+    }
+
+    /// A page is one statement: the matches' keys are sorted and limited in a subquery, its
+    /// rows joined by primary key afterwards, and the access predicate is judged once — on the
+    /// rows of the statement's own snapshot, the ones it returns.
+    #[test]
+    fn a_page_is_judged_once_in_one_statement() {
+        let family = Criterion::Index {
+            table: IndexTable::String,
+            param: "family".into(),
+            matches: vec![Match::StringRange { low: "yamada".into(), high: "yamadb".into() }],
+            negate: false,
         };
-        let gathered = reaches(vec![team], Person::Column("b.patient"));
-        assert!(gathered.starts_with("(b.patient IN (SELECT c1.patient FROM access_links c1 WHERE c1.kind = 'team' AND c1.member IN ($1) AND (EXISTS"), "{gathered}");
-        assert_eq!(reaches(vec![persons(&["recipient"])], Person::Id("p1")), "1 = 0");
-        assert_eq!(reaches(vec![], Person::Id("p1")), "1 = 0");
+        let query = SearchQuery { resource_types: vec!["Patient".into()], criteria: vec![family], sort: vec![], cursor: None, limit: 20 };
+        let grant = Grant::with_clauses_for_tests(Interaction::Search, vec![team_of_r1(("Patient", &[]), true)]);
+        let sqlite = search_sql(&grant, &query, true);
+        let text = sqlite.text();
+        assert_eq!(text.matches("kind = 'team'").count(), 1, "{text}");
+        let (keys, page) = text.split_once(") page JOIN ").unwrap_or_default();
+        assert!(keys.starts_with("SELECT cur.resource_type AS resource_type") && keys.contains(" FROM (SELECT DISTINCT d.resource_type"), "{text}");
+        assert!(keys.contains(" ORDER BY k0 ASC LIMIT $"), "{text}");
+        assert_eq!(page, "resources cur INDEXED BY sqlite_autoindex_resources_1 ON cur.resource_type = page.resource_type AND cur.id = page.id ORDER BY page.k0 ASC");
+        let postgres = search_sql(&grant, &query, false);
+        assert!(postgres.text().ends_with(") page JOIN resources cur ON cur.resource_type = page.resource_type AND cur.id = page.id ORDER BY page.k0 ASC"));
     }
 
     /// The access predicate as data: (clauses, the query's types, rows judged, the SQL and
