@@ -72,7 +72,7 @@ impl Fhir {
     /// entered in error joined the board's index, and when AuditEvents got an index of their
     /// own, so a database from before is reindexed at its first start).
     fn index_fingerprint(&self) -> String {
-        format!("{}+access-links-2+board-listing-1+audit-index-1", self.search_params.fingerprint())
+        format!("{}+access-links-2+board-listing-1+audit-index-2", self.search_params.fingerprint())
     }
 
     /// Reindexes when the search parameters differ from those the index was built with.

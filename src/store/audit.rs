@@ -589,9 +589,11 @@ pub async fn project_journaled(store: &super::Store, mut rows: Vec<(String, Stri
 
 /// The columns of an event's row in `audit_index`, for a multi-row insert.
 pub(super) const INDEX_COLUMNS: &str = "audit_index (id, tenant, date_low, date_high, action_system, action_code, outcome_system, \
-     outcome_code, type_system, type_code, subtype_system, subtype_code)";
+     outcome_code, type_system, type_code, subtype_system, subtype_code, agents)";
 /// The columns of `audit_terms` rows, for a multi-row insert.
 pub(super) const TERMS_COLUMNS: &str = "audit_terms (param, b, a, kind, id, tenant)";
+/// The columns of `audit_agent_sets` rows, for a multi-row insert.
+pub(super) const AGENT_SET_COLUMNS: &str = "audit_agent_sets (param, b, a, kind, agents)";
 
 /// The one-valued tokens `audit_index` has columns for, in column order.
 pub(super) const TOKEN_COLUMNS: [&str; 4] = ["action", "outcome", "type", "subtype"];
@@ -599,11 +601,16 @@ pub(super) const TOKEN_COLUMNS: [&str; 4] = ["action", "outcome", "type", "subty
 /// An AuditEvent's index rows in the tables of its own (migration 0019, read through the
 /// views `audit_search_*` that have the generic tables' shape): one `audit_index` row with
 /// its date and its one-valued tokens, and an `audit_terms` row for each reference and each
-/// further token or date. Entries of other kinds (no AuditEvent parameter the server indexes
-/// has one) stay in `rest`, for the generic tables.
+/// further token or date — except its `agent` references, which are the same for every
+/// request of one actor: they are a set stored once in `audit_agent_sets` (migration 0022 on
+/// SQLite, 0023 on PostgreSQL), keyed by a digest of its rows, which the event's
+/// `audit_index` row names. Entries of other kinds (no AuditEvent parameter the server
+/// indexes has one) stay in `rest`, for the generic tables.
 pub(super) struct IndexOfEvent {
     pub row: Vec<V>,
     pub terms: Vec<Vec<V>>,
+    /// The event's set of agents (its key, and its rows), if it has agents.
+    pub agents: Option<(String, Vec<Vec<V>>)>,
     pub rest: Vec<IndexEntry>,
 }
 
@@ -616,9 +623,14 @@ impl IndexOfEvent {
         // the key is the row's primary key without the event's id.
         let mut stored: std::collections::HashSet<(&'e str, &'e str, &'e str, &'static str)> = std::collections::HashSet::new();
         let mut rest = Vec::new();
+        let mut agents: Vec<(&'e str, &'e str, &'e str, &'static str)> = Vec::new();
         let mut term = |param: &'e str, b: &'e str, a: &'e str, kind: &'static str| {
             if stored.insert((param, b, a, kind)) {
-                terms.push(vec![V::Text(param.to_owned()), V::Text(b.to_owned()), V::Text(a.to_owned()), V::Text(kind.to_owned()), V::Text(id.to_owned()), V::Text(tenant.to_owned())]);
+                if param == "agent" {
+                    agents.push((param, b, a, kind));
+                } else {
+                    terms.push(vec![V::Text(param.to_owned()), V::Text(b.to_owned()), V::Text(a.to_owned()), V::Text(kind.to_owned()), V::Text(id.to_owned()), V::Text(tenant.to_owned())]);
+                }
             }
         };
         // The view `audit_search_reference` finds every Patient an entity names as `patient`
@@ -665,14 +677,40 @@ impl IndexOfEvent {
             let (system, code) = token.unwrap_or_default();
             row.extend([V::Text(system), V::Text(code)]);
         }
-        IndexOfEvent { row, terms, rest }
+        let agents = agent_set(agents);
+        row.push(V::Text(agents.as_ref().map(|(key, _)| key.clone()).unwrap_or_default()));
+        IndexOfEvent { row, terms, agents, rest }
     }
+}
+
+/// A set of agents' rows and its key: the first 128 bits of the SHA-256 digest of its rows,
+/// sorted, each field followed by a separator no value holds.
+fn agent_set(mut agents: Vec<(&str, &str, &str, &'static str)>) -> Option<(String, Vec<Vec<V>>)> {
+    use sha2::{Digest, Sha256};
+    if agents.is_empty() {
+        return None;
+    }
+    agents.sort_unstable();
+    let mut hasher = Sha256::new();
+    for (param, b, a, kind) in &agents {
+        for field in [param, b, a, kind] {
+            hasher.update(field.as_bytes());
+            hasher.update([0u8]);
+        }
+    }
+    let key: String = hasher.finalize().iter().take(16).map(|byte| format!("{byte:02x}")).collect();
+    let rows = agents
+        .into_iter()
+        .map(|(param, b, a, kind)| vec![V::Text(param.to_owned()), V::Text(b.to_owned()), V::Text(a.to_owned()), V::Text(kind.to_owned()), V::Text(key.clone())])
+        .collect();
+    Some((key, rows))
 }
 
 /// Empties AuditEvents' own index before a re-index rebuilds it (the rows of an event are
 /// found by their values, not by the event: a re-index cannot replace one event's rows).
 pub async fn clear_index_unchecked_for_maintenance(connection: &mut Db) -> Result<()> {
     sqlx::query("DELETE FROM audit_terms").execute(&mut connection.0).await?;
+    sqlx::query("DELETE FROM audit_agent_sets").execute(&mut connection.0).await?;
     sqlx::query("DELETE FROM audit_index").execute(&mut connection.0).await?;
     Ok(())
 }

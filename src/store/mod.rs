@@ -1213,6 +1213,9 @@ struct IndexRows {
     /// AuditEvents' own rows (`audit_index`, `audit_terms`: see [`audit::IndexOfEvent`]).
     audit_events: Vec<Vec<BulkValue>>,
     audit_terms: Vec<Vec<BulkValue>>,
+    /// The rows of the sets of agents these events name, each set once.
+    audit_agent_sets: Vec<Vec<BulkValue>>,
+    agent_set_keys: std::collections::HashSet<String>,
     strings: Vec<Vec<BulkValue>>,
     tokens: Vec<Vec<BulkValue>>,
     references: Vec<Vec<BulkValue>>,
@@ -1233,6 +1236,11 @@ impl IndexRows {
             let event = audit::IndexOfEvent::new(id, tenant, entries);
             self.audit_events.push(event.row);
             self.audit_terms.extend(event.terms);
+            if let Some((key, rows)) = event.agents {
+                if self.agent_set_keys.insert(key) {
+                    self.audit_agent_sets.extend(rows);
+                }
+            }
             generic = event.rest;
             rest = &generic;
         }
@@ -1273,6 +1281,8 @@ impl IndexRows {
         // there (a re-index meeting an event appended since it began) are the same rows.
         statements.insert_many_or_ignore(audit::INDEX_COLUMNS, &self.audit_events);
         statements.insert_many_or_ignore(audit::TERMS_COLUMNS, &self.audit_terms);
+        // A set of agents is stored by the first event that has it; later ones find it there.
+        statements.insert_many_or_ignore(audit::AGENT_SET_COLUMNS, &self.audit_agent_sets);
         for (target, rows) in self.tables() {
             statements.insert_many(target, rows);
         }

@@ -681,6 +681,18 @@ async fn the_recorder_alone_stores_its_events_as_searchable_rows(backend: Backen
         .await
         .expect("terms");
     assert!(named >= 1, "the person an event names is in its index");
+    // The agents every event names are one set, stored once and named by each event; the
+    // view finds every event through it.
+    let mut stored = Vec::new();
+    for sql in [
+        "SELECT COUNT(*) FROM audit_agent_sets",
+        "SELECT COUNT(DISTINCT agents) FROM audit_index",
+        "SELECT COUNT(*) FROM audit_terms WHERE param = 'agent'",
+        "SELECT COUNT(DISTINCT id) FROM audit_search_reference WHERE param = 'agent'",
+    ] {
+        stored.push(sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut connection).await.expect("a count"));
+    }
+    assert_eq!(stored, [1, 1, 0, 300], "rows of sets, sets named, agent term rows, events found by their agent");
     drop(connection);
     store.close().await;
     drop(directory);
