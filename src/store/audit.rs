@@ -698,7 +698,8 @@ fn agent_set(mut agents: Vec<(&str, &str, &str, &'static str)>) -> Option<(Strin
             hasher.update([0u8]);
         }
     }
-    let key: String = hasher.finalize().iter().take(16).map(|byte| format!("{byte:02x}")).collect();
+    let digest = hasher.finalize();
+    let key = crate::audit::chain::hex(digest.get(..16).unwrap_or_default());
     let rows = agents
         .into_iter()
         .map(|(param, b, a, kind)| vec![V::Text(param.to_owned()), V::Text(b.to_owned()), V::Text(a.to_owned()), V::Text(kind.to_owned()), V::Text(key.clone())])
