@@ -94,7 +94,7 @@ pub async fn token(fhir: &Fhir, context: &Context, form: &[(String, String)]) ->
             match answer.get("access_token").and_then(Value::as_str) {
                 Some(token) => {
                     let mut connection = fhir.store.connection().await?;
-                    tokens::verify(&mut connection, &fhir.tokens, fhir.clock.now(), Some(&context.tenant), token).await.unwrap_or(Principal::Anonymous)
+                    tokens::verify(&fhir.store, &mut connection, &fhir.tokens, fhir.clock.now(), Some(&context.tenant), token).await.unwrap_or(Principal::Anonymous)
                 }
                 None => Principal::Anonymous,
             }
@@ -263,7 +263,7 @@ pub async fn introspect(fhir: &Fhir, tenant: &str, caller: &Principal, token: &s
 pub async fn revoke(fhir: &Fhir, context: &Context, token: &str) -> Result<(), OAuthError> {
     let mut connection = fhir.store.connection().await?;
     // Whose token it was (anonymous when it was unknown or no longer valid).
-    let holder = tokens::verify(&mut connection, &fhir.tokens, fhir.clock.now(), Some(&context.tenant), token).await.unwrap_or(Principal::Anonymous);
+    let holder = tokens::verify(&fhir.store, &mut connection, &fhir.tokens, fhir.clock.now(), Some(&context.tenant), token).await.unwrap_or(Principal::Anonymous);
     tokens::revoke(&mut connection, token).await?;
     fhir.record_security(context, &holder, "token-revoke", None, Vec::new()).await?;
     Ok(())

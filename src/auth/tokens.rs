@@ -99,6 +99,7 @@ pub async fn revoke_family(connection: &mut crate::store::Db, family: &str) -> R
 /// gateway's own administrative endpoints, which check the principal themselves). Every
 /// failure is the same 401 to the client (the log says which), so probing learns nothing.
 pub async fn verify(
+    store: &crate::store::Store,
     connection: &mut crate::store::Db,
     cache: &TokenCache,
     now: DateTime<Utc>,
@@ -111,7 +112,7 @@ pub async fn verify(
         Error::Unauthorized("the access token is invalid, expired or revoked".into())
     };
     let digest = digest(token);
-    let generations = crate::store::generations(connection).await?;
+    let generations = store.counters(connection).await?;
     crate::policy::facts::note_verified_generations(generations);
     let generation = generations.tokens;
     let found = match cache.get(generation, &digest) {

@@ -224,7 +224,7 @@ pub async fn principal(state: &AppState, headers: &HeaderMap, tenant: Option<&st
         .filter(|token| !token.is_empty())
         .ok_or_else(|| Error::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
     let mut connection = state.fhir.store.connection().await?;
-    let principal = tokens::verify(&mut connection, &state.fhir.tokens, state.fhir.clock.now(), tenant, token).await?;
+    let principal = tokens::verify(&state.fhir.store, &mut connection, &state.fhir.tokens, state.fhir.clock.now(), tenant, token).await?;
     state.fhir.store.keep_for_request(connection);
     Ok(principal)
 }
