@@ -403,16 +403,59 @@ impl Event {
     /// in the gateway. The recorder uses this only while the registry's AuditEvent parameters
     /// are those definitions (`Registry::has_builtin_params`).
     pub fn index_entries(&self) -> Vec<IndexEntry> {
-        let token = |param: &str, system: &str, code: &str, text: String| IndexEntry::Token {
+        // Built kind by kind in `IndexEntry::order`'s order (tokens, references, the date),
+        // each kind sorted on its own: a search's event names each person twice (the resource
+        // returned and its person), so its references are compared as slices of the event and
+        // made into entries once each.
+        let (event_type, subtypes) = self.event_type.codings();
+        let mut tokens: Vec<(&str, &str, &str, &str)> = vec![("action", "", self.action.code(), ""), ("outcome", "", self.outcome.code(), "")];
+        let texts: Vec<String> = std::iter::once(&event_type).chain(&subtypes).map(|coding| crate::fhir::text::normalize(&coding.display)).collect();
+        for ((param, coding), text) in std::iter::once(("type", &event_type)).chain(subtypes.iter().map(|coding| ("subtype", coding))).zip(&texts) {
+            tokens.push((param, coding.system, coding.code, text));
+        }
+        tokens.sort_unstable();
+        tokens.dedup();
+        // A `who` or `what` that is a reference: the parameter's entry, and `patient`'s where
+        // it points at a Patient (`where(resolve() is Patient)`); an identifier: the
+        // parameter's entry with the identifier's system and value.
+        let mut references: Vec<[&str; 6]> = Vec::new();
+        let entity_references = self.entities.iter().filter_map(|entity| match entity {
+            Entity::Patient(what) | Entity::Resource(what) | Entity::Agreement(what) | Entity::Consent(what) => Some(("entity", what.as_str())),
+            Entity::Query(_) | Entity::Detail { .. } => None,
+        });
+        for (param, reference) in self.agent.references.iter().map(|who| ("agent", who.as_str())).chain(entity_references) {
+            if reference.is_empty() {
+                continue;
+            }
+            let (target_type, target_id, url) = crate::fhir::references::reference_parts(reference);
+            if target_type == "Patient" {
+                references.push(["patient", target_type, target_id, url, "", ""]);
+            }
+            references.push([param, target_type, target_id, url, "", ""]);
+        }
+        if let Some(client_id) = self.agent.client_id.as_deref().filter(|c| !c.is_empty()) {
+            references.push(["agent", "", "", "", CLIENT_ID_SYSTEM, client_id]);
+        }
+        if !self.request_id.is_empty() {
+            references.push(["entity", "", "", "", "", &self.request_id]);
+        }
+        references.sort_unstable();
+        references.dedup();
+        let mut entries = Vec::with_capacity(tokens.len() + references.len() + 1);
+        entries.extend(tokens.into_iter().map(|(param, system, code, text)| IndexEntry::Token {
             param: param.to_owned(),
             system: system.to_owned(),
             code: code.to_owned(),
-            text,
-        };
-        let mut entries = vec![
-            token("action", "", self.action.code(), String::new()),
-            token("outcome", "", self.outcome.code(), String::new()),
-        ];
+            text: text.to_owned(),
+        }));
+        entries.extend(references.into_iter().map(|[param, target_type, target_id, url, identifier_system, identifier_value]| IndexEntry::Reference {
+            param: param.to_owned(),
+            target_type: target_type.to_owned(),
+            target_id: target_id.to_owned(),
+            url: url.to_owned(),
+            identifier_system: identifier_system.to_owned(),
+            identifier_value: identifier_value.to_owned(),
+        }));
         if let Some((low, high)) = crate::fhir::dates::precision_range(&self.recorded) {
             entries.push(IndexEntry::Date {
                 param: "date".to_owned(),
@@ -420,55 +463,6 @@ impl Event {
                 high: crate::fhir::dates::format_instant(high),
             });
         }
-        let (event_type, subtypes) = self.event_type.codings();
-        for (param, coding) in std::iter::once(("type", &event_type)).chain(subtypes.iter().map(|coding| ("subtype", coding))) {
-            entries.push(token(param, coding.system, coding.code, crate::fhir::text::normalize(&coding.display)));
-        }
-        // A `who` or `what` that is a reference: the parameter's entry, and `patient`'s where
-        // it points at a Patient (`where(resolve() is Patient)`).
-        let mut reference = |param: &str, reference: &str| {
-            if reference.is_empty() {
-                return;
-            }
-            let (target_type, target_id, url) = crate::fhir::references::split_reference(reference);
-            let entry = |param: &str| IndexEntry::Reference {
-                param: param.to_owned(),
-                target_type: target_type.clone(),
-                target_id: target_id.clone(),
-                url: url.clone(),
-                identifier_system: String::new(),
-                identifier_value: String::new(),
-            };
-            if target_type == "Patient" {
-                entries.push(entry("patient"));
-            }
-            entries.push(entry(param));
-        };
-        for who in &self.agent.references {
-            reference("agent", who);
-        }
-        for entity in &self.entities {
-            match entity {
-                Entity::Patient(what) | Entity::Resource(what) | Entity::Agreement(what) | Entity::Consent(what) => reference("entity", what),
-                Entity::Query(_) | Entity::Detail { .. } => {}
-            }
-        }
-        let identifier = |param: &str, system: &str, value: &str| IndexEntry::Reference {
-            param: param.to_owned(),
-            target_type: String::new(),
-            target_id: String::new(),
-            url: String::new(),
-            identifier_system: system.to_owned(),
-            identifier_value: value.to_owned(),
-        };
-        if let Some(client_id) = self.agent.client_id.as_deref().filter(|c| !c.is_empty()) {
-            entries.push(identifier("agent", CLIENT_ID_SYSTEM, client_id));
-        }
-        if !self.request_id.is_empty() {
-            entries.push(identifier("entity", "", &self.request_id));
-        }
-        entries.sort_by(IndexEntry::order);
-        entries.dedup();
         entries
     }
 }

@@ -112,14 +112,22 @@ pub fn rewrite(value: &mut Value, replacements: &HashMap<String, String>) -> usi
 /// `Patient/123` → (Patient, 123, ""); an absolute URL keeps its type/id when it ends in
 /// one, and is also kept whole in `url`.
 pub fn split_reference(reference: &str) -> (String, String, String) {
+    let (resource_type, id, url) = reference_parts(reference);
+    (resource_type.to_owned(), id.to_owned(), url.to_owned())
+}
+
+/// [`split_reference`]'s parts as slices of `reference`, for callers that compare or sort
+/// them before (or instead of) keeping them.
+pub fn reference_parts(reference: &str) -> (&str, &str, &str) {
     let without_history = reference.split("/_history/").next().unwrap_or(reference);
-    let parts: Vec<&str> = without_history.rsplitn(3, '/').collect();
+    let mut parts = without_history.rsplitn(3, '/');
+    let (id, resource_type) = (parts.next(), parts.next());
     let is_type = |t: &str| t.chars().next().is_some_and(char::is_uppercase) && t.chars().all(char::is_alphanumeric);
     let absolute = reference.contains("://") || reference.starts_with("urn:");
-    let url = if absolute { reference.to_owned() } else { String::new() };
-    match parts.as_slice() {
-        [id, resource_type, ..] if is_type(resource_type) => ((*resource_type).to_owned(), (*id).to_owned(), url),
-        _ => (String::new(), String::new(), url),
+    let url = if absolute { reference } else { "" };
+    match (id, resource_type) {
+        (Some(id), Some(resource_type)) if is_type(resource_type) => (resource_type, id, url),
+        _ => ("", "", url),
     }
 }
 

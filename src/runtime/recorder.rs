@@ -161,7 +161,8 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>, projecto
         let events: Vec<Prepared> = jobs.iter_mut().flat_map(|job| std::mem::take(&mut job.events)).collect();
         let started = std::time::Instant::now();
         let mut to_project = Vec::new();
-        let result = commit(&store, &events, held.take()).await.map(|(connection, rows)| {
+        let count = events.len();
+        let result = commit(&store, events, held.take()).await.map(|(connection, rows)| {
             to_project = rows;
             // Kept only while more events are waiting: an idle recorder holds no connection,
             // so that closing the store at shutdown does not wait for it.
@@ -170,10 +171,10 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>, projecto
             }
         });
         let result = result.map_err(|error| {
-            tracing::error!(target: "renraku::audit", %error, events = events.len(), "audit events could not be stored");
+            tracing::error!(target: "renraku::audit", %error, events = count, "audit events could not be stored");
             error.to_string()
         });
-        tracing::debug!(target: "renraku::audit", events = events.len(), elapsed_us = started.elapsed().as_micros(), "audit batch committed");
+        tracing::debug!(target: "renraku::audit", events = count, elapsed_us = started.elapsed().as_micros(), "audit batch committed");
         for job in jobs {
             let _ = job.done.send(result.clone());
         }
@@ -185,7 +186,7 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Job>, projecto
 }
 
 /// Commits a batch; returns the connection to keep and the journaled events to project.
-async fn commit(store: &Store, events: &[Prepared], held: Option<crate::store::Held>) -> Result<(crate::store::Held, Vec<(String, String, crate::store::BulkRow)>)> {
+async fn commit(store: &Store, events: Vec<Prepared>, held: Option<crate::store::Held>) -> Result<(crate::store::Held, Vec<(String, String, crate::store::BulkRow)>)> {
     let started = std::time::Instant::now();
     let mut transaction = store.begin_journal(held).await?;
     let locked = started.elapsed();

@@ -50,7 +50,7 @@ fn set_head_digest(statements: &mut Statements, chain: &str, digest: &str) {
 /// serialises appenders, and writing some twenty rows an event under it cut audited reads by
 /// a fifth (benches/README.md, session 12), while a projection in parallel blocks nobody; the
 /// projection then empties the link's copy of the JSON ([`project`]).
-fn insert_events(statements: &mut Statements, inline: bool, events: &[(Chained, &[IndexEntry])]) {
+fn insert_events(statements: &mut Statements, inline: bool, events: Vec<(Chained, Vec<IndexEntry>)>) {
     let links: Vec<Vec<V>> = events
         .iter()
         .map(|(event, _)| {
@@ -66,18 +66,18 @@ fn insert_events(statements: &mut Statements, inline: bool, events: &[(Chained, 
             ]
         })
         .collect();
-    statements.insert_many("audit_log (chain, seq, event_id, recorded, previous, digest, content, projected)", &links);
+    statements.insert_many("audit_log (chain, seq, event_id, recorded, previous, digest, content, projected)", links);
     if !inline {
         return;
     }
     let rows: Vec<(String, String, BulkRow)> = events
-        .iter()
+        .into_iter()
         .map(|(event, index)| {
-            let row = BulkRow { resource_type: "AuditEvent".to_owned(), id: event.id.clone(), index: index.to_vec(), content: event.content.clone() };
-            (event.chain.clone(), event.recorded.clone(), row)
+            let row = BulkRow { resource_type: "AuditEvent".to_owned(), id: event.id, index, content: event.content };
+            (event.chain, event.recorded, row)
         })
         .collect();
-    super::push_new_rows(statements, &rows);
+    super::push_new_rows(statements, rows);
 }
 
 fn backend_of(connection: &Db) -> super::Backend {
@@ -179,7 +179,7 @@ fn enqueue(transaction: &mut super::Transaction, events: &[Prepared]) -> Vec<Str
         })
         .collect();
     let mut statements = Statements::default();
-    statements.insert_many(QUEUE_COLUMNS, &rows);
+    statements.insert_many(QUEUE_COLUMNS, rows);
     transaction.defer(statements);
     events.iter().map(|event| event.rendered.id.clone()).collect()
 }
@@ -226,9 +226,10 @@ pub async fn chain_queued(store: &super::Store, registry: &crate::search::Regist
         .collect::<Result<Vec<_>>>()?;
     claimed.sort_by_key(|(queued, _)| *queued);
     let events: Vec<Prepared> = claimed.into_iter().map(|(_, event)| event).collect();
-    append_prepared(&mut transaction, &events).await?;
+    let count = events.len();
+    append_prepared(&mut transaction, events).await?;
     transaction.commit().await?;
-    Ok(events.len())
+    Ok(count)
 }
 
 /// How many events wait in the queue for their place in a chain.
@@ -307,15 +308,16 @@ pub async fn still_pending(connection: &mut Db, event_ids: &[String]) -> Result<
 /// so it writes a new version of the journal row; without the JSON that is a short one
 /// (benches/README.md, session 23). The caller holds the projection lock (see
 /// [`project_pending`]).
-pub async fn project(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
+pub async fn project(connection: &mut Db, rows: Vec<(String, String, BulkRow)>) -> Result<()> {
+    let ids: Vec<String> = rows.iter().map(|(_, _, row)| row.id.clone()).collect();
     super::insert_new_rows(connection, rows).await?;
-    for chunk in rows.chunks(500) {
+    for chunk in ids.chunks(500) {
         let mut sql = super::query::Sql::new("UPDATE audit_log SET projected = 1, content = '' WHERE event_id IN (");
-        for (index, (_, _, row)) in chunk.iter().enumerate() {
+        for (index, id) in chunk.iter().enumerate() {
             if index > 0 {
                 sql.push(", ");
             }
-            sql.bind(row.id.clone());
+            sql.bind(id.clone());
         }
         sql.push(")");
         sql.execute(connection).await?;
@@ -473,7 +475,7 @@ pub fn append(
 /// transaction, last before the commit, so the head lock is held briefly. Returns the
 /// journaled events that were prepared with their index ([`Indexing::ForProjection`]) as
 /// the rows [`project_journaled`] writes once the transaction has committed.
-pub async fn append_prepared(transaction: &mut super::Transaction, events: &[Prepared]) -> Result<Vec<(String, String, BulkRow)>> {
+pub async fn append_prepared(transaction: &mut super::Transaction, events: Vec<Prepared>) -> Result<Vec<(String, String, BulkRow)>> {
     let connection: &mut Db = transaction;
     // Events prepared with their index are stored as resource rows at once (all of SQLite's;
     // on PostgreSQL those the chainer takes from the queue), the others in the journal for the
@@ -483,31 +485,33 @@ pub async fn append_prepared(transaction: &mut super::Transaction, events: &[Pre
     if !inline && (stores_resource_rows_at_once(connection) || events.iter().any(|e| e.indexed)) {
         return Err(crate::error::Error::internal("audit events prepared without their index for a backend that stores them at once"));
     }
-    let mut chains: Vec<&str> = events.iter().map(|e| e.rendered.chain.as_str()).collect();
+    let mut chains: Vec<String> = events.iter().map(|e| e.rendered.chain.clone()).collect();
     chains.sort_unstable();
     chains.dedup();
+    let mut events: Vec<Option<Prepared>> = events.into_iter().map(Some).collect();
     let mut rows = Vec::with_capacity(events.len());
     let mut statements = Statements::default();
-    for chain in chains {
-        let members: Vec<&Prepared> = events.iter().filter(|e| e.rendered.chain == chain).collect();
+    for chain in &chains {
+        // The chain's events in the order they came, taken out of the batch.
+        let members: Vec<Prepared> = events.iter_mut().filter(|e| e.as_ref().is_some_and(|e| e.rendered.chain == *chain)).filter_map(Option::take).collect();
         let count = i64::try_from(members.len()).map_err(crate::error::Error::internal)?;
         let (last_seq, mut previous) = advance_head(connection, chain, count).await?;
         let mut seq = last_seq - count;
         for event in members {
             seq += 1;
-            let rendered = &event.rendered;
+            let Prepared { rendered, index, .. } = event;
             let content = rendered.content(seq, &previous);
             let digest = crate::audit::chain::digest(chain, seq, &previous, &content);
             let chained = Chained {
-                chain: chain.to_owned(),
+                chain: rendered.chain,
                 seq,
-                id: rendered.id.clone(),
-                recorded: rendered.recorded.clone(),
+                id: rendered.id,
+                recorded: rendered.recorded,
                 previous: std::mem::replace(&mut previous, digest.clone()),
                 digest,
                 content,
             };
-            rows.push((chained, event.index.as_slice()));
+            rows.push((chained, index));
         }
         set_head_digest(&mut statements, chain, &previous);
     }
@@ -517,12 +521,12 @@ pub async fn append_prepared(transaction: &mut super::Transaction, events: &[Pre
         rows.iter()
             .filter(|(_, index)| !index.is_empty())
             .map(|(chained, index)| {
-                let row = BulkRow { resource_type: "AuditEvent".to_owned(), id: chained.id.clone(), index: index.to_vec(), content: chained.content.clone() };
+                let row = BulkRow { resource_type: "AuditEvent".to_owned(), id: chained.id.clone(), index: index.clone(), content: chained.content.clone() };
                 (chained.chain.clone(), chained.recorded.clone(), row)
             })
             .collect()
     };
-    insert_events(&mut statements, inline, &rows);
+    insert_events(&mut statements, inline, rows);
     transaction.defer(statements);
     Ok(to_project)
 }
@@ -575,16 +579,17 @@ pub async fn project_journaled(store: &super::Store, mut rows: Vec<(String, Stri
     let ids: Vec<String> = rows.iter().map(|(_, _, row)| row.id.clone()).collect();
     let still_pending = still_pending(&mut transaction, &ids).await?;
     rows.retain(|(_, _, row)| still_pending.contains(&row.id));
-    project(&mut transaction, &rows).await?;
+    let count = rows.len();
+    project(&mut transaction, rows).await?;
     transaction.commit().await?;
     tracing::debug!(
         target: "renraku::audit",
-        events = rows.len(),
+        events = count,
         lock_wait_us = locked.as_micros(),
         locked_us = (started.elapsed() - locked).as_micros(),
         "audit events projected"
     );
-    Ok(rows.len())
+    Ok(count)
 }
 
 /// The columns of an event's row in `audit_index`, for a multi-row insert.

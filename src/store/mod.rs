@@ -1141,7 +1141,7 @@ async fn insert_version(connection: &mut Db, new: &NewVersion<'_>, inherit_from:
         }
         None => {
             let rows: Vec<Vec<BulkValue>> = compartment_rows(new.resource_type, new.id, new.version_id, new.index);
-            query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", &rows).await?;
+            query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", rows).await?;
         }
     }
     Ok(())
@@ -1355,32 +1355,29 @@ impl IndexRows {
     }
 
     /// The multi-row inserts of these rows, to be sent with other statements.
-    fn push(&self, statements: &mut query::Statements) {
+    fn push(self, statements: &mut query::Statements) {
         // An event's rows are derived from its content, which never changes: rows already
         // there (a re-index meeting an event appended since it began) are the same rows.
-        statements.insert_many_or_ignore(audit::INDEX_COLUMNS, &self.audit_events);
-        statements.insert_many_or_ignore(audit::TERMS_COLUMNS, &self.audit_terms);
+        statements.insert_many_or_ignore(audit::INDEX_COLUMNS, self.audit_events);
+        statements.insert_many_or_ignore(audit::TERMS_COLUMNS, self.audit_terms);
         // A set of agents is stored by the first event that has it; later ones find it there.
-        statements.insert_many_or_ignore(audit::AGENT_SET_COLUMNS, &self.audit_agent_sets);
-        for (target, rows) in self.tables() {
-            statements.insert_many(target, rows);
-        }
-    }
-
-    fn tables(&self) -> [(&'static str, &Vec<Vec<BulkValue>>); 8] {
-        [
-            ("search_string (resource_type, id, tenant, param, normalized, exact)", &self.strings),
-            ("search_token (resource_type, id, tenant, param, system, code, text)", &self.tokens),
+        statements.insert_many_or_ignore(audit::AGENT_SET_COLUMNS, self.audit_agent_sets);
+        let tables = [
+            ("search_string (resource_type, id, tenant, param, normalized, exact)", self.strings),
+            ("search_token (resource_type, id, tenant, param, system, code, text)", self.tokens),
             (
                 "search_reference (resource_type, id, tenant, param, target_type, target_id, url, identifier_system, identifier_value)",
-                &self.references,
+                self.references,
             ),
-            ("search_date (resource_type, id, tenant, param, low, high)", &self.dates),
-            ("search_number (resource_type, id, tenant, param, value, system, code)", &self.numbers),
-            ("search_uri (resource_type, id, tenant, param, uri)", &self.uris),
-            ("access_links (resource_type, id, kind, patient, member, valid_from, valid_to)", &self.links),
-            ("board_items (resource_type, id, tenant, patient, kind, sent, sender, parent, live)", &self.board),
-        ]
+            ("search_date (resource_type, id, tenant, param, low, high)", self.dates),
+            ("search_number (resource_type, id, tenant, param, value, system, code)", self.numbers),
+            ("search_uri (resource_type, id, tenant, param, uri)", self.uris),
+            ("access_links (resource_type, id, kind, patient, member, valid_from, valid_to)", self.links),
+            ("board_items (resource_type, id, tenant, patient, kind, sent, sender, parent, live)", self.board),
+        ];
+        for (target, rows) in tables {
+            statements.insert_many(target, rows);
+        }
     }
 }
 
@@ -1449,7 +1446,7 @@ pub async fn recompartment_unchecked_for_maintenance(
         .execute(&mut connection.0)
         .await?;
     let rows = compartment_rows(resource_type, id, version_id, index);
-    query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", &rows).await
+    query::insert_many(connection, "version_compartment (resource_type, id, version_id, param, patient)", rows).await
 }
 
 /// Versions newest first, within the grant's tenants. AuditEvents have no version rows (see
@@ -1592,36 +1589,21 @@ pub async fn bulk_insert_new(connection: &mut Db, grant: &WriteGrant, last_updat
         }
     }
     let rows: Vec<(String, String, BulkRow)> = rows.iter().map(|row| (tenant.to_owned(), last_updated.to_owned(), row.clone())).collect();
-    insert_new_rows(connection, &rows).await
+    insert_new_rows(connection, rows).await
 }
 
 /// Inserts new resources (version 1), each with its owning tenant and time, with their
 /// version and index rows. Callers: [`bulk_insert_new`] (under a grant) and the audit trail
 /// (`store::audit`, AuditEvents only).
-async fn insert_new_rows(connection: &mut Db, rows: &[(String, String, BulkRow)]) -> Result<()> {
+async fn insert_new_rows(connection: &mut Db, rows: Vec<(String, String, BulkRow)>) -> Result<()> {
     let mut statements = query::Statements::default();
     push_new_rows(&mut statements, rows);
     statements.execute(connection).await
 }
 
 /// The statements of [`insert_new_rows`], to be sent with others.
-pub(crate) fn push_new_rows(statements: &mut query::Statements, rows: &[(String, String, BulkRow)]) {
+pub(crate) fn push_new_rows(statements: &mut query::Statements, rows: Vec<(String, String, BulkRow)>) {
     use query::BulkValue as V;
-    let resources: Vec<Vec<V>> = rows
-        .iter()
-        .map(|(tenant, last_updated, r)| {
-            vec![
-                V::Text(r.resource_type.clone()),
-                V::Text(r.id.clone()),
-                V::Text(tenant.to_owned()),
-                V::Integer(1),
-                V::Text(last_updated.to_owned()),
-                V::Integer(0),
-                V::Text(r.content.clone()),
-            ]
-        })
-        .collect();
-    statements.insert_many("resources (resource_type, id, tenant, version_id, last_updated, deleted, content)", &resources);
     // An AuditEvent is written once and never changed: its resource row is its one version
     // (see [`history`]). A second copy of its JSON and its compartment rows were a fifth of an
     // audited read's cost (benches/README.md, session 19).
@@ -1640,17 +1622,23 @@ pub(crate) fn push_new_rows(statements: &mut query::Statements, rows: &[(String,
             ]
         })
         .collect();
-    statements.insert_many("resource_versions (resource_type, id, version_id, tenant, last_updated, method, content)", &versions);
     let compartments: Vec<Vec<V>> = versioned.iter().flat_map(|(_, _, r)| compartment_rows(&r.resource_type, &r.id, 1, &r.index)).collect();
-    statements.insert_many("version_compartment (resource_type, id, version_id, param, patient)", &compartments);
     let mut index = IndexRows::default();
-    for (tenant, _, row) in rows {
+    for (tenant, _, row) in &rows {
         index.add(&row.resource_type, &row.id, tenant, &row.index);
     }
-    index.push(statements);
-    let mut bumped: Vec<&str> = rows.iter().filter_map(|(_, _, row)| generation_of(&row.resource_type)).collect();
+    let mut bumped: Vec<&'static str> = rows.iter().filter_map(|(_, _, row)| generation_of(&row.resource_type)).collect();
     bumped.sort_unstable();
     bumped.dedup();
+    // The resource rows' values are made last: their JSON moves into the statement.
+    let resources: Vec<Vec<V>> = rows
+        .into_iter()
+        .map(|(tenant, last_updated, r)| vec![V::Text(r.resource_type), V::Text(r.id), V::Text(tenant), V::Integer(1), V::Text(last_updated), V::Integer(0), V::Text(r.content)])
+        .collect();
+    statements.insert_many("resources (resource_type, id, tenant, version_id, last_updated, deleted, content)", resources);
+    statements.insert_many("resource_versions (resource_type, id, version_id, tenant, last_updated, method, content)", versions);
+    statements.insert_many("version_compartment (resource_type, id, version_id, param, patient)", compartments);
+    index.push(statements);
     for name in bumped {
         statements.push(generation_bump(name));
     }

@@ -77,8 +77,10 @@ impl Sql {
     }
 
     fn placeholder(&mut self) -> &mut Self {
+        use std::fmt::Write as _;
         let start = self.text.len();
-        self.text.push_str(&format!("${}", self.arguments.len()));
+        // Written in place: a `format!` here was an allocation for every bound value.
+        let _ = write!(self.text, "${}", self.arguments.len());
         self.placeholders.push((start, self.text.len() - start));
         self
     }
@@ -1442,7 +1444,7 @@ pub(crate) async fn reached(connection: &mut Db, reach: &crate::policy::Reach, n
 /// `INSERT INTO {target} VALUES (…), (…), …` in chunks of about a thousand parameters:
 /// far fewer round trips than one row per statement, and small enough that SQLite's
 /// parameter-name lookup (linear in the number of parameters) stays cheap.
-pub(crate) async fn insert_many(connection: &mut Db, target: &str, rows: &[Vec<BulkValue>]) -> Result<()> {
+pub(crate) async fn insert_many(connection: &mut Db, target: &str, rows: Vec<Vec<BulkValue>>) -> Result<()> {
     let mut statements = Statements::default();
     statements.insert_many(target, rows);
     statements.execute(connection).await
@@ -1464,7 +1466,7 @@ impl Statements {
 
     /// Multi-row `INSERT INTO {target} VALUES …` statements for `rows` (each the same width),
     /// of at most 1,000 values each.
-    pub(crate) fn insert_many(&mut self, target: &str, rows: &[Vec<BulkValue>]) {
+    pub(crate) fn insert_many(&mut self, target: &str, rows: Vec<Vec<BulkValue>>) {
         self.insert_many_then(target, rows, "");
     }
 
@@ -1474,25 +1476,27 @@ impl Statements {
     }
 
     /// [`Statements::insert_many`], leaving out the rows whose key is already there.
-    pub(crate) fn insert_many_or_ignore(&mut self, target: &str, rows: &[Vec<BulkValue>]) {
+    pub(crate) fn insert_many_or_ignore(&mut self, target: &str, rows: Vec<Vec<BulkValue>>) {
         self.insert_many_then(target, rows, " ON CONFLICT DO NOTHING");
     }
 
-    fn insert_many_then(&mut self, target: &str, rows: &[Vec<BulkValue>], then: &str) {
+    /// The rows' values move into the statements' arguments (an event's JSON is not copied).
+    fn insert_many_then(&mut self, target: &str, rows: Vec<Vec<BulkValue>>, then: &str) {
         let Some(width) = rows.first().map(Vec::len) else { return };
         let per_statement = (1_000 / width.max(1)).max(1);
-        for chunk in rows.chunks(per_statement) {
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
             let mut sql = Sql::new(&format!("INSERT INTO {target} VALUES "));
-            for (row_index, row) in chunk.iter().enumerate() {
+            for (row_index, row) in rows.by_ref().take(per_statement).enumerate() {
                 sql.push(if row_index == 0 { "(" } else { ", (" });
-                for (index, value) in row.iter().enumerate() {
+                for (index, value) in row.into_iter().enumerate() {
                     if index > 0 {
                         sql.push(", ");
                     }
                     match value {
-                        BulkValue::Text(text) => sql.bind(text.clone()),
-                        BulkValue::Integer(number) => sql.bind_i64(*number),
-                        BulkValue::Real(number) => sql.bind_f64(*number),
+                        BulkValue::Text(text) => sql.bind(text),
+                        BulkValue::Integer(number) => sql.bind_i64(number),
+                        BulkValue::Real(number) => sql.bind_f64(number),
                     };
                 }
                 sql.push(")");
