@@ -10,10 +10,10 @@ the world (`renraku bench-world`: per size N a professional whose office registe
 generated persons and is on each one's support team with consent), starts `renraku serve`,
 registers each professional's 20 measured persons through the API (Patient, CareTeam,
 Consent; 50 Communications on the first one's board, which the timeline reads; the POST
-workload writes on the last one's), then runs each workload with wrk
-(Debian's package) for every actor with the audit trail on (the actors in order, then in
-reverse, each cell the mean of its two runs), restarts without it, and runs
-the unrestricted test principal: the engine's ceiling. Prints a Markdown table.
+workload writes on the last one's), then runs each workload with wrk (Debian's package):
+the unrestricted test principal on a gateway with the audit trail off (the engine's
+ceiling), every actor on a gateway with it on (the actors in order, then in reverse), and
+the ceiling again; each cell is the mean of its two runs. Prints a Markdown table.
 Needs: wrk, curl-free (urllib), and for PostgreSQL a server on 127.0.0.1:5432 (trust).
 """
 
@@ -274,50 +274,62 @@ def main():
         return
 
     results = {}
-    gateway = Gateway(settings, arguments.port, audit_off=arguments.actors_audit == "off")
-    try:
-        practitioners = [a for a in actors if a["label"] != "unrestricted"]
-        for actor in practitioners:
-            register_measured(gateway.base, actor)
-        rss_first = gateway.rss_kib()
-        # Every run grows the database (each audited request adds an event, each POST a
-        # message), and later runs were measurably slower for it: a timeline read 966, 645
-        # and 462 req/s as the actors reaching 1, 2,000 and 20,000 in that order, and 1,071
-        # as the actor reaching 20,000 on a fresh world (benches/README.md, session 19). So
-        # each workload runs the actors in order and then in reverse (A B C C B A), and a
-        # cell is the mean of an actor's two runs: a drift linear in time cancels out.
-        for index in range(len(workloads(practitioners[0]))):
-            for actor in practitioners + practitioners[::-1]:
-                name, method, path, body = workloads(actor)[index]
-                found = hits(gateway.base, actor["token"], path) if method == "GET" and "?" in path else None
-                result = wrk(gateway.base, actor["token"], method, path, body, arguments, directory, settings)
-                result["hits"] = found
-                earlier = results.get((actor["label"], name))
-                if earlier:
-                    result = {key: (earlier[key] + result[key]) / 2 if key in ("rate", "p50", "p99", "drain") else result[key] for key in result}
-                results[(actor["label"], name)] = result
-                print(f"  {actor['label']:<14} {name:<20} {result['rate']:>9.0f} req/s  p50 {result['p50']:.2f} ms  "
-                      f"p99 {result['p99']:.2f} ms  hits {found}  projected {result['drain']:.1f} s after"
-                      f"{'  (mean of two runs)' if earlier else ''}", file=sys.stderr)
-        rss_last = gateway.rss_kib()
-    finally:
-        gateway.stop()
-
+    practitioners = [a for a in actors if a["label"] != "unrestricted"]
     # The engine's ceiling: the unrestricted test principal, audit off, same persons.
     unrestricted = next(a for a in actors if a["label"] == "unrestricted")
     largest = practitioners[-1]
-    ceiling = dict(largest, token=unrestricted["token"])
-    gateway = Gateway(settings, arguments.port, audit_off=True)
-    try:
-        for name, method, path, body in workloads(ceiling):
+
+    def record(label, name, result, found):
+        result["hits"] = found
+        earlier = results.get((label, name))
+        if earlier:
+            result = {key: (earlier[key] + result[key]) / 2 if key in ("rate", "p50", "p99", "drain") else result[key] for key in result}
+        results[(label, name)] = result
+        print(f"  {label:<14} {name:<20} {result['rate']:>9.0f} req/s  p50 {result['p50']:.2f} ms  "
+              f"p99 {result['p99']:.2f} ms  hits {found}  projected {result['drain']:.1f} s after"
+              f"{'  (mean of two runs)' if earlier else ''}", file=sys.stderr)
+
+    def measure_ceiling(index):
+        # The largest actor's measured persons (registered first), read with the ceiling's token.
+        ceiling = dict(largest, token=unrestricted["token"])
+        gateway = Gateway(settings, arguments.port, audit_off=True)
+        try:
+            name, method, path, body = workloads(ceiling)[index]
             found = hits(gateway.base, ceiling["token"], path) if method == "GET" and "?" in path else None
-            result = wrk(gateway.base, ceiling["token"], method, path, body, arguments, directory)
-            result["hits"] = found
-            results[("ceiling", name)] = result
-            print(f"  {'ceiling':<14} {name:<20} {result['rate']:>9.0f} req/s  p50 {result['p50']:.2f} ms  "
-                  f"p99 {result['p99']:.2f} ms  hits {found}", file=sys.stderr)
+            record("ceiling", name, wrk(gateway.base, ceiling["token"], method, path, body, arguments, directory), found)
+        finally:
+            gateway.stop()
+
+    gateway = Gateway(settings, arguments.port, audit_off=arguments.actors_audit == "off")
+    try:
+        for actor in practitioners:
+            register_measured(gateway.base, actor)
+        rss_first = gateway.rss_kib()
     finally:
         gateway.stop()
+    rss_last = rss_first
+    # Every run grows the database (each audited request adds an event, each POST a
+    # message), and later runs were measurably slower for it: a timeline read 966, 645
+    # and 462 req/s as the actors reaching 1, 2,000 and 20,000 in that order, and 1,071
+    # as the actor reaching 20,000 on a fresh world (benches/README.md, session 19). And this
+    # machine's speed drifts by up to twice within minutes: a ceiling measured minutes before
+    # or after the actors made ratios of 0.25 from what was 0.47 in runs side by side
+    # (session 29). So each workload runs the ceiling, the actors in order and then in
+    # reverse, and the ceiling again (C A B C C B A C), and a cell is the mean of its two
+    # runs: a drift linear in time cancels out, and a ratio compares runs less than a
+    # minute apart.
+    for index in range(len(workloads(practitioners[0]))):
+        measure_ceiling(index)
+        gateway = Gateway(settings, arguments.port, audit_off=arguments.actors_audit == "off")
+        try:
+            for actor in practitioners + practitioners[::-1]:
+                name, method, path, body = workloads(actor)[index]
+                found = hits(gateway.base, actor["token"], path) if method == "GET" and "?" in path else None
+                record(actor["label"], name, wrk(gateway.base, actor["token"], method, path, body, arguments, directory, settings), found)
+            rss_last = gateway.rss_kib()
+        finally:
+            gateway.stop()
+        measure_ceiling(index)
 
     columns = ["ceiling"] + [a["label"] for a in practitioners]
     print(f"\n{arguments.backend}, wrk -t{arguments.threads} -c{arguments.connections} -d{arguments.duration}s; "
@@ -331,7 +343,7 @@ def main():
             cells.append(f"{r['rate']:,.0f} ({r['p50']:.1f} / {r['p99']:.1f})" if r else "–")
         ratio = results[(largest["label"], name)]["rate"] / results[("ceiling", name)]["rate"]
         print(f"| {name} | " + " | ".join(cells) + f" | {ratio:.2f} |")
-    print(f"\nRSS of the audited gateway: {rss_first / 1024:.0f} MiB after loading, {rss_last / 1024:.0f} MiB after the runs")
+    print(f"\nRSS of the audited gateway: {rss_first / 1024:.0f} MiB after loading, {rss_last / 1024:.0f} MiB after the last workload's runs")
     if arguments.keep:
         print(f"\ndata directory kept: {directory}")
         for actor in actors:
