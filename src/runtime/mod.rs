@@ -193,11 +193,16 @@ impl Runtime {
     /// `renraku admin`, changed them. Cheap when nothing changed (one small read).
     pub async fn refresh_registry(&self) -> Result<()> {
         let _reloading = self.registry_reload.lock().await;
-        let mut connection = self.store.connection().await?;
-        let generation = store::generations(&mut connection).await?.registry;
+        // On SQLite read on this thread (`Store::counters_on_this_thread`): no pool
+        // connection is taken unless the registry changed.
+        let generation = match self.store.counters_on_this_thread() {
+            Some(generations) => generations.registry,
+            None => store::generations(&mut *self.store.connection().await?).await?.registry,
+        };
         if self.registry_generation.load(std::sync::atomic::Ordering::Acquire) == generation {
             return Ok(());
         }
+        let mut connection = self.store.connection().await?;
         let stored_clients = store::tenants::list_clients(&mut connection).await?;
         let stored_tenants = store::tenants::list(&mut connection).await?;
         drop(connection);

@@ -874,13 +874,24 @@ impl Store {
     /// verification): on SQLite from [`CounterReader`], on the calling thread; on PostgreSQL,
     /// or where that connection could not be opened or fails, through `connection`.
     pub async fn counters(&self, connection: &mut Db) -> Result<Generations> {
-        if let Some(reader) = &self.counters {
-            match reader.read() {
-                Ok(generations) => return Ok(generations),
-                Err(error) => tracing::warn!(target: "renraku::store", %error, "reading the generation counters failed; reading them through the pool"),
+        match self.counters_on_this_thread() {
+            Some(generations) => Ok(generations),
+            None => generations(connection).await,
+        }
+    }
+
+    /// The generation counters read on the calling thread ([`CounterReader`]), where this
+    /// store has that connection and the read succeeds; else `None`, and the caller reads
+    /// them through a connection of the pool.
+    pub fn counters_on_this_thread(&self) -> Option<Generations> {
+        let reader = self.counters.as_ref()?;
+        match reader.read() {
+            Ok(generations) => Some(generations),
+            Err(error) => {
+                tracing::warn!(target: "renraku::store", %error, "reading the generation counters failed; reading them through the pool");
+                None
             }
         }
-        generations(connection).await
     }
 
     /// Whether the database answers and takes a write (for `/healthz`): a committed
