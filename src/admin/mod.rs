@@ -242,5 +242,5 @@ pub async fn rotate_signing_key(fhir: &Fhir, context: &Context) -> Result<String
 /// `GET /admin/tenants`
 pub fn list_tenants(fhir: &Fhir, principal: &Principal) -> Result<Vec<TenantConfig>> {
     policy::require_administrator(principal, None)?;
-    Ok(fhir.tenants())
+    Ok(fhir.tenants().to_vec())
 }

@@ -29,7 +29,9 @@ pub struct Runtime {
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
     /// The municipalities served: the configuration file's and those an administrator added.
-    tenants: std::sync::RwLock<Vec<TenantConfig>>,
+    /// Shared, not copied: every audited request looks at the list two or three times (its
+    /// decision, its event's municipality names), and a wide-area platform has dozens.
+    tenants: std::sync::RwLock<Arc<Vec<TenantConfig>>>,
     /// The OAuth clients registered: the configuration file's (and the demo's) and those
     /// registered at run time.
     clients: std::sync::RwLock<Vec<ClientConfig>>,
@@ -79,7 +81,7 @@ impl Runtime {
         config: Arc<Config>,
         clients: Vec<ClientConfig>,
     ) -> std::result::Result<Runtime, String> {
-        let tenants = std::sync::RwLock::new(config.tenants.clone());
+        let tenants = std::sync::RwLock::new(Arc::new(config.tenants.clone()));
         let hub = subscriptions::Hub::new(&config.subscriptions)?;
         let recorder = recorder::Recorder::start(store.clone(), search_params.clone());
         Ok(Runtime {
@@ -139,8 +141,8 @@ impl Runtime {
     }
 
     /// The municipalities served now.
-    pub fn tenants(&self) -> Vec<TenantConfig> {
-        read_lock(&self.tenants).clone()
+    pub fn tenants(&self) -> Arc<Vec<TenantConfig>> {
+        Arc::clone(&read_lock(&self.tenants))
     }
 
     pub fn tenant(&self, slug: &str) -> Option<TenantConfig> {
@@ -149,7 +151,7 @@ impl Runtime {
 
     /// Adds a municipality to the directory (the caller stored it).
     pub(crate) fn insert_tenant(&self, tenant: TenantConfig) -> Result<()> {
-        write_lock(&self.tenants)?.push(tenant);
+        Arc::make_mut(&mut *write_lock(&self.tenants)?).push(tenant);
         Ok(())
     }
 
@@ -219,7 +221,7 @@ impl Runtime {
             }
         }
         *write_lock(&self.clients)? = clients;
-        *write_lock(&self.tenants)? = tenants;
+        *write_lock(&self.tenants)? = Arc::new(tenants);
         self.registry_generation.store(generation, std::sync::atomic::Ordering::Release);
         Ok(())
     }

@@ -63,9 +63,9 @@ const PROJECTION_BATCH: i64 = 64;
 /// The most queued events one chaining transaction takes.
 const CHAIN_BATCH: i64 = 512;
 
-/// The municipalities' codes and names by slug, and slugs by code.
+/// The municipalities served, to find a slug by code.
 struct Municipalities {
-    slugs_by_code: BTreeMap<String, String>,
+    tenants: std::sync::Arc<Vec<crate::config::TenantConfig>>,
 }
 
 impl Fhir {
@@ -421,7 +421,7 @@ impl Fhir {
     }
 
     fn municipalities(&self) -> Municipalities {
-        Municipalities { slugs_by_code: self.tenants().into_iter().map(|t| (t.code, t.slug)).collect() }
+        Municipalities { tenants: self.tenants() }
     }
 
     /// `GET [base]/Patient/[id]/$access-report`: who accessed the person's data, when, and from
@@ -453,7 +453,7 @@ impl Fhir {
         let mut connection = self.store.connection().await?;
         self.decide_access_report(&mut connection, context, patient).await?;
         let events = store::audit::events_about_patient(&mut connection, patient, count).await?;
-        let names: BTreeMap<String, String> = self.tenants().into_iter().map(|t| (t.code, t.name)).collect();
+        let names: BTreeMap<String, String> = self.tenants().iter().map(|t| (t.code.clone(), t.name.clone())).collect();
         let mut parameters = vec![
             json!({ "name": "patient", "valueReference": { "reference": format!("Patient/{patient}") } }),
             json!({ "name": "generated", "valueInstant": self.now() }),
@@ -617,7 +617,7 @@ fn push_unique(entities: &mut Vec<Entity>, entity: Entity) {
 fn owner_slug(resource: &Value, municipalities: &Municipalities) -> Option<String> {
     let tags = resource.pointer("/meta/tag").and_then(Value::as_array)?;
     let code = tags.iter().find(|t| t.get("system").and_then(Value::as_str) == Some(MUNICIPALITY_TAG_SYSTEM))?.get("code")?.as_str()?;
-    municipalities.slugs_by_code.get(code).cloned()
+    municipalities.tenants.iter().find(|t| t.code == code).map(|t| t.slug.clone())
 }
 
 /// One line of the access report, from an AuditEvent.

@@ -848,7 +848,7 @@ impl Fhir {
         if resource_type != "Practitioner" || grant.may_map_sign_ins() {
             return Ok(());
         }
-        let systems: Vec<String> = self.tenants().into_iter().filter_map(|t| t.login.map(|l| l.subject_system)).collect();
+        let systems: Vec<String> = self.tenants().iter().filter_map(|t| t.login.as_ref().map(|l| l.subject_system.clone())).collect();
         let sign_ins = |practitioner: &Value| -> Vec<(String, String)> {
             let mut found: Vec<(String, String)> = practitioner
                 .get("identifier")
