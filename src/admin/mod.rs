@@ -39,7 +39,7 @@ async fn add_tenant_unaudited(fhir: &Fhir, principal: &Principal, tenant: Tenant
 
 /// The chain that records administration of `tenant`'s clients.
 fn administration_chain(fhir: &Fhir, tenant: &str) -> String {
-    if fhir.tenant(tenant).is_some() {
+    if fhir.serves(tenant) {
         tenant.to_owned()
     } else {
         crate::audit::SERVER_CHAIN.to_owned()
@@ -70,7 +70,7 @@ async fn register_client_unaudited(fhir: &Fhir, principal: &Principal, mut clien
         policy::require_administrator(principal, Some(&client.tenant))?;
     }
     client.check().map_err(Error::bad_request)?;
-    if client.tenant != SERVER_CLIENTS && fhir.tenant(&client.tenant).is_none() {
+    if client.tenant != SERVER_CLIENTS && !fhir.serves(&client.tenant) {
         return Err(Error::bad_request_at(format!("no municipality '{}' is served", client.tenant), "tenant"));
     }
     if fhir.current_client(&client.tenant, &client.client_id).await?.is_some() {

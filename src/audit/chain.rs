@@ -29,11 +29,7 @@ pub fn digest(chain: &str, sequence: i64, previous: &str, content: &str) -> Stri
     let mut hasher = Sha256::new();
     hasher.update(format!("renraku-audit-v1\n{chain}\n{sequence}\n{previous}\n").as_bytes());
     hasher.update(content.as_bytes());
-    hex(&hasher.finalize())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 /// One stored link, as verification reads it.

@@ -109,7 +109,7 @@ fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> String {
 }
 
 fn digest(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// Compares two secrets' texts without an early exit that timing could reveal.

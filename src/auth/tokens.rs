@@ -33,8 +33,7 @@ pub struct Issued {
 }
 
 fn digest(token: &str) -> String {
-    let hash = Sha256::digest(token.as_bytes());
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// A new random token: 244 bits from the operating system's generator (two UUIDv4s).

@@ -108,7 +108,7 @@ pub fn check(settings: &BinarySettings, declared: &str, bytes: &[u8]) -> Result<
 
 /// The SHA-256 of content, in lower-case hex: the key it is stored under.
 pub fn digest(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// A Binary's `data` that is not base64.

@@ -57,7 +57,7 @@ pub async fn smart_configuration(
     Extension(request_id): Extension<RequestId>,
     Path(tenant): Path<String>,
 ) -> Response {
-    if !matches!(state.fhir.current_tenant(&tenant).await, Ok(Some(_))) {
+    if !matches!(state.fhir.serves_now(&tenant).await, Ok(true)) {
         return unknown_tenant(&request_id, &tenant);
     }
     Json(server::smart_configuration(&state.fhir, &tenant)).into_response()
@@ -88,7 +88,7 @@ impl axum::extract::FromRequest<AppState> for OAuthRequest {
     async fn from_request(request: axum::extract::Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let request_id = request.extensions().get::<RequestId>().cloned().unwrap_or(RequestId(String::new()));
         let tenant = request.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
-        if !matches!(state.fhir.current_tenant(&tenant).await, Ok(Some(_))) {
+        if !matches!(state.fhir.serves_now(&tenant).await, Ok(true)) {
             return Err(unknown_tenant(&request_id, &tenant));
         }
         let headers = request.headers().clone();

@@ -69,7 +69,11 @@ fn with_browser_cookie(mut response: Response, state: &AppState, tenant: &str, s
 }
 
 async fn known(state: &AppState, tenant: &str) -> Result<(), Error> {
-    state.fhir.current_tenant(tenant).await?.map(|_| ()).ok_or_else(|| Error::NotFound(format!("the authorization server of '{tenant}'")))
+    if state.fhir.serves_now(tenant).await? {
+        Ok(())
+    } else {
+        Err(Error::NotFound(format!("the authorization server of '{tenant}'")))
+    }
 }
 
 /// The demo's sign-in choices at a municipality: its demo professionals.

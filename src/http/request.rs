@@ -81,7 +81,7 @@ impl FromRequestParts<AppState> for FhirRequest {
             return Err(fail(Error::bad_request("the URL contains a NUL character, which no FHIR id or parameter may hold")));
         }
         let tenant = parts.uri.path().trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
-        if state.fhir.current_tenant(&tenant).await.map_err(fail)?.is_none() {
+        if !state.fhir.serves_now(&tenant).await.map_err(fail)? {
             return Err(fail(Error::NotFound(format!("the FHIR base '/{tenant}/fhir'"))));
         }
         let pretty = query.iter().any(|(name, value)| name == "_pretty" && value == "true");

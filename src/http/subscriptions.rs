@@ -41,7 +41,7 @@ fn bearer(request: &FhirRequest) -> Option<String> {
 
 /// `GET [base]/websocket` (an upgrade).
 pub async fn websocket(State(state): State<AppState>, Path(tenant): Path<String>, upgrade: WebSocketUpgrade) -> Response {
-    if state.fhir.tenant(&tenant).is_none() {
+    if !state.fhir.serves(&tenant) {
         return (StatusCode::NOT_FOUND, "unknown municipality").into_response();
     }
     // Clients send a line or a small JSON object; nothing larger is read.

@@ -244,7 +244,7 @@ pub async fn ssmix2(root: &Path, options: &Options, target: &Target) -> Result<S
                     continue;
                 }
                 let bytes = std::fs::read(&file.path).map_err(|e| format!("{}: {e}", file.relative))?;
-                let digest = hex(&Sha256::digest(&bytes));
+                let digest = hex::encode(Sha256::digest(&bytes));
                 if run.sent_before(&file.relative, &digest) {
                     continue;
                 }
@@ -302,7 +302,7 @@ pub async fn csv_files(files: &[(PathBuf, String)], options: &Options, target: &
             let unit = format!("{name} line {}", lines.join(","));
             let cells: Vec<&[String]> = members.iter().filter_map(|i| rows.get(*i)).map(Vec::as_slice).collect();
             let joined: Vec<String> = cells.iter().map(|row| row.join("\u{1f}")).collect();
-            let digest = hex(&Sha256::digest(joined.join("\u{1e}").as_bytes()));
+            let digest = hex::encode(Sha256::digest(joined.join("\u{1e}").as_bytes()));
             if run.sent_before(&unit, &digest) {
                 continue;
             }
@@ -507,10 +507,6 @@ fn upsert_entry(produced: &Produced) -> Value {
 
 fn delete_entry(produced: &Produced) -> Value {
     json!({ "request": { "method": "DELETE", "url": condition(produced) } })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The import's memory: `digest path` lines, appended (and flushed) as each file is

@@ -127,7 +127,7 @@ impl Runtime {
     pub fn allows_origin(&self, origin: &str, path: &str) -> bool {
         let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default();
         let clients = read_lock(&self.clients);
-        let at_tenant = self.tenant(tenant).is_some();
+        let at_tenant = self.serves(tenant);
         clients
             .iter()
             .filter(|c| !c.is_backend_service())
@@ -147,6 +147,11 @@ impl Runtime {
 
     pub fn tenant(&self, slug: &str) -> Option<TenantConfig> {
         read_lock(&self.tenants).iter().find(|t| t.slug == slug).cloned()
+    }
+
+    /// Whether this gateway knows the municipality `slug` (without copying its settings).
+    pub fn serves(&self, slug: &str) -> bool {
+        read_lock(&self.tenants).iter().any(|t| t.slug == slug)
     }
 
     /// Adds a municipality to the directory (the caller stored it).
@@ -226,14 +231,14 @@ impl Runtime {
         Ok(())
     }
 
-    /// The municipality `slug`, looking again in the database when this gateway does not
-    /// know it (it may have been added through another).
-    pub async fn current_tenant(&self, slug: &str) -> Result<Option<TenantConfig>> {
-        if let Some(tenant) = self.tenant(slug) {
-            return Ok(Some(tenant));
+    /// Whether the municipality `slug` is served, looking again in the database when this
+    /// gateway does not know it (it may have been added through another).
+    pub async fn serves_now(&self, slug: &str) -> Result<bool> {
+        if self.serves(slug) {
+            return Ok(true);
         }
         self.refresh_registry().await?;
-        Ok(self.tenant(slug))
+        Ok(self.serves(slug))
     }
 
     /// The client `client_id` of `tenant` as registered now on any gateway: the token and

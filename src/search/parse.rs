@@ -519,16 +519,11 @@ pub use crate::fhir::dates::{format_instant, precision_range};
 
 /// Opaque paging cursor: hex of the cursor's JSON.
 pub fn encode_cursor(cursor: &Cursor) -> String {
-    serde_json::to_vec(cursor).unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(serde_json::to_vec(cursor).unwrap_or_default())
 }
 
 pub fn decode_cursor(text: &str) -> Option<Cursor> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> =
-        (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
-    serde_json::from_slice(&bytes?).ok()
+    serde_json::from_slice(&hex::decode(text).ok()?).ok()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::audit::chain::{self, Break, Walker};
+use crate::audit::chain::{Break, Walker};
 use crate::audit::{Action, Agent, Entity, Event, EventType, Outcome};
 use crate::error::{Error, Result};
 use crate::identity::{Interaction, Permission, Principal};
@@ -62,11 +62,6 @@ const PROJECTION_BATCH: i64 = 64;
 
 /// The most queued events one chaining transaction takes.
 const CHAIN_BATCH: i64 = 512;
-
-/// The municipalities served, to find a slug by code.
-struct Municipalities {
-    tenants: std::sync::Arc<Vec<crate::config::TenantConfig>>,
-}
 
 impl Fhir {
     /// Starts the event of an interaction at `context`'s base.
@@ -323,7 +318,7 @@ impl Fhir {
     /// Adds the returned (or written) resources and their persons to the event, and collects,
     /// per other municipality, the persons whose data they carry.
     fn describe_returned(&self, context: &Context, audit: &mut Audit, resources: &[&Value]) -> BTreeMap<String, Crossing> {
-        let municipalities = self.municipalities();
+        let municipalities = self.tenants();
         let mut crossings: BTreeMap<String, Crossing> = BTreeMap::new();
         for resource in resources {
             let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else { continue };
@@ -418,10 +413,6 @@ impl Fhir {
         }
         let index = self.search_params.extract_params(resource, params);
         self.compartment_patients(resource_type, id, &index)
-    }
-
-    fn municipalities(&self) -> Municipalities {
-        Municipalities { tenants: self.tenants() }
     }
 
     /// `GET [base]/Patient/[id]/$access-report`: who accessed the person's data, when, and from
@@ -554,7 +545,7 @@ impl Fhir {
             let removed = store::audit::prune(&mut transaction, &head.chain, through, &anchor).await?;
             let file_digest = {
                 use sha2::Digest as _;
-                chain::hex(&sha2::Sha256::digest(text.as_bytes()))
+                hex::encode(sha2::Sha256::digest(text.as_bytes()))
             };
             let context = Context::operator(&head.chain, self.config.base_url(&head.chain), "audit-prune");
             let mut event = self.event(&context, EventType::Administration("audit-prune"), Action::Delete);
@@ -614,10 +605,11 @@ fn push_unique(entities: &mut Vec<Entity>, entity: Entity) {
     }
 }
 
-fn owner_slug(resource: &Value, municipalities: &Municipalities) -> Option<String> {
+/// The slug of the municipality whose tag `resource` carries.
+fn owner_slug(resource: &Value, municipalities: &[crate::config::TenantConfig]) -> Option<String> {
     let tags = resource.pointer("/meta/tag").and_then(Value::as_array)?;
     let code = tags.iter().find(|t| t.get("system").and_then(Value::as_str) == Some(MUNICIPALITY_TAG_SYSTEM))?.get("code")?.as_str()?;
-    municipalities.tenants.iter().find(|t| t.code == code).map(|t| t.slug.clone())
+    municipalities.iter().find(|t| t.code == code).map(|t| t.slug.clone())
 }
 
 /// One line of the access report, from an AuditEvent.

@@ -194,7 +194,7 @@ impl Fhir {
         };
         let grant = self.decide_now(&context, Interaction::Create, None).await?.for_write()?;
         let mut transaction = self.store.begin().await?;
-        store::bulk_insert_new(&mut transaction, &grant, &last_updated, &rows).await?;
+        store::bulk_insert_new(&mut transaction, &grant, &last_updated, rows).await?;
         transaction.commit().await
     }
 }

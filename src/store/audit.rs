@@ -704,7 +704,7 @@ fn agent_set(mut agents: Vec<(&str, &str, &str, &'static str)>) -> Option<(Strin
         }
     }
     let digest = hasher.finalize();
-    let key = crate::audit::chain::hex(digest.get(..16).unwrap_or_default());
+    let key = hex::encode(digest.get(..16).unwrap_or_default());
     let rows = agents
         .into_iter()
         .map(|(param, b, a, kind)| vec![V::Text(param.to_owned()), V::Text(b.to_owned()), V::Text(a.to_owned()), V::Text(kind.to_owned()), V::Text(key.clone())])

@@ -1592,14 +1592,14 @@ pub struct BulkRow {
 
 /// Writes many new resources (version 1) into the grant's home tenant with their version and
 /// index rows, using multi-row INSERTs. For data generation and imports; the caller validates.
-pub async fn bulk_insert_new(connection: &mut Db, grant: &WriteGrant, last_updated: &str, rows: &[BulkRow]) -> Result<()> {
+pub async fn bulk_insert_new(connection: &mut Db, grant: &WriteGrant, last_updated: &str, rows: Vec<BulkRow>) -> Result<()> {
     let tenant = grant.home_tenant();
-    for row in rows {
+    for row in &rows {
         if !permits(connection, grant, &row.resource_type, &row.id, tenant, &row.index).await? {
             return Err(Error::Forbidden(format!("the access policy does not allow {}/{} to be written", row.resource_type, row.id)));
         }
     }
-    let rows: Vec<(String, String, BulkRow)> = rows.iter().map(|row| (tenant.to_owned(), last_updated.to_owned(), row.clone())).collect();
+    let rows: Vec<(String, String, BulkRow)> = rows.into_iter().map(|row| (tenant.to_owned(), last_updated.to_owned(), row)).collect();
     insert_new_rows(connection, rows).await
 }
 
