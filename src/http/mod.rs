@@ -207,9 +207,11 @@ async fn request_timeout(State(state): State<AppState>, request: Request, next: 
     let allowed_ms = state.config.limits.request_timeout_ms;
     let request_id = request_id_of(&request);
     // The request's work is dropped here, once the time is up, before what it kept is settled.
-    let outcome = tokio::time::timeout(std::time::Duration::from_millis(allowed_ms), next.run(request)).await;
+    // A read's events are committed while its response is made; it leaves once they are.
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(allowed_ms), crate::runtime::recorder::answered_after_commits(next.run(request))).await;
     match outcome {
-        Ok(response) => response,
+        Ok((response, Ok(()))) => response,
+        Ok((_, Err(error))) => ErrorReply { error, format: Format::Json, request_id }.into_response(),
         Err(_) => {
             // Its connections, given back while their statements may still run.
             crate::store::abandon_request_connection();

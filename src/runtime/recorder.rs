@@ -85,8 +85,29 @@ impl Recorder {
     /// Stores `events` durably; returns once they are committed. The events are rendered
     /// and indexed here, in the caller's task, so that the one writer only chains and stores.
     pub async fn record(&self, events: Vec<Event>, tenants: &[TenantConfig]) -> Result<()> {
+        match self.hand_over(events, tenants).await? {
+            Some(commit) => committed(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stores the events of a read whose result is ready: inside [`answered_after_commits`]
+    /// the request goes on to make its response while the writer commits them, and is
+    /// answered once they are committed; elsewhere as [`Recorder::record`].
+    pub async fn record_read(&self, events: Vec<Event>, tenants: &[TenantConfig]) -> Result<()> {
+        let Some(commit) = self.hand_over(events, tenants).await? else { return Ok(()) };
+        let mut commit = Some(commit);
+        let _ = AWAITED.try_with(|awaited| awaited.borrow_mut().extend(commit.take()));
+        match commit {
+            Some(commit) => committed(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Prepares `events` and gives them to the writer; returns what reports their commit.
+    async fn hand_over(&self, events: Vec<Event>, tenants: &[TenantConfig]) -> Result<Option<Commit>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         // Done with the database until the commit: what the request kept goes back now.
         crate::store::release_request_connection();
@@ -96,12 +117,55 @@ impl Recorder {
             .send(Job { events, done })
             .await
             .map_err(|_| Error::internal("the audit writer has stopped"))?;
-        match finished.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(detail)) => Err(Error::Internal(format!("audit trail: {detail}"))),
-            Err(_) => Err(Error::internal("the audit writer stopped before committing")),
+        Ok(Some(finished))
+    }
+}
+
+/// The writer's report of one batch's commit.
+type Commit = oneshot::Receiver<Result<(), String>>;
+
+async fn committed(commit: Commit) -> Result<()> {
+    match commit.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(detail)) => Err(Error::Internal(format!("audit trail: {detail}"))),
+        Err(_) => Err(Error::internal("the audit writer stopped before committing")),
+    }
+}
+
+tokio::task_local! {
+    /// The commits of the events a request recorded with [`Recorder::record_read`], which
+    /// its answer waits for ([`answered_after_commits`]).
+    static AWAITED: std::cell::RefCell<Vec<Commit>>;
+}
+
+/// Runs a request whose reads' events are committed while it makes its response: a read
+/// hands its events to the writer ([`Recorder::record_read`]) and goes on to render what it
+/// returns while that is still in the processor's caches, instead of rendering it after
+/// waiting a commit's few milliseconds, in which the other requests and the writer had
+/// evicted it (rendering a 20-result Bundle took three times as long after the wait;
+/// benches/README.md, session 31). Returns the request's output once every event it
+/// recorded is committed — a response leaves only then — with the first failure, if any.
+pub async fn answered_after_commits<T>(request: impl std::future::Future<Output = T>) -> (T, Result<()>) {
+    AWAITED
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let output = request.await;
+            (output, awaited_commits().await)
+        })
+        .await
+}
+
+/// Waits for the commits of the events this request has recorded so far (see
+/// [`answered_after_commits`]); where there are none, or no such request, returns at once.
+pub async fn awaited_commits() -> Result<()> {
+    let commits = AWAITED.try_with(|awaited| std::mem::take(&mut *awaited.borrow_mut())).unwrap_or_default();
+    let mut result = Ok(());
+    for commit in commits {
+        let outcome = committed(commit).await;
+        if result.is_ok() {
+            result = outcome;
         }
     }
+    result
 }
 
 /// The writer's end of the way to the projector.

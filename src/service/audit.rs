@@ -98,6 +98,17 @@ impl Fhir {
 
     /// Stores events durably outside any write (reads, failures, sign-in, administration).
     pub(crate) async fn record(&self, events: Vec<Event>) -> Result<()> {
+        self.record_as(events, false).await
+    }
+
+    /// Stores the events of a read that succeeded: as [`Fhir::record`], except that in a
+    /// request's own task the commit is waited for once its response is made
+    /// (`runtime::recorder::answered_after_commits`).
+    async fn record_read(&self, events: Vec<Event>) -> Result<()> {
+        self.record_as(events, true).await
+    }
+
+    async fn record_as(&self, events: Vec<Event>, read: bool) -> Result<()> {
         if self.config.audit_off_for_benchmarks_only {
             return Ok(());
         }
@@ -105,7 +116,11 @@ impl Fhir {
         if self.take_failpoint(Failpoint::RecordEvents) {
             return Err(Error::internal("failpoint: the audit trail cannot be written"));
         }
-        self.recorder.record(events, &self.tenants()).await
+        if read {
+            self.recorder.record_read(events, &self.tenants()).await
+        } else {
+            self.recorder.record(events, &self.tenants()).await
+        }
     }
 
     /// Chains the events writes queued (`store::audit::append`), all of them
@@ -149,6 +164,8 @@ impl Fhir {
             _ => false,
         };
         if reads_trail {
+            // This request's own earlier events (a batch's entries) first.
+            crate::runtime::recorder::awaited_commits().await?;
             self.project_audit_events().await?;
         }
         Ok(())
@@ -234,7 +251,11 @@ impl Fhir {
             }
             Err(error) => vec![failed(audit, error)],
         };
-        self.record(events).await?;
+        if result.is_ok() {
+            self.record_read(events).await?;
+        } else {
+            self.record(events).await?;
+        }
         result
     }
 
