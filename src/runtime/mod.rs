@@ -275,6 +275,9 @@ impl Runtime {
 pub enum Failpoint {
     /// Storing a read's events fails (the read must fail too).
     RecordEvents,
+    /// The writer's commit of a successful read's events fails after the read handed them
+    /// over and made its response: the response must not leave.
+    ReadEventsNotCommitted,
     /// The process "crashes" (panics) after a write's event was appended, before the commit.
     CrashBeforeCommit,
     /// The database ends the write's transaction behind the driver's back (as a failed

@@ -96,9 +96,19 @@ impl Recorder {
     /// answered once they are committed; elsewhere as [`Recorder::record`].
     pub async fn record_read(&self, events: Vec<Event>, tenants: &[TenantConfig]) -> Result<()> {
         let Some(commit) = self.hand_over(events, tenants).await? else { return Ok(()) };
-        let mut commit = Some(commit);
-        let _ = AWAITED.try_with(|awaited| awaited.borrow_mut().extend(commit.take()));
-        match commit {
+        match awaited_by_request(commit) {
+            Some(commit) => committed(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    /// As [`Recorder::record_read`] when the writer's commit fails after the read handed its
+    /// events over (tests only: `Failpoint::ReadEventsNotCommitted`); nothing is stored.
+    #[cfg(feature = "test-support")]
+    pub async fn record_read_not_committed(&self) -> Result<()> {
+        let (done, commit) = oneshot::channel();
+        let _ = done.send(Err("failpoint: the batch could not be committed".to_owned()));
+        match awaited_by_request(commit) {
             Some(commit) => committed(commit).await,
             None => Ok(()),
         }
@@ -136,6 +146,14 @@ tokio::task_local! {
     /// The commits of the events a request recorded with [`Recorder::record_read`], which
     /// its answer waits for ([`answered_after_commits`]).
     static AWAITED: std::cell::RefCell<Vec<Commit>>;
+}
+
+/// Leaves `commit` for the request to wait for before it is answered, inside
+/// [`answered_after_commits`]; elsewhere gives it back.
+fn awaited_by_request(commit: Commit) -> Option<Commit> {
+    let mut commit = Some(commit);
+    let _ = AWAITED.try_with(|awaited| awaited.borrow_mut().extend(commit.take()));
+    commit
 }
 
 /// Runs a request whose reads' events are committed while it makes its response: a read

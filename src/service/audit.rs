@@ -116,6 +116,10 @@ impl Fhir {
         if self.take_failpoint(Failpoint::RecordEvents) {
             return Err(Error::internal("failpoint: the audit trail cannot be written"));
         }
+        #[cfg(feature = "test-support")]
+        if read && self.take_failpoint(Failpoint::ReadEventsNotCommitted) {
+            return self.recorder.record_read_not_committed().await;
+        }
         if read {
             self.recorder.record_read(events, &self.tenants()).await
         } else {

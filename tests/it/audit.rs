@@ -334,6 +334,16 @@ async fn a_crashed_write_leaves_neither_data_nor_event(backend: Backend) {
     read.expect(500);
     assert!(!read.text().contains("crash-1"), "{}", read.text());
     server.get(&format!("/ina/fhir/Patient/{id}")).await.expect(200);
+    // Nor does one whose response was made while its events were being committed, when the
+    // commit fails: the response is held back and an OperationOutcome answers instead.
+    for path in [format!("/ina/fhir/Patient/{id}"), "/ina/fhir/Patient?identifier=urn:test|crash-1".to_owned()] {
+        server.fhir().arm_failpoint(Failpoint::ReadEventsNotCommitted);
+        let read = server.get(&path).await;
+        read.expect(500);
+        assert_eq!(read.json()["resourceType"], "OperationOutcome", "{}", read.text());
+        assert!(!read.text().contains("crash-1"), "{}", read.text());
+        server.get(&path).await.expect(200);
+    }
 }
 
 /// The seed's setting: a person of 南箕輪村 with consent, supported by a doctor of 伊那市
